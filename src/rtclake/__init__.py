@@ -1,0 +1,25 @@
+"""rtclake: a self-hosted telemetry lake for real-time media and IoT."""
+
+__version__ = "0.1.0"
+
+from rtclake.config import Settings, load_settings
+from rtclake.errors import (
+    ConfigError,
+    InputError,
+    QueryError,
+    RtclakeError,
+    SinkError,
+    SpoolFull,
+)
+
+__all__ = [
+    "ConfigError",
+    "InputError",
+    "QueryError",
+    "RtclakeError",
+    "Settings",
+    "SinkError",
+    "SpoolFull",
+    "__version__",
+    "load_settings",
+]

@@ -1,0 +1,3 @@
+from rtclake.cli import main
+
+main()

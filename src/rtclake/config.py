@@ -1,0 +1,181 @@
+"""The configuration: one validated model, loaded from YAML or TOML, overridden by env.
+
+Precedence, highest first: ``RTCLAKE_*`` environment variables (nested keys joined by
+``__``, e.g. ``RTCLAKE_SERVER__PORT=9000``), the config file, the embedded defaults.
+The file is named by ``--config`` or ``RTCLAKE_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from rtclake.errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, so a typo never goes unnoticed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(Section):
+    """The HTTP server (ingest, webhooks, query API, metrics)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=16 * MiB, gt=0, description="after decompression")
+    ingest_token: SecretStr | None = Field(
+        default=None, description="bearer token required by /ingest when set"
+    )
+    query_token: SecretStr | None = Field(
+        default=None, description="bearer token required by /api/query when set"
+    )
+
+
+class SpoolConfig(Section):
+    """The write-ahead log every accepted record passes through."""
+
+    dir: Path | None = Field(default=None, description="default: DATA_DIR/spool")
+    max_bytes: int = Field(default=1024 * MiB, gt=0, description="ingest answers 503 above this")
+    segment_max_bytes: int = Field(default=32 * MiB, gt=0, description="a batch is one segment")
+    segment_max_records: int = Field(default=250_000, gt=0)
+    flush_interval: float = Field(default=10.0, gt=0, description="seconds before a batch is cut")
+    fsync: bool = Field(default=True, description="false only for throwaway test setups")
+
+
+class LakeConfig(Section):
+    """The Parquet lake sink."""
+
+    enabled: bool = True
+    root: str | None = Field(default=None, description="a folder; default: DATA_DIR/lake")
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    compression_level: int | None = None
+
+
+class QueryConfig(Section):
+    """Limits of the SQL API."""
+
+    max_rows: int = Field(default=10_000, gt=0)
+    timeout: float = Field(default=30.0, gt=0, description="seconds")
+    dedup: bool = Field(default=True, description="views hide rows with a repeated record_id")
+    threads: int | None = Field(default=None, gt=0)
+
+
+class RouteConfig(Section):
+    """Send the records of matching streams to a table (fnmatch patterns, first match wins)."""
+
+    stream: str
+    table: str
+
+
+class WriterConfig(Section):
+    """The writer that drains the spool into the sinks."""
+
+    retry_initial: float = Field(default=0.5, gt=0, description="seconds")
+    retry_max: float = Field(default=30.0, gt=0, description="seconds")
+    maintenance_interval: float = Field(default=300.0, gt=0, description="seconds")
+
+
+class Settings(BaseSettings):
+    """Everything rtclake can be told. Printed by ``rtclake config``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RTCLAKE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Path("rtclake-data")
+    node: str = Field(default_factory=socket.gethostname, description="names this node's files")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["console", "json"] = "console"
+    server: ServerConfig = ServerConfig()
+    spool: SpoolConfig = SpoolConfig()
+    writer: WriterConfig = WriterConfig()
+    lake: LakeConfig = LakeConfig()
+    query: QueryConfig = QueryConfig()
+    routes: list[RouteConfig] = Field(default_factory=list)
+    default_table: str = "telemetry"
+
+    @field_validator("node")
+    @classmethod
+    def _node_is_a_file_name_part(cls, value: str) -> str:
+        if not value or any(c in value for c in "/\\ \t\n") or value.startswith("."):
+            raise ValueError("must be a non-empty name without slashes or spaces")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init arguments; the environment overrides them.
+        return (env_settings, init_settings)
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.spool.dir or self.data_dir / "spool"
+
+    @property
+    def lake_root(self) -> str:
+        return self.lake.root or str(self.data_dir / "lake")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file into a dict."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {path}: use a .yaml, .yml or .toml file")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping")
+    return data
+
+
+def _describe(error: Any) -> str:
+    loc = ".".join(str(part) for part in error["loc"])
+    env = "RTCLAKE_" + "__".join(str(p).upper() for p in error["loc"] if not isinstance(p, int))
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{loc}: {error['msg']}{shown} [key '{loc}' in the file, or {env}]"
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Load the effective settings, or raise :class:`ConfigError` naming the bad key."""
+    path = path or os.environ.get("RTCLAKE_CONFIG") or None
+    data: dict[str, Any] = read_config_file(Path(path)) if path else {}
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        lines = [_describe(err) for err in exc.errors()]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from exc
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The settings as plain data, secrets shown as ``**********``."""
+    return settings.model_dump(mode="json")

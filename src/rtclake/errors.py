@@ -1,0 +1,71 @@
+"""The exception tree of rtclake. Every error a user can meet is one of these classes."""
+
+from __future__ import annotations
+
+
+class RtclakeError(Exception):
+    """Base class of every error rtclake raises on purpose."""
+
+
+class ConfigError(RtclakeError):
+    """The configuration file or an ``RTCLAKE_*`` variable is invalid."""
+
+
+class InputError(RtclakeError):
+    """Input that rtclake refuses, with the reason a sender can act on.
+
+    ``reason`` is a short machine-readable label (it is the ``reason`` label of the
+    rejected-records metric); ``line`` is the 1-based line of the offending record when
+    the input is JSON Lines or a file.
+    """
+
+    status = 400
+
+    def __init__(self, reason: str, message: str, *, line: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.line = line
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"error": self.reason, "message": self.message}
+        if self.line is not None:
+            out["line"] = self.line
+        return out
+
+
+class PayloadTooLarge(InputError):
+    """The body (or its decompressed form) is larger than the configured maximum."""
+
+    status = 413
+
+
+class UnsupportedEncoding(InputError):
+    """A ``Content-Encoding`` rtclake cannot decode."""
+
+    status = 415
+
+
+class SpoolFull(RtclakeError):
+    """The durable spool has reached its size limit; the sender should retry later."""
+
+    def __init__(self, used: int, limit: int, retry_after: int) -> None:
+        super().__init__(f"spool is full ({used} of {limit} bytes used); retry later")
+        self.retry_after = retry_after
+
+
+class SpoolCorrupt(RtclakeError):
+    """A spool segment holds bytes that are not a valid entry (outside a torn tail)."""
+
+
+class SinkError(RtclakeError):
+    """A sink could not write a batch; the batch stays in the spool and is retried."""
+
+
+class QueryError(RtclakeError):
+    """A query was refused (not read-only, too slow) or failed in DuckDB."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message

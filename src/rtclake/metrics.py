@@ -1,0 +1,66 @@
+"""The Prometheus metrics rtclake reports, each documented where it is declared."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """One set of metrics in its own registry (so several services can live in a test)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.received = Counter(
+            "rtclake_records_received",
+            "Records accepted and made durable in the spool.",
+            ["source"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "rtclake_records_rejected",
+            "Requests or lines refused, by reason (bad_json, too_large, unauthorized, ...).",
+            ["source", "reason"],
+            registry=r,
+        )
+        self.stored = Counter(
+            "rtclake_records_stored",
+            "Rows written by a sink, by table.",
+            ["sink", "table"],
+            registry=r,
+        )
+        self.sink_errors = Counter(
+            "rtclake_sink_errors",
+            "Failed batch writes (the batch stays spooled and is retried).",
+            ["sink"],
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "rtclake_batch_write_seconds",
+            "Time for a sink to write one batch.",
+            ["sink"],
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.fsync_seconds = Histogram(
+            "rtclake_spool_fsync_seconds",
+            "Time of one group-commit fsync of the spool.",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+        )
+        self.spool_bytes = Gauge(
+            "rtclake_spool_bytes",
+            "Bytes in the spool not yet confirmed by every sink.",
+            registry=r,
+        )
+        self.spool_segments = Gauge(
+            "rtclake_spool_segments",
+            "Spool segments on disk (the open one included).",
+            registry=r,
+        )
+
+    def watch_spool(self, used_bytes: Callable[[], float], segments: Callable[[], float]) -> None:
+        self.spool_bytes.set_function(used_bytes)
+        self.spool_segments.set_function(segments)

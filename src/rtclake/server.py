@@ -1,0 +1,134 @@
+"""The HTTP server: ingest, health, metrics, the SQL API and the OpenAPI docs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import swagger_ui_bundle
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.schemas import SchemaGenerator
+from starlette.staticfiles import StaticFiles
+
+from rtclake import __version__
+from rtclake.errors import QueryError
+from rtclake.service import Service
+from rtclake.sources.http_ingest import JSON, bearer_ok, json_error
+
+_DOCS_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>rtclake API</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
+<body><div id="ui"></div><script src="/docs/static/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script></body></html>
+"""
+
+
+def create_app(service: Service) -> Starlette:
+    """The ASGI application of one :class:`Service`; its lifespan starts and stops it."""
+    settings = service.settings
+    query_token = (
+        settings.server.query_token.get_secret_value() if settings.server.query_token else None
+    )
+    schemas = SchemaGenerator(
+        {"openapi": "3.0.0", "info": {"title": "rtclake", "version": __version__}}
+    )
+
+    async def healthz(request: Request) -> Response:
+        """
+        summary: Liveness and spool state.
+        responses:
+          200: {description: 'Body: {"status": "ok", "spool_bytes", "spool_segments"}'}
+        """
+        return JSONResponse(
+            {
+                "status": "ok",
+                "spool_bytes": service.spool.used_bytes,
+                "spool_segments": service.spool.segment_count,
+            }
+        )
+
+    async def metrics(request: Request) -> Response:
+        """
+        summary: Prometheus metrics.
+        responses:
+          200: {description: Prometheus text format.}
+        """
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def query(request: Request) -> Response:
+        """
+        summary: Run one read-only SQL SELECT over the lake's tables.
+        requestBody:
+          content:
+            application/json:
+              schema:
+                type: object
+                required: [sql]
+                properties:
+                  sql: {type: string}
+                  max_rows: {type: integer}
+        responses:
+          200:
+            description: 'Body: {columns, types, rows, row_count, truncated, elapsed_ms}'
+          400: {description: 'Refused or failed. Body: {"error", "message"}'}
+          401: {description: A bearer token is required.}
+        """
+        if not bearer_ok(request, query_token):
+            return json_error(401, "unauthorized", "a valid bearer token is required")
+        try:
+            body: Any = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            return json_error(400, "bad_json", f"body is not JSON: {exc}")
+        if not isinstance(body, dict) or not isinstance(body.get("sql"), str):
+            return json_error(400, "bad_request", 'send {"sql": "SELECT ..."}')
+        max_rows = body.get("max_rows")
+        if max_rows is not None and (not isinstance(max_rows, int) or max_rows <= 0):
+            return json_error(400, "bad_request", "max_rows must be a positive integer")
+        try:
+            result = await run_in_threadpool(service.query.run, body["sql"], max_rows=max_rows)
+        except QueryError as exc:
+            return json_error(400, exc.reason, exc.message)
+        payload = {
+            "columns": result.columns,
+            "types": [str(f.type) for f in result.table.schema],
+            "rows": result.rows(),
+            "row_count": result.table.num_rows,
+            "truncated": result.truncated,
+            "elapsed_ms": round(result.elapsed * 1000, 3),
+        }
+        return Response(
+            orjson.dumps(payload, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z),
+            media_type=JSON,
+        )
+
+    async def openapi(request: Request) -> Response:
+        return schemas.OpenAPIResponse(request)
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(_DOCS_PAGE)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    routes = [
+        Route("/ingest/{stream}", service.http_ingest.handle, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/api/query", query, methods=["POST"]),
+        Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+        Route("/docs", docs, methods=["GET"], include_in_schema=False),
+        Mount("/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,57 @@
+"""The sink contract.
+
+A sink receives batches from the writer, one spool segment at a time, in order. Its four
+duties are those of openvidu-livekit's ``DatabaseClient``: prepare the destination, write
+a batch, do periodic maintenance, close.
+
+Delivery is at least once: after a crash, or when another sink of the same batch failed,
+a batch is delivered again. ``write`` must therefore be idempotent by ``record_id`` (the
+same batch written twice leaves the same visible rows). ``write`` returns only once the
+batch is durable in the destination; raising :class:`rtclake.errors.SinkError` (or any
+``OSError``) leaves the batch in the spool to be retried.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The records of one spool segment, as one Arrow table per lake table."""
+
+    node: str
+    spool_id: str
+    segment: int
+    tables: dict[str, pa.Table]
+
+    @property
+    def name(self) -> str:
+        """A name unique to this batch on this node, the same when it is replayed."""
+        return f"{self.node}-{self.spool_id}-{self.segment:012d}"
+
+    @property
+    def num_rows(self) -> int:
+        return sum(t.num_rows for t in self.tables.values())
+
+
+class Sink(ABC):
+    """Base class of every sink. Methods run on the writer's thread."""
+
+    name: str = "sink"
+
+    def start(self) -> None:  # noqa: B027 - a sink may have nothing to prepare
+        """Prepare the destination (create folders, tables, indexes). Called once."""
+
+    @abstractmethod
+    def write(self, batch: Batch) -> None:
+        """Store ``batch`` durably, idempotently by ``record_id``."""
+
+    def maintain(self) -> None:  # noqa: B027 - maintenance is optional
+        """Periodic housekeeping (compaction, expiry, fixing stale entities)."""
+
+    def close(self) -> None:  # noqa: B027 - a sink may hold nothing to release
+        """Release connections and files."""

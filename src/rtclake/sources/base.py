@@ -1,0 +1,121 @@
+"""What every source shares: turning a body of JSON into validated spool entries.
+
+A source accepts bytes from the outside (a request body, a file's lines, a message),
+checks them against the target table's declaration, and hands the result to the spool.
+It acknowledges only after :meth:`rtclake.spool.Spool.append` returned. Validation is done
+per record in C (msgspec) without building Python objects for unknown keys, so a batch of
+thousands of records costs little more than reading it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from rtclake.errors import InputError
+
+_BYTE_AT = re.compile(r"\(byte (\d+)\)")
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def _compact(item: bytes) -> bytes:
+    # A spooled record is one line; pretty-printed input is compacted.
+    return msgspec.json.format(item, indent=-1) if b"\n" in item or b"\r" in item else item
+
+
+def check_utf8(body: bytes) -> None:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            "invalid_utf8",
+            f"body is not valid UTF-8 at byte {exc.start}",
+            line=_line_of(body, exc.start),
+        ) from exc
+
+
+def _error(exc: Exception, what: str, line: int | None) -> InputError:
+    if isinstance(exc, RecursionError):
+        return InputError("too_deep", f"{what}: JSON nested too deeply", line=line)
+    if isinstance(exc, msgspec.ValidationError):
+        text = str(exc).replace("`object`", "a JSON object").replace(" - at `$`", "")
+        return InputError("invalid_record", f"{what}: {text}", line=line)
+    return InputError("bad_json", f"{what}: {exc}", line=line)
+
+
+def split_records(body: bytes, validator: msgspec.json.Decoder[Any]) -> tuple[bytes, int]:
+    """Validate a body holding one JSON object, an array of objects, or JSON Lines.
+
+    Returns the records as JSON Lines (one compact object per line) and their count.
+    Raises :class:`InputError` naming the line (JSON Lines) or record (array) at fault.
+    """
+    check_utf8(body)
+    stripped = body.lstrip()
+    if not stripped:
+        raise InputError("empty", "body is empty: send a JSON object, an array or JSON Lines")
+    first = stripped[:1]
+    if first == b"[":
+        return _split_array(body, validator)
+    if first != b"{":
+        raise InputError(
+            "invalid_record",
+            "body must be a JSON object, an array of objects, or JSON Lines",
+            line=_line_of(body, len(body) - len(stripped)),
+        )
+    try:
+        validator.decode(body)
+    except (msgspec.ValidationError, RecursionError) as exc:
+        raise _error(exc, "record", None) from exc
+    except msgspec.DecodeError as exc:
+        if "trailing characters" not in str(exc):
+            raise _json_error(exc, body) from exc
+    else:
+        return _compact(body.strip()), 1
+    return _split_lines(body, validator)
+
+
+def _json_error(exc: Exception, body: bytes) -> InputError:
+    match = _BYTE_AT.search(str(exc))
+    line = _line_of(body, int(match.group(1))) if match else None
+    return _error(exc, "invalid JSON", line)
+
+
+def _split_array(body: bytes, validator: msgspec.json.Decoder[Any]) -> tuple[bytes, int]:
+    try:
+        items = msgspec.json.decode(body, type=list[msgspec.Raw])
+    except (msgspec.MsgspecError, RecursionError) as exc:
+        raise _json_error(exc, body) from exc
+    if not items:
+        raise InputError("empty", "the array holds no records")
+    out = []
+    for number, item in enumerate(items):
+        raw = bytes(item)
+        try:
+            validator.decode(raw)
+        except (msgspec.MsgspecError, RecursionError) as exc:
+            raise _error(exc, f"record {number} of the array", None) from exc
+        out.append(_compact(raw))
+    return b"\n".join(out), len(out)
+
+
+def _split_lines(body: bytes, validator: msgspec.json.Decoder[Any]) -> tuple[bytes, int]:
+    lines = body.split(b"\n")
+    decode = validator.decode
+    kept: list[bytes] = []
+    append = kept.append
+    for number, line in enumerate(lines, 1):
+        try:
+            decode(line)
+        except (msgspec.MsgspecError, RecursionError) as exc:
+            if not line.strip():
+                continue  # blank lines (and the final newline) are allowed
+            raise _error(exc, f"line {number}", number) from exc
+        append(line)
+    if len(kept) == len(lines):
+        return body, len(kept)
+    return b"\n".join(kept), len(kept)

@@ -1,0 +1,148 @@
+"""HTTP ingest: ``POST /ingest/{stream}`` with a JSON object, an array, or JSON Lines.
+
+Accepts ``Content-Encoding: gzip`` (or ``deflate``). Answers 200 ``{"accepted": N}`` only
+after the records are durable in the spool; 4xx with ``{"error", "message", "line"?}`` for
+input it refuses (nothing of a refused request is stored); 503 with ``Retry-After`` when
+the spool is full. An ``Idempotency-Key`` header makes a retried request's records keep
+their record ids, so a client retry is stored once even for records without a time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+import zlib
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from rtclake.errors import InputError, PayloadTooLarge, SpoolFull, UnsupportedEncoding
+from rtclake.metrics import Metrics
+from rtclake.router import Router
+from rtclake.sources.base import split_records
+from rtclake.spool import EntryHeader, Spool
+
+JSON = "application/json"
+
+
+def json_error(status: int, reason: str, message: str, **extra: object) -> Response:
+    body = {"error": reason, "message": message, **extra}
+    return Response(orjson.dumps(body), status, media_type=JSON)
+
+
+def bearer_ok(request: Request, token: str | None) -> bool:
+    """True if no token is configured, or the request carries it as a bearer token."""
+    if token is None:
+        return True
+    given = request.headers.get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing more than ``limit`` bytes before reading all of it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge("too_large", f"body of {declared} bytes exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge("too_large", f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo ``Content-Encoding`` (gzip, deflate), never producing more than ``limit`` bytes."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding in ("gzip", "x-gzip"):
+        wbits = 16 + zlib.MAX_WBITS
+    elif encoding == "deflate":
+        wbits = zlib.MAX_WBITS
+    else:
+        raise UnsupportedEncoding(
+            "bad_encoding", f"Content-Encoding {encoding!r} is not supported (use gzip)"
+        )
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InputError("bad_gzip", f"body is not valid {encoding}: {exc}") from exc
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge("too_large", f"decompressed body exceeds {limit} bytes")
+    if not inflater.eof:
+        raise InputError("bad_gzip", f"{encoding} body is truncated")
+    return out
+
+
+class HttpIngest:
+    """The ``/ingest/{stream}`` endpoint."""
+
+    source = "http"
+
+    def __init__(
+        self, spool: Spool, router: Router, metrics: Metrics, *, max_body: int, token: str | None
+    ) -> None:
+        self.spool = spool
+        self.router = router
+        self.metrics = metrics
+        self.max_body = max_body
+        self.token = token
+        self._received = metrics.received.labels(self.source)
+
+    async def handle(self, request: Request) -> Response:
+        """
+        summary: Ingest JSON records into the lake.
+        description: >
+          The body is one JSON object, a JSON array of objects, or JSON Lines, optionally
+          gzip-encoded. The answer comes after the records are durable on disk.
+        parameters:
+          - {name: stream, in: path, required: true, schema: {type: string}}
+          - {name: Idempotency-Key, in: header, required: false, schema: {type: string}}
+        requestBody:
+          content:
+            application/json: {schema: {oneOf: [{type: object}, {type: array}]}}
+            application/x-ndjson: {schema: {type: string}}
+        responses:
+          200: {description: 'Durable. Body: {"accepted": N}'}
+          400: {description: 'Bad input. Body: {"error", "message", "line"?}'}
+          401: {description: A bearer token is required.}
+          413: {description: Body too large.}
+          503: {description: Spool full; retry after Retry-After seconds.}
+        """
+        if not bearer_ok(request, self.token):
+            self.metrics.rejected.labels(self.source, "unauthorized").inc()
+            return json_error(401, "unauthorized", "a valid bearer token is required")
+        try:
+            table = self.router.table_for(request.path_params["stream"])
+            body = await read_body(request, self.max_body)
+            body = decode_content(body, request.headers.get("content-encoding"), self.max_body)
+            lines, count = split_records(body, table.validator())
+            idem = request.headers.get("idempotency-key")
+            if idem is not None and not 0 < len(idem) <= 256:
+                raise InputError("bad_idempotency_key", "Idempotency-Key must be 1-256 chars")
+            header = EntryHeader(
+                table=table.name,
+                source=self.source,
+                stream=request.path_params["stream"],
+                kind=table.kind,
+                received_us=time.time_ns() // 1000,
+                records=count,
+                idem=idem,
+            )
+            await self.spool.append(header, lines)
+        except InputError as exc:
+            self.metrics.rejected.labels(self.source, exc.reason).inc()
+            return Response(orjson.dumps(exc.to_dict()), exc.status, media_type=JSON)
+        except SpoolFull as exc:
+            self.metrics.rejected.labels(self.source, "spool_full").inc()
+            response = json_error(503, "spool_full", str(exc))
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
+        self._received.inc(count)
+        return Response(b'{"accepted":%d}' % count, 200, media_type=JSON)

@@ -1,0 +1,387 @@
+"""The durable spool: a write-ahead log of accepted records on local disk.
+
+Sources append *entries* (a header naming table, source and stream, and a body of JSON
+Lines, one record per line). ``append`` returns only after the entry is fsync'd, and
+concurrent appends share one fsync (group commit), so an acknowledgement always means
+"on disk". Entries go into numbered *segments*; a segment is cut when it reaches its size
+or record limit or has been open for ``flush_interval`` seconds, and a cut segment is one
+batch for the writer. A segment is deleted only after every sink confirmed it; on start,
+every segment still on disk is replayed. A torn entry at the end of a segment (a crash in
+the middle of a write, never acknowledged) is cut off.
+
+Entry framing: ``b"RTW1"``, header length, body length, CRC-32 of header+body (three
+little-endian u32), the header (JSON), the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from rtclake.errors import SpoolCorrupt, SpoolFull
+
+log = structlog.get_logger(__name__)
+
+MAGIC = b"RTW1"
+FRAME = struct.Struct("<4sIII")
+
+
+class EntryHeader(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What a spooled entry's records share."""
+
+    table: str
+    source: str
+    stream: str
+    kind: str
+    received_us: int
+    records: int
+    type: str | None = None
+    idem: str | None = None  # a sender's idempotency key (makes record ids retry-proof)
+
+
+@dataclass(frozen=True)
+class Entry:
+    header: EntryHeader
+    body: bytes
+    index: int  # position in its segment, part of the record id of records without time
+
+
+@dataclass(eq=False)
+class Segment:
+    seq: int
+    path: Path
+    size: int = 0
+    records: int = 0
+    fd: int | None = None
+    first_write: float | None = None
+    retired: bool = False
+    dir_synced: bool = False
+
+    @property
+    def acks_path(self) -> Path:
+        return self.path.with_suffix(".acks")
+
+
+_encode_header = msgspec.json.Encoder().encode
+_decode_header = msgspec.json.Decoder(EntryHeader).decode
+
+
+def frame(header: EntryHeader, body: bytes) -> bytes:
+    head = _encode_header(header)
+    crc = zlib.crc32(body, zlib.crc32(head))
+    return FRAME.pack(MAGIC, len(head), len(body), crc) + head + body
+
+
+def read_entries(path: Path) -> tuple[list[Entry], int]:
+    """The valid entries of a segment file and the offset where valid data ends."""
+    data = path.read_bytes()
+    entries: list[Entry] = []
+    offset = 0
+    while offset + FRAME.size <= len(data):
+        magic, head_len, body_len, crc = FRAME.unpack_from(data, offset)
+        start = offset + FRAME.size
+        end = start + head_len + body_len
+        if magic != MAGIC or end > len(data):
+            break
+        head = data[start : start + head_len]
+        body = data[start + head_len : end]
+        if zlib.crc32(body, zlib.crc32(head)) != crc:
+            break
+        try:
+            header = _decode_header(head)
+        except msgspec.MsgspecError as exc:
+            raise SpoolCorrupt(f"{path}: entry at byte {offset} has a bad header: {exc}") from exc
+        entries.append(Entry(header, body, len(entries)))
+        offset = end
+    return entries, offset
+
+
+class Spool:
+    """A write-ahead log with group commit. Appends happen on one event loop; the writer
+    reads, acknowledges and removes sealed segments from its own thread."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_bytes: int,
+        segment_max_bytes: int,
+        segment_max_records: int,
+        flush_interval: float,
+        fsync: bool = True,
+    ) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.segment_max_bytes = segment_max_bytes
+        self.segment_max_records = segment_max_records
+        self.flush_interval = flush_interval
+        self.fsync = fsync
+        self.spool_id = ""
+        self._lock = threading.Lock()
+        self._sealed_bytes = 0
+        self._sealed_count = 0
+        self._active: Segment | None = None
+        self._next_seq = 0
+        self._dirty: list[Segment] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._wake = asyncio.Event()
+        self._sealed: asyncio.Queue[Segment] = asyncio.Queue()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="rtclake-fsync")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self.on_sync: Callable[[float], None] | None = None
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def used_bytes(self) -> int:
+        active = self._active.size if self._active else 0
+        return self._sealed_bytes + active
+
+    @property
+    def segment_count(self) -> int:
+        return self._sealed_count + (1 if self._active else 0)
+
+    @property
+    def pending_records(self) -> int:
+        return self._active.records if self._active else 0
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover what a previous run left, queue it for the writer, open a segment."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        id_file = self.directory / "spool.id"
+        if not id_file.exists():
+            tmp = id_file.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(4))
+            os.replace(tmp, id_file)
+            _fsync_dir(self.directory)
+        self.spool_id = id_file.read_text().strip()
+        for path in sorted(self.directory.glob("*.wal")):
+            seg = self._recover(path)
+            if seg is not None:
+                self._enqueue_sealed(seg)
+        self._tasks = [
+            asyncio.create_task(self._sync_loop(), name="spool-sync"),
+            asyncio.create_task(self._timer_loop(), name="spool-timer"),
+        ]
+
+    def _recover(self, path: Path) -> Segment | None:
+        seq = int(path.stem)
+        self._next_seq = max(self._next_seq, seq + 1)
+        entries, valid_end = read_entries(path)
+        size = path.stat().st_size
+        if valid_end < size:
+            log.warning("spool: cutting torn tail", segment=path.name, kept=valid_end, size=size)
+            with open(path, "r+b") as fh:
+                fh.truncate(valid_end)
+                os.fsync(fh.fileno())
+        if not entries:
+            path.unlink()
+            path.with_suffix(".acks").unlink(missing_ok=True)
+            return None
+        records = sum(e.header.records for e in entries)
+        return Segment(seq, path, size=valid_end, records=records, retired=True, dir_synced=True)
+
+    async def close(self) -> None:
+        """Cut the open segment (so the writer can drain it) and stop the background tasks."""
+        if self._closed:
+            return
+        self.cut()
+        await self._sync_now()
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._pool.shutdown(wait=True)
+
+    # -- appending ---------------------------------------------------------------------
+
+    def check_room(self, size: int) -> None:
+        """Raise :class:`SpoolFull` if ``size`` more bytes would pass the limit."""
+        used = self.used_bytes
+        if used + size > self.max_bytes:
+            raise SpoolFull(used, self.max_bytes, retry_after=max(1, round(self.flush_interval)))
+
+    async def append(self, header: EntryHeader, body: bytes) -> None:
+        """Append one entry and return once it is durable on disk."""
+        await self.append_nowait(header, body)
+
+    def append_nowait(self, header: EntryHeader, body: bytes) -> asyncio.Future[None]:
+        """Write one entry; the returned future completes when it is durable."""
+        if self._closed:
+            raise RuntimeError("spool is closed")
+        data = frame(header, body)
+        self.check_room(len(data))
+        seg = self._active or self._open_segment()
+        view = memoryview(data)
+        assert seg.fd is not None
+        while view:
+            written = os.write(seg.fd, view)
+            view = view[written:]
+        seg.size += len(data)
+        seg.records += header.records
+        if seg.first_write is None:
+            seg.first_write = time.monotonic()
+        if not self._dirty or self._dirty[-1] is not seg:
+            self._dirty.append(seg)
+        if seg.size >= self.segment_max_bytes or seg.records >= self.segment_max_records:
+            self._retire(seg)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        self._wake.set()
+        return future
+
+    def cut(self) -> None:
+        """End the open segment now, so the writer takes it as a batch."""
+        if self._active is not None and self._active.records:
+            self._retire(self._active)
+            self._wake.set()
+
+    def _open_segment(self) -> Segment:
+        seq = self._next_seq
+        self._next_seq += 1
+        path = self.directory / f"{seq:012d}.wal"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self._active = Segment(seq, path, fd=fd)
+        return self._active
+
+    def _retire(self, seg: Segment) -> None:
+        seg.retired = True
+        if self._active is seg:
+            self._active = None
+        if seg not in self._dirty:
+            self._dirty.append(seg)
+
+    # -- group commit ------------------------------------------------------------------
+
+    async def _sync_now(self) -> None:
+        self._wake.set()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        if self._tasks and not self._tasks[0].done():
+            await future
+
+    async def _sync_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            waiters, self._waiters = self._waiters, []
+            segments, self._dirty = self._dirty, []
+            started = time.perf_counter()
+            try:
+                await loop.run_in_executor(self._pool, self._sync, segments)
+            except OSError as exc:
+                log.error("spool: fsync failed", error=str(exc))
+                for future in waiters:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            if self.on_sync is not None:
+                self.on_sync(time.perf_counter() - started)
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
+            for seg in segments:
+                if seg.retired and seg not in self._dirty:
+                    self._seal(seg)
+
+    def _sync(self, segments: list[Segment]) -> None:
+        if not self.fsync:
+            return
+        new_file = False
+        for seg in segments:
+            if seg.fd is not None:
+                os.fsync(seg.fd)
+            if not seg.dir_synced:
+                seg.dir_synced = new_file = True
+        if new_file:
+            _fsync_dir(self.directory)
+
+    def _seal(self, seg: Segment) -> None:
+        if seg.fd is not None:
+            os.close(seg.fd)
+            seg.fd = None
+        self._enqueue_sealed(seg)
+
+    def _enqueue_sealed(self, seg: Segment) -> None:
+        with self._lock:
+            self._sealed_bytes += seg.size
+            self._sealed_count += 1
+        self._sealed.put_nowait(seg)
+
+    async def _timer_loop(self) -> None:
+        tick = min(0.25, self.flush_interval / 4)
+        while True:
+            await asyncio.sleep(tick)
+            seg = self._active
+            if (
+                seg
+                and seg.first_write
+                and time.monotonic() - seg.first_write >= self.flush_interval
+            ):
+                self.cut()
+
+    # -- the writer's side -------------------------------------------------------------
+
+    async def next_sealed(self) -> Segment:
+        """The oldest segment that is cut, durable and not yet removed."""
+        return await self._sealed.get()
+
+    def sealed_waiting(self) -> int:
+        return self._sealed.qsize()
+
+    @staticmethod
+    def read(seg: Segment) -> list[Entry]:
+        entries, _ = read_entries(seg.path)
+        return entries
+
+    @staticmethod
+    def acked_sinks(seg: Segment) -> set[str]:
+        try:
+            return set(seg.acks_path.read_text().split())
+        except FileNotFoundError:
+            return set()
+
+    def ack(self, seg: Segment, sink: str) -> None:
+        """Record durably that ``sink`` holds everything in ``seg``."""
+        with open(seg.acks_path, "a", encoding="utf-8") as fh:
+            fh.write(sink + "\n")
+            fh.flush()
+            if self.fsync:
+                os.fsync(fh.fileno())
+
+    def remove(self, seg: Segment) -> None:
+        """Delete a segment every sink confirmed."""
+        seg.path.unlink(missing_ok=True)
+        seg.acks_path.unlink(missing_ok=True)
+        if self.fsync:
+            _fsync_dir(self.directory)
+        with self._lock:
+            self._sealed_bytes -= seg.size
+            self._sealed_count -= 1
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,257 @@
+"""The table registry: every lake table declares its Arrow schema and where each column
+comes from.
+
+A table row is a record's envelope (record id, time, source, stream, kind, type, the
+identifiers of its source) plus its payload. Payload keys that a table maps to a typed
+column become that column; every other key goes into the JSON ``extra`` column, so nothing
+a source sends is dropped. The same declaration drives three things, so they cannot
+disagree: the validator that rejects a wrongly typed record before it is acknowledged
+(:meth:`Table.validator`), the columnar projection that turns spooled JSON lines into
+Arrow in DuckDB (:meth:`Table.projection_sql`), and the per-record envelope of
+:mod:`rtclake.records`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+import pyarrow as pa
+
+FieldKind = Literal["string", "id", "time", "float", "int"]
+
+UTC_US = pa.timestamp("us", tz="UTC")
+
+# The python types a payload value may have for each kind of column; anything else is
+# rejected at the edge with the key's name in the message.
+_VALIDATOR_TYPES: dict[str, Any] = {
+    "string": str | None,
+    "id": str | int | None,
+    "time": dt.datetime | int | float | None,
+    "float": float | int | None,
+    "int": int | None,
+}
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "id": pa.string(),
+    "time": UTC_US,
+    "float": pa.float64(),
+    "int": pa.int64(),
+}
+
+# Columns every table starts with, filled from the spool entry and the record id rule.
+ENVELOPE: tuple[pa.Field, ...] = (
+    pa.field("record_id", pa.string(), nullable=False),
+    pa.field("time", UTC_US, nullable=False),
+    pa.field("received_at", UTC_US, nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("stream", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("type", pa.string()),
+)
+
+# Keys the envelope reads from a payload (besides each table's own columns).
+TIME_KEYS = ("time", "timestamp", "ts")
+TYPE_KEYS = ("type",)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A typed column read from the first present of ``keys`` in the payload."""
+
+    name: str
+    kind: FieldKind
+    keys: tuple[str, ...]
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        return _ARROW_TYPES[self.kind]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A lake table: its name, the kind it stamps on records, and its typed columns."""
+
+    name: str
+    kind: str
+    columns: tuple[Column, ...] = ()
+    description: str = ""
+    _validator: Any = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def schema(self) -> pa.Schema:
+        fields = list(ENVELOPE)
+        fields += [pa.field(c.name, c.arrow_type) for c in self.columns]
+        fields.append(pa.field("extra", pa.string()))
+        return pa.schema(fields)
+
+    @property
+    def mapped_keys(self) -> tuple[str, ...]:
+        keys: list[str] = [*TIME_KEYS, *TYPE_KEYS]
+        for column in self.columns:
+            keys += [k for k in column.keys if k not in keys]
+        return tuple(keys)
+
+    def validator(self) -> msgspec.json.Decoder[Any]:
+        """A decoder that checks a JSON object's mapped keys have usable types.
+
+        Unknown keys are skipped without being built into Python objects, which is what
+        makes validation of large batches cheap.
+        """
+        if self._validator is None:
+            kinds: dict[str, str] = dict.fromkeys(TIME_KEYS, "time")
+            kinds.update(dict.fromkeys(TYPE_KEYS, "string"))
+            for column in self.columns:
+                kinds.update(dict.fromkeys(column.keys, column.kind))
+            fields = [
+                (f"f{i}", _VALIDATOR_TYPES[kind], msgspec.field(default=None, name=key))
+                for i, (key, kind) in enumerate(kinds.items())
+            ]
+            struct = msgspec.defstruct(f"{self.name}_payload", fields)
+            object.__setattr__(self, "_validator", msgspec.json.Decoder(struct))
+        return self._validator  # type: ignore[no-any-return]
+
+    def projection_sql(self, relation: str) -> str:
+        """DuckDB SQL turning ``relation`` (see :data:`INPUT_SCHEMA`) into this table."""
+        cols = [
+            f"{_record_id_sql()} AS record_id",
+            f"coalesce({_time_sql(TIME_KEYS)}, received_at) AS time",
+            "received_at",
+            "source",
+            "stream",
+            "kind",
+            f"coalesce({_text_sql(TYPE_KEYS)}, hdr_type) AS type",
+        ]
+        for column in self.columns:
+            if column.kind == "time":
+                expr = _time_sql(column.keys)
+            elif column.kind in ("string", "id"):
+                expr = _text_sql(column.keys)
+            else:
+                sql_type = "DOUBLE" if column.kind == "float" else "BIGINT"
+                expr = f"try_cast({_text_sql(column.keys)} AS {sql_type})"
+            cols.append(f"{expr} AS {_ident(column.name)}")
+        removed = msgspec.json.encode(dict.fromkeys(self.mapped_keys)).decode()
+        cols.append(f"nullif(json_merge_patch(j, {_lit(removed)})::VARCHAR, '{{}}') AS extra")
+        return (
+            "SELECT " + ",\n  ".join(cols) + f"\nFROM (SELECT *, json(line) AS j FROM {relation}"
+            " WHERE json_valid(line) AND json_type(line) = 'OBJECT')"
+            "\nQUALIFY row_number() OVER (PARTITION BY record_id ORDER BY entry, line_no) = 1"
+        )
+
+
+# The relation a projection reads: one row per spooled JSON line with its entry's header.
+INPUT_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string()),
+        pa.field("stream", pa.string()),
+        pa.field("kind", pa.string()),
+        pa.field("hdr_type", pa.string()),
+        pa.field("received_at", UTC_US),
+        pa.field("idem", pa.string()),
+        pa.field("entry", pa.string()),
+        pa.field("line_no", pa.int32()),
+        pa.field("line", pa.string()),
+    ]
+)
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _path(key: str) -> str:
+    return _lit("$." + msgspec.json.encode(key).decode())
+
+
+def _text_sql(keys: Iterable[str]) -> str:
+    parts = [f"(j->>{_path(k)})" for k in keys]
+    return parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
+
+
+def _time_sql(keys: Iterable[str]) -> str:
+    """RFC 3339 text, or a number of seconds, milliseconds, microseconds or nanoseconds
+    since the epoch (told apart by magnitude), as a UTC timestamp; NULL if unusable."""
+    raw = f"coalesce({', '.join(f'(j->{_path(k)})' for k in keys)})"
+    num = f"try_cast({raw} AS DOUBLE)"
+    micros = (
+        f"CASE WHEN abs({num}) < 1e11 THEN {num} * 1e6 WHEN abs({num}) < 1e14 THEN {num} * 1e3"
+        f" WHEN abs({num}) < 1e17 THEN {num} ELSE {num} / 1e3 END"
+    )
+    return (
+        f"CASE json_type({raw}) WHEN 'VARCHAR' THEN try_cast(({raw})->>'$' AS TIMESTAMPTZ)"
+        f" WHEN 'NULL' THEN NULL ELSE try_cast(make_timestamp(round({micros})::BIGINT)"
+        " AT TIME ZONE 'UTC' AS TIMESTAMPTZ) END"
+    )
+
+
+def _record_id_sql() -> str:
+    """The record id rule, mirrored by :func:`rtclake.records.record_id`.
+
+    - with an idempotency key (a source's message id): source, stream, key, line number;
+    - else, if the record carries its own time: source, stream and the compact JSON;
+    - else (nothing tells a retry from a new reading): source, stream and its position
+      in the spool, which a replay after a crash reproduces.
+    """
+    has_time = " OR ".join(f"(j->{_path(k)}) IS NOT NULL" for k in TIME_KEYS)
+    key = (
+        "CASE WHEN idem IS NOT NULL THEN idem || ':' || line_no::VARCHAR"
+        f" WHEN {has_time} THEN j::VARCHAR"
+        " ELSE entry || ':' || line_no::VARCHAR END"
+    )
+    return f"md5(concat_ws(chr(31), source, stream, {key}))"
+
+
+TELEMETRY = Table(
+    name="telemetry",
+    kind="telemetry",
+    description="Generic device and application JSON (HTTP, MQTT, WebSocket, gRPC).",
+    columns=(Column("device_id", "id", ("device_id", "deviceId", "device")),),
+)
+
+EVENTS = Table(
+    name="events",
+    kind="event",
+    description="Events and webhooks of every source.",
+    columns=(
+        Column("id", "id", ("id",)),
+        Column("channel_id", "id", ("channel_id", "room", "room_name")),
+        Column("session_id", "id", ("session_id", "room_sid")),
+        Column("connection_id", "id", ("connection_id", "participant_sid")),
+        Column("client_id", "id", ("client_id", "participant_identity")),
+        Column("track_id", "id", ("track_id", "track_sid")),
+    ),
+)
+
+
+class TableRegistry:
+    """The tables this node knows, by name."""
+
+    def __init__(self, tables: Iterable[Table] = (TELEMETRY, EVENTS)) -> None:
+        self._tables: dict[str, Table] = {}
+        for table in tables:
+            self.add(table)
+
+    def add(self, table: Table) -> None:
+        if table.name in self._tables:
+            raise ValueError(f"table {table.name!r} is declared twice")
+        self._tables[table.name] = table
+
+    def __getitem__(self, name: str) -> Table:
+        return self._tables[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tables
+
+    def __iter__(self) -> Any:
+        return iter(self._tables.values())
+
+    def names(self) -> list[str]:
+        return list(self._tables)
