@@ -81,7 +81,7 @@ def query(
     config: ConfigOption = None,
 ) -> None:
     """Run SQL over the lake, locally, and print the result."""
-    from rtclake.query import QueryEngine
+    from rtclake.query import JSON_OPTIONS, QueryEngine, json_default
     from rtclake.tables import TableRegistry
 
     settings = _settings(config)
@@ -107,7 +107,7 @@ def query(
     elif output is Format.json:
         rows = [dict(zip(result.columns, row, strict=True)) for row in result.rows()]
         sys.stdout.buffer.write(
-            orjson.dumps(rows, option=orjson.OPT_INDENT_2 | orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z)
+            orjson.dumps(rows, default=json_default, option=JSON_OPTIONS | orjson.OPT_INDENT_2)
             + b"\n"
         )
     else:

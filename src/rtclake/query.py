@@ -9,19 +9,37 @@ time limit.
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import threading
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 import pyarrow as pa
 
 from rtclake.errors import QueryError
 from rtclake.tables import Table, TableRegistry
 
 _ALLOWED = {"SELECT"}
+
+
+def json_default(value: Any) -> Any:
+    """What ``orjson`` cannot encode by itself, as DuckDB returns it."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+JSON_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
 
 
 @dataclass(frozen=True)
@@ -37,8 +55,6 @@ class QueryResult:
 
     def rows(self) -> list[list[Any]]:
         """Rows as lists; JSON columns parsed into objects."""
-        import orjson
-
         columns = []
         for name in self.table.column_names:
             values = self.table.column(name).to_pylist()

@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from rtclake import __version__
 from rtclake.errors import QueryError
+from rtclake.query import JSON_OPTIONS, json_default
 from rtclake.service import Service
 from rtclake.sources.http_ingest import JSON, bearer_ok, json_error
 
@@ -104,7 +105,7 @@ def create_app(service: Service) -> Starlette:
             "elapsed_ms": round(result.elapsed * 1000, 3),
         }
         return Response(
-            orjson.dumps(payload, option=orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z),
+            orjson.dumps(payload, default=json_default, option=JSON_OPTIONS),
             media_type=JSON,
         )
 

@@ -1,0 +1,53 @@
+"""HTTP in, SQL out, through a real ``rtclake run`` process."""
+
+from __future__ import annotations
+
+import gzip
+
+import httpx
+
+from tests.conftest import Server
+
+
+def test_records_posted_over_http_are_queryable(server: Server) -> None:
+    one = {"device_id": "t1", "time": "2026-11-23T12:00:00.123456Z", "temp": 21.5}
+    lines = b'{"device_id":"t2","temp":1}\n{"device_id":3,"ts":1763899200123,"x":[1,2]}\n'
+    assert httpx.post(server.url + "/ingest/sensors", json=one).json() == {"accepted": 1}
+    response = httpx.post(server.url + "/ingest/sensors", content=lines)
+    assert response.status_code == 200
+    assert response.json() == {"accepted": 2}
+
+    assert server.wait_rows("SELECT count(*) FROM telemetry", 3) == 3
+    result = server.query(
+        "SELECT device_id, time, extra, stream, source, date::VARCHAR FROM telemetry"
+        " ORDER BY device_id"
+    )
+    rows = {row[0]: row for row in result["rows"]}
+    assert rows["t1"][1] == "2026-11-23T12:00:00.123456Z"
+    assert rows["t1"][2] == {"temp": 21.5}
+    assert rows["t1"][3:] == ["sensors", "http", "2026-11-23"]
+    assert rows["3"][1] == "2025-11-23T12:00:00.123000Z"  # epoch milliseconds
+    assert rows["3"][2] == {"x": [1, 2]}
+
+
+def test_gzip_array_body_is_accepted(server: Server) -> None:
+    body = gzip.compress(b'[{"a": 1}, {"a": 2},\n {"a": 3}]')
+    response = httpx.post(
+        server.url + "/ingest/arr", content=body, headers={"Content-Encoding": "gzip"}
+    )
+    assert response.json() == {"accepted": 3}
+    assert server.wait_rows("SELECT sum((extra->>'a')::INT) FROM telemetry", 6) == 6
+
+
+def test_a_record_sent_twice_is_stored_once(server: Server) -> None:
+    record = {"time": "2026-11-23T00:00:00Z", "device_id": "d", "v": 1}
+    for _ in range(2):
+        assert httpx.post(server.url + "/ingest/dup", json=record).status_code == 200
+    timeless = b'{"v": 1}\n{"v": 1}'
+    for _ in range(2):
+        response = httpx.post(
+            server.url + "/ingest/dup", content=timeless, headers={"Idempotency-Key": "k1"}
+        )
+        assert response.status_code == 200
+    # 1 timed record + 2 distinct timeless lines (the retry with the same key adds none).
+    assert server.wait_rows("SELECT count(*) FROM telemetry", 3) == 3

@@ -1,0 +1,112 @@
+"""The query engine: views over the lake, read-only, row and time limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rtclake.errors import QueryError
+from rtclake.query import QueryEngine
+from rtclake.sinks.base import Batch
+from rtclake.sinks.lake import LakeSink
+from rtclake.spool import Entry, EntryHeader
+from rtclake.tables import TableRegistry
+from rtclake.writer import Converter
+
+
+def batch(segment: int, body: bytes) -> Batch:
+    head = EntryHeader(
+        table="telemetry",
+        source="http",
+        stream="s",
+        kind="telemetry",
+        received_us=1_763_899_200_000_000,
+        records=body.count(b"\n") + 1,
+    )
+    converter = Converter(TableRegistry())
+    try:
+        tables = converter.convert("sp", segment, [Entry(head, body, 0)])
+    finally:
+        converter.close()
+    return Batch("node", "sp", segment, tables)
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> Path:
+    sink = LakeSink(tmp_path / "lake")
+    sink.start()
+    body = b"\n".join(
+        b'{"time": "2026-11-%02dT10:00:00Z", "device_id": "d%d", "v": %d}' % (1 + i % 3, i, i)
+        for i in range(30)
+    )
+    sink.write(batch(1, body))
+    return tmp_path / "lake"
+
+
+def engine(root: Path, **kw: object) -> QueryEngine:
+    return QueryEngine(root, TableRegistry(), **kw)  # type: ignore[arg-type]
+
+
+def test_tables_are_views_partitioned_by_date(lake: Path) -> None:
+    result = engine(lake).run("SELECT date::VARCHAR, count(*) FROM telemetry GROUP BY 1 ORDER BY 1")
+    assert result.rows() == [["2026-11-01", 10], ["2026-11-02", 10], ["2026-11-03", 10]]
+    files = sorted(p.relative_to(lake).as_posix() for p in lake.rglob("*.parquet"))
+    assert files == [f"telemetry/date=2026-11-0{d}/node-sp-000000000001.parquet" for d in (1, 2, 3)]
+
+
+def test_a_replayed_batch_overwrites_its_own_files(lake: Path) -> None:
+    sink = LakeSink(lake)
+    body = b'{"time": "2026-11-01T10:00:00Z", "device_id": "d0", "v": 0}'
+    sink.write(batch(1, body))  # segment 1 again, e.g. after a crash before its ack
+    assert not list(lake.rglob(".*.tmp"))
+    result = engine(lake, dedup=False).run("SELECT count(*) FROM telemetry")
+    assert result.rows() == [[21]]  # date=2026-11-01 was rewritten with the replayed rows
+
+
+def test_duplicate_record_ids_across_files_are_hidden(lake: Path) -> None:
+    sink = LakeSink(lake)
+    body = b'{"time": "2026-11-01T10:00:00Z", "device_id": "d0", "v": 0}'
+    sink.write(batch(2, body))  # the same record delivered again in another batch
+    assert engine(lake).run("SELECT count(*) FROM telemetry").rows() == [[30]]
+    assert engine(lake, dedup=False).run("SELECT count(*) FROM telemetry").rows() == [[31]]
+
+
+def test_empty_lake_has_empty_typed_views(tmp_path: Path) -> None:
+    result = engine(tmp_path / "nothing").run("SELECT count(*), max(time) FROM events")
+    assert result.rows() == [[0, None]]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "CREATE TABLE x AS SELECT 1",
+        "COPY (SELECT 1) TO '/tmp/rtclake-should-not-exist.csv'",
+        "INSTALL httpfs",
+        "SELECT 1; SELECT 2",
+        "ATTACH '/tmp/other.db'",
+        "SET enable_external_access = true",
+    ],
+)
+def test_only_one_select_is_allowed(lake: Path, sql: str) -> None:
+    with pytest.raises(QueryError) as info:
+        engine(lake).run(sql)
+    assert info.value.reason in ("read_only", "bad_sql")
+    assert not Path("/tmp/rtclake-should-not-exist.csv").exists()
+
+
+def test_files_outside_the_lake_cannot_be_read(lake: Path) -> None:
+    with pytest.raises(QueryError, match=r"(?i)permission|access|disabled"):
+        engine(lake).run("SELECT * FROM read_csv('/etc/passwd')")
+
+
+def test_row_limit_truncates(lake: Path) -> None:
+    result = engine(lake, max_rows=7).run("SELECT * FROM telemetry")
+    assert result.table.num_rows == 7
+    assert result.truncated
+
+
+def test_slow_query_is_interrupted(lake: Path) -> None:
+    with pytest.raises(QueryError) as info:
+        engine(lake, timeout=0.3).run("SELECT count(*) FROM range(100000000000) a")
+    assert info.value.reason == "timeout"

@@ -1,0 +1,127 @@
+"""Table declarations: validation at the edge and the columnar projection agree."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+import pytest
+
+from rtclake.records import Record, record_id, records
+from rtclake.spool import Entry, EntryHeader
+from rtclake.tables import EVENTS, TELEMETRY
+from rtclake.writer import Converter, TableRegistry
+
+RECEIVED_US = 1_763_899_200_000_000  # 2025-11-23T12:00:00Z
+
+
+def entry(
+    body: bytes, *, table: str = "telemetry", idem: str | None = None, index: int = 0
+) -> Entry:
+    lines = body.count(b"\n") + 1
+    head = EntryHeader(
+        table=table,
+        source="http",
+        stream="s",
+        kind="k",
+        received_us=RECEIVED_US,
+        records=lines,
+        idem=idem,
+    )
+    return Entry(head, body, index)
+
+
+def convert(*entries: Entry) -> dict[str, list[dict[str, object]]]:
+    converter = Converter(TableRegistry())
+    try:
+        tables = converter.convert("spool", 7, entries)
+    finally:
+        converter.close()
+    return {name: table.to_pylist() for name, table in tables.items()}
+
+
+def test_known_keys_become_columns_and_the_rest_goes_to_extra() -> None:
+    (row,) = convert(entry(b'{"device_id": 42, "type": "reading", "t": 1, "nested": {"a": [1]}}'))[
+        "telemetry"
+    ]
+    assert row["device_id"] == "42"
+    assert row["type"] == "reading"
+    assert msgspec.json.decode(row["extra"]) == {"t": 1, "nested": {"a": [1]}}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('"2026-11-23T12:00:00.123456Z"', dt.datetime(2026, 11, 23, 12, 0, 0, 123456)),
+        ('"2026-11-23T21:00:00+09:00"', dt.datetime(2026, 11, 23, 12, 0, 0)),
+        ("1763899200", dt.datetime(2025, 11, 23, 12, 0, 0)),
+        ("1763899200.5", dt.datetime(2025, 11, 23, 12, 0, 0, 500000)),
+        ("1763899200123", dt.datetime(2025, 11, 23, 12, 0, 0, 123000)),
+        ("1.75342361155652490234e+12", dt.datetime(2025, 7, 25, 6, 6, 51, 556525)),
+        ("1763899200123456", dt.datetime(2025, 11, 23, 12, 0, 0, 123456)),
+        ("1763899200123456789", dt.datetime(2025, 11, 23, 12, 0, 0, 123457)),
+    ],
+)
+def test_time_is_read_from_rfc3339_or_epoch_numbers(value: str, expected: dt.datetime) -> None:
+    (row,) = convert(entry(b'{"time": %s}' % value.encode()))["telemetry"]
+    assert row["time"] == expected.replace(tzinfo=dt.UTC)
+
+
+def test_missing_time_falls_back_to_received_at() -> None:
+    (row,) = convert(entry(b'{"v": 1}'))["telemetry"]
+    assert row["time"] == row["received_at"]
+    assert row["time"] == dt.datetime(2025, 11, 23, 12, tzinfo=dt.UTC)
+
+
+def test_record_ids_follow_the_documented_rule() -> None:
+    rows = convert(
+        entry(b'{"time": 1, "v": 1}', index=0),
+        entry(b'{"v": 2}\n{"v": 2}', index=1),
+        entry(b'{"v": 3}', idem="req-9", index=2),
+    )["telemetry"]
+    by_v = {}
+    for row in rows:
+        by_v.setdefault(msgspec.json.decode(row["extra"])["v"], []).append(row["record_id"])
+    assert by_v[1] == [record_id("http", "s", '{"time":1,"v":1}')]
+    assert sorted(by_v[2]) == sorted(
+        [record_id("http", "s", "spool:7:1:1"), record_id("http", "s", "spool:7:1:2")]
+    )
+    assert by_v[3] == [record_id("http", "s", "req-9:1")]
+
+
+def test_a_record_twice_in_one_batch_is_kept_once() -> None:
+    rows = convert(entry(b'{"time": 5, "v": 1}\n{"time": 5,  "v": 1}'))["telemetry"]
+    assert len(rows) == 1
+
+
+def test_same_entries_give_the_same_rows() -> None:
+    body = b'{"v": 1}\n{"time": "2026-01-01T00:00:00Z", "v": 2}'
+    assert convert(entry(body)) == convert(entry(body))
+
+
+def test_validator_rejects_wrong_types_of_mapped_keys() -> None:
+    decode = TELEMETRY.validator().decode
+    decode(b'{"time": "2026-11-23T12:00:00Z", "device_id": 5, "anything": [1, {"x": null}]}')
+    for bad in (b'{"time": "yesterday"}', b'{"time": true}', b'{"type": 5}', b"[1]"):
+        with pytest.raises(msgspec.ValidationError):
+            decode(bad)
+
+
+def test_events_table_maps_source_identifiers() -> None:
+    body = b'{"type": "session.created", "channel_id": "c", "session_id": "s1", "x": 1}'
+    (row,) = convert(entry(body, table="events"))["events"]
+    assert (row["channel_id"], row["session_id"], row["type"]) == ("c", "s1", "session.created")
+    assert set(EVENTS.schema.names) >= {"connection_id", "client_id", "track_id", "extra"}
+
+
+def test_rows_read_back_as_typed_records() -> None:
+    converter = Converter(TableRegistry())
+    try:
+        tables = converter.convert("spool", 1, [entry(b'{"device_id": "d", "v": 1}')])
+    finally:
+        converter.close()
+    (record,) = records("telemetry", tables["telemetry"])
+    assert isinstance(record, Record)
+    assert record.ids == {"device_id": "d"}
+    assert record.payload == {"v": 1}
+    assert record.time.tzinfo is not None
