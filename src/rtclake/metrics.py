@@ -50,6 +50,11 @@ class Metrics:
             registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
         )
+        self.quarantined = Counter(
+            "rtclake_spool_quarantined_segments",
+            "Segments that could not be converted after retries, moved to spool/quarantine.",
+            registry=r,
+        )
         self.spool_bytes = Gauge(
             "rtclake_spool_bytes",
             "Bytes in the spool not yet confirmed by every sink.",

@@ -73,7 +73,7 @@ def record_id(source: str, stream: str, key: str) -> str:
     The identity key is, in order of preference: ``IDEMPOTENCY-KEY:LINE`` when the
     sender gave an idempotency key; the record's compact JSON when it carries its own
     time (``time``, ``timestamp`` or ``ts``); else its spool position
-    ``SPOOL:SEGMENT:ENTRY:LINE``, which a replay after a crash reproduces. The writer
+    ``RUN:SEGMENT:ENTRY:LINE``, which a replay after a crash reproduces. The writer
     computes the same in SQL.
     """
     return hashlib.md5(

@@ -96,10 +96,14 @@ def create_app(service: Service) -> Starlette:
             result = await run_in_threadpool(service.query.run, body["sql"], max_rows=max_rows)
         except QueryError as exc:
             return json_error(400, exc.reason, exc.message)
+        try:
+            rows = result.rows()
+        except (ValueError, OverflowError) as exc:
+            return json_error(400, "unrepresentable", f"a value cannot be returned: {exc}")
         payload = {
             "columns": result.columns,
             "types": [str(f.type) for f in result.table.schema],
-            "rows": result.rows(),
+            "rows": rows,
             "row_count": result.table.num_rows,
             "truncated": result.truncated,
             "elapsed_ms": round(result.elapsed * 1000, 3),

@@ -62,6 +62,7 @@ class Entry:
 @dataclass(eq=False)
 class Segment:
     seq: int
+    run: str  # the id of the process run that wrote it; with seq, names the batch
     path: Path
     size: int = 0
     records: int = 0
@@ -129,7 +130,9 @@ class Spool:
         self.segment_max_records = segment_max_records
         self.flush_interval = flush_interval
         self.fsync = fsync
-        self.spool_id = ""
+        # A new id per run: segment numbers restart once the spool is empty, and the
+        # run id keeps the names of the sinks' files (derived from it) from repeating.
+        self.run_id = secrets.token_hex(6)
         self._lock = threading.Lock()
         self._sealed_bytes = 0
         self._sealed_count = 0
@@ -164,14 +167,7 @@ class Spool:
     async def start(self) -> None:
         """Recover what a previous run left, queue it for the writer, open a segment."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        id_file = self.directory / "spool.id"
-        if not id_file.exists():
-            tmp = id_file.with_suffix(".tmp")
-            tmp.write_text(secrets.token_hex(4))
-            os.replace(tmp, id_file)
-            _fsync_dir(self.directory)
-        self.spool_id = id_file.read_text().strip()
-        for path in sorted(self.directory.glob("*.wal")):
+        for path in sorted(self.directory.glob("*.wal"), key=_seq_of):
             seg = self._recover(path)
             if seg is not None:
                 self._enqueue_sealed(seg)
@@ -181,7 +177,7 @@ class Spool:
         ]
 
     def _recover(self, path: Path) -> Segment | None:
-        seq = int(path.stem)
+        run, seq = path.stem.rsplit("-", 1)[0], _seq_of(path)
         self._next_seq = max(self._next_seq, seq + 1)
         entries, valid_end = read_entries(path)
         size = path.stat().st_size
@@ -195,7 +191,9 @@ class Spool:
             path.with_suffix(".acks").unlink(missing_ok=True)
             return None
         records = sum(e.header.records for e in entries)
-        return Segment(seq, path, size=valid_end, records=records, retired=True, dir_synced=True)
+        return Segment(
+            seq, run, path, size=valid_end, records=records, retired=True, dir_synced=True
+        )
 
     async def close(self) -> None:
         """Cut the open segment (so the writer can drain it) and stop the background tasks."""
@@ -257,9 +255,9 @@ class Spool:
     def _open_segment(self) -> Segment:
         seq = self._next_seq
         self._next_seq += 1
-        path = self.directory / f"{seq:012d}.wal"
+        path = self.directory / f"{self.run_id}-{seq:012d}.wal"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        self._active = Segment(seq, path, fd=fd)
+        self._active = Segment(seq, self.run_id, path, fd=fd)
         return self._active
 
     def _retire(self, seg: Segment) -> None:
@@ -368,15 +366,32 @@ class Spool:
             if self.fsync:
                 os.fsync(fh.fileno())
 
+    def quarantine(self, seg: Segment) -> Path:
+        """Move a segment that cannot be converted to ``quarantine/``, out of the queue."""
+        folder = self.directory / "quarantine"
+        folder.mkdir(exist_ok=True)
+        target = folder / seg.path.name
+        os.replace(seg.path, target)
+        seg.acks_path.unlink(missing_ok=True)
+        self._forget(seg)
+        return target
+
     def remove(self, seg: Segment) -> None:
         """Delete a segment every sink confirmed."""
         seg.path.unlink(missing_ok=True)
         seg.acks_path.unlink(missing_ok=True)
+        self._forget(seg)
+
+    def _forget(self, seg: Segment) -> None:
         if self.fsync:
             _fsync_dir(self.directory)
         with self._lock:
             self._sealed_bytes -= seg.size
             self._sealed_count -= 1
+
+
+def _seq_of(path: Path) -> int:
+    return int(path.stem.rsplit("-", 1)[-1])
 
 
 def _fsync_dir(path: Path) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import pyarrow as pa
@@ -27,10 +27,17 @@ UTC_US = pa.timestamp("us", tz="UTC")
 
 # The python types a payload value may have for each kind of column; anything else is
 # rejected at the edge with the key's name in the message.
+# Numeric times are seconds, milliseconds, microseconds or nanoseconds since the epoch,
+# told apart by magnitude (see _time_sql); any number in [0, 2**63) is a date that
+# Parquet, DuckDB and Python represent. Negative and larger numbers are refused.
+_EPOCH_MAX = 2**63 - 1
 _VALIDATOR_TYPES: dict[str, Any] = {
     "string": str | None,
     "id": str | int | None,
-    "time": dt.datetime | int | float | None,
+    "time": dt.datetime
+    | Annotated[int, msgspec.Meta(ge=0, le=_EPOCH_MAX)]
+    | Annotated[float, msgspec.Meta(ge=0, lt=float(_EPOCH_MAX))]
+    | None,
     "float": float | int | None,
     "int": int | None,
 }
@@ -187,7 +194,7 @@ def _time_sql(keys: Iterable[str]) -> str:
     )
     return (
         f"CASE json_type({raw}) WHEN 'VARCHAR' THEN try_cast(({raw})->>'$' AS TIMESTAMPTZ)"
-        f" WHEN 'NULL' THEN NULL ELSE try_cast(make_timestamp(round({micros})::BIGINT)"
+        f" WHEN 'NULL' THEN NULL ELSE try_cast(make_timestamp(try_cast(round({micros}) AS BIGINT))"
         " AT TIME ZONE 'UTC' AS TIMESTAMPTZ) END"
     )
 

@@ -15,6 +15,7 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -28,7 +29,7 @@ from rtclake.tables import INPUT_SCHEMA, TableRegistry
 log = structlog.get_logger(__name__)
 
 
-def entries_to_input(spool_id: str, segment: int, entries: Sequence[Entry]) -> pa.Table:
+def entries_to_input(run: str, segment: int, entries: Sequence[Entry]) -> pa.Table:
     """One row per spooled JSON line, carrying its entry's header (see ``INPUT_SCHEMA``)."""
     lines: list[bytes] = []
     line_no: list[int] = []
@@ -46,7 +47,7 @@ def entries_to_input(spool_id: str, segment: int, entries: Sequence[Entry]) -> p
         headers["hdr_type"].append(h.type)
         headers["received_at"].append(h.received_us)
         headers["idem"].append(h.idem)
-        headers["entry"].append(f"{spool_id}:{segment}:{entry.index}")
+        headers["entry"].append(f"{run}:{segment}:{entry.index}")
     head = pa.table(
         {name: pa.array(values, INPUT_SCHEMA.field(name).type) for name, values in headers.items()}
     ).take(pa.array(take, pa.int32()))
@@ -63,14 +64,14 @@ class Converter:
         self._con = duckdb.connect(config={"threads": 2})
         self._con.execute("SET TimeZone = 'UTC'")
 
-    def convert(self, spool_id: str, segment: int, entries: Sequence[Entry]) -> dict[str, pa.Table]:
+    def convert(self, run: str, segment: int, entries: Sequence[Entry]) -> dict[str, pa.Table]:
         by_table: dict[str, list[Entry]] = defaultdict(list)
         for entry in entries:
             by_table[entry.header.table].append(entry)
         out: dict[str, pa.Table] = {}
         for name, group in by_table.items():
             table = self.tables[name]
-            relation = entries_to_input(spool_id, segment, group)
+            relation = entries_to_input(run, segment, group)
             self._con.register("spooled", relation)
             try:
                 result = self._con.execute(table.projection_sql("spooled")).fetch_arrow_table()
@@ -108,12 +109,18 @@ class Writer:
         self._converter = Converter(tables)
         self._task: asyncio.Task[None] | None = None
         self._busy = False
+        self._failed_conversions: dict[Path, int] = {}
+        self.max_conversion_attempts = 5
         self._last_maintenance = time.monotonic()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for sink in self.sinks:
-            await loop.run_in_executor(None, sink.start)
+            try:
+                await loop.run_in_executor(None, sink.start)
+            except Exception as exc:  # the sink may come back; its writes are retried
+                self.metrics.sink_errors.labels(sink.name).inc()
+                log.error("writer: sink failed to start", sink=sink.name, error=str(exc))
         self._task = asyncio.create_task(self._run(), name="writer")
 
     @property
@@ -148,6 +155,9 @@ class Writer:
             delay = self.retry_initial
             try:
                 while not await loop.run_in_executor(None, self._deliver, seg):
+                    if self._failed_conversions.get(seg.path, 0) >= self.max_conversion_attempts:
+                        await loop.run_in_executor(None, self._quarantine, seg)
+                        break
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.retry_max)
                 if time.monotonic() - self._last_maintenance >= self.maintenance_interval:
@@ -159,16 +169,17 @@ class Writer:
         """Write one segment to every sink that lacks it; True when all have it."""
         try:
             entries = Spool.read(seg)
-            tables = self._converter.convert(self.spool.spool_id, seg.seq, entries)
-        except Exception as exc:  # kept on disk and retried; never dropped
+            tables = self._converter.convert(seg.run, seg.seq, entries)
+        except Exception as exc:  # retried, then set aside; never dropped
             self.metrics.sink_errors.labels("converter").inc()
+            self._failed_conversions[seg.path] = self._failed_conversions.get(seg.path, 0) + 1
             log.error(
-                "writer: cannot convert segment; kept",
-                segment=seg.seq,
+                "writer: cannot convert segment",
+                segment=seg.path.name,
                 error=f"{type(exc).__name__}: {exc}",
             )
             return False
-        batch = Batch(self.node, self.spool.spool_id, seg.seq, tables)
+        batch = Batch(self.node, seg.run, seg.seq, tables)
         done = Spool.acked_sinks(seg)
         ok = True
         for sink in self.sinks:
@@ -195,6 +206,13 @@ class Writer:
             self.spool.remove(seg)
             log.debug("writer: batch stored", segment=seg.seq, rows=batch.num_rows)
         return ok
+
+    def _quarantine(self, seg: Segment) -> None:
+        """Set a segment that cannot be converted aside, so later batches flow again."""
+        self._failed_conversions.pop(seg.path, None)
+        target = self.spool.quarantine(seg)
+        self.metrics.quarantined.inc()
+        log.error("writer: segment quarantined; inspect it and re-import", path=str(target))
 
     def _maintain(self) -> None:
         self._last_maintenance = time.monotonic()

@@ -24,14 +24,14 @@ class Batch:
     """The records of one spool segment, as one Arrow table per lake table."""
 
     node: str
-    spool_id: str
+    run: str
     segment: int
     tables: dict[str, pa.Table]
 
     @property
     def name(self) -> str:
         """A name unique to this batch on this node, the same when it is replayed."""
-        return f"{self.node}-{self.spool_id}-{self.segment:012d}"
+        return f"{self.node}-{self.run}-{self.segment:012d}"
 
     @property
     def num_rows(self) -> int:

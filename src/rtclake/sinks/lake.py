@@ -1,6 +1,6 @@
 """The lake sink: Parquet files, Hive-partitioned by table and UTC date.
 
-Layout: ``ROOT/TABLE/date=YYYY-MM-DD/NODE-SPOOLID-SEGMENT.parquet``. The name is derived
+Layout: ``ROOT/TABLE/date=YYYY-MM-DD/NODE-RUN-SEGMENT.parquet``. The name is derived
 from the batch, so a replayed batch overwrites its own earlier file instead of adding a
 second copy. Each file is written under a hidden temporary name, fsync'd, then renamed,
 so a reader (DuckDB's glob) never sees half a file.

@@ -70,6 +70,8 @@ def split_records(body: bytes, validator: msgspec.json.Decoder[Any]) -> tuple[by
     try:
         validator.decode(body)
     except (msgspec.ValidationError, RecursionError) as exc:
+        if _holds_several_documents(body):
+            return _split_lines(body, validator)  # raises, naming the line
         raise _error(exc, "record", None) from exc
     except msgspec.DecodeError as exc:
         if "trailing characters" not in str(exc):
@@ -77,6 +79,17 @@ def split_records(body: bytes, validator: msgspec.json.Decoder[Any]) -> tuple[by
     else:
         return _compact(body.strip()), 1
     return _split_lines(body, validator)
+
+
+def _holds_several_documents(body: bytes) -> bool:
+    """True if ``body`` is more than one JSON document (JSON Lines), checked without types."""
+    try:
+        msgspec.json.decode(body, type=msgspec.Raw)
+    except msgspec.DecodeError as exc:
+        return "trailing characters" in str(exc)
+    except RecursionError:
+        return False
+    return False
 
 
 def _json_error(exc: Exception, body: bytes) -> InputError:

@@ -1,0 +1,255 @@
+"""Malformed ingest requests: each is refused with a 4xx JSON answer naming the reason,
+nothing of it is stored, and the server goes on serving."""
+
+from __future__ import annotations
+
+import gzip
+import signal
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Server
+
+MAX_BODY = 1024 * 1024
+DEEP = 100_000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the module: the point is that it survives every bad request."""
+    data_dir = tmp_path_factory.mktemp("errors") / "data"
+    data_dir.mkdir()
+    env = {
+        "RTCLAKE_SERVER__MAX_BODY_BYTES": str(MAX_BODY),
+        "RTCLAKE_SPOOL__FLUSH_INTERVAL": "0.1",
+    }
+    server = Server(data_dir, env=env).start()
+    yield server
+    if server.proc is not None:
+        server.stop(signal.SIGKILL)
+
+
+def post(server: Server, stream: str, content: Any, **headers: str) -> httpx.Response:
+    return httpx.post(f"{server.url}/ingest/{stream}", content=content, headers=headers, timeout=30)
+
+
+def assert_refused(response: httpx.Response, status: int, error: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body: dict[str, Any] = response.json()
+    assert body["error"] == error, body
+    assert isinstance(body["message"], str) and body["message"], body
+    return body
+
+
+def assert_still_serving_and_nothing_stored(server: Server, stream: str) -> None:
+    """A good request to ``stream`` succeeds and becomes the stream's only row.
+
+    The writer stores batches in order, so once the good record is visible, any record of
+    the earlier bad request would be visible too.
+    """
+    good = b'{"good": "%s", "time": "2026-05-01T00:00:00Z"}' % stream.encode()
+    assert post(server, stream, good).json() == {"accepted": 1}
+    count = f"SELECT count(*) FROM telemetry WHERE stream = '{stream}'"
+    assert server.wait_rows(count, 1, timeout=10) == 1
+    rows = server.query(f"SELECT extra->>'good' FROM telemetry WHERE stream = '{stream}'")
+    assert rows["rows"] == [[stream]]
+
+
+@dataclass(frozen=True)
+class Bad:
+    body: bytes
+    error: str
+    line: int | None = None
+    status: int = 400
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def jsonl(*lines: bytes) -> bytes:
+    return b"\n".join(lines) + b"\n"
+
+
+GOOD_LINE = b'{"seq": 1, "time": "2026-05-01T00:00:00Z", "v": 1}'
+NESTED = b"[" * DEEP + b"]" * DEEP
+GZIPPED = gzip.compress(jsonl(GOOD_LINE, GOOD_LINE.replace(b"1}", b"2}")))
+
+BROKEN_JSON = {
+    "object-truncated": Bad(b'{"a": 1, "b": ', "bad_json"),
+    "object-trailing-comma": Bad(b'{"a": 1,}', "bad_json"),
+    "array-truncated": Bad(b'[{"a": 1}, {"a": ', "bad_json"),
+    "array-missing-comma": Bad(b'[{"a": 1} {"a": 2}]', "bad_json"),
+    "jsonl-bad-middle-line": Bad(
+        jsonl(GOOD_LINE, GOOD_LINE, b'{"a": 3,}', GOOD_LINE, GOOD_LINE), "bad_json", line=3
+    ),
+    "jsonl-bad-first-line": Bad(jsonl(b'{"a" 1}', GOOD_LINE), "bad_json", line=1),
+    "jsonl-truncated-last-line": Bad(GOOD_LINE + b"\n" + GOOD_LINE + b'\n{"a": 5', "bad_json", 3),
+}
+WRONG_TYPES = {
+    "time-not-a-time": Bad(b'{"time": "yesterday"}', "invalid_record"),
+    "time-bool": Bad(b'{"time": true}', "invalid_record"),
+    "ts-list": Bad(b'{"ts": [1]}', "invalid_record"),
+    "type-number": Bad(b'{"type": 5}', "invalid_record"),
+    "device-id-object": Bad(b'{"device_id": {"a": 1}}', "invalid_record"),
+    "array-of-numbers": Bad(b"[1, 2, 3]", "invalid_record"),
+    "array-with-one-bad-record": Bad(b'[{"a": 1}, {"time": "x"}]', "invalid_record"),
+    "top-level-string": Bad(b'"hello"', "invalid_record"),
+    "top-level-number": Bad(b"42", "invalid_record"),
+    "jsonl-bad-type-line-3": Bad(
+        jsonl(GOOD_LINE, GOOD_LINE, b'{"time": "yesterday"}', GOOD_LINE), "invalid_record", 3
+    ),
+    "jsonl-bad-type-line-1": Bad(jsonl(b'{"type": 5}', GOOD_LINE, GOOD_LINE), "invalid_record", 1),
+    "jsonl-array-line": Bad(jsonl(GOOD_LINE, b"[1]", GOOD_LINE), "invalid_record", 2),
+}
+ENCODINGS = {
+    "gzip-garbage": Bad(b"this is not gzip", "bad_gzip", headers=(("Content-Encoding", "gzip"),)),
+    "gzip-truncated": Bad(GZIPPED[:-12], "bad_gzip", headers=(("Content-Encoding", "gzip"),)),
+    "gzip-plain-json": Bad(GOOD_LINE, "bad_gzip", headers=(("Content-Encoding", "gzip"),)),
+    "deflate-garbage": Bad(b"\x00\x01\x02", "bad_gzip", headers=(("Content-Encoding", "deflate"),)),
+    "brotli": Bad(GOOD_LINE, "bad_encoding", status=415, headers=(("Content-Encoding", "br"),)),
+    "utf8-in-key": Bad(b'{"\xff\xfe": 1}', "invalid_utf8", line=1),
+    "utf8-in-unknown-value": Bad(b'{"note": "caf\xe9"}', "invalid_utf8", line=1),
+    "utf8-on-line-3": Bad(jsonl(GOOD_LINE, GOOD_LINE, b'{"x": "\xc3("}'), "invalid_utf8", 3),
+}
+SHAPES = {
+    "deep-arrays-in-unknown-field": Bad(b'{"x": ' + NESTED + b"}", "too_deep"),
+    "deep-objects-in-unknown-field": Bad(
+        b'{"x": ' + b'{"a": ' * DEEP + b"1" + b"}" * DEEP + b"}", "too_deep"
+    ),
+    "deep-arrays-in-an-array-record": Bad(b'[{"x": ' + NESTED + b"}]", "too_deep"),
+    "deep-arrays-on-line-2": Bad(jsonl(GOOD_LINE, b'{"x": ' + NESTED + b"}"), "too_deep", 2),
+    "empty-body": Bad(b"", "empty"),
+    "whitespace-body": Bad(b" \n\t\r\n  \n", "empty"),
+    "empty-array": Bad(b"[]", "empty"),
+    "idempotency-key-too-long": Bad(
+        GOOD_LINE, "bad_idempotency_key", headers=(("Idempotency-Key", "k" * 257),)
+    ),
+}
+CASES = BROKEN_JSON | WRONG_TYPES | ENCODINGS | SHAPES
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_malformed_body_is_refused_with_its_reason_and_nothing_is_stored(
+    server: Server, name: str
+) -> None:
+    bad = CASES[name]
+    response = post(server, name, bad.body, **dict(bad.headers))
+    body = assert_refused(response, bad.status, bad.error)
+    if bad.line is not None:
+        assert body.get("line") == bad.line, body
+    assert_still_serving_and_nothing_stored(server, name)
+
+
+@pytest.mark.parametrize(
+    ("name", "stream"),
+    [
+        ("leading-dash", "-x"),
+        ("too-long", "a" * 129),
+        ("space", "has%20space"),
+        ("non-ascii", "%C3%A9t%C3%A9"),
+        ("leading-dot", ".hidden"),
+    ],
+)
+def test_invalid_stream_name_is_refused(server: Server, name: str, stream: str) -> None:
+    assert_refused(post(server, stream, GOOD_LINE), 400, "bad_stream")
+    assert_still_serving_and_nothing_stored(server, f"after-bad-stream-{name}")
+
+
+def chunks(total: int, size: int = 64 * 1024) -> Iterator[bytes]:
+    """A streamed body (sent chunked, without Content-Length) of ``total`` bytes."""
+    line = GOOD_LINE + b"\n"
+    block = line * (size // len(line))
+    sent = 0
+    while sent < total:
+        yield block
+        sent += len(block)
+
+
+def jsonl_of_size(size: int) -> bytes:
+    """JSON Lines of exactly ``size`` bytes."""
+    line = b'{"v": 1}\n'
+    body = line * (size // len(line))
+    return body + b" " * (size - len(body))
+
+
+OVERSIZE: dict[str, tuple[Callable[[], Any], dict[str, str]]] = {
+    "oversize-with-length": (lambda: jsonl_of_size(MAX_BODY + 1), {}),
+    "oversize-chunked": (lambda: chunks(2 * MAX_BODY), {}),
+    "gzip-bomb": (
+        lambda: gzip.compress(jsonl_of_size(50 * MAX_BODY)),
+        {"Content-Encoding": "gzip"},
+    ),
+    "deflate-bomb": (
+        lambda: zlib.compress(jsonl_of_size(50 * MAX_BODY)),
+        {"Content-Encoding": "deflate"},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(OVERSIZE))
+def test_oversize_body_is_refused_with_413(server: Server, name: str) -> None:
+    make_content, headers = OVERSIZE[name]
+    assert_refused(post(server, name, make_content(), **headers), 413, "too_large")
+    assert_still_serving_and_nothing_stored(server, name)
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_body_of_exactly_the_limit_is_accepted(server: Server, encoding: str) -> None:
+    body = jsonl_of_size(MAX_BODY)
+    content = gzip.compress(body) if encoding == "gzip" else body
+    response = post(server, f"limit-{encoding}", content, **{"Content-Encoding": encoding})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"accepted": MAX_BODY // len(b'{"v": 1}\n')}
+
+
+def rejected(server: Server) -> dict[str, float]:
+    text = httpx.get(server.url + "/metrics").text
+    return {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "rtclake_records_rejected"
+        for sample in family.samples
+        if sample.name == "rtclake_records_rejected_total" and sample.labels["source"] == "http"
+    }
+
+
+def test_rejections_are_counted_by_reason(server: Server) -> None:
+    sends: list[tuple[str, bytes, dict[str, str]]] = [
+        ("bad_json", b'{"a": ', {}),
+        ("bad_json", jsonl(GOOD_LINE, b"{"), {}),
+        ("invalid_record", b'{"time": "yesterday"}', {}),
+        ("invalid_utf8", b'{"a": "\xff"}', {}),
+        ("empty", b"", {}),
+        ("too_deep", b'{"x": ' + NESTED + b"}", {}),
+        ("too_large", jsonl_of_size(MAX_BODY + 1), {}),
+        ("bad_gzip", b"nope", {"Content-Encoding": "gzip"}),
+        ("bad_encoding", GOOD_LINE, {"Content-Encoding": "br"}),
+    ]
+    before = rejected(server)
+    for reason, body, headers in sends:
+        assert post(server, "metrics", body, **headers).json()["error"] == reason
+    assert post(server, "-bad-stream", GOOD_LINE).json()["error"] == "bad_stream"
+    after = rejected(server)
+    delta = {reason: n - before.get(reason, 0) for reason, n in after.items()}
+    expected = Counter(reason for reason, _, _ in sends) + Counter(["bad_stream"])
+    assert {reason: n for reason, n in delta.items() if n} == dict(expected)
+
+
+def test_numeric_time_outside_the_representable_range_is_refused(make_server: Any) -> None:
+    # Numbers are read as s, ms, us or ns since the epoch by magnitude. Values beyond
+    # 64-bit microseconds, or outside years 1-9999, cannot be stored or read back.
+    fresh: Server = make_server()
+    values = ["1e25", "-1e25", "123456789012345678901234567890", "9e21", "-9e10"]
+    statuses = {
+        value: post(fresh, "far-time", b'{"time": %s}' % value.encode()).status_code
+        for value in values
+    }
+    assert statuses == dict.fromkeys(values, 400)
+    assert_still_serving_and_nothing_stored(fresh, "far-time")
+    assert fresh.query("SELECT * FROM telemetry")["row_count"] == 1
