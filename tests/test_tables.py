@@ -9,7 +9,7 @@ import pytest
 
 from rtclake.records import Record, record_id, records
 from rtclake.spool import Entry, EntryHeader
-from rtclake.tables import EVENTS, TELEMETRY
+from rtclake.tables import EVENTS, TELEMETRY, Column, Table
 from rtclake.writer import Converter, TableRegistry
 
 RECEIVED_US = 1_763_899_200_000_000  # 2025-11-23T12:00:00Z
@@ -82,16 +82,47 @@ def test_record_ids_follow_the_documented_rule() -> None:
     by_v = {}
     for row in rows:
         by_v.setdefault(msgspec.json.decode(row["extra"])["v"], []).append(row["record_id"])
-    assert by_v[1] == [record_id("http", "s", '{"time":1,"v":1}')]
+    assert by_v[1] == [record_id("http", "s", '{"time": 1, "v": 1}')]
     assert sorted(by_v[2]) == sorted(
         [record_id("http", "s", "spool:7:1:1"), record_id("http", "s", "spool:7:1:2")]
     )
     assert by_v[3] == [record_id("http", "s", "req-9:1")]
 
 
-def test_a_record_twice_in_one_batch_is_kept_once() -> None:
-    rows = convert(entry(b'{"time": 5, "v": 1}\n{"time": 5,  "v": 1}'))["telemetry"]
-    assert len(rows) == 1
+def test_a_record_twice_in_one_batch_gets_one_record_id() -> None:
+    rows = convert(entry(b'{"time": 5, "v": 1}\n{"time": 5, "v": 1}\n{"time": 6, "v": 1}'))
+    assert len({row["record_id"] for row in rows["telemetry"]}) == 2
+
+
+def test_nested_keys_become_columns_and_leave_the_rest_in_extra() -> None:
+    table = Table(
+        "nested",
+        "k",
+        columns=(
+            Column("bytes", "int", ("data.bytes",)),
+            Column("rtt", "float", ("data.rtt",)),
+            Column("ok", "bool", ("ok",)),
+        ),
+        identity=("id", "data.rtt"),
+    )
+    converter = Converter(TableRegistry([table]))
+    try:
+        head = EntryHeader(
+            table="nested", source="a", stream="s", kind="k", received_us=RECEIVED_US, records=2
+        )
+        body = b'{"id": "x", "ok": true, "data": {"bytes": 7, "rtt": 1.5e-2, "codec": "vp9"}}\n'
+        body += b'{"id": "y", "data": {"bytes": "n/a"}}'
+        result = converter.convert("r", 1, [Entry(head, body, 0)])["nested"]
+    finally:
+        converter.close()
+    rows = {msgspec.json.decode(r["extra"])["id"]: r for r in result.to_pylist()}
+    first, second = rows["y"], rows["x"]
+    assert (first["bytes"], first["rtt"], first["ok"]) == (None, None, None)
+    assert msgspec.json.decode(first["extra"]) == {"id": "y", "data": {}}
+    assert (second["bytes"], second["rtt"], second["ok"]) == (7, 0.015, True)
+    assert msgspec.json.decode(second["extra"]) == {"id": "x", "data": {"codec": "vp9"}}
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.data\.bytes"):
+        table.validator().decode(b'{"data": {"bytes": "n/a"}}')
 
 
 def test_same_entries_give_the_same_rows() -> None:

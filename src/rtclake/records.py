@@ -71,8 +71,9 @@ def record_id(source: str, stream: str, key: str) -> str:
     joined by the unit separator (U+001F).
 
     The identity key is, in order of preference: ``IDEMPOTENCY-KEY:LINE`` when the
-    sender gave an idempotency key; the record's compact JSON when it carries its own
-    time (``time``, ``timestamp`` or ``ts``); else its spool position
+    sender gave an idempotency key; the record's JSON text as sent (without surrounding
+    whitespace) when it carries its own time (``time``, ``timestamp`` or ``ts``); else
+    its spool position
     ``RUN:SEGMENT:ENTRY:LINE``, which a replay after a crash reproduces. The writer
     computes the same in SQL.
     """

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import pyarrow as pa
 
-FieldKind = Literal["string", "id", "time", "float", "int"]
+FieldKind = Literal["string", "id", "time", "float", "int", "bool", "json"]
 
 UTC_US = pa.timestamp("us", tz="UTC")
 
@@ -32,6 +32,8 @@ UTC_US = pa.timestamp("us", tz="UTC")
 # Parquet, DuckDB and Python represent. Negative and larger numbers are refused.
 _EPOCH_MAX = 2**63 - 1
 _VALIDATOR_TYPES: dict[str, Any] = {
+    "bool": bool | None,
+    "json": Any,
     "string": str | None,
     "id": str | int | None,
     "time": dt.datetime
@@ -42,6 +44,8 @@ _VALIDATOR_TYPES: dict[str, Any] = {
     "int": int | None,
 }
 _ARROW_TYPES: dict[str, pa.DataType] = {
+    "bool": pa.bool_(),
+    "json": pa.string(),
     "string": pa.string(),
     "id": pa.string(),
     "time": UTC_US,
@@ -67,7 +71,11 @@ TYPE_KEYS = ("type",)
 
 @dataclass(frozen=True)
 class Column:
-    """A typed column read from the first present of ``keys`` in the payload."""
+    """A typed column read from the first present of ``keys`` in the payload.
+
+    A key may be a path into nested objects, its parts joined by ``.``
+    (``rtc_data.bytesSent``).
+    """
 
     name: str
     kind: FieldKind
@@ -80,11 +88,17 @@ class Column:
 
 @dataclass(frozen=True)
 class Table:
-    """A lake table: its name, the kind it stamps on records, and its typed columns."""
+    """A lake table: its name, the kind it stamps on records, and its typed columns.
+
+    ``identity`` names the key paths that identify a record of this table whatever
+    source delivered it (for example a Sora stats line read from a log file and the same
+    line imported from S3); without it, the generic record id rule applies.
+    """
 
     name: str
     kind: str
     columns: tuple[Column, ...] = ()
+    identity: tuple[str, ...] = ()
     description: str = ""
     _validator: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -95,12 +109,22 @@ class Table:
         fields.append(pa.field("extra", pa.string()))
         return pa.schema(fields)
 
+    def _kinds(self, *, identity: bool = True) -> dict[str, str]:
+        """Every mapped key path and the kind of value it must hold."""
+        kinds: dict[str, str] = dict.fromkeys(TIME_KEYS, "time")
+        kinds.update(dict.fromkeys(TYPE_KEYS, "string"))
+        for column in self.columns:
+            for key in column.keys:
+                kinds.setdefault(key, column.kind)
+        if identity:
+            for key in self.identity:
+                kinds.setdefault(key, "id")
+        return kinds
+
     @property
     def mapped_keys(self) -> tuple[str, ...]:
-        keys: list[str] = [*TIME_KEYS, *TYPE_KEYS]
-        for column in self.columns:
-            keys += [k for k in column.keys if k not in keys]
-        return tuple(keys)
+        """Key paths stored in typed columns (so not repeated in ``extra``)."""
+        return tuple(self._kinds(identity=False))
 
     def validator(self) -> msgspec.json.Decoder[Any]:
         """A decoder that checks a JSON object's mapped keys have usable types.
@@ -109,45 +133,63 @@ class Table:
         makes validation of large batches cheap.
         """
         if self._validator is None:
-            kinds: dict[str, str] = dict.fromkeys(TIME_KEYS, "time")
-            kinds.update(dict.fromkeys(TYPE_KEYS, "string"))
-            for column in self.columns:
-                kinds.update(dict.fromkeys(column.keys, column.kind))
-            fields = [
-                (f"f{i}", _VALIDATOR_TYPES[kind], msgspec.field(default=None, name=key))
-                for i, (key, kind) in enumerate(kinds.items())
-            ]
-            struct = msgspec.defstruct(f"{self.name}_payload", fields)
+            struct = _validator_struct(self.name, _tree(self._kinds()))
             object.__setattr__(self, "_validator", msgspec.json.Decoder(struct))
         return self._validator  # type: ignore[no-any-return]
 
-    def projection_sql(self, relation: str) -> str:
-        """DuckDB SQL turning ``relation`` (see :data:`INPUT_SCHEMA`) into this table."""
+    def projection_sql(self, relation: str, *, check_json: bool = False) -> str:
+        """DuckDB SQL turning ``relation`` (see :data:`INPUT_SCHEMA`) into this table.
+
+        Each line is parsed once by ``json_transform`` into a struct of the mapped keys;
+        ``extra`` is the line without them. With ``check_json``, lines that are not JSON
+        objects are skipped instead of failing the whole batch.
+        """
+        kinds = self._kinds()
+        tree = _tree(kinds)
+        structure = msgspec.json.encode(_transform_types(tree)).decode()
+        when = _coalesce([_field(k) for k in TIME_KEYS])
         cols = [
-            f"{_record_id_sql()} AS record_id",
-            f"coalesce({_time_sql(TIME_KEYS)}, received_at) AS time",
+            f"{self._record_id_sql(when)} AS record_id",
+            f"coalesce({_time_sql(when)}, received_at) AS time",
             "received_at",
             "source",
             "stream",
             "kind",
-            f"coalesce({_text_sql(TYPE_KEYS)}, hdr_type) AS type",
+            f"coalesce({_coalesce([_field(k) for k in TYPE_KEYS])}, hdr_type) AS type",
         ]
         for column in self.columns:
-            if column.kind == "time":
-                expr = _time_sql(column.keys)
-            elif column.kind in ("string", "id"):
-                expr = _text_sql(column.keys)
-            else:
-                sql_type = "DOUBLE" if column.kind == "float" else "BIGINT"
-                expr = f"try_cast({_text_sql(column.keys)} AS {sql_type})"
+            value = _coalesce([_field(k) for k in column.keys])
+            expr = _time_sql(value) if column.kind == "time" else value
             cols.append(f"{expr} AS {_ident(column.name)}")
-        removed = msgspec.json.encode(dict.fromkeys(self.mapped_keys)).decode()
-        cols.append(f"nullif(json_merge_patch(j, {_lit(removed)})::VARCHAR, '{{}}') AS extra")
+        removed = msgspec.json.encode(_removal(_tree(self._kinds(identity=False)))).decode()
+        cols.append(f"nullif(json_merge_patch(line, {_lit(removed)})::VARCHAR, '{{}}') AS extra")
+        where = " WHERE json_valid(line) AND json_type(line) = 'OBJECT'" if check_json else ""
         return (
-            "SELECT " + ",\n  ".join(cols) + f"\nFROM (SELECT *, json(line) AS j FROM {relation}"
-            " WHERE json_valid(line) AND json_type(line) = 'OBJECT')"
-            "\nQUALIFY row_number() OVER (PARTITION BY record_id ORDER BY entry, line_no) = 1"
+            "SELECT "
+            + ",\n  ".join(cols)
+            + f"\nFROM (SELECT *, json_transform(line, {_lit(structure)}) AS t FROM {relation}"
+            + where
+            + ")"
         )
+
+    def _record_id_sql(self, when: str) -> str:
+        """The record id rule, mirrored by :func:`rtclake.records.record_id`.
+
+        - a table with an ``identity``: the table name and those values;
+        - with an idempotency key (a source's message id): source, stream, key, line number;
+        - else, if the record carries its own time: source, stream and its JSON text;
+        - else (nothing tells a retry from a new reading): source, stream and its position
+          in the spool, which a replay after a crash reproduces.
+        """
+        if self.identity:
+            parts = ", ".join(f"coalesce({_field(k)}::VARCHAR, '')" for k in self.identity)
+            return f"md5(concat_ws(chr(31), {_lit(self.name)}, {parts}))"
+        key = (
+            "CASE WHEN idem IS NOT NULL THEN idem || ':' || line_no::VARCHAR"
+            f" WHEN {when} IS NOT NULL THEN trim(line)"
+            " ELSE entry || ':' || line_no::VARCHAR END"
+        )
+        return f"md5(concat_ws(chr(31), source, stream, {key}))"
 
 
 # The relation a projection reads: one row per spooled JSON line with its entry's header.
@@ -165,6 +207,56 @@ INPUT_SCHEMA = pa.schema(
     ]
 )
 
+_TRANSFORM_TYPES = {
+    "string": "VARCHAR",
+    "id": "VARCHAR",
+    "time": "VARCHAR",
+    "float": "DOUBLE",
+    "int": "BIGINT",
+    "bool": "BOOLEAN",
+    "json": "JSON",
+}
+
+Tree = dict[str, Any]  # key -> kind (a leaf) or a nested Tree
+
+
+def _tree(kinds: dict[str, str]) -> Tree:
+    tree: Tree = {}
+    for path, kind in kinds.items():
+        *parents, leaf = path.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"key {path!r} runs through the leaf {part!r}")
+        if isinstance(node.get(leaf), dict):
+            raise ValueError(f"key {path!r} is both a value and an object")
+        node.setdefault(leaf, kind)
+    return tree
+
+
+def _transform_types(tree: Tree) -> dict[str, Any]:
+    return {
+        k: _transform_types(v) if isinstance(v, dict) else _TRANSFORM_TYPES[v]
+        for k, v in tree.items()
+    }
+
+
+def _removal(tree: Tree) -> dict[str, Any]:
+    """A JSON merge patch deleting every mapped key (nested keys one by one)."""
+    return {k: _removal(v) if isinstance(v, dict) else None for k, v in tree.items()}
+
+
+def _validator_struct(name: str, tree: Tree) -> Any:
+    fields = []
+    for i, (key, kind) in enumerate(tree.items()):
+        if isinstance(kind, dict):
+            kind_type: Any = _validator_struct(f"{name}_{i}", kind) | None
+        else:
+            kind_type = _VALIDATOR_TYPES[kind]
+        fields.append((f"f{i}", kind_type, msgspec.field(default=None, name=key)))
+    return msgspec.defstruct(name, fields)
+
 
 def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
@@ -174,46 +266,26 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _path(key: str) -> str:
-    return _lit("$." + msgspec.json.encode(key).decode())
+def _field(path: str) -> str:
+    return "t" + "".join(f"[{_lit(part)}]" for part in path.split("."))
 
 
-def _text_sql(keys: Iterable[str]) -> str:
-    parts = [f"(j->>{_path(k)})" for k in keys]
+def _coalesce(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
 
 
-def _time_sql(keys: Iterable[str]) -> str:
+def _time_sql(text: str) -> str:
     """RFC 3339 text, or a number of seconds, milliseconds, microseconds or nanoseconds
     since the epoch (told apart by magnitude), as a UTC timestamp; NULL if unusable."""
-    raw = f"coalesce({', '.join(f'(j->{_path(k)})' for k in keys)})"
-    num = f"try_cast({raw} AS DOUBLE)"
+    num = f"try_cast({text} AS DOUBLE)"
     micros = (
         f"CASE WHEN abs({num}) < 1e11 THEN {num} * 1e6 WHEN abs({num}) < 1e14 THEN {num} * 1e3"
         f" WHEN abs({num}) < 1e17 THEN {num} ELSE {num} / 1e3 END"
     )
     return (
-        f"CASE json_type({raw}) WHEN 'VARCHAR' THEN try_cast(({raw})->>'$' AS TIMESTAMPTZ)"
-        f" WHEN 'NULL' THEN NULL ELSE try_cast(make_timestamp(try_cast(round({micros}) AS BIGINT))"
-        " AT TIME ZONE 'UTC' AS TIMESTAMPTZ) END"
+        f"coalesce(try_cast({text} AS TIMESTAMPTZ),"
+        f" try_cast(make_timestamp(try_cast(round({micros}) AS BIGINT)) AS TIMESTAMPTZ))"
     )
-
-
-def _record_id_sql() -> str:
-    """The record id rule, mirrored by :func:`rtclake.records.record_id`.
-
-    - with an idempotency key (a source's message id): source, stream, key, line number;
-    - else, if the record carries its own time: source, stream and the compact JSON;
-    - else (nothing tells a retry from a new reading): source, stream and its position
-      in the spool, which a replay after a crash reproduces.
-    """
-    has_time = " OR ".join(f"(j->{_path(k)}) IS NOT NULL" for k in TIME_KEYS)
-    key = (
-        "CASE WHEN idem IS NOT NULL THEN idem || ':' || line_no::VARCHAR"
-        f" WHEN {has_time} THEN j::VARCHAR"
-        " ELSE entry || ':' || line_no::VARCHAR END"
-    )
-    return f"md5(concat_ws(chr(31), source, stream, {key}))"
 
 
 TELEMETRY = Table(

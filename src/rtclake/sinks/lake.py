@@ -20,10 +20,11 @@ from rtclake.sinks.base import Batch, Sink
 
 def partition_dates(table: pa.Table) -> list[tuple[str, pa.Table]]:
     """Split a table by the UTC date of its ``time`` column."""
-    dates = pc.strftime(table["time"], format="%Y-%m-%d")
+    days = pc.floor_temporal(table["time"], unit="day")
     out = []
-    for date in pc.unique(dates).to_pylist():
-        out.append((date, table.filter(pc.equal(dates, date))))
+    for day in pc.unique(days):
+        part = table.filter(pc.equal(days, day))
+        out.append((day.as_py().strftime("%Y-%m-%d"), part))
     return sorted(out, key=lambda pair: pair[0])
 
 
