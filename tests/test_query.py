@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from rtclake.catalog import default_registry
 from rtclake.errors import QueryError
 from rtclake.query import QueryEngine
 from rtclake.sinks.base import Batch
 from rtclake.sinks.lake import LakeSink
 from rtclake.spool import Entry, EntryHeader
-from rtclake.tables import TableRegistry
 from rtclake.writer import Converter
 
 
@@ -24,7 +24,7 @@ def batch(segment: int, body: bytes) -> Batch:
         received_us=1_763_899_200_000_000,
         records=body.count(b"\n") + 1,
     )
-    converter = Converter(TableRegistry())
+    converter = Converter(default_registry())
     try:
         tables = converter.convert("sp", segment, [Entry(head, body, 0)])
     finally:
@@ -34,7 +34,7 @@ def batch(segment: int, body: bytes) -> Batch:
 
 @pytest.fixture
 def lake(tmp_path: Path) -> Path:
-    sink = LakeSink(tmp_path / "lake")
+    sink = LakeSink(tmp_path / "lake", default_registry())
     sink.start()
     body = b"\n".join(
         b'{"time": "2026-11-%02dT10:00:00Z", "device_id": "d%d", "v": %d}' % (1 + i % 3, i, i)
@@ -45,7 +45,7 @@ def lake(tmp_path: Path) -> Path:
 
 
 def engine(root: Path, **kw: object) -> QueryEngine:
-    return QueryEngine(root, TableRegistry(), **kw)  # type: ignore[arg-type]
+    return QueryEngine(root, default_registry(), **kw)  # type: ignore[arg-type]
 
 
 def test_tables_are_views_partitioned_by_date(lake: Path) -> None:
@@ -56,7 +56,7 @@ def test_tables_are_views_partitioned_by_date(lake: Path) -> None:
 
 
 def test_a_replayed_batch_overwrites_its_own_files(lake: Path) -> None:
-    sink = LakeSink(lake)
+    sink = LakeSink(lake, default_registry())
     body = b'{"time": "2026-11-01T10:00:00Z", "device_id": "d0", "v": 0}'
     sink.write(batch(1, body))  # segment 1 again, e.g. after a crash before its ack
     assert not list(lake.rglob(".*.tmp"))
@@ -65,7 +65,7 @@ def test_a_replayed_batch_overwrites_its_own_files(lake: Path) -> None:
 
 
 def test_duplicate_record_ids_across_files_are_hidden(lake: Path) -> None:
-    sink = LakeSink(lake)
+    sink = LakeSink(lake, default_registry())
     body = b'{"time": "2026-11-01T10:00:00Z", "device_id": "d0", "v": 0}'
     sink.write(batch(2, body))  # the same record delivered again in another batch
     assert engine(lake).run("SELECT count(*) FROM telemetry").rows() == [[30]]

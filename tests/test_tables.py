@@ -7,10 +7,11 @@ import datetime as dt
 import msgspec
 import pytest
 
+from rtclake.catalog import default_registry
 from rtclake.records import Record, record_id, records
 from rtclake.spool import Entry, EntryHeader
-from rtclake.tables import EVENTS, TELEMETRY, Column, Table
-from rtclake.writer import Converter, TableRegistry
+from rtclake.tables import EVENTS, TELEMETRY, Column, Table, TableRegistry
+from rtclake.writer import Converter
 
 RECEIVED_US = 1_763_899_200_000_000  # 2025-11-23T12:00:00Z
 
@@ -32,7 +33,7 @@ def entry(
 
 
 def convert(*entries: Entry) -> dict[str, list[dict[str, object]]]:
-    converter = Converter(TableRegistry())
+    converter = Converter(default_registry())
     try:
         tables = converter.convert("spool", 7, entries)
     finally:
@@ -103,7 +104,7 @@ def test_nested_keys_become_columns_and_leave_the_rest_in_extra() -> None:
             Column("rtt", "float", ("data.rtt",)),
             Column("ok", "bool", ("ok",)),
         ),
-        identity=("id", "data.rtt"),
+        identity=("rtt", "bytes"),
     )
     converter = Converter(TableRegistry([table]))
     try:
@@ -148,7 +149,7 @@ def test_events_table_maps_source_identifiers() -> None:
 
 
 def test_rows_read_back_as_typed_records() -> None:
-    converter = Converter(TableRegistry())
+    converter = Converter(default_registry())
     try:
         tables = converter.convert("spool", 1, [entry(b'{"device_id": "d", "v": 1}')])
     finally:

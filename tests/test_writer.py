@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from rtclake.catalog import default_registry
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch, Sink
 from rtclake.spool import EntryHeader, Spool
-from rtclake.tables import TableRegistry
 from rtclake.writer import Writer
 
 
@@ -41,7 +41,7 @@ async def run(tmp_path: Path, sinks: list[Sink], entries: list[EntryHeader]) -> 
     )
     await spool.start()
     writer = Writer(
-        spool, sinks, TableRegistry(), Metrics(), node="n", retry_initial=0.01, retry_max=0.02
+        spool, sinks, default_registry(), Metrics(), node="n", retry_initial=0.01, retry_max=0.02
     )
     await writer.start()
     for i, head in enumerate(entries):

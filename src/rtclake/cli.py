@@ -81,14 +81,14 @@ def query(
     config: ConfigOption = None,
 ) -> None:
     """Run SQL over the lake, locally, and print the result."""
+    from rtclake.catalog import default_registry
     from rtclake.query import JSON_OPTIONS, QueryEngine, json_default
-    from rtclake.tables import TableRegistry
 
     settings = _settings(config)
     q = settings.query
     engine = QueryEngine(
         settings.lake_root,
-        TableRegistry(),
+        default_registry(),
         dedup=q.dedup,
         max_rows=max(max_rows or 0, q.max_rows),
         timeout=q.timeout,

@@ -94,10 +94,12 @@ class QueryEngine:
             f"read_parquet('{glob}', hive_partitioning = true, hive_types = {{'date': DATE}},"
             " union_by_name = true)"
         )
-        dedup = " QUALIFY row_number() OVER (PARTITION BY record_id) = 1" if self.dedup else ""
+        key = ", ".join(f'"{c}"' for c in table.identity) or "record_id"
+        dedup = f" QUALIFY row_number() OVER (PARTITION BY {key}) = 1" if self.dedup else ""
+        derived = f"{table.identity_sql()} AS record_id, " if table.identity else ""
         return (
-            f'CREATE OR REPLACE VIEW "{table.name}" AS SELECT * REPLACE (extra::JSON AS extra)'
-            f" FROM {source}{dedup}"
+            f'CREATE OR REPLACE VIEW "{table.name}" AS SELECT {derived}* REPLACE'
+            f" (extra::JSON AS extra) FROM {source}{dedup}"
         )
 
     def connect(self, *, read_only: bool = True) -> duckdb.DuckDBPyConnection:

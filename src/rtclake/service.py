@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import structlog
 
+from rtclake.catalog import default_registry
 from rtclake.config import Settings
 from rtclake.metrics import Metrics
 from rtclake.query import QueryEngine
@@ -21,13 +22,14 @@ from rtclake.writer import Writer
 log = structlog.get_logger(__name__)
 
 
-def build_sinks(settings: Settings) -> list[Sink]:
+def build_sinks(settings: Settings, tables: TableRegistry) -> list[Sink]:
     sinks: list[Sink] = []
     if settings.lake.enabled:
         compression = settings.lake.compression
         sinks.append(
             LakeSink(
                 settings.lake_root,
+                tables,
                 compression="none" if compression == "none" else compression,
                 compression_level=settings.lake.compression_level,
             )
@@ -40,7 +42,7 @@ class Service:
 
     def __init__(self, settings: Settings, sinks: list[Sink] | None = None) -> None:
         self.settings = settings
-        self.tables = TableRegistry()
+        self.tables = default_registry()
         self.metrics = Metrics()
         self.router = Router(settings.routes, settings.default_table, self.tables)
         s = settings.spool
@@ -54,7 +56,7 @@ class Service:
         )
         self.spool.on_sync = self.metrics.fsync_seconds.observe
         self.metrics.watch_spool(lambda: self.spool.used_bytes, lambda: self.spool.segment_count)
-        self.sinks = build_sinks(settings) if sinks is None else sinks
+        self.sinks = build_sinks(settings, self.tables) if sinks is None else sinks
         w = settings.writer
         self.writer = Writer(
             self.spool,

@@ -50,6 +50,7 @@ class EntryHeader(msgspec.Struct, frozen=True, omit_defaults=True):
     records: int
     type: str | None = None
     idem: str | None = None  # a sender's idempotency key (makes record ids retry-proof)
+    extra: list[int] | None = None  # lines with unmapped keys; None: any line may have them
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ Arrow in DuckDB (:meth:`Table.projection_sql`), and the per-record envelope of
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -90,17 +90,40 @@ class Column:
 class Table:
     """A lake table: its name, the kind it stamps on records, and its typed columns.
 
-    ``identity`` names the key paths that identify a record of this table whatever
-    source delivered it (for example a Sora stats line read from a log file and the same
-    line imported from S3); without it, the generic record id rule applies.
+    ``identity`` names the columns that identify a record of this table whatever source
+    delivered it (for example a Sora stats line read from a log file and the same line
+    imported from S3); without it, the generic record id rule applies. The record id of
+    such a table is derived from those columns, so the lake does not store it.
     """
 
     name: str
     kind: str
     columns: tuple[Column, ...] = ()
     identity: tuple[str, ...] = ()
+    sparse_extra: bool = False
     description: str = ""
     _validator: Any = field(default=None, init=False, repr=False, compare=False)
+    _checker: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.schema]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"table {self.name!r}: column names used twice: {repeated}")
+        unknown = sorted(set(self.identity) - set(names))
+        if unknown:
+            raise ValueError(f"table {self.name!r}: identity names unknown columns {unknown}")
+
+    @property
+    def stored_schema(self) -> pa.Schema:
+        """The columns a lake file holds (the record id is derived when it can be)."""
+        schema = self.schema
+        return schema.remove(schema.get_field_index("record_id")) if self.identity else schema
+
+    def identity_sql(self) -> str:
+        """The record id of a table with an identity, from its columns (writer and views)."""
+        parts = ", ".join(f"coalesce({_ident(c)}::VARCHAR, '')" for c in self.identity)
+        return f"md5(concat_ws(chr(31), {_lit(self.name)}, {parts}))"
 
     @property
     def schema(self) -> pa.Schema:
@@ -109,22 +132,19 @@ class Table:
         fields.append(pa.field("extra", pa.string()))
         return pa.schema(fields)
 
-    def _kinds(self, *, identity: bool = True) -> dict[str, str]:
+    def _kinds(self) -> dict[str, str]:
         """Every mapped key path and the kind of value it must hold."""
         kinds: dict[str, str] = dict.fromkeys(TIME_KEYS, "time")
         kinds.update(dict.fromkeys(TYPE_KEYS, "string"))
         for column in self.columns:
             for key in column.keys:
                 kinds.setdefault(key, column.kind)
-        if identity:
-            for key in self.identity:
-                kinds.setdefault(key, "id")
         return kinds
 
     @property
     def mapped_keys(self) -> tuple[str, ...]:
         """Key paths stored in typed columns (so not repeated in ``extra``)."""
-        return tuple(self._kinds(identity=False))
+        return tuple(self._kinds())
 
     def validator(self) -> msgspec.json.Decoder[Any]:
         """A decoder that checks a JSON object's mapped keys have usable types.
@@ -136,6 +156,40 @@ class Table:
             struct = _validator_struct(self.name, _tree(self._kinds()))
             object.__setattr__(self, "_validator", msgspec.json.Decoder(struct))
         return self._validator  # type: ignore[no-any-return]
+
+    def checker(self) -> Callable[[bytes], bool]:
+        """A function validating one JSON object; it returns whether the object has keys
+        no column takes (and so needs an ``extra``).
+
+        Tables with ``sparse_extra`` (most records have only mapped keys) first try a
+        decoder that forbids unknown keys, so the common case costs one decode and the
+        writer builds ``extra`` only for the lines that need it.
+        """
+        if self._checker is None:
+            decode = self.validator().decode
+            if not self.sparse_extra:
+
+                def check(line: bytes) -> bool:
+                    decode(line)
+                    return True
+
+            else:
+                tree = _tree(self._kinds())
+                closed = msgspec.json.Decoder(_validator_struct(self.name, tree, closed=True))
+                decode_closed = closed.decode
+
+                def check(line: bytes) -> bool:
+                    try:
+                        decode_closed(line)
+                    except msgspec.ValidationError as exc:
+                        if "unknown field" not in str(exc):
+                            raise
+                        decode(line)
+                        return True
+                    return False
+
+            object.__setattr__(self, "_checker", check)
+        return self._checker  # type: ignore[no-any-return]
 
     def projection_sql(self, relation: str, *, check_json: bool = False) -> str:
         """DuckDB SQL turning ``relation`` (see :data:`INPUT_SCHEMA`) into this table.
@@ -161,16 +215,22 @@ class Table:
             value = _coalesce([_field(k) for k in column.keys])
             expr = _time_sql(value) if column.kind == "time" else value
             cols.append(f"{expr} AS {_ident(column.name)}")
-        removed = msgspec.json.encode(_removal(_tree(self._kinds(identity=False)))).decode()
-        cols.append(f"nullif(json_merge_patch(line, {_lit(removed)})::VARCHAR, '{{}}') AS extra")
+        removed = msgspec.json.encode(_removal(_tree(self._kinds()))).decode()
+        cols.append(
+            f"CASE WHEN has_extra THEN nullif(json_merge_patch(line, {_lit(removed)})::VARCHAR,"
+            " '{}') END AS extra"
+        )
         where = " WHERE json_valid(line) AND json_type(line) = 'OBJECT'" if check_json else ""
-        return (
+        sql = (
             "SELECT "
             + ",\n  ".join(cols)
             + f"\nFROM (SELECT *, json_transform(line, {_lit(structure)}) AS t FROM {relation}"
             + where
             + ")"
         )
+        if self.identity:
+            sql = f"SELECT * REPLACE ({self.identity_sql()} AS record_id) FROM ({sql})"
+        return sql
 
     def _record_id_sql(self, when: str) -> str:
         """The record id rule, mirrored by :func:`rtclake.records.record_id`.
@@ -182,8 +242,7 @@ class Table:
           in the spool, which a replay after a crash reproduces.
         """
         if self.identity:
-            parts = ", ".join(f"coalesce({_field(k)}::VARCHAR, '')" for k in self.identity)
-            return f"md5(concat_ws(chr(31), {_lit(self.name)}, {parts}))"
+            return "NULL::VARCHAR"  # derived from the columns by projection_sql
         key = (
             "CASE WHEN idem IS NOT NULL THEN idem || ':' || line_no::VARCHAR"
             f" WHEN {when} IS NOT NULL THEN trim(line)"
@@ -203,6 +262,7 @@ INPUT_SCHEMA = pa.schema(
         pa.field("idem", pa.string()),
         pa.field("entry", pa.string()),
         pa.field("line_no", pa.int32()),
+        pa.field("has_extra", pa.bool_()),
         pa.field("line", pa.string()),
     ]
 )
@@ -247,15 +307,15 @@ def _removal(tree: Tree) -> dict[str, Any]:
     return {k: _removal(v) if isinstance(v, dict) else None for k, v in tree.items()}
 
 
-def _validator_struct(name: str, tree: Tree) -> Any:
+def _validator_struct(name: str, tree: Tree, *, closed: bool = False) -> Any:
     fields = []
     for i, (key, kind) in enumerate(tree.items()):
         if isinstance(kind, dict):
-            kind_type: Any = _validator_struct(f"{name}_{i}", kind) | None
+            kind_type: Any = _validator_struct(f"{name}_{i}", kind, closed=closed) | None
         else:
             kind_type = _VALIDATOR_TYPES[kind]
         fields.append((f"f{i}", kind_type, msgspec.field(default=None, name=key)))
-    return msgspec.defstruct(name, fields)
+    return msgspec.defstruct(name, fields, forbid_unknown_fields=closed)
 
 
 def _lit(text: str) -> str:
@@ -313,7 +373,7 @@ EVENTS = Table(
 class TableRegistry:
     """The tables this node knows, by name."""
 
-    def __init__(self, tables: Iterable[Table] = (TELEMETRY, EVENTS)) -> None:
+    def __init__(self, tables: Iterable[Table] = ()) -> None:
         self._tables: dict[str, Table] = {}
         for table in tables:
             self.add(table)

@@ -60,9 +60,16 @@ def entries_to_input(run: str, segment: int, entries: Sequence[Entry]) -> pa.Tab
     )
     starts = pa.array([0, *run_ends.to_pylist()[:-1]], pa.int32()).take(which)
     line_no = pc.add(pc.subtract(pa.array(range(len(lines)), pa.int32()), starts), 1)
+    has_extra: list[bool] = []
+    for entry, count in zip(entries, counts, strict=True):
+        flags = [entry.header.extra is None] * count
+        for i in entry.header.extra or ():
+            flags[i] = True
+        has_extra += flags
     return (
         header.take(which)
         .append_column("line_no", line_no.cast(pa.int32()))
+        .append_column("has_extra", pa.array(has_extra, pa.bool_()))
         .append_column("line", lines)
     )
 

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rtclake.sinks.base import Batch, Sink
+from rtclake.tables import TableRegistry
 
 
 def partition_dates(table: pa.Table) -> list[tuple[str, pa.Table]]:
@@ -34,9 +35,15 @@ class LakeSink(Sink):
     name = "lake"
 
     def __init__(
-        self, root: str | Path, *, compression: str = "zstd", compression_level: int | None = None
+        self,
+        root: str | Path,
+        tables: TableRegistry,
+        *,
+        compression: str = "zstd",
+        compression_level: int | None = None,
     ) -> None:
         self.root = Path(root)
+        self.tables = tables
         self.compression = compression
         self.compression_level = compression_level
 
@@ -47,7 +54,8 @@ class LakeSink(Sink):
         for table_name, table in batch.tables.items():
             if table.num_rows == 0:
                 continue
-            for date, part in partition_dates(table):
+            stored = self.tables[table_name].stored_schema.names
+            for date, part in partition_dates(table.select(stored)):
                 folder = self.root / table_name / f"date={date}"
                 self._write_file(folder, f"{batch.name}.parquet", part)
 

@@ -10,11 +10,12 @@ thousands of records costs little more than reading it.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import NamedTuple
 
 import msgspec
 
 from rtclake.errors import InputError
+from rtclake.tables import Table
 
 _BYTE_AT = re.compile(r"\(byte (\d+)\)")
 
@@ -48,11 +49,20 @@ def _error(exc: Exception, what: str, line: int | None) -> InputError:
     return InputError("bad_json", f"{what}: {exc}", line=line)
 
 
-def split_records(body: bytes, validator: msgspec.json.Decoder[Any]) -> tuple[bytes, int]:
+class Records(NamedTuple):
+    """Validated records: JSON Lines, their number, and which lines carry unmapped keys
+    (``None`` when the table does not track it: every line may)."""
+
+    body: bytes
+    n: int
+    extra: list[int] | None
+
+
+def split_records(body: bytes, table: Table) -> Records:
     """Validate a body holding one JSON object, an array of objects, or JSON Lines.
 
-    Returns the records as JSON Lines (one compact object per line) and their count.
-    Raises :class:`InputError` naming the line (JSON Lines) or record (array) at fault.
+    Returns the records as JSON Lines, one object per line. Raises :class:`InputError`
+    naming the line (JSON Lines) or record (array) at fault.
     """
     check_utf8(body)
     stripped = body.lstrip()
@@ -60,25 +70,30 @@ def split_records(body: bytes, validator: msgspec.json.Decoder[Any]) -> tuple[by
         raise InputError("empty", "body is empty: send a JSON object, an array or JSON Lines")
     first = stripped[:1]
     if first == b"[":
-        return _split_array(body, validator)
+        return _split_array(body, table)
     if first != b"{":
         raise InputError(
             "invalid_record",
             "body must be a JSON object, an array of objects, or JSON Lines",
             line=_line_of(body, len(body) - len(stripped)),
         )
+    check = table.checker()
     try:
-        validator.decode(body)
+        has_extra = check(body)
     except (msgspec.ValidationError, RecursionError) as exc:
         if _holds_several_documents(body):
-            return _split_lines(body, validator)  # raises, naming the line
+            return split_lines(body, table)  # raises, naming the line
         raise _error(exc, "record", None) from exc
     except msgspec.DecodeError as exc:
         if "trailing characters" not in str(exc):
             raise _json_error(exc, body) from exc
     else:
-        return _compact(body.strip()), 1
-    return _split_lines(body, validator)
+        return Records(_compact(body.strip()), 1, _tracked([has_extra], table))
+    return split_lines(body, table)
+
+
+def _tracked(flags: list[bool], table: Table) -> list[int] | None:
+    return [i for i, flag in enumerate(flags) if flag] if table.sparse_extra else None
 
 
 def _holds_several_documents(body: bytes) -> bool:
@@ -98,37 +113,40 @@ def _json_error(exc: Exception, body: bytes) -> InputError:
     return _error(exc, "invalid JSON", line)
 
 
-def _split_array(body: bytes, validator: msgspec.json.Decoder[Any]) -> tuple[bytes, int]:
+def _split_array(body: bytes, table: Table) -> Records:
     try:
         items = msgspec.json.decode(body, type=list[msgspec.Raw])
     except (msgspec.MsgspecError, RecursionError) as exc:
         raise _json_error(exc, body) from exc
     if not items:
         raise InputError("empty", "the array holds no records")
+    check = table.checker()
     out = []
+    flags = []
     for number, item in enumerate(items):
         raw = bytes(item)
         try:
-            validator.decode(raw)
+            flags.append(check(raw))
         except (msgspec.MsgspecError, RecursionError) as exc:
             raise _error(exc, f"record {number} of the array", None) from exc
         out.append(_compact(raw))
-    return b"\n".join(out), len(out)
+    return Records(b"\n".join(out), len(out), _tracked(flags, table))
 
 
-def _split_lines(body: bytes, validator: msgspec.json.Decoder[Any]) -> tuple[bytes, int]:
+def split_lines(body: bytes, table: Table) -> Records:
+    """Validate JSON Lines (blank lines allowed); the first bad line raises InputError."""
     lines = body.split(b"\n")
-    decode = validator.decode
+    check = table.checker()
     kept: list[bytes] = []
-    append = kept.append
+    flags: list[bool] = []
+    append, flag = kept.append, flags.append
     for number, line in enumerate(lines, 1):
         try:
-            decode(line)
+            flag(check(line))
         except (msgspec.MsgspecError, RecursionError) as exc:
             if not line.strip():
                 continue  # blank lines (and the final newline) are allowed
             raise _error(exc, f"line {number}", number) from exc
         append(line)
-    if len(kept) == len(lines):
-        return body, len(kept)
-    return b"\n".join(kept), len(kept)
+    out = body if len(kept) == len(lines) else b"\n".join(kept)
+    return Records(out, len(kept), _tracked(flags, table))

@@ -122,7 +122,7 @@ class HttpIngest:
             table = self.router.table_for(request.path_params["stream"])
             body = await read_body(request, self.max_body)
             body = decode_content(body, request.headers.get("content-encoding"), self.max_body)
-            lines, count = split_records(body, table.validator())
+            records = split_records(body, table)
             idem = request.headers.get("idempotency-key")
             if idem is not None and not 0 < len(idem) <= 256:
                 raise InputError("bad_idempotency_key", "Idempotency-Key must be 1-256 chars")
@@ -132,10 +132,11 @@ class HttpIngest:
                 stream=request.path_params["stream"],
                 kind=table.kind,
                 received_us=time.time_ns() // 1000,
-                records=count,
+                records=records.n,
                 idem=idem,
+                extra=records.extra,
             )
-            await self.spool.append(header, lines)
+            await self.spool.append(header, records.body)
         except InputError as exc:
             self.metrics.rejected.labels(self.source, exc.reason).inc()
             return Response(orjson.dumps(exc.to_dict()), exc.status, media_type=JSON)
@@ -144,5 +145,5 @@ class HttpIngest:
             response = json_error(503, "spool_full", str(exc))
             response.headers["Retry-After"] = str(exc.retry_after)
             return response
-        self._received.inc(count)
-        return Response(b'{"accepted":%d}' % count, 200, media_type=JSON)
+        self._received.inc(records.n)
+        return Response(b'{"accepted":%d}' % records.n, 200, media_type=JSON)

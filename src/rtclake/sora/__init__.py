@@ -1,0 +1,1 @@
+"""WebRTC SFU Sora: its tables, and the shapes of its logs, webhooks and API answers."""
