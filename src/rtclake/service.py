@@ -14,6 +14,7 @@ from rtclake.query import QueryEngine
 from rtclake.router import Router
 from rtclake.sinks.base import Sink
 from rtclake.sinks.lake import LakeSink
+from rtclake.sources.base import Source
 from rtclake.sources.http_ingest import HttpIngest
 from rtclake.spool import Spool
 from rtclake.tables import TableRegistry
@@ -40,7 +41,12 @@ def build_sinks(settings: Settings, tables: TableRegistry) -> list[Sink]:
 class Service:
     """Everything one ``rtclake run`` holds. ``start``/``stop`` run on the event loop."""
 
-    def __init__(self, settings: Settings, sinks: list[Sink] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sinks: list[Sink] | None = None,
+        sources: list[Source] | None = None,
+    ) -> None:
         self.settings = settings
         self.tables = default_registry()
         self.metrics = Metrics()
@@ -86,9 +92,13 @@ class Service:
             token=token.get_secret_value() if token else None,
         )
 
+        self.sources: list[Source] = list(sources or [])
+
     async def start(self) -> None:
         await self.spool.start()
         await self.writer.start()
+        for source in self.sources:
+            await source.start()
         log.info(
             "rtclake started",
             node=self.settings.node,
@@ -99,6 +109,8 @@ class Service:
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop accepting, store what the spool holds (within ``drain_timeout``), close."""
+        for source in self.sources:
+            await source.stop()
         drained = await self.writer.drain(drain_timeout)
         if not drained:
             log.warning("rtclake stopping with records still spooled; they replay on start")

@@ -10,6 +10,7 @@ thousands of records costs little more than reading it.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from typing import NamedTuple
 
 import msgspec
@@ -47,6 +48,27 @@ def _error(exc: Exception, what: str, line: int | None) -> InputError:
         text = str(exc).replace("`object`", "a JSON object").replace(" - at `$`", "")
         return InputError("invalid_record", f"{what}: {text}", line=line)
     return InputError("bad_json", f"{what}: {exc}", line=line)
+
+
+class Source(ABC):
+    """A source that runs in the background (a tail, a poller, a subscriber).
+
+    ``start`` is called on the service's event loop after the spool is open; the source
+    appends to the spool (``await spool.append(...)``) and treats the return of that call
+    as the moment its input is safe (advance a checkpoint, acknowledge a message).
+    ``stop`` ends its tasks; input not yet appended is read again after a restart.
+    Request-driven sources (HTTP ingest, webhooks) are endpoints instead.
+    """
+
+    name: str = "source"
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Begin reading; return once running."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stop reading and release files and connections."""
 
 
 class Records(NamedTuple):
