@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import signal
 
 import httpx
 
+from rtclake.catalog import default_registry
+from rtclake.query import QueryEngine
 from tests.conftest import Server
 
 
@@ -51,3 +54,12 @@ def test_a_record_sent_twice_is_stored_once(server: Server) -> None:
         assert response.status_code == 200
     # 1 timed record + 2 distinct timeless lines (the retry with the same key adds none).
     assert server.wait_rows("SELECT count(*) FROM telemetry", 3) == 3
+
+
+def test_sigterm_stores_what_the_spool_holds(server: Server) -> None:
+    record = {"time": "2026-11-23T00:00:00Z", "device_id": "last"}
+    assert httpx.post(server.url + "/ingest/s", json=record).status_code == 200
+    assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)  # uvicorn re-raises it
+    engine = QueryEngine(server.data_dir / "lake", default_registry())
+    assert engine.run("SELECT device_id FROM telemetry").rows() == [["last"]]
+    assert not list((server.data_dir / "spool").glob("*.wal"))

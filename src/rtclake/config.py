@@ -47,8 +47,8 @@ class SpoolConfig(Section):
 
     dir: Path | None = Field(default=None, description="default: DATA_DIR/spool")
     max_bytes: int = Field(default=1024 * MiB, gt=0, description="ingest answers 503 above this")
-    segment_max_bytes: int = Field(default=32 * MiB, gt=0, description="a batch is one segment")
-    segment_max_records: int = Field(default=250_000, gt=0)
+    segment_max_bytes: int = Field(default=8 * MiB, gt=0, description="a batch is one segment")
+    segment_max_records: int = Field(default=50_000, gt=0)
     flush_interval: float = Field(default=10.0, gt=0, description="seconds before a batch is cut")
     fsync: bool = Field(default=True, description="false only for throwaway test setups")
 

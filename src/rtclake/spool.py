@@ -140,6 +140,7 @@ class Spool:
         self._active: Segment | None = None
         self._next_seq = 0
         self._dirty: list[Segment] = []
+        self._retiring: list[Segment] = []  # cut, waiting for their last fsync
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._sealed: asyncio.Queue[Segment] = asyncio.Queue()
@@ -161,7 +162,9 @@ class Spool:
 
     @property
     def pending_records(self) -> int:
-        return self._active.records if self._active else 0
+        """Records in segments the writer has not been handed yet."""
+        active = self._active.records if self._active else 0
+        return active + sum(seg.records for seg in self._retiring)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -201,7 +204,7 @@ class Spool:
         if self._closed:
             return
         self.cut()
-        await self._sync_now()
+        await self.flush()
         self._closed = True
         for task in self._tasks:
             task.cancel()
@@ -263,6 +266,7 @@ class Spool:
 
     def _retire(self, seg: Segment) -> None:
         seg.retired = True
+        self._retiring.append(seg)
         if self._active is seg:
             self._active = None
         if seg not in self._dirty:
@@ -270,7 +274,8 @@ class Spool:
 
     # -- group commit ------------------------------------------------------------------
 
-    async def _sync_now(self) -> None:
+    async def flush(self) -> None:
+        """Wait for a group commit (after :meth:`cut`, the cut segment is then queued)."""
         self._wake.set()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
@@ -315,6 +320,7 @@ class Spool:
             _fsync_dir(self.directory)
 
     def _seal(self, seg: Segment) -> None:
+        self._retiring.remove(seg)
         if seg.fd is not None:
             os.close(seg.fd)
             seg.fd = None
