@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -63,6 +64,84 @@ def show_config(config: ConfigOption = None) -> None:
     """Print the effective configuration (file + RTCLAKE_* variables), secrets masked."""
     settings = _settings(config)
     typer.echo(yaml.safe_dump(masked_dump(settings), sort_keys=False), nl=False)
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[
+        list[str], typer.Argument(help="Files or folders (plain or .gz), or s3://BUCKET/PREFIX.")
+    ],
+    endpoint_url: Annotated[
+        str | None, typer.Option(help="S3 endpoint (MinIO, RustFS, R2, ...).")
+    ] = None,
+    access_key_id: Annotated[str | None, typer.Option(envvar="AWS_ACCESS_KEY_ID")] = None,
+    secret_access_key: Annotated[
+        str | None, typer.Option(envvar="AWS_SECRET_ACCESS_KEY", show_default=False)
+    ] = None,
+    region: Annotated[str | None, typer.Option(envvar="AWS_REGION")] = None,
+    path_style: Annotated[bool, typer.Option(help="Path-style S3 addressing.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Import Sora log files, or Kohaku's S3 layout, into the lake (incrementally)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rtclake.catalog import default_registry
+    from rtclake.importer import Importer, ImportStats
+    from rtclake.logs import configure
+    from rtclake.s3_import import S3Importer, S3Location, s3_client
+    from rtclake.service import build_sinks
+    from rtclake.sora.logs import table_for
+
+    settings = _settings(config)
+    configure(settings.log_level, settings.log_format)
+    tables = default_registry()
+    importer = Importer(
+        tables,
+        build_sinks(settings, tables),
+        settings.data_dir / "import-state.json",
+        node=settings.node,
+        table_for=table_for,
+    )
+    stats = ImportStats()
+    columns = (
+        TextColumn("[bold]importing"),
+        BarColumn(bar_width=None),
+        TextColumn("{task.fields[rows]:,} rows  {task.fields[rate]:,.0f} rows/s"),
+        TimeElapsedColumn(),
+    )
+    started = time.perf_counter()
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("import", total=None, rows=0, rate=0.0)
+
+        def show(rows: int, _bytes: int) -> None:
+            rate = rows / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, rows=rows, rate=rate)
+
+        stats.on_progress = show
+        try:
+            for target in paths:
+                if target.startswith("s3://"):
+                    client = s3_client(
+                        endpoint_url=endpoint_url,
+                        access_key_id=access_key_id,
+                        secret_access_key=secret_access_key,
+                        region=region,
+                        path_style=path_style,
+                    )
+                    S3Importer(importer, client, S3Location.parse(target)).run(stats)
+                else:
+                    importer.import_paths([Path(target)], stats)
+        except (OSError, ValueError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        finally:
+            importer.close()
+    stats.seconds = time.perf_counter() - started
+    typer.echo(
+        f"imported {stats.rows:,} rows from {stats.files} files in {stats.seconds:.1f} s"
+        f" ({stats.rows_per_second:,.0f} rows/s); {stats.bad_lines} bad lines skipped,"
+        f" {stats.skipped_files} files not recognised"
+    )
 
 
 class Format(StrEnum):

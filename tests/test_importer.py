@@ -1,0 +1,195 @@
+"""Import of Sora log files and of Kohaku's S3 layout."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from rtclake.catalog import default_registry
+from rtclake.importer import Importer, ImportStats
+from rtclake.query import QueryEngine
+from rtclake.s3_import import S3Importer, S3Location, s3_client
+from rtclake.sinks.lake import LakeSink
+from rtclake.sora.logs import table_for
+from tests.conftest import FIXTURES, free_port
+
+SORA = FIXTURES / "sora"
+
+
+def stats_line(conn: str, n: int) -> str:
+    """A small rtc_stats line; (conn, n) makes it unique."""
+    ts = 1.7e12 + n * 1000
+    return json.dumps(
+        {
+            "connection_id": conn,
+            "id": f"R{n}",
+            "timestamp": "2026-11-20T00:00:00.000000Z",
+            "type": "connection.rtc",
+            "channel_id": "c",
+            "session_id": "s",
+            "role": "sendonly",
+            "rtc_id": f"OT{n}",
+            "rtc_timestamp": ts,
+            "rtc_type": "outbound-rtp",
+            "rtc_data": {
+                "id": f"OT{n}",
+                "type": "outbound-rtp",
+                "timestamp": ts,
+                "kind": "video",
+                "bytesSent": n * 100,
+                "framesPerSecond": 30,
+            },
+        }
+    )
+
+
+def make_importer(tmp_path: Path) -> Importer:
+    tables = default_registry()
+    return Importer(
+        tables,
+        [LakeSink(tmp_path / "lake", tables)],
+        tmp_path / "import-state.json",
+        node="test",
+        table_for=table_for,
+        block_bytes=4096,
+    )
+
+
+def count(tmp_path: Path, sql: str, dedup: bool = True) -> object:
+    engine = QueryEngine(tmp_path / "lake", default_registry(), dedup=dedup)
+    return engine.run(sql).rows()[0][0]
+
+
+def test_import_fixture_files_plain_and_gzip(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "rtc_stats.jsonl").write_bytes((SORA / "rtc_stats.jsonl").read_bytes())
+    (logs / "session_webhook.jsonl.gz").write_bytes(
+        gzip.compress((SORA / "session_webhook.jsonl").read_bytes())
+    )
+    (logs / "sora.jsonl").write_text('{"level": "info", "msg": "ignored"}\n')
+    importer = make_importer(tmp_path)
+    stats = importer.import_paths([logs])
+    assert (stats.files, stats.skipped_files, stats.rows, stats.bad_lines) == (2, 1, 5, 0)
+    assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == 3
+    assert count(tmp_path, "SELECT count(DISTINCT event) FROM sessions") == 2
+
+
+def test_import_is_incremental_and_skips_bad_lines(tmp_path: Path) -> None:
+    path = tmp_path / "rtc_stats.jsonl"
+    lines = [stats_line("A", n) for n in range(200)]
+    lines[50] = '{"broken": '
+    lines[60] = lines[60].replace('"bytesSent": 6000', '"bytesSent": "lots"')
+    path.write_text("\n".join(lines) + "\n")
+    importer = make_importer(tmp_path)
+    first = importer.import_paths([path])
+    assert (first.rows, first.bad_lines) == (198, 2)
+    again = importer.import_paths([path])
+    assert again.rows == 0  # nothing new
+    with path.open("a") as fh:
+        fh.write("\n".join(stats_line("A", n) for n in range(200, 250)) + "\n")
+    third = make_importer(tmp_path).import_paths([path])  # a new process: state from disk
+    assert third.rows == 50
+    assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == 248
+    assert count(tmp_path, "SELECT count(*) FROM rtc_stats", dedup=False) == 248
+
+
+def test_a_line_imported_twice_is_stored_once(tmp_path: Path) -> None:
+    one = tmp_path / "a" / "rtc_stats.jsonl"
+    two = tmp_path / "b" / "rtc_stats.jsonl"
+    for path in (one, two):
+        path.parent.mkdir()
+        path.write_text("\n".join(stats_line("B", n) for n in range(10)) + "\n")
+    make_importer(tmp_path).import_paths([one, two])
+    assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == 10
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_kohaku_s3_layout_imports_incrementally(tmp_path: Path, s3_endpoint: str) -> None:
+    creds = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+    raw = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **creds)
+    raw.create_bucket(Bucket="logs")
+
+    def put(key: str, lines: list[str]) -> None:
+        raw.put_object(
+            Bucket="logs", Key=key, Body=gzip.compress(("\n".join(lines) + "\n").encode())
+        )
+
+    # two hosts upload in the same second (same last-modified); host-b repeats a line
+    put("kohaku/rtc_stats/2026/11/20/host-a-1.gz", [stats_line("H", n) for n in range(0, 5)])
+    put("kohaku/rtc_stats/2026/11/20/host-b-2.gz", [stats_line("H", n) for n in range(4, 9)])
+    put(
+        "kohaku/session_webhook/2026/11/20/host-a-3.gz",
+        (SORA / "session_webhook.jsonl").read_text().splitlines(),
+    )
+    put("kohaku/other/2026/11/20/x.gz", ["{}"])
+
+    def run() -> ImportStats:
+        importer = make_importer(tmp_path)
+        client = s3_client(
+            endpoint_url=s3_endpoint,
+            access_key_id="test",
+            secret_access_key="test",
+            path_style=True,
+        )
+        return S3Importer(importer, client, S3Location.parse("s3://logs/kohaku")).run()
+
+    first = run()
+    assert (first.files, first.rows) == (3, 12)
+    assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == 9  # line 4 once
+    assert count(tmp_path, "SELECT count(*) FROM sessions") == 2
+    assert run().files == 0  # nothing new
+    put("kohaku/rtc_stats/2026/11/21/host-a-4.gz", [stats_line("H", n) for n in range(9, 12)])
+    third = run()
+    assert (third.files, third.rows) == (1, 3)
+    assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == 12
+
+
+def test_import_and_query_commands(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "rtc_stats.jsonl").write_bytes((SORA / "rtc_stats.jsonl").read_bytes())
+    env = {"RTCLAKE_DATA_DIR": str(tmp_path / "data"), "PATH": ""}
+    rtclake = [sys.executable, "-m", "rtclake"]
+    out = subprocess.run([*rtclake, "import", str(logs)], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "imported 3 rows from 1 files" in out.stdout
+    sql = "SELECT stats_type, bytes_sent FROM rtc_stats ORDER BY stats_type"
+    out = subprocess.run(
+        [*rtclake, "query", sql, "--format", "csv"], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        '"stats_type","bytes_sent"',
+        '"candidate-pair",1313',
+        '"inbound-rtp",',
+        '"outbound-rtp",0',
+    ]
