@@ -7,10 +7,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import http_ingest
+from bench import http_ingest, sora_import
 
 
-def parse(argv: Sequence[str]) -> http_ingest.Options:
+def parse(argv: Sequence[str]) -> tuple[http_ingest.Options, str | None, int]:
     d = http_ingest.Options()
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--duration", type=float, default=d.duration, help="measured seconds/phase")
@@ -49,12 +49,14 @@ def parse(argv: Sequence[str]) -> http_ingest.Options:
     p.add_argument("--keep-data", action="store_true", help="keep the data dirs in bench/out")
     p.add_argument("--no-docs", action="store_true", help="do not update docs/BENCHMARKS.md")
     p.add_argument("--out-dir", type=Path, default=d.out_dir)
+    p.add_argument("--only", choices=("http", "sora"), help="run one benchmark (default: all)")
+    p.add_argument("--sora-lines", type=int, default=sora_import.LINES)
     a = p.parse_args(argv)
     if a.duration <= 0 or a.warmup < 0:
         p.error("--duration must be > 0 and --warmup >= 0")
     if any("=" not in item for item in a.server_env):
         p.error("--server-env takes NAME=VALUE")
-    return http_ingest.Options(
+    opts = http_ingest.Options(
         duration=a.duration,
         warmup=a.warmup,
         flush_interval=a.flush_interval,
@@ -69,11 +71,19 @@ def parse(argv: Sequence[str]) -> http_ingest.Options:
         write_docs=not a.no_docs,
         out_dir=a.out_dir.resolve(),
     )
+    return opts, a.only, a.sora_lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    return http_ingest.run(parse(args), args)
+    opts, only, sora_lines = parse(args)
+    code = 0
+    if only in (None, "http"):
+        code = http_ingest.run(opts, args)
+    if only in (None, "sora"):
+        verdicts = sora_import.run(opts.out_dir, opts.write_docs, sora_lines)
+        code = code or int(not all(v.passed for v in verdicts))
+    return code
 
 
 if __name__ == "__main__":
