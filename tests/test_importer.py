@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -193,3 +194,23 @@ def test_import_and_query_commands(tmp_path: Path) -> None:
         '"inbound-rtp",',
         '"outbound-rtp",0',
     ]
+
+
+def test_rtclake_run_imports_new_s3_objects_on_an_interval(
+    s3_endpoint: str, make_server: Any
+) -> None:
+    raw = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                       aws_access_key_id="k", aws_secret_access_key="s")  # fmt: skip
+    raw.create_bucket(Bucket="live")
+    server = make_server(
+        RTCLAKE_SORA__KOHAKU_S3__ENABLED="true",
+        RTCLAKE_SORA__KOHAKU_S3__URL="s3://live/fluentbit",
+        RTCLAKE_SORA__KOHAKU_S3__ENDPOINT_URL=s3_endpoint,
+        RTCLAKE_SORA__KOHAKU_S3__ACCESS_KEY_ID="k",
+        RTCLAKE_SORA__KOHAKU_S3__SECRET_ACCESS_KEY="s",
+        RTCLAKE_SORA__KOHAKU_S3__PATH_STYLE="true",
+        RTCLAKE_SORA__KOHAKU_S3__INTERVAL="0.5",
+    )
+    body = gzip.compress(("\n".join(stats_line("L", n) for n in range(7)) + "\n").encode())
+    raw.put_object(Bucket="live", Key="fluentbit/rtc_stats/2026/11/20/h-1.gz", Body=body)
+    assert server.wait_rows("SELECT count(*) FROM rtc_stats", 7) == 7

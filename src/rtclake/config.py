@@ -86,6 +86,25 @@ class WriterConfig(Section):
     maintenance_interval: float = Field(default=300.0, gt=0, description="seconds")
 
 
+class KohakuS3Config(Section):
+    """Continuous import of the S3 layout Kohaku's Fluent Bit writes."""
+
+    enabled: bool = False
+    url: str = Field(default="", description="s3://BUCKET/PREFIX")
+    endpoint_url: str | None = Field(default=None, description="MinIO, RustFS, R2, ...")
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    region: str | None = None
+    path_style: bool = False
+    interval: float = Field(default=60.0, gt=0, description="seconds between listings")
+
+
+class SoraConfig(Section):
+    """Sora sources (each off until configured)."""
+
+    kohaku_s3: KohakuS3Config = KohakuS3Config()
+
+
 class Settings(BaseSettings):
     """Everything rtclake can be told. Printed by ``rtclake config``."""
 
@@ -105,6 +124,7 @@ class Settings(BaseSettings):
     writer: WriterConfig = WriterConfig()
     lake: LakeConfig = LakeConfig()
     query: QueryConfig = QueryConfig()
+    sora: SoraConfig = SoraConfig()
     routes: list[RouteConfig] = Field(default_factory=list)
     default_table: str = "telemetry"
 

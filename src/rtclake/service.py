@@ -38,6 +38,26 @@ def build_sinks(settings: Settings, tables: TableRegistry) -> list[Sink]:
     return sinks
 
 
+def build_sources(settings: Settings, service: Service) -> list[Source]:
+    """The background sources the configuration switches on."""
+    sources: list[Source] = []
+    s3 = settings.sora.kohaku_s3
+    if s3.enabled:
+        from rtclake.sources.kohaku_s3 import KohakuS3Source
+
+        sources.append(
+            KohakuS3Source(
+                s3,
+                service.tables,
+                service.sinks,
+                service.metrics,
+                node=settings.node,
+                state_path=settings.data_dir / "kohaku-s3-state.json",
+            )
+        )
+    return sources
+
+
 class Service:
     """Everything one ``rtclake run`` holds. ``start``/``stop`` run on the event loop."""
 
@@ -92,7 +112,7 @@ class Service:
             token=token.get_secret_value() if token else None,
         )
 
-        self.sources: list[Source] = list(sources or [])
+        self.sources: list[Source] = build_sources(settings, self) if sources is None else sources
 
     async def start(self) -> None:
         await self.spool.start()
