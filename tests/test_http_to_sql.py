@@ -63,3 +63,12 @@ def test_sigterm_stores_what_the_spool_holds(server: Server) -> None:
     engine = QueryEngine(server.data_dir / "lake", default_registry())
     assert engine.run("SELECT device_id FROM telemetry").rows() == [["last"]]
     assert not list((server.data_dir / "spool").glob("*.wal"))
+
+
+def test_health_metrics_and_openapi_are_served(server: Server) -> None:
+    assert httpx.get(server.url + "/healthz").json()["status"] == "ok"
+    assert "rtclake_spool_bytes" in httpx.get(server.url + "/metrics").text
+    spec = httpx.get(server.url + "/openapi.json").json()
+    assert {"/ingest/{stream}", "/api/query", "/healthz"} <= set(spec["paths"])
+    assert httpx.get(server.url + "/docs").status_code == 200
+    assert httpx.get(server.url + "/docs/static/swagger-ui-bundle.js").status_code == 200

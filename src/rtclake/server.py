@@ -114,7 +114,7 @@ def create_app(service: Service) -> Starlette:
         )
 
     async def openapi(request: Request) -> Response:
-        return schemas.OpenAPIResponse(request)
+        return JSONResponse(schemas.get_schema(routes=request.app.routes))
 
     async def docs(request: Request) -> Response:
         return HTMLResponse(_DOCS_PAGE)
