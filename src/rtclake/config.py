@@ -99,10 +99,39 @@ class KohakuS3Config(Section):
     interval: float = Field(default=60.0, gt=0, description="seconds between listings")
 
 
+class SoraApiConfig(Section):
+    """Polling of Sora's HTTP API (what Sorabeat and sora_exporter do)."""
+
+    nodes: list[str] = Field(
+        default_factory=list,
+        description="API URLs of the Sora nodes to poll, e.g. http://127.0.0.1:3000/",
+    )
+    interval: float = Field(default=60.0, gt=0, description="seconds between polls")
+    timeout: float = Field(default=5.0, gt=0, description="seconds for one API call")
+    all_connections: bool = Field(
+        default=True, description="also fetch GetStatsAllConnections (per-connection counters)"
+    )
+    list_rtc_stats: bool = Field(
+        default=True, description="also fetch ListRtcStats (Sora 2024.1+) into rtc_stats"
+    )
+    max_response_bytes: int = Field(default=256 * MiB, gt=0, description="larger answers fail")
+
+    @field_validator("nodes")
+    @classmethod
+    def _http_urls(cls, nodes: list[str]) -> list[str]:
+        for node in nodes:
+            if not node.startswith(("http://", "https://")):
+                raise ValueError(f"{node!r} is not an http:// or https:// URL")
+        if len(set(nodes)) != len(nodes):
+            raise ValueError("a node is listed twice")
+        return nodes
+
+
 class SoraConfig(Section):
     """Sora sources (each off until configured)."""
 
     kohaku_s3: KohakuS3Config = KohakuS3Config()
+    api: SoraApiConfig = SoraApiConfig()
 
 
 class Settings(BaseSettings):

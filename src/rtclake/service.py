@@ -41,6 +41,11 @@ def build_sinks(settings: Settings, tables: TableRegistry) -> list[Sink]:
 def build_sources(settings: Settings, service: Service) -> list[Source]:
     """The background sources the configuration switches on."""
     sources: list[Source] = []
+    api = settings.sora.api
+    if api.nodes:
+        from rtclake.sources.sora_api import SoraApiPoller
+
+        sources.append(SoraApiPoller(api, service.spool, service.metrics, service.tables))
     s3 = settings.sora.kohaku_s3
     if s3.enabled:
         from rtclake.sources.kohaku_s3 import KohakuS3Source

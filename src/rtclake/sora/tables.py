@@ -167,7 +167,7 @@ SORA_EVENTS = Table(
         Column("session_id", "id", ("req.session_id", "session_id")),
         Column("connection_id", "id", ("req.connection_id", "connection_id")),
         Column("client_id", "id", ("req.client_id", "client_id")),
-        Column("request", "json", ("req", "json")),
+        Column("request", "json", ("json",)),
         Column("response", "json", ("res",)),
     ),
 )
