@@ -35,7 +35,7 @@ class ServerConfig(Section):
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=16 * MiB, gt=0, description="after decompression")
     ingest_token: SecretStr | None = Field(
-        default=None, description="bearer token required by /ingest when set"
+        default=None, description="bearer token required by /ingest and /sora/* when set"
     )
     query_token: SecretStr | None = Field(
         default=None, description="bearer token required by /api/query when set"

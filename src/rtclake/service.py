@@ -16,6 +16,7 @@ from rtclake.sinks.base import Sink
 from rtclake.sinks.lake import LakeSink
 from rtclake.sources.base import Source
 from rtclake.sources.http_ingest import HttpIngest
+from rtclake.sources.sora_webhooks import SoraWebhooks
 from rtclake.spool import Spool
 from rtclake.tables import TableRegistry
 from rtclake.writer import Writer
@@ -117,6 +118,13 @@ class Service:
             token=token.get_secret_value() if token else None,
         )
 
+        self.sora_webhooks = SoraWebhooks(
+            self.spool,
+            self.metrics,
+            self.tables,
+            max_body=settings.server.max_body_bytes,
+            token=token.get_secret_value() if token else None,
+        )
         self.sources: list[Source] = build_sources(settings, self) if sources is None else sources
 
     async def start(self) -> None:
