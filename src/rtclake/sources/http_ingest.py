@@ -31,6 +31,18 @@ def json_error(status: int, reason: str, message: str, **extra: object) -> Respo
     return Response(orjson.dumps(body), status, media_type=JSON)
 
 
+def refusal(metrics: Metrics, source: str, exc: InputError | SpoolFull) -> Response:
+    """The answer to refused input (4xx with its reason) or a full spool (503 and
+    ``Retry-After``), counted by reason."""
+    if isinstance(exc, SpoolFull):
+        metrics.rejected.labels(source, "spool_full").inc()
+        response = json_error(503, "spool_full", str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    metrics.rejected.labels(source, exc.reason).inc()
+    return Response(orjson.dumps(exc.to_dict()), exc.status, media_type=JSON)
+
+
 def bearer_ok(request: Request, token: str | None) -> bool:
     """True if no token is configured, or the request carries it as a bearer token."""
     if token is None:
@@ -137,13 +149,7 @@ class HttpIngest:
                 extra=records.extra,
             )
             await self.spool.append(header, records.body)
-        except InputError as exc:
-            self.metrics.rejected.labels(self.source, exc.reason).inc()
-            return Response(orjson.dumps(exc.to_dict()), exc.status, media_type=JSON)
-        except SpoolFull as exc:
-            self.metrics.rejected.labels(self.source, "spool_full").inc()
-            response = json_error(503, "spool_full", str(exc))
-            response.headers["Retry-After"] = str(exc.retry_after)
-            return response
+        except (InputError, SpoolFull) as exc:
+            return refusal(self.metrics, self.source, exc)
         self._received.inc(records.n)
         return Response(b'{"accepted":%d}' % records.n, 200, media_type=JSON)

@@ -77,7 +77,14 @@ from starlette.routing import Route
 from rtclake.errors import InputError, PayloadTooLarge, SpoolFull
 from rtclake.metrics import Metrics
 from rtclake.sources.base import Records, check_utf8
-from rtclake.sources.http_ingest import JSON, bearer_ok, decode_content, json_error, read_body
+from rtclake.sources.http_ingest import (
+    JSON,
+    bearer_ok,
+    decode_content,
+    json_error,
+    read_body,
+    refusal,
+)
 from rtclake.spool import EntryHeader, Spool
 from rtclake.tables import Table, TableRegistry
 
@@ -517,13 +524,7 @@ class SoraWebhooks:
                     extra=records.extra,
                 )
                 await self.spool.append(header, records.body)
-        except InputError as exc:
-            self.metrics.rejected.labels(self.source, exc.reason).inc()
-            return Response(orjson.dumps(exc.to_dict()), exc.status, media_type=JSON)
-        except SpoolFull as exc:
-            self.metrics.rejected.labels(self.source, "spool_full").inc()
-            response = json_error(503, "spool_full", str(exc))
-            response.headers["Retry-After"] = str(exc.retry_after)
-            return response
+        except (InputError, SpoolFull) as exc:
+            return refusal(self.metrics, self.source, exc)
         self._received.inc(records.n)
         return answer()
