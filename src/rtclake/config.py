@@ -127,9 +127,40 @@ class SoraApiConfig(Section):
         return nodes
 
 
+class SoraLogsConfig(Section):
+    """The tail of Sora's log directories (``rtc_stats.jsonl``, ``session_webhook.jsonl``,
+    ``connection.jsonl``, the webhook, signaling and API logs)."""
+
+    dirs: list[Path] = Field(
+        default_factory=list, description="Sora log directories to follow; empty: tail off"
+    )
+    poll_interval: float = Field(
+        default=0.5, gt=0, description="seconds between two looks at the files"
+    )
+    rotate_wait: float = Field(
+        default=5.0,
+        ge=0,
+        description="seconds a renamed or removed file is still read after it stopped growing",
+    )
+    max_batch_bytes: int = Field(
+        default=4 * MiB, gt=0, description="most bytes of one file per spool entry"
+    )
+    max_line_bytes: int = Field(
+        default=16 * MiB, gt=0, description="longer lines are skipped and counted"
+    )
+    start_at: Literal["beginning", "end"] = Field(
+        default="beginning",
+        description="where to start in the log files of a directory followed for the first time",
+    )
+    checkpoint: Path | None = Field(
+        default=None, description="default: DATA_DIR/sora-logs.checkpoint.json"
+    )
+
+
 class SoraConfig(Section):
     """Sora sources (each off until configured)."""
 
+    logs: SoraLogsConfig = SoraLogsConfig()
     kohaku_s3: KohakuS3Config = KohakuS3Config()
     api: SoraApiConfig = SoraApiConfig()
 

@@ -42,6 +42,18 @@ def build_sinks(settings: Settings, tables: TableRegistry) -> list[Sink]:
 def build_sources(settings: Settings, service: Service) -> list[Source]:
     """The background sources the configuration switches on."""
     sources: list[Source] = []
+    if settings.sora.logs.dirs:
+        from rtclake.sources.sora_logs import SoraLogTail
+
+        sources.append(
+            SoraLogTail(
+                settings.sora.logs,
+                service.spool,
+                service.metrics,
+                settings.data_dir,
+                tables=service.tables,
+            )
+        )
     api = settings.sora.api
     if api.nodes:
         from rtclake.sources.sora_api import SoraApiPoller
