@@ -78,3 +78,16 @@ def test_session_webhook_lines_become_session_rows() -> None:
     assert created["created_at"] == dt.datetime(2026, 4, 17, 2, 36, 51, 897686, tzinfo=dt.UTC)
     assert updated["total_connections"] == 3
     assert len(msgspec.json.decode(updated["connections"])) == 3
+
+
+def test_a_batch_whose_every_line_needs_an_extra_fits_in_memory() -> None:
+    base = (SORA / "rtc_stats.jsonl").read_bytes().splitlines()
+    lines = [
+        base[i % 3].replace(b'"rtc_timestamp"', b'"rtc_n":%d,"rtc_timestamp"' % i)
+        for i in range(9000)
+    ]  # 12 MB; every line has a key no column takes
+    records = split_lines(b"\n".join(lines), RTC_STATS)
+    assert len(records.extra or []) == 9000
+    rows = convert("rtc_stats", records.body, records.extra)
+    assert len(rows) == 9000
+    assert msgspec.json.decode(rows[-1]["extra"])["rtc_n"] in range(9000)

@@ -194,8 +194,10 @@ class Table:
     def projection_sql(self, relation: str, *, check_json: bool = False) -> str:
         """DuckDB SQL turning ``relation`` (see :data:`INPUT_SCHEMA`) into this table.
 
-        Each line is parsed once by ``json_transform`` into a struct of the mapped keys;
-        ``extra`` is the line without them. With ``check_json``, lines that are not JSON
+        Each line is parsed once by ``json_transform`` into a struct of the mapped keys.
+        ``extra`` is left NULL here and computed by :meth:`extra_sql` in a query of its
+        own (in one query with a hundred typed columns, DuckDB's JSON functions hold
+        their memory for the whole batch). With ``check_json``, lines that are not JSON
         objects are skipped instead of failing the whole batch.
         """
         kinds = self._kinds()
@@ -215,12 +217,8 @@ class Table:
             value = _coalesce([_field(k) for k in column.keys])
             expr = _time_sql(value) if column.kind == "time" else value
             cols.append(f"{expr} AS {_ident(column.name)}")
-        removed = msgspec.json.encode(_removal(_tree(self._kinds()))).decode()
-        cols.append(
-            f"CASE WHEN has_extra THEN nullif(json_merge_patch(line, {_lit(removed)})::VARCHAR,"
-            " '{}') END AS extra"
-        )
-        where = " WHERE json_valid(line) AND json_type(line) = 'OBJECT'" if check_json else ""
+        cols.append("NULL::VARCHAR AS extra")
+        where = _JSON_OBJECTS if check_json else ""
         sql = (
             "SELECT "
             + ",\n  ".join(cols)
@@ -231,6 +229,16 @@ class Table:
         if self.identity:
             sql = f"SELECT * REPLACE ({self.identity_sql()} AS record_id) FROM ({sql})"
         return sql
+
+    def extra_sql(self, relation: str, *, check_json: bool = False) -> str:
+        """The ``extra`` column of :meth:`projection_sql`, row for row: each line without
+        the mapped keys (NULL for lines flagged as having none, or when nothing is left)."""
+        removed = msgspec.json.encode(_removal(_tree(self._kinds()))).decode()
+        return (
+            f"SELECT CASE WHEN has_extra THEN nullif(json_merge_patch(line, {_lit(removed)})"
+            f"::VARCHAR, '{{}}') END AS extra FROM {relation}"
+            + (_JSON_OBJECTS if check_json else "")
+        )
 
     def _record_id_sql(self, when: str) -> str:
         """The record id rule, mirrored by :func:`rtclake.records.record_id`.
@@ -266,6 +274,8 @@ INPUT_SCHEMA = pa.schema(
         pa.field("line", pa.string()),
     ]
 )
+
+_JSON_OBJECTS = " WHERE json_valid(line) AND json_type(line) = 'OBJECT'"
 
 _TRANSFORM_TYPES = {
     "string": "VARCHAR",

@@ -98,13 +98,17 @@ def _load_libc() -> ctypes.CDLL | None:
 _LIBC = _load_libc()
 
 
+SLICE_BYTES = 2 * 1024 * 1024  # of JSON text per DuckDB query (see Converter._project)
+
+
 class Converter:
     """Turns spool entries into Arrow tables with each table's declared schema."""
 
     def __init__(self, tables: TableRegistry, memory_limit: str = "256MB") -> None:
         self.tables = tables
         self._con = duckdb.connect(
-            config={"threads": 2, "memory_limit": memory_limit, "preserve_insertion_order": False}
+            # insertion order kept: the typed columns and ``extra`` come from two queries
+            config={"threads": 2, "memory_limit": memory_limit}
         )
         self._con.execute("SET TimeZone = 'UTC'")
 
@@ -127,17 +131,37 @@ class Converter:
         return out
 
     def _project(self, table: Table, relation: pa.Table) -> pa.Table:
+        # DuckDB's JSON functions keep their working memory until a query ends, and
+        # building ``extra`` for wide lines needs ~30 KB a line: slices of a few MB of
+        # text keep a batch within the memory limit whatever its lines hold.
+        text = pc.sum(pc.binary_length(relation["line"])).as_py() or 1
+        step = max(256, relation.num_rows * SLICE_BYTES // text)
+        parts = [
+            self._project_slice(table, relation.slice(start, step))
+            for start in range(0, relation.num_rows, step)
+        ]
+        return pa.concat_tables(parts) if len(parts) != 1 else parts[0]
+
+    def _project_slice(self, table: Table, relation: pa.Table) -> pa.Table:
         self._con.register("spooled", relation)
         try:
             try:
-                return self._con.execute(table.projection_sql("spooled")).fetch_arrow_table()
+                return self._run(table, relation, check_json=False)
             except duckdb.InvalidInputException:
                 # Input validated at the edge never gets here; a line that is not JSON
                 # must not take the batch with it.
-                sql = table.projection_sql("spooled", check_json=True)
-                return self._con.execute(sql).fetch_arrow_table()
+                return self._run(table, relation, check_json=True)
         finally:
             self._con.unregister("spooled")
+
+    def _run(self, table: Table, relation: pa.Table, *, check_json: bool) -> pa.Table:
+        sql = table.projection_sql("spooled", check_json=check_json)
+        out = self._con.execute(sql).fetch_arrow_table()
+        if pc.any(relation["has_extra"]).as_py():
+            sql = table.extra_sql("spooled", check_json=check_json)
+            extra = self._con.execute(sql).fetch_arrow_table().column("extra")
+            out = out.set_column(out.schema.get_field_index("extra"), "extra", extra)
+        return out
 
     def close(self) -> None:
         self._con.close()
