@@ -98,9 +98,6 @@ def _load_libc() -> ctypes.CDLL | None:
 _LIBC = _load_libc()
 
 
-SLICE_BYTES = 2 * 1024 * 1024  # of JSON text per DuckDB query (see Converter._project)
-
-
 class Converter:
     """Turns spool entries into Arrow tables with each table's declared schema."""
 
@@ -131,18 +128,6 @@ class Converter:
         return out
 
     def _project(self, table: Table, relation: pa.Table) -> pa.Table:
-        # DuckDB's JSON functions keep their working memory until a query ends, and
-        # building ``extra`` for wide lines needs ~30 KB a line: slices of a few MB of
-        # text keep a batch within the memory limit whatever its lines hold.
-        text = pc.sum(pc.binary_length(relation["line"])).as_py() or 1
-        step = max(256, relation.num_rows * SLICE_BYTES // text)
-        parts = [
-            self._project_slice(table, relation.slice(start, step))
-            for start in range(0, relation.num_rows, step)
-        ]
-        return pa.concat_tables(parts) if len(parts) != 1 else parts[0]
-
-    def _project_slice(self, table: Table, relation: pa.Table) -> pa.Table:
         self._con.register("spooled", relation)
         try:
             try:
