@@ -164,7 +164,8 @@ class Importer:
         self.table_for = table_for
         self.metrics = metrics or Metrics()
         self.block_bytes = block_bytes
-        self._converter = Converter(tables)
+        # One DuckDB thread: the other core validates the next block meanwhile.
+        self._converter = Converter(tables, threads=1)
 
     def close(self) -> None:
         self._converter.close()

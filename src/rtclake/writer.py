@@ -101,11 +101,13 @@ _LIBC = _load_libc()
 class Converter:
     """Turns spool entries into Arrow tables with each table's declared schema."""
 
-    def __init__(self, tables: TableRegistry, memory_limit: str = "256MB") -> None:
+    def __init__(
+        self, tables: TableRegistry, memory_limit: str = "256MB", threads: int = 2
+    ) -> None:
         self.tables = tables
         self._con = duckdb.connect(
             # insertion order kept: the typed columns and ``extra`` come from two queries
-            config={"threads": 2, "memory_limit": memory_limit}
+            config={"threads": threads, "memory_limit": memory_limit}
         )
         self._con.execute("SET TimeZone = 'UTC'")
 
