@@ -86,6 +86,16 @@ class Column:
         return _ARROW_TYPES[self.kind]
 
 
+def columns(kind: FieldKind, prefix: str, names: str, *, named: str = "") -> tuple[Column, ...]:
+    """Columns of one kind, one per space-separated NAME, read from ``prefix + NAME`` and
+    called ``named + NAME`` in snake_case (``rtc_data.bytesSent`` -> ``bytes_sent``)."""
+    return tuple(Column(named + snake_case(n), kind, (prefix + n,)) for n in names.split())
+
+
+def snake_case(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
 @dataclass(frozen=True)
 class Table:
     """A lake table: its name, the kind it stamps on records, and its typed columns.

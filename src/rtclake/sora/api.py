@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rtclake.errors import InputError
-from rtclake.tables import Column, FieldKind, Table
+from rtclake.tables import Column, Table, columns
 
 # x-sora-target values and the short operation names used in logs, metrics and streams.
 GET_STATS_REPORT = "GetStatsReport"
@@ -185,11 +185,6 @@ def rtc_stats_records(answer: Any) -> list[dict[str, Any]]:
     return records
 
 
-def _columns(kind: FieldKind, prefix: str, names: str, *, named: str = "") -> tuple[Column, ...]:
-    """Columns of one kind read from ``prefix + NAME``, each named ``named + NAME``."""
-    return tuple(Column(named + n, kind, (prefix + n,)) for n in names.split())
-
-
 def _derived_columns() -> tuple[Column, ...]:
     columns: list[Column] = []
     for name in DERIVED_LISTS:
@@ -210,7 +205,7 @@ SORA_STATS_REPORT = Table(
         Column("version", "string", ("version",)),
         Column("average_duration_sec", "float", ("average_duration_sec",)),
         Column("average_setup_time_msec", "float", ("average_setup_time_msec",)),
-        *_columns(
+        *columns(
             "int",
             "",
             "total_connection_created total_connection_updated total_connection_destroyed"
@@ -230,16 +225,16 @@ SORA_STATS_REPORT = Table(
             " total_sent_srtp_sfu_delay_us total_received_sctp total_received_sctp_byte_size"
             " total_sent_sctp total_sent_sctp_byte_size",
         ),
-        *_columns("int", "error.", "sdp_generation_error signaling_error"),
+        *columns("int", "error.", "sdp_generation_error signaling_error"),
         Column("raft_state", "string", ("cluster.raft_state",)),
-        *_columns("int", "cluster.", "raft_term raft_commit_index"),
-        *_columns(
+        *columns("int", "cluster.", "raft_term raft_commit_index"),
+        *columns(
             "int",
             "erlang_vm.memory.",
             "total processes processes_used system atom atom_used binary code ets",
             named="memory_",
         ),
-        *_columns(
+        *columns(
             "int",
             _STATISTICS,
             "context_switches run_queue total_active_tasks total_active_tasks_all"
@@ -279,7 +274,7 @@ SORA_CONNECTION_COUNTERS = Table(
     columns=(
         Column("node", "string", ("node",)),
         Column("stats_at", "time", ("timestamp",)),
-        *_columns(
+        *columns(
             "id",
             "",
             "channel_id client_id connection_id session_id bundle_id channel_client_id",

@@ -7,18 +7,7 @@ no column takes stay in ``extra`` (nested: an ``rtc_data`` key without a column 
 
 from __future__ import annotations
 
-from rtclake.tables import Column, FieldKind, Table
-
-
-def _cols(kind: FieldKind, prefix: str, names: str) -> tuple[Column, ...]:
-    """Columns of one kind read from ``prefix.NAME``, named NAME in snake_case."""
-    return tuple(Column(_snake(n), kind, (f"{prefix}{n}",)) for n in names.split())
-
-
-def _snake(name: str) -> str:
-    out = "".join("_" + c.lower() if c.isupper() else c for c in name)
-    return out.lstrip("_")
-
+from rtclake.tables import Column, Table, columns
 
 # The envelope Sora writes on every rtc_stats line (and sends in stats webhooks).
 _STATS_ENVELOPE = (
@@ -52,7 +41,7 @@ RTC_STATS = Table(
         Column("rtc_timestamp", "time", ("rtc_timestamp", "rtc_data.timestamp")),
         Column("media_kind", "string", ("rtc_data.kind",)),
         Column("channel_label", "string", ("rtc_data.label",)),
-        *_cols(
+        *columns(
             "string",
             "rtc_data.",
             "mediaType mid rid trackIdentifier transportId codecId mediaSourceId remoteId"
@@ -65,7 +54,7 @@ RTC_STATS = Table(
             " localCertificateId remoteCertificateId iceLocalUsernameFragment"
             " rtcpTransportStatsId playoutId",
         ),
-        *_cols(
+        *columns(
             "int",
             "rtc_data.",
             "ssrc rtxSsrc bytesSent bytesReceived packetsSent packetsReceived packetsLost"
@@ -85,7 +74,7 @@ RTC_STATS = Table(
             " dataChannelIdentifier width height frames synthesizedSamplesEvents"
             " totalSamplesCount",
         ),
-        *_cols(
+        *columns(
             "float",
             "rtc_data.",
             "fractionLost jitter roundTripTime currentRoundTripTime totalRoundTripTime"
@@ -97,12 +86,12 @@ RTC_STATS = Table(
             " totalSquaredInterFrameDelay lastPacketSentTimestamp"
             " lastPacketReceivedTimestamp synthesizedSamplesDuration totalPlayoutDelay",
         ),
-        *_cols(
+        *columns(
             "bool",
             "rtc_data.",
             "active nominated writable powerEfficientEncoder powerEfficientDecoder",
         ),
-        *_cols("json", "rtc_data.", "qualityLimitationDurations"),
+        *columns("json", "rtc_data.", "qualityLimitationDurations"),
     ),
 )
 
