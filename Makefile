@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck pytest bench services clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py src/rtclake/_jsoncols.cpp
+	bash scripts/system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

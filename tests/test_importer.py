@@ -85,7 +85,7 @@ def test_import_fixture_files_plain_and_gzip(tmp_path: Path) -> None:
     assert count(tmp_path, "SELECT count(DISTINCT event) FROM sessions") == 2
 
 
-def test_import_is_incremental_and_skips_bad_lines(tmp_path: Path) -> None:
+def test_import_is_incremental_skips_bad_lines_and_keeps_misfits(tmp_path: Path) -> None:
     path = tmp_path / "rtc_stats.jsonl"
     lines = [stats_line("A", n) for n in range(200)]
     lines[50] = '{"broken": '
@@ -93,15 +93,20 @@ def test_import_is_incremental_and_skips_bad_lines(tmp_path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
     importer = make_importer(tmp_path)
     first = importer.import_paths([path])
-    assert (first.rows, first.bad_lines) == (198, 2)
+    # The broken line is skipped; the line with a text where a number belongs is stored,
+    # its column NULL and the value kept in extra.
+    assert (first.rows, first.bad_lines) == (199, 1)
+    misfit = "SELECT count(*) FROM rtc_stats WHERE bytes_sent IS NULL AND"
+    misfit += " (extra->>'$.rtc_data.bytesSent') = 'lots'"
+    assert count(tmp_path, misfit) == 1
     again = importer.import_paths([path])
     assert again.rows == 0  # nothing new
     with path.open("a") as fh:
         fh.write("\n".join(stats_line("A", n) for n in range(200, 250)) + "\n")
     third = make_importer(tmp_path).import_paths([path])  # a new process: state from disk
     assert third.rows == 50
-    assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == 248
-    assert count(tmp_path, "SELECT count(*) FROM rtc_stats", dedup=False) == 248
+    assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == 249
+    assert count(tmp_path, "SELECT count(*) FROM rtc_stats", dedup=False) == 249
 
 
 def test_a_line_imported_twice_is_stored_once(tmp_path: Path) -> None:

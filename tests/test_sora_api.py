@@ -172,7 +172,7 @@ def test_stats_reports_of_2017_and_2025_fill_the_same_columns() -> None:
     assert extra["sora_client"]["total_successful_sora_client_type"]["sora_js_sdk"] == 33
     assert extra["cluster_relay"][1]["plumtree"]["total_ignored"] == 111
     # what a column took is not repeated in extra; what it did not is kept there
-    assert extra["erlang_vm"]["memory"] == {}
+    assert "memory" not in extra["erlang_vm"]  # every key of it has a column
     assert extra["erlang_vm"]["statistics"]["reductions"] == {"reductions_since_last_call": 443}
 
 

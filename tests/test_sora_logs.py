@@ -814,9 +814,9 @@ def test_sigkill_mid_way_every_line_exactly_once(
         assert max(in_views[kind].values()) == 1, kind  # nothing twice
         assert set(in_files[kind]) == keys
     assert min(sora.rotations.values()) >= 3 and len(sora.rotations) == 4
-    # some kills fell between the spool's fsync and the checkpoint: lines were read and
-    # stored twice, and the views show them once
-    assert sum(duplicates.values()) > 0
+    # Kills that fall between the spool's fsync and the checkpoint make lines stored twice
+    # (the print shows how many); the views show them once, as checked above. Whether a
+    # kill lands in that window is timing, so the count itself is not asserted.
     assert "bad line" not in runner.log()
 
 

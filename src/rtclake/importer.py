@@ -1,14 +1,15 @@
 """Import: Sora log files (plain or gzip) into the lake, incrementally.
 
-Files are read in blocks of whole lines; each block is validated line by line (a bad line
-is logged with its file and line number, counted, and skipped), converted like a spool
-segment and written to the sinks directly: the file itself is the durable copy, so the
-spool is not needed. A block's batch name is derived from the file and the block's byte
-offset, so importing the same block again (after a crash, or twice) overwrites its own
-files. What was imported is remembered per file (identity, byte offset, line number) in
-``DATA_DIR/import-state.json``, written after the sinks confirmed; a file that grew is
-continued where it stopped, a file that was replaced (another identity) or truncated is
-read again from the start.
+Files are read in blocks of whole lines; each block is parsed by the writer's
+:class:`~rtclake.writer.Converter` (a line that is not a JSON object is logged with its
+file and line number, counted, and skipped; a value of the wrong type for its column is
+logged and kept in ``extra``) and written to the sinks directly: the file itself is the
+durable copy, so the spool is not needed. A block's batch name is derived from the file
+and the block's byte offset, so importing the same block again (after a crash, or twice)
+overwrites its own files. What was imported is remembered per file (identity, byte
+offset, line number) in ``DATA_DIR/import-state.json``, written after the sinks
+confirmed; a file that grew is continued where it stopped, a file that was replaced
+(another identity) or truncated is read again from the start.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -31,7 +33,7 @@ from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch, Sink
 from rtclake.spool import Entry, EntryHeader
 from rtclake.tables import Table, TableRegistry
-from rtclake.writer import Converter
+from rtclake.writer import Converter, Parsed, entries_to_header
 
 log = structlog.get_logger(__name__)
 
@@ -143,6 +145,16 @@ def read_blocks(fh: IO[bytes], gz: bool, block: int) -> Iterator[tuple[int, byte
         yield offset, rest
 
 
+@dataclass
+class _Block:
+    """A block on its way from the reader to the writer thread."""
+
+    end: int  # offset after the block (in the uncompressed stream)
+    first_line: int  # lines of the stream before it
+    last_line: int  # lines of the stream up to its end
+    parsed: Future[Parsed]
+
+
 class Importer:
     """Imports files into the sinks, one block at a time, remembering where it stopped."""
 
@@ -164,10 +176,12 @@ class Importer:
         self.table_for = table_for
         self.metrics = metrics or Metrics()
         self.block_bytes = block_bytes
-        # One DuckDB thread: the other core validates the next block meanwhile.
+        # One DuckDB thread: the other core parses the next block meanwhile.
         self._converter = Converter(tables, threads=1)
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="import-parse")
 
     def close(self) -> None:
+        self._pool.shutdown()
         self._converter.close()
 
     def import_paths(self, paths: Iterable[Path], stats: ImportStats | None = None) -> ImportStats:
@@ -222,13 +236,14 @@ class Importer:
         digest = hashlib.sha1(f"{key}:{done.identity}".encode(), usedforsecurity=False)
         run = "i" + digest.hexdigest()[:10]
         stream = Path(label).name.removesuffix(".gz").removesuffix(".jsonl")
-        # Read and validate on this thread; convert and write on another (DuckDB and the
-        # Parquet writer release the GIL), so both cores work.
-        work: queue.Queue[tuple[int, int, Entry | None] | None] = queue.Queue(maxsize=2)
+        # This thread reads (and inflates); the pool parses (C++, without the GIL, so both
+        # cores work); the writer thread projects the envelope and writes, in file order.
+        work: queue.Queue[_Block | None] = queue.Queue(maxsize=2)
         failure: list[BaseException] = []
         writer = threading.Thread(
-            target=self._write_blocks, args=(work, run, key, done, stats, failure), daemon=True
-        )
+            target=self._write_blocks, args=(work, run, key, label, done, stats, failure),
+            daemon=True,
+        )  # fmt: skip
         writer.start()
         try:
             base = 0 if gz else done.offset
@@ -236,61 +251,44 @@ class Importer:
             for offset, block in read_blocks(fh, gz, self.block_bytes):
                 start = base + offset
                 stats.bytes_read += len(block)
+                lines = block.count(b"\n") + (not block.endswith(b"\n"))
                 if gz and start + len(block) <= done.offset:
-                    line += block.count(b"\n")
+                    line += lines
                     continue  # imported before (a gzip stream cannot seek)
-                entry, good, lines = self._block_entry(label, table, stream, block, line)
-                stats.bad_lines += lines - good
-                line += lines
                 if failure:
                     break
-                work.put((start + len(block), line, entry))
+                end = start + len(block)
+                parsed = self._pool.submit(self._parse, table, stream, run, end, block, lines)
+                work.put(_Block(end, line, line + lines, parsed))
+                line += lines
         finally:
             work.put(None)
             writer.join()
         if failure:
             raise failure[0]
 
-    def _block_entry(
-        self, label: str, table: Table, stream: str, block: bytes, first_line: int
-    ) -> tuple[Entry | None, int, int]:
-        lines = block.split(b"\n")
-        if lines and not lines[-1].strip():
-            lines.pop()
-        check = table.checker()
-        kept: list[bytes] = []
-        extra: list[int] = []
-        for number, text in enumerate(lines, first_line + 1):
-            if not text.strip():
-                continue
-            try:
-                if check(text):
-                    extra.append(len(kept))
-            except (msgspec.MsgspecError, RecursionError) as exc:
-                self.metrics.rejected.labels(SOURCE, "invalid_record").inc()
-                log.warning(
-                    "import: bad line skipped", file=label, line=number, error=str(exc)[:200]
-                )
-                continue
-            kept.append(text)
-        if not kept:
-            return None, 0, len(lines)
+    def _parse(
+        self, table: Table, stream: str, run: str, end: int, block: bytes, lines: int
+    ) -> Parsed:
         header = EntryHeader(
             table=table.name,
             source=SOURCE,
             stream=stream,
             kind=table.kind,
             received_us=time.time_ns() // 1000,
-            records=len(kept),
-            extra=extra if table.sparse_extra else None,
+            records=lines,
         )
-        return Entry(header, b"\n".join(kept), 0), len(kept), len(lines)
+        text = block[:-1] if block.endswith(b"\n") else block
+        return self._converter.parse(
+            table, text, entries_to_header(run, end, [Entry(header, b"", 0)])
+        )
 
     def _write_blocks(
         self,
-        work: queue.Queue[tuple[int, int, Entry | None] | None],
+        work: queue.Queue[_Block | None],
         run: str,
         key: str,
+        label: str,
         state: FileState,
         stats: ImportStats,
         failure: list[BaseException],
@@ -298,20 +296,37 @@ class Importer:
         while (item := work.get()) is not None:
             if failure:
                 continue
-            end, line, entry = item
             try:
-                if entry is not None:
-                    tables = self._converter.convert(run, end, [entry])
-                    batch = Batch(self.node, run, end, tables)
+                parsed = item.parsed.result()
+                self._report(label, item.first_line, parsed)
+                stats.bad_lines += len(parsed.bad)
+                if parsed.rows:
+                    tables = {parsed.table.name: self._converter.finish(parsed)}
+                    batch = Batch(self.node, run, item.end, tables)
                     for sink in self.sinks:
                         sink.write(batch)
                     stats.rows += batch.num_rows
-                    for name, table in tables.items():
-                        self.metrics.stored.labels("import", name).inc(table.num_rows)
-                state.offset, state.line = end, line
+                    self.metrics.stored.labels("import", parsed.table.name).inc(batch.num_rows)
+                    del batch, tables
+                del parsed
+                state.offset, state.line = item.end, item.last_line
                 self.state.files[key] = state
                 self.state.save()
                 if stats.on_progress is not None:
                     stats.on_progress(stats.rows, stats.bytes_read)
             except BaseException as exc:  # reported by import_file on the caller's thread
                 failure.append(exc)
+
+    def _report(self, label: str, first_line: int, parsed: Parsed) -> None:
+        """Log each bad line (skipped) and each value kept in extra, by file and line."""
+        for index, error in parsed.bad:
+            self.metrics.rejected.labels(SOURCE, "invalid_record").inc()
+            log.warning(
+                "import: bad line skipped", file=label, line=first_line + index + 1,
+                error=error[:200],
+            )  # fmt: skip
+        for index, why in parsed.notes:
+            log.warning(
+                "import: value of the wrong type for its column kept in extra",
+                file=label, line=first_line + index + 1, error=why[:200],
+            )  # fmt: skip

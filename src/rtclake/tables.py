@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 import pyarrow as pa
 
+from rtclake import _jsoncols
+
 FieldKind = Literal["string", "id", "time", "float", "int", "bool", "json"]
 
 UTC_US = pa.timestamp("us", tz="UTC")
@@ -114,6 +116,7 @@ class Table:
     description: str = ""
     _validator: Any = field(default=None, init=False, repr=False, compare=False)
     _checker: Any = field(default=None, init=False, repr=False, compare=False)
+    _spec: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.schema]
@@ -201,19 +204,41 @@ class Table:
             object.__setattr__(self, "_checker", check)
         return self._checker  # type: ignore[no-any-return]
 
-    def projection_sql(self, relation: str, *, check_json: bool = False) -> str:
-        """DuckDB SQL turning ``relation`` (see :data:`INPUT_SCHEMA`) into this table.
+    def native_spec(self) -> _jsoncols.Spec:
+        """The parser of this table's lines (see :mod:`rtclake._jsoncols`): every mapped
+        key path with the kind of value it takes; the rest of a line becomes ``extra``."""
+        if self._spec is None:
+            codes = {kind: i for i, kind in enumerate(NATIVE_KINDS)}
 
-        Each line is parsed once by ``json_transform`` into a struct of the mapped keys.
-        ``extra`` is left NULL here and computed by :meth:`extra_sql` in a query of its
-        own (in one query with a hundred typed columns, DuckDB's JSON functions hold
-        their memory for the whole batch). With ``check_json``, lines that are not JSON
-        objects are skipped instead of failing the whole batch.
+            def convert(tree: Tree) -> dict[str, Any]:
+                return {k: convert(v) if isinstance(v, dict) else codes[v] for k, v in tree.items()}
+
+            object.__setattr__(self, "_spec", _jsoncols.Spec(convert(_tree(self._kinds()))))
+        return self._spec  # type: ignore[no-any-return]
+
+    def projection_inputs(self) -> tuple[list[str], list[str]]:
+        """What :meth:`projection_sql` reads besides ``INPUT_SCHEMA``: key paths (as
+        columns named ``$.PATH``, text for times) and payload columns (by name)."""
+        paths = [*TIME_KEYS, *TYPE_KEYS]
+        for column in self.columns:
+            if column.kind == "time":
+                paths += column.keys
+        payload = [c.name for c in self.columns if c.name in self.identity and c.kind != "time"]
+        return list(dict.fromkeys(paths)), payload
+
+    @property
+    def projected(self) -> tuple[str, ...]:
+        """The columns :meth:`projection_sql` computes; the others are taken as parsed."""
+        times = tuple(c.name for c in self.columns if c.kind == "time")
+        return (*(f.name for f in ENVELOPE), *times)
+
+    def projection_sql(self, relation: str) -> str:
+        """DuckDB SQL computing the envelope (record id, time, type, ...) and the time
+        columns of this table from ``relation``: ``INPUT_SCHEMA`` plus the inputs that
+        :meth:`projection_inputs` names. Only these narrow columns pass through DuckDB;
+        the typed payload columns come from the parser as they are.
         """
-        kinds = self._kinds()
-        tree = _tree(kinds)
-        structure = msgspec.json.encode(_transform_types(tree)).decode()
-        when = _coalesce([_field(k) for k in TIME_KEYS])
+        when = _coalesce([_key(k) for k in TIME_KEYS])
         cols = [
             f"{self._record_id_sql(when)} AS record_id",
             f"coalesce({_time_sql(when)}, received_at) AS time",
@@ -221,34 +246,17 @@ class Table:
             "source",
             "stream",
             "kind",
-            f"coalesce({_coalesce([_field(k) for k in TYPE_KEYS])}, hdr_type) AS type",
+            f"coalesce({_coalesce([_key(k) for k in TYPE_KEYS])}, hdr_type) AS type",
         ]
         for column in self.columns:
-            value = _coalesce([_field(k) for k in column.keys])
-            expr = _time_sql(value) if column.kind == "time" else value
-            cols.append(f"{expr} AS {_ident(column.name)}")
-        cols.append("NULL::VARCHAR AS extra")
-        where = _JSON_OBJECTS if check_json else ""
-        sql = (
-            "SELECT "
-            + ",\n  ".join(cols)
-            + f"\nFROM (SELECT *, json_transform(line, {_lit(structure)}) AS t FROM {relation}"
-            + where
-            + ")"
-        )
+            if column.kind == "time":
+                value = _coalesce([_key(k) for k in column.keys])
+                cols.append(f"{_time_sql(value)} AS {_ident(column.name)}")
+        cols += [_ident(name) for name in self.projection_inputs()[1]]
+        sql = "SELECT " + ",\n  ".join(cols) + f"\nFROM {relation}"
         if self.identity:
             sql = f"SELECT * REPLACE ({self.identity_sql()} AS record_id) FROM ({sql})"
         return sql
-
-    def extra_sql(self, relation: str, *, check_json: bool = False) -> str:
-        """The ``extra`` column of :meth:`projection_sql`, row for row: each line without
-        the mapped keys (NULL for lines flagged as having none, or when nothing is left)."""
-        removed = msgspec.json.encode(_removal(_tree(self._kinds()))).decode()
-        return (
-            f"SELECT CASE WHEN has_extra THEN nullif(json_merge_patch(line, {_lit(removed)})"
-            f"::VARCHAR, '{{}}') END AS extra FROM {relation}"
-            + (_JSON_OBJECTS if check_json else "")
-        )
 
     def _record_id_sql(self, when: str) -> str:
         """The record id rule, mirrored by :func:`rtclake.records.record_id`.
@@ -280,22 +288,15 @@ INPUT_SCHEMA = pa.schema(
         pa.field("idem", pa.string()),
         pa.field("entry", pa.string()),
         pa.field("line_no", pa.int32()),
-        pa.field("has_extra", pa.bool_()),
         pa.field("line", pa.string()),
     ]
 )
 
-_JSON_OBJECTS = " WHERE json_valid(line) AND json_type(line) = 'OBJECT'"
-
-_TRANSFORM_TYPES = {
-    "string": "VARCHAR",
-    "id": "VARCHAR",
-    "time": "VARCHAR",
-    "float": "DOUBLE",
-    "int": "BIGINT",
-    "bool": "BOOLEAN",
-    "json": "JSON",
-}
+# The kinds in the order rtclake._jsoncols numbers them.
+NATIVE_KINDS: tuple[FieldKind, ...] = ("string", "id", "time", "float", "int", "bool", "json")
+# The Arrow type the parser gives a key path of each kind (times stay text until the
+# projection reads them).
+PARSED_TYPES: dict[str, pa.DataType] = {**_ARROW_TYPES, "time": pa.string()}
 
 Tree = dict[str, Any]  # key -> kind (a leaf) or a nested Tree
 
@@ -313,18 +314,6 @@ def _tree(kinds: dict[str, str]) -> Tree:
             raise ValueError(f"key {path!r} is both a value and an object")
         node.setdefault(leaf, kind)
     return tree
-
-
-def _transform_types(tree: Tree) -> dict[str, Any]:
-    return {
-        k: _transform_types(v) if isinstance(v, dict) else _TRANSFORM_TYPES[v]
-        for k, v in tree.items()
-    }
-
-
-def _removal(tree: Tree) -> dict[str, Any]:
-    """A JSON merge patch deleting every mapped key (nested keys one by one)."""
-    return {k: _removal(v) if isinstance(v, dict) else None for k, v in tree.items()}
 
 
 def _validator_struct(name: str, tree: Tree, *, closed: bool = False) -> Any:
@@ -346,8 +335,9 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _field(path: str) -> str:
-    return "t" + "".join(f"[{_lit(part)}]" for part in path.split("."))
+def _key(path: str) -> str:
+    """The column holding a parsed key path (see :meth:`Table.projection_inputs`)."""
+    return _ident("$." + path)
 
 
 def _coalesce(parts: list[str]) -> str:

@@ -16,8 +16,10 @@ import ctypes
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
@@ -28,21 +30,18 @@ from rtclake.errors import SpoolCorrupt
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch, Sink
 from rtclake.spool import Entry, Segment, Spool
-from rtclake.tables import UTC_US, Table, TableRegistry
+from rtclake.tables import PARSED_TYPES, UTC_US, Table, TableRegistry
+
+if TYPE_CHECKING:
+    from rtclake._jsoncols import ColumnBuffers
 
 log = structlog.get_logger(__name__)
 
 
-def entries_to_input(run: str, segment: int, entries: Sequence[Entry]) -> pa.Table:
-    """One row per spooled JSON line, carrying its entry's header (see ``INPUT_SCHEMA``).
-
-    Lines are split in Arrow, not in Python, so a batch costs no Python object per record.
-    """
+def entries_to_header(run: str, segment: int, entries: Sequence[Entry]) -> pa.Table:
+    """One row per spooled line with its entry's header (``INPUT_SCHEMA`` without
+    ``line``), built in Arrow: no Python object per record."""
     counts = [e.header.records for e in entries]
-    text = pa.array([b"\n".join(e.body for e in entries)], pa.large_binary())
-    lines = pc.split_pattern(text, "\n").flatten().cast(pa.large_string())
-    if len(lines) != sum(counts):
-        raise SpoolCorrupt(f"segment {run}-{segment}: line count differs from the headers")
     heads = [e.header for e in entries]
     header = pa.table(
         {
@@ -60,19 +59,36 @@ def entries_to_input(run: str, segment: int, entries: Sequence[Entry]) -> pa.Tab
         pa.RunEndEncodedArray.from_arrays(run_ends, pa.array(range(len(entries)), pa.int32()))
     )
     starts = pa.array([0, *run_ends.to_pylist()[:-1]], pa.int32()).take(which)
-    line_no = pc.add(pc.subtract(pa.array(range(len(lines)), pa.int32()), starts), 1)
-    has_extra: list[bool] = []
-    for entry, count in zip(entries, counts, strict=True):
-        flags = [entry.header.extra is None] * count
-        for i in entry.header.extra or ():
-            flags[i] = True
-        has_extra += flags
-    return (
-        header.take(which)
-        .append_column("line_no", line_no.cast(pa.int32()))
-        .append_column("has_extra", pa.array(has_extra, pa.bool_()))
-        .append_column("line", lines)
-    )
+    line_no = pc.add(pc.subtract(pa.array(range(sum(counts)), pa.int32()), starts), 1)
+    return header.take(which).append_column("line_no", line_no.cast(pa.int32()))
+
+
+def _array(kind_type: pa.DataType, rows: int, buffers: ColumnBuffers) -> pa.Array:
+    validity, offsets, values, nulls = buffers
+    if validity is None:
+        return pa.nulls(rows, kind_type)
+    parts = [pa.py_buffer(validity)]
+    if offsets is not None:
+        parts.append(pa.py_buffer(offsets))
+    parts.append(pa.py_buffer(values))
+    return pa.Array.from_buffers(kind_type, rows, parts, null_count=nulls)
+
+
+@dataclass
+class Parsed:
+    """The lines of one table in one batch, parsed (see :meth:`Converter.parse`)."""
+
+    table: Table
+    header: pa.Table  # INPUT_SCHEMA of the stored lines
+    keys: dict[str, pa.Array]  # key path -> values, one per stored line
+    extra: pa.Array
+    lines: int
+    bad: list[tuple[int, str]]  # lines left out: (line index in the batch, message)
+    notes: list[tuple[int, str]]  # values kept in extra for their type: (line index, why)
+
+    @property
+    def rows(self) -> int:
+        return int(self.header.num_rows)
 
 
 def release_memory() -> None:
@@ -99,17 +115,94 @@ _LIBC = _load_libc()
 
 
 class Converter:
-    """Turns spool entries into Arrow tables with each table's declared schema."""
+    """Turns JSON lines into Arrow tables with each table's declared schema.
+
+    :meth:`parse` runs the C++ parser (``_jsoncols``) over a batch's lines: one pass per
+    line, the typed payload columns and ``extra`` built directly as Arrow buffers, lines
+    with wrongly typed values reported and left out. It holds no lock and releases the
+    GIL, so several threads may parse at once. :meth:`finish` computes the envelope and
+    time columns in DuckDB (the rules of :meth:`Table.projection_sql`), on narrow
+    columns only; one thread at a time.
+    """
 
     def __init__(
         self, tables: TableRegistry, memory_limit: str = "256MB", threads: int = 2
     ) -> None:
         self.tables = tables
-        self._con = duckdb.connect(
-            # insertion order kept: the typed columns and ``extra`` come from two queries
-            config={"threads": threads, "memory_limit": memory_limit}
-        )
+        self._con = duckdb.connect(config={"threads": threads, "memory_limit": memory_limit})
         self._con.execute("SET TimeZone = 'UTC'")
+
+    def parse(
+        self, table: Table, text: bytes, header: pa.Table, *, keep_lines: bool = False
+    ) -> Parsed:
+        """Parse ``text`` (lines joined by newlines, one per ``header`` row)."""
+        rows, buffers, extra, status, bad, notes = table.native_spec().parse(text)
+        if len(status) != header.num_rows:
+            raise SpoolCorrupt(
+                f"table {table.name}: {len(status)} lines, headers for {header.num_rows}"
+            )
+        kinds = table._kinds()
+        paths = table.native_spec().paths()
+        keys = {
+            p: _array(PARSED_TYPES[kinds[p]], rows, b) for p, b in zip(paths, buffers, strict=True)
+        }
+        needs_line = not table.identity or keep_lines
+        if needs_line:
+            lines = pc.split_pattern(pa.array([text], pa.large_binary()), "\n").flatten()
+            header = header.append_column("line", lines.cast(pa.large_string()))
+        if rows != header.num_rows:
+            codes = pa.Array.from_buffers(pa.uint8(), len(status), [None, pa.py_buffer(status)])
+            stored = pc.equal(codes, 0)
+            header = header.filter(stored)
+        if not needs_line:
+            header = header.append_column("line", pa.nulls(rows, pa.string()))
+        extra_array = _array(pa.string(), rows, extra)
+        return Parsed(table, header, keys, extra_array, len(status), bad, notes)
+
+    def finish(self, parsed: Parsed) -> pa.Table:
+        """The table's rows: envelope and times from DuckDB, the rest as parsed."""
+        table = parsed.table
+        paths, payload = table.projection_inputs()
+        values = self._payload(parsed)
+        relation = parsed.header
+        for path in paths:
+            relation = relation.append_column(f"$.{path}", parsed.keys[path])
+        for name in payload:
+            relation = relation.append_column(name, values[name])
+        self._con.register("parsed", relation)
+        try:
+            projected = self._con.execute(table.projection_sql("parsed")).fetch_arrow_table()
+        finally:
+            self._con.unregister("parsed")
+        arrays = []
+        for f in table.schema:
+            if f.name in table.projected:
+                arrays.append(projected.column(f.name))
+            elif f.name == "extra":
+                arrays.append(parsed.extra)
+            else:
+                arrays.append(values[f.name])
+        return pa.Table.from_arrays(
+            [
+                a.cast(f.type) if a.type != f.type else a
+                for a, f in zip(arrays, table.schema, strict=True)
+            ],
+            schema=table.schema,
+        )
+
+    @staticmethod
+    def _payload(parsed: Parsed) -> dict[str, pa.Array]:
+        """Each non-time column: the first of its keys that has a value."""
+        out: dict[str, pa.Array] = {}
+        for column in parsed.table.columns:
+            if column.kind == "time":
+                continue
+            found = [parsed.keys[k] for k in column.keys]
+            value = found[0] if len(found) == 1 else pc.coalesce(*found)
+            out[column.name] = (
+                value if value.type == column.arrow_type else value.cast(column.arrow_type)
+            )
+        return out
 
     def convert(self, run: str, segment: int, entries: Sequence[Entry]) -> dict[str, pa.Table]:
         by_table: dict[str, list[Entry]] = defaultdict(list)
@@ -118,36 +211,25 @@ class Converter:
         out: dict[str, pa.Table] = {}
         for name, group in by_table.items():
             table = self.tables[name]
-            relation = entries_to_input(run, segment, group)
-            out[name] = self._project(table, relation).cast(table.schema)
-            if out[name].num_rows != relation.num_rows:
+            text = b"\n".join(e.body for e in group)
+            parsed = self.parse(table, text, entries_to_header(run, segment, group))
+            if parsed.bad:
                 log.error(
-                    "writer: lines that are not JSON objects were skipped",
+                    "writer: lines that are not valid records were skipped",
                     segment=f"{run}-{segment}",
                     table=name,
-                    skipped=relation.num_rows - out[name].num_rows,
+                    skipped=len(parsed.bad),
+                    first=parsed.bad[0][1],
                 )
-        return out
-
-    def _project(self, table: Table, relation: pa.Table) -> pa.Table:
-        self._con.register("spooled", relation)
-        try:
-            try:
-                return self._run(table, relation, check_json=False)
-            except duckdb.InvalidInputException:
-                # Input validated at the edge never gets here; a line that is not JSON
-                # must not take the batch with it.
-                return self._run(table, relation, check_json=True)
-        finally:
-            self._con.unregister("spooled")
-
-    def _run(self, table: Table, relation: pa.Table, *, check_json: bool) -> pa.Table:
-        sql = table.projection_sql("spooled", check_json=check_json)
-        out = self._con.execute(sql).fetch_arrow_table()
-        if pc.any(relation["has_extra"]).as_py():
-            sql = table.extra_sql("spooled", check_json=check_json)
-            extra = self._con.execute(sql).fetch_arrow_table().column("extra")
-            out = out.set_column(out.schema.get_field_index("extra"), "extra", extra)
+            if parsed.notes:
+                log.warning(
+                    "writer: values of the wrong type for their column were kept in extra",
+                    segment=f"{run}-{segment}",
+                    table=name,
+                    lines=len(parsed.notes),
+                    first=parsed.notes[0][1],
+                )
+            out[name] = self.finish(parsed)
         return out
 
     def close(self) -> None:

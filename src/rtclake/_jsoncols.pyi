@@ -1,0 +1,18 @@
+"""Type stubs of the C++ extension ``_jsoncols.cpp``."""
+
+from typing import Any
+
+# (validity, offsets, values, null count); the buffers are None when no line had a value.
+ColumnBuffers = tuple[Any, Any, Any, int]
+
+class Spec:
+    def __init__(self, tree: dict[str, Any]) -> None: ...
+    def parse(
+        self, block: bytes, /
+    ) -> tuple[
+        int, list[ColumnBuffers], ColumnBuffers, bytes, list[tuple[int, str]], list[tuple[int, str]]
+    ]:
+        """(rows, one ColumnBuffers per key path, extra, status per line (0 stored, 1 bad,
+        2 blank), bad lines and values kept in extra for their type, as (line index,
+        message))."""
+    def paths(self) -> list[str]: ...
