@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -122,7 +123,7 @@ class Converter:
     with wrongly typed values reported and left out. It holds no lock and releases the
     GIL, so several threads may parse at once. :meth:`finish` computes the envelope and
     time columns in DuckDB (the rules of :meth:`Table.projection_sql`), on narrow
-    columns only; one thread at a time.
+    columns only, with a DuckDB connection per thread.
     """
 
     def __init__(
@@ -131,6 +132,21 @@ class Converter:
         self.tables = tables
         self._con = duckdb.connect(config={"threads": threads, "memory_limit": memory_limit})
         self._con.execute("SET TimeZone = 'UTC'")
+        self._local = threading.local()
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        """This thread's connection to the converter's database (DuckDB connections are
+        not shared between threads)."""
+        con: duckdb.DuckDBPyConnection | None = getattr(self._local, "con", None)
+        if con is None:
+            with self._lock:
+                con = self._con.cursor()
+                self._cursors.append(con)
+            con.execute("SET TimeZone = 'UTC'")
+            self._local.con = con
+        return con
 
     def parse(
         self, table: Table, text: bytes, header: pa.Table, *, keep_lines: bool = False
@@ -169,11 +185,12 @@ class Converter:
             relation = relation.append_column(f"$.{path}", parsed.keys[path])
         for name in payload:
             relation = relation.append_column(name, values[name])
-        self._con.register("parsed", relation)
+        con = self._connection()
+        con.register("parsed", relation)
         try:
-            projected = self._con.execute(table.projection_sql("parsed")).fetch_arrow_table()
+            projected = con.execute(table.projection_sql("parsed")).fetch_arrow_table()
         finally:
-            self._con.unregister("parsed")
+            con.unregister("parsed")
         arrays = []
         for f in table.schema:
             if f.name in table.projected:
@@ -233,6 +250,8 @@ class Converter:
         return out
 
     def close(self) -> None:
+        for con in self._cursors:
+            con.close()
         self._con.close()
 
 
