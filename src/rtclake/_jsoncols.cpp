@@ -234,12 +234,12 @@ class Parser {
 
   // Parse one line into `row`; on a bad value, raise Failure (the caller rolls back).
   void line(element doc, int64_t row, std::string &extra) {
+    row_ = row;  // first: a rollback after a failure below must not touch the last line
+    touched_.clear();
+    note.clear();
     object obj;
     if (doc.get(obj) != simdjson::SUCCESS)
       throw Failure{std::string("Expected `object`, got `") + type_name(doc.type()) + "`"};
-    row_ = row;
-    touched_.clear();
-    note.clear();
     walk(obj, root_, extra, "$");
   }
 

@@ -4,11 +4,11 @@ comes from.
 A table row is a record's envelope (record id, time, source, stream, kind, type, the
 identifiers of its source) plus its payload. Payload keys that a table maps to a typed
 column become that column; every other key goes into the JSON ``extra`` column, so nothing
-a source sends is dropped. The same declaration drives three things, so they cannot
+a source sends is dropped. The same declaration drives four things, so they cannot
 disagree: the validator that rejects a wrongly typed record before it is acknowledged
-(:meth:`Table.validator`), the columnar projection that turns spooled JSON lines into
-Arrow in DuckDB (:meth:`Table.projection_sql`), and the per-record envelope of
-:mod:`rtclake.records`.
+(:meth:`Table.validator`), the parser that turns JSON lines into Arrow columns
+(:meth:`Table.native_spec`), the DuckDB projection of the envelope
+(:meth:`Table.projection_sql`), and the per-record envelope of :mod:`rtclake.records`.
 """
 
 from __future__ import annotations

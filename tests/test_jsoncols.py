@@ -1,0 +1,113 @@
+"""The C++ JSON Lines parser behind the Converter (``rtclake._jsoncols``), on nasty input."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pyarrow as pa
+
+from rtclake.spool import Entry, EntryHeader
+from rtclake.tables import Column, Table, TableRegistry
+from rtclake.writer import Converter, entries_to_header
+
+TABLE = Table(
+    "nasty",
+    "k",
+    columns=(
+        Column("n", "int", ("n",)),
+        Column("x", "float", ("d.x",)),
+        Column("s", "string", ("s",)),
+        Column("ident", "id", ("ident",)),
+        Column("flag", "bool", ("flag",)),
+        Column("blob", "json", ("blob",)),
+        Column("at", "time", ("at",)),
+    ),
+)
+
+
+def parse(*lines: str) -> tuple[list[dict[str, object]], list[tuple[int, str]]]:
+    converter = Converter(TableRegistry([TABLE]))
+    try:
+        head = EntryHeader(
+            table="nasty", source="t", stream="s", kind="k", received_us=1, records=len(lines)
+        )
+        header = entries_to_header("r", 1, [Entry(head, b"", 0)])
+        parsed = converter.parse(TABLE, "\n".join(lines).encode(), header)
+        rows: pa.Table = converter.finish(parsed)
+    finally:
+        converter.close()
+    return rows.to_pylist(), parsed.bad
+
+
+def test_erlang_floats_and_big_integers_parse_exactly() -> None:
+    (row,), _ = parse('{"n": 9115038255631187967, "d": {"x": 1.75342361155652490234e+12}}')
+    assert row["n"] == 9115038255631187967
+    assert row["x"] == float("1.75342361155652490234e+12")
+
+
+def test_a_line_that_is_not_an_object_is_reported_and_the_others_kept() -> None:
+    rows, bad = parse('{"n": 1}', '{"n": ', "[1, 2]", "", '{"n": 2}')
+    assert [r["n"] for r in rows] == [1, 2]
+    assert [index for index, _ in bad] == [1, 2]  # the blank line is neither row nor error
+    assert "invalid JSON" in bad[0][1] and "Expected `object`" in bad[1][1]
+
+
+def test_values_of_the_wrong_type_stay_in_extra() -> None:
+    (row,), bad = parse('{"n": "ten", "d": {"x": "far"}, "flag": 1, "at": "yesterday"}')
+    assert bad == []
+    assert (row["n"], row["x"], row["flag"], row["at"]) == (None, None, None, None)
+    assert json.loads(row["extra"]) == {"n": "ten", "d": {"x": "far"}, "flag": 1, "at": "yesterday"}
+
+
+def test_unknown_keys_with_escapes_and_unicode_round_trip_through_extra() -> None:
+    line = (
+        '{"s": "caf\\u00e9 \\"q\\"", "we\\"ird\\nkey": [1, {"z": null}], "d": {"x": 2, "y": "ü"}}'
+    )
+    (row,), _ = parse(line)
+    assert row["s"] == 'café "q"'
+    assert row["x"] == 2.0
+    assert json.loads(row["extra"]) == {'we"ird\nkey': [1, {"z": None}], "d": {"y": "ü"}}
+
+
+def test_the_last_of_a_repeated_key_counts() -> None:
+    (row,), _ = parse('{"s": "first", "s": "second", "n": 1, "n": null, "ident": 7}')
+    assert (row["s"], row["n"], row["ident"]) == ("second", None, "7")
+
+
+def test_a_line_with_only_mapped_keys_has_no_extra() -> None:
+    rows, _ = parse('{"n": 1, "d": {"x": 1}, "blob": {"a": [1, 2]}}', '{"n": 2, "d": null}')
+    assert [r["extra"] for r in rows] == [None, None]
+    assert json.loads(rows[0]["blob"]) == {"a": [1, 2]}
+
+
+def test_times_as_text_and_as_numbers_become_timestamps() -> None:
+    rows, _ = parse(
+        '{"at": "2026-11-20T00:00:01.5+09:00"}',
+        '{"at": 1.75342361155652490234e+12}',
+        '{"at": 1795132800}',
+    )
+    got = [r["at"].timestamp() for r in rows]
+    assert got == [1795100401.5, 1753423611.556525, 1795132800.0]
+
+
+def test_thousands_of_lines_with_many_shapes_keep_their_values() -> None:
+    lines = []
+    for i in range(5000):
+        record: dict[str, object] = {"n": i, f"k{i % 7}": i}
+        if i % 3 == 0:
+            record["d"] = {"x": i / 4, f"u{i % 5}": "v"}
+        if i % 11 == 0:
+            record["s"] = "é" * (i % 13)
+        lines.append(json.dumps(record))
+    started = time.perf_counter()
+    rows, bad = parse(*lines)
+    assert time.perf_counter() - started < 60  # a hang guard, not a speed target
+    assert bad == [] and len(rows) == 5000
+    for i, row in enumerate(rows):
+        assert row["n"] == i
+        assert row["x"] == (i / 4 if i % 3 == 0 else None)
+        assert row["s"] == ("é" * (i % 13) if i % 11 == 0 else None)
+        extra = json.loads(row["extra"])
+        assert extra[f"k{i % 7}"] == i
+        assert extra.get("d") == ({f"u{i % 5}": "v"} if i % 3 == 0 else None)
