@@ -186,9 +186,9 @@ class Importer:
         self.table_for = table_for
         self.metrics = metrics or Metrics()
         self.block_bytes = block_bytes
-        # One DuckDB thread: the other core parses the next block meanwhile.
+        # Two blocks convert at once, each on one DuckDB thread: one per core.
         self._converter = Converter(tables, threads=1)
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="import-parse")
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="import-convert")
 
     def close(self) -> None:
         self._pool.shutdown()

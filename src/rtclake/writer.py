@@ -83,7 +83,6 @@ class Parsed:
     header: pa.Table  # INPUT_SCHEMA of the stored lines
     keys: dict[str, pa.Array]  # key path -> values, one per stored line
     extra: pa.Array
-    lines: int
     bad: list[tuple[int, str]]  # lines left out: (line index in the batch, message)
     notes: list[tuple[int, str]]  # values kept in extra for their type: (line index, why)
 
@@ -119,8 +118,9 @@ class Converter:
     """Turns JSON lines into Arrow tables with each table's declared schema.
 
     :meth:`parse` runs the C++ parser (``_jsoncols``) over a batch's lines: one pass per
-    line, the typed payload columns and ``extra`` built directly as Arrow buffers, lines
-    with wrongly typed values reported and left out. It holds no lock and releases the
+    line, the typed payload columns and ``extra`` built directly as Arrow buffers; a line
+    that is not a JSON object is reported and left out, a value of the wrong type for its
+    column is noted and kept in ``extra``. It holds no lock and releases the
     GIL, so several threads may parse at once. :meth:`finish` computes the envelope and
     time columns in DuckDB (the rules of :meth:`Table.projection_sql`), on narrow
     columns only, with a DuckDB connection per thread.
@@ -148,21 +148,20 @@ class Converter:
             self._local.con = con
         return con
 
-    def parse(
-        self, table: Table, text: bytes, header: pa.Table, *, keep_lines: bool = False
-    ) -> Parsed:
+    def parse(self, table: Table, text: bytes, header: pa.Table) -> Parsed:
         """Parse ``text`` (lines joined by newlines, one per ``header`` row)."""
-        rows, buffers, extra, status, bad, notes = table.native_spec().parse(text)
+        spec = table.native_spec()
+        rows, buffers, extra, status, bad, notes = spec.parse(text)
         if len(status) != header.num_rows:
             raise SpoolCorrupt(
                 f"table {table.name}: {len(status)} lines, headers for {header.num_rows}"
             )
         kinds = table._kinds()
-        paths = table.native_spec().paths()
+        paths = spec.paths()
         keys = {
             p: _array(PARSED_TYPES[kinds[p]], rows, b) for p, b in zip(paths, buffers, strict=True)
         }
-        needs_line = not table.identity or keep_lines
+        needs_line = not table.identity  # the record id of other tables hashes the line
         if needs_line:
             lines = pc.split_pattern(pa.array([text], pa.large_binary()), "\n").flatten()
             header = header.append_column("line", lines.cast(pa.large_string()))
@@ -173,7 +172,7 @@ class Converter:
         if not needs_line:
             header = header.append_column("line", pa.nulls(rows, pa.string()))
         extra_array = _array(pa.string(), rows, extra)
-        return Parsed(table, header, keys, extra_array, len(status), bad, notes)
+        return Parsed(table, header, keys, extra_array, bad, notes)
 
     def finish(self, parsed: Parsed) -> pa.Table:
         """The table's rows: envelope and times from DuckDB, the rest as parsed."""
@@ -192,8 +191,9 @@ class Converter:
         finally:
             con.unregister("parsed")
         arrays = []
+        computed = table.projected
         for f in table.schema:
-            if f.name in table.projected:
+            if f.name in computed:
                 arrays.append(projected.column(f.name))
             elif f.name == "extra":
                 arrays.append(parsed.extra)
@@ -230,22 +230,13 @@ class Converter:
             table = self.tables[name]
             text = b"\n".join(e.body for e in group)
             parsed = self.parse(table, text, entries_to_header(run, segment, group))
-            if parsed.bad:
-                log.error(
-                    "writer: lines that are not valid records were skipped",
-                    segment=f"{run}-{segment}",
-                    table=name,
-                    skipped=len(parsed.bad),
-                    first=parsed.bad[0][1],
-                )
-            if parsed.notes:
-                log.warning(
-                    "writer: values of the wrong type for their column were kept in extra",
-                    segment=f"{run}-{segment}",
-                    table=name,
-                    lines=len(parsed.notes),
-                    first=parsed.notes[0][1],
-                )
+            for found, emit, event in (
+                (parsed.bad, log.error, "writer: lines that are not JSON objects were skipped"),
+                (parsed.notes, log.warning, "writer: values of the wrong type kept in extra"),
+            ):
+                if found:
+                    emit(event, segment=f"{run}-{segment}", table=name, lines=len(found),
+                         first=found[0][1])  # fmt: skip
             out[name] = self.finish(parsed)
         return out
 
