@@ -1,25 +1,38 @@
-// JSON Lines to Arrow column buffers, one pass, in C++ (simdjson's DOM parser).
+// JSON Lines to Arrow column buffers, one pass, in C++ (simdjson's On-Demand API).
 //
 // A Spec is a tree of the key paths a lake table maps to typed columns (see
-// rtclake/tables.py). Spec.parse(block) parses every line of a block of JSON Lines once
+// rtclake/tables.py). Spec.parse(block) reads every line of a block of JSON Lines once
 // and fills, per mapped key path, the buffers of one Arrow array (validity bitmap,
 // values or offsets + data), and writes the keys no column takes into an `extra` JSON
 // object per line (NULL when there are none). A value of the wrong type for its column
 // (a string where a number belongs) is kept in `extra` and noted with its JSON path; a
-// line that is not a JSON object is reported and left out. Only
-// present values cost work: a missing value is a zero validity bit, already there.
-// The GIL is released while parsing.
+// line that is not a JSON object is reported and left out. Times (RFC 3339 text, or
+// seconds / milliseconds / microseconds / nanoseconds since the epoch, told apart by
+// magnitude) become microseconds since the epoch, UTC.
+//
+// Why On-Demand and std::from_chars: Sora prints every float with 21 significant digits
+// (Erlang's `1.75342361155652490234e+12`), which simdjson's eager number parser sends to
+// its slow path; here a number is only parsed when a column takes it, by libstdc++'s
+// from_chars (correctly rounded, fast on long mantissas). Every value is still checked:
+// numbers against JSON's grammar, strings by unescaping, literals by reading them.
+//
+// Column buffers come from a process-wide pool and go back to it when Arrow releases
+// them: a fresh buffer costs a page fault per 4 KiB, which was a third of the import.
+// The GIL is released while parsing; several threads may parse with one Spec at once.
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <simdjson.h>
 
+#include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -27,14 +40,80 @@
 
 namespace {
 
-using simdjson::dom::element;
-using simdjson::dom::element_type;
-using simdjson::dom::object;
+namespace od = simdjson::ondemand;
+using od::json_type;
 
 // Column kinds, in the order of rtclake.tables.NATIVE_KINDS.
 enum Kind : int { STRING = 0, ID, TIME, FLOAT, INT, BOOL, JSON, N_KINDS };
 
-constexpr double kEpochMax = 9223372036854775807.0;  // 2**63 - 1, as rtclake.tables
+using Bytes = std::vector<uint8_t>;
+
+// ---------------------------------------------------------------------------------
+// The buffer pool.
+
+class Pool {
+ public:
+  // A buffer of `size` bytes (contents unspecified), recycled when one is big enough.
+  Bytes take(size_t size) {
+    {
+      std::lock_guard<std::mutex> hold(lock_);
+      size_t best = free_.size();
+      for (size_t i = 0; i < free_.size(); ++i) {
+        size_t cap = free_[i].capacity();
+        if (cap >= size && (best == free_.size() || cap < free_[best].capacity())) best = i;
+      }
+      if (best != free_.size()) {
+        Bytes out = std::move(free_[best]);
+        free_[best] = std::move(free_.back());
+        free_.pop_back();
+        held_ -= out.capacity();
+        out.resize(size);
+        return out;
+      }
+    }
+    return Bytes(size);
+  }
+
+  void give(Bytes &&bytes) {
+    size_t cap = bytes.capacity();
+    if (cap < 4096) return;  // not worth keeping
+    std::lock_guard<std::mutex> hold(lock_);
+    if (held_ + cap > limit_) return;  // freed by the caller's destructor
+    held_ += cap;
+    bytes.clear();
+    free_.push_back(std::move(bytes));
+  }
+
+  void release() {
+    std::vector<Bytes> dropped;
+    {
+      std::lock_guard<std::mutex> hold(lock_);
+      dropped.swap(free_);
+      held_ = 0;
+    }
+  }
+
+  void set_limit(size_t limit) {
+    std::lock_guard<std::mutex> hold(lock_);
+    limit_ = limit;
+  }
+
+  size_t held() {
+    std::lock_guard<std::mutex> hold(lock_);
+    return held_;
+  }
+
+ private:
+  std::mutex lock_;
+  std::vector<Bytes> free_;
+  size_t held_ = 0;
+  size_t limit_ = size_t{256} << 20;  // set_pool_limit changes it
+};
+
+Pool pool;
+
+// ---------------------------------------------------------------------------------
+// Arrays under construction.
 
 struct Node {
   int leaf = -1;  // column index, or -1 for an object node
@@ -44,39 +123,47 @@ struct Node {
   std::unordered_map<std::string_view, int> index;  // key -> position in children
 };
 
-using Bytes = std::vector<uint8_t>;
-
-// One Arrow array under construction. Its buffers are allocated at its first value, so
-// a column no line of the block has costs nothing.
+// One Arrow array under construction. Its buffers are taken at its first value, so a
+// column no line of the block has costs nothing.
 struct Column {
   Kind kind;
-  std::string path;  // $.a.b, for error messages
+  std::string path;      // $.a.b, for error messages
   int64_t capacity = 0;  // rows of the block
   Bytes validity;        // empty until the first value
-  Bytes values;          // INT, FLOAT: capacity * 8; BOOL: a bitmap; text kinds: the UTF-8
+  Bytes values;          // INT, FLOAT, TIME: capacity * 8; BOOL: a bitmap; text kinds: UTF-8
   Bytes offsets;         // text kinds: (capacity + 1) int32
-  int64_t filled = 0;    // text kinds: rows whose end offset is written
+  size_t used_bytes = 0;  // text kinds: bytes of `values` in use
+  int64_t filled = 0;     // text kinds: rows whose end offset is written
   int64_t nulls = 0;
+  bool active = false;
 
-  bool text() const { return kind == STRING || kind == ID || kind == TIME || kind == JSON; }
-  bool used() const { return !validity.empty(); }
+  bool text() const { return kind == STRING || kind == ID || kind == JSON; }
 
   void reset(int64_t rows) {
     capacity = rows;
-    validity = Bytes();
-    values = Bytes();
-    offsets = Bytes();
+    active = false;
+    used_bytes = 0;
     filled = 0;
     nulls = 0;
   }
 
   void ensure() {
-    if (used()) return;
-    size_t bitmap = static_cast<size_t>((capacity + 7) / 8);
-    validity.assign(std::max<size_t>(bitmap, 1), 0);
-    if (kind == INT || kind == FLOAT) values.assign(static_cast<size_t>(capacity) * 8, 0);
-    if (kind == BOOL) values.assign(std::max<size_t>(bitmap, 1), 0);
-    if (text()) offsets.assign((static_cast<size_t>(capacity) + 1) * 4, 0);
+    if (active) return;
+    active = true;
+    size_t bitmap = std::max<size_t>(static_cast<size_t>((capacity + 7) / 8), 1);
+    validity = pool.take(bitmap);
+    std::memset(validity.data(), 0, bitmap);
+    if (kind == INT || kind == FLOAT || kind == TIME)
+      values = pool.take(static_cast<size_t>(capacity) * 8);
+    if (kind == BOOL) {
+      values = pool.take(bitmap);
+      std::memset(values.data(), 0, bitmap);
+    }
+    if (text()) {
+      offsets = pool.take((static_cast<size_t>(capacity) + 1) * 4);
+      offs()[0] = 0;
+      values = pool.take(static_cast<size_t>(capacity) * 16);
+    }
   }
 
   int32_t *offs() { return reinterpret_cast<int32_t *>(offsets.data()); }
@@ -89,16 +176,13 @@ struct Column {
       bits[static_cast<size_t>(i / 8)] &= static_cast<uint8_t>(~mask);
   }
 
-  void put_int(int64_t row, int64_t v) {
+  void put_fixed(int64_t row, const void *v) {
     ensure();
-    std::memcpy(values.data() + row * 8, &v, 8);
+    std::memcpy(values.data() + row * 8, v, 8);
     set_bit(validity, row, true);
   }
-  void put_float(int64_t row, double v) {
-    ensure();
-    std::memcpy(values.data() + row * 8, &v, 8);
-    set_bit(validity, row, true);
-  }
+  void put_int(int64_t row, int64_t v) { put_fixed(row, &v); }
+  void put_float(int64_t row, double v) { put_fixed(row, &v); }
   void put_bool(int64_t row, bool v) {
     ensure();
     set_bit(values, row, v);
@@ -108,40 +192,43 @@ struct Column {
   void put_text(int64_t row, std::string_view text) {
     ensure();
     int32_t *o = offs();
-    int32_t end = static_cast<int32_t>(values.size());
     if (filled > row) {  // the key came twice in one line: the last one counts
-      end = o[row];
-      values.resize(static_cast<size_t>(end));
+      used_bytes = static_cast<size_t>(o[row]);
       filled = row;
     }
+    int32_t end = static_cast<int32_t>(used_bytes);
     for (int64_t i = filled; i < row; ++i) o[i + 1] = end;
-    values.insert(values.end(), text.begin(), text.end());
-    o[row + 1] = static_cast<int32_t>(values.size());
+    if (used_bytes + text.size() > values.size())
+      values.resize(std::max(values.size() * 2, used_bytes + text.size()));
+    std::memcpy(values.data() + used_bytes, text.data(), text.size());
+    used_bytes += text.size();
+    o[row + 1] = static_cast<int32_t>(used_bytes);
     filled = row + 1;
     set_bit(validity, row, true);
   }
 
   // Undo whatever this column holds for `row` (a null came later, or the line is bad).
   void clear(int64_t row) {
-    if (!used()) return;
+    if (!active) return;
     set_bit(validity, row, false);
     if (text() && filled > row) {
-      values.resize(static_cast<size_t>(offs()[row]));
+      used_bytes = static_cast<size_t>(offs()[row]);
       filled = row;
     }
   }
 
   void finish(int64_t rows) {
-    if (!used()) {
+    if (!active) {
       nulls = rows;
       return;
     }
     if (text()) {
       int32_t *o = offs();
-      int32_t end = static_cast<int32_t>(values.size());
+      int32_t end = static_cast<int32_t>(used_bytes);
       for (int64_t i = filled; i < rows; ++i) o[i + 1] = end;
       filled = rows;
       offsets.resize((static_cast<size_t>(rows) + 1) * 4);
+      values.resize(used_bytes);
     } else if (kind != BOOL) {
       values.resize(static_cast<size_t>(rows) * 8);
     }
@@ -152,49 +239,104 @@ struct Column {
       set += (validity[static_cast<size_t>(i / 8)] >> (i % 8)) & 1;
     nulls = rows - set;
   }
+
+  // Back to the pool (a column of a failed block).
+  void recycle() {
+    if (!active) return;
+    pool.give(std::move(validity));
+    pool.give(std::move(values));
+    pool.give(std::move(offsets));
+    active = false;
+  }
 };
 
-const char *type_name(element_type t) {
-  switch (t) {
-    case element_type::ARRAY: return "array";
-    case element_type::OBJECT: return "object";
-    case element_type::INT64:
-    case element_type::UINT64: return "int";
-    case element_type::DOUBLE: return "float";
-    case element_type::STRING: return "str";
-    case element_type::BOOL: return "bool";
-    case element_type::NULL_VALUE: return "null";
-  }
-  return "value";
+// ---------------------------------------------------------------------------------
+// Scalars.
+
+struct Failure {
+  std::string message;  // the line is left out with this message
+};
+
+[[noreturn]] void invalid(const char *what) { throw Failure{std::string("invalid JSON: ") + what}; }
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\n' ||
+                        s.back() == '\r'))
+    s.remove_suffix(1);
+  return s;
 }
 
-// RFC 3339 date-time (the forms msgspec's datetime accepts): YYYY-MM-DD, 'T' or ' ',
-// HH:MM:SS, optional fraction, optional 'Z' or +HH:MM / -HH:MM.
-bool rfc3339(std::string_view s) {
-  auto digits = [&](size_t at, size_t n) {
-    if (at + n > s.size()) return false;
-    for (size_t i = at; i < at + n; ++i)
-      if (s[i] < '0' || s[i] > '9') return false;
-    return true;
-  };
-  if (s.size() < 19 || !digits(0, 4) || s[4] != '-' || !digits(5, 2) || s[7] != '-' ||
-      !digits(8, 2))
-    return false;
-  if (s[10] != 'T' && s[10] != 't' && s[10] != ' ') return false;
-  if (!digits(11, 2) || s[13] != ':' || !digits(14, 2) || s[16] != ':' || !digits(17, 2))
-    return false;
-  size_t i = 19;
-  if (i < s.size() && s[i] == '.') {
-    size_t start = ++i;
-    while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
-    if (i == start) return false;
+// JSON's number grammar: 0 not a number, 1 an integer, 2 a number with a fraction or
+// an exponent.
+int number_kind(std::string_view s) {
+  size_t i = 0, n = s.size();
+  auto digit = [&](size_t at) { return at < n && s[at] >= '0' && s[at] <= '9'; };
+  if (i < n && s[i] == '-') ++i;
+  if (!digit(i)) return 0;
+  if (s[i] == '0')
+    ++i;
+  else
+    while (digit(i)) ++i;
+  int kind = 1;
+  if (i < n && s[i] == '.') {
+    ++i;
+    if (!digit(i)) return 0;
+    while (digit(i)) ++i;
+    kind = 2;
   }
-  if (i == s.size()) return true;
-  if ((s[i] == 'Z' || s[i] == 'z') && i + 1 == s.size()) return true;
-  if ((s[i] == '+' || s[i] == '-') && i + 6 == s.size() && digits(i + 1, 2) && s[i + 3] == ':' &&
-      digits(i + 4, 2))
-    return true;
-  return false;
+  if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+    ++i;
+    if (i < n && (s[i] == '+' || s[i] == '-')) ++i;
+    if (!digit(i)) return 0;
+    while (digit(i)) ++i;
+    kind = 2;
+  }
+  return i == n ? kind : 0;
+}
+
+// A JSON value's raw text (trimmed) and, for numbers, its kind; literals are checked.
+struct Scalar {
+  json_type type;
+  std::string_view raw;
+  int number = 0;  // number_kind(raw) for numbers
+};
+
+Scalar scalar(od::value &value, json_type type) {
+  Scalar s{type, trim(value.raw_json_token()), 0};
+  switch (type) {
+    case json_type::number:
+      s.number = number_kind(s.raw);
+      if (s.number == 0) invalid("not a number");
+      break;
+    case json_type::string: {
+      std::string_view unused;
+      if (value.get_string().get(unused) != simdjson::SUCCESS) invalid("bad string");
+      break;
+    }
+    case json_type::boolean: {
+      bool unused;
+      if (value.get_bool().get(unused) != simdjson::SUCCESS) invalid("bad literal");
+      break;
+    }
+    case json_type::null:
+      if (!value.is_null().value()) invalid("bad literal");
+      break;
+    default:
+      break;
+  }
+  return s;
+}
+
+const char *type_name(json_type t, int number) {
+  switch (t) {
+    case json_type::array: return "array";
+    case json_type::object: return "object";
+    case json_type::number: return number == 1 ? "int" : "float";
+    case json_type::string: return "str";
+    case json_type::boolean: return "bool";
+    case json_type::null: return "null";
+  }
+  return "value";
 }
 
 void escape_into(std::string &out, std::string_view s) {
@@ -215,16 +357,121 @@ void escape_into(std::string &out, std::string_view s) {
   out.push_back('"');
 }
 
-template <typename T>
-void append_number(std::string &out, T value) {
-  char buf[64];
-  auto res = std::to_chars(buf, buf + sizeof buf, value);
-  out.append(buf, static_cast<size_t>(res.ptr - buf));
+// Any JSON value, checked, appended as compact JSON (numbers and strings as written).
+void copy_value(std::string &out, od::value value) {
+  json_type type = value.type().value();
+  if (type == json_type::object) {
+    out.push_back('{');
+    bool first = true;
+    for (auto member : value.get_object().value()) {
+      od::field field;
+      if (std::move(member).get(field) != simdjson::SUCCESS) invalid("bad object member");
+      if (!first) out.push_back(',');
+      first = false;
+      escape_into(out, field.unescaped_key().value());
+      out.push_back(':');
+      copy_value(out, field.value());
+    }
+    out.push_back('}');
+  } else if (type == json_type::array) {
+    out.push_back('[');
+    bool first = true;
+    for (auto item : value.get_array().value()) {
+      if (!first) out.push_back(',');
+      first = false;
+      copy_value(out, item.value());
+    }
+    out.push_back(']');
+  } else {
+    out.append(scalar(value, type).raw);
+  }
 }
 
-struct Failure {
-  std::string message;
-};
+// Days since 1970-01-01 of a proleptic Gregorian date (the civil-calendar formula).
+int64_t days_from_civil(int64_t y, int64_t m, int64_t d) {
+  y -= m <= 2;
+  int64_t era = (y >= 0 ? y : y - 399) / 400;
+  int64_t yoe = y - era * 400;
+  int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + doe - 719468;
+}
+
+// RFC 3339 date-time (the forms msgspec's datetime accepts): YYYY-MM-DD, 'T' or ' ',
+// HH:MM:SS, optional fraction (digits past microseconds are cut), optional 'Z' or
+// +HH:MM / -HH:MM (none: UTC). 24:00:00 is the end of the day. False if not a real date.
+bool rfc3339_us(std::string_view s, int64_t &out) {
+  auto num = [&](size_t at, size_t n, int64_t &v) {
+    if (at + n > s.size()) return false;
+    v = 0;
+    for (size_t i = at; i < at + n; ++i) {
+      if (s[i] < '0' || s[i] > '9') return false;
+      v = v * 10 + (s[i] - '0');
+    }
+    return true;
+  };
+  int64_t year, month, day, hour, minute, second;
+  if (s.size() < 19 || !num(0, 4, year) || s[4] != '-' || !num(5, 2, month) || s[7] != '-' ||
+      !num(8, 2, day))
+    return false;
+  if (s[10] != 'T' && s[10] != 't' && s[10] != ' ') return false;
+  if (!num(11, 2, hour) || s[13] != ':' || !num(14, 2, minute) || s[16] != ':' ||
+      !num(17, 2, second))
+    return false;
+  int64_t micros = 0;
+  size_t i = 19;
+  if (i < s.size() && s[i] == '.') {
+    size_t start = ++i;
+    int64_t scale = 100000;
+    while (i < s.size() && s[i] >= '0' && s[i] <= '9') {
+      micros += (s[i] - '0') * scale;
+      scale /= 10;
+      ++i;
+    }
+    if (i == start) return false;
+  }
+  int64_t offset = 0;  // minutes east of UTC
+  if (i < s.size()) {
+    if ((s[i] == 'Z' || s[i] == 'z') && i + 1 == s.size()) {
+      // UTC
+    } else if ((s[i] == '+' || s[i] == '-') && i + 6 == s.size() && s[i + 3] == ':') {
+      int64_t oh, om;
+      if (!num(i + 1, 2, oh) || !num(i + 4, 2, om) || oh > 23 || om > 59) return false;
+      offset = (s[i] == '-' ? -1 : 1) * (oh * 60 + om);
+    } else {
+      return false;
+    }
+  }
+  static const int month_days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  if (year < 1 || month < 1 || month > 12 || day < 1) return false;
+  bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+  if (day > month_days[month - 1] + (month == 2 && leap)) return false;
+  bool end_of_day = hour == 24 && minute == 0 && second == 0 && micros == 0;
+  if ((hour > 23 && !end_of_day) || minute > 59 || second > 59) return false;
+  int64_t secs = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second -
+                 offset * 60;
+  out = secs * 1000000 + micros;
+  return true;
+}
+
+// A number of seconds, milliseconds, microseconds or nanoseconds since the epoch, told
+// apart by magnitude, as microseconds (rounded half away from zero).
+int64_t epoch_number_us(double x) {
+  double us = x < 1e11 ? x * 1e6 : x < 1e14 ? x * 1e3 : x < 1e17 ? x : x / 1e3;
+  return static_cast<int64_t>(std::round(us));
+}
+
+int64_t epoch_integer_us(int64_t x) {
+  if (x < 100000000000LL) return x * 1000000;
+  if (x < 100000000000000LL) return x * 1000;
+  if (x < 100000000000000000LL) return x;
+  return x / 1000 + (x % 1000 >= 500);
+}
+
+constexpr double kEpochMax = 9223372036854775807.0;  // 2**63 - 1, as rtclake.tables
+
+// ---------------------------------------------------------------------------------
+// The walker.
 
 class Parser {
  public:
@@ -232,20 +479,32 @@ class Parser {
     guess_.resize(static_cast<size_t>(nodes));
   }
 
-  // Parse one line into `row`; on a bad value, raise Failure (the caller rolls back).
-  void line(element doc, int64_t row, std::string &extra) {
+  // Parse one line into `row`; on a bad line, raise Failure (the caller rolls back).
+  void line(od::document &doc, int64_t row, std::string &extra) {
     row_ = row;  // first: a rollback after a failure below must not touch the last line
     touched_.clear();
     note.clear();
-    object obj;
-    if (doc.get(obj) != simdjson::SUCCESS)
-      throw Failure{std::string("Expected `object`, got `") + type_name(doc.type()) + "`"};
+    json_type type;
+    if (doc.type().get(type) != simdjson::SUCCESS) invalid("not a JSON value");
+    if (type != json_type::object) {
+      int number = 0;
+      if (type == json_type::number) {
+        std::string_view raw;
+        if (doc.raw_json_token().get(raw) == simdjson::SUCCESS) number = number_kind(trim(raw));
+      }
+      throw Failure{std::string("Expected `object`, got `") + type_name(type, number) + "`"};
+    }
+    od::object obj = doc.get_object().value();
     walk(obj, root_, extra, "$");
+    // Past the object's end the document has no location; one left means more text.
+    if (doc.current_location().error() == simdjson::SUCCESS) invalid("more after the object");
   }
 
   void rollback() {
     for (int i : touched_) (*cols_)[static_cast<size_t>(i)].clear(row_);
   }
+
+  std::string note;  // the first misfit of the current line
 
  private:
   Node *root_;
@@ -255,30 +514,28 @@ class Parser {
   std::string text_;
   // Per object node: after child i (slot i + 1; slot 0 is the start), the child that
   // came next last time. Lines of one kind repeat their key order, so most keys are
-  // found by one comparison instead of a hash lookup.
+  // matched by one comparison of raw bytes instead of unescaping and hashing.
   std::vector<std::vector<int>> guess_;
 
-  Node *find(Node *node, int &prev, std::string_view key) {
+  // The child `field` names (its index), or -1; `key` is set to the key's text.
+  int find(Node *node, int &prev, od::field &field, std::string_view &key) {
     std::vector<int> &g = guess_[static_cast<size_t>(node->id)];
     if (g.empty()) g.assign(node->children.size() + 1, -1);
     int want = g[static_cast<size_t>(prev + 1)];
-    if (want >= 0 && *node->names[static_cast<size_t>(want)] == key) {
-      prev = want;
-      return node->children[static_cast<size_t>(want)].get();
+    if (want >= 0) {
+      const std::string &name = *node->names[static_cast<size_t>(want)];
+      if (field.key().unsafe_is_equal(name)) {  // names hold no quote or backslash
+        prev = want;
+        key = name;
+        return want;
+      }
     }
+    key = field.unescaped_key().value();
     auto found = node->index.find(key);
-    if (found == node->index.end()) return nullptr;
+    if (found == node->index.end()) return -1;
     g[static_cast<size_t>(prev + 1)] = found->second;
     prev = found->second;
-    return node->children[static_cast<size_t>(found->second)].get();
-  }
-
-  // A value of the wrong type for its column stays in `extra` (nothing is dropped); the
-  // first such value of a line is noted for the caller's log.
-  void misfit(std::string &extra, std::string_view key, element value, const std::string &why) {
-    if (note.empty()) note = why;
-    member(extra, key);
-    extra += simdjson::to_string(value);
+    return found->second;
   }
 
   static void member(std::string &extra, std::string_view key) {
@@ -287,39 +544,56 @@ class Parser {
     extra.push_back(':');
   }
 
+  // A value of the wrong type for its column stays in `extra` (nothing is dropped); the
+  // first such value of a line is noted for the caller's log.
+  void misfit(std::string &extra, std::string_view key, od::value &value, const char *why,
+              const std::string &path) {
+    if (note.empty()) note = std::string(why) + " - at `" + path + "`";
+    member(extra, key);
+    copy_value(extra, value);
+  }
+
   // Writes the unmapped keys of `obj` into `extra` as the members of an object (no braces).
-  void walk(object obj, Node *node, std::string &extra, const std::string &path) {
+  void walk(od::object &obj, Node *node, std::string &extra, const std::string &path) {
     int prev = -1;
-    for (auto field : obj) {
-      Node *child = find(node, prev, field.key);
-      if (child == nullptr) {
-        member(extra, field.key);
-        extra += simdjson::to_string(field.value);
+    for (auto member_result : obj) {
+      od::field field;
+      if (std::move(member_result).get(field) != simdjson::SUCCESS) invalid("bad object member");
+      std::string_view key;
+      int at = find(node, prev, field, key);
+      od::value &value = field.value();
+      if (at < 0) {
+        member(extra, key);
+        copy_value(extra, value);
         continue;
       }
+      Node *child = node->children[static_cast<size_t>(at)].get();
       if (child->leaf >= 0) {
         Column &col = (*cols_)[static_cast<size_t>(child->leaf)];
         touched_.push_back(child->leaf);
-        const char *why = put(col, field.value);
-        if (why != nullptr) {
+        if (const char *why = put(col, value)) {
           col.clear(row_);
-          misfit(extra, field.key, field.value, std::string(why) + " - at `" + col.path + "`");
+          misfit(extra, key, value, why, col.path);
         }
         continue;
       }
-      element_type t = field.value.type();
-      if (t == element_type::NULL_VALUE) continue;
-      std::string sub_path = path + "." + std::string(field.key);
-      if (t != element_type::OBJECT) {
-        misfit(extra, field.key, field.value,
-               std::string("Expected `object | null`, got `") + type_name(t) + "` - at `" +
-                   sub_path + "`");
+      json_type type = value.type().value();
+      if (type == json_type::null) {
+        scalar(value, type);
+        continue;
+      }
+      std::string sub_path = path + "." + std::string(key);
+      if (type != json_type::object) {
+        int number = type == json_type::number ? number_kind(trim(value.raw_json_token())) : 0;
+        std::string why = std::string("Expected `object | null`, got `") + type_name(type, number) + "`";
+        misfit(extra, key, value, why.c_str(), sub_path);
         continue;
       }
       std::string sub;
-      walk(object(field.value), child, sub, sub_path);
+      od::object inner = value.get_object().value();
+      walk(inner, child, sub, sub_path);
       if (!sub.empty()) {
-        member(extra, field.key);
+        member(extra, key);
         extra.push_back('{');
         extra += sub;
         extra.push_back('}');
@@ -328,83 +602,106 @@ class Parser {
   }
 
   // Stores `value` in its column; nullptr, or why the column cannot take it.
-  const char *put(Column &col, element value) {
-    element_type t = value.type();
-    if (t == element_type::NULL_VALUE) {
+  const char *put(Column &col, od::value &value) {
+    json_type type = value.type().value();
+    if (col.kind == JSON) {
+      if (type == json_type::null) {
+        scalar(value, type);
+        col.clear(row_);
+        return nullptr;
+      }
+      text_.clear();
+      copy_value(text_, value);
+      col.put_text(row_, text_);
+      return nullptr;
+    }
+    if (type == json_type::object || type == json_type::array) {
+      switch (col.kind) {
+        case STRING: return "Expected `str | null`";
+        case ID: return "Expected `str | int | null`";
+        case TIME: return "Expected `datetime | int | float | null`";
+        case FLOAT: return "Expected `float | null`";
+        case INT: return "Expected `int | null`";
+        default: return "Expected `bool | null`";
+      }
+    }
+    if (type == json_type::string) {
+      std::string_view text = value.get_string().value();  // checks the escapes
+      int64_t us;
+      switch (col.kind) {
+        case STRING:
+        case ID:
+          col.put_text(row_, text);
+          return nullptr;
+        case TIME:
+          if (!rfc3339_us(text, us)) return "Invalid RFC3339 encoded datetime";
+          col.put_int(row_, us);
+          return nullptr;
+        case FLOAT: return "Expected `float | null`";
+        case INT: return "Expected `int | null`";
+        default: return "Expected `bool | null`";
+      }
+    }
+    Scalar s = scalar(value, type);  // checked
+    if (type == json_type::null) {
       col.clear(row_);  // an earlier copy of the key may have had a value
       return nullptr;
     }
     switch (col.kind) {
       case STRING:
-        if (t != element_type::STRING) return "Expected `str | null`";
-        col.put_text(row_, std::string_view(value));
-        return nullptr;
+        return "Expected `str | null`";
       case ID:
-        if (t == element_type::STRING) {
-          col.put_text(row_, std::string_view(value));
-          return nullptr;
-        }
-        if (t != element_type::INT64 && t != element_type::UINT64)
-          return "Expected `str | int | null`";
-        text_.clear();
-        if (t == element_type::INT64)
-          append_number(text_, int64_t(value));
-        else
-          append_number(text_, uint64_t(value));
-        col.put_text(row_, text_);
+        if (s.number != 1) return "Expected `str | int | null`";
+        col.put_text(row_, s.raw);
         return nullptr;
-      case TIME:
-        text_.clear();
-        if (t == element_type::STRING) {
-          std::string_view s(value);
-          if (!rfc3339(s)) return "Invalid RFC3339 encoded datetime";
-          col.put_text(row_, s);
-          return nullptr;
-        }
-        if (t == element_type::INT64 && int64_t(value) >= 0)
-          append_number(text_, int64_t(value));
-        else if (t == element_type::DOUBLE && double(value) >= 0 && double(value) < kEpochMax)
-          append_number(text_, double(value));
-        else if (t == element_type::INT64 || t == element_type::UINT64 || t == element_type::DOUBLE)
-          return "Expected a time in [0, 2**63)";
-        else
+      case TIME: {
+        int64_t us;
+        if (type != json_type::number) {
           return "Expected `datetime | int | float | null`";
-        col.put_text(row_, text_);
+        } else if (s.number == 1) {
+          int64_t v;
+          auto res = std::from_chars(s.raw.data(), s.raw.data() + s.raw.size(), v);
+          if (res.ec != std::errc() || v < 0) return "Expected a time in [0, 2**63)";
+          us = epoch_integer_us(v);
+        } else {
+          double v;
+          auto res = std::from_chars(s.raw.data(), s.raw.data() + s.raw.size(), v);
+          if (res.ec != std::errc() || !(v >= 0 && v < kEpochMax))
+            return "Expected a time in [0, 2**63)";
+          us = epoch_number_us(v);
+        }
+        col.put_int(row_, us);
         return nullptr;
-      case FLOAT:
-        if (t == element_type::DOUBLE)
-          col.put_float(row_, double(value));
-        else if (t == element_type::INT64)
-          col.put_float(row_, static_cast<double>(int64_t(value)));
-        else if (t == element_type::UINT64)
-          col.put_float(row_, static_cast<double>(uint64_t(value)));
-        else
-          return "Expected `float | null`";
+      }
+      case FLOAT: {
+        if (type != json_type::number) return "Expected `float | null`";
+        double v;
+        auto res = std::from_chars(s.raw.data(), s.raw.data() + s.raw.size(), v);
+        if (res.ec != std::errc()) return "Number out of range for float64";
+        col.put_float(row_, v);
         return nullptr;
-      case INT:
-        if (t == element_type::UINT64) return "Integer out of range for int64";
-        if (t != element_type::INT64) return "Expected `int | null`";
-        col.put_int(row_, int64_t(value));
+      }
+      case INT: {
+        if (s.number != 1) return "Expected `int | null`";
+        int64_t v;
+        auto res = std::from_chars(s.raw.data(), s.raw.data() + s.raw.size(), v);
+        if (res.ec != std::errc()) return "Integer out of range for int64";
+        col.put_int(row_, v);
         return nullptr;
+      }
       case BOOL:
-        if (t != element_type::BOOL) return "Expected `bool | null`";
-        col.put_bool(row_, bool(value));
+        if (type != json_type::boolean) return "Expected `bool | null`";
+        col.put_bool(row_, value.get_bool().value());
         return nullptr;
-      case JSON:
-        col.put_text(row_, simdjson::to_string(value));
-        return nullptr;
-      case N_KINDS:
+      default:
         break;
     }
     return "unknown column kind";
   }
-
- public:
-  std::string note;  // the first misfit of the current line
 };
 
 // ---------------------------------------------------------------------------------
-// The Python type.
+// The Python types.
 
 struct SpecObject {
   PyObject_HEAD
@@ -412,6 +709,12 @@ struct SpecObject {
   int nodes;
   std::vector<Column> *columns;  // empty columns: the template each parse copies
 };
+
+bool plain_key(std::string_view k) {
+  for (unsigned char c : k)
+    if (c == '"' || c == '\\' || c < 0x20) return false;
+  return true;
+}
 
 bool build(PyObject *tree, Node *node, std::vector<Column> &columns, const std::string &path,
            int &nodes) {
@@ -427,6 +730,11 @@ bool build(PyObject *tree, Node *node, std::vector<Column> &columns, const std::
     const char *name = PyUnicode_AsUTF8AndSize(key, &size);
     if (name == nullptr) return false;
     std::string k(name, static_cast<size_t>(size));
+    if (!plain_key(k)) {  // the raw-bytes match of Parser::find relies on it
+      PyErr_Format(PyExc_ValueError, "a mapped key may not hold quotes, backslashes or "
+                   "control characters: %R", key);
+      return false;
+    }
     auto child = std::make_unique<Node>();
     std::string child_path = path + "." + k;
     if (PyLong_Check(value)) {
@@ -469,7 +777,7 @@ void Spec_dealloc(SpecObject *self) {
 }
 
 // A Python object owning one buffer of a finished column (buffer protocol, read-only),
-// so pyarrow wraps the memory without a copy.
+// so pyarrow wraps the memory without a copy; the memory goes back to the pool.
 struct BufObject {
   PyObject_HEAD
   Bytes *bytes;
@@ -483,6 +791,7 @@ int Buf_getbuffer(BufObject *self, Py_buffer *view, int flags) {
 }
 
 void Buf_dealloc(BufObject *self) {
+  pool.give(std::move(*self->bytes));
   delete self->bytes;
   Py_TYPE(self)->tp_free(reinterpret_cast<PyObject *>(self));
 }
@@ -515,42 +824,38 @@ struct Outcome {
 void parse_block(SpecObject *self, const char *text, size_t size, Outcome &out) {
   out.cols = *self->columns;
   std::vector<Column> &cols = out.cols;
-  std::vector<std::pair<size_t, size_t>> lines;
-  size_t longest = 0;
-  for (size_t start = 0; start <= size;) {
-    const void *nl = std::memchr(text + start, '\n', size - start);
-    size_t end = nl ? static_cast<size_t>(static_cast<const char *>(nl) - text) : size;
-    lines.emplace_back(start, end - start);  // as many lines as newlines + 1
-    longest = std::max(longest, end - start);
-    start = end + 1;
-    if (!nl) break;
-  }
-  int64_t n = static_cast<int64_t>(lines.size());
-  for (Column &c : cols) c.reset(n);
-  out.extra.reset(n);
-  out.status.assign(static_cast<size_t>(n), 0);
   if (size > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
     out.error = "block larger than 2 GiB";
     return;
   }
-  simdjson::dom::parser parser;
-  if (parser.allocate(std::max<size_t>(longest, 64)) != simdjson::SUCCESS) {
-    out.error = "cannot allocate the JSON parser";
-    return;
-  }
+  int64_t n = 1;
+  for (const char *p = text, *end = text + size;
+       (p = static_cast<const char *>(std::memchr(p, '\n', static_cast<size_t>(end - p))));
+       ++p)
+    ++n;  // as many lines as newlines + 1
+  for (Column &c : cols) c.reset(n);
+  out.extra.reset(n);
+  out.status.assign(static_cast<size_t>(n), 0);
+  od::parser parser;
   Parser walker(self->root, &cols, self->nodes);
   std::string extra;
   Bytes tail;
   int64_t row = 0;
+  size_t start = 0;
   for (int64_t i = 0; i < n; ++i) {
-    auto [start, len] = lines[static_cast<size_t>(i)];
+    const void *nl = std::memchr(text + start, '\n', size - start);
+    size_t stop = nl ? static_cast<size_t>(static_cast<const char *>(nl) - text) : size;
+    size_t len = stop - start;
     // simdjson reads up to SIMDJSON_PADDING bytes past a line: the lines after it, or,
     // near the end of the block, a padded copy of the line.
-    const uint8_t *p = reinterpret_cast<const uint8_t *>(text) + start;
-    if (start + len + simdjson::SIMDJSON_PADDING > size) {
+    const char *p = text + start;
+    size_t room = size - start;
+    start = stop + 1;
+    if (len + simdjson::SIMDJSON_PADDING > room) {
       tail.assign(p, p + len);
-      tail.resize(len + simdjson::SIMDJSON_PADDING, 0);
-      p = tail.data();
+      tail.resize(len + simdjson::SIMDJSON_PADDING, ' ');
+      p = reinterpret_cast<const char *>(tail.data());
+      room = tail.size();
     }
     bool blank = true;
     for (size_t j = 0; j < len && blank; ++j)
@@ -559,15 +864,11 @@ void parse_block(SpecObject *self, const char *text, size_t size, Outcome &out) 
       out.status[static_cast<size_t>(i)] = 2;
       continue;
     }
-    element doc;
-    auto err = parser.parse(p, len, false).get(doc);
-    if (err != simdjson::SUCCESS) {
-      out.status[static_cast<size_t>(i)] = 1;
-      out.bad.emplace_back(i, std::string("invalid JSON: ") + simdjson::error_message(err));
-      continue;
-    }
     extra.clear();
     try {
+      od::document doc;
+      auto err = parser.iterate(p, len, room).get(doc);
+      if (err != simdjson::SUCCESS) invalid(simdjson::error_message(err));
       walker.line(doc, row, extra);
     } catch (const Failure &f) {
       walker.rollback();
@@ -595,10 +896,12 @@ void parse_block(SpecObject *self, const char *text, size_t size, Outcome &out) 
 
 // (validity, offsets, values, null count); None for the buffers of a column without values.
 PyObject *column_tuple(Column &c) {
-  if (!c.used()) return Py_BuildValue("(OOOL)", Py_None, Py_None, Py_None, static_cast<long long>(c.nulls));
+  if (!c.active)
+    return Py_BuildValue("(OOOL)", Py_None, Py_None, Py_None, static_cast<long long>(c.nulls));
   PyObject *validity = buffer_of(std::move(c.validity));
   PyObject *offsets = c.text() ? buffer_of(std::move(c.offsets)) : (Py_INCREF(Py_None), Py_None);
   PyObject *values = buffer_of(std::move(c.values));
+  c.active = false;
   return Py_BuildValue("(NNNL)", validity, offsets, values, static_cast<long long>(c.nulls));
 }
 
@@ -622,6 +925,7 @@ PyObject *Spec_parse(SpecObject *self, PyObject *args) {
   Py_END_ALLOW_THREADS
   PyBuffer_Release(&view);
   if (!out.error.empty()) {
+    for (Column &c : out.cols) c.recycle();
     PyErr_SetString(PyExc_ValueError, out.error.c_str());
     return nullptr;
   }
@@ -656,10 +960,38 @@ PyMethodDef Spec_methods[] = {
     {nullptr, nullptr, 0, nullptr},
 };
 
+PyObject *set_pool_limit(PyObject *, PyObject *arg) {
+  Py_ssize_t limit = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+  if (limit < 0) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "the limit is a number of bytes");
+    return nullptr;
+  }
+  pool.set_limit(static_cast<size_t>(limit));
+  if (limit == 0) pool.release();
+  Py_RETURN_NONE;
+}
+
+PyObject *release_pool(PyObject *, PyObject *) {
+  pool.release();
+  Py_RETURN_NONE;
+}
+
+PyObject *pool_bytes(PyObject *, PyObject *) {
+  return PyLong_FromSize_t(pool.held());
+}
+
+PyMethodDef module_methods[] = {
+    {"set_pool_limit", set_pool_limit, METH_O,
+     "set_pool_limit(bytes): how much freed column memory to keep for the next blocks"},
+    {"release_pool", release_pool, METH_NOARGS, "Free the column memory kept for reuse."},
+    {"pool_bytes", pool_bytes, METH_NOARGS, "Bytes of column memory kept for reuse."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
 PyTypeObject SpecType = {PyVarObject_HEAD_INIT(nullptr, 0)};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_jsoncols",
-                          "JSON Lines to Arrow column buffers (simdjson).", -1, nullptr};
+                          "JSON Lines to Arrow column buffers (simdjson).", -1, module_methods};
 
 }  // namespace
 

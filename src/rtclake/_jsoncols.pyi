@@ -8,7 +8,7 @@ ColumnBuffers = tuple[Any, Any, Any, int]
 class Spec:
     def __init__(self, tree: dict[str, Any]) -> None: ...
     def parse(
-        self, block: bytes, /
+        self, block: bytes | bytearray | memoryview, /
     ) -> tuple[
         int, list[ColumnBuffers], ColumnBuffers, bytes, list[tuple[int, str]], list[tuple[int, str]]
     ]:
@@ -16,3 +16,12 @@ class Spec:
         2 blank), bad lines and values kept in extra for their type, as (line index,
         message))."""
     def paths(self) -> list[str]: ...
+
+def set_pool_limit(limit: int, /) -> None:
+    """How many bytes of freed column memory to keep for the next blocks (0: none)."""
+
+def release_pool() -> None:
+    """Free the column memory kept for reuse."""
+
+def pool_bytes() -> int:
+    """Bytes of column memory kept for reuse."""

@@ -23,18 +23,18 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import msgspec
 import pyarrow as pa
 import structlog
-from isal import isal_zlib  # zlib's format, inflated 2-3x faster (Intel ISA-L)
+from isal.isal_zlib import _GzipReader  # gzip inflated 2-3x faster than zlib (Intel ISA-L)
 
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch, Sink
-from rtclake.spool import Entry, EntryHeader
+from rtclake.spool import EntryHeader
 from rtclake.tables import Table, TableRegistry
-from rtclake.writer import Converter, entries_to_header
+from rtclake.writer import Converter
 
 log = structlog.get_logger(__name__)
 
@@ -108,61 +108,82 @@ def expand(paths: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
-def _chunks(fh: IO[bytes], gz: bool, size: int) -> Iterator[bytes]:
-    """The file's (uncompressed) bytes in pieces of at most about ``size``."""
-    if not gz:
-        while data := fh.read(size):
-            yield data
-        return
-    inflate = isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS)
-    while raw := fh.read(1 << 20):
-        while raw:
-            yield inflate.decompress(raw, size)
-            raw = inflate.unconsumed_tail
-            if inflate.eof and inflate.unused_data:  # concatenated gzip members
-                raw = inflate.unused_data
-                inflate = isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS)
+class _Inflated:
+    """The inflated bytes of a gzip stream (several members allowed), read into the
+    caller's buffer; ISA-L does the work without holding the GIL."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        raw: Any = fh if hasattr(fh, "readinto") else _ReadInto(fh)
+        self._reader = _GzipReader(raw, 1 << 20)
+
+    def readinto(self, view: memoryview) -> int:
+        return int(self._reader.readinto(view))
 
 
-def read_blocks(fh: IO[bytes], gz: bool, block: int) -> Iterator[tuple[int, bytes]]:
-    """(offset in the uncompressed stream, bytes) blocks of whole lines of about ``block``
-    bytes; the last block may end without a newline."""
-    parts: list[bytes] = []
-    size = 0
-    offset = 0
-    for data in _chunks(fh, gz, block):
-        parts.append(data)
-        size += len(data)
-        if size < block:
-            continue
-        joined = b"".join(parts)
-        cut = joined.rfind(b"\n") + 1
-        if cut:
-            yield offset, joined[:cut]
+class _ReadInto:
+    """``readinto`` for a stream that only has ``read``."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+
+    def readinto(self, view: memoryview) -> int:
+        data = self._fh.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+class BlockReader:
+    """Reads a stream as blocks of whole lines, into a few buffers used again and again.
+
+    A fresh buffer costs a page fault per 4 KiB; at a gigabyte of JSON per import that
+    was a good part of the time. Each block's buffer goes back with :meth:`release` once
+    it is parsed; :meth:`blocks` waits for one when all are out.
+    """
+
+    def __init__(self, block: int, buffers: int = 4) -> None:
+        self.block = block
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(buffers):
+            self._free.put(bytearray(block))
+
+    def release(self, buf: bytearray) -> None:
+        self._free.put(buf)
+
+    def blocks(self, fh: IO[bytes], gz: bool) -> Iterator[tuple[int, bytearray, int]]:
+        """(offset in the uncompressed stream, buffer, length) per block: the buffer's
+        first ``length`` bytes are whole lines (the last block may end without a newline).
+        The caller releases each buffer."""
+        source: Any = _Inflated(fh) if gz else fh
+        carry = b""  # the start of a line cut by the end of the previous block
+        offset = 0
+        while True:
+            buf = self._free.get()
+            if len(buf) <= len(carry):  # room for more than the carried line
+                buf.extend(bytes(2 * len(carry) - len(buf)))
+            buf[: len(carry)] = carry
+            n = len(carry)
+            eof = False
+            with memoryview(buf) as view:
+                while n < len(buf):
+                    got = source.readinto(view[n:])
+                    if not got:
+                        eof = True
+                        break
+                    n += got
+            cut = buf.rfind(b"\n", 0, n) + 1
+            if eof:
+                if buf[:n].strip():
+                    yield offset, buf, n
+                else:
+                    self.release(buf)
+                return
+            if cut == 0:  # one line longer than the buffer: carried into a bigger one
+                carry = bytes(buf[:n])
+                self.release(buf)
+                continue
+            carry = bytes(buf[cut:n])
+            yield offset, buf, cut
             offset += cut
-        parts, size = [joined[cut:]], len(joined) - cut
-    rest = b"".join(parts)
-    if rest.strip():
-        yield offset, rest
-
-
-@dataclass
-class _Block:
-    """A block on its way from the reader to the writer thread."""
-
-    end: int  # offset after the block (in the uncompressed stream)
-    first_line: int  # lines of the stream before it
-    last_line: int  # lines of the stream up to its end
-    parsed: Future[_Parsed]
-
-
-@dataclass
-class _Parsed:
-    """A block converted (on the pool)."""
-
-    rows: pa.Table | None
-    bad: list[tuple[int, str]]
-    notes: list[tuple[int, str]]
 
 
 class Importer:
@@ -187,8 +208,11 @@ class Importer:
         self.metrics = metrics or Metrics()
         self.block_bytes = block_bytes
         # Two blocks convert at once, each on one DuckDB thread: one per core.
-        self._converter = Converter(tables, threads=1)
+        self._converter = Converter(
+            tables, threads=1, record_ids=any(sink.needs_record_id for sink in self.sinks)
+        )
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="import-convert")
+        self._reader = BlockReader(block_bytes)
 
     def close(self) -> None:
         self._pool.shutdown()
@@ -246,9 +270,13 @@ class Importer:
         digest = hashlib.sha1(f"{key}:{done.identity}".encode(), usedforsecurity=False)
         run = "i" + digest.hexdigest()[:10]
         stream = Path(label).name.removesuffix(".gz").removesuffix(".jsonl")
-        # This thread reads (and inflates); the pool converts (the C++ parser and DuckDB
-        # work without the GIL, so both cores work); the writer thread writes the blocks
-        # to the sinks in file order and advances the checkpoint.
+        header = EntryHeader(
+            table=table.name, source=SOURCE, stream=stream, kind=table.kind,
+            received_us=time.time_ns() // 1000, records=0,
+        )  # fmt: skip
+        # This thread reads (and inflates); the pool converts (the C++ parser, Arrow and
+        # DuckDB work without the GIL, so both cores work); the writer thread writes the
+        # blocks to the sinks in file order and advances the checkpoint.
         work: queue.Queue[_Block | None] = queue.Queue(maxsize=2)
         failure: list[BaseException] = []
         writer = threading.Thread(
@@ -258,20 +286,21 @@ class Importer:
         writer.start()
         try:
             base = 0 if gz else done.offset
-            line = done.line if not gz else 0
-            for offset, block in read_blocks(fh, gz, self.block_bytes):
+            skipped = done.line if not gz else 0
+            for offset, buf, length in self._reader.blocks(fh, gz):
                 start = base + offset
-                stats.bytes_read += len(block)
-                lines = block.count(b"\n") + (not block.endswith(b"\n"))
-                if gz and start + len(block) <= done.offset:
-                    line += lines
-                    continue  # imported before (a gzip stream cannot seek)
+                stats.bytes_read += length
+                if gz and start + length <= done.offset:  # imported before (gzip cannot seek)
+                    skipped += buf.count(b"\n", 0, length) + (buf[length - 1] != 0x0A)
+                    self._reader.release(buf)
+                    continue
                 if failure:
+                    self._reader.release(buf)
                     break
-                end = start + len(block)
-                parsed = self._pool.submit(self._parse, table, stream, run, end, block, lines)
-                work.put(_Block(end, line, line + lines, parsed))
-                line += lines
+                end = start + length
+                parsed = self._pool.submit(self._parse, table, header, run, end, buf, length)
+                work.put(_Block(end, skipped, parsed))
+                skipped = 0
         finally:
             work.put(None)
             writer.join()
@@ -279,22 +308,17 @@ class Importer:
             raise failure[0]
 
     def _parse(
-        self, table: Table, stream: str, run: str, end: int, block: bytes, lines: int
+        self, table: Table, header: EntryHeader, run: str, end: int, buf: bytearray, length: int
     ) -> _Parsed:
-        header = EntryHeader(
-            table=table.name,
-            source=SOURCE,
-            stream=stream,
-            kind=table.kind,
-            received_us=time.time_ns() // 1000,
-            records=lines,
-        )
-        text = block[:-1] if block.endswith(b"\n") else block
-        parsed = self._converter.parse(
-            table, text, entries_to_header(run, end, [Entry(header, b"", 0)])
-        )
+        """Convert one block (on the pool); its buffer goes back to the reader."""
+        try:
+            cut = length - 1 if buf[length - 1] == 0x0A else length
+            with memoryview(buf)[:cut] as text:
+                parsed = self._converter.parse_block(table, text, run, end, header)
+        finally:
+            self._reader.release(buf)
         rows = self._converter.finish(parsed) if parsed.rows else None
-        return _Parsed(rows, parsed.bad, parsed.notes)
+        return _Parsed(rows, parsed.lines, parsed.bad, parsed.notes)
 
     def _write_blocks(
         self,
@@ -307,12 +331,14 @@ class Importer:
         stats: ImportStats,
         failure: list[BaseException],
     ) -> None:
+        line = 0  # lines of the stream before the block
         while (item := work.get()) is not None:
             if failure:
                 continue
             try:
                 parsed = item.parsed.result()
-                self._report(label, item.first_line, parsed)
+                line += item.skipped
+                self._report(label, line, parsed)
                 stats.bad_lines += len(parsed.bad)
                 if parsed.rows is not None:
                     batch = Batch(self.node, run, item.end, {table.name: parsed.rows})
@@ -321,8 +347,9 @@ class Importer:
                     stats.rows += batch.num_rows
                     self.metrics.stored.labels("import", table.name).inc(batch.num_rows)
                     del batch
+                line += parsed.lines
                 del parsed
-                state.offset, state.line = item.end, item.last_line
+                state.offset, state.line = item.end, line
                 self.state.files[key] = state
                 self.state.save()
                 if stats.on_progress is not None:
@@ -343,3 +370,22 @@ class Importer:
                 "import: value of the wrong type for its column kept in extra",
                 file=label, line=first_line + index + 1, error=why[:200],
             )  # fmt: skip
+
+
+@dataclass
+class _Block:
+    """A block on its way from the reader to the writer thread."""
+
+    end: int  # offset after the block (in the uncompressed stream)
+    skipped: int  # lines skipped (imported before) between the previous block and this one
+    parsed: Future[_Parsed]
+
+
+@dataclass
+class _Parsed:
+    """A block converted (on the pool)."""
+
+    rows: pa.Table | None
+    lines: int  # lines of the block (stored, bad and blank)
+    bad: list[tuple[int, str]]
+    notes: list[tuple[int, str]]

@@ -7,8 +7,8 @@ column become that column; every other key goes into the JSON ``extra`` column, 
 a source sends is dropped. The same declaration drives four things, so they cannot
 disagree: the validator that rejects a wrongly typed record before it is acknowledged
 (:meth:`Table.validator`), the parser that turns JSON lines into Arrow columns
-(:meth:`Table.native_spec`), the DuckDB projection of the envelope
-(:meth:`Table.projection_sql`), and the per-record envelope of :mod:`rtclake.records`.
+(:meth:`Table.native_spec`), the record id rule (:meth:`Table.record_id_sql`), and the
+per-record envelope of :mod:`rtclake.records`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ UTC_US = pa.timestamp("us", tz="UTC")
 # The python types a payload value may have for each kind of column; anything else is
 # rejected at the edge with the key's name in the message.
 # Numeric times are seconds, milliseconds, microseconds or nanoseconds since the epoch,
-# told apart by magnitude (see _time_sql); any number in [0, 2**63) is a date that
+# told apart by magnitude (see rtclake/_jsoncols.cpp); any number in [0, 2**63) is a date that
 # Parquet, DuckDB and Python represent. Negative and larger numbers are refused.
 _EPOCH_MAX = 2**63 - 1
 _VALIDATOR_TYPES: dict[str, Any] = {
@@ -222,68 +222,31 @@ class Table:
             object.__setattr__(self, "_spec", _jsoncols.Spec(convert(_tree(self._kinds()))))
         return self._spec  # type: ignore[no-any-return]
 
-    def projection_inputs(self) -> tuple[list[str], list[str]]:
-        """What :meth:`projection_sql` reads besides ``INPUT_SCHEMA``: key paths (as
-        columns named ``$.PATH``, text for times) and payload columns (by name)."""
-        paths = [*TIME_KEYS, *TYPE_KEYS]
-        for column in self.columns:
-            if column.kind == "time":
-                paths += column.keys
-        payload = [c.name for c in self.columns if c.name in self.identity and c.kind != "time"]
-        return list(dict.fromkeys(paths)), payload
+    def record_id_sql(self, relation: str) -> str:
+        """DuckDB SQL computing the record id of each row of ``relation``, the rule
+        mirrored by :func:`rtclake.records.record_id`:
 
-    @property
-    def projected(self) -> tuple[str, ...]:
-        """The columns :meth:`projection_sql` computes; the others are taken as parsed."""
-        times = tuple(c.name for c in self.columns if c.kind == "time")
-        return (*(f.name for f in ENVELOPE), *times)
-
-    def projection_sql(self, relation: str) -> str:
-        """DuckDB SQL computing the envelope (record id, time, type, ...) and the time
-        columns of this table from ``relation``: ``INPUT_SCHEMA`` plus the inputs that
-        :meth:`projection_inputs` names. Only these narrow columns pass through DuckDB;
-        the typed payload columns come from the parser as they are.
-        """
-        when = _coalesce([_key(k) for k in TIME_KEYS])
-        cols = [
-            f"{self._record_id_sql(when)} AS record_id",
-            f"coalesce({_time_sql(when)}, received_at) AS time",
-            "received_at",
-            "source",
-            "stream",
-            "kind",
-            f"coalesce({_coalesce([_key(k) for k in TYPE_KEYS])}, hdr_type) AS type",
-        ]
-        for column in self.columns:
-            if column.kind == "time":
-                value = _coalesce([_key(k) for k in column.keys])
-                cols.append(f"{_time_sql(value)} AS {_ident(column.name)}")
-        cols += [_ident(name) for name in self.projection_inputs()[1]]
-        sql = "SELECT " + ",\n  ".join(cols) + f"\nFROM {relation}"
-        if self.identity:
-            sql = f"SELECT * REPLACE ({self.identity_sql()} AS record_id) FROM ({sql})"
-        return sql
-
-    def _record_id_sql(self, when: str) -> str:
-        """The record id rule, mirrored by :func:`rtclake.records.record_id`.
-
-        - a table with an ``identity``: the table name and those values;
+        - a table with an ``identity``: the table name and those columns' values
+          (``relation`` has them, typed);
         - with an idempotency key (a source's message id): source, stream, key, line number;
         - else, if the record carries its own time: source, stream and its JSON text;
         - else (nothing tells a retry from a new reading): source, stream and its position
           in the spool, which a replay after a crash reproduces.
+
+        Without an identity, ``relation`` holds ``INPUT_SCHEMA`` and ``own_time`` (whether
+        the line had a usable time of its own).
         """
         if self.identity:
-            return "NULL::VARCHAR"  # derived from the columns by projection_sql
+            return f"SELECT {self.identity_sql()} AS record_id FROM {relation}"
         key = (
             "CASE WHEN idem IS NOT NULL THEN idem || ':' || line_no::VARCHAR"
-            f" WHEN {when} IS NOT NULL THEN trim(line)"
+            " WHEN own_time THEN trim(line)"
             " ELSE entry || ':' || line_no::VARCHAR END"
         )
-        return f"md5(concat_ws(chr(31), source, stream, {key}))"
+        return f"SELECT md5(concat_ws(chr(31), source, stream, {key})) AS record_id FROM {relation}"
 
 
-# The relation a projection reads: one row per spooled JSON line with its entry's header.
+# One row per spooled JSON line with its entry's header (what the record id rule reads).
 INPUT_SCHEMA = pa.schema(
     [
         pa.field("source", pa.string()),
@@ -300,9 +263,8 @@ INPUT_SCHEMA = pa.schema(
 
 # The kinds in the order rtclake._jsoncols numbers them.
 NATIVE_KINDS: tuple[FieldKind, ...] = ("string", "id", "time", "float", "int", "bool", "json")
-# The Arrow type the parser gives a key path of each kind (times stay text until the
-# projection reads them).
-PARSED_TYPES: dict[str, pa.DataType] = {**_ARROW_TYPES, "time": pa.string()}
+# The Arrow type the parser gives a key path of each kind (times: microseconds, UTC).
+PARSED_TYPES: dict[str, pa.DataType] = _ARROW_TYPES
 
 Tree = dict[str, Any]  # key -> kind (a leaf) or a nested Tree
 
@@ -339,29 +301,6 @@ def _lit(text: str) -> str:
 
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def _key(path: str) -> str:
-    """The column holding a parsed key path (see :meth:`Table.projection_inputs`)."""
-    return _ident("$." + path)
-
-
-def _coalesce(parts: list[str]) -> str:
-    return parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
-
-
-def _time_sql(text: str) -> str:
-    """RFC 3339 text, or a number of seconds, milliseconds, microseconds or nanoseconds
-    since the epoch (told apart by magnitude), as a UTC timestamp; NULL if unusable."""
-    num = f"try_cast({text} AS DOUBLE)"
-    micros = (
-        f"CASE WHEN abs({num}) < 1e11 THEN {num} * 1e6 WHEN abs({num}) < 1e14 THEN {num} * 1e3"
-        f" WHEN abs({num}) < 1e17 THEN {num} ELSE {num} / 1e3 END"
-    )
-    return (
-        f"coalesce(try_cast({text} AS TIMESTAMPTZ),"
-        f" try_cast(make_timestamp(try_cast(round({micros}) AS BIGINT)) AS TIMESTAMPTZ))"
-    )
 
 
 TELEMETRY = Table(

@@ -16,22 +16,24 @@ import ctypes
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import duckdb
+import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import structlog
 
+from rtclake import _jsoncols
 from rtclake.errors import SpoolCorrupt
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch, Sink
-from rtclake.spool import Entry, Segment, Spool
-from rtclake.tables import PARSED_TYPES, UTC_US, Table, TableRegistry
+from rtclake.spool import Entry, EntryHeader, Segment, Spool
+from rtclake.tables import PARSED_TYPES, TIME_KEYS, TYPE_KEYS, UTC_US, Table, TableRegistry
 
 if TYPE_CHECKING:
     from rtclake._jsoncols import ColumnBuffers
@@ -85,6 +87,7 @@ class Parsed:
     extra: pa.Array
     bad: list[tuple[int, str]]  # lines left out: (line index in the batch, message)
     notes: list[tuple[int, str]]  # values kept in extra for their type: (line index, why)
+    lines: int  # lines parsed: stored, bad and blank
 
     @property
     def rows(self) -> int:
@@ -94,9 +97,10 @@ class Parsed:
 def release_memory() -> None:
     """Give freed memory back to the system after a batch.
 
-    Arrow's pool and glibc's free lists keep what a batch used; under steady load that
-    is hundreds of MB held for nothing between batches.
+    Arrow's pool, the parser's buffer pool and glibc's free lists keep what a batch used;
+    under steady load that is hundreds of MB held for nothing between batches.
     """
+    _jsoncols.release_pool()
     pa.default_memory_pool().release_unused()
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
@@ -118,18 +122,28 @@ class Converter:
     """Turns JSON lines into Arrow tables with each table's declared schema.
 
     :meth:`parse` runs the C++ parser (``_jsoncols``) over a batch's lines: one pass per
-    line, the typed payload columns and ``extra`` built directly as Arrow buffers; a line
-    that is not a JSON object is reported and left out, a value of the wrong type for its
-    column is noted and kept in ``extra``. It holds no lock and releases the
-    GIL, so several threads may parse at once. :meth:`finish` computes the envelope and
-    time columns in DuckDB (the rules of :meth:`Table.projection_sql`), on narrow
-    columns only, with a DuckDB connection per thread.
+    line, the typed payload columns (times as timestamps) and ``extra`` built directly as
+    Arrow buffers; a line that is not a JSON object is reported and left out, a value of
+    the wrong type for its column is noted and kept in ``extra``. It holds no lock and
+    releases the GIL, so several threads may parse at once. :meth:`finish` adds the
+    envelope with Arrow's compute functions, and the record ids (an MD5 per row) in
+    DuckDB, with a DuckDB connection per thread.
+
+    ``record_ids`` says whether rows of tables with an ``identity`` get their record id:
+    a lake derives it from the stored columns, so it is only computed when a sink needs
+    it (see :attr:`rtclake.sinks.base.Sink.needs_record_id`).
     """
 
     def __init__(
-        self, tables: TableRegistry, memory_limit: str = "256MB", threads: int = 2
+        self,
+        tables: TableRegistry,
+        memory_limit: str = "256MB",
+        threads: int = 2,
+        *,
+        record_ids: bool = True,
     ) -> None:
         self.tables = tables
+        self.record_ids = record_ids
         self._con = duckdb.connect(config={"threads": threads, "memory_limit": memory_limit})
         self._con.execute("SET TimeZone = 'UTC'")
         self._local = threading.local()
@@ -148,10 +162,29 @@ class Converter:
             self._local.con = con
         return con
 
-    def parse(self, table: Table, text: bytes, header: pa.Table) -> Parsed:
+    def parse(self, table: Table, text: bytes | memoryview, header: pa.Table) -> Parsed:
         """Parse ``text`` (lines joined by newlines, one per ``header`` row)."""
+        return self._parse(table, text, lambda _lines: header)
+
+    def parse_block(
+        self, table: Table, text: bytes | memoryview, run: str, segment: int, header: EntryHeader
+    ) -> Parsed:
+        """Parse ``text``, lines that share one ``header`` (an import block): the rows'
+        header is made for as many lines as the parser found."""
+        return self._parse(
+            table,
+            text,
+            lambda lines: entries_to_header(
+                run, segment, [Entry(msgspec.structs.replace(header, records=lines), b"", 0)]
+            ),
+        )
+
+    def _parse(
+        self, table: Table, text: bytes | memoryview, header_for: Callable[[int], pa.Table]
+    ) -> Parsed:
         spec = table.native_spec()
         rows, buffers, extra, status, bad, notes = spec.parse(text)
+        header = header_for(len(status))
         if len(status) != header.num_rows:
             raise SpoolCorrupt(
                 f"table {table.name}: {len(status)} lines, headers for {header.num_rows}"
@@ -163,7 +196,7 @@ class Converter:
         }
         needs_line = not table.identity  # the record id of other tables hashes the line
         if needs_line:
-            lines = pc.split_pattern(pa.array([text], pa.large_binary()), "\n").flatten()
+            lines = pc.split_pattern(pa.array([bytes(text)], pa.large_binary()), "\n").flatten()
             header = header.append_column("line", lines.cast(pa.large_string()))
         if rows != header.num_rows:
             codes = pa.Array.from_buffers(pa.uint8(), len(status), [None, pa.py_buffer(status)])
@@ -172,50 +205,61 @@ class Converter:
         if not needs_line:
             header = header.append_column("line", pa.nulls(rows, pa.string()))
         extra_array = _array(pa.string(), rows, extra)
-        return Parsed(table, header, keys, extra_array, bad, notes)
+        return Parsed(table, header, keys, extra_array, bad, notes, len(status))
 
     def finish(self, parsed: Parsed) -> pa.Table:
-        """The table's rows: envelope and times from DuckDB, the rest as parsed."""
+        """The table's rows: the envelope, then the columns as parsed."""
         table = parsed.table
-        paths, payload = table.projection_inputs()
+        header = parsed.header
         values = self._payload(parsed)
-        relation = parsed.header
-        for path in paths:
-            relation = relation.append_column(f"$.{path}", parsed.keys[path])
-        for name in payload:
-            relation = relation.append_column(name, values[name])
+        own_time = _first([parsed.keys[k] for k in TIME_KEYS])
+        envelope = {
+            "time": pc.coalesce(own_time, header["received_at"]),
+            "received_at": header["received_at"],
+            "source": header["source"],
+            "stream": header["stream"],
+            "kind": header["kind"],
+            "type": pc.coalesce(_first([parsed.keys[k] for k in TYPE_KEYS]), header["hdr_type"]),
+        }
+        schema = table.schema
+        if table.identity and not self.record_ids:
+            schema = table.stored_schema
+        else:
+            envelope["record_id"] = self._record_ids(parsed, own_time, values, envelope)
+        given = {**values, **envelope, "extra": parsed.extra}
+        arrays = [given[f.name] for f in schema]
+        typed = [
+            a if a.type == f.type else a.cast(f.type) for a, f in zip(arrays, schema, strict=True)
+        ]
+        return pa.Table.from_arrays(typed, schema=schema)
+
+    def _record_ids(
+        self,
+        parsed: Parsed,
+        own_time: pa.Array,
+        values: dict[str, pa.Array],
+        envelope: dict[str, pa.Array],
+    ) -> pa.Array:
+        """The record id of each row (:meth:`Table.record_id_sql`), computed in DuckDB."""
+        table = parsed.table
+        if table.identity:
+            given = {**values, **envelope}
+            relation = pa.table({name: given[name] for name in table.identity})
+        else:
+            relation = parsed.header.append_column("own_time", own_time.is_valid())
         con = self._connection()
         con.register("parsed", relation)
         try:
-            projected = con.execute(table.projection_sql("parsed")).fetch_arrow_table()
+            return con.execute(table.record_id_sql("parsed")).fetch_arrow_table()["record_id"]
         finally:
             con.unregister("parsed")
-        arrays = []
-        computed = table.projected
-        for f in table.schema:
-            if f.name in computed:
-                arrays.append(projected.column(f.name))
-            elif f.name == "extra":
-                arrays.append(parsed.extra)
-            else:
-                arrays.append(values[f.name])
-        return pa.Table.from_arrays(
-            [
-                a.cast(f.type) if a.type != f.type else a
-                for a, f in zip(arrays, table.schema, strict=True)
-            ],
-            schema=table.schema,
-        )
 
     @staticmethod
     def _payload(parsed: Parsed) -> dict[str, pa.Array]:
-        """Each non-time column: the first of its keys that has a value."""
+        """Each column: the first of its keys that has a value."""
         out: dict[str, pa.Array] = {}
         for column in parsed.table.columns:
-            if column.kind == "time":
-                continue
-            found = [parsed.keys[k] for k in column.keys]
-            value = found[0] if len(found) == 1 else pc.coalesce(*found)
+            value = _first([parsed.keys[k] for k in column.keys])
             out[column.name] = (
                 value if value.type == column.arrow_type else value.cast(column.arrow_type)
             )
@@ -246,6 +290,11 @@ class Converter:
         self._con.close()
 
 
+def _first(arrays: list[pa.Array]) -> pa.Array:
+    """Per row, the first of ``arrays`` that has a value."""
+    return arrays[0] if len(arrays) == 1 else pc.coalesce(*arrays)
+
+
 class Writer:
     """Runs on the event loop; does its work on a thread of its own."""
 
@@ -268,7 +317,9 @@ class Writer:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.maintenance_interval = maintenance_interval
-        self._converter = Converter(tables)
+        self._converter = Converter(
+            tables, record_ids=any(sink.needs_record_id for sink in self.sinks)
+        )
         self._task: asyncio.Task[None] | None = None
         self._busy = False
         self._failed_conversions: dict[Path, int] = {}

@@ -6,9 +6,11 @@ a batch, do periodic maintenance, close.
 
 Delivery is at least once: after a crash, or when another sink of the same batch failed,
 a batch is delivered again. ``write`` must therefore be idempotent by ``record_id`` (the
-same batch written twice leaves the same visible rows). ``write`` returns only once the
-batch is durable in the destination; raising :class:`rtclake.errors.SinkError` (or any
-``OSError``) leaves the batch in the spool to be retried.
+same batch written twice leaves the same visible rows). Tables with an ``identity`` carry
+``record_id`` only when some sink of the batch needs it (:attr:`Sink.needs_record_id`).
+``write`` returns only once the batch is durable in the destination; raising
+:class:`rtclake.errors.SinkError` (or any ``OSError``) leaves the batch in the spool to be
+retried.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class Sink(ABC):
     """Base class of every sink. Methods run on the writer's thread."""
 
     name: str = "sink"
+    #: Whether rows of tables with an ``identity`` must carry ``record_id``; a sink that
+    #: derives it from those columns (the lake) says False and spares the writer the MD5s.
+    needs_record_id: bool = True
 
     def start(self) -> None:  # noqa: B027 - a sink may have nothing to prepare
         """Prepare the destination (create folders, tables, indexes). Called once."""

@@ -33,6 +33,7 @@ class LakeSink(Sink):
     """Writes every batch as Parquet into a local folder."""
 
     name = "lake"
+    needs_record_id = False  # derived from the identity columns by the query views
 
     def __init__(
         self,
