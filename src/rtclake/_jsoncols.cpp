@@ -35,6 +35,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <unordered_map>
 #include <vector>
 
@@ -46,7 +47,27 @@ using od::json_type;
 // Column kinds, in the order of rtclake.tables.NATIVE_KINDS.
 enum Kind : int { STRING = 0, ID, TIME, FLOAT, INT, BOOL, JSON, N_KINDS };
 
-using Bytes = std::vector<uint8_t>;
+// Column memory is written before it is read, so growing it need not zero it first.
+template <typename T>
+struct DefaultInit : std::allocator<T> {
+  template <typename U>
+  struct rebind {
+    using other = DefaultInit<U>;
+  };
+  DefaultInit() = default;
+  template <typename U>
+  DefaultInit(const DefaultInit<U> &) noexcept {}
+  template <typename U>
+  void construct(U *at) noexcept {
+    ::new (static_cast<void *>(at)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U *at, Args &&...args) {
+    ::new (static_cast<void *>(at)) U(std::forward<Args>(args)...);
+  }
+};
+
+using Bytes = std::vector<uint8_t, DefaultInit<uint8_t>>;
 
 // ---------------------------------------------------------------------------------
 // The buffer pool.
@@ -123,125 +144,131 @@ struct Node {
   std::unordered_map<std::string_view, int> index;  // key -> position in children
 };
 
-// One Arrow array under construction. Its buffers are taken at its first value, so a
-// column no line of the block has costs nothing.
+// A column's values while a block is parsed: appended in row order, one entry per row
+// that has a value. Each line writes some thirty of a table's ~170 columns; writing
+// them straight into dense Arrow buffers scattered the writes over ~30 MB and cost as
+// much as the parsing. Appends stay in cache; Column::finish then fills each dense
+// buffer in one sequential pass. Kept per thread, so their memory is used again.
+struct Sparse {
+  std::vector<uint32_t> rows;   // the rows that have a value, ascending
+  std::vector<uint64_t> fixed;  // INT, FLOAT, TIME: the value's bits; BOOL: 0 or 1
+  std::vector<uint32_t> ends;   // text kinds: end offset of the row's text in `text`
+
+  void clear() {
+    rows.clear();
+    fixed.clear();
+    ends.clear();
+  }
+};
+
+thread_local std::vector<Sparse> scratch;
+
+// One Arrow array under construction.
 struct Column {
   Kind kind;
-  std::string path;      // $.a.b, for error messages
-  int64_t capacity = 0;  // rows of the block
-  Bytes validity;        // empty until the first value
-  Bytes values;          // INT, FLOAT, TIME: capacity * 8; BOOL: a bitmap; text kinds: UTF-8
-  Bytes offsets;         // text kinds: (capacity + 1) int32
-  size_t used_bytes = 0;  // text kinds: bytes of `values` in use
-  int64_t filled = 0;     // text kinds: rows whose end offset is written
+  std::string path;  // $.a.b, for error messages
+  Sparse *sparse = nullptr;
+  Bytes text;             // text kinds: the UTF-8 of all values, back to back
+  size_t text_used = 0;
+  int64_t capacity = 0;  // lines of the block
+  // The finished array (Column::finish): empty buffers when no row has a value.
+  Bytes validity, values, offsets;
   int64_t nulls = 0;
-  bool active = false;
+  bool active = false;  // has finished buffers
 
-  bool text() const { return kind == STRING || kind == ID || kind == JSON; }
+  bool is_text() const { return kind == STRING || kind == ID || kind == JSON; }
 
-  void reset(int64_t rows) {
+  void reset(Sparse *s, int64_t rows) {
+    sparse = s;
+    sparse->clear();
+    text_used = 0;
     capacity = rows;
     active = false;
-    used_bytes = 0;
-    filled = 0;
     nulls = 0;
   }
 
-  void ensure() {
-    if (active) return;
-    active = true;
-    size_t bitmap = std::max<size_t>(static_cast<size_t>((capacity + 7) / 8), 1);
-    validity = pool.take(bitmap);
-    std::memset(validity.data(), 0, bitmap);
-    if (kind == INT || kind == FLOAT || kind == TIME)
-      values = pool.take(static_cast<size_t>(capacity) * 8);
-    if (kind == BOOL) {
-      values = pool.take(bitmap);
-      std::memset(values.data(), 0, bitmap);
+  // Drop the value already given for `row` (the key came twice: the last one counts).
+  bool drop_last(int64_t row) {
+    std::vector<uint32_t> &r = sparse->rows;
+    if (r.empty() || r.back() != static_cast<uint32_t>(row)) return false;
+    r.pop_back();
+    if (is_text()) {
+      sparse->ends.pop_back();
+      text_used = sparse->ends.empty() ? 0 : sparse->ends.back();
+    } else {
+      sparse->fixed.pop_back();
     }
-    if (text()) {
-      offsets = pool.take((static_cast<size_t>(capacity) + 1) * 4);
-      offs()[0] = 0;
-      values = pool.take(static_cast<size_t>(capacity) * 16);
-    }
+    return true;
   }
 
-  int32_t *offs() { return reinterpret_cast<int32_t *>(offsets.data()); }
-
-  static void set_bit(Bytes &bits, int64_t i, bool on) {
-    uint8_t mask = static_cast<uint8_t>(1u << (i % 8));
-    if (on)
-      bits[static_cast<size_t>(i / 8)] |= mask;
-    else
-      bits[static_cast<size_t>(i / 8)] &= static_cast<uint8_t>(~mask);
+  void put_fixed(int64_t row, uint64_t bits) {
+    drop_last(row);
+    sparse->rows.push_back(static_cast<uint32_t>(row));
+    sparse->fixed.push_back(bits);
   }
-
-  void put_fixed(int64_t row, const void *v) {
-    ensure();
-    std::memcpy(values.data() + row * 8, v, 8);
-    set_bit(validity, row, true);
+  void put_int(int64_t row, int64_t v) { put_fixed(row, static_cast<uint64_t>(v)); }
+  void put_float(int64_t row, double v) {
+    uint64_t bits;
+    std::memcpy(&bits, &v, 8);
+    put_fixed(row, bits);
   }
-  void put_int(int64_t row, int64_t v) { put_fixed(row, &v); }
-  void put_float(int64_t row, double v) { put_fixed(row, &v); }
-  void put_bool(int64_t row, bool v) {
-    ensure();
-    set_bit(values, row, v);
-    set_bit(validity, row, true);
-  }
+  void put_bool(int64_t row, bool v) { put_fixed(row, v ? 1 : 0); }
 
-  void put_text(int64_t row, std::string_view text) {
-    ensure();
-    int32_t *o = offs();
-    if (filled > row) {  // the key came twice in one line: the last one counts
-      used_bytes = static_cast<size_t>(o[row]);
-      filled = row;
-    }
-    int32_t end = static_cast<int32_t>(used_bytes);
-    for (int64_t i = filled; i < row; ++i) o[i + 1] = end;
-    if (used_bytes + text.size() > values.size())
-      values.resize(std::max(values.size() * 2, used_bytes + text.size()));
-    std::memcpy(values.data() + used_bytes, text.data(), text.size());
-    used_bytes += text.size();
-    o[row + 1] = static_cast<int32_t>(used_bytes);
-    filled = row + 1;
-    set_bit(validity, row, true);
+  void put_text(int64_t row, std::string_view value) {
+    drop_last(row);
+    if (text.empty()) text = pool.take(static_cast<size_t>(capacity) * 16);
+    if (text_used + value.size() > text.size())
+      text.resize(std::max(text.size() * 2, text_used + value.size()));
+    std::memcpy(text.data() + text_used, value.data(), value.size());
+    text_used += value.size();
+    sparse->rows.push_back(static_cast<uint32_t>(row));
+    sparse->ends.push_back(static_cast<uint32_t>(text_used));
   }
 
   // Undo whatever this column holds for `row` (a null came later, or the line is bad).
-  void clear(int64_t row) {
-    if (!active) return;
-    set_bit(validity, row, false);
-    if (text() && filled > row) {
-      used_bytes = static_cast<size_t>(offs()[row]);
-      filled = row;
-    }
-  }
+  void clear(int64_t row) { drop_last(row); }
 
+  // The dense Arrow buffers of `rows` rows, in one pass over the values.
   void finish(int64_t rows) {
-    if (!active) {
-      nulls = rows;
+    const std::vector<uint32_t> &present = sparse->rows;
+    nulls = rows - static_cast<int64_t>(present.size());
+    if (present.empty()) {
+      if (is_text()) pool.give(std::move(text));
       return;
     }
-    if (text()) {
-      int32_t *o = offs();
-      int32_t end = static_cast<int32_t>(used_bytes);
-      for (int64_t i = filled; i < rows; ++i) o[i + 1] = end;
-      filled = rows;
-      offsets.resize((static_cast<size_t>(rows) + 1) * 4);
-      values.resize(used_bytes);
-    } else if (kind != BOOL) {
-      values.resize(static_cast<size_t>(rows) * 8);
+    active = true;
+    size_t bitmap = std::max<size_t>(static_cast<size_t>((rows + 7) / 8), 1);
+    validity = pool.take(bitmap);
+    std::memset(validity.data(), 0, bitmap);
+    for (uint32_t r : present) validity[r / 8] |= static_cast<uint8_t>(1u << (r % 8));
+    if (is_text()) {
+      offsets = pool.take((static_cast<size_t>(rows) + 1) * 4);
+      int32_t *o = reinterpret_cast<int32_t *>(offsets.data());
+      o[0] = 0;
+      size_t j = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        bool has = j < present.size() && present[j] == static_cast<uint32_t>(r);
+        o[r + 1] = has ? static_cast<int32_t>(sparse->ends[j++]) : o[r];
+      }
+      text.resize(text_used);
+      values = std::move(text);
+      text = Bytes();
+    } else if (kind == BOOL) {
+      values = pool.take(bitmap);
+      std::memset(values.data(), 0, bitmap);
+      for (size_t j = 0; j < present.size(); ++j)
+        if (sparse->fixed[j]) values[present[j] / 8] |= static_cast<uint8_t>(1u << (present[j] % 8));
+    } else {
+      values = pool.take(static_cast<size_t>(rows) * 8);
+      uint64_t *v = reinterpret_cast<uint64_t *>(values.data());
+      std::memset(v, 0, static_cast<size_t>(rows) * 8);
+      for (size_t j = 0; j < present.size(); ++j) v[present[j]] = sparse->fixed[j];
     }
-    int64_t set = 0;
-    size_t full = static_cast<size_t>(rows / 8);
-    for (size_t i = 0; i < full; ++i) set += __builtin_popcount(validity[i]);
-    for (int64_t i = static_cast<int64_t>(full) * 8; i < rows; ++i)
-      set += (validity[static_cast<size_t>(i / 8)] >> (i % 8)) & 1;
-    nulls = rows - set;
   }
 
   // Back to the pool (a column of a failed block).
   void recycle() {
+    pool.give(std::move(text));
     if (!active) return;
     pool.give(std::move(validity));
     pool.give(std::move(values));
@@ -833,8 +860,9 @@ void parse_block(SpecObject *self, const char *text, size_t size, Outcome &out) 
        (p = static_cast<const char *>(std::memchr(p, '\n', static_cast<size_t>(end - p))));
        ++p)
     ++n;  // as many lines as newlines + 1
-  for (Column &c : cols) c.reset(n);
-  out.extra.reset(n);
+  if (scratch.size() < cols.size() + 1) scratch.resize(cols.size() + 1);
+  for (size_t i = 0; i < cols.size(); ++i) cols[i].reset(&scratch[i], n);
+  out.extra.reset(&scratch[cols.size()], n);
   out.status.assign(static_cast<size_t>(n), 0);
   od::parser parser;
   Parser walker(self->root, &cols, self->nodes);
@@ -899,7 +927,7 @@ PyObject *column_tuple(Column &c) {
   if (!c.active)
     return Py_BuildValue("(OOOL)", Py_None, Py_None, Py_None, static_cast<long long>(c.nulls));
   PyObject *validity = buffer_of(std::move(c.validity));
-  PyObject *offsets = c.text() ? buffer_of(std::move(c.offsets)) : (Py_INCREF(Py_None), Py_None);
+  PyObject *offsets = c.is_text() ? buffer_of(std::move(c.offsets)) : (Py_INCREF(Py_None), Py_None);
   PyObject *values = buffer_of(std::move(c.values));
   c.active = false;
   return Py_BuildValue("(NNNL)", validity, offsets, values, static_cast<long long>(c.nulls));
@@ -926,6 +954,7 @@ PyObject *Spec_parse(SpecObject *self, PyObject *args) {
   PyBuffer_Release(&view);
   if (!out.error.empty()) {
     for (Column &c : out.cols) c.recycle();
+    out.extra.recycle();
     PyErr_SetString(PyExc_ValueError, out.error.c_str());
     return nullptr;
   }

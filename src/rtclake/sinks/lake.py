@@ -8,6 +8,7 @@ so a reader (DuckDB's glob) never sees half a file.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -16,17 +17,35 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rtclake.sinks.base import Batch, Sink
-from rtclake.tables import TableRegistry
+from rtclake.tables import ENVELOPE, Table, TableRegistry
 
 
 def partition_dates(table: pa.Table) -> list[tuple[str, pa.Table]]:
     """Split a table by the UTC date of its ``time`` column."""
     days = pc.floor_temporal(table["time"], unit="day")
+    unique = pc.unique(days)
+    if len(unique) == 1:  # the usual case: no copy
+        return [(unique[0].as_py().strftime("%Y-%m-%d"), table)]
     out = []
-    for day in pc.unique(days):
+    for day in unique:
         part = table.filter(pc.equal(days, day))
         out.append((day.as_py().strftime("%Y-%m-%d"), part))
     return sorted(out, key=lambda pair: pair[0])
+
+
+@functools.cache
+def _encodings(table: Table) -> dict[str, list[str]]:
+    """Parquet options per table: a dictionary for text columns (ids and names repeat),
+    none for numbers (counters rarely do, and it costs time); min/max statistics for the
+    columns queries filter and prune on (envelope, ids, times), not for every metric:
+    with ~170 mostly empty columns, both took a fifth of the time of writing a file."""
+    schema = table.stored_schema
+    text = [f.name for f in schema if pa.types.is_string(f.type)]
+    keys = {f.name for f in ENVELOPE} | {c.name for c in table.columns if c.kind in ("id", "time")}
+    return {
+        "use_dictionary": text,
+        "write_statistics": [name for name in schema.names if name in keys],
+    }
 
 
 class LakeSink(Sink):
@@ -55,12 +74,12 @@ class LakeSink(Sink):
         for table_name, table in batch.tables.items():
             if table.num_rows == 0:
                 continue
-            stored = self.tables[table_name].stored_schema.names
-            for date, part in partition_dates(table.select(stored)):
+            declared = self.tables[table_name]
+            for date, part in partition_dates(table.select(declared.stored_schema.names)):
                 folder = self.root / table_name / f"date={date}"
-                self._write_file(folder, f"{batch.name}.parquet", part)
+                self._write_file(folder, f"{batch.name}.parquet", part, declared)
 
-    def _write_file(self, folder: Path, name: str, table: pa.Table) -> None:
+    def _write_file(self, folder: Path, name: str, table: pa.Table, declared: Table) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{name}.tmp"
         with open(tmp, "wb") as fh:
@@ -69,8 +88,7 @@ class LakeSink(Sink):
                 fh,
                 compression=self.compression,
                 compression_level=self.compression_level,
-                use_dictionary=True,
-                write_statistics=True,
+                **_encodings(declared),
             )
             fh.flush()
             os.fsync(fh.fileno())
