@@ -10,7 +10,7 @@ from pathlib import Path
 from bench import http_ingest, sora_import
 
 
-def parse(argv: Sequence[str]) -> tuple[http_ingest.Options, str | None, int]:
+def parse(argv: Sequence[str]) -> tuple[http_ingest.Options, str | None, int, int]:
     d = http_ingest.Options()
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--duration", type=float, default=d.duration, help="measured seconds/phase")
@@ -51,6 +51,9 @@ def parse(argv: Sequence[str]) -> tuple[http_ingest.Options, str | None, int]:
     p.add_argument("--out-dir", type=Path, default=d.out_dir)
     p.add_argument("--only", choices=("http", "sora"), help="run one benchmark (default: all)")
     p.add_argument("--sora-lines", type=int, default=sora_import.LINES)
+    p.add_argument(
+        "--sora-rounds", type=int, default=sora_import.ROUNDS, help="alternating runs per side"
+    )
     a = p.parse_args(argv)
     if a.duration <= 0 or a.warmup < 0:
         p.error("--duration must be > 0 and --warmup >= 0")
@@ -71,17 +74,17 @@ def parse(argv: Sequence[str]) -> tuple[http_ingest.Options, str | None, int]:
         write_docs=not a.no_docs,
         out_dir=a.out_dir.resolve(),
     )
-    return opts, a.only, a.sora_lines
+    return opts, a.only, a.sora_lines, a.sora_rounds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    opts, only, sora_lines = parse(args)
+    opts, only, sora_lines, sora_rounds = parse(args)
     code = 0
     if only in (None, "http"):
         code = http_ingest.run(opts, args)
     if only in (None, "sora"):
-        verdicts = sora_import.run(opts.out_dir, opts.write_docs, sora_lines)
+        verdicts = sora_import.run(opts.out_dir, opts.write_docs, sora_lines, sora_rounds)
         code = code or int(not all(v.passed for v in verdicts))
     return code
 

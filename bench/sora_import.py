@@ -35,6 +35,7 @@ from rtclake.sinks.lake import LakeSink
 from rtclake.sora.logs import table_for
 
 LINES = 1_000_000
+ROUNDS = 3  # each side runs this many times, alternating; the medians are compared
 
 _KOHAKU_COLUMNS = {
     "connection_id": "VARCHAR", "id": "VARCHAR", "label": "VARCHAR", "timestamp": "TIMESTAMP",
@@ -109,18 +110,31 @@ def rtclake_import(gz: Path, work: Path) -> Result:
     return Result(int(rows), seconds, stored)
 
 
-def run(out_dir: Path, write_docs: bool, lines: int = LINES) -> list[Verdict]:
+def _median(results: list[Result]) -> Result:
+    return sorted(results, key=lambda r: r.seconds)[len(results) // 2]
+
+
+def run(out_dir: Path, write_docs: bool, lines: int = LINES, rounds: int = ROUNDS) -> list[Verdict]:
     console = Console()
     out = out_dir / "sora-import"
     out.mkdir(parents=True, exist_ok=True)
     console.print(f"Sora import: generating {lines:,} rtc_stats lines (cached in {out}) ...")
     gz = corpus(out, lines)
     gz_per_row = gz.stat().st_size / lines
-    console.print("Sora import: rtclake import ...")
-    ours = rtclake_import(gz, out)
-    console.print("Sora import: Kohaku's method ...")
-    theirs = kohaku(gz, out)
+    # The machine is shared and noisy: the two sides take turns, and the medians count.
+    ours_runs: list[Result] = []
+    theirs_runs: list[Result] = []
+    for i in range(rounds):
+        console.print(f"Sora import: round {i + 1}/{rounds}: rtclake import ...")
+        ours_runs.append(rtclake_import(gz, out))
+        console.print(f"Sora import: round {i + 1}/{rounds}: Kohaku's method ...")
+        theirs_runs.append(kohaku(gz, out))
+    ours, theirs = _median(ours_runs), _median(theirs_runs)
     ratio = ours.rows_per_s / theirs.rows_per_s
+    per_round = ", ".join(
+        f"{a.rows_per_s / b.rows_per_s:.2f}x" for a, b in zip(ours_runs, theirs_runs, strict=True)
+    )
+    console.print(f"Sora import: rtclake/Kohaku rows/s round by round: {per_round}")
     size = ours.stored_bytes / ours.rows / gz_per_row
     rows = [
         ["rtclake import (Parquet lake)", num(ours.rows), f"{ours.seconds:.1f} s",
@@ -132,7 +146,7 @@ def run(out_dir: Path, write_docs: bool, lines: int = LINES) -> list[Verdict]:
     ]  # fmt: skip
     header = ["", "rows", "time", "rows/s", "bytes/row"]
     verdicts = [
-        Verdict("import speed vs Kohaku", ">= 2.0x", f"{ratio:.2f}x", ratio >= 2.0),
+        Verdict("import speed vs Kohaku (medians)", ">= 2.0x", f"{ratio:.2f}x", ratio >= 2.0),
         Verdict("lake bytes/row vs gzipped JSON Lines", "<= 0.5x", f"{size:.2f}x", size <= 0.5),
         Verdict("rows stored", f"{lines:,}", f"{ours.rows:,} / {theirs.rows:,}",
                 ours.rows == theirs.rows == lines),
@@ -148,6 +162,8 @@ def run(out_dir: Path, write_docs: bool, lines: int = LINES) -> list[Verdict]:
         body = (
             "## Sora rtc_stats import\n\nCommand: `make bench`\n\nMachine:\n\n"
             f"{facts}\n\n"
+            f"Rounds: {rounds}, the two sides alternating; the table shows each side's median"
+            f" run. rtclake/Kohaku rows/s round by round: {per_round}.\n\n"
             f"Input: {lines:,} generated `rtc_stats.jsonl` lines (`bench/sora_corpus.py`:"
             " 400 connections in rooms of four, every common RTCStats type, Erlang-printed"
             " floats), gzipped as Fluent Bit uploads them; both sides read that `.gz` file."

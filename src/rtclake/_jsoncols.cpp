@@ -114,9 +114,11 @@ class Pool {
     }
   }
 
-  void set_limit(size_t limit) {
+  size_t set_limit(size_t limit) {
     std::lock_guard<std::mutex> hold(lock_);
+    size_t before = limit_;
     limit_ = limit;
+    return before;
   }
 
   size_t held() {
@@ -995,9 +997,9 @@ PyObject *set_pool_limit(PyObject *, PyObject *arg) {
     if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "the limit is a number of bytes");
     return nullptr;
   }
-  pool.set_limit(static_cast<size_t>(limit));
+  size_t before = pool.set_limit(static_cast<size_t>(limit));
   if (limit == 0) pool.release();
-  Py_RETURN_NONE;
+  return PyLong_FromSize_t(before);
 }
 
 PyObject *release_pool(PyObject *, PyObject *) {
@@ -1011,7 +1013,8 @@ PyObject *pool_bytes(PyObject *, PyObject *) {
 
 PyMethodDef module_methods[] = {
     {"set_pool_limit", set_pool_limit, METH_O,
-     "set_pool_limit(bytes): how much freed column memory to keep for the next blocks"},
+     "set_pool_limit(bytes) -> the previous limit: how much freed column memory to keep for "
+     "the next blocks"},
     {"release_pool", release_pool, METH_NOARGS, "Free the column memory kept for reuse."},
     {"pool_bytes", pool_bytes, METH_NOARGS, "Bytes of column memory kept for reuse."},
     {nullptr, nullptr, 0, nullptr},

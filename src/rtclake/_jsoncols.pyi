@@ -17,8 +17,9 @@ class Spec:
         message))."""
     def paths(self) -> list[str]: ...
 
-def set_pool_limit(limit: int, /) -> None:
-    """How many bytes of freed column memory to keep for the next blocks (0: none)."""
+def set_pool_limit(limit: int, /) -> int:
+    """How many bytes of freed column memory to keep for the next blocks (0: none); returns
+    the previous limit (256 MiB at first)."""
 
 def release_pool() -> None:
     """Free the column memory kept for reuse."""

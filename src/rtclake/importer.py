@@ -30,6 +30,7 @@ import pyarrow as pa
 import structlog
 from isal.isal_zlib import _GzipReader  # gzip inflated 2-3x faster than zlib (Intel ISA-L)
 
+from rtclake import _jsoncols
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch, Sink
 from rtclake.spool import EntryHeader
@@ -39,6 +40,10 @@ from rtclake.writer import Converter
 log = structlog.get_logger(__name__)
 
 BLOCK_BYTES = 32 * 1024 * 1024
+# Column memory the parser keeps for the next blocks while an importer lives: the blocks
+# in flight (read, parsed, queued, written) need ~300 MB at 32 MiB per block; kept, it is
+# not faulted in again for every block. The writer's default is smaller.
+POOL_BYTES = 512 * 1024 * 1024
 SOURCE = "import"
 
 
@@ -213,10 +218,13 @@ class Importer:
         )
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="import-convert")
         self._reader = BlockReader(block_bytes)
+        self._pool_before = _jsoncols.set_pool_limit(POOL_BYTES)
 
     def close(self) -> None:
         self._pool.shutdown()
         self._converter.close()
+        _jsoncols.set_pool_limit(self._pool_before)
+        _jsoncols.release_pool()
 
     def import_paths(self, paths: Iterable[Path], stats: ImportStats | None = None) -> ImportStats:
         stats = stats or ImportStats()
