@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import boto3
 import pytest
 
 from rtclake.catalog import default_registry
-from rtclake.importer import Importer, ImportStats
+from rtclake.importer import BlockReader, Importer, ImportStats
 from rtclake.query import QueryEngine
 from rtclake.s3_import import S3Importer, S3Location, s3_client
 from rtclake.sinks.lake import LakeSink
@@ -107,6 +108,32 @@ def test_import_is_incremental_skips_bad_lines_and_keeps_misfits(tmp_path: Path)
     assert third.rows == 50
     assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == 249
     assert count(tmp_path, "SELECT count(*) FROM rtc_stats", dedup=False) == 249
+
+
+def test_blocks_keep_lines_whole_across_buffers_gzip_members_and_read_only_streams() -> None:
+    lines = [f'{{"n": {i}, "pad": "{"x" * (i * 37 % 9000)}"}}'.encode() for i in range(300)]
+    text = b"\n".join(lines) + b"\n"
+    # Two gzip members back to back, as an appended log file or a retried upload makes.
+    half = len(text) // 2
+    cut = text.index(b"\n", half) + 1
+    packed = gzip.compress(text[:cut]) + gzip.compress(text[cut:])
+
+    class ReadOnly:  # a stream with read() only (some HTTP bodies)
+        def __init__(self, data: bytes) -> None:
+            self._data = io.BytesIO(data)
+
+        def read(self, size: int = -1) -> bytes:
+            return self._data.read(size)
+
+    for stream, gz in ((io.BytesIO(text), False), (ReadOnly(packed), True)):
+        reader = BlockReader(4096, buffers=2)  # lines up to 9 KB: longer than a buffer
+        got = []
+        for offset, buf, length in reader.blocks(stream, gz):  # type: ignore[arg-type]
+            assert offset == sum(len(part) for part in got)
+            assert buf[length - 1 : length] == b"\n"
+            got.append(bytes(buf[:length]))
+            reader.release(buf)
+        assert b"".join(got) == text
 
 
 def test_a_line_imported_twice_is_stored_once(tmp_path: Path) -> None:

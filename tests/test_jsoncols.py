@@ -7,6 +7,7 @@ import time
 
 import pyarrow as pa
 
+from rtclake import _jsoncols
 from rtclake.spool import Entry, EntryHeader
 from rtclake.tables import Column, Table, TableRegistry
 from rtclake.writer import Converter, entries_to_header
@@ -111,3 +112,56 @@ def test_thousands_of_lines_with_many_shapes_keep_their_values() -> None:
         extra = json.loads(row["extra"])
         assert extra[f"k{i % 7}"] == i
         assert extra.get("d") == ({f"u{i % 5}": "v"} if i % 3 == 0 else None)
+
+
+def test_invalid_json_anywhere_in_a_line_makes_it_bad() -> None:
+    rows, bad = parse(
+        '{"n": -inf}',
+        '{"n": 01}',
+        '{"x": 1.}',
+        '{"u": {"a": tru}}',  # inside an unmapped value, which is copied to extra
+        '{"u": ["\\x"]}',  # a bad escape
+        '{"n": 1} trailing',
+        '{"n": 7}',
+    )
+    assert [r["n"] for r in rows] == [7]
+    assert [index for index, _ in bad] == [0, 1, 2, 3, 4, 5]
+    assert all("invalid JSON" in message for _, message in bad)
+
+
+def test_unusable_times_stay_in_extra_and_precision_past_microseconds_is_cut() -> None:
+    rows, bad = parse(
+        '{"at": "2026-02-30T00:00:00Z"}',  # no such day
+        '{"at": "2026-11-20T23:59:60Z"}',
+        '{"at": -1}',
+        '{"at": "2026-11-20T00:00:01.1234567Z"}',
+        '{"at": "2026-11-20T24:00:00Z"}',  # the end of the day
+        '{"at": "2026-11-20 00:00:01-00:30"}',
+        '{"at": 1795132801123456789}',  # nanoseconds
+    )
+    assert bad == []
+    assert [r["at"] for r in rows[:3]] == [None, None, None]
+    assert [json.loads(r["extra"])["at"] for r in rows[:3]] == [
+        "2026-02-30T00:00:00Z",
+        "2026-11-20T23:59:60Z",
+        -1,
+    ]
+    stamps = [r["at"].timestamp() for r in rows[3:]]
+    assert stamps == [1795132801.123456, 1795219200.0, 1795134601.0, 1795132801.123457]
+
+
+def test_numbers_keep_their_text_in_extra_and_ids() -> None:
+    (row,), bad = parse('{"ident": 123456789012345678901234567890, "big": 1.50e+400, "z": -0}')
+    assert bad == []
+    assert row["ident"] == "123456789012345678901234567890"
+    assert row["extra"] == '{"big":1.50e+400,"z":-0}'
+
+
+def test_column_memory_is_kept_for_the_next_block_and_released_on_request() -> None:
+    _jsoncols.release_pool()
+    lines = [json.dumps({"n": i, "s": "x" * (i % 50), "d": {"x": i / 3}}) for i in range(20000)]
+    rows, _ = parse(*lines)
+    assert len(rows) == 20000
+    assert _jsoncols.pool_bytes() > 20000 * 8  # the int and float buffers came back
+    _jsoncols.release_pool()
+    assert _jsoncols.pool_bytes() == 0

@@ -15,6 +15,7 @@ confirmed; a file that grew is continued where it stopped, a file that was repla
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import queue
 import threading
@@ -125,13 +126,17 @@ class _Inflated:
         return int(self._reader.readinto(view))
 
 
-class _ReadInto:
+class _ReadInto(io.RawIOBase):
     """``readinto`` for a stream that only has ``read``."""
 
     def __init__(self, fh: IO[bytes]) -> None:
+        super().__init__()
         self._fh = fh
 
-    def readinto(self, view: memoryview) -> int:
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, view: Any) -> int:
         data = self._fh.read(len(view))
         view[: len(data)] = data
         return len(data)
