@@ -1,8 +1,8 @@
 """The writer: drains sealed spool segments, in order, into every sink.
 
 One segment is one batch. Its entries are grouped by table, turned into Arrow by the
-table's projection (columnar, in DuckDB), and handed to each sink that has not yet
-confirmed the segment. A sink's confirmation is recorded in the spool; once every sink
+:class:`Converter` (the C++ parser, the envelope in Arrow, record ids in DuckDB), and
+handed to each sink that has not yet confirmed the segment. A sink's confirmation is recorded in the spool; once every sink
 confirmed, the segment is deleted. A failing sink is retried with exponential backoff
 while the segment stays on disk, so an outage loses nothing (the spool fills, and ingest
 answers 503 once it is full).
