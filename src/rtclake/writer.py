@@ -2,10 +2,10 @@
 
 One segment is one batch. Its entries are grouped by table, turned into Arrow by the
 :class:`Converter` (the C++ parser, the envelope in Arrow, record ids in DuckDB), and
-handed to each sink that has not yet confirmed the segment. A sink's confirmation is recorded in the spool; once every sink
-confirmed, the segment is deleted. A failing sink is retried with exponential backoff
-while the segment stays on disk, so an outage loses nothing (the spool fills, and ingest
-answers 503 once it is full).
+handed to each sink that has not yet confirmed the segment. A sink's confirmation is
+recorded in the spool; once every sink confirmed, the segment is deleted. A failing sink
+is retried with exponential backoff while the segment stays on disk, so an outage loses
+nothing (the spool fills, and ingest answers 503 once it is full).
 """
 
 from __future__ import annotations
