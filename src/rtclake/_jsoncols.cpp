@@ -189,10 +189,11 @@ struct Column {
     nulls = 0;
   }
 
-  // Drop the value already given for `row` (the key came twice: the last one counts).
-  bool drop_last(int64_t row) {
+  // Undo whatever this column holds for `row`: the key came twice (the last one counts),
+  // a null came later, or the line is bad. A row's value, if any, is the last one.
+  void clear(int64_t row) {
     std::vector<uint32_t> &r = sparse->rows;
-    if (r.empty() || r.back() != static_cast<uint32_t>(row)) return false;
+    if (r.empty() || r.back() != static_cast<uint32_t>(row)) return;
     r.pop_back();
     if (is_text()) {
       sparse->ends.pop_back();
@@ -200,11 +201,10 @@ struct Column {
     } else {
       sparse->fixed.pop_back();
     }
-    return true;
   }
 
   void put_fixed(int64_t row, uint64_t bits) {
-    drop_last(row);
+    clear(row);
     sparse->rows.push_back(static_cast<uint32_t>(row));
     sparse->fixed.push_back(bits);
   }
@@ -217,7 +217,7 @@ struct Column {
   void put_bool(int64_t row, bool v) { put_fixed(row, v ? 1 : 0); }
 
   void put_text(int64_t row, std::string_view value) {
-    drop_last(row);
+    clear(row);
     if (text.empty()) text = pool.take(static_cast<size_t>(capacity) * 16);
     if (text_used + value.size() > text.size())
       text.resize(std::max(text.size() * 2, text_used + value.size()));
@@ -226,9 +226,6 @@ struct Column {
     sparse->rows.push_back(static_cast<uint32_t>(row));
     sparse->ends.push_back(static_cast<uint32_t>(text_used));
   }
-
-  // Undo whatever this column holds for `row` (a null came later, or the line is bad).
-  void clear(int64_t row) { drop_last(row); }
 
   // The dense Arrow buffers of `rows` rows, in one pass over the values.
   void finish(int64_t rows) {

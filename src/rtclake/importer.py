@@ -114,16 +114,11 @@ def expand(paths: Iterable[Path]) -> Iterator[Path]:
             yield path
 
 
-class _Inflated:
-    """The inflated bytes of a gzip stream (several members allowed), read into the
-    caller's buffer; ISA-L does the work without holding the GIL."""
-
-    def __init__(self, fh: IO[bytes]) -> None:
-        raw: Any = fh if hasattr(fh, "readinto") else _ReadInto(fh)
-        self._reader = _GzipReader(raw, 1 << 20)
-
-    def readinto(self, view: memoryview) -> int:
-        return int(self._reader.readinto(view))
+def _inflated(fh: IO[bytes]) -> Any:
+    """The inflated bytes of a gzip stream (several members allowed), with ``readinto``
+    into the caller's buffer; ISA-L does the work without holding the GIL."""
+    raw: Any = fh if hasattr(fh, "readinto") else _ReadInto(fh)
+    return _GzipReader(raw, 1 << 20)
 
 
 class _ReadInto(io.RawIOBase):
@@ -151,7 +146,6 @@ class BlockReader:
     """
 
     def __init__(self, block: int, buffers: int = 4) -> None:
-        self.block = block
         self._free: queue.Queue[bytearray] = queue.Queue()
         for _ in range(buffers):
             self._free.put(bytearray(block))
@@ -163,7 +157,7 @@ class BlockReader:
         """(offset in the uncompressed stream, buffer, length) per block: the buffer's
         first ``length`` bytes are whole lines (the last block may end without a newline).
         The caller releases each buffer."""
-        source: Any = _Inflated(fh) if gz else fh
+        source: Any = _inflated(fh) if gz else fh
         carry = b""  # the start of a line cut by the end of the previous block
         offset = 0
         while True:
@@ -217,7 +211,8 @@ class Importer:
         self.table_for = table_for
         self.metrics = metrics or Metrics()
         self.block_bytes = block_bytes
-        # Two blocks convert at once, each on one DuckDB thread: one per core.
+        # Two blocks convert at once (one per core); DuckDB, one thread per block, only
+        # hashes record ids, when a sink needs them.
         self._converter = Converter(
             tables, threads=1, record_ids=any(sink.needs_record_id for sink in self.sinks)
         )

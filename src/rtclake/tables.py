@@ -45,7 +45,7 @@ _VALIDATOR_TYPES: dict[str, Any] = {
     "float": float | int | None,
     "int": int | None,
 }
-_ARROW_TYPES: dict[str, pa.DataType] = {
+ARROW_TYPES: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
     "json": pa.string(),
     "string": pa.string(),
@@ -85,7 +85,7 @@ class Column:
 
     @property
     def arrow_type(self) -> pa.DataType:
-        return _ARROW_TYPES[self.kind]
+        return ARROW_TYPES[self.kind]
 
 
 def columns(kind: FieldKind, prefix: str, names: str, *, named: str = "") -> tuple[Column, ...]:
@@ -263,8 +263,6 @@ INPUT_SCHEMA = pa.schema(
 
 # The kinds in the order rtclake._jsoncols numbers them.
 NATIVE_KINDS: tuple[FieldKind, ...] = ("string", "id", "time", "float", "int", "bool", "json")
-# The Arrow type the parser gives a key path of each kind (times: microseconds, UTC).
-PARSED_TYPES: dict[str, pa.DataType] = _ARROW_TYPES
 
 Tree = dict[str, Any]  # key -> kind (a leaf) or a nested Tree
 

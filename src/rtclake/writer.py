@@ -33,7 +33,7 @@ from rtclake.errors import SpoolCorrupt
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch, Sink
 from rtclake.spool import Entry, EntryHeader, Segment, Spool
-from rtclake.tables import PARSED_TYPES, TIME_KEYS, TYPE_KEYS, UTC_US, Table, TableRegistry
+from rtclake.tables import ARROW_TYPES, TIME_KEYS, TYPE_KEYS, UTC_US, Table, TableRegistry
 
 if TYPE_CHECKING:
     from rtclake._jsoncols import ColumnBuffers
@@ -82,7 +82,7 @@ class Parsed:
     """The lines of one table in one batch, parsed (see :meth:`Converter.parse`)."""
 
     table: Table
-    header: pa.Table  # INPUT_SCHEMA of the stored lines
+    header: pa.Table  # INPUT_SCHEMA of the stored lines (``line`` only without identity)
     keys: dict[str, pa.Array]  # key path -> values, one per stored line
     extra: pa.Array
     bad: list[tuple[int, str]]  # lines left out: (line index in the batch, message)
@@ -192,18 +192,15 @@ class Converter:
         kinds = table._kinds()
         paths = spec.paths()
         keys = {
-            p: _array(PARSED_TYPES[kinds[p]], rows, b) for p, b in zip(paths, buffers, strict=True)
+            p: _array(ARROW_TYPES[kinds[p]], rows, b) for p, b in zip(paths, buffers, strict=True)
         }
-        needs_line = not table.identity  # the record id of other tables hashes the line
-        if needs_line:
+        if not table.identity:  # the record id of other tables hashes the line
             lines = pc.split_pattern(pa.array([bytes(text)], pa.large_binary()), "\n").flatten()
             header = header.append_column("line", lines.cast(pa.large_string()))
         if rows != header.num_rows:
             codes = pa.Array.from_buffers(pa.uint8(), len(status), [None, pa.py_buffer(status)])
             stored = pc.equal(codes, 0)
             header = header.filter(stored)
-        if not needs_line:
-            header = header.append_column("line", pa.nulls(rows, pa.string()))
         extra_array = _array(pa.string(), rows, extra)
         return Parsed(table, header, keys, extra_array, bad, notes, len(status))
 

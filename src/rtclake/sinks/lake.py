@@ -38,7 +38,8 @@ def _encodings(table: Table) -> dict[str, list[str]]:
     """Parquet options per table: a dictionary for text columns (ids and names repeat),
     none for numbers (counters rarely do, and it costs time); min/max statistics for the
     columns queries filter and prune on (envelope, ids, times), not for every metric:
-    with ~170 mostly empty columns, both took a fifth of the time of writing a file."""
+    for ~170 mostly empty columns this took writing from 1.56 to 1.35 core-seconds per
+    million Sora rows (one run of bench-style files)."""
     schema = table.stored_schema
     text = [f.name for f in schema if pa.types.is_string(f.type)]
     keys = {f.name for f in ENVELOPE} | {c.name for c in table.columns if c.kind in ("id", "time")}
