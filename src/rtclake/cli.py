@@ -6,7 +6,7 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 import typer
@@ -161,7 +161,8 @@ def query(
 ) -> None:
     """Run SQL over the lake, locally, and print the result."""
     from rtclake.catalog import default_registry
-    from rtclake.query import JSON_OPTIONS, QueryEngine, json_default
+    from rtclake.query import QueryEngine
+    from rtclake.results import JSON_OPTIONS, json_rows, text_rows, write_csv
 
     settings = _settings(config)
     q = settings.query
@@ -179,29 +180,28 @@ def query(
         typer.echo(f"error ({exc.reason}): {exc.message}", err=True)
         raise typer.Exit(1) from exc
     if output is Format.csv:
-        import pyarrow.csv as pacsv
-
-        table = result.table
-        pacsv.write_csv(table, sys.stdout.buffer)
+        write_csv(result.table, result.types, sys.stdout)
     elif output is Format.json:
-        rows = [dict(zip(result.columns, row, strict=True)) for row in result.rows()]
-        sys.stdout.buffer.write(
-            orjson.dumps(rows, default=json_default, option=JSON_OPTIONS | orjson.OPT_INDENT_2)
-            + b"\n"
-        )
+        rows = json_rows(result.table, result.types)
+        objects = [dict(zip(result.columns, row, strict=True)) for row in rows]
+        sys.stdout.write(orjson.dumps(objects, option=JSON_OPTIONS | orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
     else:
-        _print_table(result.columns, result.rows())
+        _print_table(result.columns, text_rows(result.table, result.types))
     if result.truncated:
         typer.echo(f"(truncated to {result.table.num_rows} rows)", err=True)
 
 
-def _print_table(columns: list[str], rows: list[list[Any]]) -> None:
+def _print_table(columns: list[str], rows: list[list[str]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(*columns)
+    table = Table()
+    for column in columns:
+        table.add_column(Text(column))
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        table.add_row(*(Text(cell) for cell in row))  # Text: "[x]" is a value, not markup
     Console().print(table)
 
 

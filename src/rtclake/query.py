@@ -9,12 +9,9 @@ time limit.
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import threading
 import time
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,42 +20,38 @@ import orjson
 import pyarrow as pa
 
 from rtclake.errors import QueryError
+from rtclake.results import is_json, unique_names
 from rtclake.tables import Table, TableRegistry
 
 _ALLOWED = {"SELECT"}
-
-
-def json_default(value: Any) -> Any:
-    """What ``orjson`` cannot encode by itself, as DuckDB returns it."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        return base64.b64encode(bytes(value)).decode()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
-
-
-JSON_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+# Types DuckDB 1.4 cannot hand to Arrow (TIME_NS, VARIANT) or hands over without their
+# offset (TIME WITH TIME ZONE): a column that holds one is cast by DuckDB itself.
+_NOT_ARROW = {"time_ns", "variant", "time with time zone"}
 
 
 @dataclass(frozen=True)
 class QueryResult:
+    """The rows of one query as Arrow, with DuckDB's type of each column.
+
+    Column names are unique (``a``, ``a_1``, ...); :mod:`rtclake.results` turns the
+    result into JSON rows, CSV or table text.
+    """
+
     table: pa.Table
+    types: tuple[Any, ...]
     truncated: bool
     elapsed: float
-    json_columns: frozenset[str]
 
     @property
     def columns(self) -> list[str]:
         return list(self.table.column_names)
 
     def rows(self) -> list[list[Any]]:
-        """Rows as lists; JSON columns parsed into objects."""
+        """Rows as lists of Python values (Arrow's); JSON columns parsed into objects."""
         columns = []
-        for name in self.table.column_names:
-            values = self.table.column(name).to_pylist()
-            if name in self.json_columns:
+        for i, duck_type in enumerate(self.types):
+            values = self.table.column(i).to_pylist()
+            if is_json(duck_type):
                 values = [None if v is None else orjson.loads(v) for v in values]
             columns.append(values)
         return [list(row) for row in zip(*columns, strict=True)] if columns else []
@@ -160,10 +153,20 @@ class QueryEngine:
         timer = threading.Timer(timeout, con.interrupt)
         timer.start()
         try:
-            result = con.execute(sql)
-            json_columns = frozenset(
-                d[0] for d in result.description or () if str(d[1]).upper() == "JSON"
-            )
+            result: Any = con.execute(sql)
+            names = unique_names([d[0] for d in result.description])
+            casts = [
+                _arrow_cast(i, d[1], name)
+                for i, (d, name) in enumerate(zip(result.description, names, strict=True), 1)
+            ]
+            if any(cast is not None for cast in casts):
+                result = con.sql(sql).project(
+                    ", ".join(
+                        cast or f'#{i} AS "{_quote(name)}"'
+                        for i, (cast, name) in enumerate(zip(casts, names, strict=True), 1)
+                    )
+                )
+            types = tuple(d[1] for d in result.description)
             reader = result.fetch_record_batch(min(limit + 1, 100_000))
             batches: list[pa.RecordBatch] = []
             rows = 0
@@ -172,7 +175,7 @@ class QueryEngine:
                 rows += batch.num_rows
                 if rows > limit:
                     break
-            table = pa.Table.from_batches(batches, schema=reader.schema)
+            table = pa.Table.from_batches(batches, schema=reader.schema).rename_columns(names)
         except duckdb.InterruptException as exc:
             raise QueryError("timeout", f"query ran longer than {timeout:g} s") from exc
         except duckdb.Error as exc:
@@ -180,6 +183,32 @@ class QueryEngine:
         finally:
             timer.cancel()
         truncated = table.num_rows > limit
-        return QueryResult(
-            table.slice(0, limit), truncated, time.perf_counter() - started, json_columns
-        )
+        return QueryResult(table.slice(0, limit), types, truncated, time.perf_counter() - started)
+
+
+def _quote(name: str) -> str:
+    return name.replace('"', '""')
+
+
+def _holds(duck_type: Any, ids: set[str]) -> bool:
+    """Whether a DuckDB type is, or holds at any depth, a type whose id is in ``ids``."""
+    if duck_type.id in ids:
+        return True
+    if duck_type.id in ("list", "array", "struct", "map", "union"):
+        return any(_holds(t, ids) for _, t in duck_type.children if hasattr(t, "id"))
+    return False
+
+
+def _arrow_cast(position: int, duck_type: Any, name: str) -> str | None:
+    """The projection that makes column ``position`` fit Arrow, or None if it fits."""
+    if not _holds(duck_type, _NOT_ARROW):
+        return None
+    # DuckDB 1.4 casts a VARIANT to JSON, but not one inside a list or struct (text then),
+    # and its cast of TIME_NS to JSON forgets the quotes, which to_json has.
+    if duck_type.id == "variant":
+        expression = f"CAST(#{position} AS JSON)"
+    elif _holds(duck_type, {"variant"}):
+        expression = f"CAST(#{position} AS VARCHAR)"
+    else:
+        expression = f"to_json(#{position})"
+    return f'{expression} AS "{_quote(name)}"'

@@ -19,7 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from rtclake import __version__
 from rtclake.errors import QueryError
-from rtclake.query import JSON_OPTIONS, json_default
+from rtclake.results import JSON_OPTIONS, json_rows
 from rtclake.service import Service
 from rtclake.sources.http_ingest import JSON, bearer_ok, json_error
 
@@ -96,20 +96,16 @@ def create_app(service: Service) -> Starlette:
             result = await run_in_threadpool(service.query.run, body["sql"], max_rows=max_rows)
         except QueryError as exc:
             return json_error(400, exc.reason, exc.message)
-        try:
-            rows = result.rows()
-        except (ValueError, OverflowError) as exc:
-            return json_error(400, "unrepresentable", f"a value cannot be returned: {exc}")
         payload = {
             "columns": result.columns,
-            "types": [str(f.type) for f in result.table.schema],
-            "rows": rows,
+            "types": [str(t) for t in result.types],
+            "rows": json_rows(result.table, result.types),
             "row_count": result.table.num_rows,
             "truncated": result.truncated,
             "elapsed_ms": round(result.elapsed * 1000, 3),
         }
         return Response(
-            orjson.dumps(payload, default=json_default, option=JSON_OPTIONS),
+            orjson.dumps(payload, option=JSON_OPTIONS),
             media_type=JSON,
         )
 
