@@ -8,16 +8,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+T = TypeVar("T")
+FIXTURES = ROOT / "tests" / "fixtures"  # copies of the public-format samples
 
 
 def free_port() -> int:
@@ -89,6 +91,18 @@ class Server:
         result: dict[str, Any] = response.json()
         return result
 
+    def health(self) -> httpx.Response:
+        return httpx.get(self.url + "/healthz", timeout=5)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample on ``/metrics`` (0 if absent)."""
+        text = httpx.get(self.url + "/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return float(s.value)
+        return 0.0
+
     def wait_rows(self, sql: str, expected: int, timeout: float = 20.0) -> int:
         """Poll ``sql`` (a single count) until it returns ``expected``; return the last value."""
         deadline = time.monotonic() + timeout
@@ -99,6 +113,17 @@ class Server:
                 return int(value)
             time.sleep(0.2)
         return int(value)
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 20.0, every: float = 0.1) -> T:
+    """Poll ``predicate`` until it returns something truthy (returned) or the deadline
+    passes (the last value is returned, for the caller's assertion to show)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
 
 
 @pytest.fixture

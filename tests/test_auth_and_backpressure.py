@@ -135,6 +135,24 @@ def test_health_and_metrics_need_no_token(guarded: Server, path: str) -> None:
     assert response.text
 
 
+NON_ASCII_AUTH = [
+    "Bearer caf\u00e9".encode("latin-1"),  # one Latin-1 byte
+    "Bearer t\u00f6ken-\u2603".encode(),  # UTF-8
+    b"Bearer \xff\xfe\x80",  # not text at all
+    "B\u00e9arer secret".encode("latin-1"),
+]
+
+
+@pytest.mark.parametrize("value", NON_ASCII_AUTH, ids=range(len(NON_ASCII_AUTH)))
+@pytest.mark.parametrize("path", ["/ingest/s", "/api/query", "/sora/webhooks/event"])
+def test_non_ascii_authorization_is_401_not_500(guarded: Server, path: str, value: bytes) -> None:
+    response = httpx.post(
+        guarded.url + path, content=b'{"sql": "SELECT 1"}', headers={"Authorization": value}
+    )
+    assert_unauthorized(response)
+    assert "Traceback" not in guarded.log()
+
+
 def test_unauthorized_ingest_is_counted(guarded: Server) -> None:
     name, reason = "rtclake_records_rejected_total", "unauthorized"
     before = sample(guarded, name, reason=reason)

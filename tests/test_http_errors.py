@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -90,6 +91,9 @@ BROKEN_JSON = {
     ),
     "jsonl-bad-first-line": Bad(jsonl(b'{"a" 1}', GOOD_LINE), "bad_json", line=1),
     "jsonl-truncated-last-line": Bad(GOOD_LINE + b"\n" + GOOD_LINE + b'\n{"a": 5', "bad_json", 3),
+    "lone-surrogate": Bad(b'{"a": "\\ud800"}', "bad_json", line=1),
+    "lone-surrogate-line-2": Bad(jsonl(GOOD_LINE, b'{"a": "x\\ud83dy"}'), "bad_json", line=2),
+    "lone-surrogate-in-array": Bad(b'[{"a": 1}, {"a": "\\udbff"}]', "bad_json"),
 }
 WRONG_TYPES = {
     "time-not-a-time": Bad(b'{"time": "yesterday"}', "invalid_record"),
@@ -105,6 +109,13 @@ WRONG_TYPES = {
         jsonl(GOOD_LINE, GOOD_LINE, b'{"time": "yesterday"}', GOOD_LINE), "invalid_record", 3
     ),
     "jsonl-bad-type-line-1": Bad(jsonl(b'{"type": 5}', GOOD_LINE, GOOD_LINE), "invalid_record", 1),
+    # One rule for times (the parser's): RFC 3339 with a required offset, or a number.
+    "time-with-nul-before-z": Bad(b'{"time": "2026-11-20T00:00:00.000\\u0000Z"}', "invalid_record"),
+    "time-without-offset": Bad(b'{"time": "2026-11-20T00:00:00"}', "invalid_record"),
+    "time-space-without-offset": Bad(b'{"time": "2026-11-20 00:00:00.5"}', "invalid_record"),
+    "timestamp-impossible-date": Bad(b'{"timestamp": "2026-02-30T00:00:00Z"}', "invalid_record"),
+    "ts-leap-second": Bad(b'{"ts": "2016-12-31T23:59:60Z"}', "invalid_record"),
+    "time-offset-out-of-range": Bad(b'{"time": "2026-11-20T00:00:00+24:00"}', "invalid_record"),
     "jsonl-array-line": Bad(jsonl(GOOD_LINE, b"[1]", GOOD_LINE), "invalid_record", 2),
 }
 ENCODINGS = {
@@ -113,6 +124,15 @@ ENCODINGS = {
     "gzip-plain-json": Bad(GOOD_LINE, "bad_gzip", headers=(("Content-Encoding", "gzip"),)),
     "deflate-garbage": Bad(b"\x00\x01\x02", "bad_gzip", headers=(("Content-Encoding", "deflate"),)),
     "brotli": Bad(GOOD_LINE, "bad_encoding", status=415, headers=(("Content-Encoding", "br"),)),
+    "gzip-trailing-garbage": Bad(
+        GZIPPED + b"garbage", "bad_gzip", headers=(("Content-Encoding", "gzip"),)
+    ),
+    "gzip-second-member-truncated": Bad(
+        GZIPPED + GZIPPED[:-12], "bad_gzip", headers=(("Content-Encoding", "gzip"),)
+    ),
+    "deflate-trailing-garbage": Bad(
+        zlib.compress(GOOD_LINE) + b"x", "bad_gzip", headers=(("Content-Encoding", "deflate"),)
+    ),
     "utf8-in-key": Bad(b'{"\xff\xfe": 1}', "invalid_utf8", line=1),
     "utf8-in-unknown-value": Bad(b'{"note": "caf\xe9"}', "invalid_utf8", line=1),
     "utf8-on-line-3": Bad(jsonl(GOOD_LINE, GOOD_LINE, b'{"x": "\xc3("}'), "invalid_utf8", 3),
@@ -253,3 +273,49 @@ def test_numeric_time_outside_the_representable_range_is_refused(make_server: An
     assert statuses == dict.fromkeys(values, 400)
     assert_still_serving_and_nothing_stored(fresh, "far-time")
     assert fresh.query("SELECT * FROM telemetry")["row_count"] == 1
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if "surrogate" in n])
+def test_lone_surrogate_is_named_as_such_not_as_truncation(server: Server, name: str) -> None:
+    body = assert_refused(post(server, name, CASES[name].body), 400, "bad_json")
+    assert "lone UTF-16 surrogate" in body["message"] and "truncated" not in body["message"]
+
+
+@pytest.mark.parametrize(
+    "time",
+    [
+        "2026-11-20T00:00:00Z",
+        "2026-11-20 00:00:00Z",
+        "2026-11-20t00:00:00z",
+        "2026-11-20T09:00:00.123456789+09:00",
+        1795132800,
+        1795132800.5,
+    ],
+)
+def test_times_by_the_rule_are_accepted_and_stored_as_sent(server: Server, time: Any) -> None:
+    stream = f"good-time-{abs(hash(str(time)))}"
+    body = orjson.dumps({"time": time, "probe": stream})
+    assert post(server, stream, body).json() == {"accepted": 1}
+    count = f"SELECT count(*) FROM telemetry WHERE stream = '{stream}'"
+    assert server.wait_rows(count, 1, timeout=10) == 1
+    (stored,) = server.query(f"SELECT epoch_us(time) FROM telemetry WHERE stream = '{stream}'")[
+        "rows"
+    ][0]
+    assert stored in (1795132800000000, 1795132800123456, 1795132800500000)
+
+
+def test_multi_member_gzip_body_is_read_whole(server: Server) -> None:
+    body = gzip.compress(b'{"n": 1}\n') + gzip.compress(b'{"n": 2}\n')
+    response = post(server, "two-members", body, **{"Content-Encoding": "gzip"})
+    assert response.json() == {"accepted": 2}
+    count = "SELECT count(*) FROM telemetry WHERE stream = 'two-members'"
+    assert server.wait_rows(count, 2, timeout=10) == 2
+
+
+def test_body_larger_than_the_whole_spool_is_413_not_503(make_server: Any) -> None:
+    fresh: Server = make_server(RTCLAKE_SPOOL__MAX_BYTES="4096")
+    body = orjson.dumps([{"v": "x" * 100, "time": "2026-11-20T00:00:00Z"}] * 60)
+    for _ in range(2):  # the spool is empty: a 503 would have the client retry forever
+        body_json = assert_refused(post(fresh, "huge", body), 413, "too_large")
+        assert "spool.max_bytes" in body_json["message"]
+    assert post(fresh, "small", b'{"v": 1}').status_code == 200

@@ -15,6 +15,7 @@ from typing import Any
 
 import boto3
 import pytest
+import structlog
 
 from rtclake.catalog import default_registry
 from rtclake.importer import BlockReader, Importer, ImportStats
@@ -108,6 +109,24 @@ def test_import_is_incremental_skips_bad_lines_and_keeps_misfits(tmp_path: Path)
     assert third.rows == 50
     assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == 249
     assert count(tmp_path, "SELECT count(*) FROM rtc_stats", dedup=False) == 249
+
+
+def test_a_line_whose_time_breaks_the_rule_is_a_bad_line_named_by_file_and_line(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "rtc_stats.jsonl"
+    lines = [stats_line("A", n) for n in range(10)]
+    good_time = '"timestamp": "2026-11-20T00:00:00.000000Z"'
+    lines[3] = lines[3].replace(good_time, '"timestamp": "2026-11-20T00:00:00.000000"')
+    lines[7] = lines[7].replace(good_time, '"timestamp": "2026-11-20T00:00:00.000\\u0000Z"')
+    path.write_text("\n".join(lines) + "\n")
+    with structlog.testing.capture_logs() as logs:
+        stats = make_importer(tmp_path).import_paths([path])
+    # Never stored under the arrival time instead: left out, and logged with its place.
+    assert (stats.rows, stats.bad_lines) == (8, 2)
+    bad = [(e["file"], e["line"]) for e in logs if e["event"] == "import: bad line skipped"]
+    assert bad == [(str(path), 4), (str(path), 8)]
+    assert count(tmp_path, "SELECT count(*) FROM rtc_stats WHERE year(time) <> 2026") == 0
 
 
 def test_blocks_keep_lines_whole_across_buffers_gzip_members_and_read_only_streams() -> None:

@@ -771,13 +771,32 @@ def test_every_route_requires_the_token_when_one_is_set(guarded: App) -> None:
 
 
 def test_full_spool_answers_503_with_retry_after(tmp_path: Path) -> None:
-    app = App(tmp_path, spool={"max_bytes": 4096}).start()
+    # The writer drains nothing within the test (flush interval), so the spool fills up.
+    app = App(tmp_path, spool={"max_bytes": 8192, "flush_interval": 3600}).start()
     try:
-        response = app.post(STATS, orjson.dumps(report("full-room", n_stats=40)), **STATS_HEADERS)
+        first = app.post(STATS, orjson.dumps(report("full-room", n_stats=4)), **STATS_HEADERS)
+        assert first.status_code == 200, first.text
+        answers = [
+            app.post(STATS, orjson.dumps(report("full-room", n_stats=4)), **STATS_HEADERS)
+            for _ in range(40)
+        ]
+        response = next(a for a in answers if a.status_code != 200)
         assert response.status_code == 503, response.text
         assert response.json()["error"] == "spool_full"
         assert int(response.headers["Retry-After"]) >= 1
-        assert app.rejected("spool_full") == 1
+        assert app.rejected("spool_full") >= 1
+    finally:
+        app.stop()
+
+
+def test_body_larger_than_the_whole_spool_answers_413_not_503(tmp_path: Path) -> None:
+    # No retry could make room for it: 503 would send an obedient client round forever.
+    app = App(tmp_path, spool={"max_bytes": 4096}).start()
+    try:
+        response = app.post(STATS, orjson.dumps(report("full-room", n_stats=40)), **STATS_HEADERS)
+        assert response.status_code == 413, response.text
+        assert response.json()["error"] == "too_large"
+        assert "spool.max_bytes" in response.json()["message"]
         small = orjson.dumps(event("full-room"))
         assert app.post(EVENT, small).status_code == 200  # and it goes on serving
     finally:

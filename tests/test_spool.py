@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rtclake.errors import SpoolFull
+from rtclake.errors import PayloadTooLarge, SpoolFull
 from rtclake.spool import EntryHeader, Spool, read_entries
 
 
@@ -93,12 +93,25 @@ def test_torn_tail_is_cut_on_start(tmp_path: Path) -> None:
 
 def test_full_spool_refuses_with_retry_after(tmp_path: Path) -> None:
     async def main() -> None:
-        spool = make(tmp_path, max_bytes=300)
+        spool = make(tmp_path, max_bytes=400)
         await spool.start()
-        await spool.append(header(), b"x" * 100)
+        await spool.append(header(), b"x" * 150)
         with pytest.raises(SpoolFull) as info:
             await spool.append(header(), b"x" * 200)
         assert info.value.retry_after >= 1
+        assert info.value.status == 503
+        await spool.close()
+
+    asyncio.run(main())
+
+
+def test_entry_larger_than_the_whole_spool_is_too_large_not_full(tmp_path: Path) -> None:
+    async def main() -> None:
+        spool = make(tmp_path, max_bytes=300)
+        await spool.start()  # empty: no retry could ever make room for it
+        with pytest.raises(PayloadTooLarge) as info:
+            await spool.append(header(), b"x" * 400)
+        assert info.value.status == 413 and "spool.max_bytes" in info.value.message
         await spool.close()
 
     asyncio.run(main())

@@ -26,3 +26,8 @@ def release_pool() -> None:
 
 def pool_bytes() -> int:
     """Bytes of column memory kept for reuse."""
+
+def parse_time(text: str | bytes, /) -> int | None:
+    """Microseconds since the epoch of an RFC 3339 time with its offset (``T``, ``t`` or a
+    space between date and time; digits past microseconds cut), or None: the one rule for
+    times written as text, used by the HTTP edge and by the parser."""

@@ -46,12 +46,40 @@ class UnsupportedEncoding(InputError):
     status = 415
 
 
-class SpoolFull(RtclakeError):
-    """The durable spool has reached its size limit; the sender should retry later."""
+class SpoolUnavailable(RtclakeError):
+    """The spool cannot take an entry now; nothing of it was acknowledged. The sender
+    should retry after ``retry_after`` seconds. ``status`` is the HTTP answer and
+    ``reason`` its machine-readable label."""
+
+    status = 503
+    reason = "spool_unavailable"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class SpoolFull(SpoolUnavailable):
+    """The durable spool has reached its size limit (``spool.max_bytes``)."""
+
+    reason = "spool_full"
 
     def __init__(self, used: int, limit: int, retry_after: int) -> None:
-        super().__init__(f"spool is full ({used} of {limit} bytes used); retry later")
-        self.retry_after = retry_after
+        super().__init__(f"spool is full ({used} of {limit} bytes used); retry later", retry_after)
+
+
+class DiskFull(SpoolUnavailable):
+    """The disk under the spool has no room for the entry (ENOSPC or EDQUOT)."""
+
+    status = 507
+    reason = "disk_full"
+
+
+class SpoolIOError(SpoolUnavailable):
+    """The spool's disk failed a write or an fsync (EIO and the like)."""
+
+    reason = "spool_io_error"
 
 
 class SpoolCorrupt(RtclakeError):

@@ -66,6 +66,25 @@ class Metrics:
             registry=r,
         )
 
-    def watch_spool(self, used_bytes: Callable[[], float], segments: Callable[[], float]) -> None:
+        self.disk_free = Gauge(
+            "rtclake_spool_disk_free_bytes",
+            "Bytes free on the spool's file system (ingest answers 507 when a write finds none).",
+            registry=r,
+        )
+        self.spool_writable = Gauge(
+            "rtclake_spool_writable",
+            "1 while the spool's disk accepts writes, 0 while it refuses them (full, failing).",
+            registry=r,
+        )
+
+    def watch_spool(
+        self,
+        used_bytes: Callable[[], float],
+        segments: Callable[[], float],
+        disk_free: Callable[[], float],
+        writable: Callable[[], float],
+    ) -> None:
         self.spool_bytes.set_function(used_bytes)
         self.spool_segments.set_function(segments)
+        self.disk_free.set_function(disk_free)
+        self.spool_writable.set_function(writable)

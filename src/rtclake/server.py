@@ -45,15 +45,19 @@ def create_app(service: Service) -> Starlette:
         """
         summary: Liveness and spool state.
         responses:
-          200: {description: 'Body: {"status": "ok", "spool_bytes", "spool_segments"}'}
+          200:
+            description: >
+              Body: {"status": "ok", "writable", "spool_bytes", "spool_segments",
+              "disk_free_bytes"}
+          503:
+            description: >
+              The spool cannot write (its disk is full or failing). Body: {"status":
+              "failing", "writable": false, "reason", "message", "disk_free_bytes", ...}
         """
-        return JSONResponse(
-            {
-                "status": "ok",
-                "spool_bytes": service.spool.used_bytes,
-                "spool_segments": service.spool.segment_count,
-            }
-        )
+        state = service.spool.health()
+        if not state["writable"]:
+            return JSONResponse({"status": "failing", **state}, 503)
+        return JSONResponse({"status": "ok", **state})
 
     async def metrics(request: Request) -> Response:
         """

@@ -9,6 +9,14 @@ batch for the writer. A segment is deleted only after every sink confirmed it; o
 every segment still on disk is replayed. A torn entry at the end of a segment (a crash in
 the middle of a write, never acknowledged) is cut off.
 
+A write that fails half-way (a full disk, an I/O error) leaves the segment as it was: the
+torn bytes are cut off again before the error is raised, or, if even that fails, the
+segment is retired and later entries go to a new one. The reader also steps over a torn
+entry inside a segment to the next valid one, so nothing written after a tear is lost,
+neither at run time nor on recovery. While the disk refuses writes, appends raise
+:class:`~rtclake.errors.DiskFull` (or :class:`~rtclake.errors.SpoolIOError`), the episode
+is logged once, and :meth:`Spool.health` reports it until writes succeed again.
+
 Entry framing: ``b"RTW1"``, header length, body length, CRC-32 of header+body (three
 little-endian u32), the header (JSON), the body.
 """
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import secrets
 import struct
@@ -31,12 +40,22 @@ from pathlib import Path
 import msgspec
 import structlog
 
-from rtclake.errors import SpoolCorrupt, SpoolFull
+from rtclake import faults
+from rtclake.errors import (
+    DiskFull,
+    PayloadTooLarge,
+    SpoolCorrupt,
+    SpoolFull,
+    SpoolIOError,
+    SpoolUnavailable,
+)
 
 log = structlog.get_logger(__name__)
 
 MAGIC = b"RTW1"
 FRAME = struct.Struct("<4sIII")
+# Seconds a sender is asked to wait when the disk refuses writes.
+DISK_RETRY_AFTER = 5
 
 
 class EntryHeader(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -87,28 +106,52 @@ def frame(header: EntryHeader, body: bytes) -> bytes:
     return FRAME.pack(MAGIC, len(head), len(body), crc) + head + body
 
 
+def _entry_at(data: bytes, offset: int) -> tuple[bytes, bytes, int] | None:
+    """The header, body and end of a valid frame at ``offset``, or None."""
+    if offset + FRAME.size > len(data):
+        return None
+    magic, head_len, body_len, crc = FRAME.unpack_from(data, offset)
+    start = offset + FRAME.size
+    end = start + head_len + body_len
+    if magic != MAGIC or end > len(data):
+        return None
+    head = data[start : start + head_len]
+    body = data[start + head_len : end]
+    if zlib.crc32(body, zlib.crc32(head)) != crc:
+        return None
+    return head, body, end
+
+
 def read_entries(path: Path) -> tuple[list[Entry], int]:
-    """The valid entries of a segment file and the offset where valid data ends."""
+    """The valid entries of a segment file and the offset where valid data ends.
+
+    Bytes that are not a valid entry (a write torn by a crash or a failing disk) are
+    stepped over to the next valid entry: a JSON body cannot hold a frame (its lengths
+    contain bytes JSON text never has), and the CRC rejects chance matches.
+    """
     data = path.read_bytes()
     entries: list[Entry] = []
-    offset = 0
+    offset = valid_end = 0
+    skipped = 0
     while offset + FRAME.size <= len(data):
-        magic, head_len, body_len, crc = FRAME.unpack_from(data, offset)
-        start = offset + FRAME.size
-        end = start + head_len + body_len
-        if magic != MAGIC or end > len(data):
-            break
-        head = data[start : start + head_len]
-        body = data[start + head_len : end]
-        if zlib.crc32(body, zlib.crc32(head)) != crc:
-            break
+        found = _entry_at(data, offset)
+        if found is None:
+            following = data.find(MAGIC, offset + 1)
+            if following < 0:
+                break
+            skipped += following - offset
+            offset = following
+            continue
+        head, body, end = found
         try:
             header = _decode_header(head)
         except msgspec.MsgspecError as exc:
             raise SpoolCorrupt(f"{path}: entry at byte {offset} has a bad header: {exc}") from exc
         entries.append(Entry(header, body, len(entries)))
-        offset = end
-    return entries, offset
+        offset = valid_end = end
+    if skipped:
+        log.warning("spool: stepped over torn bytes", segment=path.name, bytes=skipped)
+    return entries, valid_end
 
 
 class Spool:
@@ -147,6 +190,8 @@ class Spool:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="rtclake-fsync")
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._failure: SpoolUnavailable | None = None  # set while the disk refuses writes
+        self._failed_size = 0  # the size of the entry the disk refused
         self.on_sync: Callable[[float], None] | None = None
 
     # -- state -------------------------------------------------------------------------
@@ -159,6 +204,30 @@ class Spool:
     @property
     def segment_count(self) -> int:
         return self._sealed_count + (1 if self._active else 0)
+
+    def disk_free_bytes(self) -> int:
+        """Bytes free for this process on the spool's file system."""
+        st = os.statvfs(self.directory)
+        return st.f_bavail * st.f_frsize
+
+    @property
+    def failure(self) -> SpoolUnavailable | None:
+        """Why the spool cannot write now (a full or failing disk), or None."""
+        return self._failure
+
+    def health(self) -> dict[str, object]:
+        """The spool's state, for ``/healthz``."""
+        state: dict[str, object] = {
+            "writable": self._failure is None,
+            "spool_bytes": self.used_bytes,
+            "spool_segments": self.segment_count,
+        }
+        with contextlib.suppress(OSError):
+            state["disk_free_bytes"] = self.disk_free_bytes()
+        if self._failure is not None:
+            state["reason"] = self._failure.reason
+            state["message"] = self._failure.message
+        return state
 
     @property
     def pending_records(self) -> int:
@@ -216,7 +285,14 @@ class Spool:
     # -- appending ---------------------------------------------------------------------
 
     def check_room(self, size: int) -> None:
-        """Raise :class:`SpoolFull` if ``size`` more bytes would pass the limit."""
+        """Raise :class:`SpoolFull` if ``size`` more bytes would pass the limit, and
+        :class:`PayloadTooLarge` if they would not fit even in an empty spool."""
+        if size > self.max_bytes:
+            raise PayloadTooLarge(
+                "too_large",
+                f"the records take {size} bytes in the spool, more than its limit"
+                f" (spool.max_bytes = {self.max_bytes}); send them in smaller requests",
+            )
         used = self.used_bytes
         if used + size > self.max_bytes:
             raise SpoolFull(used, self.max_bytes, retry_after=max(1, round(self.flush_interval)))
@@ -231,12 +307,11 @@ class Spool:
             raise RuntimeError("spool is closed")
         data = frame(header, body)
         self.check_room(len(data))
-        seg = self._active or self._open_segment()
-        view = memoryview(data)
-        assert seg.fd is not None
-        while view:
-            written = os.write(seg.fd, view)
-            view = view[written:]
+        try:
+            seg = self._active or self._open_segment()
+            self._write(seg, data)
+        except OSError as exc:
+            raise self._failed(exc, len(data)) from exc
         seg.size += len(data)
         seg.records += header.records
         if seg.first_write is None:
@@ -250,6 +325,66 @@ class Spool:
         self._wake.set()
         return future
 
+    def _write(self, seg: Segment, data: bytes) -> None:
+        """Append ``data`` to ``seg``, or leave ``seg`` exactly as it was and raise."""
+        assert seg.fd is not None
+        view = memoryview(data)
+        try:
+            action = faults.hit("spool.write")
+            if action == "torn":
+                os.write(seg.fd, view[: len(view) // 2])
+            if action is not None:
+                faults.act(action, "spool.write")
+            while view:
+                written = os.write(seg.fd, view)
+                view = view[written:]
+        except OSError:
+            try:
+                os.ftruncate(seg.fd, seg.size)
+            except OSError as cut_failed:
+                # The torn bytes stay; readers step over them. Nothing more goes after.
+                log.error("spool: cannot cut a torn write; segment retired", error=str(cut_failed))
+                self._retire(seg)
+                self._wake.set()
+            raise
+
+    def _failed(self, exc: OSError, size: int) -> SpoolUnavailable:
+        """The error to answer for a write the disk refused; logs once per episode."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = self._free_or_unknown()
+            error: SpoolUnavailable = DiskFull(
+                f"no space left on the spool's disk for {size} bytes ({free} bytes free);"
+                " retry later",
+                retry_after=DISK_RETRY_AFTER,
+            )
+        else:
+            error = SpoolIOError(
+                f"the spool's disk failed a write ({exc.strerror or exc}); retry later",
+                retry_after=DISK_RETRY_AFTER,
+            )
+        if self._failure is None:
+            log.error(
+                "spool: the disk refuses writes; refusing entries until it accepts them",
+                reason=error.reason,
+                error=str(exc),
+                directory=str(self.directory),
+                disk_free_bytes=self._free_or_unknown(),
+            )
+        self._failure = error
+        self._failed_size = max(size, 1)
+        return error
+
+    def _recovered(self) -> None:
+        if self._failure is not None:
+            log.warning("spool: the disk accepts writes again", reason=self._failure.reason)
+            self._failure = None
+
+    def _free_or_unknown(self) -> int | str:
+        try:
+            return self.disk_free_bytes()
+        except OSError:
+            return "unknown"
+
     def cut(self) -> None:
         """End the open segment now, so the writer takes it as a batch."""
         if self._active is not None and self._active.records:
@@ -257,6 +392,7 @@ class Spool:
             self._wake.set()
 
     def _open_segment(self) -> Segment:
+        faults.check("spool.open_segment")
         seq = self._next_seq
         self._next_seq += 1
         path = self.directory / f"{self.run_id}-{seq:012d}.wal"
@@ -280,7 +416,9 @@ class Spool:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
         if self._tasks and not self._tasks[0].done():
-            await future
+            # A failed fsync is logged by the sync loop; the segments stay queued for it.
+            with contextlib.suppress(SpoolUnavailable):
+                await future
 
     async def _sync_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -293,11 +431,20 @@ class Spool:
             try:
                 await loop.run_in_executor(self._pool, self._sync, segments)
             except OSError as exc:
-                log.error("spool: fsync failed", error=str(exc))
+                error = self._failed(exc, 0)
                 for future in waiters:
                     if not future.done():
-                        future.set_exception(exc)
+                        future.set_exception(error)
+                # What those segments hold is not known to be on disk: nothing more is
+                # appended to them, and their fsync is tried again.
+                for seg in segments:
+                    if not seg.retired:
+                        self._retire(seg)
+                self._dirty = [*segments, *(s for s in self._dirty if s not in segments)]
+                loop.call_later(1.0, self._wake.set)
                 continue
+            if segments:
+                self._recovered()
             if self.on_sync is not None:
                 self.on_sync(time.perf_counter() - started)
             for future in waiters:
@@ -313,6 +460,7 @@ class Spool:
         new_file = False
         for seg in segments:
             if seg.fd is not None:
+                faults.check("spool.fsync")
                 os.fsync(seg.fd)
             if not seg.dir_synced:
                 seg.dir_synced = new_file = True
@@ -324,6 +472,9 @@ class Spool:
         if seg.fd is not None:
             os.close(seg.fd)
             seg.fd = None
+        if seg.records == 0:  # retired by a failed first write: nothing to store
+            seg.path.unlink(missing_ok=True)
+            return
         self._enqueue_sealed(seg)
 
     def _enqueue_sealed(self, seg: Segment) -> None:
@@ -336,6 +487,8 @@ class Spool:
         tick = min(0.25, self.flush_interval / 4)
         while True:
             await asyncio.sleep(tick)
+            if isinstance(self._failure, DiskFull) and self._room_is_back():
+                self._recovered()
             seg = self._active
             if (
                 seg
@@ -343,6 +496,13 @@ class Spool:
                 and time.monotonic() - seg.first_write >= self.flush_interval
             ):
                 self.cut()
+
+    def _room_is_back(self) -> bool:
+        """True once the disk has room again for what it refused (with some margin)."""
+        try:
+            return self.disk_free_bytes() >= self._failed_size + 64 * 1024
+        except OSError:
+            return False
 
     # -- the writer's side -------------------------------------------------------------
 
@@ -367,6 +527,7 @@ class Spool:
 
     def ack(self, seg: Segment, sink: str) -> None:
         """Record durably that ``sink`` holds everything in ``seg``."""
+        faults.check("spool.ack")
         with open(seg.acks_path, "a", encoding="utf-8") as fh:
             fh.write(sink + "\n")
             fh.flush()

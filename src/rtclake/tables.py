@@ -13,10 +13,9 @@ per-record envelope of :mod:`rtclake.records`.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 import pyarrow as pa
@@ -33,15 +32,51 @@ UTC_US = pa.timestamp("us", tz="UTC")
 # told apart by magnitude (see rtclake/_jsoncols.cpp); any number in [0, 2**63) is a date that
 # Parquet, DuckDB and Python represent. Negative and larger numbers are refused.
 _EPOCH_MAX = 2**63 - 1
+TIME_RULE = (
+    "an RFC 3339 time with its offset (2026-11-20T12:00:00.123456Z, 'T' or a space,"
+    " 'Z' or +hh:mm), or a number since the epoch"
+)
+
+
+class Time:
+    """The validator's type of a time value: :func:`check_time` decides, by the rule of the
+    parser (``_jsoncols.parse_time``), so the edge, the writer and imports agree."""
+
+
+_A_TIME = Time()
+
+
+def check_time(value: object) -> Time:
+    """Accept a time value (text by the one rule, or an epoch number), or raise the
+    ``ValueError``/``TypeError`` msgspec reports with the key's path."""
+    if isinstance(value, str):
+        if _jsoncols.parse_time(value) is None:
+            raise ValueError(f"Invalid time {value[:64]!r}: expected {TIME_RULE}")
+        return _A_TIME
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"Expected a time, got `{_json_type(value)}`: expected {TIME_RULE}")
+    if not 0 <= value <= _EPOCH_MAX or (isinstance(value, float) and value >= _EPOCH_MAX):
+        raise ValueError("Expected a time in [0, 2**63)")
+    return _A_TIME
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "bool", dict: "object", list: "array", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _dec_hook(kind: type, value: object) -> object:
+    if kind is Time:
+        return check_time(value)
+    raise NotImplementedError(kind)
+
+
 _VALIDATOR_TYPES: dict[str, Any] = {
     "bool": bool | None,
     "json": Any,
     "string": str | None,
     "id": str | int | None,
-    "time": dt.datetime
-    | Annotated[int, msgspec.Meta(ge=0, le=_EPOCH_MAX)]
-    | Annotated[float, msgspec.Meta(ge=0, lt=float(_EPOCH_MAX))]
-    | None,
+    "time": Time | None,
     "float": float | int | None,
     "int": int | None,
 }
@@ -173,7 +208,8 @@ class Table:
         """
         if self._validator is None:
             struct = _validator_struct(self.name, _tree(self._kinds()))
-            object.__setattr__(self, "_validator", msgspec.json.Decoder(struct))
+            decoder = msgspec.json.Decoder(struct, dec_hook=_dec_hook)
+            object.__setattr__(self, "_validator", decoder)
         return self._validator  # type: ignore[no-any-return]
 
     def checker(self) -> Callable[[bytes], bool]:
@@ -194,7 +230,9 @@ class Table:
 
             else:
                 tree = _tree(self._kinds())
-                closed = msgspec.json.Decoder(_validator_struct(self.name, tree, closed=True))
+                closed = msgspec.json.Decoder(
+                    _validator_struct(self.name, tree, closed=True), dec_hook=_dec_hook
+                )
                 decode_closed = closed.decode
 
                 def check(line: bytes) -> bool:
@@ -219,7 +257,12 @@ class Table:
             def convert(tree: Tree) -> dict[str, Any]:
                 return {k: convert(v) if isinstance(v, dict) else codes[v] for k, v in tree.items()}
 
-            object.__setattr__(self, "_spec", _jsoncols.Spec(convert(_tree(self._kinds()))))
+            spec = convert(_tree(self._kinds()))
+            # The envelope's own time: a line whose time breaks the rule is a bad line
+            # (logged with its place), never stored under its arrival time instead.
+            for key in TIME_KEYS:
+                spec[key] |= NATIVE_STRICT
+            object.__setattr__(self, "_spec", _jsoncols.Spec(spec))
         return self._spec  # type: ignore[no-any-return]
 
     def record_id_sql(self, relation: str) -> str:
@@ -263,6 +306,7 @@ INPUT_SCHEMA = pa.schema(
 
 # The kinds in the order rtclake._jsoncols numbers them.
 NATIVE_KINDS: tuple[FieldKind, ...] = ("string", "id", "time", "float", "int", "bool", "json")
+NATIVE_STRICT = 256  # added to a kind's number: a value the column cannot take is a bad line
 
 Tree = dict[str, Any]  # key -> kind (a leaf) or a nested Tree
 

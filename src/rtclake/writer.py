@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import structlog
 
-from rtclake import _jsoncols
+from rtclake import _jsoncols, faults
 from rtclake.errors import SpoolCorrupt
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch, Sink
@@ -370,7 +370,7 @@ class Writer:
             self._busy = True
             delay = self.retry_initial
             try:
-                while not await loop.run_in_executor(None, self._deliver, seg):
+                while not await loop.run_in_executor(None, self._deliver_safely, seg):
                     if self._failed_conversions.get(seg.path, 0) >= self.max_conversion_attempts:
                         await loop.run_in_executor(None, self._quarantine, seg)
                         break
@@ -381,10 +381,26 @@ class Writer:
             finally:
                 self._busy = False
 
+    def _deliver_safely(self, seg: Segment) -> bool:
+        """:meth:`_deliver`, where a failure of the spool's own disk (reading the segment,
+        recording a confirmation, deleting it) means "try again later", never the end of
+        the writer."""
+        try:
+            return self._deliver(seg)
+        except OSError as exc:
+            self.metrics.sink_errors.labels("spool").inc()
+            log.error(
+                "writer: spool I/O failed; batch kept",
+                segment=seg.path.name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            return False
+
     def _deliver(self, seg: Segment) -> bool:
         """Write one segment to every sink that lacks it; True when all have it."""
+        entries = Spool.read(seg)  # an OSError here is the disk's, not the segment's
+        faults.check("writer.after_read")
         try:
-            entries = Spool.read(seg)
             tables = self._converter.convert(seg.run, seg.seq, entries)
         except Exception as exc:  # retried, then set aside; never dropped
             self.metrics.sink_errors.labels("converter").inc()
@@ -395,6 +411,7 @@ class Writer:
                 error=f"{type(exc).__name__}: {exc}",
             )
             return False
+        faults.check("writer.after_convert")
         batch = Batch(self.node, seg.run, seg.seq, tables)
         done = Spool.acked_sinks(seg)
         ok = True
@@ -414,12 +431,15 @@ class Writer:
                     error=f"{type(exc).__name__}: {exc}",
                 )
                 continue
+            faults.check("writer.after_sink_write")
             self.metrics.batch_seconds.labels(sink.name).observe(time.perf_counter() - started)
             for table_name, table in tables.items():
                 self.metrics.stored.labels(sink.name, table_name).inc(table.num_rows)
             self.spool.ack(seg, sink.name)
+            faults.check("writer.after_ack")
         if ok:
             self.spool.remove(seg)
+            faults.check("writer.after_remove")
             log.debug("writer: batch stored", segment=seg.seq, rows=batch.num_rows)
         del batch, tables, entries
         release_memory()

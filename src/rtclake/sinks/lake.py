@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rtclake import faults
 from rtclake.sinks.base import Batch, Sink
 from rtclake.tables import ENVELOPE, Table, TableRegistry
 
@@ -83,16 +84,23 @@ class LakeSink(Sink):
     def _write_file(self, folder: Path, name: str, table: pa.Table, declared: Table) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{name}.tmp"
-        with open(tmp, "wb") as fh:
-            pq.write_table(
-                table,
-                fh,
-                compression=self.compression,
-                compression_level=self.compression_level,
-                **_encodings(declared),
-            )
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(tmp, "wb") as fh:
+                faults.check("lake.write")
+                pq.write_table(
+                    table,
+                    fh,
+                    compression=self.compression,
+                    compression_level=self.compression_level,
+                    **_encodings(declared),
+                )
+                fh.flush()
+                os.fsync(fh.fileno())
+            faults.check("lake.before_rename")
+        except BaseException:
+            # A full disk must not also keep the half file: it holds space the retry needs.
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, folder / name)
         dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:

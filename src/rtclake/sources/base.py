@@ -41,13 +41,35 @@ def check_utf8(body: bytes) -> None:
         ) from exc
 
 
-def _error(exc: Exception, what: str, line: int | None) -> InputError:
+# A ``\uD800``-``\uDBFF`` escape (not itself escaped) that no low-surrogate escape follows.
+_LONE_HIGH_SURROGATE = re.compile(
+    rb"(?<!\\)(?:\\\\)*(\\u[dD][89abAB][0-9a-fA-F]{2})(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
+
+
+def _lone_surrogate(exc: Exception, what: str, line: int | None, data: bytes) -> InputError | None:
+    """Name the lone surrogate escape in ``data``, which msgspec reports as truncation."""
+    match = _LONE_HIGH_SURROGATE.search(data) if "truncated" in str(exc) else None
+    if match is None:
+        return None
+    at = match.start(1)
+    return InputError(
+        "bad_json",
+        f"{what}: the string escape {match.group(1).decode()} at byte {at} is a lone UTF-16"
+        " surrogate (a high surrogate must be followed by a low one, \\udc00-\\udfff)",
+        line=_line_of(data, at) if line is None else line,
+    )
+
+
+def _error(exc: Exception, what: str, line: int | None, data: bytes = b"") -> InputError:
     if isinstance(exc, RecursionError):
         return InputError("too_deep", f"{what}: JSON nested too deeply", line=line)
     if isinstance(exc, msgspec.ValidationError):
         text = str(exc).replace("`object`", "a JSON object").replace(" - at `$`", "")
         return InputError("invalid_record", f"{what}: {text}", line=line)
-    return InputError("bad_json", f"{what}: {exc}", line=line)
+    return _lone_surrogate(exc, what, line, data) or InputError(
+        "bad_json", f"{what}: {exc}", line=line
+    )
 
 
 class Source(ABC):
@@ -132,7 +154,7 @@ def _holds_several_documents(body: bytes) -> bool:
 def _json_error(exc: Exception, body: bytes) -> InputError:
     match = _BYTE_AT.search(str(exc))
     line = _line_of(body, int(match.group(1))) if match else None
-    return _error(exc, "invalid JSON", line)
+    return _error(exc, "invalid JSON", line, body)
 
 
 def _split_array(body: bytes, table: Table) -> Records:
@@ -150,7 +172,7 @@ def _split_array(body: bytes, table: Table) -> Records:
         try:
             flags.append(check(raw))
         except (msgspec.MsgspecError, RecursionError) as exc:
-            raise _error(exc, f"record {number} of the array", None) from exc
+            raise _error(exc, f"record {number} of the array", None, raw) from exc
         out.append(_compact(raw))
     return Records(b"\n".join(out), len(out), _tracked(flags, table))
 
@@ -168,7 +190,7 @@ def split_lines(body: bytes, table: Table) -> Records:
         except (msgspec.MsgspecError, RecursionError) as exc:
             if not line.strip():
                 continue  # blank lines (and the final newline) are allowed
-            raise _error(exc, f"line {number}", number) from exc
+            raise _error(exc, f"line {number}", number, line) from exc
         append(line)
     out = body if len(kept) == len(lines) else b"\n".join(kept)
     return Records(out, len(kept), _tracked(flags, table))

@@ -17,7 +17,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from rtclake.errors import InputError, PayloadTooLarge, SpoolFull, UnsupportedEncoding
+from rtclake.errors import InputError, PayloadTooLarge, SpoolUnavailable, UnsupportedEncoding
 from rtclake.metrics import Metrics
 from rtclake.router import Router
 from rtclake.sources.base import split_records
@@ -31,15 +31,15 @@ def json_error(status: int, reason: str, message: str, **extra: object) -> Respo
     return Response(orjson.dumps(body), status, media_type=JSON)
 
 
-def refusal(metrics: Metrics, source: str, exc: InputError | SpoolFull) -> Response:
-    """The answer to refused input (4xx with its reason) or a full spool (503 and
+def refusal(metrics: Metrics, source: str, exc: InputError | SpoolUnavailable) -> Response:
+    """The answer to refused input (4xx with its reason), or to a spool that cannot take
+    the records now (503 when full or failing, 507 when its disk is full; both with
     ``Retry-After``), counted by reason."""
-    if isinstance(exc, SpoolFull):
-        metrics.rejected.labels(source, "spool_full").inc()
-        response = json_error(503, "spool_full", str(exc))
+    metrics.rejected.labels(source, exc.reason).inc()
+    if isinstance(exc, SpoolUnavailable):
+        response = json_error(exc.status, exc.reason, exc.message)
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
-    metrics.rejected.labels(source, exc.reason).inc()
     return Response(orjson.dumps(exc.to_dict()), exc.status, media_type=JSON)
 
 
@@ -49,7 +49,10 @@ def bearer_ok(request: Request, token: str | None) -> bool:
         return True
     given = request.headers.get("authorization", "")
     scheme, _, value = given.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
+    # Bytes, not str: compare_digest refuses non-ASCII text, and a header may hold any
+    # byte (Starlette decodes headers as Latin-1, so this gives back the bytes sent).
+    sent = value.strip().encode("latin-1")
+    return scheme.lower() == "bearer" and hmac.compare_digest(sent, token.encode("utf-8"))
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -67,8 +70,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
 def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo ``Content-Encoding`` (gzip, deflate), never producing more than ``limit`` bytes."""
+    """Undo ``Content-Encoding`` (gzip, deflate), never producing more than ``limit`` bytes.
+
+    A gzip body may hold several members (RFC 1952, 2.2: ``cat a.gz b.gz``); every one is
+    read. Bytes after the last member that are not another member are refused.
+    """
     encoding = (encoding or "identity").strip().lower()
     if encoding == "identity":
         return body
@@ -80,16 +90,39 @@ def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
         raise UnsupportedEncoding(
             "bad_encoding", f"Content-Encoding {encoding!r} is not supported (use gzip)"
         )
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InputError("bad_gzip", f"body is not valid {encoding}: {exc}") from exc
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLarge("too_large", f"decompressed body exceeds {limit} bytes")
-    if not inflater.eof:
-        raise InputError("bad_gzip", f"{encoding} body is truncated")
-    return out
+    view = memoryview(body)
+    out: list[bytes] = []
+    size = pos = member = 0
+    while True:
+        member += 1
+        inflater = zlib.decompressobj(wbits)
+        # Fed in pieces that start small, so that what zlib copies past a member's end
+        # (unused_data) stays small even for a body of many small members.
+        piece = 1024
+        while not inflater.eof:
+            if pos >= len(view):
+                raise InputError("bad_gzip", f"{encoding} body is truncated")
+            given = view[pos : pos + piece]
+            pos += len(given)
+            piece = min(piece * 2, 1 << 16)
+            try:
+                chunk = inflater.decompress(given, limit - size + 1)
+            except zlib.error as exc:
+                where = f" (member {member})" if member > 1 else ""
+                raise InputError("bad_gzip", f"body is not valid {encoding}{where}: {exc}") from exc
+            size += len(chunk)
+            if size > limit or inflater.unconsumed_tail:
+                raise PayloadTooLarge("too_large", f"decompressed body exceeds {limit} bytes")
+            out.append(chunk)
+        pos -= len(inflater.unused_data)
+        if pos == len(view):
+            return b"".join(out)
+        if wbits == zlib.MAX_WBITS or view[pos : pos + 2] != _GZIP_MAGIC:
+            follows = "" if wbits == zlib.MAX_WBITS else " and are not another gzip member"
+            raise InputError(
+                "bad_gzip",
+                f"{len(view) - pos} bytes follow the end of the {encoding} data{follows}",
+            )
 
 
 class HttpIngest:
@@ -125,7 +158,8 @@ class HttpIngest:
           400: {description: 'Bad input. Body: {"error", "message", "line"?}'}
           401: {description: A bearer token is required.}
           413: {description: Body too large.}
-          503: {description: Spool full; retry after Retry-After seconds.}
+          503: {description: Spool full or failing; retry after Retry-After seconds.}
+          507: {description: The spool's disk is full; retry after Retry-After seconds.}
         """
         if not bearer_ok(request, self.token):
             self.metrics.rejected.labels(self.source, "unauthorized").inc()
@@ -149,7 +183,7 @@ class HttpIngest:
                 extra=records.extra,
             )
             await self.spool.append(header, records.body)
-        except (InputError, SpoolFull) as exc:
+        except (InputError, SpoolUnavailable) as exc:
             return refusal(self.metrics, self.source, exc)
         self._received.inc(records.n)
         return Response(b'{"accepted":%d}' % records.n, 200, media_type=JSON)

@@ -34,7 +34,7 @@ import structlog
 from prometheus_client import Counter
 
 from rtclake.config import SoraApiConfig
-from rtclake.errors import ConfigError, InputError, SpoolFull
+from rtclake.errors import ConfigError, InputError, SpoolUnavailable
 from rtclake.metrics import Metrics
 from rtclake.sora import api
 from rtclake.sora.exporter import SoraExporterCollector
@@ -262,12 +262,15 @@ class SoraApiPoller(Source):
                 "sora_api: answer refused", node=node, operation=operation, error=exc.message
             )
             return exc.reason
-        except SpoolFull as exc:
-            self.errors.labels(node, operation, "spool_full").inc()
+        except SpoolUnavailable as exc:
+            self.errors.labels(node, operation, exc.reason).inc()
             log.warning(
-                "sora_api: spool full; poll dropped", node=node, operation=operation, error=str(exc)
+                "sora_api: spool cannot take the answer; poll dropped",
+                node=node,
+                operation=operation,
+                error=exc.message,
             )
-            return "spool_full"
+            return exc.reason
         self._received.inc(checked.n)
         return None
 

@@ -53,7 +53,7 @@ import structlog
 
 from rtclake.catalog import default_registry
 from rtclake.config import SoraLogsConfig
-from rtclake.errors import SpoolFull
+from rtclake.errors import SpoolUnavailable
 from rtclake.metrics import Metrics
 from rtclake.sora.logs import table_for
 from rtclake.sources.base import Source
@@ -246,8 +246,12 @@ class SoraLogTail(Source):
             try:
                 if await self.poll_once():
                     delay = 0
-            except SpoolFull as exc:
-                log.warning("sora logs: spool full; waiting", retry_after=exc.retry_after)
+            except SpoolUnavailable as exc:
+                log.warning(
+                    "sora logs: spool cannot take lines; waiting",
+                    reason=exc.reason,
+                    retry_after=exc.retry_after,
+                )
                 delay = exc.retry_after
             except Exception as exc:  # a failing round is retried; the tail never dies
                 log.error("sora logs: round failed; retrying", error=f"{type(exc).__name__}: {exc}")
@@ -277,13 +281,13 @@ class SoraLogTail(Source):
         if not chunks:
             return False
         pending: list[tuple[_Chunk, list[asyncio.Future[None]]]] = []
-        full: SpoolFull | None = None
+        full: SpoolUnavailable | None = None
         for chunk in chunks:
             futures: list[asyncio.Future[None]] = []
             try:
                 for header, body in chunk.entries:
                     futures.append(self.spool.append_nowait(header, body))
-            except SpoolFull as exc:
+            except SpoolUnavailable as exc:
                 full = exc
             pending.append((chunk, futures))
             if full is not None:

@@ -20,7 +20,7 @@ The rules are those of ``/ingest``: the body is refused above ``server.max_body_
 (also after decompression); when ``server.ingest_token`` is set every route requires
 ``Authorization: Bearer <token>``; refused input gets a 4xx JSON ``{"error", "message"}``
 and nothing of it is stored; a 2xx is sent only after the records are durable in the
-spool; a full spool answers 503 with ``Retry-After``.
+spool; a full spool answers 503 (507 when its disk is full) with ``Retry-After``.
 
 **Session, event and auth webhooks** are stored the way Sora logs them
 (``session_webhook.jsonl`` and friends: ``{id, timestamp, req: {...}}``), so the tables
@@ -74,7 +74,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from rtclake.errors import InputError, PayloadTooLarge, SpoolFull
+from rtclake.errors import InputError, PayloadTooLarge, SpoolUnavailable
 from rtclake.metrics import Metrics
 from rtclake.sources.base import Records, check_utf8
 from rtclake.sources.http_ingest import (
@@ -360,7 +360,8 @@ class SoraWebhooks:
           400: {description: 'Bad input. Body: {"error", "message"}'}
           401: {description: A bearer token is required.}
           413: {description: Body too large.}
-          503: {description: Spool full; retry after Retry-After seconds.}
+          503: {description: Spool full or failing; retry after Retry-After seconds.}
+          507: {description: The spool's disk is full; retry after Retry-After seconds.}
         """
         return await self._receive(
             request,
@@ -384,7 +385,8 @@ class SoraWebhooks:
           400: {description: 'Bad input. Body: {"error", "message"}'}
           401: {description: A bearer token is required.}
           413: {description: Body too large.}
-          503: {description: Spool full; retry after Retry-After seconds.}
+          503: {description: Spool full or failing; retry after Retry-After seconds.}
+          507: {description: The spool's disk is full; retry after Retry-After seconds.}
         """
         return await self._receive(
             request,
@@ -409,7 +411,8 @@ class SoraWebhooks:
           400: {description: 'Bad input. Body: {"error", "message"}'}
           401: {description: A bearer token is required.}
           413: {description: Body too large.}
-          503: {description: Spool full; retry after Retry-After seconds.}
+          503: {description: Spool full or failing; retry after Retry-After seconds.}
+          507: {description: The spool's disk is full; retry after Retry-After seconds.}
         """
         return await self._receive(
             request,
@@ -436,7 +439,8 @@ class SoraWebhooks:
           400: {description: 'Bad input. Body: {"error", "message", "index"?}'}
           401: {description: A bearer token is required.}
           413: {description: Body too large.}
-          503: {description: Spool full; retry after Retry-After seconds.}
+          503: {description: Spool full or failing; retry after Retry-After seconds.}
+          507: {description: The spool's disk is full; retry after Retry-After seconds.}
         """
         return await self._receive(
             request,
@@ -465,7 +469,8 @@ class SoraWebhooks:
           400: {description: 'Bad input. Body: {"error", "message", "index"?}'}
           401: {description: A bearer token is required.}
           413: {description: Body too large.}
-          503: {description: Spool full; retry after Retry-After seconds.}
+          503: {description: Spool full or failing; retry after Retry-After seconds.}
+          507: {description: The spool's disk is full; retry after Retry-After seconds.}
         """
         return await self._receive(
             request,
@@ -524,7 +529,7 @@ class SoraWebhooks:
                     extra=records.extra,
                 )
                 await self.spool.append(header, records.body)
-        except (InputError, SpoolFull) as exc:
+        except (InputError, SpoolUnavailable) as exc:
             return refusal(self.metrics, self.source, exc)
         self._received.inc(records.n)
         return answer()
