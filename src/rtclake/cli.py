@@ -169,6 +169,7 @@ def query(
     engine = QueryEngine(
         settings.lake_root,
         default_registry(),
+        temp_root=settings.data_dir / "query-tmp",
         dedup=q.dedup,
         max_rows=max(max_rows or 0, q.max_rows),
         timeout=q.timeout,

@@ -9,6 +9,11 @@ time limit.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import os
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -18,10 +23,13 @@ from typing import Any
 import duckdb
 import orjson
 import pyarrow as pa
+import structlog
 
 from rtclake.errors import QueryError
 from rtclake.results import is_json, unique_names
 from rtclake.tables import Table, TableRegistry
+
+log = structlog.get_logger(__name__)
 
 _ALLOWED = {"SELECT"}
 # Types DuckDB 1.4 cannot hand to Arrow (TIME_NS, VARIANT) or hands over without their
@@ -58,13 +66,18 @@ class QueryResult:
 
 
 class QueryEngine:
-    """Builds DuckDB connections that see the lake's tables as views."""
+    """Builds DuckDB connections that see the lake's tables as views.
+
+    ``temp_root`` is the folder under which each query gets a fresh folder for DuckDB's
+    spill files, removed when the query ends (default: the system's temporary folder).
+    """
 
     def __init__(
         self,
         lake_root: str | Path,
         tables: TableRegistry,
         *,
+        temp_root: str | Path | None = None,
         dedup: bool = True,
         max_rows: int = 10_000,
         timeout: float = 30.0,
@@ -72,20 +85,47 @@ class QueryEngine:
     ) -> None:
         self.root = Path(lake_root).absolute()
         self.tables = tables
+        self.temp_root = Path(temp_root).absolute() if temp_root is not None else None
         self.dedup = dedup
         self.max_rows = max_rows
         self.timeout = timeout
         self.threads = threads
 
-    def _has_files(self, table: Table) -> bool:
-        return next((self.root / table.name).glob("date=*/*.parquet"), None) is not None
+    def lake_files(self, table: Table) -> list[str]:
+        """The Parquet files of one table: ``TABLE/date=*/*.parquet``, regular files only.
 
-    def view_sql(self, table: Table) -> str:
-        """The ``CREATE VIEW`` for one table, reading its Parquet files."""
-        glob = str(self.root / table.name / "date=*" / "*.parquet").replace("'", "''")
+        Symbolic links are not followed (a linked table or ``date=`` folder or file could
+        point anywhere), and paths start from the lake's real path, so every path is the
+        real path of a file inside the lake.
+        """
+        files: list[str] = []
+        table_dir = os.path.join(os.path.realpath(self.root), table.name)
+        if os.path.islink(table_dir) or not os.path.isdir(table_dir):
+            return files
+        with os.scandir(table_dir) as days:
+            folders = [
+                d.path
+                for d in days
+                if d.name.startswith("date=") and d.is_dir(follow_symlinks=False)
+            ]
+        for folder in sorted(folders):
+            with os.scandir(folder) as entries:
+                files.extend(
+                    sorted(
+                        e.path
+                        for e in entries
+                        if e.name.endswith(".parquet")
+                        and not e.name.startswith(".")
+                        and e.is_file(follow_symlinks=False)
+                    )
+                )
+        return files
+
+    def view_sql(self, table: Table, files: list[str]) -> str:
+        """The ``CREATE VIEW`` for one table, reading exactly ``files``."""
         source = (
-            f"read_parquet('{glob}', hive_partitioning = true, hive_types = {{'date': DATE}},"
-            " union_by_name = true)"
+            f"read_parquet({_sql_list(files)}, hive_partitioning = true,"
+            " hive_types = {'date': DATE}, union_by_name = true)"
         )
         key = ", ".join(f'"{c}"' for c in table.identity) or "record_id"
         dedup = f" QUALIFY row_number() OVER (PARTITION BY {key}) = 1" if self.dedup else ""
@@ -95,32 +135,55 @@ class QueryEngine:
             f" (extra::JSON AS extra) FROM {source}{dedup}"
         )
 
-    def connect(self, *, read_only: bool = True) -> duckdb.DuckDBPyConnection:
+    def connect(
+        self, *, read_only: bool = True, temp_directory: str | Path | None = None
+    ) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with a view per lake table.
 
-        With ``read_only``, the connection can read nothing but the lake and its
-        configuration is locked.
+        With ``read_only``, the connection can read the lake's Parquet files and nothing
+        else, and its configuration is locked. DuckDB always lets a query read its
+        ``temp_directory``, so give each query its own (its spill files are encrypted);
+        without one, DuckDB does not spill to disk.
         """
-        config: dict[str, Any] = {}
+        config: dict[str, Any] = {"temp_directory": str(temp_directory or "")}
+        if temp_directory:
+            config["temp_file_encryption"] = True
+            config["extension_directory"] = _extension_directory()
+            config["allow_unsigned_extensions"] = True  # checked once: _extension_directory
+            config["autoinstall_known_extensions"] = False
         if self.threads:
             config["threads"] = self.threads
         con = duckdb.connect(config=config)
-        con.execute("SET TimeZone = 'UTC'")
-        for table in self.tables:
-            if self._has_files(table):
-                con.execute(self.view_sql(table))
-            else:
-                empty = table.schema.empty_table().append_column("date", pa.array([], pa.date32()))
-                con.register(f"_empty_{table.name}", empty)
-                con.execute(
-                    f'CREATE OR REPLACE VIEW "{table.name}" AS SELECT * REPLACE'
-                    f" (extra::JSON AS extra) FROM _empty_{table.name}"
-                )
-        if read_only:
-            root = str(self.root).replace("'", "''")
-            con.execute(f"SET allowed_directories = ['{root}/']")
-            con.execute("SET enable_external_access = false")
-            con.execute("SET lock_configuration = true")
+        try:
+            if temp_directory:
+                # Encryption needs a secure random engine, which DuckDB takes from httpfs;
+                # it cannot be loaded once file access is off.
+                con.execute("LOAD httpfs")
+            con.execute("SET TimeZone = 'UTC'")
+            readable: list[str] = []
+            for table in self.tables:
+                files = self.lake_files(table)
+                readable.extend(files)
+                if files:
+                    con.execute(self.view_sql(table, files))
+                else:
+                    empty = table.schema.empty_table().append_column(
+                        "date", pa.array([], pa.date32())
+                    )
+                    con.register(f"_empty_{table.name}", empty)
+                    con.execute(
+                        f'CREATE OR REPLACE VIEW "{table.name}" AS SELECT * REPLACE'
+                        f" (extra::JSON AS extra) FROM _empty_{table.name}"
+                    )
+            if read_only:
+                # Exactly the files the views read: allowed_directories would let DuckDB
+                # follow a link inside the lake, as it checks the path, not the file.
+                con.execute(f"SET allowed_paths = {_sql_list(readable)}")
+                con.execute("SET enable_external_access = false")
+                con.execute("SET lock_configuration = true")
+        except BaseException:
+            con.close()
+            raise
         return con
 
     def run(
@@ -129,21 +192,30 @@ class QueryEngine:
         """Run one read-only SELECT with row and time limits."""
         limit = min(max_rows or self.max_rows, self.max_rows)
         timeout = timeout or self.timeout
-        con = self.connect(read_only=True)
+        if self.temp_root is not None:
+            self.temp_root.mkdir(parents=True, exist_ok=True)
+        temp = tempfile.mkdtemp(prefix="query-", dir=self.temp_root)
         try:
+            con = self.connect(read_only=True, temp_directory=temp)
             try:
-                statements = con.extract_statements(sql)
-            except duckdb.Error as exc:
-                raise QueryError("bad_sql", str(exc)) from exc
-            if len(statements) != 1:
-                raise QueryError("bad_sql", f"send exactly one statement (got {len(statements)})")
-            if statements[0].type.name not in _ALLOWED:
-                raise QueryError(
-                    "read_only", f"only SELECT queries are allowed (got {statements[0].type.name})"
-                )
-            return self._execute(con, sql, limit, timeout)
+                try:
+                    statements = con.extract_statements(sql)
+                except duckdb.Error as exc:
+                    raise QueryError("bad_sql", str(exc)) from exc
+                if len(statements) != 1:
+                    raise QueryError(
+                        "bad_sql", f"send exactly one statement (got {len(statements)})"
+                    )
+                if statements[0].type.name not in _ALLOWED:
+                    raise QueryError(
+                        "read_only",
+                        f"only SELECT queries are allowed (got {statements[0].type.name})",
+                    )
+                return self._execute(con, sql, limit, timeout)
+            finally:
+                con.close()
         finally:
-            con.close()
+            shutil.rmtree(temp, onerror=_log_removal_error)
 
     @staticmethod
     def _execute(
@@ -184,6 +256,46 @@ class QueryEngine:
             timer.cancel()
         truncated = table.num_rows > limit
         return QueryResult(table.slice(0, limit), types, truncated, time.perf_counter() - started)
+
+
+def _sql_list(paths: list[str]) -> str:
+    """A DuckDB list literal of strings."""
+    quoted = ("'" + p.replace("'", "''") + "'" for p in paths)
+    return f"[{', '.join(quoted)}]::VARCHAR[]"
+
+
+@functools.cache
+def _extension_directory() -> str:
+    """Where the ``duckdb-ext-httpfs`` package keeps DuckDB's httpfs extension, once DuckDB
+    has checked the extension's signature.
+
+    DuckDB checks it by hashing the 25 MB file, about 0.1 s of CPU per load: it is checked
+    once per process here, and query connections then load it with
+    ``allow_unsigned_extensions`` (a query cannot load anything: one SELECT, file access
+    off, configuration locked).
+    """
+    spec = importlib.util.find_spec("duckdb_ext")
+    if spec is None or not spec.submodule_search_locations:
+        raise QueryError(
+            "no_httpfs",
+            "DuckDB's httpfs extension, which encrypts spill files, is not installed"
+            " (pip install duckdb-ext-httpfs)",
+        )
+    directory = os.path.join(next(iter(spec.submodule_search_locations)), "extensions")
+    con = duckdb.connect(
+        config={"extension_directory": directory, "autoinstall_known_extensions": False}
+    )
+    try:
+        con.execute("LOAD httpfs")
+    except duckdb.Error as exc:
+        raise QueryError("no_httpfs", f"DuckDB's httpfs extension does not load: {exc}") from exc
+    finally:
+        con.close()
+    return directory
+
+
+def _log_removal_error(function: Any, path: str, exc_info: Any) -> None:
+    log.warning("query temp folder not removed", path=path, error=str(exc_info[1]))
 
 
 def _quote(name: str) -> str:

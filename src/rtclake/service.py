@@ -121,6 +121,7 @@ class Service:
         self.query = QueryEngine(
             settings.lake_root,
             self.tables,
+            temp_root=settings.data_dir / "query-tmp",
             dedup=q.dedup,
             max_rows=q.max_rows,
             timeout=q.timeout,
