@@ -174,6 +174,11 @@ def query(
         max_rows=max(max_rows or 0, q.max_rows),
         timeout=q.timeout,
         threads=q.threads,
+        memory_limit=q.memory_limit,
+        max_temp_bytes=q.max_temp_bytes,
+        max_result_bytes=q.max_result_bytes,
+        max_concurrent=q.max_concurrent,
+        queue_timeout=q.queue_timeout,
     )
     try:
         result = engine.run(sql, max_rows=max_rows)

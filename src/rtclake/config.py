@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rtclake.errors import ConfigError
@@ -63,12 +71,27 @@ class LakeConfig(Section):
 
 
 class QueryConfig(Section):
-    """Limits of the SQL API."""
+    """Limits of the SQL API (``rtclake query`` and ``POST /api/query``), per query unless
+    said otherwise. The defaults suit a 2-core host with a few GB of memory: at most
+    ``max_concurrent`` x ``memory_limit`` for DuckDB, one thread each."""
 
     max_rows: int = Field(default=10_000, gt=0)
     timeout: float = Field(default=30.0, gt=0, description="seconds")
     dedup: bool = Field(default=True, description="views hide rows with a repeated record_id")
-    threads: int | None = Field(default=None, gt=0)
+    threads: int = Field(default=1, gt=0, description="DuckDB threads; 1 leaves a core for ingest")
+    memory_limit: ByteSize = Field(
+        default=ByteSize(512 * MiB), ge=16 * MiB, description="DuckDB memory, e.g. 512MiB; 422"
+    )
+    max_temp_bytes: ByteSize = Field(
+        default=ByteSize(1024 * MiB), ge=0, description="DuckDB spill files on disk; 422"
+    )
+    max_result_bytes: ByteSize = Field(
+        default=ByteSize(64 * MiB), gt=0, description="the result as Arrow, read in batches; 413"
+    )
+    max_concurrent: int = Field(default=2, gt=0, description="queries at once, for the process")
+    queue_timeout: float = Field(
+        default=5.0, ge=0, description="seconds a query waits for a slot, then 429"
+    )
 
 
 class RouteConfig(Section):

@@ -91,9 +91,42 @@ class SinkError(RtclakeError):
 
 
 class QueryError(RtclakeError):
-    """A query was refused (not read-only, too slow) or failed in DuckDB."""
+    """A query was refused (not read-only, too slow) or failed in DuckDB.
+
+    ``reason`` is a short machine-readable label, ``status`` the HTTP answer.
+    """
+
+    status = 400
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+class QueryOverLimit(QueryError):
+    """A query needed more memory (``query.memory_limit``, reason ``memory_limit``) or
+    temporary disk space (``query.max_temp_bytes``, reason ``temp_limit``) than a query
+    may use."""
+
+    status = 422
+
+
+class ResultTooLarge(QueryError):
+    """A query's result is larger than ``query.max_result_bytes``."""
+
+    status = 413
+
+    def __init__(self, message: str) -> None:
+        super().__init__("result_too_large", message)
+
+
+class QueryBusy(QueryError):
+    """Every query slot (``query.max_concurrent``) stayed taken while the query waited
+    (``query.queue_timeout``); retry after ``retry_after`` seconds."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__("busy", message)
+        self.retry_after = retry_after

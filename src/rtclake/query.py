@@ -1,21 +1,26 @@
 """Query: DuckDB over the lake, with one view per lake table.
 
-Views read ``ROOT/TABLE/date=*/*.parquet`` (``date`` comes from the folder name) and, by
-default, show one row per ``record_id``, so a record that was delivered twice (a client
-retry, a replayed batch) is counted once. Queries through :meth:`QueryEngine.run` are
-read-only: one ``SELECT`` statement, no file access outside the lake, a row limit and a
-time limit.
+Views read the files ``ROOT/TABLE/date=*/*.parquet`` (``date`` comes from the folder name)
+and, by default, show one row per ``record_id``, so a record that was delivered twice (a
+client retry, a replayed batch) is counted once. Queries through :meth:`QueryEngine.run`
+are read-only (one ``SELECT`` statement, no file but the lake's Parquet files) and
+limited: rows, time, memory, temporary disk space, result size and queries at once. A
+query past a limit raises a :class:`~rtclake.errors.QueryError` whose ``status`` is the
+HTTP answer.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,13 +30,15 @@ import orjson
 import pyarrow as pa
 import structlog
 
-from rtclake.errors import QueryError
+from rtclake.errors import QueryBusy, QueryError, QueryOverLimit, ResultTooLarge
 from rtclake.results import is_json, unique_names
 from rtclake.tables import Table, TableRegistry
 
 log = structlog.get_logger(__name__)
 
 _ALLOWED = {"SELECT"}
+_BATCH_ROWS = 1024
+MiB = 1024 * 1024
 # Types DuckDB 1.4 cannot hand to Arrow (TIME_NS, VARIANT) or hands over without their
 # offset (TIME WITH TIME ZONE): a column that holds one is cast by DuckDB itself.
 _NOT_ARROW = {"time_ns", "variant", "time with time zone"}
@@ -66,10 +73,16 @@ class QueryResult:
 
 
 class QueryEngine:
-    """Builds DuckDB connections that see the lake's tables as views.
+    """Builds DuckDB connections that see the lake's tables as views, and runs queries.
 
     ``temp_root`` is the folder under which each query gets a fresh folder for DuckDB's
     spill files, removed when the query ends (default: the system's temporary folder).
+    The limits mean, per query: ``memory_limit`` and ``max_temp_bytes`` are DuckDB's
+    ``memory_limit`` and ``max_temp_directory_size``, ``max_result_bytes`` the Arrow size
+    of the result; ``max_concurrent`` queries run at once, a further one waits up to
+    ``queue_timeout`` seconds for a slot. None means no limit of rtclake's (DuckDB's own
+    defaults); ``rtclake run`` and ``rtclake query`` pass the ``query`` section of the
+    configuration.
     """
 
     def __init__(
@@ -82,6 +95,11 @@ class QueryEngine:
         max_rows: int = 10_000,
         timeout: float = 30.0,
         threads: int | None = None,
+        memory_limit: int | None = None,
+        max_temp_bytes: int | None = None,
+        max_result_bytes: int | None = None,
+        max_concurrent: int | None = None,
+        queue_timeout: float = 5.0,
     ) -> None:
         self.root = Path(lake_root).absolute()
         self.tables = tables
@@ -90,6 +108,12 @@ class QueryEngine:
         self.max_rows = max_rows
         self.timeout = timeout
         self.threads = threads
+        self.memory_limit = memory_limit
+        self.max_temp_bytes = max_temp_bytes
+        self.max_result_bytes = max_result_bytes
+        self.max_concurrent = max_concurrent
+        self.queue_timeout = queue_timeout
+        self._slots = threading.BoundedSemaphore(max_concurrent) if max_concurrent else None
 
     def lake_files(self, table: Table) -> list[str]:
         """The Parquet files of one table: ``TABLE/date=*/*.parquet``, regular files only.
@@ -160,6 +184,12 @@ class QueryEngine:
                 # it cannot be loaded once file access is off.
                 con.execute("LOAD httpfs")
             con.execute("SET TimeZone = 'UTC'")
+            if self.memory_limit is not None:
+                con.execute(f"SET memory_limit = '{self.memory_limit}B'")
+            if self.max_temp_bytes is not None:
+                # A SET: DuckDB 1.4 shows this limit but does not keep to it when it comes
+                # in duckdb.connect's config.
+                con.execute(f"SET max_temp_directory_size = '{self.max_temp_bytes}B'")
             readable: list[str] = []
             for table in self.tables:
                 files = self.lake_files(table)
@@ -189,37 +219,42 @@ class QueryEngine:
     def run(
         self, sql: str, *, max_rows: int | None = None, timeout: float | None = None
     ) -> QueryResult:
-        """Run one read-only SELECT with row and time limits."""
+        """Run one read-only SELECT within the engine's limits."""
         limit = min(max_rows or self.max_rows, self.max_rows)
         timeout = timeout or self.timeout
-        if self.temp_root is not None:
-            self.temp_root.mkdir(parents=True, exist_ok=True)
-        temp = tempfile.mkdtemp(prefix="query-", dir=self.temp_root)
-        try:
-            con = self.connect(read_only=True, temp_directory=temp)
+        with self._slot():
+            if self.temp_root is not None:
+                self.temp_root.mkdir(parents=True, exist_ok=True)
+            temp = tempfile.mkdtemp(prefix="query-", dir=self.temp_root)
             try:
+                con = self.connect(read_only=True, temp_directory=temp)
                 try:
-                    statements = con.extract_statements(sql)
-                except duckdb.Error as exc:
-                    raise QueryError("bad_sql", str(exc)) from exc
-                if len(statements) != 1:
-                    raise QueryError(
-                        "bad_sql", f"send exactly one statement (got {len(statements)})"
-                    )
-                if statements[0].type.name not in _ALLOWED:
-                    raise QueryError(
-                        "read_only",
-                        f"only SELECT queries are allowed (got {statements[0].type.name})",
-                    )
-                return self._execute(con, sql, limit, timeout)
+                    _check_statement(con, sql)
+                    return self._execute(con, sql, limit, timeout)
+                finally:
+                    con.close()
             finally:
-                con.close()
-        finally:
-            shutil.rmtree(temp, onerror=_log_removal_error)
+                shutil.rmtree(temp, onerror=_log_removal_error)
 
-    @staticmethod
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        """Hold one of the ``max_concurrent`` query slots while the block runs."""
+        if self._slots is None:
+            yield
+            return
+        if not self._slots.acquire(timeout=self.queue_timeout):
+            raise QueryBusy(
+                f"{self.max_concurrent} queries are running (query.max_concurrent) and none"
+                f" ended within {self.queue_timeout:g} s; retry later",
+                retry_after=max(1, math.ceil(self.queue_timeout)),
+            )
+        try:
+            yield
+        finally:
+            self._slots.release()
+
     def _execute(
-        con: duckdb.DuckDBPyConnection, sql: str, limit: int, timeout: float
+        self, con: duckdb.DuckDBPyConnection, sql: str, limit: int, timeout: float
     ) -> QueryResult:
         started = time.perf_counter()
         timer = threading.Timer(timeout, con.interrupt)
@@ -239,23 +274,69 @@ class QueryEngine:
                     )
                 )
             types = tuple(d[1] for d in result.description)
-            reader = result.fetch_record_batch(min(limit + 1, 100_000))
+            # Small batches: the result's size is checked as it arrives, so a result past
+            # max_result_bytes is refused after at most one batch more than the limit.
+            reader = result.fetch_record_batch(min(limit + 1, _BATCH_ROWS))
             batches: list[pa.RecordBatch] = []
-            rows = 0
+            rows = size = 0
             for batch in reader:
                 batches.append(batch)
                 rows += batch.num_rows
+                size += batch.nbytes
+                if self.max_result_bytes is not None and size > self.max_result_bytes:
+                    raise ResultTooLarge(
+                        f"the result is larger than query.max_result_bytes"
+                        f" ({_mib(self.max_result_bytes)}); select fewer rows or columns,"
+                        " or smaller values"
+                    )
                 if rows > limit:
                     break
             table = pa.Table.from_batches(batches, schema=reader.schema).rename_columns(names)
         except duckdb.InterruptException as exc:
             raise QueryError("timeout", f"query ran longer than {timeout:g} s") from exc
+        except duckdb.OutOfMemoryException as exc:
+            raise self._over_limit(exc) from exc
         except duckdb.Error as exc:
             raise QueryError("query_failed", str(exc).splitlines()[0]) from exc
         finally:
             timer.cancel()
         truncated = table.num_rows > limit
         return QueryResult(table.slice(0, limit), types, truncated, time.perf_counter() - started)
+
+    def _over_limit(self, exc: duckdb.Error) -> QueryOverLimit:
+        """The refusal of a query DuckDB stopped for want of memory or temp space."""
+        cause = str(exc).splitlines()[0]
+        if "max_temp_directory_size" in str(exc):
+            limit = "unset" if self.max_temp_bytes is None else _mib(self.max_temp_bytes)
+            return QueryOverLimit(
+                "temp_limit",
+                f"the query needs more temporary disk space than query.max_temp_bytes"
+                f" ({limit}) allows ({cause})",
+            )
+        limit = "unset" if self.memory_limit is None else _mib(self.memory_limit)
+        return QueryOverLimit(
+            "memory_limit",
+            f"the query needs more memory than query.memory_limit ({limit}) allows ({cause});"
+            " aggregate or filter earlier, or select smaller values",
+        )
+
+
+def _check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse anything but exactly one SELECT."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError("bad_sql", str(exc)) from exc
+    if len(statements) != 1:
+        raise QueryError("bad_sql", f"send exactly one statement (got {len(statements)})")
+    if statements[0].type.name not in _ALLOWED:
+        raise QueryError(
+            "read_only", f"only SELECT queries are allowed (got {statements[0].type.name})"
+        )
+
+
+def _mib(size: int) -> str:
+    return f"{size / MiB:g} MiB"
 
 
 def _sql_list(paths: list[str]) -> str:

@@ -18,7 +18,7 @@ from starlette.schemas import SchemaGenerator
 from starlette.staticfiles import StaticFiles
 
 from rtclake import __version__
-from rtclake.errors import QueryError
+from rtclake.errors import QueryBusy, QueryError
 from rtclake.results import JSON_OPTIONS, json_rows
 from rtclake.service import Service
 from rtclake.sources.http_ingest import JSON, bearer_ok, json_error
@@ -84,6 +84,15 @@ def create_app(service: Service) -> Starlette:
             description: 'Body: {columns, types, rows, row_count, truncated, elapsed_ms}'
           400: {description: 'Refused or failed. Body: {"error", "message"}'}
           401: {description: A bearer token is required.}
+          413: {description: 'The result is larger than query.max_result_bytes (result_too_large).'}
+          422:
+            description: >
+              The query needs more memory than query.memory_limit (memory_limit) or more
+              temporary disk space than query.max_temp_bytes (temp_limit).
+          429:
+            description: >
+              query.max_concurrent queries are running and none ended within
+              query.queue_timeout (busy); see Retry-After.
         """
         if not bearer_ok(request, query_token):
             return json_error(401, "unauthorized", "a valid bearer token is required")
@@ -99,7 +108,10 @@ def create_app(service: Service) -> Starlette:
         try:
             result = await run_in_threadpool(service.query.run, body["sql"], max_rows=max_rows)
         except QueryError as exc:
-            return json_error(400, exc.reason, exc.message)
+            response = json_error(exc.status, exc.reason, exc.message)
+            if isinstance(exc, QueryBusy):
+                response.headers["Retry-After"] = str(exc.retry_after)
+            return response
         payload = {
             "columns": result.columns,
             "types": [str(t) for t in result.types],

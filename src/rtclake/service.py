@@ -126,6 +126,11 @@ class Service:
             max_rows=q.max_rows,
             timeout=q.timeout,
             threads=q.threads,
+            memory_limit=q.memory_limit,
+            max_temp_bytes=q.max_temp_bytes,
+            max_result_bytes=q.max_result_bytes,
+            max_concurrent=q.max_concurrent,
+            queue_timeout=q.queue_timeout,
         )
         token = settings.server.ingest_token
         self.http_ingest = HttpIngest(
