@@ -116,6 +116,9 @@ WRONG_TYPES = {
     "timestamp-impossible-date": Bad(b'{"timestamp": "2026-02-30T00:00:00Z"}', "invalid_record"),
     "ts-leap-second": Bad(b'{"ts": "2016-12-31T23:59:60Z"}', "invalid_record"),
     "time-offset-out-of-range": Bad(b'{"time": "2026-11-20T00:00:00+24:00"}', "invalid_record"),
+    # In UTC past year 9999 (a poisoned batch once: the lake could not name its date).
+    "time-past-9999-in-utc": Bad(b'{"time": "9999-12-31T23:59:59.999999-23:59"}', "invalid_record"),
+    "time-before-year-1-in-utc": Bad(b'{"time": "0001-01-01T00:00:00+00:01"}', "invalid_record"),
     "jsonl-array-line": Bad(jsonl(GOOD_LINE, b"[1]", GOOD_LINE), "invalid_record", 2),
 }
 ENCODINGS = {

@@ -67,3 +67,29 @@ def test_a_segment_that_cannot_be_converted_is_quarantined(tmp_path: Path) -> No
     assert [b.segment for b in sink.batches] == [1]  # the good batch after it still flows
     (quarantined,) = (tmp_path / "spool" / "quarantine").glob("*.wal")
     assert quarantined.name.endswith("-000000000000.wal")
+
+
+class PickySink(MemorySink):
+    """Refuses the data of batches holding ``{"i": 0}`` (a value it cannot take)."""
+
+    def write(self, batch: Batch) -> None:
+        if b'"i":0' in batch.tables["telemetry"]["extra"][0].as_py().encode():
+            raise OverflowError("date value out of range")
+        super().write(batch)
+
+
+def test_a_batch_a_sink_refuses_for_its_data_is_quarantined_not_retried_forever(
+    tmp_path: Path,
+) -> None:
+    sink = PickySink("lake")
+    asyncio.run(run(tmp_path, [sink], [header(), header()]))
+    assert [b.segment for b in sink.batches] == [1]  # the batch behind it is not held up
+    (quarantined,) = (tmp_path / "spool" / "quarantine").glob("*.wal")
+    assert quarantined.name.endswith("-000000000000.wal")
+
+
+def test_an_outage_is_retried_however_long_it_lasts(tmp_path: Path) -> None:
+    sink = MemorySink("lake", failures=12)  # OSError: more failures than the data limit
+    asyncio.run(run(tmp_path, [sink], [header(), header()]))
+    assert [b.segment for b in sink.batches] == [0, 1]
+    assert not (tmp_path / "spool" / "quarantine").exists()

@@ -428,7 +428,7 @@ int64_t days_from_civil(int64_t y, int64_t m, int64_t d) {
 // parse_time, the parser below for every line): RFC 3339, YYYY-MM-DD, 'T' (or 't', or a
 // space), HH:MM:SS, an optional fraction (digits past microseconds are cut), and a
 // required offset, 'Z' (or 'z') or +HH:MM / -HH:MM. 24:00:00 is the end of the day.
-// False if the text is anything else or not a real date.
+// False if the text is anything else, not a real date, or outside years 1-9999 in UTC.
 bool rfc3339_us(std::string_view s, int64_t &out) {
   auto num = [&](size_t at, size_t n, int64_t &v) {
     if (at + n > s.size()) return false;
@@ -480,6 +480,11 @@ bool rfc3339_us(std::string_view s, int64_t &out) {
   if ((hour > 23 && !end_of_day) || minute > 59 || second > 59) return false;
   int64_t secs = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second -
                  offset * 60;
+  // In UTC, within years 1-9999 (what Python, Arrow's date partitions and DuckDB share):
+  // an offset can push 9999-12-31 or 0001-01-01 out.
+  static const int64_t first = days_from_civil(1, 1, 1) * 86400;
+  static const int64_t last = days_from_civil(10000, 1, 1) * 86400;
+  if (secs < first || secs >= last) return false;
   out = secs * 1000000 + micros;
   return true;
 }

@@ -5,7 +5,11 @@ One segment is one batch. Its entries are grouped by table, turned into Arrow by
 handed to each sink that has not yet confirmed the segment. A sink's confirmation is
 recorded in the spool; once every sink confirmed, the segment is deleted. A failing sink
 is retried with exponential backoff while the segment stays on disk, so an outage loses
-nothing (the spool fills, and ingest answers 503 once it is full).
+nothing (the spool fills, and ingest answers 503 once it is full). A segment that cannot
+be converted, or that a sink refuses for its data rather than for an outage (any error
+but ``OSError`` and :class:`~rtclake.errors.SinkError`), is tried five times, then moved
+to ``spool/quarantine/`` (counted and logged), so one poisoned batch cannot hold up the
+batches behind it.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import pyarrow.compute as pc
 import structlog
 
 from rtclake import _jsoncols, faults
-from rtclake.errors import SpoolCorrupt
+from rtclake.errors import SinkError, SpoolCorrupt
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch, Sink
 from rtclake.spool import Entry, EntryHeader, Segment, Spool
@@ -319,8 +323,8 @@ class Writer:
         )
         self._task: asyncio.Task[None] | None = None
         self._busy = False
-        self._failed_conversions: dict[Path, int] = {}
-        self.max_conversion_attempts = 5
+        self._data_failures: dict[Path, int] = {}
+        self.max_data_failures = 5
         self._last_maintenance = time.monotonic()
 
     async def start(self) -> None:
@@ -371,7 +375,7 @@ class Writer:
             delay = self.retry_initial
             try:
                 while not await loop.run_in_executor(None, self._deliver_safely, seg):
-                    if self._failed_conversions.get(seg.path, 0) >= self.max_conversion_attempts:
+                    if self._data_failures.get(seg.path, 0) >= self.max_data_failures:
                         await loop.run_in_executor(None, self._quarantine, seg)
                         break
                     await asyncio.sleep(delay)
@@ -404,7 +408,7 @@ class Writer:
             tables = self._converter.convert(seg.run, seg.seq, entries)
         except Exception as exc:  # retried, then set aside; never dropped
             self.metrics.sink_errors.labels("converter").inc()
-            self._failed_conversions[seg.path] = self._failed_conversions.get(seg.path, 0) + 1
+            self._data_failures[seg.path] = self._data_failures.get(seg.path, 0) + 1
             log.error(
                 "writer: cannot convert segment",
                 segment=seg.path.name,
@@ -423,6 +427,10 @@ class Writer:
                 sink.write(batch)
             except Exception as exc:  # a sink's failure must not stop the writer
                 ok = False
+                if not isinstance(exc, OSError | SinkError):
+                    # Not an outage but the batch's data (a value the sink cannot take):
+                    # retried, then set aside, so it cannot hold up every later batch.
+                    self._data_failures[seg.path] = self._data_failures.get(seg.path, 0) + 1
                 self.metrics.sink_errors.labels(sink.name).inc()
                 log.error(
                     "writer: sink failed; batch kept",
@@ -447,7 +455,7 @@ class Writer:
 
     def _quarantine(self, seg: Segment) -> None:
         """Set a segment that cannot be converted aside, so later batches flow again."""
-        self._failed_conversions.pop(seg.path, None)
+        self._data_failures.pop(seg.path, None)
         target = self.spool.quarantine(seg)
         self.metrics.quarantined.inc()
         log.error("writer: segment quarantined; inspect it and re-import", path=str(target))
