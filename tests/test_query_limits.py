@@ -164,12 +164,21 @@ def test_cli_prints_one_line_and_fails(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("error (memory_limit): "), result.stderr
 
 
-def post(server: Server, sql: str) -> httpx.Response:
-    return httpx.post(server.url + "/api/query", json={"sql": sql}, timeout=120)
+def post(server: Server, sql: str, **body: Any) -> httpx.Response:
+    return httpx.post(server.url + "/api/query", json={"sql": sql, **body}, timeout=120)
 
 
-def test_memory_hungry_queries_are_refused_and_the_server_stays_bounded(
-    make_server: Callable[..., Server],
+@pytest.mark.parametrize(
+    ("sql", "body", "answer"),
+    [
+        (HUNGRY, {}, (422, "memory_limit")),
+        (HUGE_RESULT, {}, (413, "result_too_large")),
+        (HUGE_RESULT, {"max_rows": 5}, (200, None)),  # all 10,000 texts made, 5 kept
+    ],
+    ids=["memory_limit", "result_too_large", "first_rows_of_a_huge_result"],
+)
+def test_the_server_stays_bounded_while_queries_run(
+    make_server: Callable[..., Server], sql: str, body: dict[str, Any], answer: tuple[int, Any]
 ) -> None:
     server = make_server()
     q = QueryConfig()
@@ -177,7 +186,7 @@ def test_memory_hungry_queries_are_refused_and_the_server_stays_bounded(
     process = psutil.Process(server.proc.pid if server.proc else 0)
     answers: list[httpx.Response] = []
     clients = [
-        threading.Thread(target=lambda: answers.append(post(server, HUNGRY)))
+        threading.Thread(target=lambda: answers.append(post(server, sql, **body)))
         for _ in range(q.max_concurrent)
     ]
     for client in clients:
@@ -193,14 +202,7 @@ def test_memory_hungry_queries_are_refused_and_the_server_stays_bounded(
     for client in clients:
         client.join()
     print(f"peak RSS {peak / MiB:.0f} MiB, bound {bound / MiB:.0f} MiB")
-    assert [(a.status_code, a.json()["error"]) for a in answers] == [
-        (422, "memory_limit")
-    ] * q.max_concurrent
-
-
-def test_a_huge_result_gets_413_over_http(server: Server) -> None:
-    answer = post(server, HUGE_RESULT)
-    assert answer.status_code == 413 and answer.json()["error"] == "result_too_large"
+    assert [(a.status_code, a.json().get("error")) for a in answers] == [answer] * q.max_concurrent
 
 
 def test_a_busy_server_answers_429_with_retry_after(make_server: Callable[..., Server]) -> None:

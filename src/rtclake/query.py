@@ -184,6 +184,11 @@ class QueryEngine:
                 # it cannot be loaded once file access is off.
                 con.execute("LOAD httpfs")
             con.execute("SET TimeZone = 'UTC'")
+            # A streaming result runs ahead until this many bytes wait in its buffer, but
+            # DuckDB 1.4 counts a text vector without its strings: by default, 10,000 texts
+            # of 100 kB (1 GB, outside memory_limit) were made before the first fetch.
+            # With 1 kB, one chunk (2,048 rows) at a time.
+            con.execute("SET streaming_buffer_size = '1KB'")
             if self.memory_limit is not None:
                 con.execute(f"SET memory_limit = '{self.memory_limit}B'")
             if self.max_temp_bytes is not None:
