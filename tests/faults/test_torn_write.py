@@ -46,6 +46,20 @@ def stored(path: Path) -> list[bytes]:
     return [e.body for wal in sorted(path.glob("*.wal")) for e in read_entries(wal)[0]]
 
 
+def recovered(path: Path) -> list[bytes]:
+    """The bodies a spool started on ``path`` recovers into its first sealed segment."""
+
+    async def reopen() -> list[bytes]:
+        spool = make(path)
+        await spool.start()
+        seg = await spool.next_sealed()
+        bodies = [e.body for e in Spool.read(seg)]
+        await spool.close()
+        return bodies
+
+    return asyncio.run(reopen())
+
+
 def expected(*ranges: range) -> list[bytes]:
     return [b'{"i":%d}' % i for r in ranges for i in r]
 
@@ -71,15 +85,7 @@ def test_failed_write_leaves_the_segment_as_it_was(
     at_run_time = asyncio.run(main())
     assert at_run_time == expected(range(20))
 
-    async def restart() -> list[bytes]:
-        spool = make(tmp_path)
-        await spool.start()
-        seg = await spool.next_sealed()
-        bodies = [e.body for e in Spool.read(seg)]
-        await spool.close()
-        return bodies
-
-    assert asyncio.run(restart()) == expected(range(20))
+    assert recovered(tmp_path) == expected(range(20))
 
 
 def test_a_tear_that_cannot_be_cut_retires_the_segment_and_loses_nothing(
@@ -115,15 +121,7 @@ def test_reader_steps_over_torn_bytes_inside_a_segment(tmp_path: Path) -> None:
     assert [e.index for e in entries] == [0, 1, 2]
     assert end == wal.stat().st_size - len(torn)  # only the tail is cut on recovery
 
-    async def recover() -> list[bytes]:
-        spool = make(tmp_path)
-        await spool.start()
-        seg = await spool.next_sealed()
-        bodies = [e.body for e in Spool.read(seg)]
-        await spool.close()
-        return bodies
-
-    assert asyncio.run(recover()) == expected(range(3))
+    assert recovered(tmp_path) == expected(range(3))
 
 
 def test_failed_fsync_is_not_acknowledged_and_later_writes_are(tmp_path: Path) -> None:
