@@ -239,11 +239,11 @@ def test_import_and_query_commands(tmp_path: Path) -> None:
         [*rtclake, "query", sql, "--format", "csv"], env=env, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [
-        '"stats_type","bytes_sent"',
-        '"candidate-pair",1313',
-        '"inbound-rtp",',
-        '"outbound-rtp",0',
+    assert out.stdout.splitlines() == [  # RFC 4180: quotes only where a cell needs them
+        "stats_type,bytes_sent",
+        "candidate-pair,1313",
+        "inbound-rtp,",
+        "outbound-rtp,0",
     ]
 
 

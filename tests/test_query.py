@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rtclake.catalog import default_registry
-from rtclake.errors import QueryError
+from rtclake.errors import LakeUnreadable, QueryError
 from rtclake.query import QueryEngine
 from rtclake.sinks.base import Batch
 from rtclake.sinks.lake import LakeSink
@@ -110,3 +110,10 @@ def test_slow_query_is_interrupted(lake: Path) -> None:
     with pytest.raises(QueryError) as info:
         engine(lake, timeout=0.3).run("SELECT count(*) FROM range(100000000000) a")
     assert info.value.reason == "timeout"
+
+
+def test_a_damaged_lake_file_is_a_503_naming_the_table_not_a_crash(lake: Path) -> None:
+    (lake / "telemetry" / "date=2026-11-01" / "damaged.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(LakeUnreadable) as info:
+        engine(lake).run("SELECT count(*) FROM telemetry")
+    assert info.value.status == 503 and "telemetry" in info.value.message

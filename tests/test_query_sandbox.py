@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,13 @@ def test_the_server_keeps_query_temp_folders_in_the_data_dir(server: Server) -> 
     folder = server.query("SELECT current_setting('temp_directory')")["rows"][0][0]
     assert Path(folder).parent == (server.data_dir / "query-tmp").absolute()
     assert not Path(folder).exists()
+
+
+def test_temp_folders_a_crash_left_are_removed_when_the_server_starts(
+    make_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    stale = tmp_path / "data" / "query-tmp" / "query-left-by-a-crash"
+    stale.mkdir(parents=True)
+    (stale / "duckdb_temp_storage-0.tmp").write_bytes(b"\0" * 1024)
+    make_server(tmp_path / "data")
+    assert not stale.exists()

@@ -130,3 +130,13 @@ class QueryBusy(QueryError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__("busy", message)
         self.retry_after = retry_after
+
+
+class LakeUnreadable(QueryError):
+    """A file of the lake cannot be read (damaged, or not Parquet), so the tables cannot be
+    built; the operator must move it out of the lake. Not the query's fault: 503."""
+
+    status = 503
+
+    def __init__(self, message: str) -> None:
+        super().__init__("lake_unreadable", message)

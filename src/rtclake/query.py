@@ -30,7 +30,7 @@ import orjson
 import pyarrow as pa
 import structlog
 
-from rtclake.errors import QueryBusy, QueryError, QueryOverLimit, ResultTooLarge
+from rtclake.errors import LakeUnreadable, QueryBusy, QueryError, QueryOverLimit, ResultTooLarge
 from rtclake.results import is_json, unique_names
 from rtclake.tables import Table, TableRegistry
 
@@ -114,6 +114,14 @@ class QueryEngine:
         self.max_concurrent = max_concurrent
         self.queue_timeout = queue_timeout
         self._slots = threading.BoundedSemaphore(max_concurrent) if max_concurrent else None
+
+    def remove_stale_temp(self) -> None:
+        """Remove the temp folders queries of an earlier run left (a crash skips the
+        removal after each query). For the server's start, before any query runs."""
+        if self.temp_root is None or not self.temp_root.is_dir():
+            return
+        for folder in self.temp_root.glob("query-*"):
+            shutil.rmtree(folder, onerror=_log_removal_error)
 
     def lake_files(self, table: Table) -> list[str]:
         """The Parquet files of one table: ``TABLE/date=*/*.parquet``, regular files only.
@@ -200,7 +208,14 @@ class QueryEngine:
                 files = self.lake_files(table)
                 readable.extend(files)
                 if files:
-                    con.execute(self.view_sql(table, files))
+                    try:
+                        con.execute(self.view_sql(table, files))
+                    except duckdb.Error as exc:
+                        raise LakeUnreadable(
+                            f"the files of table {table.name} cannot be read"
+                            f" ({str(exc).splitlines()[0]}); move the damaged file out of"
+                            f" {self.root}"
+                        ) from exc
                 else:
                     empty = table.schema.empty_table().append_column(
                         "date", pa.array([], pa.date32())

@@ -14,9 +14,10 @@ same everywhere. Each column is converted from Arrow, guided by DuckDB's type of
 - dates, times and timestamps are ISO 8601 (timestamps with a ``Z``), also the ones Python
   cannot hold (years past 9999 as ``+294247-01-10T...``, before year 1 as ``-5877641-...``,
   ``infinity``, ``TIME '24:00:00'``);
-- ``UUID`` and ``ENUM`` are text; ``JSON`` is parsed; ``LIST``, ``ARRAY``, ``STRUCT``,
-  ``MAP`` (an object; keys that are not text become their JSON text) and ``UNION`` (its
-  value) are converted recursively.
+- ``UUID`` and ``ENUM`` are text; ``JSON`` goes out as the JSON text it is (an
+  ``orjson.Fragment``: however deep it nests); ``LIST``, ``ARRAY``, ``STRUCT``, ``MAP``
+  (an object; keys that are not text become their JSON text) and ``UNION`` (its value)
+  are converted recursively.
 
 CSV and the table view write the same values: text as it is, everything else as its JSON
 text (``true``, ``[1,2]``, ``2026-11-01T10:00:00Z``), NULL as an empty cell.
@@ -114,7 +115,9 @@ def cell_text(value: Any) -> str:
 
 def _convert(array: pa.Array, duck_type: Any) -> list[Any]:
     if is_json(duck_type):
-        return [None if v is None else orjson.loads(v) for v in array.to_pylist()]
+        # Passed through as the JSON text it is: parsing it would cost time, and a value
+        # nested deeper than orjson writes (254 levels) could not be sent back at all.
+        return [None if v is None else orjson.Fragment(v) for v in array.to_pylist()]
     converter = _CONVERTERS.get(duck_type.id)
     return converter(array, duck_type) if converter else array.to_pylist()
 

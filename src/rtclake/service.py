@@ -157,6 +157,7 @@ class Service:
             return float("nan")
 
     async def start(self) -> None:
+        self.query.remove_stale_temp()
         await self.spool.start()
         await self.writer.start()
         for source in self.sources:
