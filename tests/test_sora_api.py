@@ -597,13 +597,17 @@ def test_a_full_spool_drops_the_poll_but_not_the_latest_values(
     async def scenario() -> None:
         spool = Spool(
             tmp_path / "spool",
-            max_bytes=100,  # no answer fits
+            max_bytes=8000,  # each answer would fit an empty spool, but not beside ...
             segment_max_bytes=1 << 20,
             segment_max_records=1000,
             flush_interval=60,
             fsync=False,
         )
         await spool.start()
+        filler = EntryHeader(
+            table="telemetry", source="t", stream="s", kind="telemetry", received_us=1, records=1
+        )
+        await spool.append(filler, b'{"pad": "%s"}' % (b"x" * 5000))  # ... what waits here
         metrics = Metrics()
         config = SoraApiConfig(nodes=[sora.url], timeout=2)
         try:
