@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench services clean
+.PHONY: run test lint typecheck pytest bench fuzz services clean
 
 $(STAMP): pyproject.toml setup.py src/rtclake/_jsoncols.cpp
 	bash scripts/system-deps.sh
@@ -34,6 +34,10 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The fault suite's body fuzz at ten times the cases of `make test`.
+fuzz: $(STAMP)
+	RTCLAKE_FUZZ_CASES=30000 $(BIN)/pytest tests/faults/test_fuzz_bodies.py
 
 clean:
 	rm -rf $(VENV) rtclake-data .pytest_cache .mypy_cache .ruff_cache

@@ -5,21 +5,38 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench import http_ingest, sora_import
+from bench import http_ingest, ingest_under_queries, sora_import
 
 
-def parse(argv: Sequence[str]) -> tuple[http_ingest.Options, str | None, int, int]:
+@dataclass(frozen=True)
+class Plan:
+    """What to run, with which options."""
+
+    only: str | None  # None: every benchmark
+    http: http_ingest.Options
+    queries: ingest_under_queries.Options
+    sora_lines: int
+    sora_rounds: int
+
+
+def parse(argv: Sequence[str]) -> Plan:
     d = http_ingest.Options()
+    dq = ingest_under_queries.Options()
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--duration", type=float, default=d.duration, help="measured seconds/phase")
+    p.add_argument(
+        "--duration",
+        type=float,
+        help=f"measured seconds per phase (default: {d.duration:g}; {dq.duration:g} for queries)",
+    )
     p.add_argument("--warmup", type=float, default=d.warmup, help="warm-up seconds per phase")
     p.add_argument(
         "--phase",
         action="append",
         choices=("batch", "paced", "single"),
-        help="run only this phase (repeatable; default: all)",
+        help="run only this phase of the http benchmark (repeatable; default: all)",
     )
     p.add_argument("--batch-connections", type=int, default=d.batch_connections)
     p.add_argument("--paced-connections", type=int, default=d.paced_connections)
@@ -30,6 +47,24 @@ def parse(argv: Sequence[str]) -> tuple[http_ingest.Options, str | None, int, in
         help="records/s offered in the paced phase",
     )
     p.add_argument("--single-connections", type=int, default=d.single_connections)
+    p.add_argument(
+        "--queries-rate",
+        type=float,
+        default=dq.rate,
+        help="single-record requests/s offered while queries run",
+    )
+    p.add_argument(
+        "--queries-connections",
+        type=int,
+        default=dq.connections,
+        help="ingest connections while queries run",
+    )
+    p.add_argument(
+        "--query-clients",
+        type=int,
+        default=dq.query_clients,
+        help="query clients (default 0: the server's query.max_concurrent + 1)",
+    )
     p.add_argument(
         "--client-workers", type=int, default=d.client_workers, help="load generator processes"
     )
@@ -49,18 +84,23 @@ def parse(argv: Sequence[str]) -> tuple[http_ingest.Options, str | None, int, in
     p.add_argument("--keep-data", action="store_true", help="keep the data dirs in bench/out")
     p.add_argument("--no-docs", action="store_true", help="do not update docs/BENCHMARKS.md")
     p.add_argument("--out-dir", type=Path, default=d.out_dir)
-    p.add_argument("--only", choices=("http", "sora"), help="run one benchmark (default: all)")
+    p.add_argument(
+        "--only", choices=("http", "queries", "sora"), help="run one benchmark (default: all)"
+    )
     p.add_argument("--sora-lines", type=int, default=sora_import.LINES)
     p.add_argument(
         "--sora-rounds", type=int, default=sora_import.ROUNDS, help="alternating runs per side"
     )
     a = p.parse_args(argv)
-    if a.duration <= 0 or a.warmup < 0:
+    if (a.duration is not None and a.duration <= 0) or a.warmup < 0:
         p.error("--duration must be > 0 and --warmup >= 0")
+    if a.queries_rate <= 0 or a.queries_connections <= 0 or a.query_clients < 0:
+        p.error("--queries-rate and --queries-connections must be > 0, --query-clients >= 0")
     if any("=" not in item for item in a.server_env):
         p.error("--server-env takes NAME=VALUE")
-    opts = http_ingest.Options(
-        duration=a.duration,
+    server_env = tuple((k, v) for k, _, v in (item.partition("=") for item in a.server_env))
+    http = http_ingest.Options(
+        duration=a.duration or d.duration,
         warmup=a.warmup,
         flush_interval=a.flush_interval,
         batch_connections=a.batch_connections,
@@ -69,22 +109,39 @@ def parse(argv: Sequence[str]) -> tuple[http_ingest.Options, str | None, int, in
         single_connections=a.single_connections,
         client_workers=a.client_workers,
         phases=tuple(a.phase or d.phases),
-        server_env=tuple((k, v) for k, _, v in (item.partition("=") for item in a.server_env)),
+        server_env=server_env,
         keep_data=a.keep_data,
         write_docs=not a.no_docs,
         out_dir=a.out_dir.resolve(),
     )
-    return opts, a.only, a.sora_lines, a.sora_rounds
+    queries = ingest_under_queries.Options(
+        duration=a.duration or dq.duration,
+        warmup=a.warmup,
+        flush_interval=a.flush_interval,
+        rate=a.queries_rate,
+        connections=a.queries_connections,
+        client_workers=a.client_workers,
+        query_clients=a.query_clients,
+        server_env=server_env,
+        keep_data=a.keep_data,
+        write_docs=not a.no_docs,
+        out_dir=a.out_dir.resolve(),
+    )
+    return Plan(a.only, http, queries, a.sora_lines, a.sora_rounds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    opts, only, sora_lines, sora_rounds = parse(args)
+    plan = parse(args)
     code = 0
-    if only in (None, "http"):
-        code = http_ingest.run(opts, args)
-    if only in (None, "sora"):
-        verdicts = sora_import.run(opts.out_dir, opts.write_docs, sora_lines, sora_rounds)
+    if plan.only in (None, "http"):
+        code = http_ingest.run(plan.http, args)
+    if plan.only in (None, "queries"):
+        code = ingest_under_queries.run(plan.queries, args) or code
+    if plan.only in (None, "sora"):
+        verdicts = sora_import.run(
+            plan.http.out_dir, plan.http.write_docs, plan.sora_lines, plan.sora_rounds
+        )
         code = code or int(not all(v.passed for v in verdicts))
     return code
 

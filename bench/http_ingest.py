@@ -20,6 +20,7 @@ lake must then hold exactly the records the server acknowledged with a 2xx.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shlex
 import shutil
@@ -28,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -40,6 +42,7 @@ from bench import report
 from bench.loadgen import LoadSpec, WorkerResult, run_worker
 from bench.report import Verdict, mb, ms, num, pct
 from bench.server import (
+    SLOW_FSYNC,
     BenchServer,
     Sampler,
     ServerCounters,
@@ -96,6 +99,21 @@ class Options:
     keep_data: bool = False
     write_docs: bool = True
     out_dir: Path = report.ROOT / "bench" / "out"
+
+
+@dataclass(frozen=True)
+class Window:
+    """When a phase's load runs, in ``time.monotonic()`` seconds: from ``start_at`` (warm-up
+    first), measured from ``start`` to ``end``; nothing is sent after ``end``."""
+
+    start_at: float
+    start: float
+    end: float
+
+
+# Work that runs beside a phase's ingest load, such as query clients: entered with the
+# server and the window before the load starts, exited once the load generator is done.
+Alongside = Callable[[BenchServer, Window], AbstractContextManager[object]]
 
 
 def phases(opts: Options) -> list[Phase]:
@@ -239,7 +257,9 @@ class PhaseResult:
 # -- running -----------------------------------------------------------------------------
 
 
-def run_phase(phase: Phase, opts: Options, console: Console) -> PhaseResult:
+def run_phase(
+    phase: Phase, opts: Options, console: Console, alongside: Alongside | None = None
+) -> PhaseResult:
     base = opts.out_dir / "http-ingest"
     data_dir = base / phase.name
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -255,7 +275,7 @@ def run_phase(phase: Phase, opts: Options, console: Console) -> PhaseResult:
         f"{opts.warmup:g} s warm-up + {opts.duration:g} s measured"
     )
     try:
-        load = _load(server, phase, opts, console)
+        load = _load(server, phase, opts, console, alongside)
     except BaseException:
         server.stop(timeout=10)
         raise
@@ -313,7 +333,11 @@ def replay_spool(server: BenchServer, timeout: float = 600.0) -> Stopped:
 
 
 def _load(
-    server: BenchServer, phase: Phase, opts: Options, console: Console
+    server: BenchServer,
+    phase: Phase,
+    opts: Options,
+    console: Console,
+    alongside: Alongside | None = None,
 ) -> tuple[list[WorkerResult], ServerCounters, float, dict[str, int], Sampler]:
     start_at = time.monotonic() + 3.0  # time for the workers to start and build requests
     window_start = start_at + opts.warmup
@@ -343,6 +367,9 @@ def _load(
     with (
         ProcessPoolExecutor(len(specs), mp_context=get_context("spawn")) as pool,
         Sampler(server) as sampler,
+        alongside(server, Window(start_at, window_start, window_end))
+        if alongside
+        else contextlib.nullcontext(),
     ):
         futures = [pool.submit(run_worker, spec) for spec in specs]
         _sleep_until(window_start)
@@ -424,7 +451,10 @@ ROWS: list[tuple[str, Callable[[PhaseResult], str]]] = [
     ("Spool backlog", _backlog),
     (
         "Spool fsyncs (group commits)",
-        lambda r: f"{num(r.server.fsyncs / r.window)}/s, mean {ms(r.mean_fsync)}",
+        lambda r: (
+            f"{num(r.server.fsyncs / r.window)}/s, mean {ms(r.mean_fsync)},"
+            f" {num(r.server.slow_fsyncs)} over {float(SLOW_FSYNC) * 1000:g} ms"
+        ),
     ),
     ("Server CPU (100 % = 1 core)", lambda r: pct(100 * r.server.cpu_seconds / r.window)),
     ("Client CPU (100 % = 1 core)", lambda r: pct(100 * r.client_cpu / r.window)),
@@ -490,7 +520,7 @@ def verdicts(results: Sequence[PhaseResult]) -> list[Verdict]:
             )
         )
     for r in results:
-        out.append(_drain_verdict(r))
+        out.append(drain_verdict(r))
     for r in results:
         out.append(
             Verdict(
@@ -503,7 +533,7 @@ def verdicts(results: Sequence[PhaseResult]) -> list[Verdict]:
     return out
 
 
-def _drain_verdict(r: PhaseResult) -> Verdict:
+def drain_verdict(r: PhaseResult) -> Verdict:
     """On SIGTERM the server must store everything spooled, unless its drain time runs out."""
     seconds = r.stopped.seconds
     if not r.unflushed:
@@ -574,11 +604,7 @@ def run(opts: Options, argv: Sequence[str]) -> int:
     """Run the phases, print the tables, update the docs; 0 if every target and check held."""
     console = Console()
     opts.out_dir.mkdir(parents=True, exist_ok=True)
-    facts = report.machine(opts.out_dir)
-    busy = psutil.cpu_percent(interval=2.0)
-    facts.append(("CPU busy before the run", f"{busy:.0f} % of all cores"))
-    if busy > 20:
-        console.print(f"[yellow]The machine is already {busy:.0f} % busy: expect noisy figures.")
+    facts = [*report.machine(opts.out_dir), report.busy_before(console)]
     results = [run_phase(phase, opts, console) for phase in phases(opts)]
     checks = verdicts(results)
     report.print_tables(

@@ -94,6 +94,14 @@ def machine(data_path: Path) -> list[tuple[str, str]]:
     ]
 
 
+def busy_before(console: Console, seconds: float = 2.0) -> tuple[str, str]:
+    """How busy the machine is before a benchmark starts, as a fact; warns when it is."""
+    busy = psutil.cpu_percent(interval=seconds)
+    if busy > 20:
+        console.print(f"[yellow]The machine is already {busy:.0f} % busy: expect noisy figures.")
+    return ("CPU busy before the run", f"{busy:.0f} % of all cores")
+
+
 # -- formatting --------------------------------------------------------------------------
 
 

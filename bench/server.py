@@ -13,9 +13,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import psutil
+import yaml
 
 
 def free_port() -> int:
@@ -55,6 +56,10 @@ def get_json(port: int, path: str, timeout: float = 2.0) -> dict[str, object]:
     return data
 
 
+# A bucket bound of rtclake_spool_fsync_seconds: fsyncs above it are counted as slow.
+SLOW_FSYNC = "0.1"
+
+
 @dataclass(frozen=True)
 class ServerCounters:
     """Cumulative figures of the server at one moment (from ``/metrics`` and ``/proc``)."""
@@ -65,6 +70,7 @@ class ServerCounters:
     fsyncs: float  # group-commit fsyncs of the spool
     fsync_seconds: float
     spool_bytes: float  # a level, not a count: minus() gives its growth
+    slow_fsyncs: float  # fsyncs longer than SLOW_FSYNC: each one holds up every ack waiting
 
     def minus(self, before: ServerCounters) -> ServerCounters:
         return ServerCounters(
@@ -74,6 +80,7 @@ class ServerCounters:
             self.fsyncs - before.fsyncs,
             self.fsync_seconds - before.fsync_seconds,
             self.spool_bytes - before.spool_bytes,
+            self.slow_fsyncs - before.slow_fsyncs,
         )
 
 
@@ -118,6 +125,7 @@ class Sampler:
     max_spool_bytes: int = 0
     last_spool_bytes: int = 0
     errors: int = 0
+    rss: list[tuple[float, int]] = field(default_factory=list)  # (time.monotonic(), VmRSS)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -131,10 +139,17 @@ class Sampler:
         if self._thread is not None:
             self._thread.join()
 
+    def rss_at(self, moment: float) -> int:
+        """VmRSS of the first sample at or after ``moment`` (the last one if none; 0: none)."""
+        later = [rss for at, rss in self.rss if at >= moment]
+        return later[0] if later else self.rss[-1][1] if self.rss else 0
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.max_rss = max(self.max_rss, proc_status(self.server.pid)["VmRSS"])
+                rss = proc_status(self.server.pid)["VmRSS"]
+                self.rss.append((time.monotonic(), rss))
+                self.max_rss = max(self.max_rss, rss)
                 spool = get_json(self.server.port, "/healthz")["spool_bytes"]
                 assert isinstance(spool, int)
                 self.last_spool_bytes = spool
@@ -201,6 +216,21 @@ class BenchServer:
     def status(self) -> dict[str, int]:
         return proc_status(self.pid)
 
+    def config(self) -> dict[str, Any]:
+        """The server's effective settings, as ``rtclake config`` prints them for its env."""
+        done = subprocess.run(
+            [sys.executable, "-m", "rtclake", "config"],
+            env=self.environ(),
+            capture_output=True,
+            check=False,
+            timeout=60,
+            cwd=self.data_dir,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"rtclake config failed: {done.stderr.decode(errors='replace')}")
+        settings: dict[str, Any] = yaml.safe_load(done.stdout)
+        return settings
+
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server so far, all threads."""
         times = psutil.Process(self.pid).cpu_times()
@@ -215,6 +245,8 @@ class BenchServer:
             fsyncs=metric_sum(text, "rtclake_spool_fsync_seconds_count"),
             fsync_seconds=metric_sum(text, "rtclake_spool_fsync_seconds_sum"),
             spool_bytes=metric_sum(text, "rtclake_spool_bytes"),
+            slow_fsyncs=metric_sum(text, "rtclake_spool_fsync_seconds_count")
+            - metric_sum(text, "rtclake_spool_fsync_seconds_bucket", le=SLOW_FSYNC),
         )
 
     def stop(self, timeout: float = 120.0) -> Stopped:
