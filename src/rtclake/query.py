@@ -31,13 +31,14 @@ import pyarrow as pa
 import structlog
 
 from rtclake.errors import LakeUnreadable, QueryBusy, QueryError, QueryOverLimit, ResultTooLarge
+from rtclake.memory import release_memory
 from rtclake.results import is_json, unique_names
 from rtclake.tables import Table, TableRegistry
 
 log = structlog.get_logger(__name__)
 
 _ALLOWED = {"SELECT"}
-_BATCH_ROWS = 1024
+_BATCH_ROWS = 256
 MiB = 1024 * 1024
 # Types DuckDB 1.4 cannot hand to Arrow (TIME_NS, VARIANT) or hands over without their
 # offset (TIME WITH TIME ZONE): a column that holds one is cast by DuckDB itself.
@@ -255,6 +256,7 @@ class QueryEngine:
                     con.close()
             finally:
                 shutil.rmtree(temp, onerror=_log_removal_error)
+                release_memory()
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
@@ -297,21 +299,17 @@ class QueryEngine:
             # Small batches: the result's size is checked as it arrives, so a result past
             # max_result_bytes is refused after at most one batch more than the limit.
             reader = result.fetch_record_batch(min(limit + 1, _BATCH_ROWS))
-            batches: list[pa.RecordBatch] = []
-            rows = size = 0
-            for batch in reader:
-                batches.append(batch)
-                rows += batch.num_rows
-                size += batch.nbytes
-                if self.max_result_bytes is not None and size > self.max_result_bytes:
-                    raise ResultTooLarge(
-                        f"the result is larger than query.max_result_bytes"
-                        f" ({_mib(self.max_result_bytes)}); select fewer rows or columns,"
-                        " or smaller values"
-                    )
-                if rows > limit:
-                    break
-            table = pa.Table.from_batches(batches, schema=reader.schema).rename_columns(names)
+            table = self._fetch(reader, limit)
+            # The refusal's traceback keeps this frame alive until the garbage collector
+            # runs (an exception crossing threads sits in a cycle): hold no result in it.
+            reader = result = None
+            if table is None:
+                raise ResultTooLarge(
+                    f"the result is larger than query.max_result_bytes"
+                    f" ({_mib(self.max_result_bytes or 0)}); select fewer rows or columns,"
+                    " or smaller values"
+                )
+            table = table.rename_columns(names)
         except duckdb.InterruptException as exc:
             raise QueryError("timeout", f"query ran longer than {timeout:g} s") from exc
         except duckdb.OutOfMemoryException as exc:
@@ -322,6 +320,21 @@ class QueryEngine:
             timer.cancel()
         truncated = table.num_rows > limit
         return QueryResult(table.slice(0, limit), types, truncated, time.perf_counter() - started)
+
+    def _fetch(self, reader: Any, limit: int) -> pa.Table | None:
+        """Up to ``limit + 1`` rows of the result, or None once it passes
+        ``max_result_bytes`` (what was fetched is dropped at once)."""
+        batches: list[pa.RecordBatch] = []
+        rows = size = 0
+        for batch in reader:
+            rows += batch.num_rows
+            size += batch.nbytes
+            if self.max_result_bytes is not None and size > self.max_result_bytes:
+                return None
+            batches.append(batch)
+            if rows > limit:
+                break
+        return pa.Table.from_batches(batches, schema=reader.schema)
 
     def _over_limit(self, exc: duckdb.Error) -> QueryOverLimit:
         """The refusal of a query DuckDB stopped for want of memory or temp space."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import threading
 import time
 from collections import defaultdict
@@ -32,8 +31,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import structlog
 
-from rtclake import _jsoncols, faults
+from rtclake import faults
 from rtclake.errors import SinkError, SpoolCorrupt
+from rtclake.memory import release_memory
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch, Sink
 from rtclake.spool import Entry, EntryHeader, Segment, Spool
@@ -96,30 +96,6 @@ class Parsed:
     @property
     def rows(self) -> int:
         return int(self.header.num_rows)
-
-
-def release_memory() -> None:
-    """Give freed memory back to the system after a batch.
-
-    Arrow's pool, the parser's buffer pool and glibc's free lists keep what a batch used;
-    under steady load that is hundreds of MB held for nothing between batches.
-    """
-    _jsoncols.release_pool()
-    pa.default_memory_pool().release_unused()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _load_libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim  # noqa: B018 - glibc only
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_LIBC = _load_libc()
 
 
 class Converter:
