@@ -4,6 +4,7 @@ the server's memory stays bounded."""
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -220,3 +221,30 @@ def test_a_busy_server_answers_429_with_retry_after(make_server: Callable[..., S
         assert int(answer.headers["Retry-After"]) >= 1
     finally:
         slow.join(30)
+
+
+def test_refused_results_do_not_pile_up_in_memory(tmp_path: Path) -> None:
+    # Exceptions that crossed a thread sit in reference cycles until the garbage collector
+    # runs; a refusal must not keep the fetched batches alive through its traceback.
+    query = engine(tmp_path, threads=1, max_result_bytes=64 * MiB, memory_limit=512 * MiB)
+    process = psutil.Process()
+    errors: list[BaseException] = []
+
+    def refuse_once() -> None:
+        try:
+            query.run(HUGE_RESULT)
+        except QueryError as exc:
+            errors.append(exc)
+
+    gc.disable()
+    try:
+        rss = []
+        for _ in range(4):
+            worker = threading.Thread(target=refuse_once)
+            worker.start()
+            worker.join()
+            rss.append(process.memory_info().rss)
+    finally:
+        gc.enable()
+    assert [e.reason for e in errors] == ["result_too_large"] * 4  # type: ignore[attr-defined]
+    assert rss[-1] - rss[0] < 100 * MiB, [r // MiB for r in rss]
