@@ -66,6 +66,11 @@ def parse(argv: Sequence[str]) -> Plan:
         help="query clients (default 0: the server's query.max_concurrent + 1)",
     )
     p.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the phase without queries that the ingest-under-queries run starts with",
+    )
+    p.add_argument(
         "--client-workers", type=int, default=d.client_workers, help="load generator processes"
     )
     p.add_argument(
@@ -122,6 +127,7 @@ def parse(argv: Sequence[str]) -> Plan:
         connections=a.queries_connections,
         client_workers=a.client_workers,
         query_clients=a.query_clients,
+        baseline=not a.no_baseline,
         server_env=server_env,
         keep_data=a.keep_data,
         write_docs=not a.no_docs,

@@ -120,6 +120,7 @@ class Options:
     client_workers: int = 1  # load generator processes
     query_clients: int = 0  # 0: the server's query.max_concurrent + 1
     query_timeout: float = 120.0  # seconds the client waits for one answer
+    baseline: bool = True  # first the same ingest without queries, to tell what they add
     server_env: tuple[tuple[str, str], ...] = ()
     keep_data: bool = False
     write_docs: bool = True
@@ -138,10 +139,11 @@ class Options:
             out_dir=self.out_dir,
         )
 
-    def phase(self) -> http_ingest.Phase:
+    def phase(self, queries: bool = True) -> http_ingest.Phase:
         return http_ingest.Phase(
-            "queries",
-            f"Single records paced at {self.rate:,.0f} requests/s, queries back to back",
+            "queries" if queries else "baseline",
+            f"Single records paced at {self.rate:,.0f} requests/s"
+            + (", queries back to back" if queries else ", no queries"),
             records_per_request=1,
             connections=self.connections,
             workers=self.client_workers,
@@ -274,6 +276,7 @@ def _ask(conn: http.client.HTTPConnection, query: Query) -> Answer:
 class Result:
     ingest: PhaseResult
     queries: QueryClients
+    baseline: PhaseResult | None = None  # the same ingest without queries, run before
 
     def answers(self, query: Query | None = None, *, window: bool = True) -> list[Answer]:
         every = self.queries.in_window() if window else self.queries.answers
@@ -333,6 +336,10 @@ def _limits(r: Result) -> str:
     )
 
 
+def _baseline(r: Result, cell: Callable[[PhaseResult], str]) -> str:
+    return "not run (--no-baseline)" if r.baseline is None else cell(r.baseline)
+
+
 def _rss_limit(r: Result) -> str:
     q = r.queries.limits
     return (
@@ -356,6 +363,16 @@ ROWS: list[tuple[str, Callable[[Result], str]]] = [
     _ingest_row("Latency p50", "Ingest latency p50 (from the scheduled send)"),
     _ingest_row("Latency p99", "Ingest latency p99"),
     _ingest_row("Latency max", "Ingest latency max"),
+    (
+        "Without queries (the run's first phase): ingest p50 / p99 / max",
+        lambda r: _baseline(
+            r, lambda b: " / ".join(_ms(percentile(b.latencies, q)) for q in (0.5, 0.99, 1.0))
+        ),
+    ),
+    (
+        "Without queries: spool fsyncs",
+        lambda r: _baseline(r, dict(http_ingest.ROWS)["Spool fsyncs (group commits)"]),
+    ),
     _ingest_row("Non-2xx answers (whole run)", "Ingest non-2xx answers (whole run)"),
     _ingest_row("Transport errors", "Ingest transport errors"),
     _ingest_row("Records/s written to the lake (writer)"),
@@ -502,6 +519,12 @@ def setup_text(opts: Options, r: Result) -> str:
         " under load; ru_maxrss at exit). After the load the server gets SIGTERM, drains the"
         " spool into the lake and exits; `rtclake query 'SELECT count(*) FROM telemetry'`"
         " must then equal the acknowledged count."
+        + (
+            " Before it, in the same run, a phase with the same ingest and no queries (a"
+            " fresh server too) measures what the disk and the writer cost by themselves."
+            if r.baseline is not None
+            else ""
+        )
         + "".join(f" Extra server setting: `{k}={v}`." for k, v in opts.server_env)
     )
 
@@ -540,10 +563,13 @@ def run(opts: Options, argv: Sequence[str]) -> int:
     console = Console()
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     facts = [*report.machine(opts.out_dir), report.busy_before(console)]
+    baseline = None
+    if opts.baseline:
+        baseline = http_ingest.run_phase(opts.phase(queries=False), opts.ingest(), console)
     clients = QueryClients(opts.query_clients, opts.query_timeout)
     phase = opts.phase()
     ingest = http_ingest.run_phase(phase, opts.ingest(), console, alongside=clients.running)
-    result = Result(ingest, clients)
+    result = Result(ingest, clients, baseline)
     checks = verdicts(result)
     report.print_tables(
         console,

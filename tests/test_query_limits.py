@@ -4,6 +4,7 @@ the server's memory stays bounded."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import threading
@@ -248,3 +249,20 @@ def test_refused_results_do_not_pile_up_in_memory(tmp_path: Path) -> None:
         gc.enable()
     assert [e.reason for e in errors] == ["result_too_large"] * 4  # type: ignore[attr-defined]
     assert rss[-1] - rss[0] < 100 * MiB, [r // MiB for r in rss]
+
+
+def test_server_queries_run_on_threads_of_lower_cpu_priority(tmp_path: Path) -> None:
+    # One DuckDB thread per query runs on the calling thread: a nice query thread leaves
+    # the CPU to the event loop and the spool's fsyncs first.
+    query = engine(tmp_path, threads=1, max_concurrent=2, nice=10)
+    try:
+        result = asyncio.run(query.run_async("SELECT 42"))
+        assert result.rows() == [[42]]
+        assert query._executor is not None
+        threads = list(query._executor._threads)
+        assert threads
+        assert {os.getpriority(os.PRIO_PROCESS, t.native_id) for t in threads} == {  # type: ignore[arg-type]
+            os.getpriority(os.PRIO_PROCESS, 0) + 10
+        }
+    finally:
+        query.close()

@@ -165,20 +165,12 @@ def query(
     from rtclake.results import JSON_OPTIONS, json_rows, text_rows, write_csv
 
     settings = _settings(config)
-    q = settings.query
-    engine = QueryEngine(
+    engine = QueryEngine.from_config(
         settings.lake_root,
         default_registry(),
+        settings.query,
         temp_root=settings.data_dir / "query-tmp",
-        dedup=q.dedup,
-        max_rows=max(max_rows or 0, q.max_rows),
-        timeout=q.timeout,
-        threads=q.threads,
-        memory_limit=q.memory_limit,
-        max_temp_bytes=q.max_temp_bytes,
-        max_result_bytes=q.max_result_bytes,
-        max_concurrent=q.max_concurrent,
-        queue_timeout=q.queue_timeout,
+        max_rows=max(max_rows or 0, settings.query.max_rows),
     )
     try:
         result = engine.run(sql, max_rows=max_rows)

@@ -92,6 +92,13 @@ class QueryConfig(Section):
     queue_timeout: float = Field(
         default=5.0, ge=0, description="seconds a query waits for a slot, then 429"
     )
+    nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="CPU priority (Linux nice) of the server's query threads, so ingest"
+        " keeps its latency while queries run; 0: as the rest of the process",
+    )
 
 
 class RouteConfig(Section):

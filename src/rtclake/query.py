@@ -11,6 +11,8 @@ HTTP answer.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import importlib.util
 import math
@@ -20,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,7 @@ import orjson
 import pyarrow as pa
 import structlog
 
+from rtclake.config import QueryConfig
 from rtclake.errors import LakeUnreadable, QueryBusy, QueryError, QueryOverLimit, ResultTooLarge
 from rtclake.memory import release_memory
 from rtclake.results import is_json, unique_names
@@ -101,6 +105,7 @@ class QueryEngine:
         max_result_bytes: int | None = None,
         max_concurrent: int | None = None,
         queue_timeout: float = 5.0,
+        nice: int = 0,
     ) -> None:
         self.root = Path(lake_root).absolute()
         self.tables = tables
@@ -115,6 +120,59 @@ class QueryEngine:
         self.max_concurrent = max_concurrent
         self.queue_timeout = queue_timeout
         self._slots = threading.BoundedSemaphore(max_concurrent) if max_concurrent else None
+        self.nice = nice
+        self._executor: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        lake_root: str | Path,
+        tables: TableRegistry,
+        config: QueryConfig,
+        *,
+        temp_root: str | Path,
+        max_rows: int | None = None,
+    ) -> QueryEngine:
+        """An engine with the limits of the configuration's ``query`` section."""
+        return cls(
+            lake_root,
+            tables,
+            temp_root=temp_root,
+            dedup=config.dedup,
+            max_rows=max_rows or config.max_rows,
+            timeout=config.timeout,
+            threads=config.threads,
+            memory_limit=config.memory_limit,
+            max_temp_bytes=config.max_temp_bytes,
+            max_result_bytes=config.max_result_bytes,
+            max_concurrent=config.max_concurrent,
+            queue_timeout=config.queue_timeout,
+            nice=config.nice,
+        )
+
+    async def run_async(self, sql: str, *, max_rows: int | None = None) -> QueryResult:
+        """:meth:`run` on the engine's own threads, which run at ``nice``: with one DuckDB
+        thread per query (``threads``), a query's work is done on the thread that runs it,
+        so the event loop and the spool's fsyncs get the CPU first."""
+        if self._executor is None:
+            workers = 4 * (self.max_concurrent or 2)  # the rest wait for a slot, then 429
+            self._executor = ThreadPoolExecutor(
+                workers, thread_name_prefix="rtclake-query", initializer=self._lower_priority
+            )
+        call = functools.partial(self.run, sql, max_rows=max_rows)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def _lower_priority(self) -> None:
+        if self.nice:
+            # Linux: a thread is a task of its own, so this changes this thread only.
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+
+    def close(self) -> None:
+        """Stop the query threads of :meth:`run_async` (queries running finish first)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     def remove_stale_temp(self) -> None:
         """Remove the temp folders queries of an earlier run left (a crash skips the

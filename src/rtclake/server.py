@@ -10,7 +10,6 @@ import orjson
 import swagger_ui_bundle
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -106,7 +105,7 @@ def create_app(service: Service) -> Starlette:
         if max_rows is not None and (not isinstance(max_rows, int) or max_rows <= 0):
             return json_error(400, "bad_request", "max_rows must be a positive integer")
         try:
-            result = await run_in_threadpool(service.query.run, body["sql"], max_rows=max_rows)
+            result = await service.query.run_async(body["sql"], max_rows=max_rows)
         except QueryError as exc:
             response = json_error(exc.status, exc.reason, exc.message)
             if isinstance(exc, QueryBusy):

@@ -117,20 +117,11 @@ class Service:
             retry_max=w.retry_max,
             maintenance_interval=w.maintenance_interval,
         )
-        q = settings.query
-        self.query = QueryEngine(
+        self.query = QueryEngine.from_config(
             settings.lake_root,
             self.tables,
+            settings.query,
             temp_root=settings.data_dir / "query-tmp",
-            dedup=q.dedup,
-            max_rows=q.max_rows,
-            timeout=q.timeout,
-            threads=q.threads,
-            memory_limit=q.memory_limit,
-            max_temp_bytes=q.max_temp_bytes,
-            max_result_bytes=q.max_result_bytes,
-            max_concurrent=q.max_concurrent,
-            queue_timeout=q.queue_timeout,
         )
         token = settings.server.ingest_token
         self.http_ingest = HttpIngest(
@@ -179,3 +170,4 @@ class Service:
             log.warning("rtclake stopping with records still spooled; they replay on start")
         await self.spool.close()
         await self.writer.stop()
+        self.query.close()
