@@ -562,7 +562,11 @@ def run(opts: Options, argv: Sequence[str]) -> int:
     """Run the benchmark, print the tables, update the docs; 0 if every check held."""
     console = Console()
     opts.out_dir.mkdir(parents=True, exist_ok=True)
-    facts = [*report.machine(opts.out_dir), report.busy_before(console)]
+    facts = [
+        *report.machine(opts.out_dir),
+        report.busy_before(console),
+        report.disk_fsync_probe(opts.out_dir),
+    ]
     baseline = None
     if opts.baseline:
         baseline = http_ingest.run_phase(opts.phase(queries=False), opts.ingest(), console)

@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,33 @@ def busy_before(console: Console, seconds: float = 2.0) -> tuple[str, str]:
     if busy > 20:
         console.print(f"[yellow]The machine is already {busy:.0f} % busy: expect noisy figures.")
     return ("CPU busy before the run", f"{busy:.0f} % of all cores")
+
+
+def disk_fsync_probe(folder: Path, seconds: float = 20.0) -> tuple[str, str]:
+    """How this disk's fsync behaves with nothing of rtclake running, as a fact: 300-byte
+    appends, each fsync'd (what one acknowledged record costs the spool at the least)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "fsync-probe.tmp"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    took: list[float] = []
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            os.write(fd, b"x" * 300)
+            started = time.perf_counter()
+            os.fsync(fd)
+            took.append(time.perf_counter() - started)
+            time.sleep(0.002)
+    finally:
+        os.close(fd)
+        path.unlink()
+    took.sort()
+    slow = sum(1 for t in took if t > 0.1)
+    return (
+        f"Disk fsync alone ({seconds:g} s before the run, no rtclake)",
+        f"{len(took):,} fsyncs, p50 {took[len(took) // 2] * 1000:.2f} ms,"
+        f" {slow} over 100 ms, worst {took[-1] * 1000:.0f} ms",
+    )
 
 
 # -- formatting --------------------------------------------------------------------------
