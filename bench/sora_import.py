@@ -29,7 +29,9 @@ from bench.report import (
     update_section,
 )
 from rtclake.catalog import default_registry
+from rtclake.delivery import Delivery
 from rtclake.importer import Importer
+from rtclake.metrics import Metrics
 from rtclake.query import QueryEngine
 from rtclake.sinks.lake import LakeSink
 from rtclake.sora.logs import table_for
@@ -94,16 +96,17 @@ def rtclake_import(gz: Path, work: Path) -> Result:
     data = work / "rtclake"
     shutil.rmtree(data, ignore_errors=True)
     tables = default_registry()
+    delivery = Delivery([LakeSink(data / "lake", tables)], Metrics())
     importer = Importer(
-        tables, [LakeSink(data / "lake", tables)], data / "import-state.json",
-        node="bench", table_for=table_for,
-    )  # fmt: skip
+        tables, delivery, data / "import-state.json", node="bench", table_for=table_for
+    )
     try:
         started = time.perf_counter()
         stats = importer.import_paths([gz])
         seconds = time.perf_counter() - started
     finally:
         importer.close()
+        delivery.close()
     stored = sum(p.stat().st_size for p in (data / "lake").rglob("*.parquet"))
     (rows,) = QueryEngine(data / "lake", tables).run("SELECT count(*) FROM rtc_stats").rows()[0]
     assert rows == stats.rows, (rows, stats.rows)

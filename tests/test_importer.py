@@ -18,7 +18,9 @@ import pytest
 import structlog
 
 from rtclake.catalog import default_registry
+from rtclake.delivery import Delivery
 from rtclake.importer import BlockReader, Importer, ImportStats
+from rtclake.metrics import Metrics
 from rtclake.query import QueryEngine
 from rtclake.s3_import import S3Importer, S3Location, s3_client
 from rtclake.sinks.lake import LakeSink
@@ -59,7 +61,7 @@ def make_importer(tmp_path: Path) -> Importer:
     tables = default_registry()
     return Importer(
         tables,
-        [LakeSink(tmp_path / "lake", tables)],
+        Delivery([LakeSink(tmp_path / "lake", tables)], Metrics()),
         tmp_path / "import-state.json",
         node="test",
         table_for=table_for,

@@ -8,9 +8,9 @@ import time
 import pyarrow as pa
 
 from rtclake import _jsoncols
+from rtclake.convert import Converter, entries_to_header
 from rtclake.spool import Entry, EntryHeader
 from rtclake.tables import Column, Table, TableRegistry
-from rtclake.writer import Converter, entries_to_header
 
 TABLE = Table(
     "nasty",

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from rtclake.catalog import default_registry
+from rtclake.convert import Converter
 from rtclake.errors import LakeUnreadable, QueryError
 from rtclake.query import QueryEngine
 from rtclake.sinks.base import Batch
 from rtclake.sinks.lake import LakeSink
 from rtclake.spool import Entry, EntryHeader
-from rtclake.writer import Converter
 
 
 def batch(segment: int, body: bytes) -> Batch:

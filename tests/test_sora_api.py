@@ -23,6 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rtclake.catalog import default_registry
 from rtclake.config import SoraApiConfig
+from rtclake.convert import Converter
+from rtclake.delivery import Delivery
 from rtclake.errors import InputError
 from rtclake.metrics import Metrics
 from rtclake.query import QueryEngine
@@ -33,7 +35,7 @@ from rtclake.sources.base import split_lines
 from rtclake.sources.sora_api import SoraApiPoller
 from rtclake.spool import Entry, EntryHeader, Spool
 from rtclake.tables import TableRegistry
-from rtclake.writer import Converter, Writer
+from rtclake.writer import Writer
 from tests.conftest import FIXTURES
 
 SORA = FIXTURES / "sora"
@@ -459,9 +461,10 @@ async def rtclake_node(tmp_path: Path) -> AsyncIterator[Node]:
         fsync=False,
     )
     await spool.start()
+    delivery = Delivery([LakeSink(tmp_path / "lake", tables)], metrics)
     writer = Writer(
         spool,
-        [LakeSink(tmp_path / "lake", tables)],
+        delivery,
         tables,
         metrics,
         node="test",
@@ -475,6 +478,7 @@ async def rtclake_node(tmp_path: Path) -> AsyncIterator[Node]:
         await writer.drain(20)
         await spool.close()
         await writer.stop()
+        delivery.close()
 
 
 def test_a_poll_stores_every_answer_and_exposes_the_report(tmp_path: Path, sora: FakeSora) -> None:

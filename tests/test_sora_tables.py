@@ -7,10 +7,10 @@ import datetime as dt
 import msgspec
 
 from rtclake.catalog import default_registry
+from rtclake.convert import Converter
 from rtclake.sora.tables import RTC_STATS, SESSIONS
 from rtclake.sources.base import split_lines
 from rtclake.spool import Entry, EntryHeader
-from rtclake.writer import Converter
 from tests.conftest import FIXTURES
 
 SORA = FIXTURES / "sora"

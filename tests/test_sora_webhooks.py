@@ -22,12 +22,12 @@ from starlette.schemas import SchemaGenerator
 
 from rtclake.catalog import default_registry
 from rtclake.config import Settings
+from rtclake.convert import Converter
 from rtclake.service import Service
 from rtclake.sora.tables import RTC_STATS
 from rtclake.sources.base import split_lines
 from rtclake.sources.sora_webhooks import SoraWebhooks, stats_lines, webhook_line
 from rtclake.spool import Entry, EntryHeader
-from rtclake.writer import Converter
 from tests.conftest import FIXTURES, free_port
 
 SORA = FIXTURES / "sora"

@@ -8,10 +8,10 @@ import msgspec
 import pytest
 
 from rtclake.catalog import default_registry
+from rtclake.convert import Converter
 from rtclake.records import Record, record_id, records
 from rtclake.spool import Entry, EntryHeader
 from rtclake.tables import EVENTS, TELEMETRY, Column, Table, TableRegistry
-from rtclake.writer import Converter
 
 RECEIVED_US = 1_763_899_200_000_000  # 2025-11-23T12:00:00Z
 

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 from rtclake.catalog import default_registry
+from rtclake.delivery import Delivery
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch, Sink
 from rtclake.spool import EntryHeader, Spool
@@ -40,8 +41,10 @@ async def run(tmp_path: Path, sinks: list[Sink], entries: list[EntryHeader]) -> 
         flush_interval=60,
     )
     await spool.start()
+    metrics = Metrics()
+    delivery = Delivery(sinks, metrics)
     writer = Writer(
-        spool, sinks, default_registry(), Metrics(), node="n", retry_initial=0.01, retry_max=0.02
+        spool, delivery, default_registry(), metrics, node="n", retry_initial=0.01, retry_max=0.02
     )
     await writer.start()
     for i, head in enumerate(entries):
@@ -49,6 +52,7 @@ async def run(tmp_path: Path, sinks: list[Sink], entries: list[EntryHeader]) -> 
     assert await writer.drain(10)
     await spool.close()
     await writer.stop()
+    delivery.close()
     return spool
 
 

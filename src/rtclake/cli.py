@@ -13,7 +13,7 @@ import typer
 import yaml
 
 from rtclake.config import Settings, load_settings, masked_dump
-from rtclake.errors import ConfigError, QueryError
+from rtclake.errors import ConfigError, QueryError, SinkError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -86,8 +86,10 @@ def import_(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from rtclake.catalog import default_registry
+    from rtclake.delivery import Delivery
     from rtclake.importer import Importer, ImportStats
     from rtclake.logs import configure
+    from rtclake.metrics import Metrics
     from rtclake.s3_import import S3Importer, S3Location, s3_client
     from rtclake.service import build_sinks
     from rtclake.sora.logs import table_for
@@ -95,9 +97,10 @@ def import_(
     settings = _settings(config)
     configure(settings.log_level, settings.log_format)
     tables = default_registry()
+    delivery = Delivery(build_sinks(settings, tables), Metrics())
     importer = Importer(
         tables,
-        build_sinks(settings, tables),
+        delivery,
         settings.data_dir / "import-state.json",
         node=settings.node,
         table_for=table_for,
@@ -131,11 +134,12 @@ def import_(
                     S3Importer(importer, client, S3Location.parse(target)).run(stats)
                 else:
                     importer.import_paths([Path(target)], stats)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, SinkError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from exc
         finally:
             importer.close()
+            delivery.close()
     stats.seconds = time.perf_counter() - started
     typer.echo(
         f"imported {stats.rows:,} rows from {stats.files} files in {stats.seconds:.1f} s"

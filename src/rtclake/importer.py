@@ -1,7 +1,7 @@
 """Import: Sora log files (plain or gzip) into the lake, incrementally.
 
 Files are read in blocks of whole lines; each block is parsed by the writer's
-:class:`~rtclake.writer.Converter` (a line that is not a JSON object is logged with its
+:class:`~rtclake.convert.Converter` (a line that is not a JSON object is logged with its
 file and line number, counted, and skipped; a value of the wrong type for its column is
 logged and kept in ``extra``) and written to the sinks directly: the file itself is the
 durable copy, so the spool is not needed. A block's batch name is derived from the file
@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +31,13 @@ import structlog
 from isal.isal_zlib import _GzipReader  # gzip inflated 2-3x faster than zlib (Intel ISA-L)
 
 from rtclake import _jsoncols
+from rtclake.convert import Converter
+from rtclake.delivery import Delivery
+from rtclake.durable import write_atomic
 from rtclake.metrics import Metrics
-from rtclake.sinks.base import Batch, Sink
+from rtclake.sinks.base import Batch
 from rtclake.spool import EntryHeader
 from rtclake.tables import Table, TableRegistry
-from rtclake.writer import Converter
 
 log = structlog.get_logger(__name__)
 
@@ -73,13 +74,7 @@ class ImportState:
             self.files, self.extra = saved.files, saved.extra
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(msgspec.json.encode(_SavedState(self.files, self.extra)))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, msgspec.json.encode(_SavedState(self.files, self.extra)))
 
 
 @dataclass
@@ -196,7 +191,7 @@ class Importer:
     def __init__(
         self,
         tables: TableRegistry,
-        sinks: Sequence[Sink],
+        delivery: Delivery,
         state_path: Path,
         *,
         node: str,
@@ -205,7 +200,7 @@ class Importer:
         block_bytes: int = BLOCK_BYTES,
     ) -> None:
         self.tables = tables
-        self.sinks = list(sinks)
+        self.delivery = delivery
         self.state = ImportState(state_path)
         self.node = node
         self.table_for = table_for
@@ -213,9 +208,7 @@ class Importer:
         self.block_bytes = block_bytes
         # Two blocks convert at once (one per core); DuckDB, one thread per block, only
         # hashes record ids, when a sink needs them.
-        self._converter = Converter(
-            tables, threads=1, record_ids=any(sink.needs_record_id for sink in self.sinks)
-        )
+        self._converter = Converter(tables, threads=1, record_ids=delivery.needs_record_id)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="import-convert")
         self._reader = BlockReader(block_bytes)
         self._pool_before = _jsoncols.set_pool_limit(POOL_BYTES)
@@ -229,8 +222,7 @@ class Importer:
     def import_paths(self, paths: Iterable[Path], stats: ImportStats | None = None) -> ImportStats:
         stats = stats or ImportStats()
         started = time.perf_counter()
-        for sink in self.sinks:
-            sink.start()
+        self.delivery.start()
         for path in expand(paths):
             name = path.name.removesuffix(".gz")
             table_name = self.table_for(name)
@@ -350,10 +342,8 @@ class Importer:
                 stats.bad_lines += len(parsed.bad)
                 if parsed.rows is not None:
                     batch = Batch(self.node, run, item.end, {table.name: parsed.rows})
-                    for sink in self.sinks:
-                        sink.write(batch)
+                    self.delivery.deliver_retrying(batch)
                     stats.rows += batch.num_rows
-                    self.metrics.stored.labels("import", table.name).inc(batch.num_rows)
                     del batch
                 line += parsed.lines
                 del parsed

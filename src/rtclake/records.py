@@ -1,7 +1,7 @@
 """The record envelope: one typed record, as a lake row holds it.
 
 Sources hand the spool JSON Lines (the fast, columnar path); the writer's converter
-(:class:`rtclake.writer.Converter`) gives every record its envelope. This
+(:class:`rtclake.convert.Converter`) gives every record its envelope. This
 module is the envelope as a Python object, for code that handles records one at a time
 (per-record sinks, user brokers, tests), and the definition of the record id.
 """

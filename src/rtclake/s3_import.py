@@ -105,8 +105,7 @@ class S3Importer:
 
     def run(self, stats: ImportStats | None = None) -> ImportStats:
         stats = stats or ImportStats()
-        for sink in self.importer.sinks:
-            sink.start()
+        self.importer.delivery.start()
         for tag in TAGS:
             table = self.importer.tables[self.importer.table_for(tag + ".jsonl") or ""]
             state = self._load(tag)

@@ -5,10 +5,13 @@ sources -> router -> spool -> writer -> sinks, and the query engine over the lak
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 
 from rtclake.catalog import default_registry
 from rtclake.config import Settings
+from rtclake.delivery import Delivery
 from rtclake.metrics import Metrics
 from rtclake.query import QueryEngine
 from rtclake.router import Router
@@ -67,7 +70,7 @@ def build_sources(settings: Settings, service: Service) -> list[Source]:
             KohakuS3Source(
                 s3,
                 service.tables,
-                service.sinks,
+                service.delivery,
                 service.metrics,
                 node=settings.node,
                 state_path=settings.data_dir / "kohaku-s3-state.json",
@@ -106,10 +109,11 @@ class Service:
             lambda: float(self.spool.failure is None),
         )
         self.sinks = build_sinks(settings, self.tables) if sinks is None else sinks
+        self.delivery = Delivery(self.sinks, self.metrics)
         w = settings.writer
         self.writer = Writer(
             self.spool,
-            self.sinks,
+            self.delivery,
             self.tables,
             self.metrics,
             node=settings.node,
@@ -170,4 +174,5 @@ class Service:
             log.warning("rtclake stopping with records still spooled; they replay on start")
         await self.spool.close()
         await self.writer.stop()
+        await asyncio.get_running_loop().run_in_executor(None, self.delivery.close)
         self.query.close()

@@ -41,6 +41,7 @@ import msgspec
 import structlog
 
 from rtclake import faults
+from rtclake.durable import fsync_dir
 from rtclake.errors import (
     DiskFull,
     PayloadTooLarge,
@@ -465,7 +466,7 @@ class Spool:
             if not seg.dir_synced:
                 seg.dir_synced = new_file = True
         if new_file:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     def _seal(self, seg: Segment) -> None:
         self._retiring.remove(seg)
@@ -552,7 +553,7 @@ class Spool:
 
     def _forget(self, seg: Segment) -> None:
         if self.fsync:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         with self._lock:
             self._sealed_bytes -= seg.size
             self._sealed_count -= 1
@@ -560,11 +561,3 @@ class Spool:
 
 def _seq_of(path: Path) -> int:
     return int(path.stem.rsplit("-", 1)[-1])
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rtclake import faults
+from rtclake.durable import fsync_dir
 from rtclake.sinks.base import Batch, Sink
 from rtclake.tables import ENVELOPE, Table, TableRegistry
 
@@ -102,8 +103,4 @@ class LakeSink(Sink):
             tmp.unlink(missing_ok=True)
             raise
         os.replace(tmp, folder / name)
-        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(folder)

@@ -15,10 +15,10 @@ from pathlib import Path
 import structlog
 
 from rtclake.config import KohakuS3Config
+from rtclake.delivery import Delivery
 from rtclake.importer import Importer
 from rtclake.metrics import Metrics
 from rtclake.s3_import import S3Importer, S3Location, s3_client
-from rtclake.sinks.base import Sink
 from rtclake.sora.logs import table_for
 from rtclake.sources.base import Source
 from rtclake.tables import TableRegistry
@@ -35,7 +35,7 @@ class KohakuS3Source(Source):
         self,
         config: KohakuS3Config,
         tables: TableRegistry,
-        sinks: list[Sink],
+        delivery: Delivery,
         metrics: Metrics,
         *,
         node: str,
@@ -44,7 +44,7 @@ class KohakuS3Source(Source):
         self.config = config
         self.location = S3Location.parse(config.url)
         self.importer = Importer(
-            tables, sinks, state_path, node=node, table_for=table_for, metrics=metrics
+            tables, delivery, state_path, node=node, table_for=table_for, metrics=metrics
         )
         secret = config.secret_access_key
         self.client = s3_client(

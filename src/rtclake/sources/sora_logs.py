@@ -53,6 +53,7 @@ import structlog
 
 from rtclake.catalog import default_registry
 from rtclake.config import SoraLogsConfig
+from rtclake.durable import write_atomic
 from rtclake.errors import SpoolUnavailable
 from rtclake.metrics import Metrics
 from rtclake.sora.logs import table_for
@@ -337,15 +338,7 @@ class SoraLogTail(Source):
         data = _encode_checkpoint(checkpoint)
         if data == self._last_saved:
             return
-        path = self.checkpoint_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        write_atomic(self.checkpoint_path, data)
         self._last_saved = data
 
     def _load(self) -> _Checkpoint:
@@ -915,11 +908,3 @@ def _close(f: _File) -> None:
         with contextlib.suppress(OSError):
             os.close(f.fd)
         f.fd = None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

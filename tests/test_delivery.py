@@ -1,0 +1,142 @@
+"""Delivery: the writer and imports take batches to the sinks through one component, so
+both keep the sink contract (started once, called from one thread, per-sink confirmation,
+retry) and store every record once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from rtclake.catalog import default_registry
+from rtclake.delivery import Delivery
+from rtclake.errors import SinkError
+from rtclake.importer import Importer
+from rtclake.metrics import Metrics
+from rtclake.sinks.base import Batch, Sink
+from rtclake.sora.logs import table_for
+from rtclake.spool import EntryHeader, Spool
+from rtclake.writer import Writer
+from tests.test_importer import stats_line
+
+
+class FlakySink(Sink):
+    """Fails its first ``failures`` writes (an outage), then keeps batches by name (a
+    batch written again replaces itself, as the lake's files do). Notes the thread of
+    every call."""
+
+    def __init__(self, name: str = "flaky", failures: int = 2) -> None:
+        self.name = name
+        self.failures = failures
+        self.batches: dict[str, Batch] = {}
+        self.threads: set[int] = set()
+        self.starts = 0
+
+    def start(self) -> None:
+        self.threads.add(threading.get_ident())
+        self.starts += 1
+
+    def write(self, batch: Batch) -> None:
+        self.threads.add(threading.get_ident())
+        if self.failures:
+            self.failures -= 1
+            raise OSError("destination unavailable")
+        self.batches[batch.name] = batch
+
+    def close(self) -> None:
+        self.threads.add(threading.get_ident())
+
+    def column(self, table: str, name: str) -> list[object]:
+        return [
+            value
+            for batch in self.batches.values()
+            if table in batch.tables
+            for value in batch.tables[table][name].to_pylist()
+        ]
+
+
+def test_the_writer_delivers_every_record_once_through_a_sink_failing_twice(
+    tmp_path: Path,
+) -> None:
+    sink = FlakySink()
+
+    async def run() -> None:
+        spool = Spool(
+            tmp_path / "spool",
+            max_bytes=1 << 20,
+            segment_max_bytes=1 << 20,
+            segment_max_records=10,
+            flush_interval=60,
+        )
+        await spool.start()
+        metrics = Metrics()
+        delivery = Delivery([sink], metrics)
+        writer = Writer(spool, delivery, default_registry(), metrics, node="n", retry_initial=0.01)
+        await writer.start()
+        head = EntryHeader(
+            table="telemetry", source="t", stream="s", kind="telemetry", received_us=1, records=1
+        )
+        for i in range(30):
+            await spool.append(head, b'{"seq": %d, "time": 1795132800}' % i)
+        assert await writer.drain(10)
+        await spool.close()
+        await writer.stop()
+        delivery.close()
+
+    asyncio.run(run())
+    extras = sink.column("telemetry", "extra")
+    assert Counter(extras) == Counter(f'{{"seq":{i}}}' for i in range(30))
+    assert sink.starts == 1 and len(sink.threads) == 1
+
+
+def test_an_import_delivers_every_record_once_through_a_sink_failing_twice(
+    tmp_path: Path,
+) -> None:
+    sink = FlakySink()
+    path = tmp_path / "rtc_stats.jsonl"
+    path.write_text("\n".join(stats_line("A", n) for n in range(100)) + "\n")
+    delivery = Delivery([sink], Metrics())
+    tables = default_registry()
+    importer = Importer(
+        tables, delivery, tmp_path / "state.json", node="n", table_for=table_for, block_bytes=4096
+    )
+    try:
+        stats = importer.import_paths([path])
+        assert importer.import_paths([path]).rows == 0  # nothing new; started only once
+    finally:
+        importer.close()
+        delivery.close()
+    assert stats.rows == 100
+    ids = sink.column("rtc_stats", "stats_id")
+    assert Counter(ids) == Counter(f"OT{n}" for n in range(100))
+    assert sink.starts == 1 and len(sink.threads) == 1
+
+
+def test_a_sink_confirmed_is_not_written_again_when_another_fails(tmp_path: Path) -> None:
+    good, bad = FlakySink("good", failures=0), FlakySink("bad", failures=1)
+    delivery = Delivery([good, bad], Metrics())
+    batch = Batch("n", "r", 1, {"telemetry": pa.table({"x": [1]})})
+    confirmed: set[str] = set()
+    first = delivery.deliver(batch, confirmed, confirmed.add)
+    assert not first.done and confirmed == {"good"} and not first.data_error
+    good.batches.clear()
+    assert delivery.deliver(batch, confirmed, confirmed.add).done
+    assert not good.batches and list(bad.batches) == [batch.name]
+    delivery.close()
+
+
+def test_an_import_gives_up_with_a_clear_error_when_a_sink_stays_down(tmp_path: Path) -> None:
+    delivery = Delivery([FlakySink(failures=100)], Metrics())
+    batch = Batch("n", "r", 1, {"telemetry": pa.table({"x": [1]})})
+    with pytest.raises(SinkError, match="flaky did not take batch"):
+        delivery.deliver_retrying(batch, attempts=3, retry_initial=0.01)
+    delivery.close()
+
+
+def test_sink_names_must_differ() -> None:
+    with pytest.raises(ValueError, match="must differ"):
+        Delivery([FlakySink("a"), FlakySink("a")], Metrics())
