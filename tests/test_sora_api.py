@@ -26,6 +26,7 @@ from rtclake.config import SoraApiConfig
 from rtclake.convert import Converter
 from rtclake.delivery import Delivery
 from rtclake.errors import InputError
+from rtclake.intake import Intake
 from rtclake.metrics import Metrics
 from rtclake.query import QueryEngine
 from rtclake.sinks.lake import LakeSink
@@ -428,7 +429,7 @@ class Node:
     def poller(self, sora: FakeSora, **config: Any) -> SoraApiPoller:
         self.node_url = sora.url
         settings = SoraApiConfig(nodes=[sora.url], **{"timeout": 2.0, **config})
-        return SoraApiPoller(settings, self.spool, self.metrics, self.tables)
+        return SoraApiPoller(settings, Intake(self.spool, self.metrics), self.tables)
 
     async def count(self, table: str) -> int:
         assert await self.writer.drain(20)
@@ -615,7 +616,7 @@ def test_a_full_spool_drops_the_poll_but_not_the_latest_values(
         metrics = Metrics()
         config = SoraApiConfig(nodes=[sora.url], timeout=2)
         try:
-            await SoraApiPoller(config, spool, metrics, registry()).poll_once()
+            await SoraApiPoller(config, Intake(spool, metrics), registry()).poll_once()
         finally:
             await spool.close()
         get = metrics.registry.get_sample_value

@@ -81,8 +81,7 @@ class Harness:
         config = {"poll_interval": 0.05, "rotate_wait": 0, **config}
         self.tail = SoraLogTail(
             SoraLogsConfig(dirs=dirs, **config),
-            self.service.spool,
-            self.service.metrics,
+            self.service.intake,
             data_dir,
             tables=self.service.tables,
         )
@@ -576,8 +575,8 @@ async def main() -> None:
     configure(settings.log_level, settings.log_format)
     service = Service(settings)
     tail = SoraLogTail(
-        SoraLogsConfig(**options["tail"]), service.spool, service.metrics,
-        settings.data_dir, tables=service.tables,
+        SoraLogsConfig(**options["tail"]), service.intake, settings.data_dir,
+        tables=service.tables,
     )
     service.sources.append(tail)
     stop = asyncio.Event()

@@ -57,8 +57,7 @@ class App:
         self.service = Service(self.settings)
         token = self.settings.server.ingest_token
         self.webhooks = SoraWebhooks(
-            self.service.spool,
-            self.service.metrics,
+            self.service.intake,
             self.service.tables,
             max_body=self.settings.server.max_body_bytes,
             token=token.get_secret_value() if token else None,

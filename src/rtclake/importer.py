@@ -34,6 +34,7 @@ from rtclake import _jsoncols
 from rtclake.convert import Converter
 from rtclake.delivery import Delivery
 from rtclake.durable import write_atomic
+from rtclake.intake import make_entry
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch
 from rtclake.spool import EntryHeader
@@ -270,10 +271,7 @@ class Importer:
         digest = hashlib.sha1(f"{key}:{done.identity}".encode(), usedforsecurity=False)
         run = "i" + digest.hexdigest()[:10]
         stream = Path(label).name.removesuffix(".gz").removesuffix(".jsonl")
-        header = EntryHeader(
-            table=table.name, source=SOURCE, stream=stream, kind=table.kind,
-            received_us=time.time_ns() // 1000, records=0,
-        )  # fmt: skip
+        header = make_entry(SOURCE, stream, table, 0)
         # This thread reads (and inflates); the pool converts (the C++ parser, Arrow and
         # DuckDB work without the GIL, so both cores work); the writer thread writes the
         # blocks to the sinks in file order and advances the checkpoint.

@@ -12,6 +12,7 @@ import structlog
 from rtclake.catalog import default_registry
 from rtclake.config import Settings
 from rtclake.delivery import Delivery
+from rtclake.intake import Intake
 from rtclake.metrics import Metrics
 from rtclake.query import QueryEngine
 from rtclake.router import Router
@@ -50,18 +51,14 @@ def build_sources(settings: Settings, service: Service) -> list[Source]:
 
         sources.append(
             SoraLogTail(
-                settings.sora.logs,
-                service.spool,
-                service.metrics,
-                settings.data_dir,
-                tables=service.tables,
+                settings.sora.logs, service.intake, settings.data_dir, tables=service.tables
             )
         )
     api = settings.sora.api
     if api.nodes:
         from rtclake.sources.sora_api import SoraApiPoller
 
-        sources.append(SoraApiPoller(api, service.spool, service.metrics, service.tables))
+        sources.append(SoraApiPoller(api, service.intake, service.tables))
     s3 = settings.sora.kohaku_s3
     if s3.enabled:
         from rtclake.sources.kohaku_s3 import KohakuS3Source
@@ -102,6 +99,7 @@ class Service:
             fsync=s.fsync,
         )
         self.spool.on_sync = self.metrics.fsync_seconds.observe
+        self.intake = Intake(self.spool, self.metrics, self.router)
         self.metrics.watch_spool(
             lambda: self.spool.used_bytes,
             lambda: self.spool.segment_count,
@@ -129,16 +127,12 @@ class Service:
         )
         token = settings.server.ingest_token
         self.http_ingest = HttpIngest(
-            self.spool,
-            self.router,
-            self.metrics,
+            self.intake,
             max_body=settings.server.max_body_bytes,
             token=token.get_secret_value() if token else None,
         )
-
         self.sora_webhooks = SoraWebhooks(
-            self.spool,
-            self.metrics,
+            self.intake,
             self.tables,
             max_body=settings.server.max_body_bytes,
             token=token.get_secret_value() if token else None,

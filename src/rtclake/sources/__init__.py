@@ -1,6 +1,2 @@
-"""Sources: where records come from (HTTP ingest first; Sora, LiveKit, MQTT, ... later)."""
-
-from rtclake.sources.base import split_records
-from rtclake.sources.http_ingest import HttpIngest
-
-__all__ = ["HttpIngest", "split_records"]
+"""Sources: where records come from. Each reads its transport and hands what it received
+to the intake (:mod:`rtclake.intake`); ``base`` holds the validation they share."""

@@ -61,12 +61,24 @@ def _lone_surrogate(exc: Exception, what: str, line: int | None, data: bytes) ->
     )
 
 
-def _error(exc: Exception, what: str, line: int | None, data: bytes = b"") -> InputError:
+def reason_of(exc: BaseException) -> str:
+    """The one reason label of a decoding error (``rtclake_records_rejected{reason}``)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "invalid_utf8"
     if isinstance(exc, RecursionError):
-        return InputError("too_deep", f"{what}: JSON nested too deeply", line=line)
-    if isinstance(exc, msgspec.ValidationError):
+        return "too_deep"
+    if isinstance(exc, msgspec.ValidationError):  # a subclass of DecodeError: test it first
+        return "invalid_record"
+    return "bad_json"
+
+
+def _error(exc: Exception, what: str, line: int | None, data: bytes = b"") -> InputError:
+    reason = reason_of(exc)
+    if reason == "too_deep":
+        return InputError(reason, f"{what}: JSON nested too deeply", line=line)
+    if reason == "invalid_record":
         text = str(exc).replace("`object`", "a JSON object").replace(" - at `$`", "")
-        return InputError("invalid_record", f"{what}: {text}", line=line)
+        return InputError(reason, f"{what}: {text}", line=line)
     return _lone_surrogate(exc, what, line, data) or InputError(
         "bad_json", f"{what}: {exc}", line=line
     )

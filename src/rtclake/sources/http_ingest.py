@@ -10,7 +10,6 @@ their record ids, so a client retry is stored once even for records without a ti
 from __future__ import annotations
 
 import hmac
-import time
 import zlib
 
 import orjson
@@ -18,10 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from rtclake.errors import InputError, PayloadTooLarge, SpoolUnavailable, UnsupportedEncoding
+from rtclake.intake import Intake
 from rtclake.metrics import Metrics
-from rtclake.router import Router
-from rtclake.sources.base import split_records
-from rtclake.spool import EntryHeader, Spool
 
 JSON = "application/json"
 
@@ -130,15 +127,11 @@ class HttpIngest:
 
     source = "http"
 
-    def __init__(
-        self, spool: Spool, router: Router, metrics: Metrics, *, max_body: int, token: str | None
-    ) -> None:
-        self.spool = spool
-        self.router = router
-        self.metrics = metrics
+    def __init__(self, intake: Intake, *, max_body: int, token: str | None) -> None:
+        self.intake = intake
+        self.metrics = intake.metrics
         self.max_body = max_body
         self.token = token
-        self._received = metrics.received.labels(self.source)
 
     async def handle(self, request: Request) -> Response:
         """
@@ -164,26 +157,16 @@ class HttpIngest:
         if not bearer_ok(request, self.token):
             self.metrics.rejected.labels(self.source, "unauthorized").inc()
             return json_error(401, "unauthorized", "a valid bearer token is required")
+        stream = request.path_params["stream"]
         try:
-            table = self.router.table_for(request.path_params["stream"])
+            table = self.intake.table_for(stream)
             body = await read_body(request, self.max_body)
             body = decode_content(body, request.headers.get("content-encoding"), self.max_body)
-            records = split_records(body, table)
+            records = self.intake.validate(body, table)
             idem = request.headers.get("idempotency-key")
             if idem is not None and not 0 < len(idem) <= 256:
                 raise InputError("bad_idempotency_key", "Idempotency-Key must be 1-256 chars")
-            header = EntryHeader(
-                table=table.name,
-                source=self.source,
-                stream=request.path_params["stream"],
-                kind=table.kind,
-                received_us=time.time_ns() // 1000,
-                records=records.n,
-                idem=idem,
-                extra=records.extra,
-            )
-            await self.spool.append(header, records.body)
+            accepted = await self.intake.take(self.source, stream, table, records, idem=idem)
         except (InputError, SpoolUnavailable) as exc:
             return refusal(self.metrics, self.source, exc)
-        self._received.inc(records.n)
-        return Response(b'{"accepted":%d}' % records.n, 200, media_type=JSON)
+        return Response(b'{"accepted":%d}' % accepted, 200, media_type=JSON)

@@ -35,11 +35,10 @@ from prometheus_client import Counter
 
 from rtclake.config import SoraApiConfig
 from rtclake.errors import ConfigError, InputError, SpoolUnavailable
-from rtclake.metrics import Metrics
+from rtclake.intake import Intake
 from rtclake.sora import api
 from rtclake.sora.exporter import SoraExporterCollector
-from rtclake.sources.base import Source, split_lines
-from rtclake.spool import EntryHeader, Spool
+from rtclake.sources.base import Source
 from rtclake.tables import TableRegistry
 
 log = structlog.get_logger(__name__)
@@ -71,17 +70,16 @@ class SoraApiPoller(Source):
     def __init__(
         self,
         config: SoraApiConfig,
-        spool: Spool,
-        metrics: Metrics,
+        intake: Intake,
         tables: TableRegistry,
     ) -> None:
         self.config = config
-        self.spool = spool
+        self.intake = intake
+        metrics = intake.metrics
         self.tables = tables
         for table in (api.SORA_STATS_REPORT.name, api.SORA_CONNECTION_COUNTERS.name, "rtc_stats"):
             if table not in tables:
                 raise ConfigError(f"sora_api: the table {table!r} is not in the catalog")
-        self._received = metrics.received.labels(self.name)
         self.errors = Counter(
             "rtclake_sora_api_errors",
             "Sora API calls that gave nothing to store, by node, operation and reason"
@@ -244,18 +242,9 @@ class SoraApiPoller(Source):
             if not records:
                 return None
             body = b"\n".join(orjson.dumps(r) for r in records)
-            checked = split_lines(body, table)
-            header = EntryHeader(
-                table=table.name,
-                source=self.name,
-                stream=operation,
-                kind=table.kind,
-                received_us=time.time_ns() // 1000,
-                records=checked.n,
-                type="connection.rtc" if operation == api.LIST_RTC_STATS else operation,
-                extra=checked.extra,
-            )
-            await self.spool.append(header, checked.body)
+            checked = self.intake.validate(body, table, lines=True)
+            kind = "connection.rtc" if operation == api.LIST_RTC_STATS else operation
+            await self.intake.take(self.name, operation, table, checked, type=kind)
         except InputError as exc:
             self.errors.labels(node, operation, exc.reason).inc()
             log.warning(
@@ -271,7 +260,6 @@ class SoraApiPoller(Source):
                 error=exc.message,
             )
             return exc.reason
-        self._received.inc(checked.n)
         return None
 
 

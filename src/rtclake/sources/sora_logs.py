@@ -55,10 +55,10 @@ from rtclake.catalog import default_registry
 from rtclake.config import SoraLogsConfig
 from rtclake.durable import write_atomic
 from rtclake.errors import SpoolUnavailable
-from rtclake.metrics import Metrics
+from rtclake.intake import Intake, make_entry
 from rtclake.sora.logs import table_for
-from rtclake.sources.base import Source
-from rtclake.spool import EntryHeader, Spool
+from rtclake.sources.base import Source, reason_of
+from rtclake.spool import EntryHeader
 from rtclake.tables import TableRegistry
 
 log = structlog.get_logger(__name__)
@@ -186,15 +186,14 @@ class SoraLogTail(Source):
     def __init__(
         self,
         config: SoraLogsConfig,
-        spool: Spool,
-        metrics: Metrics,
+        intake: Intake,
         data_dir: Path,
         *,
         tables: TableRegistry | None = None,
     ) -> None:
         self.config = config
-        self.spool = spool
-        self.metrics = metrics
+        self.intake = intake
+        self.metrics = intake.metrics
         self.tables = tables or default_registry()
         self.dirs = list(dict.fromkeys(Path(d).absolute() for d in config.dirs))
         self.checkpoint_path = Path(
@@ -211,7 +210,6 @@ class SoraLogTail(Source):
         self._last_saved = b""
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._received = metrics.received.labels(SOURCE)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -287,7 +285,7 @@ class SoraLogTail(Source):
             futures: list[asyncio.Future[None]] = []
             try:
                 for header, body in chunk.entries:
-                    futures.append(self.spool.append_nowait(header, body))
+                    futures.append(self.intake.take_nowait(header, body))
             except SpoolUnavailable as exc:
                 full = exc
             pending.append((chunk, futures))
@@ -317,8 +315,6 @@ class SoraLogTail(Source):
         f.offset, f.line, f.skipping = chunk.offset, chunk.line, chunk.skipping
         if chunk.head is not None:
             f.head = chunk.head
-        if chunk.records:
-            self._received.inc(chunk.records)
         if chunk.close and f in self._rotated:
             log.info("sora logs: rotated file read to its end", file=str(f.path), lines=f.line)
             _close(f)
@@ -794,9 +790,9 @@ class SoraLogTail(Source):
             except (UnicodeDecodeError, msgspec.MsgspecError, RecursionError) as exc:
                 bad += 1
                 if bad <= _MAX_LOGGED_BAD_LINES:
-                    self._bad(f, number, _reason(exc), str(exc)[:300])
+                    self._bad(f, number, reason_of(exc), str(exc)[:300])
                 else:
-                    self.metrics.rejected.labels(SOURCE, _reason(exc)).inc()
+                    self.metrics.rejected.labels(SOURCE, reason_of(exc)).inc()
                 continue
             if not has_time:
                 untimed.append((at, has_extra, line))
@@ -814,15 +810,8 @@ class SoraLogTail(Source):
         received = time.time_ns() // 1000
 
         def header(records: int, extra: list[int], idem: str | None = None) -> EntryHeader:
-            return EntryHeader(
-                table=table.name,
-                source=SOURCE,
-                stream=f.stream,
-                kind=table.kind,
-                received_us=received,
-                records=records,
-                idem=idem,
-                extra=extra if table.sparse_extra else None,
+            return make_entry(
+                SOURCE, f.stream, table, records, extra=extra, idem=idem, received_us=received
             )
 
         entries = [(header(len(timed), timed_extra), b"\n".join(timed))] if timed else []
@@ -835,16 +824,6 @@ class SoraLogTail(Source):
         log.warning(
             "sora logs: bad line skipped", file=str(f.path), line=line, reason=reason, error=error
         )
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, UnicodeDecodeError):
-        return "invalid_utf8"
-    if isinstance(exc, RecursionError):
-        return "too_deep"
-    if isinstance(exc, msgspec.ValidationError):  # a subclass of DecodeError: test it first
-        return "invalid_record"
-    return "bad_json"
 
 
 def _head_ok(f: _File) -> bool:

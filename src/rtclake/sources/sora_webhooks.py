@@ -75,7 +75,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from rtclake.errors import InputError, PayloadTooLarge, SpoolUnavailable
-from rtclake.metrics import Metrics
+from rtclake.intake import Intake
 from rtclake.sources.base import Records, check_utf8
 from rtclake.sources.http_ingest import (
     JSON,
@@ -85,7 +85,6 @@ from rtclake.sources.http_ingest import (
     read_body,
     refusal,
 )
-from rtclake.spool import EntryHeader, Spool
 from rtclake.tables import Table, TableRegistry
 
 SOURCE = "sora_webhook"
@@ -320,21 +319,19 @@ class SoraWebhooks:
 
     def __init__(
         self,
-        spool: Spool,
-        metrics: Metrics,
+        intake: Intake,
         tables: TableRegistry,
         *,
         max_body: int,
         token: str | None,
     ) -> None:
-        self.spool = spool
-        self.metrics = metrics
+        self.intake = intake
+        self.metrics = intake.metrics
         self.max_body = max_body
         self.token = token
         self.sessions = tables["sessions"]
         self.events = tables["sora_events"]
         self.rtc_stats = tables["rtc_stats"]
-        self._received = metrics.received.labels(self.source)
 
     def routes(self) -> list[Route]:
         """The Starlette routes of every endpoint."""
@@ -516,20 +513,10 @@ class SoraWebhooks:
             body = decode_content(body, request.headers.get("content-encoding"), self.max_body)
             received_us = time.time_ns() // 1000
             parsed = parse(body, received_us)
-            records = parsed.records
-            if records.n:
-                header = EntryHeader(
-                    table=table.name,
-                    source=self.source,
-                    stream=stream,
-                    kind=table.kind,
-                    received_us=received_us,
-                    records=records.n,
-                    idem=parsed.idem,
-                    extra=records.extra,
-                )
-                await self.spool.append(header, records.body)
+            await self.intake.take(
+                self.source, stream, table, parsed.records, idem=parsed.idem,
+                received_us=received_us,
+            )  # fmt: skip
         except (InputError, SpoolUnavailable) as exc:
             return refusal(self.metrics, self.source, exc)
-        self._received.inc(records.n)
         return answer()
