@@ -1,129 +1,21 @@
-"""Shared test tooling: real rtclake processes on free loopback ports."""
+"""Shared test tooling: fixtures around :mod:`rtclake.testing` (real rtclake processes on
+free loopback ports)."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+
+from rtclake.testing import RunningServer, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-T = TypeVar("T")
 FIXTURES = ROOT / "tests" / "fixtures"  # copies of the public-format samples
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    """An ``rtclake run`` subprocess with its own data folder and port."""
-
-    data_dir: Path
-    env: dict[str, str] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def environ(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RTCLAKE_")}
-        env.update(
-            RTCLAKE_DATA_DIR=str(self.data_dir),
-            RTCLAKE_SERVER__PORT=str(self.port),
-            RTCLAKE_NODE="test",
-            RTCLAKE_SPOOL__FLUSH_INTERVAL="0.5",
-            RTCLAKE_LOG_LEVEL="warning",
-        )
-        env.update(self.env)
-        return env
-
-    def start(self, timeout: float = 20.0) -> Server:
-        log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rtclake", "run"],
-            env=self.environ(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.data_dir.parent,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"rtclake exited with {self.proc.returncode}: {self.log()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"rtclake did not start in {timeout} s: {self.log()}")
-
-    def log(self) -> str:
-        path = self.data_dir.parent / f"server-{self.port}.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        self.proc = None
-        return code
-
-    def query(self, sql: str, **kw: Any) -> dict[str, Any]:
-        response = httpx.post(self.url + "/api/query", json={"sql": sql, **kw}, timeout=30)
-        assert response.status_code == 200, response.text
-        result: dict[str, Any] = response.json()
-        return result
-
-    def health(self) -> httpx.Response:
-        return httpx.get(self.url + "/healthz", timeout=5)
-
-    def metric(self, name: str, **labels: str) -> float:
-        """The value of one sample on ``/metrics`` (0 if absent)."""
-        text = httpx.get(self.url + "/metrics", timeout=5).text
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                    return float(s.value)
-        return 0.0
-
-    def wait_rows(self, sql: str, expected: int, timeout: float = 20.0) -> int:
-        """Poll ``sql`` (a single count) until it returns ``expected``; return the last value."""
-        deadline = time.monotonic() + timeout
-        value = -1
-        while time.monotonic() < deadline:
-            value = self.query(sql)["rows"][0][0]
-            if value == expected:
-                return int(value)
-            time.sleep(0.2)
-        return int(value)
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = 20.0, every: float = 0.1) -> T:
-    """Poll ``predicate`` until it returns something truthy (returned) or the deadline
-    passes (the last value is returned, for the caller's assertion to show)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every)
+Server = RunningServer  # the name the tests use
+__all__ = ["FIXTURES", "ROOT", "Server", "free_port", "wait_for"]
 
 
 @pytest.fixture

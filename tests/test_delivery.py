@@ -17,22 +17,21 @@ from rtclake.delivery import Delivery
 from rtclake.errors import SinkError
 from rtclake.importer import Importer
 from rtclake.metrics import Metrics
-from rtclake.sinks.base import Batch, Sink
+from rtclake.sinks.base import Batch
 from rtclake.sora.logs import table_for
 from rtclake.spool import EntryHeader, Spool
+from rtclake.testing import MemorySink
 from rtclake.writer import Writer
 from tests.test_importer import stats_line
 
 
-class FlakySink(Sink):
-    """Fails its first ``failures`` writes (an outage), then keeps batches by name (a
-    batch written again replaces itself, as the lake's files do). Notes the thread of
-    every call."""
+class FlakySink(MemorySink):
+    """A memory sink whose first ``failures`` writes fail (an outage). Notes the thread of
+    every call and how often it was started."""
 
     def __init__(self, name: str = "flaky", failures: int = 2) -> None:
-        self.name = name
+        super().__init__(name)
         self.failures = failures
-        self.batches: dict[str, Batch] = {}
         self.threads: set[int] = set()
         self.starts = 0
 
@@ -45,18 +44,10 @@ class FlakySink(Sink):
         if self.failures:
             self.failures -= 1
             raise OSError("destination unavailable")
-        self.batches[batch.name] = batch
+        super().write(batch)
 
     def close(self) -> None:
         self.threads.add(threading.get_ident())
-
-    def column(self, table: str, name: str) -> list[object]:
-        return [
-            value
-            for batch in self.batches.values()
-            if table in batch.tables
-            for value in batch.tables[table][name].to_pylist()
-        ]
 
 
 def test_the_writer_delivers_every_record_once_through_a_sink_failing_twice(

@@ -10,20 +10,25 @@ from rtclake.delivery import Delivery
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch, Sink
 from rtclake.spool import EntryHeader, Spool
+from rtclake.testing import MemorySink
 from rtclake.writer import Writer
 
 
-class MemorySink(Sink):
+class FailingSink(MemorySink):
+    """A memory sink whose first ``failures`` writes fail (an outage); notes the segment
+    of every write that succeeded, in order."""
+
     def __init__(self, name: str, failures: int = 0) -> None:
-        self.name = name
+        super().__init__(name)
         self.failures = failures
-        self.batches: list[Batch] = []
+        self.written: list[int] = []
 
     def write(self, batch: Batch) -> None:
         if self.failures:
             self.failures -= 1
             raise OSError("destination unavailable")
-        self.batches.append(batch)
+        self.written.append(batch.segment)
+        super().write(batch)
 
 
 def header(table: str = "telemetry") -> EntryHeader:
@@ -57,23 +62,23 @@ async def run(tmp_path: Path, sinks: list[Sink], entries: list[EntryHeader]) -> 
 
 
 def test_every_sink_gets_every_batch_once_it_recovers(tmp_path: Path) -> None:
-    good, flaky = MemorySink("good"), MemorySink("flaky", failures=3)
+    good, flaky = FailingSink("good"), FailingSink("flaky", failures=3)
     spool = asyncio.run(run(tmp_path, [good, flaky], [header(), header()]))
-    assert [b.segment for b in flaky.batches] == [0, 1]
-    assert [b.segment for b in good.batches] == [0, 1]  # not written again on flaky's retries
+    assert flaky.written == [0, 1]
+    assert good.written == [0, 1]  # not written again on flaky's retries
     assert spool.used_bytes == 0
     assert not list((tmp_path / "spool").glob("*.wal"))
 
 
 def test_a_segment_that_cannot_be_converted_is_quarantined(tmp_path: Path) -> None:
-    sink = MemorySink("lake")
+    sink = FailingSink("lake")
     asyncio.run(run(tmp_path, [sink], [header("no_such_table"), header()]))
-    assert [b.segment for b in sink.batches] == [1]  # the good batch after it still flows
+    assert sink.written == [1]  # the good batch after it still flows
     (quarantined,) = (tmp_path / "spool" / "quarantine").glob("*.wal")
     assert quarantined.name.endswith("-000000000000.wal")
 
 
-class PickySink(MemorySink):
+class PickySink(FailingSink):
     """Refuses the data of batches holding ``{"i": 0}`` (a value it cannot take)."""
 
     def write(self, batch: Batch) -> None:
@@ -87,13 +92,13 @@ def test_a_batch_a_sink_refuses_for_its_data_is_quarantined_not_retried_forever(
 ) -> None:
     sink = PickySink("lake")
     asyncio.run(run(tmp_path, [sink], [header(), header()]))
-    assert [b.segment for b in sink.batches] == [1]  # the batch behind it is not held up
+    assert sink.written == [1]  # the batch behind it is not held up
     (quarantined,) = (tmp_path / "spool" / "quarantine").glob("*.wal")
     assert quarantined.name.endswith("-000000000000.wal")
 
 
 def test_an_outage_is_retried_however_long_it_lasts(tmp_path: Path) -> None:
-    sink = MemorySink("lake", failures=12)  # OSError: more failures than the data limit
+    sink = FailingSink("lake", failures=12)  # OSError: more failures than the data limit
     asyncio.run(run(tmp_path, [sink], [header(), header()]))
-    assert [b.segment for b in sink.batches] == [0, 1]
+    assert sink.written == [0, 1]
     assert not (tmp_path / "spool" / "quarantine").exists()
