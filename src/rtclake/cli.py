@@ -37,8 +37,8 @@ def run(config: ConfigOption = None) -> None:
     import uvicorn
 
     from rtclake.logs import configure
-    from rtclake.server import create_app
     from rtclake.service import Service
+    from rtclake.web.app import create_app
 
     settings = _settings(config)
     configure(settings.log_level, settings.log_format)

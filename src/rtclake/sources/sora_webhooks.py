@@ -77,15 +77,16 @@ from starlette.routing import Route
 from rtclake.errors import InputError, PayloadTooLarge, SpoolUnavailable
 from rtclake.intake import Intake
 from rtclake.sources.base import Records, check_utf8
-from rtclake.sources.http_ingest import (
+from rtclake.tables import Table, TableRegistry
+from rtclake.web.http import (
     JSON,
     bearer_ok,
     decode_content,
     json_error,
     read_body,
     refusal,
+    refusals_documented,
 )
-from rtclake.tables import Table, TableRegistry
 
 SOURCE = "sora_webhook"
 
@@ -343,6 +344,7 @@ class SoraWebhooks:
             Route("/sora/stats-exporter", self.stats_exporter, methods=["POST"]),
         ]
 
+    @refusals_documented
     async def session(self, request: Request) -> Response:
         """
         summary: Record a Sora session webhook (session.created, .updated, .destroyed).
@@ -355,10 +357,6 @@ class SoraWebhooks:
         responses:
           200: {description: 'Durable. Body: {}'}
           400: {description: 'Bad input. Body: {"error", "message"}'}
-          401: {description: A bearer token is required.}
-          413: {description: Body too large.}
-          503: {description: Spool full or failing; retry after Retry-After seconds.}
-          507: {description: The spool's disk is full; retry after Retry-After seconds.}
         """
         return await self._receive(
             request,
@@ -368,6 +366,7 @@ class SoraWebhooks:
             lambda: Response(b"{}", 200, media_type=JSON),
         )
 
+    @refusals_documented
     async def event(self, request: Request) -> Response:
         """
         summary: Record a Sora event webhook (connection.*, recording.*, ...).
@@ -380,10 +379,6 @@ class SoraWebhooks:
         responses:
           200: {description: 'Durable. Body: {}'}
           400: {description: 'Bad input. Body: {"error", "message"}'}
-          401: {description: A bearer token is required.}
-          413: {description: Body too large.}
-          503: {description: Spool full or failing; retry after Retry-After seconds.}
-          507: {description: The spool's disk is full; retry after Retry-After seconds.}
         """
         return await self._receive(
             request,
@@ -393,6 +388,7 @@ class SoraWebhooks:
             lambda: Response(b"{}", 200, media_type=JSON),
         )
 
+    @refusals_documented
     async def auth(self, request: Request) -> Response:
         """
         summary: Record a copy of a Sora auth webhook; never grants a connection.
@@ -406,10 +402,6 @@ class SoraWebhooks:
         responses:
           200: {description: 'Durable. Body: {"allowed": false, "reason"}'}
           400: {description: 'Bad input. Body: {"error", "message"}'}
-          401: {description: A bearer token is required.}
-          413: {description: Body too large.}
-          503: {description: Spool full or failing; retry after Retry-After seconds.}
-          507: {description: The spool's disk is full; retry after Retry-After seconds.}
         """
         return await self._receive(
             request,
@@ -419,6 +411,7 @@ class SoraWebhooks:
             lambda: Response(_AUTH_ANSWER, 200, media_type=JSON),
         )
 
+    @refusals_documented
     async def stats_webhook(self, request: Request) -> Response:
         """
         summary: Record a Sora statistics webhook (a whole getStats report).
@@ -434,10 +427,6 @@ class SoraWebhooks:
         responses:
           200: {description: 'Durable. Body: {}'}
           400: {description: 'Bad input. Body: {"error", "message", "index"?}'}
-          401: {description: A bearer token is required.}
-          413: {description: Body too large.}
-          503: {description: Spool full or failing; retry after Retry-After seconds.}
-          507: {description: The spool's disk is full; retry after Retry-After seconds.}
         """
         return await self._receive(
             request,
@@ -448,6 +437,7 @@ class SoraWebhooks:
             expect=(STATS_WEBHOOK_HEADER, STATS_WEBHOOK_TYPE),
         )
 
+    @refusals_documented
     async def stats_exporter(self, request: Request) -> Response:
         """
         summary: Record a report of Sora's legacy statistics exporter.
@@ -464,10 +454,6 @@ class SoraWebhooks:
         responses:
           204: {description: Durable.}
           400: {description: 'Bad input. Body: {"error", "message", "index"?}'}
-          401: {description: A bearer token is required.}
-          413: {description: Body too large.}
-          503: {description: Spool full or failing; retry after Retry-After seconds.}
-          507: {description: The spool's disk is full; retry after Retry-After seconds.}
         """
         return await self._receive(
             request,

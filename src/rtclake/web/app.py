@@ -1,4 +1,5 @@
-"""The HTTP server: ingest, health, metrics, the SQL API and the OpenAPI docs."""
+"""The Starlette application of one node: ingest, health, metrics, the SQL API, the
+sources' routes and the OpenAPI docs."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from rtclake import __version__
 from rtclake.errors import QueryBusy, QueryError
 from rtclake.results import JSON_OPTIONS, json_rows
 from rtclake.service import Service
-from rtclake.sources.http_ingest import JSON, bearer_ok, json_error
+from rtclake.web.http import JSON, bearer_ok, json_error
 
 _DOCS_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>rtclake API</title>
@@ -30,17 +31,19 @@ _DOCS_PAGE = """<!doctype html>
 """
 
 
-def create_app(service: Service) -> Starlette:
-    """The ASGI application of one :class:`Service`; its lifespan starts and stops it."""
-    settings = service.settings
-    query_token = (
-        settings.server.query_token.get_secret_value() if settings.server.query_token else None
-    )
-    schemas = SchemaGenerator(
-        {"openapi": "3.0.0", "info": {"title": "rtclake", "version": __version__}}
-    )
+class NodeEndpoints:
+    """The endpoints of the node itself (health, metrics, the SQL API, the API docs); the
+    sources' endpoints come from the sources."""
 
-    async def healthz(request: Request) -> Response:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        token = service.settings.server.query_token
+        self.query_token = token.get_secret_value() if token else None
+        self.schemas = SchemaGenerator(
+            {"openapi": "3.0.0", "info": {"title": "rtclake", "version": __version__}}
+        )
+
+    async def healthz(self, request: Request) -> Response:
         """
         summary: Liveness and spool state.
         responses:
@@ -53,20 +56,22 @@ def create_app(service: Service) -> Starlette:
               The spool cannot write (its disk is full or failing). Body: {"status":
               "failing", "writable": false, "reason", "message", "disk_free_bytes", ...}
         """
-        state = service.spool.health()
+        state = self.service.spool.health()
         if not state["writable"]:
             return JSONResponse({"status": "failing", **state}, 503)
         return JSONResponse({"status": "ok", **state})
 
-    async def metrics(request: Request) -> Response:
+    async def metrics(self, request: Request) -> Response:
         """
         summary: Prometheus metrics.
         responses:
           200: {description: Prometheus text format.}
         """
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(
+            generate_latest(self.service.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        )
 
-    async def query(request: Request) -> Response:
+    async def query(self, request: Request) -> Response:
         """
         summary: Run one read-only SQL SELECT over the lake's tables.
         requestBody:
@@ -93,7 +98,7 @@ def create_app(service: Service) -> Starlette:
               query.max_concurrent queries are running and none ended within
               query.queue_timeout (busy); see Retry-After.
         """
-        if not bearer_ok(request, query_token):
+        if not bearer_ok(request, self.query_token):
             return json_error(401, "unauthorized", "a valid bearer token is required")
         try:
             body: Any = orjson.loads(await request.body())
@@ -105,7 +110,7 @@ def create_app(service: Service) -> Starlette:
         if max_rows is not None and (not isinstance(max_rows, int) or max_rows <= 0):
             return json_error(400, "bad_request", "max_rows must be a positive integer")
         try:
-            result = await service.query.run_async(body["sql"], max_rows=max_rows)
+            result = await self.service.query.run_async(body["sql"], max_rows=max_rows)
         except QueryError as exc:
             response = json_error(exc.status, exc.reason, exc.message)
             if isinstance(exc, QueryBusy):
@@ -124,11 +129,16 @@ def create_app(service: Service) -> Starlette:
             media_type=JSON,
         )
 
-    async def openapi(request: Request) -> Response:
-        return JSONResponse(schemas.get_schema(routes=request.app.routes))
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(self.schemas.get_schema(routes=request.app.routes))
 
-    async def docs(request: Request) -> Response:
+    async def docs(self, request: Request) -> Response:
         return HTMLResponse(_DOCS_PAGE)
+
+
+def create_app(service: Service) -> Starlette:
+    """The ASGI application of one :class:`Service`; its lifespan starts and stops it."""
+    node = NodeEndpoints(service)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -140,12 +150,12 @@ def create_app(service: Service) -> Starlette:
 
     routes = [
         Route("/ingest/{stream}", service.http_ingest.handle, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/api/query", query, methods=["POST"]),
+        Route("/healthz", node.healthz, methods=["GET"]),
+        Route("/metrics", node.metrics, methods=["GET"]),
+        Route("/api/query", node.query, methods=["POST"]),
         *service.sora_webhooks.routes(),
-        Route("/openapi.json", openapi, methods=["GET"], include_in_schema=False),
-        Route("/docs", docs, methods=["GET"], include_in_schema=False),
+        Route("/openapi.json", node.openapi, methods=["GET"], include_in_schema=False),
+        Route("/docs", node.docs, methods=["GET"], include_in_schema=False),
         Mount("/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
