@@ -157,12 +157,11 @@ class SoraApiConfig(Section):
         return nodes
 
 
-class SoraLogsConfig(Section):
-    """The tail of Sora's log directories (``rtc_stats.jsonl``, ``session_webhook.jsonl``,
-    ``connection.jsonl``, the webhook, signaling and API logs)."""
+class FileTailConfig(Section):
+    """A tail of directories of JSON Lines files (see :mod:`rtclake.sources.file_tail`)."""
 
     dirs: list[Path] = Field(
-        default_factory=list, description="Sora log directories to follow; empty: tail off"
+        default_factory=list, description="directories to follow; empty: tail off"
     )
     poll_interval: float = Field(
         default=0.5, gt=0, description="seconds between two looks at the files"
@@ -183,8 +182,14 @@ class SoraLogsConfig(Section):
         description="where to start in the log files of a directory followed for the first time",
     )
     checkpoint: Path | None = Field(
-        default=None, description="default: DATA_DIR/sora-logs.checkpoint.json"
+        default=None, description="default: a file in DATA_DIR named after the tail"
     )
+
+
+class SoraLogsConfig(FileTailConfig):
+    """The tail of Sora's log directories (``rtc_stats.jsonl``, ``session_webhook.jsonl``,
+    ``connection.jsonl``, the webhook, signaling and API logs); the checkpoint defaults
+    to DATA_DIR/sora-logs.checkpoint.json."""
 
 
 class SoraConfig(Section):
