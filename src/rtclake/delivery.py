@@ -136,11 +136,10 @@ class Delivery:
             outcome = self.deliver(batch, confirmed, confirmed.add)
             if outcome.done:
                 return
-            if attempt < attempts and not outcome.data_error:
-                time.sleep(delay)
-                delay = min(delay * 2, retry_max)
-            elif outcome.data_error:
-                break
+            if outcome.data_error or attempt == attempts:
+                break  # data errors do not heal by waiting
+            time.sleep(delay)
+            delay = min(delay * 2, retry_max)
         missing = sorted(sink.name for sink in self.sinks if sink.name not in confirmed)
         raise SinkError(
             f"sinks {', '.join(missing)} did not take batch {batch.name} after {attempt}"

@@ -14,9 +14,11 @@ import pyarrow as pa
 from rtclake import _jsoncols
 
 
-def release_memory() -> None:
-    """Return the memory freed by the last batch or query to the system."""
-    _jsoncols.release_pool()
+def release_memory(*, parser: bool = True) -> None:
+    """Return the memory freed by the last batch or query to the system; ``parser=False``
+    leaves the parser's pool (which a query does not use) to the writer."""
+    if parser:
+        _jsoncols.release_pool()
     pa.default_memory_pool().release_unused()
     if _LIBC is not None:
         _LIBC.malloc_trim(0)

@@ -314,7 +314,7 @@ class QueryEngine:
                     con.close()
             finally:
                 shutil.rmtree(temp, onerror=_log_removal_error)
-                release_memory()
+                release_memory(parser=False)
 
     @contextmanager
     def _slot(self) -> Iterator[None]:

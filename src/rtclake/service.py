@@ -103,7 +103,7 @@ class Service:
         self.metrics.watch_spool(
             lambda: self.spool.used_bytes,
             lambda: self.spool.segment_count,
-            self._disk_free,
+            lambda: float("nan") if (free := self.spool.disk_free_bytes()) is None else free,
             lambda: float(self.spool.failure is None),
         )
         self.sinks = build_sinks(settings, self.tables) if sinks is None else sinks
@@ -138,12 +138,6 @@ class Service:
             token=token.get_secret_value() if token else None,
         )
         self.sources: list[Source] = build_sources(settings, self) if sources is None else sources
-
-    def _disk_free(self) -> float:
-        try:
-            return float(self.spool.disk_free_bytes())
-        except OSError:  # the folder is not there yet, or the disk is gone
-            return float("nan")
 
     async def start(self) -> None:
         self.query.remove_stale_temp()

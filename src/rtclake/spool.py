@@ -206,9 +206,13 @@ class Spool:
     def segment_count(self) -> int:
         return self._sealed_count + (1 if self._active else 0)
 
-    def disk_free_bytes(self) -> int:
-        """Bytes free for this process on the spool's file system."""
-        st = os.statvfs(self.directory)
+    def disk_free_bytes(self) -> int | None:
+        """Bytes free for this process on the spool's file system (None if it cannot be
+        told: the folder is not there yet, or the disk is gone)."""
+        try:
+            st = os.statvfs(self.directory)
+        except OSError:
+            return None
         return st.f_bavail * st.f_frsize
 
     @property
@@ -223,8 +227,9 @@ class Spool:
             "spool_bytes": self.used_bytes,
             "spool_segments": self.segment_count,
         }
-        with contextlib.suppress(OSError):
-            state["disk_free_bytes"] = self.disk_free_bytes()
+        free = self.disk_free_bytes()
+        if free is not None:
+            state["disk_free_bytes"] = free
         if self._failure is not None:
             state["reason"] = self._failure.reason
             state["message"] = self._failure.message
@@ -351,11 +356,12 @@ class Spool:
 
     def _failed(self, exc: OSError, size: int) -> SpoolUnavailable:
         """The error to answer for a write the disk refused; logs once per episode."""
+        free = self.disk_free_bytes()
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            free = self._free_or_unknown()
             error: SpoolUnavailable = DiskFull(
-                f"no space left on the spool's disk for {size} bytes ({free} bytes free);"
-                " retry later",
+                f"no space left on the spool's disk for {size} bytes"
+                + ("" if free is None else f" ({free} bytes free)")
+                + "; retry later",
                 retry_after=DISK_RETRY_AFTER,
             )
         else:
@@ -369,7 +375,7 @@ class Spool:
                 reason=error.reason,
                 error=str(exc),
                 directory=str(self.directory),
-                disk_free_bytes=self._free_or_unknown(),
+                disk_free_bytes=free,
             )
         self._failure = error
         self._failed_size = max(size, 1)
@@ -379,12 +385,6 @@ class Spool:
         if self._failure is not None:
             log.warning("spool: the disk accepts writes again", reason=self._failure.reason)
             self._failure = None
-
-    def _free_or_unknown(self) -> int | str:
-        try:
-            return self.disk_free_bytes()
-        except OSError:
-            return "unknown"
 
     def cut(self) -> None:
         """End the open segment now, so the writer takes it as a batch."""
@@ -500,10 +500,8 @@ class Spool:
 
     def _room_is_back(self) -> bool:
         """True once the disk has room again for what it refused (with some margin)."""
-        try:
-            return self.disk_free_bytes() >= self._failed_size + 64 * 1024
-        except OSError:
-            return False
+        free = self.disk_free_bytes()
+        return free is not None and free >= self._failed_size + 64 * 1024
 
     # -- the writer's side -------------------------------------------------------------
 
