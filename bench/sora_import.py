@@ -31,10 +31,10 @@ from bench.report import (
 from rtclake.catalog import default_registry
 from rtclake.delivery import Delivery
 from rtclake.importer import Importer
+from rtclake.integrations.sora.logs import table_for
 from rtclake.metrics import Metrics
 from rtclake.query import QueryEngine
 from rtclake.sinks.lake import LakeSink
-from rtclake.sora.logs import table_for
 
 LINES = 1_000_000
 ROUNDS = 3  # each side runs this many times, alternating; the medians are compared

@@ -32,10 +32,12 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_toml_file(tmp_path: Path) -> None:
     path = tmp_path / "rtclake.toml"
-    path.write_text('data_dir = "/srv/lake"\n[[routes]]\nstream = "alerts-*"\ntable = "events"\n')
+    path.write_text(
+        'data_dir = "/srv/lake"\n[[router.routes]]\nstream = "alerts-*"\ntable = "events"\n'
+    )
     settings = load_settings(path)
     assert settings.data_dir == Path("/srv/lake")
-    assert settings.routes[0].table == "events"
+    assert settings.router.routes[0].table == "events"
 
 
 def test_bad_key_is_named(tmp_path: Path) -> None:

@@ -16,9 +16,9 @@ from rtclake.catalog import default_registry
 from rtclake.delivery import Delivery
 from rtclake.errors import SinkError
 from rtclake.importer import Importer
+from rtclake.integrations.sora.logs import table_for
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch
-from rtclake.sora.logs import table_for
 from rtclake.spool import EntryHeader, Spool
 from rtclake.testing import MemorySink
 from rtclake.writer import Writer

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from rtclake.config import FileTailConfig, Settings
+from rtclake.config import Settings
 from rtclake.service import Service
-from rtclake.sources.file_tail import FileTail
+from rtclake.sources.file_tail import FileTail, FileTailConfig
 
 
 def test_any_json_lines_log_into_any_table(tmp_path: Path) -> None:

@@ -20,11 +20,11 @@ import structlog
 from rtclake.catalog import default_registry
 from rtclake.delivery import Delivery
 from rtclake.importer import BlockReader, Importer, ImportStats
+from rtclake.integrations.sora.kohaku_s3_import import S3Importer, S3Location, s3_client
+from rtclake.integrations.sora.logs import table_for
 from rtclake.metrics import Metrics
 from rtclake.query import QueryEngine
-from rtclake.s3_import import S3Importer, S3Location, s3_client
 from rtclake.sinks.lake import LakeSink
-from rtclake.sora.logs import table_for
 from tests.conftest import FIXTURES, free_port
 
 SORA = FIXTURES / "sora"
@@ -256,13 +256,13 @@ def test_rtclake_run_imports_new_s3_objects_on_an_interval(
                        aws_access_key_id="k", aws_secret_access_key="s")  # fmt: skip
     raw.create_bucket(Bucket="live")
     server = make_server(
-        RTCLAKE_SORA__KOHAKU_S3__ENABLED="true",
-        RTCLAKE_SORA__KOHAKU_S3__URL="s3://live/fluentbit",
-        RTCLAKE_SORA__KOHAKU_S3__ENDPOINT_URL=s3_endpoint,
-        RTCLAKE_SORA__KOHAKU_S3__ACCESS_KEY_ID="k",
-        RTCLAKE_SORA__KOHAKU_S3__SECRET_ACCESS_KEY="s",
-        RTCLAKE_SORA__KOHAKU_S3__PATH_STYLE="true",
-        RTCLAKE_SORA__KOHAKU_S3__INTERVAL="0.5",
+        RTCLAKE_SOURCES__KOHAKU__TYPE="kohaku_s3",
+        RTCLAKE_SOURCES__KOHAKU__URL="s3://live/fluentbit",
+        RTCLAKE_SOURCES__KOHAKU__ENDPOINT_URL=s3_endpoint,
+        RTCLAKE_SOURCES__KOHAKU__ACCESS_KEY_ID="k",
+        RTCLAKE_SOURCES__KOHAKU__SECRET_ACCESS_KEY="s",
+        RTCLAKE_SOURCES__KOHAKU__PATH_STYLE="true",
+        RTCLAKE_SOURCES__KOHAKU__INTERVAL="0.5",
     )
     body = gzip.compress(("\n".join(stats_line("L", n) for n in range(7)) + "\n").encode())
     raw.put_object(Bucket="live", Key="fluentbit/rtc_stats/2026/11/20/h-1.gz", Body=body)

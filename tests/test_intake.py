@@ -41,7 +41,7 @@ def test_routes_validates_spools_and_counts(tmp_path: Path) -> None:
         table = i.table_for("alerts-disk")
         assert table.name == "events"
         records = i.validate(b'{"id": "a"}\n{"id": "b"}\n', table)
-        assert await i.take("test", "alerts-disk", table, records, idem="k") == 2
+        assert (await i.take("test", "alerts-disk", table, records, idem="k")).records == 2
         assert received(i, "test") == 2
         i.spool.cut()
         await i.spool.flush()

@@ -22,18 +22,24 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rtclake.catalog import default_registry
-from rtclake.config import SoraApiConfig
+from rtclake.config import Settings
 from rtclake.convert import Converter
 from rtclake.delivery import Delivery
 from rtclake.errors import InputError
 from rtclake.intake import Intake
+from rtclake.integrations.sora import api
+from rtclake.integrations.sora.api_poller import SoraApiPoller
+from rtclake.integrations.sora.config import SoraApiConfig
+from rtclake.integrations.sora.exporter import SoraExporterCollector
+from rtclake.integrations.sora.processors import counter_names, sorabeat_fields
 from rtclake.metrics import Metrics
+from rtclake.processors.base import Context
+from rtclake.processors.chain import Chain
 from rtclake.query import QueryEngine
+from rtclake.registry import load_registry
+from rtclake.service import build_components
 from rtclake.sinks.lake import LakeSink
-from rtclake.sora import api
-from rtclake.sora.exporter import SoraExporterCollector
 from rtclake.sources.base import split_lines
-from rtclake.sources.sora_api import SoraApiPoller
 from rtclake.spool import Entry, EntryHeader, Spool
 from rtclake.tables import TableRegistry
 from rtclake.writer import Writer
@@ -144,9 +150,18 @@ def test_derived_fields_sit_beside_each_list_and_skip_what_is_not_numbers() -> N
 # --- normalising each answer ------------------------------------------------------------
 
 
+def processed(table: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` after Sora's default processors (counter names, Sorabeat's fields)."""
+    ctx = Context(table, "sora_api", "test", "store")
+    for processor in (counter_names(), sorabeat_fields()):
+        if processor.matches(table, "sora_api"):
+            records = list(processor.process(records, ctx) or records)
+    return records
+
+
 def report_row(name: str) -> dict[str, Any]:
     record = api.stats_report_record(fixture(name), node=NODE, time=POLL_TIME)
-    return rows("sora_stats_report", [record])[0]
+    return rows("sora_stats_report", processed("sora_stats_report", [record]))[0]
 
 
 def test_stats_reports_of_2017_and_2025_fill_the_same_columns() -> None:
@@ -214,8 +229,9 @@ def _renamed_to_current_names(connection: dict[str, Any]) -> dict[str, Any]:
 def test_old_and_new_counter_names_become_one_key_and_one_column() -> None:
     old_answer = fixture("GetStatsAllConnections_2017.json")
     new_answer = [_renamed_to_current_names(c) for c in old_answer]
-    old_records = api.connection_records(old_answer, node=NODE, time=POLL_TIME)
-    new_records = api.connection_records(new_answer, node=NODE, time=POLL_TIME)
+    table = "sora_connection_counters"
+    old_records = processed(table, api.connection_records(old_answer, node=NODE, time=POLL_TIME))
+    new_records = processed(table, api.connection_records(new_answer, node=NODE, time=POLL_TIME))
     assert old_records == new_records
     rtp = old_records[0]["rtp"]
     assert rtp["total_received_byte_size"] == 1363876 and "total_received_bytes" not in rtp
@@ -424,12 +440,13 @@ class Node:
     metrics: Metrics
     tables: TableRegistry
     query: QueryEngine
+    intake: Intake
     node_url: str = ""
 
     def poller(self, sora: FakeSora, **config: Any) -> SoraApiPoller:
         self.node_url = sora.url
         settings = SoraApiConfig(nodes=[sora.url], **{"timeout": 2.0, **config})
-        return SoraApiPoller(settings, Intake(self.spool, self.metrics), self.tables)
+        return SoraApiPoller(settings, self.intake, self.tables)
 
     async def count(self, table: str) -> int:
         assert await self.writer.drain(20)
@@ -462,6 +479,10 @@ async def rtclake_node(tmp_path: Path) -> AsyncIterator[Node]:
         fsync=False,
     )
     await spool.start()
+    # the processors on by default: Sora's counter names and Sorabeat's derived fields
+    settings = Settings(data_dir=tmp_path, node="test")
+    processors = build_components("processor", settings, load_registry(), {"metrics": metrics})
+    intake = Intake(spool, metrics, tables=tables, chain=Chain(processors, metrics))
     delivery = Delivery([LakeSink(tmp_path / "lake", tables)], metrics)
     writer = Writer(
         spool,
@@ -471,10 +492,11 @@ async def rtclake_node(tmp_path: Path) -> AsyncIterator[Node]:
         node="test",
         retry_initial=0.01,
         retry_max=0.1,
+        process=intake.process_entries,
     )
     await writer.start()
     try:
-        yield Node(spool, writer, metrics, tables, QueryEngine(tmp_path / "lake", tables))
+        yield Node(spool, writer, metrics, tables, QueryEngine(tmp_path / "lake", tables), intake)
     finally:
         await writer.drain(20)
         await spool.close()
@@ -650,7 +672,9 @@ def test_config_refuses_a_node_that_is_not_an_http_url() -> None:
 
 def test_rtclake_run_polls_configured_nodes(sora: FakeSora, make_server: Any) -> None:
     server = make_server(
-        RTCLAKE_SORA__API__NODES=json.dumps([sora.url]), RTCLAKE_SORA__API__INTERVAL="0.5"
+        RTCLAKE_SOURCES__SORA_API__TYPE="sora_api",
+        RTCLAKE_SOURCES__SORA_API__NODES=json.dumps([sora.url]),
+        RTCLAKE_SOURCES__SORA_API__INTERVAL="0.5",
     )
     sql = "SELECT count(*) > 0 FROM sora_stats_report, sora_connection_counters"
     assert server.wait_rows(sql, 1) == 1  # both tables have rows

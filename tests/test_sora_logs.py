@@ -22,11 +22,12 @@ from typing import IO, Any
 import pytest
 from structlog.testing import capture_logs
 
-from rtclake.config import Settings, SoraLogsConfig
+from rtclake.config import Settings
+from rtclake.integrations.sora.config import SoraLogsConfig
+from rtclake.integrations.sora.log_tail import SoraLogTail
+from rtclake.integrations.sora.logs import table_for
 from rtclake.query import QueryEngine
 from rtclake.service import Service
-from rtclake.sora.logs import table_for
-from rtclake.sources.sora_logs import SoraLogTail
 from tests.conftest import FIXTURES, ROOT
 
 SORA = FIXTURES / "sora"
@@ -555,8 +556,8 @@ import asyncio, json, signal, sys, time
 from rtclake.config import load_settings
 from rtclake.logs import configure
 from rtclake.service import Service
-from rtclake.config import SoraLogsConfig
-from rtclake.sources.sora_logs import SoraLogTail
+from rtclake.integrations.sora.config import SoraLogsConfig
+from rtclake.integrations.sora.log_tail import SoraLogTail
 
 
 async def main() -> None:
@@ -859,6 +860,9 @@ def test_latency_with_default_settings(
 def test_rtclake_run_tails_configured_directories(tmp_path: Path, make_server: Any) -> None:
     logs = tmp_path / "sora-logs"
     logs.mkdir()
-    server = make_server(RTCLAKE_SORA__LOGS__DIRS=json.dumps([str(logs)]))
+    server = make_server(
+        RTCLAKE_SOURCES__SORA_LOGS__TYPE="sora_logs",
+        RTCLAKE_SOURCES__SORA_LOGS__DIRS=json.dumps([str(logs)]),
+    )
     (logs / "rtc_stats.jsonl").write_bytes((FIXTURES / "sora" / "rtc_stats.jsonl").read_bytes())
     assert server.wait_rows("SELECT count(*) FROM rtc_stats WHERE source = 'sora_log'", 3) == 3

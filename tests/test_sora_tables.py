@@ -8,7 +8,7 @@ import msgspec
 
 from rtclake.catalog import default_registry
 from rtclake.convert import Converter
-from rtclake.sora.tables import RTC_STATS, SESSIONS
+from rtclake.integrations.sora.tables import RTC_STATS, SESSIONS
 from rtclake.sources.base import split_lines
 from rtclake.spool import Entry, EntryHeader
 from tests.conftest import FIXTURES

@@ -23,10 +23,10 @@ from starlette.schemas import SchemaGenerator
 from rtclake.catalog import default_registry
 from rtclake.config import Settings
 from rtclake.convert import Converter
+from rtclake.integrations.sora.tables import RTC_STATS
+from rtclake.integrations.sora.webhooks import SoraWebhooks, stats_lines, webhook_line
 from rtclake.service import Service
-from rtclake.sora.tables import RTC_STATS
 from rtclake.sources.base import split_lines
-from rtclake.sources.sora_webhooks import SoraWebhooks, stats_lines, webhook_line
 from rtclake.spool import Entry, EntryHeader
 from tests.conftest import FIXTURES, free_port
 

@@ -1,12 +1,12 @@
-"""The catalog: every lake table this version of rtclake knows."""
+"""The catalog: every lake table this installation knows (the registry's tables)."""
 
 from __future__ import annotations
 
-from rtclake.sora.api import SORA_API_TABLES
-from rtclake.sora.tables import SORA_TABLES
-from rtclake.tables import EVENTS, TELEMETRY, TableRegistry
+from rtclake.tables import TableRegistry
 
 
 def default_registry() -> TableRegistry:
-    """The generic tables and those of each supported source."""
-    return TableRegistry((TELEMETRY, EVENTS, *SORA_TABLES, *SORA_API_TABLES))
+    """The generic tables and those of each installed integration."""
+    from rtclake.registry import load_registry
+
+    return load_registry().tables

@@ -85,25 +85,24 @@ def import_(
     """Import Sora log files, or Kohaku's S3 layout, into the lake (incrementally)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from rtclake.catalog import default_registry
     from rtclake.delivery import Delivery
     from rtclake.importer import Importer, ImportStats
     from rtclake.logs import configure
     from rtclake.metrics import Metrics
-    from rtclake.s3_import import S3Importer, S3Location, s3_client
+    from rtclake.registry import load_registry
     from rtclake.service import build_sinks
-    from rtclake.sora.logs import table_for
 
     settings = _settings(config)
     configure(settings.log_level, settings.log_format)
-    tables = default_registry()
-    delivery = Delivery(build_sinks(settings, tables), Metrics())
+    registry = load_registry()
+    metrics = Metrics()
+    delivery = Delivery(build_sinks(settings, registry, metrics), metrics)
     importer = Importer(
-        tables,
+        registry.tables,
         delivery,
         settings.data_dir / "import-state.json",
         node=settings.node,
-        table_for=table_for,
+        table_for=registry.table_for_file,
     )
     stats = ImportStats()
     columns = (
@@ -123,15 +122,22 @@ def import_(
         stats.on_progress = show
         try:
             for target in paths:
-                if target.startswith("s3://"):
-                    client = s3_client(
+                scheme = target.partition("://")[0] if "://" in target else None
+                if scheme is not None:
+                    run_import = registry.importers.get(scheme)
+                    if run_import is None:
+                        known = ", ".join(f"{s}://" for s in sorted(registry.importers))
+                        raise ValueError(f"{target}: no importer for {scheme}:// (known: {known})")
+                    run_import(
+                        target,
+                        importer,
+                        stats,
                         endpoint_url=endpoint_url,
                         access_key_id=access_key_id,
                         secret_access_key=secret_access_key,
                         region=region,
                         path_style=path_style,
                     )
-                    S3Importer(importer, client, S3Location.parse(target)).run(stats)
                 else:
                     importer.import_paths([Path(target)], stats)
         except (OSError, ValueError, SinkError) as exc:

@@ -22,12 +22,24 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rtclake.errors import ConfigError
 
 MiB = 1024 * 1024
+
+# Keys of earlier versions, refused with their new spelling.
+MOVED = {
+    "sora": "sora.logs, sora.api and sora.kohaku_s3 are sources now: write"
+    " sources: {sora_logs: {type: sora_logs, dirs: [...]}},"
+    " sources: {sora_api: {type: sora_api, nodes: [...]}} and"
+    " sources: {kohaku: {type: kohaku_s3, url: s3://...}}"
+    " (RTCLAKE_SOURCES__<NAME>__<KEY> in the environment)",
+    "routes": "routes moved to router.routes: router: {routes: [{stream: ..., table: ...}]}"
+    " (RTCLAKE_ROUTER__ROUTES)",
+}
 
 
 class Section(BaseModel):
@@ -101,13 +113,6 @@ class QueryConfig(Section):
     )
 
 
-class RouteConfig(Section):
-    """Send the records of matching streams to a table (fnmatch patterns, first match wins)."""
-
-    stream: str
-    table: str
-
-
 class WriterConfig(Section):
     """The writer that drains the spool into the sinks."""
 
@@ -116,88 +121,19 @@ class WriterConfig(Section):
     maintenance_interval: float = Field(default=300.0, gt=0, description="seconds")
 
 
-class KohakuS3Config(Section):
-    """Continuous import of the S3 layout Kohaku's Fluent Bit writes."""
+class RouteConfig(Section):
+    """Send the records of matching streams to a table (fnmatch patterns, first match wins)."""
 
-    enabled: bool = False
-    url: str = Field(default="", description="s3://BUCKET/PREFIX")
-    endpoint_url: str | None = Field(default=None, description="MinIO, RustFS, R2, ...")
-    access_key_id: str | None = None
-    secret_access_key: SecretStr | None = None
-    region: str | None = None
-    path_style: bool = False
-    interval: float = Field(default=60.0, gt=0, description="seconds between listings")
+    stream: str
+    table: str
 
 
-class SoraApiConfig(Section):
-    """Polling of Sora's HTTP API (what Sorabeat and sora_exporter do)."""
+class RouterConfig(Section):
+    """Which table the records of a stream go to: ``routes`` in order, else
+    ``default_table``."""
 
-    nodes: list[str] = Field(
-        default_factory=list,
-        description="API URLs of the Sora nodes to poll, e.g. http://127.0.0.1:3000/",
-    )
-    interval: float = Field(default=60.0, gt=0, description="seconds between polls")
-    timeout: float = Field(default=5.0, gt=0, description="seconds for one API call")
-    all_connections: bool = Field(
-        default=True, description="also fetch GetStatsAllConnections (per-connection counters)"
-    )
-    list_rtc_stats: bool = Field(
-        default=True, description="also fetch ListRtcStats (Sora 2024.1+) into rtc_stats"
-    )
-    max_response_bytes: int = Field(default=256 * MiB, gt=0, description="larger answers fail")
-
-    @field_validator("nodes")
-    @classmethod
-    def _http_urls(cls, nodes: list[str]) -> list[str]:
-        for node in nodes:
-            if not node.startswith(("http://", "https://")):
-                raise ValueError(f"{node!r} is not an http:// or https:// URL")
-        if len(set(nodes)) != len(nodes):
-            raise ValueError("a node is listed twice")
-        return nodes
-
-
-class FileTailConfig(Section):
-    """A tail of directories of JSON Lines files (see :mod:`rtclake.sources.file_tail`)."""
-
-    dirs: list[Path] = Field(
-        default_factory=list, description="directories to follow; empty: tail off"
-    )
-    poll_interval: float = Field(
-        default=0.5, gt=0, description="seconds between two looks at the files"
-    )
-    rotate_wait: float = Field(
-        default=5.0,
-        ge=0,
-        description="seconds a renamed or removed file is still read after it stopped growing",
-    )
-    max_batch_bytes: int = Field(
-        default=4 * MiB, gt=0, description="most bytes of one file per spool entry"
-    )
-    max_line_bytes: int = Field(
-        default=16 * MiB, gt=0, description="longer lines are skipped and counted"
-    )
-    start_at: Literal["beginning", "end"] = Field(
-        default="beginning",
-        description="where to start in the log files of a directory followed for the first time",
-    )
-    checkpoint: Path | None = Field(
-        default=None, description="default: a file in DATA_DIR named after the tail"
-    )
-
-
-class SoraLogsConfig(FileTailConfig):
-    """The tail of Sora's log directories (``rtc_stats.jsonl``, ``session_webhook.jsonl``,
-    ``connection.jsonl``, the webhook, signaling and API logs); the checkpoint defaults
-    to DATA_DIR/sora-logs.checkpoint.json."""
-
-
-class SoraConfig(Section):
-    """Sora sources (each off until configured)."""
-
-    logs: SoraLogsConfig = SoraLogsConfig()
-    kohaku_s3: KohakuS3Config = KohakuS3Config()
-    api: SoraApiConfig = SoraApiConfig()
+    routes: list[RouteConfig] = Field(default_factory=list)
+    default_table: str = "telemetry"
 
 
 class Settings(BaseSettings):
@@ -219,9 +155,33 @@ class Settings(BaseSettings):
     writer: WriterConfig = WriterConfig()
     lake: LakeConfig = LakeConfig()
     query: QueryConfig = QueryConfig()
-    sora: SoraConfig = SoraConfig()
-    routes: list[RouteConfig] = Field(default_factory=list)
-    default_table: str = "telemetry"
+    router: RouterConfig = RouterConfig()
+    sources: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="name -> {type: ..., ...}; see docs/CONFIG.md for the types",
+    )
+    processors: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="name -> {type: ..., ...}, run in this order"
+    )
+    sinks: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="name -> {type: ..., ...}, besides the lake"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        moved = [MOVED[key] for key in MOVED if key in data]
+        if moved:
+            raise ConfigError("configuration keys that moved:\n  " + "\n  ".join(moved))
+        if "default_table" in data:  # the earlier spelling, still understood
+            data = dict(data)
+            default = data.pop("default_table")
+            router = dict(data.get("router") or {})
+            router.setdefault("default_table", default)
+            data["router"] = router
+        return data
 
     @field_validator("node")
     @classmethod
@@ -271,9 +231,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _describe(error: Any) -> str:
-    loc = ".".join(str(part) for part in error["loc"])
-    env = "RTCLAKE_" + "__".join(str(p).upper() for p in error["loc"] if not isinstance(p, int))
+def describe_error(error: Any, prefix: tuple[str, ...] = ()) -> str:
+    """One line naming a validation error's key, as in the file and as a variable."""
+    where = (*prefix, *error["loc"])
+    loc = ".".join(str(part) for part in where)
+    env = "RTCLAKE_" + "__".join(str(p).upper() for p in where if not isinstance(p, int))
     got = error.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"{loc}: {error['msg']}{shown} [key '{loc}' in the file, or {env}]"
@@ -285,10 +247,14 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     data: dict[str, Any] = read_config_file(Path(path)) if path else {}
     data.update(overrides)
     try:
-        return Settings(**data)
+        settings = Settings(**data)
     except ValidationError as exc:
-        lines = [_describe(err) for err in exc.errors()]
+        lines = [describe_error(err) for err in exc.errors()]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from exc
+    from rtclake.registry import check_components, load_registry
+
+    check_components(settings, load_registry())
+    return settings
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:

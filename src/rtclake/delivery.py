@@ -5,6 +5,11 @@ file is the durable copy) both deliver through a :class:`Delivery`, so both keep
 contract of :mod:`rtclake.sinks.base`: each sink is started once, and every call to a
 sink (``start``, ``write``, ``maintain``, ``close``) runs on the delivery's one thread.
 
+A record a sink refuses for good (it raises :class:`~rtclake.sinks.base.Rejected` after
+storing the rest) goes to the ``dead_letters`` table, through every other sink that takes
+dead letters (the lake), with the sink, the reason and the time; then the batch counts as
+confirmed by that sink, so one bad record never blocks the ones behind it.
+
 A batch goes to each sink that has not confirmed it yet; the caller records each
 confirmation (the writer next to its spool segment, an import in memory for its block),
 so a retry writes only to the sinks that lack the batch. A sink's failure never stops the
@@ -13,22 +18,29 @@ long as it lasts; any other error is the batch's data (a value the sink cannot t
 which the caller sets aside after a few tries instead of retrying forever.
 
 Metrics, labelled with each sink's name: ``rtclake_records_stored_total``,
-``rtclake_batch_write_seconds``, ``rtclake_sink_errors_total``.
+``rtclake_batch_write_seconds``, ``rtclake_sink_errors_total``,
+``rtclake_dead_letters_total``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+import orjson
+import pyarrow as pa
 import structlog
+from prometheus_client import Counter
 
 from rtclake import faults
 from rtclake.errors import SinkError
 from rtclake.metrics import Metrics
-from rtclake.sinks.base import Batch, Sink
+from rtclake.sinks.base import Batch, Rejected, Sink
+from rtclake.tables import DEAD_LETTERS
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +66,12 @@ class Delivery:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="rtclake-sinks")
         self._started: set[str] = set()
         self._closed = False
+        self.dead_letters = Counter(
+            "rtclake_dead_letters",
+            "Records a sink refused for good, written to the dead_letters table.",
+            ["sink", "table"],
+            registry=metrics.registry,
+        )
 
     @property
     def needs_record_id(self) -> bool:
@@ -101,7 +119,10 @@ class Delivery:
                 continue
             started = time.perf_counter()
             try:
-                sink.write(batch)
+                try:
+                    sink.write(batch)
+                except Rejected as rejected:
+                    self._dead_letter(sink, batch, rejected)
             except Exception as exc:  # a sink's failure must not stop the others
                 done = False
                 data_error |= not isinstance(exc, OSError | SinkError)
@@ -118,6 +139,32 @@ class Delivery:
             confirm(sink.name)
             faults.check("writer.after_ack")
         return Outcome(done, data_error)
+
+    def _dead_letter(self, refusing: Sink, batch: Batch, rejected: Rejected) -> None:
+        """Write the rows ``refusing`` refused to the sinks that take dead letters (an
+        error here leaves the batch unconfirmed by ``refusing``: retried)."""
+        table = dead_letter_table(refusing.name, batch, rejected)
+        targets = [s for s in self.sinks if s.takes_dead_letters and s is not refusing]
+        for name, refused in rejected.rows.items():
+            self.dead_letters.labels(refusing.name, name).inc(len(refused))
+            log.error(
+                "delivery: records refused for good; kept as dead letters",
+                sink=refusing.name,
+                table=name,
+                records=len(refused),
+                reason=refused[0][1],
+                to=[s.name for s in targets] or "the log only",
+            )
+        if not targets:
+            for row in table.select(["table_name", "reason", "record"]).to_pylist():
+                log.error("delivery: dead letter (no sink takes dead letters)", **row)
+            return
+        letters = Batch(batch.node, f"{batch.run}-dead-{refusing.name}", batch.segment,
+                        {DEAD_LETTERS.name: table})  # fmt: skip
+        for target in targets:
+            if target.name not in self._started:
+                raise SinkError(f"{target.name} is not started; the dead letters wait")
+            target.write(letters)
 
     def deliver_retrying(
         self,
@@ -179,3 +226,32 @@ class Delivery:
 
 def _text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def dead_letter_table(sink: str, batch: Batch, rejected: Rejected) -> pa.Table:
+    """The ``dead_letters`` rows of ``rejected`` (record ids stable across replays)."""
+    now = dt.datetime.now(dt.UTC)
+    rows = []
+    for name, refused in rejected.rows.items():
+        source = batch.tables[name]
+        for index, reason in refused:
+            record = source.slice(index, 1).to_pylist()[0]
+            own_id = record.get("record_id")
+            key = f"{sink}\x1f{name}\x1f{own_id or f'{batch.name}:{index}'}"
+            rows.append({
+                "record_id": hashlib.md5(key.encode(), usedforsecurity=False).hexdigest(),
+                "time": now, "received_at": now, "source": "delivery", "stream": sink,
+                "kind": DEAD_LETTERS.kind, "type": "rejected", "sink": sink,
+                "table_name": name, "reason": reason[:4096], "batch": batch.name,
+                "row_record_id": own_id,
+                "record": orjson.dumps(record, default=_json_default).decode(),
+            })  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=DEAD_LETTERS.schema)

@@ -12,12 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import orjson
+import structlog
+
+from rtclake.errors import InputError
 from rtclake.metrics import Metrics
 from rtclake.router import Router
 from rtclake.sources.base import Records, split_lines, split_records
-from rtclake.spool import EntryHeader, Spool
-from rtclake.tables import Table
+from rtclake.spool import Entry, EntryHeader, Spool
+from rtclake.tables import Table, TableRegistry
+
+if TYPE_CHECKING:
+    from rtclake.processors.chain import Chain
+
+log = structlog.get_logger(__name__)
 
 
 def make_entry(
@@ -46,13 +57,31 @@ def make_entry(
     )
 
 
-class Intake:
-    """Routes, validates, spools and counts what sources receive."""
+class Taken(NamedTuple):
+    """What :meth:`Intake.take` did: records made durable, and a processor's reply."""
 
-    def __init__(self, spool: Spool, metrics: Metrics, router: Router | None = None) -> None:
+    records: int
+    reply: Any = None
+
+
+class Intake:
+    """Routes, validates, runs the intake-stage processors, spools and counts what
+    sources receive."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        metrics: Metrics,
+        router: Router | None = None,
+        *,
+        tables: TableRegistry | None = None,
+        chain: Chain | None = None,
+    ) -> None:
         self.spool = spool
         self.metrics = metrics
         self.router = router
+        self.tables = tables
+        self.chain = chain
 
     def table_for(self, stream: str) -> Table:
         """The table the router sends ``stream`` to (raises InputError for a bad name)."""
@@ -76,25 +105,133 @@ class Intake:
         idem: str | None = None,
         type: str | None = None,
         received_us: int | None = None,
-    ) -> int:
-        """Spool validated ``records`` and return their number once they are durable.
+    ) -> Taken:
+        """Run the intake-stage processors over validated ``records``, spool what they
+        return (and emit), and return once it is durable.
 
         Raises :class:`~rtclake.errors.SpoolUnavailable` (full, disk full, failing) or
         :class:`~rtclake.errors.PayloadTooLarge` (larger than the whole spool)."""
         if not records.n:
-            return 0
-        header = make_entry(
-            source, stream, table, records.n, extra=records.extra, idem=idem, type=type,
-            received_us=received_us,
-        )  # fmt: skip
-        await self.spool.append(header, records.body)
-        self.metrics.received.labels(source).inc(records.n)
-        return records.n
+            return Taken(0)
+        if received_us is None:
+            received_us = time.time_ns() // 1000
+        emitted: list[tuple[EntryHeader, bytes]] = []
+        reply = None
+        processors = self.chain.active("intake", table.name, source) if self.chain else ()
+        if processors:
+            from rtclake.processors.base import Context
+
+            assert self.chain is not None
+            ctx = Context(table.name, source, stream, "intake")
+            done = await asyncio.to_thread(self.chain.run, processors, records, table, ctx)
+            records, reply = done.records, done.reply
+            emitted = self.emitted_entries(done.emitted, stream, received_us, idem=idem)
+        if records.n:
+            header = make_entry(
+                source, stream, table, records.n, extra=records.extra, idem=idem, type=type,
+                received_us=received_us,
+            )  # fmt: skip
+            await self.spool.append(header, records.body)
+            self.metrics.received.labels(source).inc(records.n)
+        for header, body in emitted:
+            await self.spool.append(header, body)
+            self.metrics.received.labels(header.source).inc(header.records)
+        return Taken(records.n, reply)
+
+    def emitted_entries(
+        self,
+        emitted: Sequence[tuple[str, str | None, str | None, dict[str, Any]]],
+        stream: str,
+        received_us: int,
+        *,
+        idem: str | None = None,
+    ) -> list[tuple[EntryHeader, bytes]]:
+        """Spool entries of records processors emitted, one per processor and table: the
+        table named, or the router's for the stream; each record validated (an invalid
+        one is the processor's fault: counted, logged, left out)."""
+        groups: dict[tuple[str, str, str], list[bytes]] = {}
+        for processor, table_name, to_stream, record in emitted:
+            target = to_stream or stream
+            try:
+                table = self.tables[table_name] if table_name and self.tables else None
+                if table is None:
+                    table = self.table_for(target) if table_name is None else None
+                if table is None:
+                    raise InputError("unknown_table", f"no table {table_name!r}")
+                line = orjson.dumps(record)
+                split_lines(line, table)
+            except (KeyError, TypeError, orjson.JSONEncodeError, InputError) as exc:
+                if self.chain is not None:
+                    self.chain.errors.labels(processor, "invalid_emit").inc()
+                log.error("processor emitted a record its table refuses; left out",
+                          processor=processor, error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                continue
+            groups.setdefault((processor, table.name, target), []).append(line)
+        entries = []
+        for (processor, table_name, target), lines in groups.items():
+            assert self.tables is not None
+            table = self.tables[table_name]
+            body = b"\n".join(lines)
+            checked = split_lines(body, table)
+            entries.append((
+                make_entry(processor, target, table, checked.n, extra=checked.extra,
+                           idem=f"{idem}/{processor}" if idem else None,
+                           received_us=received_us),
+                checked.body,
+            ))  # fmt: skip
+        return entries
+
+    def process_entries(self, entries: list[Entry], run: str, segment: int) -> list[Entry]:
+        """Run the store-stage processors over a spool segment's ``entries`` (on the
+        writer's thread): changed entries keep their place, emitted records become
+        entries after the last one, so a replay gives them the same record ids."""
+        chain = self.chain
+        if chain is None or not chain.has("store") or self.tables is None:
+            return entries
+        from rtclake.processors.base import Context
+
+        out: list[Entry] = []
+        added: list[tuple[EntryHeader, bytes]] = []
+        for entry in entries:
+            h = entry.header
+            processors = chain.active("store", h.table, h.source)
+            if not processors or h.table not in self.tables:
+                out.append(entry)
+                continue
+            table = self.tables[h.table]
+            ctx = Context(h.table, h.source, h.stream, "store")
+            records = Records(entry.body, h.records, h.extra)
+            done = chain.run(processors, records, table, ctx)
+            if done.changed:
+                header = make_entry(
+                    h.source, h.stream, table, done.records.n, extra=done.records.extra,
+                    idem=h.idem, type=h.type, received_us=h.received_us,
+                )  # fmt: skip
+                if done.records.n:
+                    out.append(Entry(header, done.records.body, entry.index))
+            else:
+                out.append(entry)
+            idem = h.idem or f"{run}:{segment}:{entry.index}"
+            added += self.emitted_entries(done.emitted, h.stream, h.received_us, idem=idem)
+        next_index = max((e.index for e in entries), default=-1) + 1
+        for number, (header, body) in enumerate(added):
+            out.append(Entry(header, body, next_index + number))
+        return out
 
     def take_nowait(self, header: EntryHeader, body: bytes) -> asyncio.Future[None]:
         """Append a built entry (see :func:`make_entry`); the future completes once it is
         durable, and its records are counted then. For sources that keep many entries
-        in flight (the log tail)."""
+        in flight (the log tail). With intake-stage processors for its table and source,
+        the entry goes through :meth:`take` instead."""
+        if self.chain is not None and self.chain.active("intake", header.table, header.source):
+            assert self.tables is not None
+            records = Records(body, header.records, header.extra)
+            table = self.tables[header.table]
+            taken = self.take(
+                header.source, header.stream, table, records, idem=header.idem,
+                type=header.type, received_us=header.received_us,
+            )  # fmt: skip
+            return asyncio.ensure_future(_none(taken))
         future = self.spool.append_nowait(header, body)
         counter = self.metrics.received.labels(header.source)
 
@@ -104,3 +241,7 @@ class Intake:
 
         future.add_done_callback(count)
         return future
+
+
+async def _none(taken: Any) -> None:
+    await taken

@@ -1,79 +1,67 @@
-"""The service: one node of rtclake, wired from its settings.
+"""The service: one node of rtclake, built from its settings and the registry.
 
-sources -> router -> spool -> writer -> sinks, and the query engine over the lake.
+sources -> intake (router, intake-stage processors) -> spool -> writer (store-stage
+processors, converter) -> delivery -> sinks, and the query engine over the lake.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import structlog
 
-from rtclake.catalog import default_registry
 from rtclake.config import Settings
 from rtclake.delivery import Delivery
+from rtclake.errors import ConfigError
 from rtclake.intake import Intake
 from rtclake.metrics import Metrics
+from rtclake.processors.base import Processor, configure
+from rtclake.processors.chain import Chain
 from rtclake.query import QueryEngine
+from rtclake.registry import BuildContext, Kind, Registry, check_components, load_registry
 from rtclake.router import Router
 from rtclake.sinks.base import Sink
 from rtclake.sinks.lake import LakeSink
 from rtclake.sources.base import Source
-from rtclake.sources.http_ingest import HttpIngest
-from rtclake.sources.sora_webhooks import SoraWebhooks
 from rtclake.spool import Spool
-from rtclake.tables import TableRegistry
 from rtclake.writer import Writer
 
 log = structlog.get_logger(__name__)
 
 
-def build_sinks(settings: Settings, tables: TableRegistry) -> list[Sink]:
+def build_components(
+    kind: Kind, settings: Settings, registry: Registry, context: dict[str, Any]
+) -> list[Any]:
+    """The enabled components of ``kind``, each built by its registered type."""
+    section = {"source": settings.sources, "processor": settings.processors, "sink": settings.sinks}
+    built = []
+    for name, component_type, config in registry.configured(kind, section[kind]):
+        ctx = BuildContext(name=name, settings=settings, registry=registry, **context)
+        component = component_type.build(config, ctx)
+        if kind == "processor":
+            component = configure(component, name, config)
+        elif kind == "sink":
+            component.name = name
+        built.append(component)
+    return built
+
+
+def build_sinks(settings: Settings, registry: Registry, metrics: Metrics) -> list[Sink]:
+    """The lake (``lake:``, unless disabled), then the sinks of ``sinks:``."""
     sinks: list[Sink] = []
     if settings.lake.enabled:
         compression = settings.lake.compression
         sinks.append(
             LakeSink(
                 settings.lake_root,
-                tables,
+                registry.tables,
                 compression="none" if compression == "none" else compression,
                 compression_level=settings.lake.compression_level,
             )
         )
+    sinks += build_components("sink", settings, registry, {"metrics": metrics})
     return sinks
-
-
-def build_sources(settings: Settings, service: Service) -> list[Source]:
-    """The background sources the configuration switches on."""
-    sources: list[Source] = []
-    if settings.sora.logs.dirs:
-        from rtclake.sources.sora_logs import SoraLogTail
-
-        sources.append(
-            SoraLogTail(
-                settings.sora.logs, service.intake, settings.data_dir, tables=service.tables
-            )
-        )
-    api = settings.sora.api
-    if api.nodes:
-        from rtclake.sources.sora_api import SoraApiPoller
-
-        sources.append(SoraApiPoller(api, service.intake, service.tables))
-    s3 = settings.sora.kohaku_s3
-    if s3.enabled:
-        from rtclake.sources.kohaku_s3 import KohakuS3Source
-
-        sources.append(
-            KohakuS3Source(
-                s3,
-                service.tables,
-                service.delivery,
-                service.metrics,
-                node=settings.node,
-                state_path=settings.data_dir / "kohaku-s3-state.json",
-            )
-        )
-    return sources
 
 
 class Service:
@@ -84,11 +72,17 @@ class Service:
         settings: Settings,
         sinks: list[Sink] | None = None,
         sources: list[Source] | None = None,
+        *,
+        registry: Registry | None = None,
+        processors: list[Processor] | None = None,
     ) -> None:
         self.settings = settings
-        self.tables = default_registry()
+        self.registry = registry or load_registry()
+        check_components(settings, self.registry)
+        self.tables = self.registry.tables
         self.metrics = Metrics()
-        self.router = Router(settings.routes, settings.default_table, self.tables)
+        r = settings.router
+        self.router = Router(r.routes, r.default_table, self.tables)
         s = settings.spool
         self.spool = Spool(
             settings.spool_dir,
@@ -99,14 +93,25 @@ class Service:
             fsync=s.fsync,
         )
         self.spool.on_sync = self.metrics.fsync_seconds.observe
-        self.intake = Intake(self.spool, self.metrics, self.router)
+        if processors is None:
+            processors = build_components(
+                "processor", settings, self.registry, {"metrics": self.metrics}
+            )
+        for processor in processors:
+            for table in processor.tables or ():
+                if table not in self.tables:
+                    raise ConfigError(f"processors.{processor.name}: unknown table {table!r}")
+        self.chain = Chain(processors, self.metrics) if processors else None
+        self.intake = Intake(
+            self.spool, self.metrics, self.router, tables=self.tables, chain=self.chain
+        )
         self.metrics.watch_spool(
             lambda: self.spool.used_bytes,
             lambda: self.spool.segment_count,
             lambda: float("nan") if (free := self.spool.disk_free_bytes()) is None else free,
             lambda: float(self.spool.failure is None),
         )
-        self.sinks = build_sinks(settings, self.tables) if sinks is None else sinks
+        self.sinks = build_sinks(settings, self.registry, self.metrics) if sinks is None else sinks
         self.delivery = Delivery(self.sinks, self.metrics)
         w = settings.writer
         self.writer = Writer(
@@ -118,6 +123,7 @@ class Service:
             retry_initial=w.retry_initial,
             retry_max=w.retry_max,
             maintenance_interval=w.maintenance_interval,
+            process=self.intake.process_entries if self.chain and self.chain.has("store") else None,
         )
         self.query = QueryEngine.from_config(
             settings.lake_root,
@@ -125,23 +131,25 @@ class Service:
             settings.query,
             temp_root=settings.data_dir / "query-tmp",
         )
-        token = settings.server.ingest_token
-        self.http_ingest = HttpIngest(
-            self.intake,
-            max_body=settings.server.max_body_bytes,
-            token=token.get_secret_value() if token else None,
+        context = {"metrics": self.metrics, "intake": self.intake, "delivery": self.delivery}
+        self.sources: list[Source] = (
+            build_components("source", settings, self.registry, context)
+            if sources is None
+            else sources
         )
-        self.sora_webhooks = SoraWebhooks(
-            self.intake,
-            self.tables,
-            max_body=settings.server.max_body_bytes,
-            token=token.get_secret_value() if token else None,
-        )
-        self.sources: list[Source] = build_sources(settings, self) if sources is None else sources
+
+    def source(self, name: str) -> Source:
+        """The source of that name (``http``, ``sora_webhooks``, ...)."""
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise KeyError(name)
 
     async def start(self) -> None:
         self.query.remove_stale_temp()
         await self.spool.start()
+        if self.chain is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.chain.start)
         await self.writer.start()
         for source in self.sources:
             await source.start()
@@ -150,6 +158,8 @@ class Service:
             node=self.settings.node,
             spool=str(self.settings.spool_dir),
             lake=self.settings.lake_root,
+            sources=[s.name for s in self.sources],
+            processors=[p.name for p in self.chain.processors] if self.chain else [],
             sinks=[s.name for s in self.sinks],
         )
 
@@ -163,4 +173,6 @@ class Service:
         await self.spool.close()
         await self.writer.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.delivery.close)
+        if self.chain is not None:
+            self.chain.close()
         self.query.close()

@@ -352,6 +352,21 @@ TELEMETRY = Table(
     columns=(Column("device_id", "id", ("device_id", "deviceId", "device")),),
 )
 
+DEAD_LETTERS = Table(
+    name="dead_letters",
+    kind="dead_letter",
+    description="Records a sink refused for good (see the sink contract), with the sink,"
+    " the reason and the time of the refusal; the record as JSON in ``record``.",
+    columns=(
+        Column("sink", "string", ("sink",)),
+        Column("table_name", "string", ("table_name",)),
+        Column("reason", "string", ("reason",)),
+        Column("batch", "string", ("batch",)),
+        Column("row_record_id", "id", ("row_record_id",)),
+        Column("record", "json", ("record",)),
+    ),
+)
+
 EVENTS = Table(
     name="events",
     kind="event",

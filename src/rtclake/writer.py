@@ -1,15 +1,16 @@
 """The writer: drains sealed spool segments, in order, into every sink.
 
-One segment is one batch. Its entries are grouped by table, turned into Arrow by the
-:class:`~rtclake.convert.Converter` (the C++ parser, the envelope in Arrow, record ids in
-DuckDB), and handed to each sink that has not yet confirmed the segment. A sink's confirmation is
-recorded in the spool; once every sink confirmed, the segment is deleted. A failing sink
-is retried with exponential backoff while the segment stays on disk, so an outage loses
-nothing (the spool fills, and ingest answers 503 once it is full). A segment that cannot
-be converted, or that a sink refuses for its data rather than for an outage (any error
-but ``OSError`` and :class:`~rtclake.errors.SinkError`), is tried five times, then moved
-to ``spool/quarantine/`` (counted and logged), so one poisoned batch cannot hold up the
-batches behind it.
+One segment is one batch. Its entries pass the store-stage processors (if any), are
+grouped by table, turned into Arrow by the :class:`~rtclake.convert.Converter` (the C++
+parser, the envelope in Arrow, record ids in DuckDB), and handed through the
+:class:`~rtclake.delivery.Delivery` to each sink that has not yet confirmed the segment.
+A sink's confirmation is recorded in the spool; once every sink confirmed, the segment
+is deleted. A failing sink is retried with exponential backoff while the segment stays
+on disk, so an outage loses nothing (the spool fills, and ingest answers 503 once it is
+full). A segment that cannot be converted, or that a sink refuses for its data rather
+than for an outage (any error but ``OSError`` and :class:`~rtclake.errors.SinkError`),
+is tried five times, then moved to ``spool/quarantine/`` (counted and logged), so one
+poisoned batch cannot hold up the batches behind it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -27,7 +29,7 @@ from rtclake.delivery import Delivery
 from rtclake.memory import release_memory
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch
-from rtclake.spool import Segment, Spool
+from rtclake.spool import Entry, Segment, Spool
 from rtclake.tables import TableRegistry
 
 log = structlog.get_logger(__name__)
@@ -48,6 +50,7 @@ class Writer:
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         maintenance_interval: float = 300.0,
+        process: Callable[[list[Entry], str, int], list[Entry]] | None = None,
     ) -> None:
         self.spool = spool
         self.delivery = delivery
@@ -56,6 +59,7 @@ class Writer:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.maintenance_interval = maintenance_interval
+        self.process = process  # the store-stage processors (Intake.process_entries)
         self._converter = Converter(tables, record_ids=delivery.needs_record_id)
         self._task: asyncio.Task[None] | None = None
         self._busy = False
@@ -133,6 +137,8 @@ class Writer:
         entries = Spool.read(seg)  # an OSError here is the disk's, not the segment's
         faults.check("writer.after_read")
         try:
+            if self.process is not None:
+                entries = self.process(entries, seg.run, seg.seq)
             tables = self._converter.convert(seg.run, seg.seq, entries)
         except Exception as exc:  # retried, then set aside; never dropped
             self.metrics.sink_errors.labels("converter").inc()

@@ -11,11 +11,19 @@ same batch written twice leaves the same visible rows). Tables with an ``identit
 ``write`` returns only once the batch is durable in the destination; raising
 :class:`rtclake.errors.SinkError` (or any ``OSError``) leaves the batch in the spool to be
 retried.
+
+A record the destination refuses for good (as the sink classifies its error: a constraint,
+a 400 for that document) must not block the batch: the sink stores the rest and raises
+:class:`Rejected` naming the refused rows. The delivery writes them to the
+``dead_letters`` table (with the sink, the reason and the time) and counts the batch as
+confirmed by that sink. Any other exception is the batch's data: retried a few times, then
+the spool segment is set aside (``spool/quarantine/``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -44,6 +52,9 @@ class Sink(ABC):
     """Base class of every sink. Methods run on the writer's thread."""
 
     name: str = "sink"
+    #: Whether rows other sinks refuse for good are written here (the ``dead_letters``
+    #: table); the lake says True.
+    takes_dead_letters: bool = False
     #: Whether rows of tables with an ``identity`` must carry ``record_id``; a sink that
     #: derives it from those columns (the lake) says False and spares the writer the MD5s.
     needs_record_id: bool = True
@@ -60,3 +71,20 @@ class Sink(ABC):
 
     def close(self) -> None:  # noqa: B027 - a sink may hold nothing to release
         """Release connections and files."""
+
+
+class Rejected(Exception):
+    """Raised by :meth:`Sink.write` once every other row of the batch is stored: ``rows``
+    maps a table to the refused rows, each ``(row index in batch.tables[table], reason)``."""
+
+    def __init__(self, rows: Mapping[str, Sequence[tuple[int, str]]]) -> None:
+        self.rows = {table: list(refused) for table, refused in rows.items() if refused}
+        count = sum(len(refused) for refused in self.rows.values())
+        super().__init__(f"{count} records refused for good")
+
+    @classmethod
+    def everything(cls, batch: Batch, reason: str) -> Rejected:
+        """Every row of ``batch`` refused, for one reason."""
+        return cls(
+            {name: [(i, reason) for i in range(t.num_rows)] for name, t in batch.tables.items()}
+        )

@@ -55,6 +55,7 @@ class LakeSink(Sink):
     """Writes every batch as Parquet into a local folder."""
 
     name = "lake"
+    takes_dead_letters = True
     needs_record_id = False  # derived from the identity columns by the query views
 
     def __init__(

@@ -10,10 +10,11 @@ thousands of records costs little more than reading it.
 from __future__ import annotations
 
 import re
-from abc import ABC, abstractmethod
+from abc import ABC
 from typing import NamedTuple
 
 import msgspec
+from starlette.routing import BaseRoute
 
 from rtclake.errors import InputError
 from rtclake.tables import Table
@@ -84,25 +85,28 @@ def _error(exc: Exception, what: str, line: int | None, data: bytes = b"") -> In
     )
 
 
-class Source(ABC):
-    """A source that runs in the background (a tail, a poller, a subscriber).
+class Source(ABC):  # noqa: B024 - every method has a default
+    """A source: something that receives records and hands them to the intake.
 
-    ``start`` is called on the service's event loop after the spool is open; the source
-    appends to the spool (``await spool.append(...)``) and treats the return of that call
-    as the moment its input is safe (advance a checkpoint, acknowledge a message).
-    ``stop`` ends its tasks; input not yet appended is read again after a restart.
-    Request-driven sources (HTTP ingest, webhooks) are endpoints instead.
+    ``start`` is called once, on the service's event loop, after the spool is open;
+    ``stop`` ends the source's tasks (input not yet handed over is read again after a
+    restart). A source treats the return of :meth:`rtclake.intake.Intake.take` as the
+    moment its input is safe (advance a checkpoint, acknowledge a message, answer 200).
+    A source that receives requests (webhooks, HTTP ingest, WebSocket) declares them in
+    :meth:`routes`, which the web layer mounts.
     """
 
     name: str = "source"
 
-    @abstractmethod
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - an endpoint-only source has nothing to run
         """Begin reading; return once running."""
 
-    @abstractmethod
-    async def stop(self) -> None:
+    async def stop(self) -> None:  # noqa: B027 - an endpoint-only source has nothing to end
         """Stop reading and release files and connections."""
+
+    def routes(self) -> list[BaseRoute]:
+        """The HTTP routes of this source (Starlette routes, WebSocket routes included)."""
+        return []
 
 
 class Records(NamedTuple):

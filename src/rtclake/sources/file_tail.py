@@ -1,5 +1,5 @@
 """The file tail: follows directories of JSON Lines files that a program appends to
-(Sora's log directory is one: :mod:`rtclake.sources.sora_logs` configures it).
+(Sora's log directory is one: :mod:`rtclake.integrations.sora.log_tail` configures it).
 
 Every ``poll_interval`` seconds the tail lists the watched directories and reads what
 each file its ``table_for`` rule knows (for Sora: ``rtc_stats.jsonl``,
@@ -41,27 +41,92 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import os
+import re
 import secrets
 import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import msgspec
 import structlog
+from pydantic import Field, model_validator
 
-from rtclake.config import FileTailConfig
+from rtclake.config import MiB
 from rtclake.durable import write_atomic
 from rtclake.errors import SpoolUnavailable
 from rtclake.intake import Intake, make_entry
+from rtclake.registry import SourceConfig
 from rtclake.sources.base import Source, reason_of
 from rtclake.spool import EntryHeader
 from rtclake.tables import TableRegistry
 
 log = structlog.get_logger(__name__)
+
+
+class FileTailConfig(SourceConfig):
+    """A tail of directories of JSON Lines files (see :mod:`rtclake.sources.file_tail`)."""
+
+    dirs: list[Path] = Field(description="directories to follow")
+    poll_interval: float = Field(
+        default=0.5, gt=0, description="seconds between two looks at the files"
+    )
+    rotate_wait: float = Field(
+        default=5.0,
+        ge=0,
+        description="seconds a renamed or removed file is still read after it stopped growing",
+    )
+    max_batch_bytes: int = Field(
+        default=4 * MiB, gt=0, description="most bytes of one file per spool entry"
+    )
+    max_line_bytes: int = Field(
+        default=16 * MiB, gt=0, description="longer lines are skipped and counted"
+    )
+    start_at: Literal["beginning", "end"] = Field(
+        default="beginning",
+        description="where to start in the log files of a directory followed for the first time",
+    )
+    checkpoint: Path | None = Field(
+        default=None, description="default: DATA_DIR/NAME.checkpoint.json"
+    )
+
+
+class JsonLinesTailConfig(FileTailConfig):
+    """``type: file_tail``: any directory of JSON Lines logs into any table. Give ``table``
+    (every ``*.jsonl`` file goes there) or ``files`` (file-name pattern -> table, the
+    first match wins; ``*`` and ``?`` as in the shell)."""
+
+    table: str | None = Field(default=None, description="the table of every *.jsonl file")
+    files: dict[str, str] = Field(
+        default_factory=dict, description='file-name pattern -> table, e.g. {"app-*.log": events}'
+    )
+    source: str | None = Field(
+        default=None, description="the records' source column; default: the component's name"
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> JsonLinesTailConfig:
+        if (self.table is None) == (not self.files):
+            raise ValueError("give either table (every *.jsonl file) or files (pattern -> table)")
+        return self
+
+    def rule(self) -> Callable[[str], str | None]:
+        """The file -> table rule of these settings."""
+        patterns = {"*.jsonl": self.table} if self.table else self.files
+        compiled = [(re.compile(fnmatch.translate(p)), t) for p, t in patterns.items()]
+
+        def table_for(filename: str) -> str | None:
+            for pattern, table in compiled:
+                if pattern.match(filename):
+                    return table
+            return None
+
+        return table_for
+
 
 MiB = 1024 * 1024
 HEAD_BYTES = 1024  # a file is recognised by its first bytes (up to this many)

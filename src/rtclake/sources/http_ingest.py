@@ -9,11 +9,14 @@ their record ids, so a client retry is stored once even for records without a ti
 
 from __future__ import annotations
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from rtclake.errors import InputError, SpoolUnavailable
 from rtclake.intake import Intake
+from rtclake.sources.base import Source
 from rtclake.web.http import (
     JSON,
     bearer_ok,
@@ -25,12 +28,13 @@ from rtclake.web.http import (
 )
 
 
-class HttpIngest:
+class HttpIngest(Source):
     """The ``/ingest/{stream}`` endpoint."""
 
-    source = "http"
-
-    def __init__(self, intake: Intake, *, max_body: int, token: str | None) -> None:
+    def __init__(
+        self, intake: Intake, *, max_body: int, token: str | None, name: str = "http"
+    ) -> None:
+        self.name = self.source = name
         self.intake = intake
         self.metrics = intake.metrics
         self.max_body = max_body
@@ -51,7 +55,10 @@ class HttpIngest:
             application/json: {schema: {oneOf: [{type: object}, {type: array}]}}
             application/x-ndjson: {schema: {type: string}}
         responses:
-          200: {description: 'Durable. Body: {"accepted": N}'}
+          200:
+            description: >
+              Durable. Body: {"accepted": N}, and "reply" when an intake-stage processor
+              replied.
           400: {description: 'Bad input. Body: {"error", "message", "line"?}'}
         """
         if not bearer_ok(request, self.token):
@@ -66,7 +73,13 @@ class HttpIngest:
             idem = request.headers.get("idempotency-key")
             if idem is not None and not 0 < len(idem) <= 256:
                 raise InputError("bad_idempotency_key", "Idempotency-Key must be 1-256 chars")
-            accepted = await self.intake.take(self.source, stream, table, records, idem=idem)
+            taken = await self.intake.take(self.source, stream, table, records, idem=idem)
         except (InputError, SpoolUnavailable) as exc:
             return refusal(self.metrics, self.source, exc)
-        return Response(b'{"accepted":%d}' % accepted, 200, media_type=JSON)
+        if taken.reply is not None:
+            answer = {"accepted": taken.records, "reply": taken.reply}
+            return Response(orjson.dumps(answer, default=str), 200, media_type=JSON)
+        return Response(b'{"accepted":%d}' % taken.records, 200, media_type=JSON)
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/ingest/{stream}", self.handle, methods=["POST"])]

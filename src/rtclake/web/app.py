@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.schemas import SchemaGenerator
 from starlette.staticfiles import StaticFiles
 
@@ -148,12 +148,11 @@ def create_app(service: Service) -> Starlette:
         finally:
             await service.stop()
 
-    routes = [
-        Route("/ingest/{stream}", service.http_ingest.handle, methods=["POST"]),
+    routes: list[BaseRoute] = [
         Route("/healthz", node.healthz, methods=["GET"]),
         Route("/metrics", node.metrics, methods=["GET"]),
         Route("/api/query", node.query, methods=["POST"]),
-        *service.sora_webhooks.routes(),
+        *(route for source in service.sources for route in source.routes()),
         Route("/openapi.json", node.openapi, methods=["GET"], include_in_schema=False),
         Route("/docs", node.docs, methods=["GET"], include_in_schema=False),
         Mount("/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)),

@@ -3,7 +3,7 @@
 Every ``interval`` seconds it asks each configured Sora node (``POST`` to the node's API
 URL with an ``x-sora-target`` header) for ``GetStatsReport``, ``GetStatsAllConnections``
 and, on Sora 2024.1+, ``ListRtcStats``, and spools the answers as ``sora_stats_report``,
-``sora_connection_counters`` and ``rtc_stats`` records (see :mod:`rtclake.sora.api`).
+``sora_connection_counters`` and ``rtc_stats`` records (see :mod:`rtclake.integrations.sora.api`).
 
 What it guarantees: an answer is stored only if it came with a 2xx status within
 ``timeout`` seconds, is JSON of the expected shape, and every record passes its table's
@@ -16,7 +16,7 @@ restart.
 
 What it reports: the error counter above, ``rtclake_records_received_total{source=
 "sora_api"}``, and the latest GetStatsReport of each node under sora_exporter's names
-(:mod:`rtclake.sora.exporter`), including ``sora_up``.
+(:mod:`rtclake.integrations.sora.exporter`), including ``sora_up``.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ import orjson
 import structlog
 from prometheus_client import Counter
 
-from rtclake.config import SoraApiConfig
 from rtclake.errors import ConfigError, InputError, SpoolUnavailable
 from rtclake.intake import Intake
-from rtclake.sora import api
-from rtclake.sora.exporter import SoraExporterCollector
+from rtclake.integrations.sora import api
+from rtclake.integrations.sora.config import SoraApiConfig
+from rtclake.integrations.sora.exporter import SoraExporterCollector
 from rtclake.sources.base import Source
 from rtclake.tables import TableRegistry
 

@@ -1,9 +1,10 @@
 """Continuous import of Kohaku's S3 layout inside ``rtclake run``.
 
 Every ``interval`` seconds, new objects under ``s3://BUCKET/PREFIX/TAG/YYYY/MM/DD/`` are
-imported (see :mod:`rtclake.s3_import`). The objects are the durable copy, so this source
-writes to the sinks directly instead of through the spool; its checkpoint (the keys
-imported) advances after the sinks confirmed.
+imported (see :mod:`rtclake.integrations.sora.kohaku_s3_import`). The objects are the
+durable copy, so this source delivers to the sinks directly (through the delivery)
+instead of through the spool; its checkpoint (the keys imported) advances after the sinks
+confirmed.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from pathlib import Path
 
 import structlog
 
-from rtclake.config import KohakuS3Config
 from rtclake.delivery import Delivery
 from rtclake.importer import Importer
+from rtclake.integrations.sora.config import KohakuS3Config
+from rtclake.integrations.sora.kohaku_s3_import import S3Importer, S3Location, s3_client
+from rtclake.integrations.sora.logs import table_for
 from rtclake.metrics import Metrics
-from rtclake.s3_import import S3Importer, S3Location, s3_client
-from rtclake.sora.logs import table_for
 from rtclake.sources.base import Source
 from rtclake.tables import TableRegistry
 

@@ -1,7 +1,9 @@
 """Sora's HTTP API answers as lake records: the pure part of the Sora API poller.
 
-The poller (:mod:`rtclake.sources.sora_api`) calls three operations on each Sora node and
-hands the answers to the functions here, which turn them into the JSON records it spools:
+The poller (:mod:`rtclake.integrations.sora.api_poller`) calls three operations on each
+Sora node and hands the answers to the functions here, which turn them into the JSON
+records it spools. Sorabeat's derived fields and the 18.10 counter names are added after
+the spool by two processors (:mod:`rtclake.integrations.sora.processors`), on by default:
 
 - ``Sora_20171010.GetStatsReport`` (one object of node-wide counters and Erlang VM
   figures) -> one ``sora_stats_report`` record per poll, with the derived fields Sorabeat
@@ -111,12 +113,17 @@ def stats_report_record(answer: Any, *, node: str, time: str) -> dict[str, Any]:
     Raises :class:`InputError` if the answer is not a JSON object.
     """
     report = _expect(answer, dict, GET_STATS_REPORT)
-    record: dict[str, Any] = {"node": node, "time": time, **report}
+    return {"node": node, "time": time, **report}
+
+
+def with_derived_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` (a ``sora_stats_report``) with Sorabeat's derived fields beside the
+    Erlang VM lists (the ``sorabeat_fields`` processor)."""
     vm = record.get("erlang_vm")
     if isinstance(vm, dict) and isinstance(vm.get("statistics"), dict):
         stats = dict(vm["statistics"])
         add_derived_fields(stats)
-        record["erlang_vm"] = {**vm, "statistics": stats}
+        return {**record, "erlang_vm": {**vm, "statistics": stats}}
     return record
 
 
@@ -145,12 +152,23 @@ def connection_records(answer: Any, *, node: str, time: str) -> list[dict[str, A
                 "unexpected_answer",
                 f"{GET_STATS_ALL_CONNECTIONS}: item {number} is not a JSON object",
             )
-        record: dict[str, Any] = {"node": node, "time": time, **_unify_counter_names(connection)}
-        channel, client = record.get("channel_id"), record.get("client_id")
-        if isinstance(channel, str) and isinstance(client, str):
-            record.setdefault("channel_client_id", f"{channel}/{client}")
-        records.append(record)
+        records.append({"node": node, "time": time, **connection})
     return records
+
+
+def with_current_counter_names(record: dict[str, Any]) -> dict[str, Any]:
+    """A ``sora_connection_counters`` record with the counters renamed in Sora 18.10
+    under their current names (the ``sora_counter_names`` processor)."""
+    return _unify_counter_names(record)
+
+
+def with_channel_client_id(record: dict[str, Any]) -> dict[str, Any]:
+    """A ``sora_connection_counters`` record with Sorabeat's ``channel_client_id`` (the
+    ``sorabeat_fields`` processor)."""
+    channel, client = record.get("channel_id"), record.get("client_id")
+    if isinstance(channel, str) and isinstance(client, str) and "channel_client_id" not in record:
+        return {**record, "channel_client_id": f"{channel}/{client}"}
+    return record
 
 
 _RTC_KEYS = (("rtc_id", "id"), ("rtc_timestamp", "timestamp"), ("rtc_type", "type"))

@@ -1,15 +1,14 @@
 """Sora's log tail: the file tail (:mod:`rtclake.sources.file_tail`) on Sora's log
 directories, with Sora's rule for which file goes to which table
-(:func:`rtclake.sora.logs.table_for`). Records carry ``source = "sora_log"``."""
+(:func:`rtclake.integrations.sora.logs.table_for`). Records carry ``source = "sora_log"``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from rtclake.catalog import default_registry
-from rtclake.config import SoraLogsConfig
 from rtclake.intake import Intake
-from rtclake.sora.logs import table_for
+from rtclake.integrations.sora.config import SoraLogsConfig
+from rtclake.integrations.sora.logs import table_for
 from rtclake.sources.file_tail import FileTail
 from rtclake.tables import TableRegistry
 
@@ -17,7 +16,7 @@ SOURCE = "sora_log"
 
 
 class SoraLogTail(FileTail):
-    """Follows Sora's log directories (``sora.logs`` in the configuration)."""
+    """Follows Sora's log directories (``type: sora_logs`` in ``sources:``)."""
 
     def __init__(
         self,
@@ -25,16 +24,20 @@ class SoraLogTail(FileTail):
         intake: Intake,
         data_dir: Path,
         *,
-        tables: TableRegistry | None = None,
+        tables: TableRegistry,
+        name: str = "sora_logs",
     ) -> None:
         super().__init__(
             config,
             intake,
             data_dir,
-            tables=tables or default_registry(),
+            tables=tables,
             table_for=table_for,
-            name="sora_logs",
+            name=name,
             source=SOURCE,
-            label="sora logs",
-            checkpoint_name="sora-logs.checkpoint.json",
+            label="sora logs" if name == "sora_logs" else name,
+            # the checkpoint of the name sora_logs keeps its earlier file name
+            checkpoint_name="sora-logs.checkpoint.json"
+            if name == "sora_logs"
+            else f"{name}.checkpoint.json",
         )

@@ -72,11 +72,11 @@ import msgspec
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from rtclake.errors import InputError, PayloadTooLarge, SpoolUnavailable
 from rtclake.intake import Intake
-from rtclake.sources.base import Records, check_utf8
+from rtclake.sources.base import Records, Source, check_utf8
 from rtclake.tables import Table, TableRegistry
 from rtclake.web.http import (
     JSON,
@@ -313,7 +313,7 @@ def stats_lines(body: bytes, table: Table, limit: int) -> Parsed:
     return Parsed(Records(b"\n".join(lines), len(lines), extra))
 
 
-class SoraWebhooks:
+class SoraWebhooks(Source):
     """The endpoints receiving Sora's webhooks and statistics push (see the module doc)."""
 
     source = SOURCE
@@ -334,7 +334,7 @@ class SoraWebhooks:
         self.events = tables["sora_events"]
         self.rtc_stats = tables["rtc_stats"]
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[BaseRoute]:
         """The Starlette routes of every endpoint."""
         return [
             Route("/sora/webhooks/session", self.session, methods=["POST"]),

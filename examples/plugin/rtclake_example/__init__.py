@@ -1,0 +1,1 @@
+"""Example rtclake components, one module each, registered through entry points."""

@@ -1,0 +1,80 @@
+"""The component types of rtclake itself (no vendor): HTTP ingest, the JSON Lines file
+tail, and the Parquet lake as an extra sink. Integrations register theirs the same way
+(see :mod:`rtclake.registry`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from rtclake.registry import BuildContext, Registry, SinkConfig, SourceConfig
+from rtclake.sinks.lake import LakeSink
+from rtclake.sources.file_tail import FileTail, JsonLinesTailConfig
+from rtclake.sources.http_ingest import HttpIngest
+
+
+class HttpIngestConfig(SourceConfig):
+    """``POST /ingest/{stream}``; its body limit and token are ``server.max_body_bytes`` and
+    ``server.ingest_token``."""
+
+
+class LakeSinkConfig(SinkConfig):
+    """Another Parquet lake (a copy in a second folder); the lake that queries read is
+    ``lake:``."""
+
+    root: Path = Field(description="a folder")
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    compression_level: int | None = None
+
+
+def register(registry: Registry) -> None:
+    @registry.source("http_ingest", HttpIngestConfig)
+    def http_ingest(config: HttpIngestConfig, ctx: BuildContext) -> HttpIngest:
+        """HTTP ingest of JSON records (on by default as the source ``http``)."""
+        assert ctx.intake is not None
+        server = ctx.settings.server
+        token = server.ingest_token
+        return HttpIngest(
+            ctx.intake,
+            max_body=server.max_body_bytes,
+            token=token.get_secret_value() if token else None,
+            name=ctx.name,
+        )
+
+    @registry.source("file_tail", JsonLinesTailConfig)
+    def file_tail(config: JsonLinesTailConfig, ctx: BuildContext) -> FileTail:
+        """Follows directories of JSON Lines files into the tables its rule names."""
+        assert ctx.intake is not None
+        rule = config.rule()
+        for table in {rule(p) for p in ([*config.files] or ["x.jsonl"])} - {None}:
+            if table not in ctx.tables:
+                from rtclake.errors import ConfigError
+
+                raise ConfigError(f"sources.{ctx.name}: unknown table {table!r}")
+        return FileTail(
+            config,
+            ctx.intake,
+            ctx.data_dir,
+            tables=ctx.tables,
+            table_for=rule,
+            name=ctx.name,
+            source=config.source or ctx.name,
+            label=ctx.name,
+            checkpoint_name=f"{ctx.name}.checkpoint.json",
+        )
+
+    @registry.sink("lake", LakeSinkConfig)
+    def lake(config: LakeSinkConfig, ctx: BuildContext) -> LakeSink:
+        """Parquet files, Hive-partitioned by table and UTC date."""
+        sink = LakeSink(
+            config.root,
+            ctx.tables,
+            compression=config.compression,
+            compression_level=config.compression_level,
+        )
+        sink.name = ctx.name
+        return sink
+
+    registry.add_default("source", "http", {"type": "http_ingest"})

@@ -1,0 +1,1 @@
+"""Processors: small steps between a source and the sinks (see :mod:`.base`)."""

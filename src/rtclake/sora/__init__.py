@@ -1,1 +1,0 @@
-"""WebRTC SFU Sora: its tables, and the shapes of its logs, webhooks and API answers."""
