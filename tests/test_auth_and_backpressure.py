@@ -14,6 +14,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from rtclake.testing import wait_for
 from tests.conftest import Server
 
 INGEST_TOKEN = "secret"
@@ -263,9 +264,9 @@ def test_sink_outage_keeps_records_spooled_until_the_sink_is_back(make_server: A
     for n in range(5):
         assert post_batch(server, n * 100, 100).json() == {"accepted": 100}
 
-    # Well past the flush interval the writer keeps failing and retrying (0.1 s doubling
-    # to 0.3 s); without the blocker it would have drained the spool by now.
-    time.sleep(1.5)
+    # The writer keeps failing and retrying (0.1 s doubling to 0.3 s): wait for three
+    # failed writes; without the blocker the first would have drained the spool.
+    wait_for(lambda: sample(server, "rtclake_sink_errors_total", sink="lake") >= 3)
     stuck = httpx.get(server.url + "/healthz").json()
     assert stuck["spool_segments"] > 0 and stuck["spool_bytes"] > 0, stuck
     assert server.query("SELECT count(*) FROM telemetry")["rows"] == [[0]]

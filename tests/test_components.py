@@ -322,12 +322,22 @@ def test_a_configured_file_tail_stores_any_json_lines_log_in_any_table(
     server = make_server(
         RTCLAKE_SOURCES__APP__TYPE="file_tail",
         RTCLAKE_SOURCES__APP__DIRS=json.dumps([str(logs)]),
-        RTCLAKE_SOURCES__APP__FILES=json.dumps({"audit-*.jsonl": "events"}),
+        RTCLAKE_SOURCES__APP__FILES=json.dumps({"audit-*.jsonl": "events", "*.log": "events"}),
+        RTCLAKE_SOURCES__APP__ROTATE_WAIT="0.5",
         RTCLAKE_SOURCES__APP__POLL_INTERVAL="0.1",
     )
     (logs / "audit-1.jsonl").write_text('{"id": "a1"}\n{"id": "a2"}\n')
     (logs / "other.jsonl").write_text('{"id": "ignored"}\n')
-    assert server.wait_rows("SELECT count(*) FROM events WHERE source = 'app'", 2) == 2
+    (logs / "app.log").write_text('{"id": "l1"}\n')
+    assert server.wait_rows("SELECT count(*) FROM events WHERE source = 'app'", 3) == 3
+    # rotation by rename: the rest of the renamed file, then the new one
+    with open(logs / "app.log", "a") as fh:
+        fh.write('{"id": "l2"}\n')
+    (logs / "app.log").rename(logs / "app.log.1")
+    (logs / "app.log").write_text('{"id": "l3"}\n')
+    assert server.wait_rows("SELECT count(*) FROM events WHERE source = 'app'", 5) == 5
+    ids = server.query("SELECT id FROM events ORDER BY id")["rows"]
+    assert ids == [["a1"], ["a2"], ["l1"], ["l2"], ["l3"]]
     assert (server.data_dir / "app.checkpoint.json").exists()
 
 

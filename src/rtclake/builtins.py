@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from rtclake.errors import ConfigError
 from rtclake.registry import BuildContext, Registry, SinkConfig, SourceConfig
 from rtclake.sinks.lake import LakeSink
 from rtclake.sources.file_tail import FileTail, JsonLinesTailConfig
@@ -47,18 +48,16 @@ def register(registry: Registry) -> None:
     def file_tail(config: JsonLinesTailConfig, ctx: BuildContext) -> FileTail:
         """Follows directories of JSON Lines files into the tables its rule names."""
         assert ctx.intake is not None
-        rule = config.rule()
-        for table in {rule(p) for p in ([*config.files] or ["x.jsonl"])} - {None}:
-            if table not in ctx.tables:
-                from rtclake.errors import ConfigError
-
-                raise ConfigError(f"sources.{ctx.name}: unknown table {table!r}")
+        for table in [config.table, *config.files.values()]:
+            if table is not None and table not in ctx.tables:
+                known = ", ".join(ctx.tables.names())
+                raise ConfigError(f"sources.{ctx.name}: unknown table {table!r} (known: {known})")
         return FileTail(
             config,
             ctx.intake,
             ctx.data_dir,
             tables=ctx.tables,
-            table_for=rule,
+            table_for=config.rule(),
             name=ctx.name,
             source=config.source or ctx.name,
             label=ctx.name,

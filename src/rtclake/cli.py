@@ -44,11 +44,12 @@ def run(config: ConfigOption = None) -> None:
     configure(settings.log_level, settings.log_format)
     try:
         service = Service(settings)
+        app = create_app(service)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     uvicorn.run(
-        create_app(service),
+        app,
         host=settings.server.host,
         port=settings.server.port,
         loop="uvloop",
@@ -61,9 +62,14 @@ def run(config: ConfigOption = None) -> None:
 
 @app.command("config")
 def show_config(config: ConfigOption = None) -> None:
-    """Print the effective configuration (file + RTCLAKE_* variables), secrets masked."""
+    """Print the effective configuration (file + RTCLAKE_* variables + the components on
+    by default, each with its type's defaults), secrets masked."""
+    from rtclake.registry import effective_components, load_registry
+
     settings = _settings(config)
-    typer.echo(yaml.safe_dump(masked_dump(settings), sort_keys=False), nl=False)
+    shown = masked_dump(settings)
+    shown.update(effective_components(settings, load_registry()))
+    typer.echo(yaml.safe_dump(shown, sort_keys=False), nl=False)
 
 
 @app.command("import")

@@ -246,6 +246,15 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     path = path or os.environ.get("RTCLAKE_CONFIG") or None
     data: dict[str, Any] = read_config_file(Path(path)) if path else {}
     data.update(overrides)
+    # Variables of moved keys: pydantic-settings ignores variables of no field, so they
+    # are looked for here (and refused like the keys, or mapped where still understood).
+    for name in sorted(os.environ):
+        key = name.removeprefix("RTCLAKE_").lower()
+        if name.startswith("RTCLAKE_") and key.split("__")[0] in MOVED:
+            raise ConfigError(f"{name}: {MOVED[key.split('__')[0]]}")
+    if "RTCLAKE_DEFAULT_TABLE" in os.environ and "RTCLAKE_ROUTER__DEFAULT_TABLE" not in os.environ:
+        data["router"] = {**(data.get("router") or {}),
+                          "default_table": os.environ["RTCLAKE_DEFAULT_TABLE"]}  # fmt: skip
     try:
         settings = Settings(**data)
     except ValidationError as exc:

@@ -118,11 +118,13 @@ class Delivery:
                 done = False
                 continue
             started = time.perf_counter()
+            refused: dict[str, int] = {}
             try:
                 try:
                     sink.write(batch)
                 except Rejected as rejected:
                     self._dead_letter(sink, batch, rejected)
+                    refused = {name: len(rows) for name, rows in rejected.rows.items()}
             except Exception as exc:  # a sink's failure must not stop the others
                 done = False
                 data_error |= not isinstance(exc, OSError | SinkError)
@@ -135,7 +137,8 @@ class Delivery:
             faults.check("writer.after_sink_write")
             self.metrics.batch_seconds.labels(sink.name).observe(time.perf_counter() - started)
             for table_name, table in batch.tables.items():
-                self.metrics.stored.labels(sink.name, table_name).inc(table.num_rows)
+                stored = table.num_rows - refused.get(table_name, 0)
+                self.metrics.stored.labels(sink.name, table_name).inc(stored)
             confirm(sink.name)
             faults.check("writer.after_ack")
         return Outcome(done, data_error)

@@ -11,11 +11,13 @@ records received once they are durable. A source acknowledges only after
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import orjson
+import msgspec
 import structlog
 
 from rtclake.errors import InputError
@@ -82,6 +84,8 @@ class Intake:
         self.router = router
         self.tables = tables
         self.chain = chain
+        # intake-stage processing, off the loop's default executor (the writer's)
+        self._processing = ThreadPoolExecutor(4, thread_name_prefix="rtclake-intake")
 
     def table_for(self, stream: str) -> Table:
         """The table the router sends ``stream`` to (raises InputError for a bad name)."""
@@ -123,9 +127,17 @@ class Intake:
 
             assert self.chain is not None
             ctx = Context(table.name, source, stream, "intake")
-            done = await asyncio.to_thread(self.chain.run, processors, records, table, ctx)
+            input_key = f"{source}/{idem or hashlib.md5(records.body).hexdigest()}"
+            done = await asyncio.get_running_loop().run_in_executor(
+                self._processing, self.chain.run, processors, records, table, ctx
+            )
             records, reply = done.records, done.reply
-            emitted = self.emitted_entries(done.emitted, stream, received_us, idem=idem)
+            emitted = self.emitted_entries(done.emitted, stream, received_us, idem=input_key)
+        # What processors emitted first: if the records' own append then fails, the
+        # sender's retry emits the same records again, with the same ids (input_key).
+        for header, body in emitted:
+            await self.spool.append(header, body)
+            self.metrics.received.labels(header.source).inc(header.records)
         if records.n:
             header = make_entry(
                 source, stream, table, records.n, extra=records.extra, idem=idem, type=type,
@@ -133,10 +145,11 @@ class Intake:
             )  # fmt: skip
             await self.spool.append(header, records.body)
             self.metrics.received.labels(source).inc(records.n)
-        for header, body in emitted:
-            await self.spool.append(header, body)
-            self.metrics.received.labels(header.source).inc(header.records)
         return Taken(records.n, reply)
+
+    def close(self) -> None:
+        """End the threads of intake-stage processing."""
+        self._processing.shutdown(wait=False, cancel_futures=True)
 
     def emitted_entries(
         self,
@@ -153,14 +166,15 @@ class Intake:
         for processor, table_name, to_stream, record in emitted:
             target = to_stream or stream
             try:
-                table = self.tables[table_name] if table_name and self.tables else None
-                if table is None:
-                    table = self.table_for(target) if table_name is None else None
-                if table is None:
+                if table_name is None:
+                    table = self.table_for(target)
+                elif self.tables is not None and table_name in self.tables:
+                    table = self.tables[table_name]
+                else:
                     raise InputError("unknown_table", f"no table {table_name!r}")
-                line = orjson.dumps(record)
+                line = msgspec.json.encode(record)
                 split_lines(line, table)
-            except (KeyError, TypeError, orjson.JSONEncodeError, InputError) as exc:
+            except (TypeError, ValueError, msgspec.EncodeError, InputError) as exc:
                 if self.chain is not None:
                     self.chain.errors.labels(processor, "invalid_emit").inc()
                 log.error("processor emitted a record its table refuses; left out",
@@ -175,7 +189,7 @@ class Intake:
             checked = split_lines(body, table)
             entries.append((
                 make_entry(processor, target, table, checked.n, extra=checked.extra,
-                           idem=f"{idem}/{processor}" if idem else None,
+                           idem=f"{idem}/{processor}/{table_name}" if idem else None,
                            received_us=received_us),
                 checked.body,
             ))  # fmt: skip
@@ -202,16 +216,15 @@ class Intake:
             ctx = Context(h.table, h.source, h.stream, "store")
             records = Records(entry.body, h.records, h.extra)
             done = chain.run(processors, records, table, ctx)
-            if done.changed:
-                header = make_entry(
-                    h.source, h.stream, table, done.records.n, extra=done.records.extra,
-                    idem=h.idem, type=h.type, received_us=h.received_us,
-                )  # fmt: skip
-                if done.records.n:
-                    out.append(Entry(header, done.records.body, entry.index))
-            else:
-                out.append(entry)
+            # Ids by place (or the sender's key), not by text: the same on a replay
+            # whatever the processors made of the records this time.
             idem = h.idem or f"{run}:{segment}:{entry.index}"
+            header = make_entry(
+                h.source, h.stream, table, done.records.n, extra=done.records.extra,
+                idem=idem, type=h.type, received_us=h.received_us,
+            )  # fmt: skip
+            if done.records.n:
+                out.append(Entry(header, done.records.body, entry.index))
             added += self.emitted_entries(done.emitted, h.stream, h.received_us, idem=idem)
         next_index = max((e.index for e in entries), default=-1) + 1
         for number, (header, body) in enumerate(added):

@@ -37,6 +37,20 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.writer_errors = Counter(
+            "rtclake_writer_errors",
+            "Segments the writer could not take on yet, by stage (spool: reading the segment"
+            " or recording a confirmation on the spool's disk; convert: its lines, or the"
+            " store-stage processors); the segment is kept and tried again.",
+            ["stage"],
+            registry=r,
+        )
+        self.source_errors = Counter(
+            "rtclake_source_errors",
+            "Rounds of a background source that failed and are tried again, by source.",
+            ["source"],
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "rtclake_batch_write_seconds",
             "Time for a sink to write one batch.",

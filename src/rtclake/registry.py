@@ -21,7 +21,7 @@ import contextlib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, get_args, get_origin
@@ -92,7 +92,8 @@ class ProcessorConfig(ComponentConfig):
     """Settings of a processor: which records it sees, and how long it may take."""
 
     tables: list[str] | None = Field(
-        default=None, description="only records of these tables; default: every table"
+        default=None,
+        description="only records of these tables; default: the type's (most: every table)",
     )
     sources: list[str] | None = Field(
         default=None, description="only records from these sources; default: every source"
@@ -241,11 +242,13 @@ class Registry:
 
     def merged(self, kind: Kind, given: dict[str, Any]) -> dict[str, Any]:
         """The default components of ``kind`` and ``given``; settings given for a default
-        component's name update its defaults (``{http: {enabled: false}}``)."""
-        merged = {name: dict(raw) for name, raw in self.defaults[kind].items()}
+        component's name update its defaults (``{http: {enabled: false}}``). Order (the
+        order processors run in): the defaults not named in ``given``, then ``given``."""
+        defaults = self.defaults[kind]
+        merged = {name: dict(raw) for name, raw in defaults.items() if name not in given}
         for name, raw in given.items():
-            if name in merged and isinstance(raw, dict):
-                merged[name].update(raw)
+            if name in defaults and isinstance(raw, dict):
+                merged[name] = {**defaults[name], **raw}
             else:
                 merged[name] = raw
         return merged
@@ -260,19 +263,38 @@ class Registry:
                 yield name, self.types[kind][config.type], config
 
 
+def _load(entry: EntryPoint) -> Any:
+    try:
+        return entry.load()
+    except Exception as exc:  # a broken plugin: name it, not a traceback into importlib
+        raise ConfigError(
+            f"entry point {entry.name} = {entry.value} (group {entry.group}) cannot be"
+            f" loaded: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def _register_entry_points(registry: Registry) -> None:
     for entry in entry_points(group="rtclake.integrations"):
-        register = entry.load()
-        register(registry)
+        register = _load(entry)
+        try:
+            register(registry)
+        except Exception as exc:  # a broken integration: name it
+            raise ConfigError(
+                f"entry point {entry.name} = {entry.value} (group {entry.group}) failed to"
+                f" register: {type(exc).__name__}: {exc}"
+            ) from exc
     for kind in KINDS:
         for entry in entry_points(group=f"rtclake.{SECTION[kind]}"):
-            component_type = entry.load()
+            component_type = _load(entry)
             if not isinstance(component_type, ComponentType) or component_type.kind != kind:
                 raise ConfigError(
                     f"entry point {entry.name} = {entry.value} in group rtclake.{SECTION[kind]}"
                     f" is not a {kind} ComponentType"
                 )
-            registry.add(component_type)
+            try:
+                registry.add(component_type)
+            except ValueError as exc:  # two packages registering one name
+                raise ConfigError(f"entry point {entry.name} = {entry.value}: {exc}") from exc
 
 
 def load_registry(*, plugins: bool = True) -> Registry:
@@ -288,6 +310,18 @@ def load_registry(*, plugins: bool = True) -> Registry:
     return registry
 
 
+def effective_components(settings: Settings, registry: Registry) -> dict[str, Any]:
+    """``sources``, ``processors`` and ``sinks`` as they run: the defaults and the
+    configured ones, each with every setting of its type (secrets masked)."""
+    return {
+        SECTION[kind]: {
+            name: registry.parse(kind, name, raw).model_dump(mode="json")
+            for name, raw in registry.merged(kind, getattr(settings, SECTION[kind])).items()
+        }
+        for kind in KINDS
+    }
+
+
 def check_components(settings: Settings, registry: Registry) -> None:
     """Validate every configured component's settings; raise :class:`ConfigError` naming
     the key at fault (with its file key and environment variable)."""
@@ -296,6 +330,11 @@ def check_components(settings: Settings, registry: Registry) -> None:
     from rtclake.config import describe_error
 
     problems: list[str] = []
+    if settings.lake.enabled and "lake" in settings.sinks:
+        problems.append(
+            "sinks.lake: the name lake is the lake: section's sink (the one queries read);"
+            " give this sink another name"
+        )
     for kind in KINDS:
         section = SECTION[kind]
         given: dict[str, Any] = getattr(settings, section)

@@ -173,6 +173,7 @@ class Service:
         await self.spool.close()
         await self.writer.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.delivery.close)
+        self.intake.close()
         if self.chain is not None:
             self.chain.close()
         self.query.close()

@@ -124,7 +124,7 @@ class Writer:
         try:
             return self._deliver(seg)
         except OSError as exc:
-            self.metrics.sink_errors.labels("spool").inc()
+            self.metrics.writer_errors.labels("spool").inc()
             log.error(
                 "writer: spool I/O failed; batch kept",
                 segment=seg.path.name,
@@ -141,7 +141,7 @@ class Writer:
                 entries = self.process(entries, seg.run, seg.seq)
             tables = self._converter.convert(seg.run, seg.seq, entries)
         except Exception as exc:  # retried, then set aside; never dropped
-            self.metrics.sink_errors.labels("converter").inc()
+            self.metrics.writer_errors.labels("convert").inc()
             self._data_failures[seg.path] = self._data_failures.get(seg.path, 0) + 1
             log.error(
                 "writer: cannot convert segment",

@@ -21,11 +21,18 @@ routing and validation and are stored with the records of the same hand-over (in
 or batch (store), ``source`` set to the processor's name. Emitted records do not pass
 through the chain again.
 
-Isolation: each call runs on a thread of the chain with the processor's ``timeout``.
-When a processor raises, times out, or returns what its table refuses, its input goes on
-unchanged to the next processor (counted in ``rtclake_processor_errors_total`` and
-logged): a failing processor never loses a record nor stops the others. A processor that
-wants to drop records returns fewer.
+Isolation: each call runs on a thread of its own with the processor's ``timeout`` (see
+:mod:`rtclake.processors.chain`). When a processor raises, times out, or returns what its
+table refuses, its input goes on unchanged to the next processor and what it emitted or
+replied is dropped (counted in ``rtclake_processor_errors_total`` and logged): a failing
+processor never loses a record nor stops the others. A processor that wants to drop
+records returns fewer.
+
+Record ids: a record a store-stage processor saw gets its id from its place in the spool
+(or the sender's idempotency key), not from its text, so the id is the same whatever the
+processor made of it on a replay. Records a processor emits get ids from the input they
+came from (intake stage: the source, the idempotency key or the input's text; store
+stage: the input's place in the spool), so a re-read or a replay stores them once.
 """
 
 from __future__ import annotations
@@ -80,7 +87,8 @@ class Processor(ABC):
 
     @abstractmethod
     def process(self, records: list[Record], ctx: Context) -> Iterable[Record] | None:
-        """Return the records to keep (None: ``records`` as they are now)."""
+        """Return the records to keep (a list, or any iterable). None keeps the records as
+        they came, byte for byte (changes made to them in place are not kept)."""
 
     def close(self) -> None:  # noqa: B027 - a processor may hold nothing
         """Release what ``start`` opened."""

@@ -1,20 +1,28 @@
 """The chain: runs the configured processors, in order, with timeouts and isolation.
 
 See :mod:`rtclake.processors.base` for the contract. The chain works on JSON Lines (what
-the intake validated, what the spool holds): each processor gets the records decoded
-afresh and its output is encoded and checked against the table, so a processor that
-fails (raises, times out, returns what the table refuses) leaves no trace and its input
-goes on to the next one.
+the intake validated, what the spool holds). Each call of a processor runs on a thread of
+its own, started for the call (a daemon: a processor that never returns cannot hold up
+the others, nor the end of the process), with the processor's ``timeout`` counted from
+the start of the call. Inside that thread the records are decoded afresh (msgspec, as
+the intake read them: integers of any size), the processor runs, and a generator's
+output is collected; the chain then encodes the output, checks it against the table, and
+checks the reply can be sent. A call that raises, times out, returns what the table
+refuses or a reply that is not JSON leaves no trace: its input goes on to the next
+processor, and what it emitted or replied is dropped (each call has a context of its
+own, merged only on success). While a call that timed out is still running, the
+processor is skipped (``busy``), so a hung processor costs one thread, not one per batch.
+A processor that returns None leaves the text of the records as it was.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 import structlog
 from prometheus_client import Counter
@@ -27,6 +35,9 @@ from rtclake.tables import Table
 
 log = structlog.get_logger(__name__)
 
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
 
 @dataclass
 class Processed:
@@ -38,6 +49,53 @@ class Processed:
     reply: Any = None
 
 
+class _Failed(Exception):
+    def __init__(self, reason: str, error: object) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
+class _Runner:
+    """Runs one processor's calls, one at a time, each on a daemon thread."""
+
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+        self.busy = threading.Lock()
+
+    def call(self, body: bytes, ctx: Context) -> list[Record] | None:
+        """The processor's records for ``body`` (None: unchanged); raises _Failed."""
+        if not self.busy.acquire(blocking=False):
+            raise _Failed("busy", "its call that timed out is still running; skipped")
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                records = [_decode(line) for line in body.split(b"\n")] if body else []
+                result = self.processor.process(records, ctx)
+                box["result"] = None if result is None else list(result)
+            except BaseException as exc:  # isolation: reported to the chain, never raised
+                box["error"] = exc
+            finally:
+                self.busy.release()
+                done.set()
+
+        thread = threading.Thread(target=run, name=f"rtclake-processor-{self.processor.name}")
+        thread.daemon = True
+        thread.start()
+        if not done.wait(self.processor.timeout):
+            raise _Failed("timeout", f"no answer within {self.processor.timeout} s")
+        if "error" in box:
+            error = box["error"]
+            reason = "undecodable" if isinstance(error, msgspec.DecodeError) else "error"
+            raise _Failed(reason, error)
+        result: list[Record] | None = box["result"]
+        if result is not None and not all(isinstance(r, dict) for r in result):
+            raise _Failed("bad_output", "it returned something that is not a record")
+        return result
+
+
 class Chain:
     """The configured processors; ``run`` is called from any thread."""
 
@@ -46,15 +104,13 @@ class Chain:
         if len(set(names)) != len(names):
             raise ValueError(f"processor names must differ: {names}")
         self.processors = list(processors)
+        self._runners = {p.name: _Runner(p) for p in processors}
         self._stages = {p.stage for p in processors}
         self._active: dict[tuple[Stage, str, str], tuple[Processor, ...]] = {}
-        self._pool = ThreadPoolExecutor(
-            max(2, len(processors)), thread_name_prefix="rtclake-processor"
-        )
         self.errors = Counter(
             "rtclake_processor_errors",
-            "Processor calls whose output was not used (error, timeout, invalid_output,"
-            " invalid_emit, bad_output): the input went on unchanged.",
+            "Processor calls whose output was not used (error, timeout, busy, undecodable,"
+            " invalid_output, invalid_emit, bad_output): the input went on unchanged.",
             ["processor", "reason"],
             registry=metrics.registry,
         )
@@ -89,7 +145,6 @@ class Chain:
                 processor.close()
             except Exception as exc:  # closing one must not keep others open
                 log.error("processor failed to close", processor=processor.name, error=str(exc))
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def run(
         self, processors: Sequence[Processor], records: Records, table: Table, ctx: Context
@@ -98,23 +153,31 @@ class Chain:
         out = Processed(records)
         body = records.body
         for processor in processors:
-            emitted_before, replies_before = len(ctx.emitted), len(ctx.replies)
-            result = self._call(processor, body, ctx)
-            if result is None:
-                continue
+            own = Context(ctx.table, ctx.source, ctx.stream, ctx.stage)
             try:
-                encoded = b"\n".join(orjson.dumps(r) for r in result)
-                checked = split_lines(encoded, table) if encoded else Records(b"", 0, None)
-            except (TypeError, orjson.JSONEncodeError, InputError) as exc:
-                reason = "invalid_output" if isinstance(exc, InputError) else "bad_output"
-                self._failed(processor, reason, exc)
-                del ctx.emitted[emitted_before:], ctx.replies[replies_before:]
+                result = self._runners[processor.name].call(body, own)
+                if result is not None:
+                    encoded = b"\n".join(_encode(r) for r in result)
+                    checked = split_lines(encoded, table) if encoded else Records(b"", 0, None)
+                if own.replies:
+                    orjson.dumps(own.replies[0])  # a reply must be sendable as JSON
+            except _Failed as failed:
+                self._failed(processor, failed.reason, failed.error)
                 continue
-            out.records, out.changed, body = checked, True, encoded
-            for table_name, stream, record in ctx.emitted[emitted_before:]:
+            except InputError as exc:
+                self._failed(processor, "invalid_output", exc)
+                continue
+            except (TypeError, ValueError, msgspec.EncodeError) as exc:
+                self._failed(processor, "bad_output", exc)
+                continue
+            if result is not None:
+                out.records, out.changed, body = checked, True, encoded
+            for table_name, stream, record in own.emitted:
                 out.emitted.append((processor.name, table_name, stream, record))
-            if len(ctx.emitted) > emitted_before:
-                self.emitted.labels(processor.name).inc(len(ctx.emitted) - emitted_before)
+            if own.emitted:
+                self.emitted.labels(processor.name).inc(len(own.emitted))
+            ctx.emitted += own.emitted
+            ctx.replies += own.replies
         if ctx.replies:
             out.reply = ctx.replies[0]
             if len(ctx.replies) > 1:
@@ -122,43 +185,8 @@ class Chain:
                             table=ctx.table, source=ctx.source)  # fmt: skip
         return out
 
-    def _call(self, processor: Processor, body: bytes, ctx: Context) -> list[Record] | None:
-        """The processor's output, or None when it must be ignored (already counted)."""
-        records = [orjson.loads(line) for line in body.split(b"\n")] if body else []
-        emitted_before, replies_before = len(ctx.emitted), len(ctx.replies)
-        future = self._pool.submit(processor.process, records, ctx)
-        try:
-            result = future.result(timeout=processor.timeout)
-        except FutureTimeout:
-            future.cancel()
-            self._failed(processor, "timeout", f"no answer within {processor.timeout} s")
-            result = _FAILED
-        except Exception as exc:  # isolation: the input goes on
-            self._failed(processor, "error", exc)
-            result = _FAILED
-        if result is _FAILED:
-            del ctx.emitted[emitted_before:], ctx.replies[replies_before:]
-            return None
-        if result is None:
-            result = records
-        if not isinstance(result, list):
-            try:
-                result = list(result)
-            except TypeError as exc:
-                self._failed(processor, "bad_output", exc)
-                del ctx.emitted[emitted_before:], ctx.replies[replies_before:]
-                return None
-        if not all(isinstance(r, dict) for r in result):
-            self._failed(processor, "bad_output", "it returned something that is not a record")
-            del ctx.emitted[emitted_before:], ctx.replies[replies_before:]
-            return None
-        return result
-
     def _failed(self, processor: Processor, reason: str, error: object) -> None:
         self.errors.labels(processor.name, reason).inc()
         text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
         log.error("processor failed; its input went on unchanged", processor=processor.name,
                   reason=reason, error=text)  # fmt: skip
-
-
-_FAILED: Any = object()

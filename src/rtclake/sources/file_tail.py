@@ -67,6 +67,9 @@ from rtclake.tables import TableRegistry
 
 log = structlog.get_logger(__name__)
 
+# What logrotate and most loggers append to a rotated copy's name.
+_ROTATION_SUFFIX = re.compile(r"(?:\.\d{1,4}|-\d{8}(?:\d{2})?)$")
+
 
 class FileTailConfig(SourceConfig):
     """A tail of directories of JSON Lines files (see :mod:`rtclake.sources.file_tail`)."""
@@ -537,15 +540,19 @@ class FileTail(Source):
     # -- watching the directories ------------------------------------------------------
 
     def _classify(self, name: str) -> str | None:
-        """The log a file name belongs to (itself, or the log it is a rotated copy of)."""
+        """The log a file name belongs to (itself, or the log it is a rotated copy of:
+        the name and a suffix, ``.1`` or ``-20261120``; or anything after ``.jsonl``)."""
         if name.endswith(".gz"):
             return None  # compressed rotated copies: `rtclake import` reads those
+        candidates = [name, _ROTATION_SUFFIX.sub("", name)]
         end = name.find(".jsonl")
-        if end < 0:
-            return None
-        base = name[: end + len(".jsonl")]
-        table = self.table_for(base)
-        return base if table is not None and table in self.tables else None
+        if end >= 0:
+            candidates.append(name[: end + len(".jsonl")])
+        for base in candidates:
+            table = self.table_for(base)
+            if table is not None and table in self.tables:
+                return base
+        return None
 
     def _discover(self) -> bool:
         """Notice new, rotated, removed and truncated files; True if anything changed."""

@@ -18,7 +18,7 @@ from starlette.schemas import SchemaGenerator
 from starlette.staticfiles import StaticFiles
 
 from rtclake import __version__
-from rtclake.errors import QueryBusy, QueryError
+from rtclake.errors import ConfigError, QueryBusy, QueryError
 from rtclake.results import JSON_OPTIONS, json_rows
 from rtclake.service import Service
 from rtclake.web.http import JSON, bearer_ok, json_error
@@ -148,6 +148,15 @@ def create_app(service: Service) -> Starlette:
         finally:
             await service.stop()
 
+    taken: dict[str, str] = {}
+    for source in service.sources:
+        for route in source.routes():
+            path = getattr(route, "path", "")
+            if path in taken:
+                raise ConfigError(
+                    f"sources {taken[path]} and {source.name} both serve {path}; keep one"
+                )
+            taken[path] = source.name
     routes: list[BaseRoute] = [
         Route("/healthz", node.healthz, methods=["GET"]),
         Route("/metrics", node.metrics, methods=["GET"]),

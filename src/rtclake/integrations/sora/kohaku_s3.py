@@ -80,6 +80,6 @@ class KohakuS3Source(Source):
             try:
                 await asyncio.to_thread(self.run_once)
             except Exception as exc:  # the store may be down; try again next interval
-                self.metrics.sink_errors.labels(self.name).inc()
+                self.metrics.source_errors.labels(self.name).inc()
                 log.error("kohaku s3: import failed", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(self.config.interval)
