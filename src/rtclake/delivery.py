@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,7 +64,10 @@ class Delivery:
             raise ValueError(f"sink names must differ (confirmations are kept by name): {names}")
         self.sinks = list(sinks)
         self.metrics = metrics
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="rtclake-sinks")
+        self._thread = ThreadPoolExecutor(
+            1, thread_name_prefix="rtclake-sinks", initializer=self._note_thread
+        )
+        self._ident: int | None = None
         self._started: set[str] = set()
         self._closed = False
         self.dead_letters = Counter(
@@ -78,7 +82,19 @@ class Delivery:
         """Whether some sink needs ``record_id`` on tables with an identity."""
         return any(sink.needs_record_id for sink in self.sinks)
 
+    def _note_thread(self) -> None:
+        self._ident = threading.get_ident()
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The delivery's thread, for a caller whose whole batch work should run on it
+        (the writer converts there: one thread, one malloc arena for a batch's life, which
+        kept ~20 MB of peak RSS off under load)."""
+        return self._thread
+
     def _call(self, function: Callable[..., T], *args: object) -> T:
+        if threading.get_ident() == self._ident:
+            return function(*args)  # already on the delivery's thread
         return self._thread.submit(function, *args).result()
 
     def start(self) -> None:

@@ -105,7 +105,8 @@ class Writer:
             self._busy = True
             delay = self.retry_initial
             try:
-                while not await loop.run_in_executor(None, self._deliver_safely, seg):
+                work = self.delivery.executor  # convert and deliver on the sinks' thread
+                while not await loop.run_in_executor(work, self._deliver_safely, seg):
                     if self._data_failures.get(seg.path, 0) >= self.max_data_failures:
                         await loop.run_in_executor(None, self._quarantine, seg)
                         break
