@@ -3,40 +3,46 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test lint typecheck pytest bench fuzz services clean
 
-$(STAMP): pyproject.toml setup.py src/rtclake/_jsoncols.cpp
+# `make run` installs what running needs; the test tools come with `make test`.
+$(RUN_STAMP): pyproject.toml setup.py src/rtclake/_jsoncols.cpp
 	bash scripts/system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
 
-run: $(STAMP)
+$(TEST_STAMP): $(RUN_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+run: $(RUN_STAMP)
 	$(BIN)/rtclake run
 
 services:
 	bash scripts/services.sh
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 
-typecheck: $(STAMP)
+typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) services
+pytest: $(TEST_STAMP) services
 	$(BIN)/pytest
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python -m bench
 
 # The fault suite's body fuzz at ten times the cases of `make test`.
-fuzz: $(STAMP)
+fuzz: $(TEST_STAMP)
 	RTCLAKE_FUZZ_CASES=30000 $(BIN)/pytest tests/faults/test_fuzz_bodies.py
 
 clean:

@@ -156,6 +156,7 @@ def test_a_query_waits_for_a_slot_then_is_refused_as_busy(tmp_path: Path) -> Non
 
 
 def test_cli_prints_one_line_and_fails(tmp_path: Path) -> None:
+    (tmp_path / "lake").mkdir()  # an empty lake (without one, the CLI says where it looked)
     result = CliRunner().invoke(
         app,
         ["query", HUNGRY],

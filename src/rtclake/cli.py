@@ -1,4 +1,4 @@
-"""The ``rtclake`` command."""
+"""rtclake: a self-hosted telemetry lake for real-time media and IoT."""
 
 from __future__ import annotations
 
@@ -17,6 +17,25 @@ from rtclake.errors import ConfigError, QueryError, SinkError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
+
+def _version(value: bool) -> None:
+    if value:
+        from rtclake import __version__
+
+        typer.echo(f"rtclake {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """rtclake: a self-hosted telemetry lake for real-time media and IoT."""
+
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="YAML or TOML file (default: $RTCLAKE_CONFIG)."),
@@ -32,7 +51,11 @@ def _settings(config: Path | None) -> Settings:
 
 
 @app.command()
-def run(config: ConfigOption = None) -> None:
+def run(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (server.port).")] = None,
+) -> None:
     """Start rtclake: HTTP ingest, spool, writer, lake and SQL API in one process."""
     import uvicorn
 
@@ -41,10 +64,15 @@ def run(config: ConfigOption = None) -> None:
     from rtclake.web.app import create_app
 
     settings = _settings(config)
+    if host is not None:
+        settings.server.host = host
+    if port is not None:
+        settings.server.port = port
     configure(settings.log_level, settings.log_format)
     try:
         service = Service(settings)
         app = create_app(service)
+        service.claim()
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -55,15 +83,18 @@ def run(config: ConfigOption = None) -> None:
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
-        access_log=False,
+        access_log=settings.server.access_log,
         timeout_graceful_shutdown=30,
     )
 
 
 @app.command("config")
 def show_config(config: ConfigOption = None) -> None:
-    """Print the effective configuration (file + RTCLAKE_* variables + the components on
-    by default, each with its type's defaults), secrets masked."""
+    """Print the effective configuration, secrets masked.
+
+    The file, the RTCLAKE_* variables, and the components on by default, each with its
+    type's defaults; folders as they resolve.
+    """
     from rtclake.registry import effective_components, load_registry
 
     settings = _settings(config)
@@ -86,9 +117,18 @@ def import_(
     ] = None,
     region: Annotated[str | None, typer.Option(envvar="AWS_REGION")] = None,
     path_style: Annotated[bool, typer.Option(help="Path-style S3 addressing.")] = False,
+    table: Annotated[
+        str | None,
+        typer.Option(help="Store every file in this table (default: by the file's name)."),
+    ] = None,
+    debug: Annotated[bool, typer.Option(help="On an error, print the traceback too.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Import Sora log files, or Kohaku's S3 layout, into the lake (incrementally)."""
+    """Import Sora log files, or Kohaku's S3 layout, into the lake.
+
+    Incremental: run it again and only what is new is read. Rotated copies
+    (rtc_stats.jsonl.1, .2.gz, -20250725) are recognised by their names.
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from rtclake.delivery import Delivery
@@ -101,6 +141,14 @@ def import_(
     settings = _settings(config)
     configure(settings.log_level, settings.log_format)
     registry = load_registry()
+    if table is not None and table not in registry.tables:
+        known = ", ".join(registry.tables.names())
+        typer.echo(f"error: --table {table}: no such table (known: {known})", err=True)
+        raise typer.Exit(2)
+    for target in paths:
+        if "://" not in target and not Path(target).exists():
+            typer.echo(f"error: {target}: no such file or folder", err=True)
+            raise typer.Exit(1)
     metrics = Metrics()
     delivery = Delivery(build_sinks(settings, registry, metrics), metrics)
     importer = Importer(
@@ -108,7 +156,7 @@ def import_(
         delivery,
         settings.data_dir / "import-state.json",
         node=settings.node,
-        table_for=registry.table_for_file,
+        table_for=(lambda _name: table) if table else registry.table_for_file,
     )
     stats = ImportStats()
     columns = (
@@ -146,8 +194,16 @@ def import_(
                     )
                 else:
                     importer.import_paths([Path(target)], stats)
-        except (OSError, ValueError, SinkError) as exc:
-            typer.echo(f"error: {exc}", err=True)
+        except Exception as exc:  # one line with the cause; the traceback with --debug
+            if debug:
+                raise
+            text = (
+                str(exc)
+                if isinstance(exc, OSError | ValueError | SinkError)
+                else (f"{type(exc).__name__}: {exc}")
+            )
+            typer.echo(f"error: {text.splitlines()[0] if text else type(exc).__name__}",
+                       err=True)  # fmt: skip
             raise typer.Exit(1) from exc
         finally:
             importer.close()
@@ -158,6 +214,40 @@ def import_(
         f" ({stats.rows_per_second:,.0f} rows/s); {stats.bad_lines} bad lines skipped,"
         f" {stats.skipped_files} files not recognised"
     )
+
+
+@app.command()
+def tables(config: ConfigOption = None) -> None:
+    """List the lake's tables: rows stored, columns and their types."""
+    import textwrap
+
+    from rtclake.query import QueryEngine
+    from rtclake.registry import load_registry
+
+    settings = _settings(config)
+    registry = load_registry()
+    root = settings.lake_root
+    engine = None
+    if "://" in root or Path(root).is_dir():
+        engine = QueryEngine.from_config(
+            root, registry.tables, settings.query, temp_root=settings.data_dir / "query-tmp"
+        )
+    typer.echo(f"lake: {root}" + ("" if engine else " (nothing stored yet)"))
+    try:
+        for table in registry.tables:
+            rows = "0 rows"
+            if engine is not None:
+                try:
+                    result = engine.run(f'SELECT count(*) FROM "{table.name}"')
+                    rows = f"{result.rows()[0][0]:,} rows"
+                except QueryError as exc:
+                    rows = f"rows unknown ({exc.reason})"
+            columns = ", ".join(f"{f.name} {f.type}" for f in table.schema)
+            typer.echo(f"\n{table.name}: {rows}")
+            typer.echo(textwrap.fill(columns, 96, initial_indent="  ", subsequent_indent="  "))
+    finally:
+        if engine is not None:
+            engine.close()
 
 
 class Format(StrEnum):
@@ -181,6 +271,16 @@ def query(
     from rtclake.results import JSON_OPTIONS, json_rows, text_rows, write_csv
 
     settings = _settings(config)
+    root = settings.lake_root
+    if "://" not in root and not Path(root).is_dir():
+        typer.echo(
+            f"error: no lake at {Path(root).absolute()}: nothing was stored there (the data"
+            f" directory is {settings.data_dir.absolute()}, relative to the current folder"
+            " unless absolute); run from the folder of `rtclake run`, or set"
+            " RTCLAKE_DATA_DIR, lake.root or --config",
+            err=True,
+        )
+        raise typer.Exit(1)
     engine = QueryEngine.from_config(
         settings.lake_root,
         default_registry(),

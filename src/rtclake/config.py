@@ -7,9 +7,11 @@ The file is named by ``--config`` or ``RTCLAKE_CONFIG``.
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +62,7 @@ class ServerConfig(Section):
     query_token: SecretStr | None = Field(
         default=None, description="bearer token required by /api/query when set"
     )
+    access_log: bool = Field(default=False, description="log every request (uvicorn's log)")
 
 
 class SpoolConfig(Section):
@@ -221,7 +224,12 @@ def read_config_file(path: Path) -> dict[str, Any]:
         if path.suffix == ".toml":
             data: Any = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text) or {}
+            loader = yaml.SafeLoader(text)
+            loader.name = str(path)  # errors name the file, not "<unicode string>"
+            try:
+                data = loader.get_single_data() or {}
+            finally:
+                loader.dispose()
         else:
             raise ConfigError(f"config file {path}: use a .yaml, .yml or .toml file")
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
@@ -243,6 +251,7 @@ def describe_error(error: Any, prefix: tuple[str, ...] = ()) -> str:
 
 def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     """Load the effective settings, or raise :class:`ConfigError` naming the bad key."""
+    check_environment(os.environ)
     path = path or os.environ.get("RTCLAKE_CONFIG") or None
     data: dict[str, Any] = read_config_file(Path(path)) if path else {}
     data.update(overrides)
@@ -267,5 +276,60 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
-    """The settings as plain data, secrets shown as ``**********``."""
-    return settings.model_dump(mode="json")
+    """The settings as plain data, secrets shown as ``**********``, with the folders as
+    the service resolves them (absolute)."""
+    data = settings.model_dump(mode="json")
+    data["data_dir"] = str(settings.data_dir.absolute())
+    data["spool"]["dir"] = str(settings.spool_dir.absolute())
+    root = settings.lake_root
+    data["lake"]["root"] = root if "://" in root else str(Path(root).absolute())
+    return data
+
+
+# RTCLAKE_* variables that are not settings: the config file's name, fault injection
+# (the fault suite), and the test suite's own knobs.
+NOT_SETTINGS = ("RTCLAKE_CONFIG", "RTCLAKE_FAULTS")
+NOT_SETTINGS_PREFIXES = ("RTCLAKE_TEST_", "RTCLAKE_FUZZ_")
+
+
+def setting_variables() -> tuple[set[str], tuple[str, ...]]:
+    """Every variable that names a setting, and the prefixes under which any name is a
+    setting (the component maps, whose keys their types check)."""
+    names: set[str] = set()
+    prefixes: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for field, info in model.model_fields.items():
+            name = f"{prefix}{field.upper()}"
+            names.add(name)
+            kind = info.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                walk(kind, name + "__")
+            elif getattr(kind, "__origin__", None) is dict:
+                prefixes.append(name + "__")
+
+    walk(Settings, "RTCLAKE_")
+    names.add("RTCLAKE_DEFAULT_TABLE")  # the earlier spelling of router.default_table
+    return names, tuple(prefixes)
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse an ``RTCLAKE_*`` variable that names no setting, suggesting the closest."""
+    names, prefixes = setting_variables()
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if (
+            not upper.startswith("RTCLAKE_")
+            or upper in names
+            or upper in NOT_SETTINGS
+            or upper.startswith(NOT_SETTINGS_PREFIXES + prefixes)
+        ):
+            continue
+        if upper.removeprefix("RTCLAKE_").lower().split("__")[0] in MOVED:
+            continue  # refused with its new spelling by load_settings
+        close = difflib.get_close_matches(upper, sorted(names), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(
+            f"{variable} is not a setting{hint} (nested keys are joined by two"
+            " underscores, e.g. RTCLAKE_SERVER__PORT; every setting: docs/CONFIG.md)"
+        )

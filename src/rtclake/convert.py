@@ -79,6 +79,7 @@ class Parsed:
     bad: list[tuple[int, str]]  # lines left out: (line index in the batch, message)
     notes: list[tuple[int, str]]  # values kept in extra for their type: (line index, why)
     lines: int  # lines parsed: stored, bad and blank
+    status: bytes = b""  # the parser's code per line (0: stored)
 
     @property
     def rows(self) -> int:
@@ -137,14 +138,17 @@ class Converter:
         self, table: Table, text: bytes | memoryview, run: str, segment: int, header: EntryHeader
     ) -> Parsed:
         """Parse ``text``, lines that share one ``header`` (an import block): the rows'
-        header is made for as many lines as the parser found."""
-        return self._parse(
+        header is made for as many lines as the parser found. A line without a value for
+        each of the table's ``identity`` columns is a bad line (a file is not checked at
+        an edge, and a row with NULL ids cannot be told from another)."""
+        parsed = self._parse(
             table,
             text,
             lambda lines: entries_to_header(
                 run, segment, [Entry(msgspec.structs.replace(header, records=lines), b"", 0)]
             ),
         )
+        return _without_identity_gaps(parsed) if table.identity else parsed
 
     def _parse(
         self, table: Table, text: bytes | memoryview, header_for: Callable[[int], pa.Table]
@@ -169,7 +173,7 @@ class Converter:
             stored = pc.equal(codes, 0)
             header = header.filter(stored)
         extra_array = _array(pa.string(), rows, extra)
-        return Parsed(table, header, keys, extra_array, bad, notes, len(status))
+        return Parsed(table, header, keys, extra_array, bad, notes, len(status), bytes(status))
 
     def finish(self, parsed: Parsed) -> pa.Table:
         """The table's rows: the envelope, then the columns as parsed."""
@@ -257,3 +261,41 @@ class Converter:
 def _first(arrays: list[pa.Array]) -> pa.Array:
     """Per row, the first of ``arrays`` that has a value."""
     return arrays[0] if len(arrays) == 1 else pc.coalesce(*arrays)
+
+
+def _without_identity_gaps(parsed: Parsed) -> Parsed:
+    """``parsed`` without the rows lacking a value for an identity column; those lines
+    join ``bad``, naming the columns."""
+    table = parsed.table
+    by_name = {c.name: c for c in table.columns}
+    missing: list[tuple[str, pa.Array]] = []
+    for name in table.identity:
+        column = by_name.get(name)
+        arrays = [parsed.keys[k] for k in column.keys if k in parsed.keys] if column else []
+        if not arrays:
+            continue
+        values = _first(arrays)
+        missing.append((name, values.is_null()))
+    if not missing:
+        return parsed
+    gaps = missing[0][1]
+    for _, nulls in missing[1:]:
+        gaps = pc.or_(gaps, nulls)
+    if not pc.any(gaps).as_py():
+        return parsed
+    stored_lines = [i for i, code in enumerate(parsed.status) if code == 0]
+    bad = list(parsed.bad)
+    for row in pc.indices_nonzero(gaps).to_pylist():
+        names = [name for name, nulls in missing if nulls[row].as_py()]
+        bad.append((stored_lines[row], f"no {', '.join(names)}: the table's identity needs it"))
+    keep = pc.invert(gaps)
+    return Parsed(
+        table,
+        parsed.header.filter(keep),
+        {path: values.filter(keep) for path, values in parsed.keys.items()},
+        parsed.extra.filter(keep),
+        sorted(bad),
+        parsed.notes,
+        parsed.lines,
+        parsed.status,
+    )

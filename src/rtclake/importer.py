@@ -35,6 +35,7 @@ from rtclake.convert import Converter
 from rtclake.delivery import Delivery
 from rtclake.durable import write_atomic
 from rtclake.intake import make_entry
+from rtclake.logfiles import unrotated
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch
 from rtclake.spool import EntryHeader
@@ -104,6 +105,8 @@ def file_identity(path: Path) -> str:
 def expand(paths: Iterable[Path]) -> Iterator[Path]:
     """Files named, and the files under folders named, in name order."""
     for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
         if path.is_dir():
             yield from sorted(p for p in path.rglob("*") if p.is_file())
         else:
@@ -226,7 +229,7 @@ class Importer:
         self.delivery.start()
         for path in expand(paths):
             name = path.name.removesuffix(".gz")
-            table_name = self.table_for(name)
+            table_name = self.table_for(name) or self.table_for(unrotated(name))
             if table_name is None:
                 log.info("import: not a known log file; skipped", file=str(path))
                 stats.skipped_files += 1

@@ -84,6 +84,7 @@ class Intake:
         self.router = router
         self.tables = tables
         self.chain = chain
+        self._counters: dict[str, Any] = {}
         # intake-stage processing, off the loop's default executor (the writer's)
         self._processing = ThreadPoolExecutor(4, thread_name_prefix="rtclake-intake")
 
@@ -137,15 +138,22 @@ class Intake:
         # sender's retry emits the same records again, with the same ids (input_key).
         for header, body in emitted:
             await self.spool.append(header, body)
-            self.metrics.received.labels(header.source).inc(header.records)
+            self._received(header.source).inc(header.records)
         if records.n:
             header = make_entry(
                 source, stream, table, records.n, extra=records.extra, idem=idem, type=type,
                 received_us=received_us,
             )  # fmt: skip
             await self.spool.append(header, records.body)
-            self.metrics.received.labels(source).inc(records.n)
+            self._received(source).inc(records.n)
         return Taken(records.n, reply)
+
+    def _received(self, source: str) -> Any:
+        """The received counter of ``source`` (labels looked up once: it takes a lock)."""
+        counter = self._counters.get(source)
+        if counter is None:
+            counter = self._counters[source] = self.metrics.received.labels(source)
+        return counter
 
     def close(self) -> None:
         """End the threads of intake-stage processing."""

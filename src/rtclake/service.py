@@ -15,6 +15,7 @@ from rtclake.config import Settings
 from rtclake.delivery import Delivery
 from rtclake.errors import ConfigError
 from rtclake.intake import Intake
+from rtclake.lock import DataDirLock
 from rtclake.metrics import Metrics
 from rtclake.processors.base import Processor, configure
 from rtclake.processors.chain import Chain
@@ -77,6 +78,7 @@ class Service:
         processors: list[Processor] | None = None,
     ) -> None:
         self.settings = settings
+        self.lock = DataDirLock(settings.data_dir)
         self.registry = registry or load_registry()
         check_components(settings, self.registry)
         self.tables = self.registry.tables
@@ -145,7 +147,12 @@ class Service:
                 return source
         raise KeyError(name)
 
+    def claim(self) -> None:
+        """Lock the data directory (raises ConfigError naming the pid that holds it)."""
+        self.lock.acquire()
+
     async def start(self) -> None:
+        self.claim()
         self.query.remove_stale_temp()
         await self.spool.start()
         if self.chain is not None:
@@ -177,3 +184,4 @@ class Service:
         if self.chain is not None:
             self.chain.close()
         self.query.close()
+        self.lock.release()

@@ -162,7 +162,11 @@ class Writer:
         if outcome.done:
             self.spool.remove(seg)
             faults.check("writer.after_remove")
-            log.debug("writer: batch stored", segment=seg.seq, rows=batch.num_rows)
+            log.info(
+                "writer: batch stored",
+                batch=batch.name,
+                rows={name: table.num_rows for name, table in batch.tables.items()},
+            )
         del batch, tables, entries
         release_memory()
         return outcome.done

@@ -60,15 +60,13 @@ from rtclake.config import MiB
 from rtclake.durable import write_atomic
 from rtclake.errors import SpoolUnavailable
 from rtclake.intake import Intake, make_entry
+from rtclake.logfiles import unrotated
 from rtclake.registry import SourceConfig
 from rtclake.sources.base import Source, reason_of
 from rtclake.spool import EntryHeader
 from rtclake.tables import TableRegistry
 
 log = structlog.get_logger(__name__)
-
-# What logrotate and most loggers append to a rotated copy's name.
-_ROTATION_SUFFIX = re.compile(r"(?:\.\d{1,4}|-\d{8}(?:\d{2})?)$")
 
 
 class FileTailConfig(SourceConfig):
@@ -544,7 +542,7 @@ class FileTail(Source):
         the name and a suffix, ``.1`` or ``-20261120``; or anything after ``.jsonl``)."""
         if name.endswith(".gz"):
             return None  # compressed rotated copies: `rtclake import` reads those
-        candidates = [name, _ROTATION_SUFFIX.sub("", name)]
+        candidates = [name, unrotated(name)]
         end = name.find(".jsonl")
         if end >= 0:
             candidates.append(name[: end + len(".jsonl")])

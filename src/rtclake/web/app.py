@@ -149,6 +149,9 @@ def create_app(service: Service) -> Starlette:
             await service.stop()
 
     taken: dict[str, str] = {}
+    # The sources' routes first: ingest is the path every request takes, and Starlette
+    # tries the routes in order.
+    routes: list[BaseRoute] = []
     for source in service.sources:
         for route in source.routes():
             path = getattr(route, "path", "")
@@ -157,11 +160,11 @@ def create_app(service: Service) -> Starlette:
                     f"sources {taken[path]} and {source.name} both serve {path}; keep one"
                 )
             taken[path] = source.name
-    routes: list[BaseRoute] = [
+            routes.append(route)
+    routes += [
         Route("/healthz", node.healthz, methods=["GET"]),
         Route("/metrics", node.metrics, methods=["GET"]),
         Route("/api/query", node.query, methods=["POST"]),
-        *(route for source in service.sources for route in source.routes()),
         Route("/openapi.json", node.openapi, methods=["GET"], include_in_schema=False),
         Route("/docs", node.docs, methods=["GET"], include_in_schema=False),
         Mount("/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)),

@@ -1,0 +1,206 @@
+"""The ``rtclake`` command as an operator meets it: mistakes refused with what to do, one
+server per data directory, imports that fail loudly and find rotated files."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from rtclake.testing import free_port, wait_for
+
+ROTC = '{"channel_id":"c","session_id":"s","connection_id":"%s","timestamp":"%s",' \
+    '"rtc_id":"RTCInboundRTPAudioStream_%d","rtc_timestamp":%d,"rtc_type":"inbound-rtp",' \
+    '"rtc_data":{"id":"x","type":"inbound-rtp","timestamp":%d,"packetsReceived":%d}}'  # fmt: skip
+
+
+def rtclake(
+    *args: str, cwd: Path, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RTCLAKE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "rtclake", *args], cwd=cwd, env={**base, **env},
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_an_unknown_variable_is_refused_with_the_closest_setting(tmp_path: Path) -> None:
+    out = rtclake("config", cwd=tmp_path, RTCLAKE_SERVER_PORT="9000")
+    assert out.returncode == 2
+    assert "RTCLAKE_SERVER_PORT is not a setting; did you mean RTCLAKE_SERVER__PORT?" in out.stderr
+    # what is not a setting but rtclake's own stays allowed
+    out = rtclake("config", cwd=tmp_path, RTCLAKE_TEST_ANYTHING="1", RTCLAKE_FAULTS="")
+    assert out.returncode == 0, out.stderr
+
+
+def test_config_prints_the_folders_as_resolved_and_names_a_bad_file(tmp_path: Path) -> None:
+    out = rtclake("config", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"dir: {tmp_path / 'rtclake-data' / 'spool'}" in out.stdout
+    assert f"root: {tmp_path / 'rtclake-data' / 'lake'}" in out.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server:\n  port: [\n")
+    out = rtclake("config", "--config", str(bad), cwd=tmp_path)
+    assert out.returncode == 2
+    assert f'in "{bad}", line' in out.stderr and "<unicode string>" not in out.stderr
+
+
+def test_a_second_server_on_one_data_directory_is_refused(tmp_path: Path, server: Any) -> None:
+    out = rtclake(
+        "run", cwd=tmp_path, RTCLAKE_DATA_DIR=str(server.data_dir),
+        RTCLAKE_SERVER__PORT=str(free_port()),
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert f"is in use by another rtclake (pid {server.proc.pid})" in out.stderr
+    assert server.health().status_code == 200  # the first one is untouched
+
+
+def test_query_says_where_it_looked_for_the_lake(tmp_path: Path) -> None:
+    out = rtclake("query", "SELECT 1", cwd=tmp_path)
+    assert out.returncode == 1
+    assert f"no lake at {tmp_path / 'rtclake-data' / 'lake'}" in out.stderr
+
+
+def test_import_of_a_missing_path_fails(tmp_path: Path) -> None:
+    out = rtclake("import", str(tmp_path / "no" / "such"), cwd=tmp_path)
+    assert out.returncode == 1
+    assert "no such file or folder" in out.stderr
+
+
+def stats_lines(connection: str, first: int, count: int) -> str:
+    lines = [
+        ROTC
+        % (connection, f"2026-07-25T00:00:{n:02d}Z", n, 1785000000000 + n, 1785000000000 + n, n)
+        for n in range(first, first + count)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_import_reads_rotated_copies_and_a_forced_table(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "rtc_stats.jsonl").write_text(stats_lines("a", 0, 2))
+    (logs / "rtc_stats.jsonl.1").write_text(stats_lines("b", 0, 3))
+    (logs / "rtc_stats.jsonl.2.gz").write_bytes(gzip.compress(stats_lines("c", 0, 4).encode()))
+    (logs / "rtc_stats.jsonl-20250725").write_text(stats_lines("d", 0, 5))
+    (logs / "rtc_stats.jsonl-20250725.gz").write_bytes(
+        gzip.compress(stats_lines("e", 0, 6).encode())
+    )
+    out = rtclake("import", str(logs), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "imported 20 rows from 5 files" in out.stdout and "0 files not recognised" in out.stdout
+    sql = "SELECT connection_id, count(*) FROM rtc_stats GROUP BY 1 ORDER BY 1"
+    counted = rtclake("query", sql, "--format", "csv", cwd=tmp_path)
+    assert counted.stdout.split() == [
+        "connection_id,count_star()",
+        "a,2",
+        "b,3",
+        "c,4",
+        "d,5",
+        "e,6",
+    ]
+
+    other = tmp_path / "app.log"
+    other.write_text('{"id": "x1"}\n{"id": "x2"}\n')
+    assert "1 files not recognised" in rtclake("import", str(other), cwd=tmp_path).stdout
+    forced = rtclake("import", str(other), "--table", "events", cwd=tmp_path)
+    assert "imported 2 rows from 1 files" in forced.stdout, forced.stderr
+    unknown = rtclake("import", str(other), "--table", "nope", cwd=tmp_path)
+    assert unknown.returncode == 2 and "--table nope: no such table" in unknown.stderr
+
+
+def test_an_s3_error_is_one_line_and_the_traceback_comes_with_debug(tmp_path: Path) -> None:
+    args = ("import", "s3://bucket/prefix", "--endpoint-url", f"http://127.0.0.1:{free_port()}")
+    env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_MAX_ATTEMPTS": "1"}
+    out = rtclake(*args, cwd=tmp_path, **env)
+    assert out.returncode == 1
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in out.stderr
+    assert "127.0.0.1" in errors[0] or "Connect" in errors[0], out.stderr
+    debug = rtclake(*args, "--debug", cwd=tmp_path, **env)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_import_refuses_a_line_without_the_tables_identity(tmp_path: Path) -> None:
+    log = tmp_path / "rtc_stats.jsonl"
+    log.write_text(stats_lines("a", 0, 1) + '{"foo": 1}\n' + stats_lines("a", 1, 1))
+    out = rtclake("import", str(log), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "imported 2 rows" in out.stdout and "1 bad lines skipped" in out.stdout
+    said = out.stdout + out.stderr
+    assert "rtc_stats.jsonl" in said and "line=2" in said and "no connection_id" in said
+    counted = rtclake("query", "SELECT count(*) FROM rtc_stats WHERE connection_id IS NULL",
+                      "--format", "csv", cwd=tmp_path)  # fmt: skip
+    assert counted.stdout.split()[-1] == "0"
+
+
+def test_version_and_help_load_none_of_the_heavy_modules(tmp_path: Path) -> None:
+    probe = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from rtclake.cli import app\n"
+        "for args in (['--version'], ['--help'], ['import', '--help']):\n"
+        "    out = CliRunner().invoke(app, args)\n"
+        "    assert out.exit_code == 0, out.output\n"
+        "    print(out.output)\n"
+        "heavy = ('pyarrow', 'duckdb', 'starlette', 'uvicorn', 'boto3', 'httpx')\n"
+        "print('LOADED', [m for m in heavy if m in sys.modules])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert "LOADED []" in out.stdout
+    assert "rtclake 0.1.0" in out.stdout
+    assert "``" not in out.stdout  # no reStructuredText markup in the help
+
+
+def test_tables_lists_each_table_with_rows_and_columns(tmp_path: Path) -> None:
+    log = tmp_path / "rtc_stats.jsonl"
+    log.write_text(stats_lines("a", 0, 3))
+    assert rtclake("import", str(log), cwd=tmp_path).returncode == 0
+    out = rtclake("tables", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "\nrtc_stats: 3 rows\n" in out.stdout and "connection_id string" in out.stdout
+    assert "\nsessions: 0 rows\n" in out.stdout
+    assert "dead_letters" in out.stdout and "_empty_" not in out.stdout
+
+
+def test_run_takes_host_and_port(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtclake", "run", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, env={k: v for k, v in os.environ.items() if not k.startswith("RTCLAKE_")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), timeout=30)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_make_run_installs_no_test_tools() -> None:
+    root = Path(__file__).resolve().parent.parent
+    plan = subprocess.run(
+        ["make", "-n", "-B", "-C", str(root), ".venv/.installed-run"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    installs = [line for line in plan.splitlines() if "pip install" in line]
+    assert any(line.endswith("-e .") for line in installs), plan
+    assert not any("[test]" in line for line in installs), plan
+    full = subprocess.run(["make", "-n", "-B", "-C", str(root), "test"],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "-e '.[test]'" in full
