@@ -32,9 +32,9 @@ from rtclake.catalog import default_registry
 from rtclake.delivery import Delivery
 from rtclake.importer import Importer
 from rtclake.integrations.sora.logs import table_for
+from rtclake.lake.query import QueryEngine
+from rtclake.lake.sink import LakeSink
 from rtclake.metrics import Metrics
-from rtclake.query import QueryEngine
-from rtclake.sinks.lake import LakeSink
 
 LINES = 1_000_000
 ROUNDS = 3  # each side runs this many times, alternating; the medians are compared

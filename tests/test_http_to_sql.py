@@ -8,7 +8,7 @@ import signal
 import httpx
 
 from rtclake.catalog import default_registry
-from rtclake.query import QueryEngine
+from rtclake.lake.query import QueryEngine
 from tests.conftest import Server
 
 

@@ -22,9 +22,9 @@ from rtclake.delivery import Delivery
 from rtclake.importer import BlockReader, Importer, ImportStats
 from rtclake.integrations.sora.kohaku_s3_import import S3Importer, S3Location, s3_client
 from rtclake.integrations.sora.logs import table_for
+from rtclake.lake.query import QueryEngine
+from rtclake.lake.sink import LakeSink
 from rtclake.metrics import Metrics
-from rtclake.query import QueryEngine
-from rtclake.sinks.lake import LakeSink
 from tests.conftest import FIXTURES, free_port
 
 SORA = FIXTURES / "sora"

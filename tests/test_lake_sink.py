@@ -11,7 +11,7 @@ import pytest
 
 from rtclake import faults
 from rtclake.catalog import default_registry
-from rtclake.sinks.lake import LakeSink
+from rtclake.lake.sink import LakeSink
 from tests.test_query import batch
 
 

@@ -9,9 +9,9 @@ import pytest
 from rtclake.catalog import default_registry
 from rtclake.convert import Converter
 from rtclake.errors import LakeUnreadable, QueryError
-from rtclake.query import QueryEngine
+from rtclake.lake.query import QueryEngine
+from rtclake.lake.sink import LakeSink
 from rtclake.sinks.base import Batch
-from rtclake.sinks.lake import LakeSink
 from rtclake.spool import Entry, EntryHeader
 
 

@@ -22,7 +22,7 @@ from rtclake.catalog import default_registry
 from rtclake.cli import app
 from rtclake.config import QueryConfig
 from rtclake.errors import QueryError
-from rtclake.query import QueryEngine
+from rtclake.lake.query import QueryEngine
 from tests.conftest import Server
 
 MiB = 1024 * 1024

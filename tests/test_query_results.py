@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from rtclake.catalog import default_registry
 from rtclake.cli import app
-from rtclake.sinks.lake import LakeSink
+from rtclake.lake.sink import LakeSink
 from tests.conftest import Server
 from tests.test_query import batch
 

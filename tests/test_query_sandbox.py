@@ -13,8 +13,8 @@ import pytest
 
 from rtclake.catalog import default_registry
 from rtclake.errors import QueryError
-from rtclake.query import QueryEngine
-from rtclake.sinks.lake import LakeSink
+from rtclake.lake.query import QueryEngine
+from rtclake.lake.sink import LakeSink
 from tests.conftest import Server
 from tests.test_query import batch
 

@@ -32,13 +32,13 @@ from rtclake.integrations.sora.api_poller import SoraApiPoller
 from rtclake.integrations.sora.config import SoraApiConfig
 from rtclake.integrations.sora.exporter import SoraExporterCollector
 from rtclake.integrations.sora.processors import counter_names, sorabeat_fields
+from rtclake.lake.query import QueryEngine
+from rtclake.lake.sink import LakeSink
 from rtclake.metrics import Metrics
 from rtclake.processors.base import Context
 from rtclake.processors.chain import Chain
-from rtclake.query import QueryEngine
 from rtclake.registry import load_registry
 from rtclake.service import build_components
-from rtclake.sinks.lake import LakeSink
 from rtclake.sources.base import split_lines
 from rtclake.spool import Entry, EntryHeader, Spool
 from rtclake.tables import TableRegistry

@@ -26,7 +26,7 @@ from rtclake.config import Settings
 from rtclake.integrations.sora.config import SoraLogsConfig
 from rtclake.integrations.sora.log_tail import SoraLogTail
 from rtclake.integrations.sora.logs import table_for
-from rtclake.query import QueryEngine
+from rtclake.lake.query import QueryEngine
 from rtclake.service import Service
 from tests.conftest import FIXTURES, ROOT
 

@@ -10,8 +10,8 @@ from typing import Literal
 from pydantic import Field
 
 from rtclake.errors import ConfigError
+from rtclake.lake.sink import LakeSink
 from rtclake.registry import BuildContext, Registry, SinkConfig, SourceConfig
-from rtclake.sinks.lake import LakeSink
 from rtclake.sources.file_tail import FileTail, JsonLinesTailConfig
 from rtclake.sources.http_ingest import HttpIngest
 

@@ -221,7 +221,7 @@ def tables(config: ConfigOption = None) -> None:
     """List the lake's tables: rows stored, columns and their types."""
     import textwrap
 
-    from rtclake.query import QueryEngine
+    from rtclake.lake.query import QueryEngine
     from rtclake.registry import load_registry
 
     settings = _settings(config)
@@ -267,7 +267,7 @@ def query(
 ) -> None:
     """Run SQL over the lake, locally, and print the result."""
     from rtclake.catalog import default_registry
-    from rtclake.query import QueryEngine
+    from rtclake.lake.query import QueryEngine
     from rtclake.results import JSON_OPTIONS, json_rows, text_rows, write_csv
 
     settings = _settings(config)

@@ -15,15 +15,15 @@ from rtclake.config import Settings
 from rtclake.delivery import Delivery
 from rtclake.errors import ConfigError
 from rtclake.intake import Intake
+from rtclake.lake.query import QueryEngine
+from rtclake.lake.sink import LakeSink
 from rtclake.lock import DataDirLock
 from rtclake.metrics import Metrics
 from rtclake.processors.base import Processor, configure
 from rtclake.processors.chain import Chain
-from rtclake.query import QueryEngine
 from rtclake.registry import BuildContext, Kind, Registry, check_components, load_registry
 from rtclake.router import Router
 from rtclake.sinks.base import Sink
-from rtclake.sinks.lake import LakeSink
 from rtclake.sources.base import Source
 from rtclake.spool import Spool
 from rtclake.writer import Writer

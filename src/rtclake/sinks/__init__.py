@@ -1,6 +1,6 @@
-"""Sinks: where batches of records go after the spool."""
+"""Sinks: where batches of records go after the spool (the contract: :mod:`.base`; the
+Parquet lake: :mod:`rtclake.lake.sink`)."""
 
-from rtclake.sinks.base import Batch, Sink
-from rtclake.sinks.lake import LakeSink
+from rtclake.sinks.base import Batch, Rejected, Sink
 
-__all__ = ["Batch", "LakeSink", "Sink"]
+__all__ = ["Batch", "Rejected", "Sink"]

@@ -35,6 +35,7 @@ import structlog
 
 from rtclake.config import QueryConfig
 from rtclake.errors import LakeUnreadable, QueryBusy, QueryError, QueryOverLimit, ResultTooLarge
+from rtclake.lake import layout
 from rtclake.memory import release_memory
 from rtclake.results import is_json, unique_names
 from rtclake.tables import Table, TableRegistry
@@ -183,34 +184,8 @@ class QueryEngine:
             shutil.rmtree(folder, onerror=_log_removal_error)
 
     def lake_files(self, table: Table) -> list[str]:
-        """The Parquet files of one table: ``TABLE/date=*/*.parquet``, regular files only.
-
-        Symbolic links are not followed (a linked table or ``date=`` folder or file could
-        point anywhere), and paths start from the lake's real path, so every path is the
-        real path of a file inside the lake.
-        """
-        files: list[str] = []
-        table_dir = os.path.join(os.path.realpath(self.root), table.name)
-        if os.path.islink(table_dir) or not os.path.isdir(table_dir):
-            return files
-        with os.scandir(table_dir) as days:
-            folders = [
-                d.path
-                for d in days
-                if d.name.startswith("date=") and d.is_dir(follow_symlinks=False)
-            ]
-        for folder in sorted(folders):
-            with os.scandir(folder) as entries:
-                files.extend(
-                    sorted(
-                        e.path
-                        for e in entries
-                        if e.name.endswith(".parquet")
-                        and not e.name.startswith(".")
-                        and e.is_file(follow_symlinks=False)
-                    )
-                )
-        return files
+        """The Parquet files of one table (:func:`rtclake.lake.layout.local_files`)."""
+        return layout.local_files(self.root, table.name)
 
     def view_sql(self, table: Table, files: list[str]) -> str:
         """The ``CREATE VIEW`` for one table, reading exactly ``files``."""

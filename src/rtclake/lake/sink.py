@@ -1,9 +1,9 @@
 """The lake sink: Parquet files, Hive-partitioned by table and UTC date.
 
-Layout: ``ROOT/TABLE/date=YYYY-MM-DD/NODE-RUN-SEGMENT.parquet``. The name is derived
-from the batch, so a replayed batch overwrites its own earlier file instead of adding a
-second copy. Each file is written under a hidden temporary name, fsync'd, then renamed,
-so a reader (DuckDB's glob) never sees half a file.
+Layout: :mod:`rtclake.lake.layout`. The name is derived from the batch, so a replayed
+batch overwrites its own earlier file instead of adding a second copy. Each file is
+written under a hidden temporary name, fsync'd, then renamed, so a reader (DuckDB's
+glob) never sees half a file.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from rtclake import faults
 from rtclake.durable import fsync_dir
+from rtclake.lake import layout
 from rtclake.sinks.base import Batch, Sink
 from rtclake.tables import ENVELOPE, Table, TableRegistry
 
@@ -80,12 +81,12 @@ class LakeSink(Sink):
                 continue
             declared = self.tables[table_name]
             for date, part in partition_dates(table.select(declared.stored_schema.names)):
-                folder = self.root / table_name / f"date={date}"
-                self._write_file(folder, f"{batch.name}.parquet", part, declared)
+                folder = self.root / layout.partition(table_name, date)
+                self._write_file(folder, layout.file_name(batch.name), part, declared)
 
     def _write_file(self, folder: Path, name: str, table: pa.Table, declared: Table) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{name}.tmp"
+        tmp = folder / layout.temporary_name(name)
         try:
             with open(tmp, "wb") as fh:
                 faults.check("lake.write")
