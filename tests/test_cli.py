@@ -204,3 +204,13 @@ def test_make_run_installs_no_test_tools() -> None:
     full = subprocess.run(["make", "-n", "-B", "-C", str(root), "test"],
                           capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert "-e '.[test]'" in full
+
+
+def test_batches_are_logged_at_info_and_requests_when_asked(make_server: Any) -> None:
+    server = make_server(RTCLAKE_LOG_LEVEL="info", RTCLAKE_SERVER__ACCESS_LOG="true")
+    assert httpx.post(server.url + "/ingest/logged", json={"n": 1}).status_code == 200
+    server.wait_rows("SELECT count(*) FROM telemetry", 1)
+    assert wait_for(lambda: "batch stored" in server.log())
+    log = server.log()
+    assert "rows={'telemetry': 1}" in log or '"telemetry": 1' in log, log
+    assert "POST /ingest/logged" in log

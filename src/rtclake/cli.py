@@ -222,6 +222,7 @@ def tables(config: ConfigOption = None) -> None:
     import textwrap
 
     from rtclake.lake.query import QueryEngine
+    from rtclake.lake.storage import lake_storage
     from rtclake.registry import load_registry
 
     settings = _settings(config)
@@ -230,7 +231,11 @@ def tables(config: ConfigOption = None) -> None:
     engine = None
     if "://" in root or Path(root).is_dir():
         engine = QueryEngine.from_config(
-            root, registry.tables, settings.query, temp_root=settings.data_dir / "query-tmp"
+            root,
+            registry.tables,
+            settings.query,
+            temp_root=settings.data_dir / "query-tmp",
+            storage=lake_storage(settings),
         )
     typer.echo(f"lake: {root}" + ("" if engine else " (nothing stored yet)"))
     try:
@@ -268,6 +273,7 @@ def query(
     """Run SQL over the lake, locally, and print the result."""
     from rtclake.catalog import default_registry
     from rtclake.lake.query import QueryEngine
+    from rtclake.lake.storage import lake_storage
     from rtclake.results import JSON_OPTIONS, json_rows, text_rows, write_csv
 
     settings = _settings(config)
@@ -287,6 +293,7 @@ def query(
         settings.query,
         temp_root=settings.data_dir / "query-tmp",
         max_rows=max(max_rows or 0, settings.query.max_rows),
+        storage=lake_storage(settings),
     )
     try:
         result = engine.run(sql, max_rows=max_rows)

@@ -77,10 +77,20 @@ class SpoolConfig(Section):
 
 
 class LakeConfig(Section):
-    """The Parquet lake sink."""
+    """The Parquet lake: a local folder or S3 (any S3-compatible store)."""
 
     enabled: bool = True
-    root: str | None = Field(default=None, description="a folder; default: DATA_DIR/lake")
+    root: str | None = Field(
+        default=None, description="a folder, or s3://BUCKET/PREFIX; default: DATA_DIR/lake"
+    )
+    endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (MinIO, R2, ...); default: $AWS_ENDPOINT_URL"
+    )
+    access_key_id: str | None = Field(default=None, description="default: $AWS_ACCESS_KEY_ID")
+    secret_access_key: SecretStr | None = Field(
+        default=None, description="default: $AWS_SECRET_ACCESS_KEY"
+    )
+    region: str | None = Field(default=None, description="default: $AWS_REGION")
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
     compression_level: int | None = None
 

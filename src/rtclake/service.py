@@ -17,6 +17,7 @@ from rtclake.errors import ConfigError
 from rtclake.intake import Intake
 from rtclake.lake.query import QueryEngine
 from rtclake.lake.sink import LakeSink
+from rtclake.lake.storage import lake_storage
 from rtclake.lock import DataDirLock
 from rtclake.metrics import Metrics
 from rtclake.processors.base import Processor, configure
@@ -59,6 +60,7 @@ def build_sinks(settings: Settings, registry: Registry, metrics: Metrics) -> lis
                 registry.tables,
                 compression="none" if compression == "none" else compression,
                 compression_level=settings.lake.compression_level,
+                storage=lake_storage(settings),
             )
         )
     sinks += build_components("sink", settings, registry, {"metrics": metrics})
@@ -132,6 +134,7 @@ class Service:
             self.tables,
             settings.query,
             temp_root=settings.data_dir / "query-tmp",
+            storage=lake_storage(settings),
         )
         context = {"metrics": self.metrics, "intake": self.intake, "delivery": self.delivery}
         self.sources: list[Source] = (

@@ -35,7 +35,7 @@ import structlog
 
 from rtclake.config import QueryConfig
 from rtclake.errors import LakeUnreadable, QueryBusy, QueryError, QueryOverLimit, ResultTooLarge
-from rtclake.lake import layout
+from rtclake.lake.storage import Storage, storage_for
 from rtclake.memory import release_memory
 from rtclake.results import is_json, unique_names
 from rtclake.tables import Table, TableRegistry
@@ -107,8 +107,10 @@ class QueryEngine:
         max_concurrent: int | None = None,
         queue_timeout: float = 5.0,
         nice: int = 0,
+        storage: Storage | None = None,
     ) -> None:
-        self.root = Path(lake_root).absolute()
+        self.storage = storage or storage_for(Path(lake_root).absolute())
+        self.root = self.storage.root
         self.tables = tables
         self.temp_root = Path(temp_root).absolute() if temp_root is not None else None
         self.dedup = dedup
@@ -133,11 +135,13 @@ class QueryEngine:
         *,
         temp_root: str | Path,
         max_rows: int | None = None,
+        storage: Storage | None = None,
     ) -> QueryEngine:
         """An engine with the limits of the configuration's ``query`` section."""
         return cls(
             lake_root,
             tables,
+            storage=storage,
             temp_root=temp_root,
             dedup=config.dedup,
             max_rows=max_rows or config.max_rows,
@@ -185,7 +189,7 @@ class QueryEngine:
 
     def lake_files(self, table: Table) -> list[str]:
         """The Parquet files of one table (:func:`rtclake.lake.layout.local_files`)."""
-        return layout.local_files(self.root, table.name)
+        return self.storage.files(table.name)
 
     def view_sql(self, table: Table, files: list[str]) -> str:
         """The ``CREATE VIEW`` for one table, reading exactly ``files``."""
@@ -212,7 +216,7 @@ class QueryEngine:
         without one, DuckDB does not spill to disk.
         """
         config: dict[str, Any] = {"temp_directory": str(temp_directory or "")}
-        if temp_directory:
+        if temp_directory or self.storage.remote:
             config["temp_file_encryption"] = True
             config["extension_directory"] = _extension_directory()
             config["allow_unsigned_extensions"] = True  # checked once: _extension_directory
@@ -221,10 +225,11 @@ class QueryEngine:
             config["threads"] = self.threads
         con = duckdb.connect(config=config)
         try:
-            if temp_directory:
-                # Encryption needs a secure random engine, which DuckDB takes from httpfs;
-                # it cannot be loaded once file access is off.
+            if temp_directory or self.storage.remote:
+                # Encryption needs a secure random engine, which DuckDB takes from httpfs,
+                # and so does reading S3; it cannot be loaded once file access is off.
                 con.execute("LOAD httpfs")
+            self.storage.duckdb_setup(con)
             con.execute("SET TimeZone = 'UTC'")
             # A streaming result runs ahead until this many bytes wait in its buffer, but
             # DuckDB 1.4 counts a text vector without its strings: by default, 10,000 texts

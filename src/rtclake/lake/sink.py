@@ -9,16 +9,15 @@ glob) never sees half a file.
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rtclake import faults
-from rtclake.durable import fsync_dir
 from rtclake.lake import layout
+from rtclake.lake.storage import Storage, storage_for
 from rtclake.sinks.base import Batch, Sink
 from rtclake.tables import ENVELOPE, Table, TableRegistry
 
@@ -53,7 +52,7 @@ def _encodings(table: Table) -> dict[str, list[str]]:
 
 
 class LakeSink(Sink):
-    """Writes every batch as Parquet into a local folder."""
+    """Writes every batch as Parquet into the lake's storage (a folder, or S3)."""
 
     name = "lake"
     takes_dead_letters = True
@@ -66,14 +65,16 @@ class LakeSink(Sink):
         *,
         compression: str = "zstd",
         compression_level: int | None = None,
+        storage: Storage | None = None,
     ) -> None:
-        self.root = Path(root)
+        self.storage = storage or storage_for(root)
+        self.root = self.storage.root
         self.tables = tables
         self.compression = compression
         self.compression_level = compression_level
 
     def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.storage.prepare()
 
     def write(self, batch: Batch) -> None:
         for table_name, table in batch.tables.items():
@@ -81,28 +82,14 @@ class LakeSink(Sink):
                 continue
             declared = self.tables[table_name]
             for date, part in partition_dates(table.select(declared.stored_schema.names)):
-                folder = self.root / layout.partition(table_name, date)
-                self._write_file(folder, layout.file_name(batch.name), part, declared)
+                relative = f"{layout.partition(table_name, date)}/{layout.file_name(batch.name)}"
+                self.storage.write(relative, functools.partial(self._parquet, part, declared))
 
-    def _write_file(self, folder: Path, name: str, table: pa.Table, declared: Table) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / layout.temporary_name(name)
-        try:
-            with open(tmp, "wb") as fh:
-                faults.check("lake.write")
-                pq.write_table(
-                    table,
-                    fh,
-                    compression=self.compression,
-                    compression_level=self.compression_level,
-                    **_encodings(declared),
-                )
-                fh.flush()
-                os.fsync(fh.fileno())
-            faults.check("lake.before_rename")
-        except BaseException:
-            # A full disk must not also keep the half file: it holds space the retry needs.
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, folder / name)
-        fsync_dir(folder)
+    def _parquet(self, table: pa.Table, declared: Table, out: IO[bytes]) -> None:
+        pq.write_table(
+            table,
+            out,
+            compression=self.compression,
+            compression_level=self.compression_level,
+            **_encodings(declared),
+        )
