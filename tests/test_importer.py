@@ -5,16 +5,12 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
-import pytest
 import structlog
 
 from rtclake.catalog import default_registry
@@ -25,7 +21,7 @@ from rtclake.integrations.sora.logs import table_for
 from rtclake.lake.query import QueryEngine
 from rtclake.lake.sink import LakeSink
 from rtclake.metrics import Metrics
-from tests.conftest import FIXTURES, free_port
+from tests.conftest import FIXTURES
 
 SORA = FIXTURES / "sora"
 
@@ -165,26 +161,6 @@ def test_a_line_imported_twice_is_stored_once(tmp_path: Path) -> None:
         path.write_text("\n".join(stats_line("B", n) for n in range(10)) + "\n")
     make_importer(tmp_path).import_paths([one, two])
     assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == 10
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
 
 
 def test_kohaku_s3_layout_imports_incrementally(tmp_path: Path, s3_endpoint: str) -> None:

@@ -3,12 +3,7 @@ batch and its confirmation: after the restart every acknowledged record is there
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,37 +11,25 @@ import boto3
 import orjson
 import pytest
 
-from rtclake.testing import free_port, wait_for
+from rtclake.testing import wait_for
 from tests.conftest import Server
 from tests.faults.conftest import NO_DEDUP, post, stored_counts
 
 
 @pytest.fixture
-def s3() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    url = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="k",
-                 aws_secret_access_key="s").create_bucket(Bucket="lake")  # fmt: skip
-    yield url
-    proc.terminate()
-    proc.wait(10)
+def s3(s3_endpoint: str, tmp_path: Path) -> str:
+    """moto's S3 with a bucket of this test's own."""
+    bucket = f"lake-{abs(hash(tmp_path)) % 10**8}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="k",
+                 aws_secret_access_key="s").create_bucket(Bucket=bucket)  # fmt: skip
+    return f"{s3_endpoint}#{bucket}"
 
 
-def s3_env(endpoint: str) -> dict[str, str]:
+def s3_env(s3: str) -> dict[str, str]:
     # the lake's root in the config, the endpoint and credentials as the AWS variables
+    endpoint, _, bucket = s3.partition("#")
     return {
-        "RTCLAKE_LAKE__ROOT": "s3://lake/rtclake",
+        "RTCLAKE_LAKE__ROOT": f"s3://{bucket}/rtclake",
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "k",
         "AWS_SECRET_ACCESS_KEY": "s",
@@ -81,7 +64,9 @@ def test_kill_between_upload_and_confirmation_loses_nothing_and_stores_nothing_t
     assert stored_counts(again, "k") == Counter(range(300))
     assert not (data / "lake").exists()  # nothing went to a local folder
 
-    keys = boto3.client("s3", endpoint_url=s3, region_name="us-east-1", aws_access_key_id="k",
-                        aws_secret_access_key="s").list_objects_v2(Bucket="lake")  # fmt: skip
+    endpoint, _, bucket = s3.partition("#")
+    keys = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="k", aws_secret_access_key="s",
+                        ).list_objects_v2(Bucket=bucket)  # fmt: skip
     names = [o["Key"] for o in keys["Contents"]]
     assert all(k.startswith("rtclake/telemetry/date=") and k.endswith(".parquet") for k in names)
