@@ -7,8 +7,7 @@ import datetime as dt
 import gzip
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -17,7 +16,6 @@ import msgspec
 import orjson
 import pytest
 import uvicorn
-from starlette.applications import Starlette
 from starlette.schemas import SchemaGenerator
 
 from rtclake.catalog import default_registry
@@ -28,6 +26,7 @@ from rtclake.integrations.sora.webhooks import SoraWebhooks, stats_lines, webhoo
 from rtclake.service import Service
 from rtclake.sources.base import split_lines
 from rtclake.spool import Entry, EntryHeader
+from rtclake.web.app import create_app
 from tests.conftest import FIXTURES, free_port
 
 SORA = FIXTURES / "sora"
@@ -55,25 +54,11 @@ class App:
             **settings,
         )
         self.service = Service(self.settings)
-        token = self.settings.server.ingest_token
-        self.webhooks = SoraWebhooks(
-            self.service.intake,
-            self.service.tables,
-            max_body=self.settings.server.max_body_bytes,
-            token=token.get_secret_value() if token else None,
-        )
-        service = self.service
-
-        @asynccontextmanager
-        async def lifespan(app: Starlette) -> AsyncIterator[None]:
-            await service.start()
-            try:
-                yield
-            finally:
-                await service.stop()
-
+        webhooks = self.service.source("sora_webhooks")  # on by default
+        assert isinstance(webhooks, SoraWebhooks)
+        self.webhooks = webhooks
         self.port = free_port()
-        app = Starlette(routes=self.webhooks.routes(), lifespan=lifespan)
+        app = create_app(self.service)
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
         )

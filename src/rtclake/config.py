@@ -265,12 +265,6 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
     path = path or os.environ.get("RTCLAKE_CONFIG") or None
     data: dict[str, Any] = read_config_file(Path(path)) if path else {}
     data.update(overrides)
-    # Variables of moved keys: pydantic-settings ignores variables of no field, so they
-    # are looked for here (and refused like the keys, or mapped where still understood).
-    for name in sorted(os.environ):
-        key = name.removeprefix("RTCLAKE_").lower()
-        if name.startswith("RTCLAKE_") and key.split("__")[0] in MOVED:
-            raise ConfigError(f"{name}: {MOVED[key.split('__')[0]]}")
     if "RTCLAKE_DEFAULT_TABLE" in os.environ and "RTCLAKE_ROUTER__DEFAULT_TABLE" not in os.environ:
         data["router"] = {**(data.get("router") or {}),
                           "default_table": os.environ["RTCLAKE_DEFAULT_TABLE"]}  # fmt: skip
@@ -335,8 +329,9 @@ def check_environment(environ: Mapping[str, str]) -> None:
             or upper.startswith(NOT_SETTINGS_PREFIXES + prefixes)
         ):
             continue
-        if upper.removeprefix("RTCLAKE_").lower().split("__")[0] in MOVED:
-            continue  # refused with its new spelling by load_settings
+        moved = MOVED.get(upper.removeprefix("RTCLAKE_").lower().split("__")[0])
+        if moved is not None:  # a key of an earlier version: refused with its new spelling
+            raise ConfigError(f"{variable}: {moved}")
         close = difflib.get_close_matches(upper, sorted(names), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else ""
         raise ConfigError(

@@ -234,9 +234,9 @@ class Intake:
             if done.records.n:
                 out.append(Entry(header, done.records.body, entry.index))
             added += self.emitted_entries(done.emitted, h.stream, h.received_us, idem=idem)
-        next_index = max((e.index for e in entries), default=-1) + 1
-        for number, (header, body) in enumerate(added):
-            out.append(Entry(header, body, next_index + number))
+        if added:
+            next_index = max(e.index for e in entries) + 1
+            out += [Entry(h, body, next_index + n) for n, (h, body) in enumerate(added)]
         return out
 
     def take_nowait(self, header: EntryHeader, body: bytes) -> asyncio.Future[None]:
@@ -254,7 +254,7 @@ class Intake:
             )  # fmt: skip
             return asyncio.ensure_future(_none(taken))
         future = self.spool.append_nowait(header, body)
-        counter = self.metrics.received.labels(header.source)
+        counter = self._received(header.source)
 
         def count(done: asyncio.Future[None]) -> None:
             if not done.cancelled() and done.exception() is None:

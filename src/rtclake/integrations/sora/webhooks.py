@@ -316,6 +316,7 @@ def stats_lines(body: bytes, table: Table, limit: int) -> Parsed:
 class SoraWebhooks(Source):
     """The endpoints receiving Sora's webhooks and statistics push (see the module doc)."""
 
+    name = "sora_webhooks"
     source = SOURCE
 
     def __init__(
