@@ -16,7 +16,8 @@ $(RUN_STAMP): pyproject.toml setup.py src/rtclake/_jsoncols.cpp
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(TEST_STAMP): $(RUN_STAMP)
+$(TEST_STAMP): $(RUN_STAMP) scripts/test-deps.sh
+	bash scripts/test-deps.sh
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import http_ingest, ingest_under_queries, sora_import
+from bench import cli_startup, http_ingest, ingest_under_queries, sora_import
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,8 @@ class Plan:
     queries: ingest_under_queries.Options
     sora_lines: int
     sora_rounds: int
+    cli_rounds: int
+    cli_baseline: str | None
 
 
 def parse(argv: Sequence[str]) -> Plan:
@@ -90,7 +92,15 @@ def parse(argv: Sequence[str]) -> Plan:
     p.add_argument("--no-docs", action="store_true", help="do not update docs/BENCHMARKS.md")
     p.add_argument("--out-dir", type=Path, default=d.out_dir)
     p.add_argument(
-        "--only", choices=("http", "queries", "sora"), help="run one benchmark (default: all)"
+        "--only",
+        choices=("http", "queries", "sora", "cli"),
+        help="run one benchmark (default: all)",
+    )
+    p.add_argument("--cli-rounds", type=int, default=cli_startup.ROUNDS)
+    p.add_argument(
+        "--cli-baseline",
+        metavar="REV",
+        help="also time the commands of this git revision, alternating (cli benchmark)",
     )
     p.add_argument("--sora-lines", type=int, default=sora_import.LINES)
     p.add_argument(
@@ -133,7 +143,7 @@ def parse(argv: Sequence[str]) -> Plan:
         write_docs=not a.no_docs,
         out_dir=a.out_dir.resolve(),
     )
-    return Plan(a.only, http, queries, a.sora_lines, a.sora_rounds)
+    return Plan(a.only, http, queries, a.sora_lines, a.sora_rounds, a.cli_rounds, a.cli_baseline)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -149,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             plan.http.out_dir, plan.http.write_docs, plan.sora_lines, plan.sora_rounds
         )
         code = code or int(not all(v.passed for v in verdicts))
+    if plan.only in (None, "cli"):
+        cli_startup.run(plan.http.out_dir, plan.http.write_docs, plan.cli_rounds, plan.cli_baseline)
     return code
 
 

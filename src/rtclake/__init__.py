@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
-from rtclake.config import Settings, load_settings
+from typing import TYPE_CHECKING, Any
+
 from rtclake.errors import (
     ConfigError,
     DiskFull,
@@ -18,6 +19,19 @@ from rtclake.errors import (
     SpoolIOError,
     SpoolUnavailable,
 )
+
+if TYPE_CHECKING:
+    from rtclake.config import Settings, load_settings
+
+
+def __getattr__(name: str) -> Any:
+    # the settings (pydantic) load when first used: `rtclake --version` needs none of it
+    if name in ("Settings", "load_settings"):
+        from rtclake import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module 'rtclake' has no attribute {name!r}")
+
 
 __all__ = [
     "ConfigError",

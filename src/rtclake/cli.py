@@ -6,14 +6,16 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
-import yaml
 
-from rtclake.config import Settings, load_settings, masked_dump
 from rtclake.errors import ConfigError, QueryError, SinkError
+
+if TYPE_CHECKING:
+    from rtclake.config import Settings
+    from rtclake.registry import Registry
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -42,9 +44,15 @@ ConfigOption = Annotated[
 ]
 
 
-def _settings(config: Path | None) -> Settings:
+def _settings(config: Path | None) -> tuple[Settings, Registry]:
+    """The settings, checked against the registry of installed components (loaded once:
+    the entry-point scan is a good part of a short command's start-up)."""
+    from rtclake.config import load_settings
+    from rtclake.registry import load_registry
+
     try:
-        return load_settings(config)
+        registry = load_registry()
+        return load_settings(config, registry=registry), registry
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -63,14 +71,14 @@ def run(
     from rtclake.service import Service
     from rtclake.web.app import create_app
 
-    settings = _settings(config)
+    settings, registry = _settings(config)
     if host is not None:
         settings.server.host = host
     if port is not None:
         settings.server.port = port
     configure(settings.log_level, settings.log_format)
     try:
-        service = Service(settings)
+        service = Service(settings, registry=registry)
         app = create_app(service)
         service.claim()
     except ConfigError as exc:
@@ -83,6 +91,7 @@ def run(
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's lines go through rtclake's renderer (logs.configure)
         access_log=settings.server.access_log,
         timeout_graceful_shutdown=30,
     )
@@ -95,11 +104,14 @@ def show_config(config: ConfigOption = None) -> None:
     The file, the RTCLAKE_* variables, and the components on by default, each with its
     type's defaults; folders as they resolve.
     """
-    from rtclake.registry import effective_components, load_registry
+    import yaml
 
-    settings = _settings(config)
+    from rtclake.config import masked_dump
+    from rtclake.registry import effective_components
+
+    settings, registry = _settings(config)
     shown = masked_dump(settings)
-    shown.update(effective_components(settings, load_registry()))
+    shown.update(effective_components(settings, registry))
     typer.echo(yaml.safe_dump(shown, sort_keys=False), nl=False)
 
 
@@ -135,12 +147,10 @@ def import_(
     from rtclake.importer import Importer, ImportStats
     from rtclake.logs import configure
     from rtclake.metrics import Metrics
-    from rtclake.registry import load_registry
     from rtclake.service import build_sinks
 
-    settings = _settings(config)
+    settings, registry = _settings(config)
     configure(settings.log_level, settings.log_format)
-    registry = load_registry()
     if table is not None and table not in registry.tables:
         known = ", ".join(registry.tables.names())
         typer.echo(f"error: --table {table}: no such table (known: {known})", err=True)
@@ -223,10 +233,8 @@ def tables(config: ConfigOption = None) -> None:
 
     from rtclake.lake.query import QueryEngine
     from rtclake.lake.storage import lake_storage
-    from rtclake.registry import load_registry
 
-    settings = _settings(config)
-    registry = load_registry()
+    settings, registry = _settings(config)
     root = settings.lake_root
     engine = None
     if "://" in root or Path(root).is_dir():
@@ -271,12 +279,11 @@ def query(
     config: ConfigOption = None,
 ) -> None:
     """Run SQL over the lake, locally, and print the result."""
-    from rtclake.catalog import default_registry
     from rtclake.lake.query import QueryEngine
     from rtclake.lake.storage import lake_storage
     from rtclake.results import JSON_OPTIONS, json_rows, text_rows, write_csv
 
-    settings = _settings(config)
+    settings, registry = _settings(config)
     root = settings.lake_root
     if "://" not in root and not Path(root).is_dir():
         typer.echo(
@@ -289,7 +296,7 @@ def query(
         raise typer.Exit(1)
     engine = QueryEngine.from_config(
         settings.lake_root,
-        default_registry(),
+        registry.tables,
         settings.query,
         temp_root=settings.data_dir / "query-tmp",
         max_rows=max(max_rows or 0, settings.query.max_rows),

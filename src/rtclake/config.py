@@ -13,7 +13,7 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -29,6 +29,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rtclake.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rtclake.registry import Registry
 
 MiB = 1024 * 1024
 
@@ -259,8 +262,12 @@ def describe_error(error: Any, prefix: tuple[str, ...] = ()) -> str:
     return f"{loc}: {error['msg']}{shown} [key '{loc}' in the file, or {env}]"
 
 
-def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
-    """Load the effective settings, or raise :class:`ConfigError` naming the bad key."""
+def load_settings(
+    path: Path | str | None = None, *, registry: Registry | None = None, **overrides: Any
+) -> Settings:
+    """Load the effective settings, or raise :class:`ConfigError` naming the bad key.
+    The components are checked against ``registry`` (default: a fresh
+    :func:`~rtclake.registry.load_registry`)."""
     check_environment(os.environ)
     path = path or os.environ.get("RTCLAKE_CONFIG") or None
     data: dict[str, Any] = read_config_file(Path(path)) if path else {}
@@ -275,7 +282,7 @@ def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from exc
     from rtclake.registry import check_components, load_registry
 
-    check_components(settings, load_registry())
+    check_components(settings, registry or load_registry())
     return settings
 
 

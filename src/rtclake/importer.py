@@ -146,11 +146,21 @@ class BlockReader:
 
     def __init__(self, block: int, buffers: int = 4) -> None:
         self._free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(buffers):
-            self._free.put(bytearray(block))
+        self._block = block
+        self._unmade = buffers  # made when first needed: a small import touches one
+        self._lock = threading.Lock()
 
     def release(self, buf: bytearray) -> None:
         self._free.put(buf)
+
+    def _take(self) -> bytearray:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                make = self._unmade > 0
+                self._unmade -= make
+            return bytearray(self._block) if make else self._free.get()
 
     def blocks(self, fh: IO[bytes], gz: bool) -> Iterator[tuple[int, bytearray, int]]:
         """(offset in the uncompressed stream, buffer, length) per block: the buffer's
@@ -160,7 +170,7 @@ class BlockReader:
         carry = b""  # the start of a line cut by the end of the previous block
         offset = 0
         while True:
-            buf = self._free.get()
+            buf = self._take()
             if len(buf) <= len(carry):  # room for more than the carried line
                 buf.extend(bytes(2 * len(carry) - len(buf)))
             buf[: len(carry)] = carry

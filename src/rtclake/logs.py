@@ -1,4 +1,6 @@
-"""Logging set-up: structlog, to stderr, as console text or JSON lines."""
+"""Logging set-up: structlog, to stderr, as console text or JSON lines. The standard
+library's loggers (uvicorn's server and access lines, libraries) go through the same
+renderer, so ``log_format: json`` gives one JSON object per line, whoever logs."""
 
 from __future__ import annotations
 
@@ -9,24 +11,37 @@ import structlog
 
 
 def configure(level: str = "info", fmt: str = "console") -> None:
-    """Configure structlog and the standard library's root logger once, at start."""
+    """Configure structlog and the standard library's root logger, at start (again: the
+    previous set-up is replaced)."""
     numeric = getattr(logging, level.upper())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamp,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(
-        level=numeric, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                stamp,
+            ],
+        )
     )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(numeric)

@@ -274,7 +274,8 @@ def _load(entry: EntryPoint) -> Any:
 
 
 def _register_entry_points(registry: Registry) -> None:
-    for entry in entry_points(group="rtclake.integrations"):
+    installed = entry_points()  # one scan of the installed distributions
+    for entry in installed.select(group="rtclake.integrations"):
         register = _load(entry)
         try:
             register(registry)
@@ -284,7 +285,7 @@ def _register_entry_points(registry: Registry) -> None:
                 f" register: {type(exc).__name__}: {exc}"
             ) from exc
     for kind in KINDS:
-        for entry in entry_points(group=f"rtclake.{SECTION[kind]}"):
+        for entry in installed.select(group=f"rtclake.{SECTION[kind]}"):
             component_type = _load(entry)
             if not isinstance(component_type, ComponentType) or component_type.kind != kind:
                 raise ConfigError(

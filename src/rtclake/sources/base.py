@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import re
 from abc import ABC
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
-from starlette.routing import BaseRoute
 
 from rtclake.errors import InputError
 from rtclake.tables import Table
+
+if TYPE_CHECKING:  # the web framework loads with the server, not with `rtclake import`
+    from starlette.routing import BaseRoute
 
 _BYTE_AT = re.compile(r"\(byte (\d+)\)")
 
