@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from rtclake.config import Section
 from rtclake.errors import ConfigError
-from rtclake.tables import DEAD_LETTERS, EVENTS, TELEMETRY, Table, TableRegistry
+from rtclake.tables import DEAD_LETTERS, EVENTS, TELEMETRY, Table, TableRegistry, View
 
 if TYPE_CHECKING:
     from rtclake.config import Settings
@@ -162,6 +162,11 @@ class Registry:
     def add_table(self, *tables: Table) -> None:
         for table in tables:
             self.tables.add(table)
+
+    def add_view(self, *views: View) -> None:
+        """Views every query connection creates, in this order, after the tables'."""
+        for view in views:
+            self.tables.add_view(view)
 
     def add(self, component_type: ComponentType[Any]) -> None:
         """Register a type; a name may be registered once per kind."""

@@ -382,18 +382,40 @@ EVENTS = Table(
 )
 
 
+@dataclass(frozen=True)
+class View:
+    """A query-time view over the lake's tables (and earlier views): derived data such as
+    rates from counters, created in every query connection after the table views.
+
+    ``sql`` is the view's ``SELECT``; ``columns`` documents each output column (name ->
+    meaning with its unit), which ``docs/METRICS.md`` and the API show.
+    """
+
+    name: str
+    sql: str
+    description: str
+    columns: tuple[tuple[str, str], ...] = ()
+
+
 class TableRegistry:
-    """The tables this node knows, by name."""
+    """The tables this node knows, by name, and the views derived from them."""
 
     def __init__(self, tables: Iterable[Table] = ()) -> None:
         self._tables: dict[str, Table] = {}
+        self.views: dict[str, View] = {}
         for table in tables:
             self.add(table)
 
     def add(self, table: Table) -> None:
-        if table.name in self._tables:
+        if table.name in self._tables or table.name in self.views:
             raise ValueError(f"table {table.name!r} is declared twice")
         self._tables[table.name] = table
+
+    def add_view(self, view: View) -> None:
+        """Add a view; it may read the tables and the views added before it."""
+        if view.name in self._tables or view.name in self.views:
+            raise ValueError(f"view {view.name!r}: the name is taken")
+        self.views[view.name] = view
 
     def __getitem__(self, name: str) -> Table:
         return self._tables[name]

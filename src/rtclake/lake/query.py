@@ -264,6 +264,13 @@ class QueryEngine:
                         f'CREATE OR REPLACE VIEW "{table.name}" AS SELECT * REPLACE'
                         f" (extra::JSON AS extra) FROM _empty_{table.name}"
                     )
+            for view in self.tables.views.values():
+                try:
+                    con.execute(f'CREATE OR REPLACE VIEW "{view.name}" AS {view.sql}')
+                except duckdb.Error as exc:  # a bug of the view's, not of the lake
+                    raise LakeUnreadable(
+                        f"view {view.name} cannot be created: {str(exc).splitlines()[0]}"
+                    ) from exc
             if read_only:
                 # Exactly the files the views read: allowed_directories would let DuckDB
                 # follow a link inside the lake, as it checks the path, not the file.

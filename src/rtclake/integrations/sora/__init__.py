@@ -25,8 +25,10 @@ def register(registry: Registry) -> None:
     from rtclake.integrations.sora.api import SORA_API_TABLES
     from rtclake.integrations.sora.config import KohakuS3Config, SoraApiConfig, SoraLogsConfig
     from rtclake.integrations.sora.tables import SORA_TABLES
+    from rtclake.integrations.sora.views import VIEWS
 
     registry.add_table(*SORA_TABLES, *SORA_API_TABLES)
+    registry.add_view(*VIEWS)
     registry.add_file_rule(logs.table_for)
 
     @registry.source("sora_webhooks", SoraWebhooksConfig)

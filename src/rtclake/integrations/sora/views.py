@@ -1,0 +1,307 @@
+"""Derived views over Sora's ``rtc_stats``: rates from counters (``rtc_rates``) and quality
+scores (``connection_quality``, ``session_quality``). Column by column in docs/METRICS.md;
+formulas, constants and their sources in docs/QUALITY.md.
+
+A browser's getStats counters only grow, so a rate is the difference of two consecutive
+samples of the same stream (``connection_id``, ``stats_id``) over the time between them.
+A counter that goes down was reset (a reconnect, an ICE restart, a new SSRC): that
+interval takes the new value as its difference, as Prometheus's ``rate()`` does, so no
+rate is ever negative. The window partitions by channel, session and connection (each
+constant per connection) so that a filter on any of them reaches the files before the
+window runs.
+"""
+
+from __future__ import annotations
+
+from rtclake.tables import View
+
+# the counters whose differences make the rates
+_COUNTERS = (
+    "bytes_sent", "bytes_received", "packets_sent", "packets_received", "packets_lost",
+    "freeze_count", "concealed_samples", "total_samples_received", "nack_count", "pli_count",
+    "fir_count", "frames_decoded", "frames_encoded", "jitter_buffer_delay",
+    "jitter_buffer_emitted_count",
+)  # fmt: skip
+# seconds spent per quality-limitation reason (qualityLimitationDurations), as counters
+_REASONS = ("none", "cpu", "bandwidth", "other")
+_TYPES = ("inbound-rtp", "outbound-rtp", "remote-inbound-rtp", "candidate-pair")
+
+
+def _d(column: str) -> str:
+    """The counter's increase since the previous sample; on a reset, its new value."""
+    prev = f"prev_{column}"
+    return (
+        f"(CASE WHEN {prev} IS NULL THEN NULL WHEN {column} >= {prev} THEN {column} - {prev}"
+        f" ELSE {column} END)"
+    )
+
+
+def _per_s(expr: str) -> str:
+    return f"({expr}) / interval_s"
+
+
+_SAMPLES = f"""
+SELECT channel_id, session_id, connection_id, stats_type, stats_id, media_kind, rtc_timestamp,
+    {", ".join(_COUNTERS)},
+    fraction_lost, jitter, round_trip_time, current_round_trip_time, frames_per_second,
+    frame_width, frame_height, quality_limitation_reason,
+    {", ".join(f"TRY_CAST(quality_limitation_durations->>'{r}' AS DOUBLE) AS ql_{r}"
+               for r in _REASONS)}
+FROM rtc_stats
+WHERE stats_type IN ({", ".join(f"'{t}'" for t in _TYPES)})
+"""  # fmt: skip
+
+_LAGGED_COLUMNS = (*_COUNTERS, *(f"ql_{r}" for r in _REASONS))
+_LAGGED = f"""
+SELECT *, lag(rtc_timestamp) OVER w AS prev_rtc_timestamp,
+    {", ".join(f"lag({c}) OVER w AS prev_{c}" for c in _LAGGED_COLUMNS)}
+FROM ({_SAMPLES})
+WINDOW w AS (PARTITION BY channel_id, session_id, connection_id, stats_id ORDER BY rtc_timestamp)
+"""  # fmt: skip
+
+_WITH_INTERVAL = f"""
+SELECT *, epoch(rtc_timestamp) - epoch(prev_rtc_timestamp) AS interval_s
+FROM ({_LAGGED})
+WHERE prev_rtc_timestamp IS NOT NULL AND rtc_timestamp > prev_rtc_timestamp
+"""
+
+_inbound_loss = (
+    f"CASE WHEN {_d('packets_received')} + {_d('packets_lost')} > 0"
+    f" THEN 100.0 * {_d('packets_lost')} / ({_d('packets_received')} + {_d('packets_lost')})"
+    " ELSE 0 END"
+)
+_ql_total = " + ".join(_d(f"ql_{r}") for r in _REASONS)
+
+RTC_RATES_SQL = f"""
+SELECT
+    rtc_timestamp AS time, channel_id, session_id, connection_id, stats_type, stats_id,
+    media_kind, interval_s,
+    8.0 * {_per_s(f"coalesce({_d('bytes_sent')}, {_d('bytes_received')})")} AS bitrate_bps,
+    {_per_s(f"coalesce({_d('packets_sent')}, {_d('packets_received')})")} AS packets_per_s,
+    CASE stats_type
+        WHEN 'inbound-rtp' THEN {_inbound_loss}
+        WHEN 'remote-inbound-rtp' THEN 100.0 * fraction_lost
+    END AS loss_pct,
+    1000.0 * jitter AS jitter_ms,
+    1000.0 * CASE stats_type
+        WHEN 'remote-inbound-rtp' THEN round_trip_time
+        WHEN 'candidate-pair' THEN current_round_trip_time
+    END AS rtt_ms,
+    CASE WHEN {_d('jitter_buffer_emitted_count')} > 0
+        THEN 1000.0 * {_d('jitter_buffer_delay')} / {_d('jitter_buffer_emitted_count')}
+    END AS jitter_buffer_ms,
+    CASE WHEN media_kind = 'video' THEN coalesce(
+        frames_per_second,
+        {_per_s(f"coalesce({_d('frames_decoded')}, {_d('frames_encoded')})")}
+    ) END AS fps,
+    frame_width, frame_height,
+    60.0 * {_per_s(_d("freeze_count"))} AS freezes_per_min,
+    CASE WHEN media_kind = 'audio' AND {_d('total_samples_received')} > 0
+        THEN 100.0 * {_d('concealed_samples')} / {_d('total_samples_received')}
+    END AS concealment_pct,
+    60.0 * {_per_s(_d("nack_count"))} AS nack_per_min,
+    60.0 * {_per_s(_d("pli_count"))} AS pli_per_min,
+    60.0 * {_per_s(_d("fir_count"))} AS fir_per_min,
+    quality_limitation_reason,
+    {", ".join(
+        f"CASE WHEN {_ql_total} > 0 THEN {_d(f'ql_{r}')} / ({_ql_total}) END"
+        f" AS quality_limitation_{r}_share"
+        for r in _REASONS
+    )}
+FROM ({_WITH_INTERVAL})
+"""  # fmt: skip
+
+RTC_RATES = View(
+    name="rtc_rates",
+    sql=RTC_RATES_SQL,
+    description=(
+        "One row per consecutive pair of samples of one stream of rtc_stats: rates from"
+        " the counters' differences over the time between the samples."
+    ),
+    columns=(
+        ("time", "the later sample's rtc_timestamp"),
+        ("channel_id", "Sora channel"),
+        ("session_id", "Sora session"),
+        ("connection_id", "Sora connection"),
+        (
+            "stats_type",
+            "RTCStats type: inbound-rtp, outbound-rtp, remote-inbound-rtp, candidate-pair",
+        ),
+        ("stats_id", "the RTCStats object's id (a stream, or a candidate pair)"),
+        ("media_kind", "audio or video (rtc_data.kind)"),
+        ("interval_s", "seconds between the two samples"),
+        ("bitrate_bps", "8 × Δbytes_sent (or Δbytes_received) / interval_s, bits/s"),
+        ("packets_per_s", "Δpackets_sent (or Δpackets_received) / interval_s"),
+        (
+            "loss_pct",
+            "inbound-rtp: Δpackets_lost / (Δpackets_received + Δpackets_lost)"
+            " × 100; remote-inbound-rtp: fraction_lost × 100",
+        ),
+        ("jitter_ms", "jitter × 1000 (inbound-rtp, remote-inbound-rtp)"),
+        (
+            "rtt_ms",
+            "remote-inbound-rtp round_trip_time, candidate-pair current_round_trip_time, × 1000",
+        ),
+        (
+            "jitter_buffer_ms",
+            "Δjitter_buffer_delay / Δjitter_buffer_emitted_count × 1000 (inbound-rtp)",
+        ),
+        ("fps", "video: frames_per_second, else Δframes_decoded (or Δframes_encoded) / interval_s"),
+        ("frame_width", "the later sample's frame width, pixels"),
+        ("frame_height", "the later sample's frame height, pixels"),
+        ("freezes_per_min", "Δfreeze_count / interval_s × 60"),
+        ("concealment_pct", "audio: Δconcealed_samples / Δtotal_samples_received × 100"),
+        ("nack_per_min", "Δnack_count / interval_s × 60"),
+        ("pli_per_min", "Δpli_count / interval_s × 60"),
+        ("fir_per_min", "Δfir_count / interval_s × 60"),
+        ("quality_limitation_reason", "the later sample's qualityLimitationReason"),
+        *(
+            (
+                f"quality_limitation_{r}_share",
+                f"share of the interval limited by '{r}' (Δ qualityLimitationDurations.{r} over"
+                " the Δ of all reasons), 0–1",
+            )
+            for r in _REASONS
+        ),
+    ),
+)
+
+
+# -- quality ------------------------------------------------------------------------------
+# docs/QUALITY.md gives each formula, its constants and their sources.
+R_DEFAULT = 93.2  # G.107's R0 - Is with every default parameter
+OPUS_FRAME_MS = 20.0  # packetisation: WebRTC's Opus frames
+OPUS_BPL = 20.0  # loss robustness with in-band FEC (WebRTC's default useinbandfec=1)
+OPUS_DTX_IE = 8.0  # Ie while DTX sends almost nothing (silence)
+
+_PER_REPORT = """
+SELECT time, connection_id, any_value(channel_id) AS channel_id,
+    any_value(session_id) AS session_id, max(interval_s) AS interval_s,
+    max(rtt_ms) AS rtt_ms,
+    max(jitter_ms) FILTER (WHERE media_kind = 'audio') AS audio_jitter_ms,
+    max(jitter_buffer_ms) FILTER (WHERE media_kind = 'audio') AS audio_jitter_buffer_ms,
+    max(loss_pct) FILTER (WHERE media_kind = 'audio') AS audio_loss_pct,
+    max(bitrate_bps) FILTER (WHERE media_kind = 'audio'
+        AND stats_type IN ('inbound-rtp', 'outbound-rtp')) AS audio_bitrate_bps,
+    bool_or(media_kind = 'video' AND stats_type IN ('inbound-rtp', 'outbound-rtp'))
+        AS has_video,
+    max(loss_pct) FILTER (WHERE media_kind = 'video') AS video_loss_pct,
+    min(frame_width * frame_height) FILTER (WHERE media_kind = 'video'
+        AND frame_width > 0 AND frame_height > 0) AS video_pixels,
+    min(fps) FILTER (WHERE media_kind = 'video') AS video_fps,
+    max(freezes_per_min) FILTER (WHERE media_kind = 'video') AS video_freezes_per_min
+FROM rtc_rates
+GROUP BY connection_id, time
+"""
+
+# one-way mouth-to-ear delay, ms: half the round trip, the jitter buffer (else twice the
+# jitter), one Opus frame
+_DELAY = (
+    f"(coalesce(rtt_ms, 0) / 2 + coalesce(audio_jitter_buffer_ms, 2 * audio_jitter_ms, 0)"
+    f" + {OPUS_FRAME_MS})"
+)
+_X = f"log2({_DELAY} / 100)"
+_IDD = (
+    f"(CASE WHEN {_DELAY} <= 100 THEN 0 ELSE 25 * (pow(1 + pow({_X}, 6), 1 / 6)"
+    f" - 3 * pow(1 + pow({_X} / 3, 6), 1 / 6) + 2) END)"
+)
+_IE = (
+    f"(CASE WHEN audio_bitrate_bps IS NULL OR audio_bitrate_bps < 6000 THEN {OPUS_DTX_IE}"
+    " ELSE greatest(0, least(30, 55 - 4.6 * ln(audio_bitrate_bps))) END)"
+)
+_PPL = "coalesce(audio_loss_pct, 0)"
+_IE_EFF = f"({_IE} + (95 - {_IE}) * {_PPL} / ({_PPL} + {OPUS_BPL}))"
+_R = f"({R_DEFAULT} - {_IDD} - {_IE_EFF})"
+_MOS = (
+    f"(CASE WHEN {_R} < 0 THEN 1.0 WHEN {_R} > 100 THEN 4.5"
+    f" ELSE 1 + 0.035 * {_R} + {_R} * ({_R} - 60) * (100 - {_R}) * 7e-6 END)"
+)
+_FULL, _LOW = 1280 * 720, 320 * 180
+_VIDEO = (
+    "greatest(1.0, 5.0"
+    f" - 1.5 * greatest(0, least(1, (log2({_FULL}) - log2(video_pixels))"
+    f" / (log2({_FULL}) - log2({_LOW}))))"
+    " - 1.5 * greatest(0, least(1, (24 - video_fps) / (24 - 5)))"
+    " - least(1.5, 0.5 * coalesce(video_freezes_per_min, 0))"
+    " - least(1.5, 0.2 * coalesce(video_loss_pct, 0)))"
+)
+
+CONNECTION_QUALITY_SQL = f"""
+SELECT time, channel_id, session_id, connection_id, interval_s,
+    rtt_ms, audio_jitter_ms, audio_jitter_buffer_ms, audio_loss_pct, audio_bitrate_bps,
+    CASE WHEN audio_bitrate_bps IS NOT NULL OR audio_loss_pct IS NOT NULL
+        THEN {_DELAY} END AS audio_delay_ms,
+    CASE WHEN audio_bitrate_bps IS NOT NULL OR audio_loss_pct IS NOT NULL
+        THEN greatest(0, {_R}) END AS r_factor,
+    CASE WHEN audio_bitrate_bps IS NOT NULL OR audio_loss_pct IS NOT NULL
+        THEN {_MOS} END AS mos_audio,
+    video_loss_pct, video_pixels, video_fps, video_freezes_per_min,
+    CASE WHEN has_video THEN {_VIDEO} END AS video_score
+FROM ({_PER_REPORT})
+"""
+
+CONNECTION_QUALITY = View(
+    name="connection_quality",
+    sql=f"SELECT *, least(mos_audio, video_score) AS score FROM ({CONNECTION_QUALITY_SQL})",
+    description=(
+        "Per connection and getStats report: the audio MOS of ITU-T G.107's E-model and a"
+        " 1-5 video score, from rtc_rates (docs/QUALITY.md)."
+    ),
+    columns=(
+        ("time", "the report's rtc_timestamp"),
+        ("channel_id", "Sora channel"),
+        ("session_id", "Sora session"),
+        ("connection_id", "Sora connection"),
+        ("interval_s", "seconds since the connection's previous report"),
+        ("rtt_ms", "the largest round-trip time of the report (remote-inbound, candidate pair)"),
+        ("audio_jitter_ms", "the largest audio jitter"),
+        ("audio_jitter_buffer_ms", "the largest audio jitter-buffer delay"),
+        ("audio_loss_pct", "the largest audio loss (inbound or remote-inbound)"),
+        ("audio_bitrate_bps", "the largest audio bitrate (inbound or outbound)"),
+        ("audio_delay_ms", "one-way delay: rtt/2 + jitter buffer (else 2 × jitter) + 20 ms"),
+        ("r_factor", "the E-model's R, 0-100"),
+        ("mos_audio", "MOS from R, 1-4.5 (NULL without audio)"),
+        ("video_loss_pct", "the largest video loss"),
+        ("video_pixels", "the smallest video resolution, width × height"),
+        ("video_fps", "the lowest video frame rate"),
+        ("video_freezes_per_min", "the most video freezes per minute"),
+        ("video_score", "1-5 from resolution, fps, freezes and loss (NULL without video)"),
+        ("score", "the lower of mos_audio and video_score"),
+    ),
+)
+
+SESSION_QUALITY = View(
+    name="session_quality",
+    sql="""
+WITH per_connection AS (
+    SELECT session_id, any_value(channel_id) AS channel_id, connection_id,
+        avg(score) AS score, avg(mos_audio) AS mos_audio, avg(video_score) AS video_score,
+        min(time) AS first_time, max(time) AS last_time
+    FROM connection_quality GROUP BY session_id, connection_id
+)
+SELECT session_id, any_value(channel_id) AS channel_id, count(*) AS connections,
+    arg_min(connection_id, score) AS worst_connection_id, min(score) AS worst_score,
+    median(score) AS median_score, min(mos_audio) AS worst_mos_audio,
+    median(mos_audio) AS median_mos_audio, min(video_score) AS worst_video_score,
+    median(video_score) AS median_video_score,
+    min(first_time) AS first_time, max(last_time) AS last_time
+FROM per_connection GROUP BY session_id
+""",
+    description="Per session: its connections' average scores, the worst and the median.",
+    columns=(
+        ("session_id", "Sora session"),
+        ("channel_id", "Sora channel"),
+        ("connections", "connections with a score"),
+        ("worst_connection_id", "the connection with the lowest average score"),
+        ("worst_score", "its average score"),
+        ("median_score", "the median of the connections' average scores"),
+        ("worst_mos_audio", "the lowest average audio MOS"),
+        ("median_mos_audio", "the median average audio MOS"),
+        ("worst_video_score", "the lowest average video score"),
+        ("median_video_score", "the median average video score"),
+        ("first_time", "the first report scored"),
+        ("last_time", "the last report scored"),
+    ),
+)
+
+VIEWS = (RTC_RATES, CONNECTION_QUALITY, SESSION_QUALITY)

@@ -1,0 +1,111 @@
+"""``connection_quality`` and ``session_quality``: the E-model's audio MOS and the video
+score on cases computed by hand (docs/QUALITY.md), and a clean connection ranked above a
+lossy one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rtclake.lake.query import QueryEngine
+from tests.test_rtc_rates import import_lines, sample
+
+
+def connection(
+    conn: str,
+    *,
+    loss_pct: float = 0,
+    rtt: float = 0.04,
+    fps: float = 30,
+    width: int = 1280,
+    height: int = 720,
+    freezes: int = 0,
+    session: str = "se",
+) -> list[dict[str, Any]]:
+    """Two reports 30 s apart: inbound audio at 32 kbit/s with a 40 ms jitter buffer and
+    ``loss_pct`` of its packets lost, a candidate pair with ``rtt`` seconds, inbound video
+    with ``freezes`` in the 30 s."""
+    lines = []
+    for i, t in enumerate((0, 30)):
+        lost = round(1500 * i * loss_pct / 100)
+        received = 1500 * i - lost
+        lines += [
+            sample(conn, "inbound-rtp", "IA", t, "audio", bytesReceived=120_000 * i,
+                   packetsReceived=received, packetsLost=lost, jitter=0.01,
+                   jitterBufferDelay=0.04 * 480 * i, jitterBufferEmittedCount=480 * i),
+            sample(conn, "candidate-pair", "CP", t, currentRoundTripTime=rtt,
+                   bytesSent=1000 * i, bytesReceived=1000 * i),
+            sample(conn, "inbound-rtp", "IV", t, "video", bytesReceived=600_000 * i,
+                   packetsReceived=600 * i, packetsLost=0, framesPerSecond=fps,
+                   frameWidth=width, frameHeight=height, freezeCount=freezes * i),
+        ]  # fmt: skip
+    for line in lines:
+        line["session_id"] = session
+    return lines
+
+
+def quality(engine: QueryEngine, conn: str) -> dict[str, Any]:
+    result = engine.run(f"SELECT * FROM connection_quality WHERE connection_id = '{conn}'")
+    (row,) = result.rows()
+    return dict(zip(result.columns, row, strict=True))
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> QueryEngine:
+    lines = connection("clean") + connection("lossy", loss_pct=8)
+    lines += connection("far", rtt=0.4) + connection("small", width=320, height=180, fps=5)
+    lines += connection("frozen", freezes=1, session="other")
+    return import_lines(tmp_path, lines)
+
+
+def test_the_audio_mos_of_a_clean_and_a_lossy_connection(engine: QueryEngine) -> None:
+    clean = quality(engine, "clean")
+    # one-way delay 40/2 + 40 + 20 = 80 ms <= 100: Idd = 0; Ie = 55 - 4.6 ln 32000 = 7.282;
+    # R = 93.2 - 7.282 = 85.918; MOS = 1 + 0.035 R + R (R - 60)(100 - R) 7e-6 = 4.2266
+    assert clean["audio_delay_ms"] == pytest.approx(80)
+    assert clean["audio_bitrate_bps"] == pytest.approx(32_000)
+    assert clean["r_factor"] == pytest.approx(85.918, abs=1e-3)
+    assert clean["mos_audio"] == pytest.approx(4.2266, abs=1e-4)
+    lossy = quality(engine, "lossy")
+    # Ie,eff = 7.282 + (95 - 7.282) * 8 / (8 + 20) = 32.345; R = 60.855; MOS = 3.1442
+    assert lossy["audio_loss_pct"] == pytest.approx(8)
+    assert lossy["r_factor"] == pytest.approx(60.856, abs=1e-3)
+    assert lossy["mos_audio"] == pytest.approx(3.1442, abs=1e-4)
+
+
+def test_delay_above_100_ms_costs_the_g107_idd(engine: QueryEngine) -> None:
+    far = quality(engine, "far")
+    # Ta = 400/2 + 40 + 20 = 260 ms; X = log2(2.6) = 1.3785;
+    # Idd = 25 ((1 + X^6)^(1/6) - 3 (1 + (X/3)^6)^(1/6) + 2) = 10.136; R = 75.782
+    assert far["audio_delay_ms"] == pytest.approx(260)
+    assert far["r_factor"] == pytest.approx(75.782, abs=1e-3)
+    assert far["mos_audio"] == pytest.approx(3.8551, abs=1e-4)
+
+
+def test_the_video_score(engine: QueryEngine) -> None:
+    assert quality(engine, "clean")["video_score"] == pytest.approx(5.0)
+    # 180p and 5 fps: each costs its full 1.5
+    assert quality(engine, "small")["video_score"] == pytest.approx(2.0)
+    # one freeze in 30 s: two a minute, 0.5 each
+    assert quality(engine, "frozen")["video_score"] == pytest.approx(4.0)
+    # 8 % video loss would cost 1.6, capped at 1.5 (this one loses audio only)
+    assert quality(engine, "lossy")["video_score"] == pytest.approx(5.0)
+
+
+def test_a_clean_connection_ranks_above_a_lossy_one(engine: QueryEngine) -> None:
+    ranked = engine.run(
+        "SELECT connection_id FROM connection_quality WHERE session_id = 'se' ORDER BY score DESC"
+    ).rows()
+    order = [r[0] for r in ranked]
+    assert order.index("clean") < order.index("lossy")
+    assert order[0] == "clean"
+    result = engine.run("SELECT * FROM session_quality WHERE session_id = 'se'")
+    (row,) = result.rows()
+    session = dict(zip(result.columns, row, strict=True))
+    assert session["connections"] == 4
+    assert session["worst_connection_id"] == "small"  # video 2.0 is its score
+    assert session["worst_score"] == pytest.approx(2.0)
+    # scores: clean 4.2266, lossy 3.1442, far 3.8551, small 2.0: the median of four
+    assert session["median_score"] == pytest.approx((3.1442 + 3.8551) / 2, abs=1e-4)

@@ -1,0 +1,184 @@
+"""The ``rtc_rates`` view: rates from the counters of consecutive samples, computed here by
+hand, a counter reset included (no rate is ever negative)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rtclake.catalog import default_registry
+from rtclake.delivery import Delivery
+from rtclake.importer import Importer, ImportStats
+from rtclake.integrations.sora.logs import table_for
+from rtclake.lake.query import QueryEngine
+from rtclake.lake.sink import LakeSink
+from rtclake.metrics import Metrics
+
+BASE_MS = 1_795_132_800_000.0  # 2026-11-20T00:00:00Z
+
+
+def sample(
+    conn: str, stats_type: str, stats_id: str, t: float, kind: str | None = None, **data: Any
+) -> dict[str, Any]:
+    """One rtc_stats line as Sora logs it, ``t`` seconds after BASE_MS."""
+    ts = BASE_MS + t * 1000
+    iso = datetime.fromtimestamp(ts / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    rtc_data = {"id": stats_id, "type": stats_type, "timestamp": ts, **data}
+    if kind:
+        rtc_data["kind"] = kind
+    return {
+        "connection_id": conn, "id": f"R-{conn}-{t}", "timestamp": iso,
+        "type": "connection.rtc", "channel_id": "ch", "session_id": "se", "role": "sendrecv",
+        "rtc_id": stats_id, "rtc_timestamp": ts, "rtc_type": stats_type, "rtc_data": rtc_data,
+    }  # fmt: skip
+
+
+def import_lines(tmp_path: Path, lines: list[dict[str, Any]]) -> QueryEngine:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "rtc_stats.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    tables = default_registry()
+    importer = Importer(
+        tables,
+        Delivery([LakeSink(tmp_path / "lake", tables)], Metrics()),
+        tmp_path / "import-state.json",
+        node="test",
+        table_for=table_for,
+    )
+    stats = ImportStats()
+    try:
+        importer.import_paths([logs], stats)
+    finally:
+        importer.close()
+    assert stats.rows == len(lines) and stats.bad_lines == 0
+    return QueryEngine(tmp_path / "lake", default_registry())
+
+
+def rates(engine: QueryEngine, stats_id: str) -> list[dict[str, Any]]:
+    result = engine.run(f"SELECT * FROM rtc_rates WHERE stats_id = '{stats_id}' ORDER BY time")
+    names = result.columns
+    return [dict(zip(names, row, strict=True)) for row in result.rows()]
+
+
+AUDIO_IN = [  # t, bytesReceived, packetsReceived, packetsLost, concealed, total samples
+    (0, 0, 0, 0, 0, 0),
+    (5, 20_000, 250, 10, 4_800, 240_000),
+    (10, 40_000, 500, 10, 4_800, 480_000),
+    (15, 5_000, 60, 1, 0, 48_000),  # reset: a reconnect, every counter starts again
+]
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> QueryEngine:
+    lines = [
+        sample("k1", "inbound-rtp", "IA", t, "audio", bytesReceived=b, packetsReceived=p,
+               packetsLost=lost, concealedSamples=c, totalSamplesReceived=total,
+               jitter=0.01 * (i + 1), nackCount=5 * i, jitterBufferDelay=4.8 * i,
+               jitterBufferEmittedCount=96_000 * i)
+        for i, (t, b, p, lost, c, total) in enumerate(AUDIO_IN)
+    ]  # fmt: skip
+    lines += [
+        sample("k1", "outbound-rtp", "OV", 0, "video", bytesSent=0, packetsSent=0, pliCount=0,
+               firCount=0, framesPerSecond=30, frameWidth=1280, frameHeight=720,
+               qualityLimitationReason="none",
+               qualityLimitationDurations={"none": 0, "cpu": 0, "bandwidth": 0, "other": 0}),
+        sample("k1", "outbound-rtp", "OV", 10, "video", bytesSent=1_250_000, packetsSent=1_100,
+               pliCount=2, firCount=1, framesPerSecond=24, frameWidth=640, frameHeight=360,
+               qualityLimitationReason="bandwidth",
+               qualityLimitationDurations={"none": 6, "cpu": 0, "bandwidth": 4, "other": 0}),
+        sample("k1", "inbound-rtp", "IV", 0, "video", bytesReceived=0, framesDecoded=0,
+               freezeCount=0),
+        sample("k1", "inbound-rtp", "IV", 10, "video", bytesReceived=500_000, framesDecoded=150,
+               freezeCount=1),
+        sample("k1", "remote-inbound-rtp", "RIA", 0, "audio", fractionLost=0.0,
+               roundTripTime=0.1, jitter=0.004),
+        sample("k1", "remote-inbound-rtp", "RIA", 5, "audio", fractionLost=0.05,
+               roundTripTime=0.12, jitter=0.006),
+        sample("k1", "candidate-pair", "CP", 0, bytesSent=0, bytesReceived=0,
+               currentRoundTripTime=0.07),
+        sample("k1", "candidate-pair", "CP", 5, bytesSent=100_000, bytesReceived=300_000,
+               currentRoundTripTime=0.08),
+    ]  # fmt: skip
+    return import_lines(tmp_path, lines)
+
+
+def test_inbound_audio_rates_match_the_counters_and_a_reset_starts_again(
+    engine: QueryEngine,
+) -> None:
+    rows = rates(engine, "IA")
+    assert len(rows) == 3  # four samples, three intervals
+    first, second, reset = rows
+    assert first["interval_s"] == pytest.approx(5)
+    assert first["bitrate_bps"] == pytest.approx(8 * 20_000 / 5)
+    assert first["packets_per_s"] == pytest.approx(250 / 5)
+    assert first["loss_pct"] == pytest.approx(100 * 10 / (250 + 10))
+    assert first["concealment_pct"] == pytest.approx(100 * 4_800 / 240_000)
+    assert first["jitter_ms"] == pytest.approx(20)
+    assert first["nack_per_min"] == pytest.approx(5 / 5 * 60)
+    assert first["jitter_buffer_ms"] == pytest.approx(1000 * 4.8 / 96_000)
+    assert second["loss_pct"] == 0 and second["concealment_pct"] == 0
+    # the counters went down: the interval takes the new values as its differences
+    assert reset["bitrate_bps"] == pytest.approx(8 * 5_000 / 5)
+    assert reset["packets_per_s"] == pytest.approx(60 / 5)
+    assert reset["loss_pct"] == pytest.approx(100 * 1 / (60 + 1))
+    assert reset["concealment_pct"] == pytest.approx(0)
+    assert first["media_kind"] == "audio" and first["stats_type"] == "inbound-rtp"
+    assert (first["channel_id"], first["session_id"], first["connection_id"]) == (
+        "ch", "se", "k1",
+    )  # fmt: skip
+
+
+def test_video_rates_and_the_share_of_each_quality_limitation(engine: QueryEngine) -> None:
+    (out,) = rates(engine, "OV")
+    assert out["bitrate_bps"] == pytest.approx(8 * 1_250_000 / 10)
+    assert out["packets_per_s"] == pytest.approx(110)
+    assert out["fps"] == 24 and (out["frame_width"], out["frame_height"]) == (640, 360)
+    assert out["pli_per_min"] == pytest.approx(12) and out["fir_per_min"] == pytest.approx(6)
+    assert out["quality_limitation_reason"] == "bandwidth"
+    assert out["quality_limitation_none_share"] == pytest.approx(0.6)
+    assert out["quality_limitation_bandwidth_share"] == pytest.approx(0.4)
+    assert out["quality_limitation_cpu_share"] == 0
+    (inbound,) = rates(engine, "IV")
+    assert inbound["fps"] == pytest.approx(15)  # no framesPerSecond: from framesDecoded
+    assert inbound["freezes_per_min"] == pytest.approx(6)
+    assert inbound["concealment_pct"] is None  # audio only
+
+
+def test_loss_and_rtt_from_remote_inbound_and_the_candidate_pair(engine: QueryEngine) -> None:
+    (remote,) = rates(engine, "RIA")
+    assert remote["loss_pct"] == pytest.approx(5)
+    assert remote["rtt_ms"] == pytest.approx(120)
+    assert remote["jitter_ms"] == pytest.approx(6)
+    (pair,) = rates(engine, "CP")
+    assert pair["rtt_ms"] == pytest.approx(80)
+    assert pair["bitrate_bps"] == pytest.approx(8 * 100_000 / 5)  # the bytes it sent
+
+
+def test_no_rate_is_ever_negative(engine: QueryEngine) -> None:
+    columns = ("bitrate_bps", "packets_per_s", "loss_pct", "fps", "freezes_per_min",
+               "concealment_pct", "nack_per_min", "pli_per_min", "fir_per_min")  # fmt: skip
+    negative = " OR ".join(f"{c} < 0" for c in columns)
+    total, bad = engine.run(
+        f"SELECT count(*), count(*) FILTER (WHERE {negative}) FROM rtc_rates"
+    ).rows()[0]
+    assert total == 3 + 1 + 1 + 1 + 1 and bad == 0
+
+
+def test_every_column_of_the_views_is_declared_and_documented(engine: QueryEngine) -> None:
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    where = {"rtc_rates": "METRICS.md", "connection_quality": "QUALITY.md",
+             "session_quality": "QUALITY.md"}  # fmt: skip
+    views = default_registry().views
+    assert set(where) <= set(views)
+    for name, page in where.items():
+        actual = engine.run(f"SELECT * FROM {name} LIMIT 0").columns
+        assert [c for c, _ in views[name].columns] == actual, name
+        text = (docs / page).read_text()
+        if name == "rtc_rates":  # column by column
+            missing = [c for c in actual if f"| `{c}` |" not in text]
+            assert not missing, f"{page} lacks {missing}"
+        assert f"`{name}`" in text
