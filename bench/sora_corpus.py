@@ -10,46 +10,17 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import string
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
+from rtclake.integrations.sora.log_format import erlang, rtc_stats_lines, sora_id
 
-_B32 = string.ascii_uppercase[:26] + "0123456789"
 _T0 = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
-
-
-def _id(rng: random.Random) -> str:
-    return "".join(rng.choice(_B32) for _ in range(26))
-
-
-def erlang(value: float) -> str:
-    """A float as Erlang prints it: ``1.75342361155652490234e+12``."""
-    mantissa, exponent = f"{value:.20e}".split("e")
-    return f"{mantissa}e{int(exponent):+03d}".replace("e+0", "e+").replace("e-0", "e-")
-
-
-class _Raw(str):
-    """Text spliced into the JSON unquoted (an Erlang float)."""
-
-
-def _dump(obj: dict[str, object]) -> str:
-    parts = []
-    for key, value in obj.items():
-        if isinstance(value, _Raw):
-            text = str(value)
-        elif isinstance(value, dict):
-            text = _dump(value)  # type: ignore[arg-type]
-        else:
-            text = orjson.dumps(value).decode()
-        parts.append(f'"{key}":{text}')
-    return "{" + ",".join(parts) + "}"
 
 
 def _stats(rng: random.Random, n: int, ts_ms: float, peers: list[str]) -> list[dict[str, object]]:
     """One connection's getStats report number ``n``."""
-    ts = _Raw(erlang(ts_ms))
+    ts = erlang(ts_ms)
     secs = 60 * (n + 1)
     out: list[dict[str, object]] = [
         {
@@ -67,8 +38,8 @@ def _stats(rng: random.Random, n: int, ts_ms: float, peers: list[str]) -> list[d
             "packetsReceived": 850 * secs,
             "bytesSent": 110_000 * secs,
             "bytesReceived": 100_000 * secs,
-            "totalRoundTripTime": _Raw(erlang(0.021 * n + 0.02)),
-            "currentRoundTripTime": _Raw(erlang(rng.uniform(0.005, 0.2))),
+            "totalRoundTripTime": erlang(0.021 * n + 0.02),
+            "currentRoundTripTime": erlang(rng.uniform(0.005, 0.2)),
             "availableOutgoingBitrate": rng.randint(300_000, 2_500_000),
             "requestsReceived": n + 3,
             "requestsSent": n + 2,
@@ -150,8 +121,8 @@ def _stats(rng: random.Random, n: int, ts_ms: float, peers: list[str]) -> list[d
             "timestamp": ts,
             "kind": "audio",
             "trackIdentifier": "mic",
-            "audioLevel": _Raw(erlang(rng.random())),
-            "totalAudioEnergy": _Raw(erlang(0.3 * n)),
+            "audioLevel": erlang(rng.random()),
+            "totalAudioEnergy": erlang(0.3 * n),
             "totalSamplesDuration": secs,
         },
         {
@@ -183,7 +154,7 @@ def _stats(rng: random.Random, n: int, ts_ms: float, peers: list[str]) -> list[d
             "retransmittedBytesSent": 0,
             "nackCount": 0,
             "targetBitrate": 32000,
-            "totalPacketSendDelay": _Raw(erlang(0.01 * secs)),
+            "totalPacketSendDelay": erlang(0.01 * secs),
             "active": True,
         },
         {
@@ -211,13 +182,13 @@ def _stats(rng: random.Random, n: int, ts_ms: float, peers: list[str]) -> list[d
             "frameWidth": 1280,
             "frameHeight": 720,
             "framesPerSecond": rng.choice([24, 29, 30]),
-            "totalEncodeTime": _Raw(erlang(0.004 * 30 * secs)),
+            "totalEncodeTime": erlang(0.004 * 30 * secs),
             "totalEncodedBytesTarget": 0,
             "targetBitrate": rng.randint(500_000, 1_500_000),
             "qualityLimitationReason": rng.choice(["none", "none", "bandwidth", "cpu"]),
             "qualityLimitationDurations": {
-                "none": _Raw(erlang(secs * 0.9)),
-                "cpu": _Raw(erlang(secs * 0.05)),
+                "none": erlang(secs * 0.9),
+                "cpu": erlang(secs * 0.05),
                 "bandwidth": 3,
                 "other": 0,
             },
@@ -240,10 +211,10 @@ def _stats(rng: random.Random, n: int, ts_ms: float, peers: list[str]) -> list[d
             "codecId": "COT01_111",
             "localId": "OTA1",
             "packetsLost": rng.randint(0, 5) * n,
-            "fractionLost": _Raw(erlang(rng.random() * 0.05)),
-            "jitter": _Raw(erlang(rng.random() * 0.03)),
-            "roundTripTime": _Raw(erlang(rng.uniform(0.005, 0.2))),
-            "totalRoundTripTime": _Raw(erlang(0.05 * n)),
+            "fractionLost": erlang(rng.random() * 0.05),
+            "jitter": erlang(rng.random() * 0.03),
+            "roundTripTime": erlang(rng.uniform(0.005, 0.2)),
+            "totalRoundTripTime": erlang(0.05 * n),
             "roundTripTimeMeasurements": 12 * n,
         },
         {
@@ -256,10 +227,10 @@ def _stats(rng: random.Random, n: int, ts_ms: float, peers: list[str]) -> list[d
             "codecId": "COT01_45",
             "localId": "OTV2",
             "packetsLost": rng.randint(0, 20) * n,
-            "fractionLost": _Raw(erlang(rng.random() * 0.1)),
-            "jitter": _Raw(erlang(rng.random() * 0.05)),
-            "roundTripTime": _Raw(erlang(rng.uniform(0.005, 0.2))),
-            "totalRoundTripTime": _Raw(erlang(0.05 * n)),
+            "fractionLost": erlang(rng.random() * 0.1),
+            "jitter": erlang(rng.random() * 0.05),
+            "roundTripTime": erlang(rng.uniform(0.005, 0.2)),
+            "totalRoundTripTime": erlang(0.05 * n),
             "roundTripTimeMeasurements": 12 * n,
         },
         {
@@ -310,14 +281,14 @@ def _stats(rng: random.Random, n: int, ts_ms: float, peers: list[str]) -> list[d
                 "headerBytesReceived": 600 * secs,
                 "packetsLost": rng.randint(0, 10) * n,
                 "packetsDiscarded": 0,
-                "jitter": _Raw(erlang(rng.random() * 0.03)),
+                "jitter": erlang(rng.random() * 0.03),
                 "nackCount": n,
-                "lastPacketReceivedTimestamp": _Raw(erlang(ts_ms - 2)),
-                "jitterBufferDelay": _Raw(erlang(0.05 * secs)),
-                "jitterBufferTargetDelay": _Raw(erlang(0.06 * secs)),
-                "jitterBufferMinimumDelay": _Raw(erlang(0.04 * secs)),
+                "lastPacketReceivedTimestamp": erlang(ts_ms - 2),
+                "jitterBufferDelay": erlang(0.05 * secs),
+                "jitterBufferTargetDelay": erlang(0.06 * secs),
+                "jitterBufferMinimumDelay": erlang(0.04 * secs),
                 "jitterBufferEmittedCount": 30 * secs,
-                "totalProcessingDelay": _Raw(erlang(0.01 * secs)),
+                "totalProcessingDelay": erlang(0.01 * secs),
             }
             if video:
                 stat.update(
@@ -330,11 +301,11 @@ def _stats(rng: random.Random, n: int, ts_ms: float, peers: list[str]) -> list[d
                     framesPerSecond=rng.choice([24, 29, 30]),
                     freezeCount=n // 20,
                     pauseCount=0,
-                    totalFreezesDuration=_Raw(erlang(0.5 * (n // 20))),
+                    totalFreezesDuration=erlang(0.5 * (n // 20)),
                     totalPausesDuration=0,
                     pliCount=n // 5,
                     firCount=0,
-                    totalDecodeTime=_Raw(erlang(0.003 * 30 * secs)),
+                    totalDecodeTime=erlang(0.003 * 30 * secs),
                     decoderImplementation="libdav1d",
                 )
             else:
@@ -345,8 +316,8 @@ def _stats(rng: random.Random, n: int, ts_ms: float, peers: list[str]) -> list[d
                     concealmentEvents=n,
                     insertedSamplesForDeceleration=5 * n,
                     removedSamplesForAcceleration=4 * n,
-                    audioLevel=_Raw(erlang(rng.random())),
-                    totalAudioEnergy=_Raw(erlang(0.2 * n)),
+                    audioLevel=erlang(rng.random()),
+                    totalAudioEnergy=erlang(0.2 * n),
                     totalSamplesDuration=secs,
                     fecPacketsReceived=0,
                     fecPacketsDiscarded=0,
@@ -356,11 +327,11 @@ def _stats(rng: random.Random, n: int, ts_ms: float, peers: list[str]) -> list[d
     return out
 
 
-def lines(total: int, *, connections: int = 400, seed: int = 7) -> Iterator[str]:
+def lines(total: int, *, connections: int = 400, seed: int = 7) -> Iterator[bytes]:
     """``total`` rtc_stats lines: ``connections`` connections in rooms of four, reporting
     in turn every 60 s (each sees the other three as inbound tracks)."""
     rng = random.Random(seed)
-    conns = [_id(rng) for _ in range(connections)]
+    conns = [sora_id(rng) for _ in range(connections)]
     sessions = {c: conns[i - i % 4] for i, c in enumerate(conns)}
     made = 0
     n = 0
@@ -369,20 +340,17 @@ def lines(total: int, *, connections: int = 400, seed: int = 7) -> Iterator[str]
             room = conns[i - i % 4 : i - i % 4 + 4]
             when = _T0 + dt.timedelta(seconds=60 * n + i * 60 / connections)
             ts_ms = when.timestamp() * 1000
-            report = _id(rng)
-            envelope = (
-                f'{{"connection_id":"{conn}","id":"{report}","label":"WebRTC SFU Sora",'
-                f'"timestamp":"{when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}",'
-                f'"type":"connection.rtc","version":"2025.2.1","node_name":"sora@192.0.2.1",'
-                f'"session_id":"{sessions[conn]}","role":"sendrecv","channel_id":"room-{i // 4}",'
-                f'"spotlight":false,"bundle_id":"{conn}","client_id":"{conn}",'
-                f'"group_id":"{sessions[conn]}","simulcast":false,"log_written":false,'
-            )
-            for stat in _stats(rng, n, ts_ms, [p for p in room if p != conn]):
-                yield (
-                    envelope + f'"rtc_data":{_dump(stat)},"rtc_id":"{stat["id"]}",'
-                    f'"rtc_timestamp":{stat["timestamp"]},"rtc_type":"{stat["type"]}"}}'
-                )
+            envelope = {
+                "connection_id": conn, "id": sora_id(rng), "label": "WebRTC SFU Sora",
+                "timestamp": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "type": "connection.rtc", "version": "2025.2.1", "node_name": "sora@192.0.2.1",
+                "session_id": sessions[conn], "role": "sendrecv", "channel_id": f"room-{i // 4}",
+                "spotlight": False, "bundle_id": conn, "client_id": conn,
+                "group_id": sessions[conn], "simulcast": False, "log_written": False,
+            }  # fmt: skip
+            peers = [p for p in room if p != conn]
+            for line in rtc_stats_lines(envelope, _stats(rng, n, ts_ms, peers)):
+                yield line
                 made += 1
                 if made >= total:
                     return
@@ -395,8 +363,8 @@ def write(path: Path, total: int) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as fh:
+    with tmp.open("wb") as fh:
         for line in lines(total):
-            fh.write(line + "\n")
+            fh.write(line + b"\n")
     tmp.replace(path)
     return path

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from rtclake.config import load_settings
+from rtclake.grafana import DATA_DIR, DATASOURCE_FILE, EMPTY_LAKE, PLUGIN
 from rtclake.testing import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,22 +31,74 @@ def test_the_example_configuration_loads() -> None:
     assert settings.server.host == "0.0.0.0" and settings.server.port == 8080
 
 
-@pytest.mark.skipif(
+needs_compose = pytest.mark.skipif(
     shutil.which("docker-compose") is None,
     reason="docker-compose is not installed (Debian: apt-get install docker-compose)",
 )
-def test_the_compose_file_is_valid() -> None:
+
+
+def compose_config() -> dict[str, Any]:
+    """deploy/compose.yaml as docker-compose resolves it (paths absolute)."""
     out = subprocess.run(
         ["docker-compose", "-f", str(DEPLOY / "compose.yaml"), "config"],
         capture_output=True, text=True, cwd=DEPLOY,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    resolved = yaml.safe_load(out.stdout)
+    resolved: dict[str, Any] = yaml.safe_load(out.stdout)
+    return resolved
+
+
+def mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """A service's mounts: target -> (source, read-only)."""
+    found = {}
+    for volume in service["volumes"]:
+        if isinstance(volume, dict):
+            found[volume["target"]] = (volume["source"], bool(volume.get("read_only")))
+        else:
+            source, target, *mode = volume.split(":")
+            found[target] = (source, "ro" in mode)
+    return found
+
+
+@needs_compose
+def test_the_compose_file_is_valid() -> None:
+    resolved = compose_config()
     service = resolved["services"]["rtclake"]
     assert Path(service["build"]["context"]).resolve() == ROOT
     assert any("8080" in str(p) for p in service["ports"])
-    mounted = {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in service["volumes"]}
-    assert {"/var/lib/rtclake", "/etc/rtclake/rtclake.yaml"} <= mounted
+    assert {"/var/lib/rtclake", "/etc/rtclake/rtclake.yaml"} <= set(mounts(service))
+
+
+@needs_compose
+def test_the_compose_files_grafana_reads_the_lake_read_only_with_the_provisioning() -> None:
+    """Grafana (the -ubuntu image: the DuckDB plugin needs glibc) with the plugin, the data
+    volume read-only where the generated init SQL reads it, and deploy/grafana/'s files."""
+    resolved = compose_config()
+    grafana = resolved["services"]["grafana"]
+    assert re.fullmatch(r"grafana/grafana-oss:[\d.]+-ubuntu", grafana["image"]), grafana["image"]
+    assert "rtclake" in grafana["depends_on"]
+    assert any("3000" in str(p) for p in grafana["ports"])
+    env = grafana["environment"]
+    assert re.fullmatch(rf"{PLUGIN}@[\d.]+@https://github\.com/\S+\.zip",
+                        env["GF_PLUGINS_PREINSTALL_SYNC"])  # fmt: skip
+    assert env["GF_PLUGINS_ALLOW_LOADING_UNSIGNED_PLUGINS"] == PLUGIN
+
+    mounted = mounts(grafana)
+    data = mounts(resolved["services"]["rtclake"])["/var/lib/rtclake"][0]
+    assert mounted[DATA_DIR] == (data, True)  # the same volume, read-only
+    grafana_dir = DEPLOY / "grafana"
+    assert mounted[f"{DATA_DIR}-empty/lake"] == (str(grafana_dir / EMPTY_LAKE), True)
+    for folder in ("datasources", "dashboards"):
+        source = grafana_dir / "provisioning" / folder
+        assert mounted[f"/etc/grafana/provisioning/{folder}"] == (str(source), True)
+    assert (grafana_dir / DATASOURCE_FILE).is_file()
+    (provider,) = yaml.safe_load(
+        (grafana_dir / "provisioning" / "dashboards" / "rtclake.yaml").read_text()
+    )["providers"]
+    dashboards = provider["options"]["path"]
+    assert mounted[dashboards] == (str(grafana_dir / "dashboards"), True)
+    home = env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (grafana_dir / "dashboards" / Path(home).relative_to(dashboards)).is_file()
 
 
 @pytest.mark.skipif(

@@ -134,3 +134,23 @@ def test_acks_are_remembered_across_restart(tmp_path: Path) -> None:
         return acked
 
     assert asyncio.run(main()) == {"lake"}
+
+
+def test_a_cut_segment_waiting_for_its_fsync_still_counts(tmp_path: Path) -> None:
+    """Between the cut of a segment and its seal (after its last fsync) it is neither open
+    nor queued for the writer: /healthz must not show an empty spool then (a test waiting
+    for the spool to drain read it too early), nor may the spool's room grow."""
+
+    async def main() -> tuple[int, int, int, int]:
+        spool = make(tmp_path)
+        await spool.start()
+        await spool.append(header(), b'{"i": 1}')
+        before = (spool.used_bytes, spool.segment_count)
+        spool.cut()  # retired; its seal waits for the sync loop, which has not run yet
+        during = (spool.used_bytes, spool.segment_count)
+        await spool.close()
+        return (*before, *during)
+
+    used, count, used_cut, count_cut = asyncio.run(main())
+    assert used > 0 and count == 1
+    assert (used_cut, count_cut) == (used, count)

@@ -1,6 +1,7 @@
 """The component types of rtclake itself (no vendor): HTTP ingest, the JSON Lines file
-tail, and the Parquet lake as an extra sink. Integrations register theirs the same way
-(see :mod:`rtclake.registry`)."""
+tail, the Parquet lake as an extra sink, the slack and webhook sinks, and the ``alerts``
+table they deliver. Integrations register theirs the same way (see
+:mod:`rtclake.registry`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from pydantic import Field
 from rtclake.errors import ConfigError
 from rtclake.lake.sink import LakeSink
 from rtclake.registry import BuildContext, Registry, SinkConfig, SourceConfig
+from rtclake.sinks.slack import SLACK
+from rtclake.sinks.webhook import WEBHOOK
 from rtclake.sources.file_tail import FileTail, JsonLinesTailConfig
 from rtclake.sources.http_ingest import HttpIngest
+from rtclake.tables import ALERTS
 
 
 class HttpIngestConfig(SourceConfig):
@@ -77,3 +81,6 @@ def register(registry: Registry) -> None:
         return sink
 
     registry.add_default("source", "http", {"type": "http_ingest"})
+    registry.add_table(ALERTS)
+    registry.add(SLACK)
+    registry.add(WEBHOOK)

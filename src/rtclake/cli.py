@@ -6,7 +6,7 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -141,13 +141,7 @@ def import_(
     Incremental: run it again and only what is new is read. Rotated copies
     (rtc_stats.jsonl.1, .2.gz, -20250725) are recognised by their names.
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from rtclake.delivery import Delivery
-    from rtclake.importer import Importer, ImportStats
     from rtclake.logs import configure
-    from rtclake.metrics import Metrics
-    from rtclake.service import build_sinks
 
     settings, registry = _settings(config)
     configure(settings.log_level, settings.log_format)
@@ -155,6 +149,32 @@ def import_(
         known = ", ".join(registry.tables.names())
         typer.echo(f"error: --table {table}: no such table (known: {known})", err=True)
         raise typer.Exit(2)
+    s3 = {
+        "endpoint_url": endpoint_url, "access_key_id": access_key_id,
+        "secret_access_key": secret_access_key, "region": region, "path_style": path_style,
+    }  # fmt: skip
+    _import(settings, registry, paths, table=table, debug=debug, s3=s3)
+
+
+def _import(
+    settings: Settings,
+    registry: Registry,
+    paths: list[str],
+    *,
+    table: str | None = None,
+    debug: bool = False,
+    s3: dict[str, Any] | None = None,
+) -> None:
+    """Import files, folders or ``SCHEME://`` URLs into the lake (``rtclake import``), with
+    a progress bar and a summary line; on an error, one line (the traceback with
+    ``debug``) and exit 1. Takes no lock: it works beside ``rtclake run``."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rtclake.delivery import Delivery
+    from rtclake.importer import Importer, ImportStats
+    from rtclake.metrics import Metrics
+    from rtclake.service import build_sinks
+
     for target in paths:
         if "://" not in target and not Path(target).exists():
             typer.echo(f"error: {target}: no such file or folder", err=True)
@@ -192,16 +212,7 @@ def import_(
                     if run_import is None:
                         known = ", ".join(f"{s}://" for s in sorted(registry.importers))
                         raise ValueError(f"{target}: no importer for {scheme}:// (known: {known})")
-                    run_import(
-                        target,
-                        importer,
-                        stats,
-                        endpoint_url=endpoint_url,
-                        access_key_id=access_key_id,
-                        secret_access_key=secret_access_key,
-                        region=region,
-                        path_style=path_style,
-                    )
+                    run_import(target, importer, stats, **(s3 or {}))
                 else:
                     importer.import_paths([Path(target)], stats)
         except Exception as exc:  # one line with the cause; the traceback with --debug
@@ -223,6 +234,82 @@ def import_(
         f"imported {stats.rows:,} rows from {stats.files} files in {stats.seconds:.1f} s"
         f" ({stats.rows_per_second:,.0f} rows/s); {stats.bad_lines} bad lines skipped,"
         f" {stats.skipped_files} files not recognised"
+    )
+
+
+@app.command()
+def demo(
+    folder: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Where to write (default: DATA_DIR/demo), a folder per demo."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the generated ids and values.")] = 1,
+    minutes: Annotated[
+        int, typer.Option(min=5, max=120, help="Minutes of data (about 4 MB each), up to --now.")
+    ] = 30,
+    now: Annotated[
+        str | None,
+        typer.Option(help="End of the data, RFC 3339 (default: the current time, UTC)."),
+    ] = None,
+    no_import: Annotated[bool, typer.Option("--no-import", help="Write the files only.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Write realistic generated logs and import them: every page gets data.
+
+    Sora: rtc_stats.jsonl (a getStats report every 5 s per connection),
+    session_webhook.jsonl and connection.jsonl of four channels, with clean
+    and troubled connections (loss, RTT, jitter, bandwidth and CPU limits,
+    freezes, low fps, a TURN relay, a stalled stream, an ICE restart, a
+    failure, a reconnect). manifest.json beside them names each connection
+    and what it shows.
+
+    The data covers the --minutes up to --now (default: the current time).
+    The same --seed and --now write the same files, which the import then
+    skips: nothing is stored twice. A later run (another now) writes a new
+    set of calls with new ids, and the import adds them beside the earlier
+    ones. It works while `rtclake run` serves the same data directory (the
+    import takes no lock).
+    """
+    from datetime import UTC, datetime
+
+    from rtclake.logs import configure
+
+    settings, registry = _settings(config)
+    configure(settings.log_level, settings.log_format)
+    if not registry.demos:
+        typer.echo("error: no installed integration has a demo", err=True)
+        raise typer.Exit(2)
+    try:
+        end = datetime.fromisoformat(now) if now else datetime.now(UTC).replace(microsecond=0)
+    except ValueError as exc:
+        typer.echo(f"error: --now {now}: not an RFC 3339 time ({exc})", err=True)
+        raise typer.Exit(2) from exc
+    end = end if end.tzinfo else end.replace(tzinfo=UTC)
+    root = folder if folder is not None else settings.data_dir / "demo"
+    written: list[str] = []
+    for name, write in registry.demos.items():
+        target = root / name
+        manifest = write(target, now=end, seed=seed, minutes=minutes)
+        (target / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        files: dict[str, int] = manifest["files"]
+        written += [str(target / file) for file in files]
+        listed = ", ".join(f"{file} ({lines:,} lines)" for file, lines in files.items())
+        typer.echo(f"{name}: wrote {listed} and manifest.json to {target}")
+    stamp = end.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    typer.echo(f"(--seed {seed} --now {stamp} writes the same files again)")
+    if no_import:
+        typer.echo(f"not imported (--no-import); import with: rtclake import {root}")
+        return
+    _import(settings, registry, written)
+    host = settings.server.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    host = f"[{host}]" if ":" in host else host
+    typer.echo(
+        f"open http://{host}:{settings.server.port}/ while `rtclake run` serves this data"
+        f" directory ({settings.data_dir.absolute()}), and look at the last {minutes}"
+        " minutes; or try:\n"
+        '  rtclake query "SELECT channel_id, count(DISTINCT connection_id) AS connections'
+        ' FROM rtc_stats GROUP BY 1"'
     )
 
 

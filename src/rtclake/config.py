@@ -8,16 +8,19 @@ The file is named by ``--config`` or ``RTCLAKE_CONFIG``.
 from __future__ import annotations
 
 import difflib
+import math
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ByteSize,
     ConfigDict,
     Field,
@@ -66,6 +69,16 @@ class ServerConfig(Section):
         default=None, description="bearer token required by /api/query when set"
     )
     access_log: bool = Field(default=False, description="log every request (uvicorn's log)")
+    public_url: str | None = Field(
+        default=None,
+        description="the address people open the dashboard at, for links in alerts;"
+        " default: http://{server.host}:{server.port}",
+    )
+
+    @property
+    def base_url(self) -> str:
+        """``public_url`` without a trailing slash, or this server's own address."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
 class SpoolConfig(Section):
@@ -152,6 +165,211 @@ class RouterConfig(Section):
     default_table: str = "telemetry"
 
 
+UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*")
+_CONDITION = re.compile(r"\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_METRIC = re.compile(r"count|[A-Za-z_][A-Za-z0-9_]*|extra(\.[A-Za-z0-9_]+)+")
+
+
+def parse_duration(value: Any) -> Any:
+    """Seconds from a number or a text such as ``"30s"``, ``"2m"``, ``"1h"``, ``"1.5d"``,
+    ``"500ms"`` (a bare number is seconds); anything else is left for validation to
+    refuse."""
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value)
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration: give seconds, or e.g. 30s, 2m, 1h")
+        return float(match.group(1)) * UNITS[match.group(2) or "s"]
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def parse_condition(text: str) -> tuple[str, float]:
+    """``"> 5"`` -> ``(">", 5.0)``; operators ``>``, ``>=``, ``<``, ``<=``, ``==``, ``!=``."""
+    match = _CONDITION.fullmatch(text)
+    if match is None or not math.isfinite(float(match.group(2))):
+        raise ValueError(
+            f"{text!r} is not a condition: an operator (>, >=, <, <=, ==, !=) and a number,"
+            ' e.g. "> 5"'
+        )
+    return match.group(1), float(match.group(2))
+
+
+class AlertRuleConfig(Section):
+    """One rule of `alerts.rules`, named by its key (`[a-z0-9_]+`). A threshold rule
+    (`metric` a column) fires for a scope value once the condition held on every sample
+    of it for `for`: from a sample at least `for` older than the newest, every sample
+    breached (the rows of one scope value at one time are one sample, by `reduce`). It
+    resolves when the newest sample no longer breaches, or when the newest is older than
+    `stale_after` (no data). A count rule (`metric: count`) counts the rows of each scope
+    value in the last `for` and fires while the count meets the condition; with `scope:
+    {column: value}` or no scope it is also an absence rule (`count < 1`: no row for
+    `for`). Each alert fires once and resolves once; the state is kept in
+    `DATA_DIR/alerts-state.json`, so a restart neither fires it again nor forgets it."""
+
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True)
+
+    enabled: bool = Field(default=True, description="false: kept in the file, not evaluated")
+    source: str = Field(
+        description="the table or view read: rtc_rates, connection_quality, rtc_stats,"
+        " telemetry, ..."
+    )
+    metric: str = Field(
+        description="a numeric column of the source; extra.KEY for a number in the extra"
+        " JSON; or count, the number of rows in the window"
+    )
+    condition: str = Field(
+        description='when the metric breaches: an operator and a number, e.g. "> 5", "< 1"'
+    )
+    for_: Duration = Field(
+        default=0.0,
+        ge=0,
+        alias="for",
+        description="how long the condition must hold (threshold rules), or the window"
+        ' counted (count rules): seconds, or "30s", "2m", "1h"',
+    )
+    scope: str | dict[str, str | int | float | bool] | None = Field(
+        default=None,
+        description="what one alert is about: a column (one alert per value, e.g."
+        " connection_id: any connection), or {column: value} (that one, e.g. {node_name:"
+        " sora-1}); default: the whole source",
+    )
+    where: str | None = Field(
+        default=None,
+        description="a SQL expression over the source's columns that rows must meet, e.g."
+        " media_kind = 'audio' (run read-only in the query sandbox)",
+    )
+    time_column: str = Field(
+        default="time", description="the source's time column (rtc_stats: also rtc_timestamp)"
+    )
+    reduce: Literal["max", "min", "avg", "sum"] | None = Field(
+        default=None,
+        description="how the rows of one scope value at one time make one sample;"
+        " default: max for >, >=, ==, != and min for <, <= (a time breaches when one of"
+        " its rows does)",
+    )
+    stale_after: Duration = Field(
+        default=300.0,
+        gt=0,
+        description="threshold rules: a scope value whose newest sample is older than this"
+        " has no data, and its alert resolves",
+    )
+    notify: list[str] = Field(
+        default=["log"],
+        description="sinks that get each firing and resolved alert (slack, webhook, ...);"
+        " log: only the log line, which every alert gets",
+    )
+    summary: str = Field(default="", description="text added to the alert's message")
+
+    @field_validator("condition")
+    @classmethod
+    def _condition_parses(cls, value: str) -> str:
+        op, number = parse_condition(value)
+        return f"{op} {number:g}"
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_is_a_name(cls, value: str) -> str:
+        if not _METRIC.fullmatch(value):
+            raise ValueError("give a column name, extra.KEY, or count")
+        return value
+
+    @field_validator("time_column")
+    @classmethod
+    def _time_column_is_a_name(cls, value: str) -> str:
+        if not IDENTIFIER.fullmatch(value):
+            raise ValueError("give a column name")
+        return value
+
+    @field_validator("scope")
+    @classmethod
+    def _scope_names_columns(cls, value: Any) -> Any:
+        names = [value] if isinstance(value, str) else list(value or ())
+        bad = [name for name in names if not IDENTIFIER.fullmatch(name)]
+        if bad or value == {}:
+            raise ValueError("give a column name, or {column: value}")
+        return value
+
+    @model_validator(mode="after")
+    def _count_rules(self) -> AlertRuleConfig:
+        if self.metric != "count":
+            return self
+        if self.for_ <= 0:
+            raise ValueError("a count rule counts the rows of a window: give for, e.g. 5m")
+        if self.reduce is not None:
+            raise ValueError("reduce is for a column metric; a count rule counts rows")
+        if isinstance(self.scope, str) and self.holds_at(0):
+            raise ValueError(
+                f"count {self.condition} holds for no rows, but a scope by column knows only"
+                " the values that have rows: name them ({column: value}) or leave scope out"
+            )
+        return self
+
+    @property
+    def operator(self) -> str:
+        return parse_condition(self.condition)[0]
+
+    @property
+    def threshold(self) -> float:
+        return parse_condition(self.condition)[1]
+
+    def holds_at(self, value: float) -> bool:
+        """Whether ``value`` breaches the condition."""
+        op, number = parse_condition(self.condition)
+        return {
+            ">": value > number, ">=": value >= number, "<": value < number,
+            "<=": value <= number, "==": value == number, "!=": value != number,
+        }[op]  # fmt: skip
+
+
+class AlertsConfig(Section):
+    """Alert rules over the lake's tables and views, evaluated every `interval` seconds
+    inside `rtclake run`. An alert is a row of the `alerts` table (stored like any
+    record) that the sinks named in its rule's `notify` deliver; see README, Alerts."""
+
+    interval: Duration = Field(
+        default=15.0, gt=0, description='seconds between evaluations (or "30s", "1m")'
+    )
+    rules: dict[str, AlertRuleConfig] = Field(
+        default_factory=dict, description="name -> rule (the keys below)"
+    )
+
+    @field_validator("rules")
+    @classmethod
+    def _rule_names(cls, value: dict[str, AlertRuleConfig]) -> dict[str, AlertRuleConfig]:
+        bad = [name for name in value if not re.fullmatch(r"[a-z0-9_]+", name)]
+        if bad:
+            raise ValueError(f"rule names are [a-z0-9_]+ (got {', '.join(map(repr, bad))})")
+        return value
+
+
+class DiagnosisConfig(Section):
+    """Thresholds of the connection diagnosis (``GET /api/connections/{id}/diagnosis``):
+    a finding is a stretch of consecutive samples beyond its threshold lasting at least
+    ``min_duration``; twice the threshold makes it critical."""
+
+    min_duration: float = Field(
+        default=10.0, ge=0, description="seconds a condition must last to be a finding"
+    )
+    loss_pct: float = Field(default=5.0, gt=0, description="high_loss above this packet loss, %")
+    rtt_ms: float = Field(default=300.0, gt=0, description="high_rtt above this round trip, ms")
+    jitter_ms: float = Field(default=30.0, gt=0, description="high_jitter above this, ms")
+    limited_share: float = Field(
+        default=0.5, gt=0, le=1,
+        description="bandwidth_limited / cpu_limited: share of an interval the encoder was"
+        " limited by that reason",
+    )  # fmt: skip
+    freezes_per_min: float = Field(default=1.0, gt=0, description="freezes at or above this")
+    low_fps: float = Field(default=10.0, gt=0, description="low_fps below this frame rate")
+    no_media: float = Field(
+        default=10.0, gt=0,
+        description="no_media: seconds a stream sends or receives nothing while reports go on",
+    )  # fmt: skip
+
+
 class Settings(BaseSettings):
     """Everything rtclake can be told. Printed by ``rtclake config``."""
 
@@ -172,6 +390,8 @@ class Settings(BaseSettings):
     lake: LakeConfig = LakeConfig()
     query: QueryConfig = QueryConfig()
     router: RouterConfig = RouterConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    diagnosis: DiagnosisConfig = DiagnosisConfig()
     sources: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="name -> {type: ..., ...}; see docs/CONFIG.md for the types",

@@ -125,7 +125,34 @@ def _settings_sections() -> list[str]:
         if info.description:
             text += " " + _paragraph(info.description)
         parts.append(f"## `{name}`\n\n{text}\n\n{_table(rows)}")
+        parts += [_named_models(name, key, sub) for key, sub in model.model_fields.items()
+                  if _named_model(sub) is not None]  # fmt: skip
     return parts
+
+
+def _named_model(info: FieldInfo) -> type[BaseModel] | None:
+    """The model of a map's values (``alerts.rules``: name -> rule), if it is one."""
+    if get_origin(info.annotation) is dict:
+        value = get_args(info.annotation)[1]
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            return value
+    return None
+
+
+def _named_models(section: str, key: str, info: FieldInfo) -> str:
+    """The keys of each entry of a map of models, ``alerts.rules.<NAME>.source``."""
+    model = _named_model(info)
+    assert model is not None
+    rows = [
+        _row(
+            f"{section}.{key}.<NAME>.{sub.alias or name}",
+            sub,
+            f"{_env((section, key))}__<NAME>__{(sub.alias or name).upper()}",
+        )
+        for name, sub in model.model_fields.items()
+    ]
+    text = _paragraph(model.__doc__)
+    return f"### `{section}.{key}.<NAME>`\n\n{text}\n\n{_table(rows)}"
 
 
 def _section_model(info: FieldInfo) -> type[BaseModel] | None:

@@ -90,6 +90,23 @@ class Metrics:
             "1 while the spool's disk accepts writes, 0 while it refuses them (full, failing).",
             registry=r,
         )
+        self.alerts_firing = Gauge(
+            "rtclake_alerts_firing",
+            "Alerts firing now, by rule (rtclake.alerts).",
+            ["rule"],
+            registry=r,
+        )
+        self.alert_evaluations = Counter(
+            "rtclake_alert_evaluations",
+            "Alert rules evaluated (one per rule per round).",
+            registry=r,
+        )
+        self.alert_errors = Counter(
+            "rtclake_alert_errors",
+            "Alert rule evaluations that failed (the query), by rule; tried again next round.",
+            ["rule"],
+            registry=r,
+        )
 
     def watch_spool(
         self,

@@ -143,6 +143,11 @@ class ComponentType(Generic[C]):
 
 
 Importer = Callable[..., Any]
+# write(folder, *, now, seed, minutes) -> manifest: what `rtclake demo` runs for an
+# integration. It writes realistic generated log files into folder, covering the minutes up
+# to now (the same files for the same seed and now), and returns a JSON-able manifest whose
+# "files" maps each file written to its lines; the command saves it as manifest.json.
+DemoWriter = Callable[..., dict[str, Any]]
 
 
 @dataclass
@@ -158,6 +163,8 @@ class Registry:
     )
     file_rules: list[Callable[[str], str | None]] = field(default_factory=list)
     importers: dict[str, Importer] = field(default_factory=dict)
+    demos: dict[str, DemoWriter] = field(default_factory=dict)
+    dashboards: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
 
     def add_table(self, *tables: Table) -> None:
         for table in tables:
@@ -224,6 +231,19 @@ class Registry:
     def add_importer(self, scheme: str, importer: Importer) -> None:
         """What ``rtclake import SCHEME://...`` runs (for example Kohaku's S3 layout)."""
         self.importers[scheme] = importer
+
+    def add_demo(self, name: str, write: DemoWriter) -> None:
+        """What ``rtclake demo`` writes into ``DIR/NAME/`` and imports (a name once)."""
+        if name in self.demos:
+            raise ValueError(f"demo {name!r} registered twice")
+        self.demos[name] = write
+
+    def add_dashboard(self, uid: str, build: Callable[[], dict[str, Any]]) -> None:
+        """A Grafana dashboard: ``build`` returns its JSON model, which ``python -m
+        rtclake.grafana`` writes to ``deploy/grafana/dashboards/UID.json``."""
+        if uid in self.dashboards:
+            raise ValueError(f"dashboard {uid!r} registered twice")
+        self.dashboards[uid] = build
 
     def parse(self, kind: Kind, name: str, raw: Any) -> ComponentConfig:
         """Validate one component's settings against its type's model (raises

@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from rtclake.alerts import AlertEngine
 from rtclake.config import Settings
 from rtclake.delivery import Delivery
 from rtclake.errors import ConfigError
@@ -27,6 +28,7 @@ from rtclake.router import Router
 from rtclake.sinks.base import Sink
 from rtclake.sources.base import Source
 from rtclake.spool import Spool
+from rtclake.throughput import Throughput
 from rtclake.writer import Writer
 
 log = structlog.get_logger(__name__)
@@ -85,6 +87,7 @@ class Service:
         check_components(settings, self.registry)
         self.tables = self.registry.tables
         self.metrics = Metrics()
+        self.throughput = Throughput(self.metrics)  # records/s, for the dashboard
         r = settings.router
         self.router = Router(r.routes, r.default_table, self.tables)
         s = settings.spool
@@ -136,6 +139,20 @@ class Service:
             temp_root=settings.data_dir / "query-tmp",
             storage=lake_storage(settings),
         )
+        self.alerts = (
+            AlertEngine(
+                settings.alerts,
+                tables=self.tables,
+                query=self.query,
+                intake=self.intake,
+                metrics=self.metrics,
+                sinks=[sink.name for sink in self.sinks],
+                data_dir=settings.data_dir,
+                public_url=settings.server.base_url,
+            )
+            if any(rule.enabled for rule in settings.alerts.rules.values())
+            else None
+        )
         context = {"metrics": self.metrics, "intake": self.intake, "delivery": self.delivery}
         self.sources: list[Source] = (
             build_components("source", settings, self.registry, context)
@@ -161,8 +178,11 @@ class Service:
         if self.chain is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.chain.start)
         await self.writer.start()
+        self.throughput.start()
         for source in self.sources:
             await source.start()
+        if self.alerts is not None:
+            await self.alerts.start()
         log.info(
             "rtclake started",
             node=self.settings.node,
@@ -175,6 +195,9 @@ class Service:
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop accepting, store what the spool holds (within ``drain_timeout``), close."""
+        await self.throughput.stop()
+        if self.alerts is not None:
+            await self.alerts.stop()
         for source in self.sources:
             await source.stop()
         drained = await self.writer.drain(drain_timeout)

@@ -200,11 +200,14 @@ class Spool:
     @property
     def used_bytes(self) -> int:
         active = self._active.size if self._active else 0
-        return self._sealed_bytes + active
+        # cut segments waiting for their last fsync count too: between the cut and the
+        # seal they are neither open nor queued, and /healthz would show an empty spool
+        retiring = sum(seg.size for seg in list(self._retiring))
+        return self._sealed_bytes + active + retiring
 
     @property
     def segment_count(self) -> int:
-        return self._sealed_count + (1 if self._active else 0)
+        return self._sealed_count + len(self._retiring) + (1 if self._active else 0)
 
     def disk_free_bytes(self) -> int | None:
         """Bytes free for this process on the spool's file system (None if it cannot be

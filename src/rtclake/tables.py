@@ -367,6 +367,34 @@ DEAD_LETTERS = Table(
     ),
 )
 
+ALERTS = Table(
+    name="alerts",
+    kind="alert",
+    description="Alerts firing and resolved (rtclake.alerts), one row per notification:"
+    " ``id`` is unique per notification (a receiver drops a replay by it), ``alert_id``"
+    " shared by an alert's firing and resolved rows; ``notify`` the sinks that deliver it.",
+    columns=(
+        Column("id", "id", ("id",)),
+        Column("alert_id", "id", ("alert_id",)),
+        Column("rule", "string", ("rule",)),
+        Column("state", "string", ("state",)),
+        Column("source_table", "string", ("source_table",)),
+        Column("metric", "string", ("metric",)),
+        Column("condition", "string", ("condition",)),
+        Column("scope", "string", ("scope",)),
+        Column("scope_value", "string", ("scope_value",)),
+        Column("channel_id", "id", ("channel_id",)),
+        Column("session_id", "id", ("session_id",)),
+        Column("connection_id", "id", ("connection_id",)),
+        Column("value", "float", ("value",)),
+        Column("threshold", "float", ("threshold",)),
+        Column("since", "time", ("since",)),
+        Column("message", "string", ("message",)),
+        Column("url", "string", ("url",)),
+        Column("notify", "json", ("notify",)),
+    ),
+)
+
 EVENTS = Table(
     name="events",
     kind="event",

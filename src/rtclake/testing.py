@@ -1,10 +1,12 @@
-"""Helpers for testing rtclake and its extensions: a memory sink, a running server, and
-polling with a deadline. rtclake's own tests use them; so can a test of your own source,
-processor or sink (``from rtclake.testing import MemorySink, RunningServer``).
+"""Helpers for testing rtclake and its extensions: a memory sink, a running server, an
+HTTP receiver (a stand-in for Slack or a webhook), and polling with a deadline. rtclake's
+own tests use them; so can a test of your own source, processor or sink (``from
+rtclake.testing import MemorySink, RunningServer``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -153,6 +156,84 @@ class RunningServer:
                 return int(value)
             time.sleep(0.2)
         return int(value)
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request an :class:`HttpReceiver` got, and the status it answered."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class HttpReceiver:
+    """An HTTP server on a free loopback port, in a thread, that records every POST and
+    answers 200 ``ok``, or the statuses queued by :meth:`answer` for a path (with the body
+    ``invalid_payload``, as Slack does): a stand-in for Slack, a webhook receiver or any
+    HTTP API a sink calls.
+
+    ``with HttpReceiver() as receiver:`` starts and stops it; ``receiver.url + "/hook"``.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self._answers: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                with receiver._lock:
+                    queued = receiver._answers.get(self.path) or []
+                    status = queued.pop(0) if queued else 200
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    receiver.requests.append(Received("POST", self.path, headers, body, status))
+                text = b"ok" if status < 300 else b"invalid_payload"
+                self.send_response(status)
+                self.send_header("content-length", str(len(text)))
+                self.end_headers()
+                self.wfile.write(text)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # the test reads self.requests instead
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def answer(self, path: str, *statuses: int) -> None:
+        """Answer the next requests to ``path`` with ``statuses``, in order (then 200)."""
+        with self._lock:
+            self._answers.setdefault(path, []).extend(statuses)
+
+    def received(self, path: str) -> list[Received]:
+        """The requests to ``path``, in the order they came (each with its answer)."""
+        with self._lock:
+            return [r for r in self.requests if r.path == path]
+
+    def start(self) -> HttpReceiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> HttpReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 20.0, every: float = 0.1) -> T:

@@ -21,12 +21,12 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import orjson
@@ -48,6 +48,8 @@ MiB = 1024 * 1024
 # Types DuckDB 1.4 cannot hand to Arrow (TIME_NS, VARIANT) or hands over without their
 # offset (TIME WITH TIME ZONE): a column that holds one is cast by DuckDB itself.
 _NOT_ARROW = {"time_ns", "variant", "time with time zone"}
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -159,12 +161,15 @@ class QueryEngine:
         """:meth:`run` on the engine's own threads, which run at ``nice``: with one DuckDB
         thread per query (``threads``), a query's work is done on the thread that runs it,
         so the event loop and the spool's fsyncs get the CPU first."""
+        return await self.offload(functools.partial(self.run, sql, max_rows=max_rows))
+
+    async def offload(self, call: Callable[[], T]) -> T:
+        """Run ``call`` (which runs queries with :meth:`run`) on the engine's threads."""
         if self._executor is None:
             workers = 4 * (self.max_concurrent or 2)  # the rest wait for a slot, then 429
             self._executor = ThreadPoolExecutor(
                 workers, thread_name_prefix="rtclake-query", initializer=self._lower_priority
             )
-        call = functools.partial(self.run, sql, max_rows=max_rows)
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     def _lower_priority(self) -> None:
@@ -286,6 +291,14 @@ class QueryEngine:
         self, sql: str, *, max_rows: int | None = None, timeout: float | None = None
     ) -> QueryResult:
         """Run one read-only SELECT within the engine's limits."""
+        return self.run_many([sql], max_rows=max_rows, timeout=timeout)[0]
+
+    def run_many(
+        self, sqls: Sequence[str], *, max_rows: int | None = None, timeout: float | None = None
+    ) -> list[QueryResult]:
+        """Run read-only SELECTs one after the other on one connection, in one query slot,
+        each within the engine's limits: a dashboard's questions pay for one set-up of the
+        views (~0.1 s) instead of one each."""
         limit = min(max_rows or self.max_rows, self.max_rows)
         timeout = timeout or self.timeout
         with self._slot():
@@ -295,8 +308,9 @@ class QueryEngine:
             try:
                 con = self.connect(read_only=True, temp_directory=temp)
                 try:
-                    _check_statement(con, sql)
-                    return self._execute(con, sql, limit, timeout)
+                    for sql in sqls:
+                        _check_statement(con, sql)
+                    return [self._execute(con, sql, limit, timeout) for sql in sqls]
                 finally:
                     con.close()
             finally:

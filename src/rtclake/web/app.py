@@ -18,10 +18,12 @@ from starlette.schemas import SchemaGenerator
 from starlette.staticfiles import StaticFiles
 
 from rtclake import __version__
-from rtclake.errors import ConfigError, QueryBusy, QueryError
+from rtclake.errors import ConfigError, QueryError
 from rtclake.results import JSON_OPTIONS, json_rows
 from rtclake.service import Service
-from rtclake.web.http import JSON, bearer_ok, json_error
+from rtclake.web.connections import ConnectionEndpoints
+from rtclake.web.dashboard import DashboardEndpoints
+from rtclake.web.http import JSON, json_error, query_allowed, query_error
 
 _DOCS_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>rtclake API</title>
@@ -98,7 +100,7 @@ class NodeEndpoints:
               query.max_concurrent queries are running and none ended within
               query.queue_timeout (busy); see Retry-After.
         """
-        if not bearer_ok(request, self.query_token):
+        if not query_allowed(request, self.query_token):
             return json_error(401, "unauthorized", "a valid bearer token is required")
         try:
             body: Any = orjson.loads(await request.body())
@@ -112,10 +114,7 @@ class NodeEndpoints:
         try:
             result = await self.service.query.run_async(body["sql"], max_rows=max_rows)
         except QueryError as exc:
-            response = json_error(exc.status, exc.reason, exc.message)
-            if isinstance(exc, QueryBusy):
-                response.headers["Retry-After"] = str(exc.retry_after)
-            return response
+            return query_error(exc)
         payload = {
             "columns": result.columns,
             "types": [str(t) for t in result.types],
@@ -161,6 +160,8 @@ def create_app(service: Service) -> Starlette:
                 )
             taken[path] = source.name
             routes.append(route)
+    routes += ConnectionEndpoints(service).routes()
+    routes += DashboardEndpoints(service).routes()
     routes += [
         Route("/healthz", node.healthz, methods=["GET"]),
         Route("/metrics", node.metrics, methods=["GET"]),

@@ -3,6 +3,7 @@ decoding bodies within limits, and the OpenAPI text of the refusals, written onc
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import zlib
 from collections.abc import Callable
@@ -12,7 +13,14 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from rtclake.errors import InputError, PayloadTooLarge, SpoolUnavailable, UnsupportedEncoding
+from rtclake.errors import (
+    InputError,
+    PayloadTooLarge,
+    QueryBusy,
+    QueryError,
+    SpoolUnavailable,
+    UnsupportedEncoding,
+)
 from rtclake.metrics import Metrics
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -47,6 +55,29 @@ def bearer_ok(request: Request, token: str | None) -> bool:
     # byte (Starlette decodes headers as Latin-1, so this gives back the bytes sent).
     sent = value.strip().encode("latin-1")
     return scheme.lower() == "bearer" and hmac.compare_digest(sent, token.encode("utf-8"))
+
+
+SESSION_COOKIE = "rtclake_session"
+"""The dashboard's login cookie (``POST /api/dashboard/login``)."""
+
+
+def session_value(token: str) -> str:
+    """What the login cookie holds for ``token``: an HMAC of it, never the token itself;
+    a new token ends every session."""
+    return hmac.new(token.encode("utf-8"), b"rtclake dashboard session", hashlib.sha256).hexdigest()
+
+
+def query_allowed(request: Request, token: str | None) -> bool:
+    """True if no token is configured, or the request carries it as a bearer token or
+    holds the dashboard's login cookie for it."""
+    if bearer_ok(request, token):
+        return True
+    cookie = request.cookies.get(SESSION_COOKIE)
+    return (
+        token is not None
+        and cookie is not None
+        and hmac.compare_digest(cookie.encode("utf-8"), session_value(token).encode("ascii"))
+    )
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -137,3 +168,12 @@ def refusals_documented(handler: F) -> F:
     indent = last[: len(last) - len(last.lstrip())]
     handler.__doc__ = "\n".join([*lines, *(indent + line for line in _REFUSALS)]) + "\n"
     return handler
+
+
+def query_error(exc: QueryError) -> Response:
+    """The JSON answer to a query the engine refused or could not run (429s say when to
+    come back)."""
+    response = json_error(exc.status, exc.reason, exc.message)
+    if isinstance(exc, QueryBusy):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response

@@ -5,11 +5,14 @@ Sorabeat's derived fields, registered as components (``register`` is the entry p
 Source types: ``sora_webhooks`` (on by default as ``sora_webhooks``), ``sora_logs``,
 ``sora_api``, ``kohaku_s3``. Processor types: ``sora_counter_names`` and
 ``sorabeat_fields`` (on by default). File rule: Sora's log file names. Importer: ``s3://``
-(Kohaku's layout).
+(Kohaku's layout). Demo: ``rtclake demo``'s generated Sora log folder (``demo.py``).
+Grafana dashboards: overview, session, connection (``dashboards.py``).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from rtclake.registry import BuildContext, ProcessorConfig, Registry, SourceConfig
@@ -97,3 +100,15 @@ def register(registry: Registry) -> None:
         S3Importer(importer, s3_client(**options), S3Location.parse(url)).run(stats)
 
     registry.add_importer("s3", import_s3)
+
+    def write_demo(folder: Path, *, now: datetime, seed: int, minutes: int) -> dict[str, Any]:
+        from rtclake.integrations.sora import demo
+
+        return demo.write(folder, now=now, seed=seed, minutes=minutes)
+
+    registry.add_demo("sora", write_demo)
+
+    from rtclake.integrations.sora.dashboards import DASHBOARDS
+
+    for uid, build in DASHBOARDS.items():
+        registry.add_dashboard(uid, build)

@@ -136,7 +136,7 @@ CONNECTIONS = Table(
         Column("reason", "string", ("reason", "destroyed_reason", "disconnect_reason")),
         Column("audio", "json", ("audio",)),
         Column("video", "json", ("video",)),
-        Column("sora_client", "string", ("sora_client",)),
+        Column("sora_client", "json", ("sora_client",)),
         Column("simulcast", "bool", ("simulcast",)),
         Column("spotlight", "bool", ("spotlight",)),
     ),

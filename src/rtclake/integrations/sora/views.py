@@ -175,8 +175,7 @@ OPUS_BPL = 20.0  # loss robustness with in-band FEC (WebRTC's default useinbandf
 OPUS_DTX_IE = 8.0  # Ie while DTX sends almost nothing (silence)
 
 _PER_REPORT = """
-SELECT time, connection_id, any_value(channel_id) AS channel_id,
-    any_value(session_id) AS session_id, max(interval_s) AS interval_s,
+SELECT time, connection_id, channel_id, session_id, max(interval_s) AS interval_s,
     max(rtt_ms) AS rtt_ms,
     max(jitter_ms) FILTER (WHERE media_kind = 'audio') AS audio_jitter_ms,
     max(jitter_buffer_ms) FILTER (WHERE media_kind = 'audio') AS audio_jitter_buffer_ms,
@@ -191,8 +190,8 @@ SELECT time, connection_id, any_value(channel_id) AS channel_id,
     min(fps) FILTER (WHERE media_kind = 'video') AS video_fps,
     max(freezes_per_min) FILTER (WHERE media_kind = 'video') AS video_freezes_per_min
 FROM rtc_rates
-GROUP BY connection_id, time
-"""
+GROUP BY channel_id, session_id, connection_id, time
+"""  # grouped by the channel and the session too: a filter on either reaches the files
 
 # one-way mouth-to-ear delay, ms: half the round trip, the jitter buffer (else twice the
 # jitter), one Opus frame
@@ -304,4 +303,66 @@ FROM per_connection GROUP BY session_id
     ),
 )
 
-VIEWS = (RTC_RATES, CONNECTION_QUALITY, SESSION_QUALITY)
+
+CONNECTION_TRANSPORT = View(
+    name="connection_transport",
+    sql="""
+WITH transports AS (
+    SELECT connection_id, rtc_timestamp AS time, ice_state, dtls_state,
+        selected_candidate_pair_id, selected_candidate_pair_changes
+    FROM rtc_stats WHERE stats_type = 'transport'
+), pairs AS (
+    SELECT channel_id, session_id, connection_id, rtc_timestamp AS time, stats_id,
+        local_candidate_id, remote_candidate_id, state, nominated, current_round_trip_time,
+        available_outgoing_bitrate
+    FROM rtc_stats WHERE stats_type = 'candidate-pair'
+), candidates AS (
+    SELECT connection_id, stats_id, any_value(candidate_type) AS candidate_type,
+        any_value(protocol) AS protocol, any_value(relay_protocol) AS relay_protocol,
+        any_value(network_type) AS network_type
+    FROM rtc_stats WHERE stats_type IN ('local-candidate', 'remote-candidate')
+    GROUP BY connection_id, stats_id
+), selected AS (
+    SELECT p.*, t.ice_state, t.dtls_state, t.selected_candidate_pair_changes
+    FROM pairs p LEFT JOIN transports t
+        ON t.connection_id = p.connection_id AND t.time = p.time
+    QUALIFY row_number() OVER (
+        PARTITION BY p.channel_id, p.session_id, p.connection_id, p.time
+        ORDER BY (p.stats_id = t.selected_candidate_pair_id) DESC NULLS LAST,
+            (p.nominated AND p.state = 'succeeded') DESC NULLS LAST, p.stats_id) = 1
+)
+SELECT s.time, s.channel_id, s.session_id, s.connection_id, s.stats_id AS pair_id,
+    s.state AS pair_state, s.ice_state, s.dtls_state, s.selected_candidate_pair_changes,
+    l.candidate_type AS local_candidate_type, l.protocol AS local_protocol,
+    l.relay_protocol, l.network_type, r.candidate_type AS remote_candidate_type,
+    1000.0 * s.current_round_trip_time AS rtt_ms,
+    s.available_outgoing_bitrate AS available_outgoing_bitrate_bps
+FROM selected s
+LEFT JOIN candidates l ON l.connection_id = s.connection_id AND l.stats_id = s.local_candidate_id
+LEFT JOIN candidates r ON r.connection_id = s.connection_id AND r.stats_id = s.remote_candidate_id
+""",
+    description=(
+        "Per connection and report: the selected candidate pair (the transport's, else the"
+        " nominated succeeded pair), its candidates' types and the ICE and DTLS states."
+    ),
+    columns=(
+        ("time", "the report's rtc_timestamp"),
+        ("channel_id", "Sora channel"),
+        ("session_id", "Sora session"),
+        ("connection_id", "Sora connection"),
+        ("pair_id", "the selected candidate pair's stats id"),
+        ("pair_state", "its state (succeeded, in-progress, failed, ...)"),
+        ("ice_state", "the transport's iceState (connected, disconnected, failed, ...)"),
+        ("dtls_state", "the transport's dtlsState"),
+        ("selected_candidate_pair_changes", "how often the selected pair changed so far"),
+        ("local_candidate_type", "host, srflx, prflx or relay (relay: through TURN)"),
+        ("local_protocol", "udp or tcp"),
+        ("relay_protocol", "to the TURN server: udp, tcp or tls"),
+        ("network_type", "the local candidate's network type, when reported"),
+        ("remote_candidate_type", "the remote candidate's type"),
+        ("rtt_ms", "the pair's current_round_trip_time × 1000"),
+        ("available_outgoing_bitrate_bps", "the pair's available_outgoing_bitrate"),
+    ),
+)
+
+VIEWS = (RTC_RATES, CONNECTION_QUALITY, SESSION_QUALITY, CONNECTION_TRANSPORT)

@@ -1,0 +1,78 @@
+"""The Slack sink: alerts to a Slack incoming webhook.
+
+What it accepts: the rows of the ``alerts`` table whose ``notify`` names this sink; each
+becomes one POST of ``{"text": ...}``: the alert's message (which names the connection or
+session and carries the link to its page), marked firing or resolved. Other tables are
+not sent.
+
+What it guarantees: as the webhook sink (:mod:`rtclake.sinks.webhook`): at least once; no
+answer, a 5xx or a 429 (Slack's rate limit) is retried; another refusal (400
+``invalid_payload``, 403, 404 ``no_service``, 410 ``channel_is_archived``) sends the
+alert to ``dead_letters``; so does an outage longer than ``give_up_after``.
+
+What it reports: the delivery's metrics under the sink's name.
+"""
+
+from __future__ import annotations
+
+from rtclake.errors import SinkError
+from rtclake.registry import BuildContext, ComponentType
+from rtclake.sinks.base import Batch, Sink
+from rtclake.sinks.webhook import HttpSinkConfig, Poster, alerts_for
+from rtclake.tables import ALERTS, TableRegistry
+
+ICONS = {"firing": ":rotating_light:", "resolved": ":white_check_mark:"}
+
+
+class SlackConfig(HttpSinkConfig):
+    """``type: slack``: ``url`` is the incoming webhook's
+    (https://hooks.slack.com/services/...)."""
+
+
+def slack_text(alert: dict[str, object]) -> str:
+    """The message of an alert row as Slack text (``&``, ``<``, ``>`` escaped, as Slack
+    asks; a URL in it stays a link)."""
+    message = str(alert.get("message") or "")
+    escaped = message.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    icon = ICONS.get(str(alert.get("state")), "")
+    return f"{icon} {escaped}".strip()
+
+
+class Slack(Sink):
+    """Posts each alert that names it to a Slack incoming webhook."""
+
+    needs_record_id = False  # alerts carry theirs; rtc_stats' would cost MD5s for nothing
+
+    def __init__(self, config: SlackConfig, tables: TableRegistry, name: str) -> None:
+        self.name = name
+        self.tables = tables
+        self.poster = Poster(config)
+
+    def start(self) -> None:
+        self.poster.start()
+
+    def close(self) -> None:
+        self.poster.close()
+
+    def write(self, batch: Batch) -> None:
+        self.poster.begin(batch)
+        pending: list[int] = []
+        outage: SinkError | None = None
+        for index, alert in alerts_for(batch, self.tables, self.name):
+            if outage is not None:  # Slack is down: the rest waits for the retry
+                pending.append(index)
+                continue
+            body = {"text": slack_text(alert)}
+            try:
+                self.poster.send(str(alert["id"]), body, ALERTS.name, [index])
+            except SinkError as exc:
+                outage = exc
+                pending.append(index)
+        self.poster.finish({ALERTS.name: pending} if pending else {}, outage)
+
+
+def build(config: SlackConfig, ctx: BuildContext) -> Slack:
+    return Slack(config, ctx.tables, ctx.name)
+
+
+SLACK = ComponentType("sink", "slack", SlackConfig, build, "Alerts to a Slack incoming webhook.")
