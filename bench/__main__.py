@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import cli_startup, http_ingest, ingest_under_queries, sora_import
+from bench import cli_startup, dashboard_queries, http_ingest, ingest_under_queries, sora_import
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Plan:
     sora_rounds: int
     cli_rounds: int
     cli_baseline: str | None
+    dashboard: dashboard_queries.Options
 
 
 def parse(argv: Sequence[str]) -> Plan:
@@ -93,7 +94,7 @@ def parse(argv: Sequence[str]) -> Plan:
     p.add_argument("--out-dir", type=Path, default=d.out_dir)
     p.add_argument(
         "--only",
-        choices=("http", "queries", "sora", "cli"),
+        choices=("http", "queries", "sora", "cli", "dashboard"),
         help="run one benchmark (default: all)",
     )
     p.add_argument("--cli-rounds", type=int, default=cli_startup.ROUNDS)
@@ -106,7 +107,39 @@ def parse(argv: Sequence[str]) -> Plan:
     p.add_argument(
         "--sora-rounds", type=int, default=sora_import.ROUNDS, help="alternating runs per side"
     )
+    p.add_argument(
+        "--dashboard-connections",
+        type=int,
+        default=dashboard_queries.CONNECTIONS,
+        help="connections in the dashboard benchmark's corpus",
+    )
+    p.add_argument(
+        "--dashboard-hours",
+        type=int,
+        default=dashboard_queries.HOURS,
+        help="hours of reports (one a minute) in the dashboard benchmark's corpus",
+    )
+    p.add_argument(
+        "--dashboard-room",
+        type=int,
+        default=dashboard_queries.ROOM,
+        help="connections per room (session) in the dashboard benchmark's corpus",
+    )
+    p.add_argument(
+        "--dashboard-rounds",
+        type=int,
+        default=dashboard_queries.ROUNDS,
+        help="measured rounds of the dashboard benchmark, after its warm-up",
+    )
+    p.add_argument("--dashboard-warmup", type=int, default=dashboard_queries.WARMUP)
+    p.add_argument(
+        "--dashboard-rebuild",
+        action="store_true",
+        help="generate and load the dashboard benchmark's corpus again (else cached)",
+    )
     a = p.parse_args(argv)
+    if min(a.dashboard_connections, a.dashboard_hours, a.dashboard_room, a.dashboard_rounds) < 1:
+        p.error("--dashboard-connections, -hours, -room and -rounds must be >= 1")
     if (a.duration is not None and a.duration <= 0) or a.warmup < 0:
         p.error("--duration must be > 0 and --warmup >= 0")
     if a.queries_rate <= 0 or a.queries_connections <= 0 or a.query_clients < 0:
@@ -143,7 +176,19 @@ def parse(argv: Sequence[str]) -> Plan:
         write_docs=not a.no_docs,
         out_dir=a.out_dir.resolve(),
     )
-    return Plan(a.only, http, queries, a.sora_lines, a.sora_rounds, a.cli_rounds, a.cli_baseline)
+    dashboard = dashboard_queries.Options(
+        out_dir=a.out_dir.resolve(),
+        connections=a.dashboard_connections,
+        hours=a.dashboard_hours,
+        room=a.dashboard_room,
+        rounds=a.dashboard_rounds,
+        warmup=max(0, a.dashboard_warmup),
+        rebuild=a.dashboard_rebuild,
+        write_docs=not a.no_docs,
+    )
+    return Plan(
+        a.only, http, queries, a.sora_lines, a.sora_rounds, a.cli_rounds, a.cli_baseline, dashboard
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = code or int(not all(v.passed for v in verdicts))
     if plan.only in (None, "cli"):
         cli_startup.run(plan.http.out_dir, plan.http.write_docs, plan.cli_rounds, plan.cli_baseline)
+    if plan.only in (None, "dashboard"):
+        code = dashboard_queries.run(plan.dashboard, args) or code
     return code
 
 

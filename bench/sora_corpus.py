@@ -9,13 +9,16 @@ counters that grow.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import gzip
 import random
 from collections.abc import Iterator
 from pathlib import Path
 
 from rtclake.integrations.sora.log_format import erlang, rtc_stats_lines, sora_id
 
-_T0 = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
+START = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
+"""When the first report is made."""
 
 
 def _stats(rng: random.Random, n: int, ts_ms: float, peers: list[str]) -> list[dict[str, object]]:
@@ -327,28 +330,34 @@ def _stats(rng: random.Random, n: int, ts_ms: float, peers: list[str]) -> list[d
     return out
 
 
-def lines(total: int, *, connections: int = 400, seed: int = 7) -> Iterator[bytes]:
-    """``total`` rtc_stats lines: ``connections`` connections in rooms of four, reporting
-    in turn every 60 s (each sees the other three as inbound tracks)."""
+def objects_per_report(room: int = 4) -> int:
+    """How many RTCStats objects (lines) one report of a connection in a room of ``room``
+    holds: 15 of its own, and an audio and a video inbound-rtp per other participant."""
+    return 15 + 2 * (room - 1)
+
+
+def lines(total: int, *, connections: int = 400, room: int = 4, seed: int = 7) -> Iterator[bytes]:
+    """``total`` rtc_stats lines: ``connections`` connections in rooms of ``room``,
+    reporting in turn every 60 s (each sees the others of its room as inbound tracks)."""
     rng = random.Random(seed)
     conns = [sora_id(rng) for _ in range(connections)]
-    sessions = {c: conns[i - i % 4] for i, c in enumerate(conns)}
+    sessions = {c: conns[i - i % room] for i, c in enumerate(conns)}
     made = 0
     n = 0
     while made < total:
         for i, conn in enumerate(conns):
-            room = conns[i - i % 4 : i - i % 4 + 4]
-            when = _T0 + dt.timedelta(seconds=60 * n + i * 60 / connections)
+            members = conns[i - i % room : i - i % room + room]
+            when = START + dt.timedelta(seconds=60 * n + i * 60 / connections)
             ts_ms = when.timestamp() * 1000
             envelope = {
                 "connection_id": conn, "id": sora_id(rng), "label": "WebRTC SFU Sora",
                 "timestamp": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
                 "type": "connection.rtc", "version": "2025.2.1", "node_name": "sora@192.0.2.1",
-                "session_id": sessions[conn], "role": "sendrecv", "channel_id": f"room-{i // 4}",
+                "session_id": sessions[conn], "role": "sendrecv", "channel_id": f"room-{i // room}",
                 "spotlight": False, "bundle_id": conn, "client_id": conn,
                 "group_id": sessions[conn], "simulcast": False, "log_written": False,
             }  # fmt: skip
-            peers = [p for p in room if p != conn]
+            peers = [p for p in members if p != conn]
             for line in rtc_stats_lines(envelope, _stats(rng, n, ts_ms, peers)):
                 yield line
                 made += 1
@@ -357,14 +366,19 @@ def lines(total: int, *, connections: int = 400, seed: int = 7) -> Iterator[byte
         n += 1
 
 
-def write(path: Path, total: int) -> Path:
-    """Write ``total`` lines to ``path`` (kept if it already has them)."""
-    if path.exists() and sum(1 for _ in path.open("rb")) == total:
-        return path
+def write(path: Path, total: int, *, connections: int = 400, room: int = 4) -> Path:
+    """Write ``total`` lines to ``path`` (kept if it already has them); gzipped (fast, level
+    1) when its name ends in ``.gz``."""
+    gz = path.suffix == ".gz"
+    opener = functools.partial(gzip.open, compresslevel=1) if gz else open
+    if path.exists():
+        with opener(path, "rb") as fh:
+            if sum(1 for _ in fh) == total:
+                return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as fh:
-        for line in lines(total):
+    tmp = path.with_name(path.name + ".tmp")
+    with opener(tmp, "wb") as fh:
+        for line in lines(total, connections=connections, room=room):
             fh.write(line + b"\n")
     tmp.replace(path)
     return path

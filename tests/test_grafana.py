@@ -6,7 +6,6 @@ data, answering rows of the types its panel needs."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,11 +20,14 @@ import yaml
 from rtclake.delivery import Delivery
 from rtclake.grafana import (
     DASHBOARDS,
-    DATA_DIR,
     DATASOURCE,
     DATASOURCE_FILE,
     EMPTY_LAKE,
     init_sql,
+    interpolate,
+    panels,
+    plugin_duckdb,
+    queries,
     render,
     stale_empty_files,
 )
@@ -204,9 +206,7 @@ def grafana_duckdb(root: Path) -> duckdb.DuckDBPyConnection:
     shutil.copytree(GRAFANA / EMPTY_LAKE, root / "rtclake-empty" / "lake")
     source = datasource()
     assert source["jsonData"]["path"] == ""  # an in-memory database
-    con = duckdb.connect()
-    con.execute(source["jsonData"]["initSql"].replace(DATA_DIR, str(root / "rtclake")))
-    return con
+    return plugin_duckdb(source["jsonData"]["initSql"], root)
 
 
 @pytest.fixture(scope="module")
@@ -226,31 +226,10 @@ def grafana(lake: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 
 # -- the dashboards' queries, as Grafana and the plugin rewrite them -------------------------
 
-VARIABLE = re.compile(r"\$\{(\w+):(\w+)\}")
-TIME_FILTER = re.compile(r"\$__timeFilter\(([^()]*)\)")
 
-
-def interpolate(sql: str, variables: dict[str, str]) -> str:
-    """``sql`` as DuckDB gets it. Grafana's front end replaces variables (the dashboards
-    name a format, so panels and variable queries get the same text: ``sqlstring`` quotes a
-    value as an SQL literal, ``raw`` leaves it); the plugin's back end then replaces its
-    macros ($__timeFilter(column), $__timeFrom(), $__timeTo(); grafana-plugin-sdk-go's
-    sqlutil and the plugin's own)."""
-
-    def value(match: re.Match[str]) -> str:
-        name, fmt = match[1], match[2]
-        known = {**variables, "__interval_ms": str(INTERVAL_MS)}
-        assert name in known, f"unknown variable {name}"
-        if fmt == "sqlstring":
-            return "'" + known[name].replace("'", "''") + "'"
-        assert fmt == "raw" and name == "__interval_ms", f"${{{name}:{fmt}}}: use :sqlstring"
-        return known[name]
-
-    sql = VARIABLE.sub(value, sql)
-    sql = TIME_FILTER.sub(lambda m: f"{m[1]} >= '{FROM}' AND {m[1]} <= '{TO}'", sql)
-    sql = sql.replace("$__timeFrom()", f"'{FROM}'").replace("$__timeTo()", f"'{TO}'")
-    assert "$" not in sql, f"a variable or macro the test (and maybe the plugin) lacks:\n{sql}"
-    return sql
+def as_sent(sql: str, variables: dict[str, str]) -> str:
+    """``sql`` as DuckDB gets it in the test's time range (rtclake.grafana.interpolate)."""
+    return interpolate(sql, variables, time_from=FROM, time_to=TO, interval_ms=INTERVAL_MS)
 
 
 def dashboards() -> dict[str, dict[str, Any]]:
@@ -260,40 +239,23 @@ def dashboards() -> dict[str, dict[str, Any]]:
     }
 
 
-def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every panel, those inside collapsed rows too; rows themselves are not panels."""
-    for panel in board["panels"]:
-        if panel["type"] == "row":
-            yield from panel.get("panels", [])
-        else:
-            yield panel
-
-
-def queries() -> list[Any]:
+def all_queries() -> list[Any]:
     """(dashboard, what, panel type, format, SQL) of every query, as pytest params."""
-    params = []
-    for uid, board in dashboards().items():
-        for var in board["templating"]["list"]:
-            what = f"variable {var['name']}"
-            params.append(pytest.param(uid, what, "variable", "table", var["query"],
-                                       id=f"{uid}: {what}"))  # fmt: skip
-        for panel in panels(board):
-            for target in panel["targets"]:
-                params.append(pytest.param(
-                    uid, panel["title"], panel["type"], target["format"], target["rawSql"],
-                    id=f"{uid}: {panel['title']}",
-                ))  # fmt: skip
-    return params
+    return [
+        pytest.param(uid, q.what, q.kind, q.fmt, q.sql, id=f"{uid}: {q.what}")
+        for uid, board in dashboards().items()
+        for q in queries(board)
+    ]
 
 
 def run(
     con: duckdb.DuckDBPyConnection, sql: str, variables: dict[str, str]
 ) -> tuple[list[str], list[str], pa.Table]:
-    relation = con.sql(interpolate(sql, variables))
+    relation = con.sql(as_sent(sql, variables))
     return relation.columns, [str(t) for t in relation.types], relation.fetch_arrow_table()
 
 
-@pytest.mark.parametrize(("uid", "what", "kind", "fmt", "sql"), queries())
+@pytest.mark.parametrize(("uid", "what", "kind", "fmt", "sql"), all_queries())
 def test_the_query_runs_and_answers_typed_rows(
     grafana: duckdb.DuckDBPyConnection, uid: str, what: str, kind: str, fmt: str, sql: str
 ) -> None:
@@ -330,7 +292,7 @@ def test_every_panel_has_a_query_and_every_query_runs_in_the_test() -> None:
     assert set(boards) == {"rtclake-overview", "rtclake-session", "rtclake-connection"}
     titles = {uid: board["title"] for uid, board in boards.items()}
     assert titles["rtclake-overview"] == "rtclake overview"
-    tested = {(p.values[0], p.values[1]) for p in queries()}
+    tested = {(p.values[0], p.values[1]) for p in all_queries()}
     for uid, board in boards.items():
         titles_of = [p["title"] for p in panels(board)]
         assert len(set(titles_of)) == len(titles_of), f"{uid}: titles repeat"
@@ -385,9 +347,9 @@ def test_an_empty_lake_gives_every_view_and_later_files_appear(tmp_path: Path) -
     """Before rtclake writes anything, the init SQL still runs and every query answers;
     files written afterwards show without running it again."""
     con = grafana_duckdb(tmp_path)
-    for param in queries():
+    for param in all_queries():
         uid, sql = param.values[0], param.values[4]
-        con.sql(interpolate(sql, CHOSEN[uid])).fetch_arrow_table()
+        con.sql(as_sent(sql, CHOSEN[uid])).fetch_arrow_table()
     assert con.sql("SELECT count(*) FROM rtc_rates").fetchone() == (0,)
     fill_lake(tmp_path / "rtclake" / "lake", tmp_path / "import")
     assert con.sql("SELECT count(*) FROM rtc_rates").fetchone() > (0,)

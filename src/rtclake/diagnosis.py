@@ -302,7 +302,8 @@ def _transport_findings(transport: Sequence[dict[str, Any]]) -> list[Finding]:
 
 
 def _views(engine: QueryEngine) -> set[str]:
-    return set(engine.tables.views)
+    """The names queries can read: tables (derived ones too) and views."""
+    return set(engine.tables.views) | set(engine.tables.names())
 
 
 def diagnose(engine: QueryEngine, connection_id: str, config: DiagnosisConfig) -> dict[str, Any]:

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import duckdb
 import pyarrow.parquet as pq
 
 from rtclake.lake import layout
@@ -394,6 +396,90 @@ def dashboard(
 
 def dashboard_json(board: dict[str, Any]) -> str:
     return json.dumps(board, indent=2, ensure_ascii=False) + "\n"
+
+
+# -- running the dashboards' queries (tests, benchmarks) ------------------------------------
+
+_VARIABLE = re.compile(r"\$\{(\w+):(\w+)\}")
+_TIME_FILTER = re.compile(r"\$__timeFilter\(([^()]*)\)")
+
+
+def interpolate(
+    sql: str, variables: Mapping[str, str], *, time_from: str, time_to: str, interval_ms: int
+) -> str:
+    """``sql`` as DuckDB gets it, for the time range ``time_from`` to ``time_to`` (RFC 3339,
+    as the plugin formats them) and Grafana's ``interval_ms``.
+
+    Grafana's front end replaces variables (the dashboards name a format, so panels and
+    variable queries get the same text: ``sqlstring`` quotes a value as an SQL literal,
+    ``raw`` leaves it); the plugin's back end then replaces its macros
+    ($__timeFilter(column), $__timeFrom(), $__timeTo(); grafana-plugin-sdk-go's sqlutil and
+    the plugin's own). Raises ValueError for a variable or macro this does not know."""
+    known = {**variables, "__interval_ms": str(interval_ms)}
+
+    def value(match: re.Match[str]) -> str:
+        name, fmt = match[1], match[2]
+        if name not in known:
+            raise ValueError(f"unknown variable {name}")
+        if fmt == "sqlstring":
+            return "'" + known[name].replace("'", "''") + "'"
+        if fmt != "raw" or name != "__interval_ms":
+            raise ValueError(f"${{{name}:{fmt}}}: use :sqlstring")
+        return known[name]
+
+    sql = _VARIABLE.sub(value, sql)
+    sql = _TIME_FILTER.sub(lambda m: f"{m[1]} >= '{time_from}' AND {m[1]} <= '{time_to}'", sql)
+    sql = sql.replace("$__timeFrom()", f"'{time_from}'").replace("$__timeTo()", f"'{time_to}'")
+    if "$" in sql:
+        raise ValueError(f"a variable or macro this (and maybe the plugin) lacks:\n{sql}")
+    return sql
+
+
+def panels(board: Mapping[str, Any]) -> Iterator[Panel]:
+    """Every panel of a dashboard, those inside collapsed rows too; rows themselves are not
+    panels."""
+    for panel in board["panels"]:
+        if panel["type"] == "row":
+            yield from panel.get("panels", [])
+        else:
+            yield panel
+
+
+class Query(NamedTuple):
+    """One query of a dashboard: a variable's (``kind`` "variable") or a panel's."""
+
+    what: str  # "variable NAME", or the panel's title
+    kind: str  # "variable", or the panel's type
+    fmt: str  # "table" or "time_series"
+    sql: str
+    interval: str | None  # the panel's smallest $__interval_ms ("2m"), if it sets one
+
+
+def queries(board: Mapping[str, Any]) -> list[Query]:
+    """Every query of a dashboard: its variables' in order, then its panels'."""
+    found = [
+        Query(f"variable {var['name']}", "variable", "table", var["query"], None)
+        for var in board["templating"]["list"]
+    ]
+    for panel in panels(board):
+        for query in panel["targets"]:
+            found.append(Query(panel["title"], panel["type"], query["format"], query["rawSql"],
+                               panel.get("interval")))  # fmt: skip
+    return found
+
+
+def plugin_duckdb(init: str, var_lib: Path) -> duckdb.DuckDBPyConnection:
+    """What the plugin makes of a data source with ``init`` as its init SQL (in-memory),
+    with ``var_lib`` as the Grafana container's /var/lib: rtclake's data volume at
+    ``var_lib/rtclake`` (the lake in its ``lake``), the empty lake at
+    ``var_lib/rtclake-empty/lake`` (:func:`write_empty_lake`)."""
+    con = duckdb.connect()
+    try:
+        con.execute(init.replace(DATA_DIR, str(var_lib / "rtclake")))
+    except BaseException:
+        con.close()
+        raise
+    return con
 
 
 # -- writing --------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from isal.isal_zlib import _GzipReader  # gzip inflated 2-3x faster than zlib (I
 from rtclake import _jsoncols
 from rtclake.convert import Converter
 from rtclake.delivery import Delivery
+from rtclake.derive import Derivations
 from rtclake.durable import write_atomic
 from rtclake.intake import make_entry
 from rtclake.logfiles import unrotated
@@ -223,6 +224,8 @@ class Importer:
         # Two blocks convert at once (one per core); DuckDB, one thread per block, only
         # hashes record ids, when a sink needs them.
         self._converter = Converter(tables, threads=1, record_ids=delivery.needs_record_id)
+        # derived tables (rates from counters): state in memory, for this import's run
+        self.derivations = Derivations(tables.derivations)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="import-convert")
         self._reader = BlockReader(block_bytes)
         self._pool_before = _jsoncols.set_pool_limit(POOL_BYTES)
@@ -352,10 +355,13 @@ class Importer:
                 self._report(label, line, parsed)
                 stats.bad_lines += len(parsed.bad)
                 if parsed.rows is not None:
-                    batch = Batch(self.node, run, item.end, {table.name: parsed.rows})
+                    tables = {table.name: parsed.rows}
+                    derived, pending = self.derivations.derive(tables)
+                    batch = Batch(self.node, run, item.end, {**tables, **derived})
                     self.delivery.deliver_retrying(batch)
-                    stats.rows += batch.num_rows
-                    del batch
+                    self.derivations.commit(pending)
+                    stats.rows += parsed.rows.num_rows
+                    del batch, tables, derived
                 line += parsed.lines
                 del parsed
                 state.offset, state.line = item.end, line

@@ -36,6 +36,7 @@ from rtclake.tables import DEAD_LETTERS, EVENTS, TELEMETRY, Table, TableRegistry
 if TYPE_CHECKING:
     from rtclake.config import Settings
     from rtclake.delivery import Delivery
+    from rtclake.derive import Derivation
     from rtclake.intake import Intake
     from rtclake.metrics import Metrics
 
@@ -169,6 +170,13 @@ class Registry:
     def add_table(self, *tables: Table) -> None:
         for table in tables:
             self.tables.add(table)
+
+    def add_derivation(self, *derivations: Derivation) -> None:
+        """Tables derived from each batch of another as it is stored (writer and imports),
+        with state carried from batch to batch; their output tables are added too."""
+        for derivation in derivations:
+            self.add_table(*derivation.outputs)
+            self.tables.derivations.append(derivation)
 
     def add_view(self, *views: View) -> None:
         """Views every query connection creates, in this order, after the tables'."""

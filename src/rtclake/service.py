@@ -131,6 +131,7 @@ class Service:
             retry_max=w.retry_max,
             maintenance_interval=w.maintenance_interval,
             process=self.intake.process_entries if self.chain and self.chain.has("store") else None,
+            derived_state=settings.data_dir / "derived",
         )
         self.query = QueryEngine.from_config(
             settings.lake_root,

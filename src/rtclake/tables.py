@@ -149,6 +149,9 @@ class Table:
     identity: tuple[str, ...] = ()
     sparse_extra: bool = False
     description: str = ""
+    #: Rows never repeat (a derived table, written once per batch): queries need not hide
+    #: repeated record ids, which costs a window over the whole table.
+    unique_rows: bool = False
     _validator: Any = field(default=None, init=False, repr=False, compare=False)
     _checker: Any = field(default=None, init=False, repr=False, compare=False)
     _spec: Any = field(default=None, init=False, repr=False, compare=False)
@@ -431,6 +434,7 @@ class TableRegistry:
     def __init__(self, tables: Iterable[Table] = ()) -> None:
         self._tables: dict[str, Table] = {}
         self.views: dict[str, View] = {}
+        self.derivations: list[Any] = []  # rtclake.derive.Derivation, in order
         for table in tables:
             self.add(table)
 

@@ -26,6 +26,7 @@ import structlog
 from rtclake import faults
 from rtclake.convert import Converter
 from rtclake.delivery import Delivery
+from rtclake.derive import Derivations
 from rtclake.memory import release_memory
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch
@@ -51,6 +52,7 @@ class Writer:
         retry_max: float = 30.0,
         maintenance_interval: float = 300.0,
         process: Callable[[list[Entry], str, int], list[Entry]] | None = None,
+        derived_state: Path | None = None,
     ) -> None:
         self.spool = spool
         self.delivery = delivery
@@ -61,6 +63,8 @@ class Writer:
         self.maintenance_interval = maintenance_interval
         self.process = process  # the store-stage processors (Intake.process_entries)
         self._converter = Converter(tables, record_ids=delivery.needs_record_id)
+        # derived tables (rates from counters), their state kept in derived_state
+        self.derivations = Derivations(tables.derivations, derived_state)
         self._task: asyncio.Task[None] | None = None
         self._busy = False
         self._data_failures: dict[Path, int] = {}
@@ -151,7 +155,8 @@ class Writer:
             )
             return False
         faults.check("writer.after_convert")
-        batch = Batch(self.node, seg.run, seg.seq, tables)
+        derived, pending = self.derivations.derive(tables)
+        batch = Batch(self.node, seg.run, seg.seq, {**tables, **derived})
         outcome = self.delivery.deliver(
             batch, Spool.acked_sinks(seg), lambda sink: self.spool.ack(seg, sink)
         )
@@ -161,6 +166,10 @@ class Writer:
             self._data_failures[seg.path] = self._data_failures.get(seg.path, 0) + 1
         if outcome.done:
             self.spool.remove(seg)
+            # after the removal: a crash before it replays the batch with the state it
+            # was derived from (the same rows again); a crash after it only makes the
+            # next batch's first interval per stream span two reports
+            self.derivations.commit(pending)
             faults.check("writer.after_remove")
             log.info(
                 "writer: batch stored",

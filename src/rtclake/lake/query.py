@@ -202,8 +202,18 @@ class QueryEngine:
             f"read_parquet({_sql_list(files)}, hive_partitioning = true,"
             " hive_types = {'date': DATE}, union_by_name = true)"
         )
-        key = ", ".join(f'"{c}"' for c in table.identity) or "record_id"
-        dedup = f" QUALIFY row_number() OVER (PARTITION BY {key}) = 1" if self.dedup else ""
+        # channel and session are constant per record identity (a repeated record carries
+        # the same), and in the partition a filter on either passes the window to the files
+        names = {c.name for c in table.columns}
+        also = [c for c in ("channel_id", "session_id") if c in names and c not in table.identity]
+        key = (
+            ", ".join(f'"{c}"' for c in (*table.identity, *also)) if table.identity else "record_id"
+        )
+        dedup = (
+            f" QUALIFY row_number() OVER (PARTITION BY {key}) = 1"
+            if self.dedup and not table.unique_rows
+            else ""
+        )
         derived = f"{table.identity_sql()} AS record_id, " if table.identity else ""
         return (
             f'CREATE OR REPLACE VIEW "{table.name}" AS SELECT {derived}* REPLACE'

@@ -1,170 +1,105 @@
-"""Derived views over Sora's ``rtc_stats``: rates from counters (``rtc_rates``) and quality
-scores (``connection_quality``, ``session_quality``). Column by column in docs/METRICS.md;
-formulas, constants and their sources in docs/QUALITY.md.
-
-A browser's getStats counters only grow, so a rate is the difference of two consecutive
-samples of the same stream (``connection_id``, ``stats_id``) over the time between them.
-A counter that goes down was reset (a reconnect, an ICE restart, a new SSRC): that
-interval takes the new value as its difference, as Prometheus's ``rate()`` does, so no
-rate is ever negative. The window partitions by channel, session and connection (each
-constant per connection) so that a filter on any of them reaches the files before the
-window runs.
+"""What Sora's ``rtc_stats`` is turned into: ``rtc_rates``, rates from the counters of
+consecutive samples, derived as the stats are stored (:class:`RatesDerivation`, formulas in
+:mod:`.rates`), and the query-time views over it: quality scores (``connection_quality``,
+``session_quality``) and the selected transport (``connection_transport``). Column by
+column in docs/METRICS.md; formulas, constants and their sources in docs/QUALITY.md.
 """
 
 from __future__ import annotations
 
-from rtclake.tables import View
+import pyarrow as pa
 
-# the counters whose differences make the rates
-_COUNTERS = (
-    "bytes_sent", "bytes_received", "packets_sent", "packets_received", "packets_lost",
-    "freeze_count", "concealed_samples", "total_samples_received", "nack_count", "pli_count",
-    "fir_count", "frames_decoded", "frames_encoded", "jitter_buffer_delay",
-    "jitter_buffer_emitted_count",
-)  # fmt: skip
-# seconds spent per quality-limitation reason (qualityLimitationDurations), as counters
-_REASONS = ("none", "cpu", "bandwidth", "other")
-_TYPES = ("inbound-rtp", "outbound-rtp", "remote-inbound-rtp", "candidate-pair")
+from rtclake.derive import Derivation
+from rtclake.integrations.sora import rates
+from rtclake.tables import Column, FieldKind, Table, View
 
-
-def _d(column: str) -> str:
-    """The counter's increase since the previous sample; on a reset, its new value."""
-    prev = f"prev_{column}"
-    return (
-        f"(CASE WHEN {prev} IS NULL THEN NULL WHEN {column} >= {prev} THEN {column} - {prev}"
-        f" ELSE {column} END)"
-    )
-
-
-def _per_s(expr: str) -> str:
-    return f"({expr}) / interval_s"
-
-
-_SAMPLES = f"""
-SELECT channel_id, session_id, connection_id, stats_type, stats_id, media_kind, rtc_timestamp,
-    {", ".join(_COUNTERS)},
-    fraction_lost, jitter, round_trip_time, current_round_trip_time, frames_per_second,
-    frame_width, frame_height, quality_limitation_reason,
-    {", ".join(f"TRY_CAST(quality_limitation_durations->>'{r}' AS DOUBLE) AS ql_{r}"
-               for r in _REASONS)}
-FROM rtc_stats
-WHERE stats_type IN ({", ".join(f"'{t}'" for t in _TYPES)})
-"""  # fmt: skip
-
-_LAGGED_COLUMNS = (*_COUNTERS, *(f"ql_{r}" for r in _REASONS))
-_LAGGED = f"""
-SELECT *, lag(rtc_timestamp) OVER w AS prev_rtc_timestamp,
-    {", ".join(f"lag({c}) OVER w AS prev_{c}" for c in _LAGGED_COLUMNS)}
-FROM ({_SAMPLES})
-WINDOW w AS (PARTITION BY channel_id, session_id, connection_id, stats_id ORDER BY rtc_timestamp)
-"""  # fmt: skip
-
-_WITH_INTERVAL = f"""
-SELECT *, epoch(rtc_timestamp) - epoch(prev_rtc_timestamp) AS interval_s
-FROM ({_LAGGED})
-WHERE prev_rtc_timestamp IS NOT NULL AND rtc_timestamp > prev_rtc_timestamp
-"""
-
-_inbound_loss = (
-    f"CASE WHEN {_d('packets_received')} + {_d('packets_lost')} > 0"
-    f" THEN 100.0 * {_d('packets_lost')} / ({_d('packets_received')} + {_d('packets_lost')})"
-    " ELSE 0 END"
+# the columns of rtc_rates, each with its meaning (docs/METRICS.md, the API's table list)
+RATES_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("time", "the later sample's rtc_timestamp"),
+    ("channel_id", "Sora channel"),
+    ("session_id", "Sora session"),
+    ("connection_id", "Sora connection"),
+    (
+        "stats_type",
+        "RTCStats type: inbound-rtp, outbound-rtp, remote-inbound-rtp, candidate-pair",
+    ),
+    ("stats_id", "the RTCStats object's id (a stream, or a candidate pair)"),
+    ("media_kind", "audio or video (rtc_data.kind)"),
+    ("interval_s", "seconds between the two samples"),
+    ("bitrate_bps", "8 × Δbytes_sent (or Δbytes_received) / interval_s, bits/s"),
+    ("packets_per_s", "Δpackets_sent (or Δpackets_received) / interval_s"),
+    (
+        "loss_pct",
+        "inbound-rtp: Δpackets_lost / (Δpackets_received + Δpackets_lost)"
+        " × 100; remote-inbound-rtp: fraction_lost × 100",
+    ),
+    ("jitter_ms", "jitter × 1000 (inbound-rtp, remote-inbound-rtp)"),
+    (
+        "rtt_ms",
+        "remote-inbound-rtp round_trip_time, candidate-pair current_round_trip_time, × 1000",
+    ),
+    (
+        "jitter_buffer_ms",
+        "Δjitter_buffer_delay / Δjitter_buffer_emitted_count × 1000 (inbound-rtp)",
+    ),
+    ("fps", "video: frames_per_second, else Δframes_decoded (or Δframes_encoded) / interval_s"),
+    ("frame_width", "the later sample's frame width, pixels"),
+    ("frame_height", "the later sample's frame height, pixels"),
+    ("freezes_per_min", "Δfreeze_count / interval_s × 60"),
+    ("concealment_pct", "audio: Δconcealed_samples / Δtotal_samples_received × 100"),
+    ("nack_per_min", "Δnack_count / interval_s × 60"),
+    ("pli_per_min", "Δpli_count / interval_s × 60"),
+    ("fir_per_min", "Δfir_count / interval_s × 60"),
+    ("quality_limitation_reason", "the later sample's qualityLimitationReason"),
+    *(
+        (
+            f"quality_limitation_{r}_share",
+            f"share of the interval limited by '{r}' (Δ qualityLimitationDurations.{r} over"
+            " the Δ of all reasons), 0–1",
+        )
+        for r in rates.REASONS
+    ),
 )
-_ql_total = " + ".join(_d(f"ql_{r}") for r in _REASONS)
 
-RTC_RATES_SQL = f"""
-SELECT
-    rtc_timestamp AS time, channel_id, session_id, connection_id, stats_type, stats_id,
-    media_kind, interval_s,
-    8.0 * {_per_s(f"coalesce({_d('bytes_sent')}, {_d('bytes_received')})")} AS bitrate_bps,
-    {_per_s(f"coalesce({_d('packets_sent')}, {_d('packets_received')})")} AS packets_per_s,
-    CASE stats_type
-        WHEN 'inbound-rtp' THEN {_inbound_loss}
-        WHEN 'remote-inbound-rtp' THEN 100.0 * fraction_lost
-    END AS loss_pct,
-    1000.0 * jitter AS jitter_ms,
-    1000.0 * CASE stats_type
-        WHEN 'remote-inbound-rtp' THEN round_trip_time
-        WHEN 'candidate-pair' THEN current_round_trip_time
-    END AS rtt_ms,
-    CASE WHEN {_d('jitter_buffer_emitted_count')} > 0
-        THEN 1000.0 * {_d('jitter_buffer_delay')} / {_d('jitter_buffer_emitted_count')}
-    END AS jitter_buffer_ms,
-    CASE WHEN media_kind = 'video' THEN coalesce(
-        frames_per_second,
-        {_per_s(f"coalesce({_d('frames_decoded')}, {_d('frames_encoded')})")}
-    ) END AS fps,
-    frame_width, frame_height,
-    60.0 * {_per_s(_d("freeze_count"))} AS freezes_per_min,
-    CASE WHEN media_kind = 'audio' AND {_d('total_samples_received')} > 0
-        THEN 100.0 * {_d('concealed_samples')} / {_d('total_samples_received')}
-    END AS concealment_pct,
-    60.0 * {_per_s(_d("nack_count"))} AS nack_per_min,
-    60.0 * {_per_s(_d("pli_count"))} AS pli_per_min,
-    60.0 * {_per_s(_d("fir_count"))} AS fir_per_min,
-    quality_limitation_reason,
-    {", ".join(
-        f"CASE WHEN {_ql_total} > 0 THEN {_d(f'ql_{r}')} / ({_ql_total}) END"
-        f" AS quality_limitation_{r}_share"
-        for r in _REASONS
-    )}
-FROM ({_WITH_INTERVAL})
-"""  # fmt: skip
 
-RTC_RATES = View(
+_KINDS: dict[str, FieldKind] = {
+    "channel_id": "id", "session_id": "id", "connection_id": "id", "stats_id": "id",
+    "stats_type": "string", "media_kind": "string", "quality_limitation_reason": "string",
+    "frame_width": "int", "frame_height": "int",
+}  # fmt: skip
+
+RTC_RATES = Table(
     name="rtc_rates",
-    sql=RTC_RATES_SQL,
+    kind="rtc_rates",
     description=(
-        "One row per consecutive pair of samples of one stream of rtc_stats: rates from"
-        " the counters' differences over the time between the samples."
+        "One row per consecutive pair of samples of one stream of rtc_stats: rates from the"
+        " counters' differences over the time between the samples (docs/METRICS.md)."
+        " Derived as rtc_stats is stored, by the writer and by imports."
     ),
-    columns=(
-        ("time", "the later sample's rtc_timestamp"),
-        ("channel_id", "Sora channel"),
-        ("session_id", "Sora session"),
-        ("connection_id", "Sora connection"),
-        (
-            "stats_type",
-            "RTCStats type: inbound-rtp, outbound-rtp, remote-inbound-rtp, candidate-pair",
-        ),
-        ("stats_id", "the RTCStats object's id (a stream, or a candidate pair)"),
-        ("media_kind", "audio or video (rtc_data.kind)"),
-        ("interval_s", "seconds between the two samples"),
-        ("bitrate_bps", "8 × Δbytes_sent (or Δbytes_received) / interval_s, bits/s"),
-        ("packets_per_s", "Δpackets_sent (or Δpackets_received) / interval_s"),
-        (
-            "loss_pct",
-            "inbound-rtp: Δpackets_lost / (Δpackets_received + Δpackets_lost)"
-            " × 100; remote-inbound-rtp: fraction_lost × 100",
-        ),
-        ("jitter_ms", "jitter × 1000 (inbound-rtp, remote-inbound-rtp)"),
-        (
-            "rtt_ms",
-            "remote-inbound-rtp round_trip_time, candidate-pair current_round_trip_time, × 1000",
-        ),
-        (
-            "jitter_buffer_ms",
-            "Δjitter_buffer_delay / Δjitter_buffer_emitted_count × 1000 (inbound-rtp)",
-        ),
-        ("fps", "video: frames_per_second, else Δframes_decoded (or Δframes_encoded) / interval_s"),
-        ("frame_width", "the later sample's frame width, pixels"),
-        ("frame_height", "the later sample's frame height, pixels"),
-        ("freezes_per_min", "Δfreeze_count / interval_s × 60"),
-        ("concealment_pct", "audio: Δconcealed_samples / Δtotal_samples_received × 100"),
-        ("nack_per_min", "Δnack_count / interval_s × 60"),
-        ("pli_per_min", "Δpli_count / interval_s × 60"),
-        ("fir_per_min", "Δfir_count / interval_s × 60"),
-        ("quality_limitation_reason", "the later sample's qualityLimitationReason"),
-        *(
-            (
-                f"quality_limitation_{r}_share",
-                f"share of the interval limited by '{r}' (Δ qualityLimitationDurations.{r} over"
-                " the Δ of all reasons), 0–1",
-            )
-            for r in _REASONS
-        ),
-    ),
+    columns=tuple(Column(name, _KINDS.get(name, "float"), ()) for name, _ in RATES_COLUMNS[1:]),
+    identity=("connection_id", "stats_id", "time"),
+    unique_rows=True,
 )
+
+
+class RatesDerivation(Derivation):
+    """``rtc_rates`` from each batch of ``rtc_stats`` (:mod:`.rates`); the state is the
+    last sample of every stream, so the first sample of a batch has its predecessor."""
+
+    name = "rtc_rates"
+    source = "rtc_stats"
+    outputs = (RTC_RATES,)
+
+    def derive(
+        self, rows: pa.Table, state: pa.Table | None
+    ) -> tuple[dict[str, pa.Table], pa.Table | None]:
+        computed, kept = rates.derive(rates.samples(rows), state)
+        if computed.num_rows == 0:
+            return {}, kept
+        names = [name for name, _ in RATES_COLUMNS]
+        return {
+            RTC_RATES.name: rates.stored(computed, RTC_RATES.stored_schema, "rtc_rates", names)
+        }, kept
 
 
 # -- quality ------------------------------------------------------------------------------
@@ -365,4 +300,4 @@ LEFT JOIN candidates r ON r.connection_id = s.connection_id AND r.stats_id = s.r
     ),
 )
 
-VIEWS = (RTC_RATES, CONNECTION_QUALITY, SESSION_QUALITY, CONNECTION_TRANSPORT)
+VIEWS = (CONNECTION_QUALITY, SESSION_QUALITY, CONNECTION_TRANSPORT)

@@ -1,0 +1,206 @@
+"""``rtc_rates`` computed from ``rtc_stats`` samples in Arrow and NumPy, batch by batch.
+
+The formulas are those of docs/METRICS.md. A difference (Δ) is the counter's increase
+since the stream's previous sample; a counter that went down was reset, and the interval
+takes its new value; a missing value on either side gives NULL. The rates of a batch of
+30,000 stats take a few milliseconds this way; DuckDB's window over the same rows, one
+``lag`` per counter, took about 0.15 s, which tripled the time of an import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+Floats = npt.NDArray[np.float64]
+Mask = npt.NDArray[np.bool_]
+
+COUNTERS = (
+    "bytes_sent", "bytes_received", "packets_sent", "packets_received", "packets_lost",
+    "freeze_count", "concealed_samples", "total_samples_received", "nack_count", "pli_count",
+    "fir_count", "frames_decoded", "frames_encoded", "jitter_buffer_delay",
+    "jitter_buffer_emitted_count",
+)  # fmt: skip
+REASONS = ("none", "cpu", "bandwidth", "other")  # qualityLimitationDurations' keys
+TYPES = ("inbound-rtp", "outbound-rtp", "remote-inbound-rtp", "candidate-pair")
+IDS = ("channel_id", "session_id", "connection_id", "stats_type", "stats_id", "media_kind")
+GAUGES = (
+    "fraction_lost", "jitter", "round_trip_time", "current_round_trip_time",
+    "frames_per_second",
+)  # fmt: skip
+# a sample as the state keeps it (the last one of each stream)
+SAMPLE_COLUMNS = (
+    *IDS, "rtc_timestamp", *COUNTERS, *GAUGES, "frame_width", "frame_height",
+    "quality_limitation_reason", *(f"ql_{r}" for r in REASONS),
+)  # fmt: skip
+CARRIED = ("received_at", "source", "stream")
+# a stream silent this long before the newest sample is dropped from the state
+HORIZON_US = 6 * 3600 * 1_000_000
+
+
+def samples(rows: pa.Table) -> pa.Table:
+    """The samples of a batch of ``rtc_stats`` rows: the stats types that have rates, the
+    state's columns (the quality-limitation durations as numbers) and the envelope."""
+    rows = rows.filter(pc.is_in(rows["stats_type"], pa.array(TYPES)))
+    columns = {name: rows[name] for name in SAMPLE_COLUMNS if not name.startswith("ql_")}
+    durations = [
+        orjson.loads(text) if text else None
+        for text in rows["quality_limitation_durations"].to_pylist()
+    ]
+    for reason in REASONS:
+        columns[f"ql_{reason}"] = pa.array(
+            [_number(d.get(reason)) if isinstance(d, dict) else None for d in durations],
+            pa.float64(),
+        )
+    table = pa.table({name: columns[name] for name in SAMPLE_COLUMNS})
+    for name in CARRIED:
+        table = table.append_column(name, rows[name])
+    return table
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _floats(column: pa.ChunkedArray | pa.Array) -> Floats:
+    """A numeric column as float64 with NaN for NULL."""
+    values = pc.cast(column, pa.float64())
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _is(column: pa.ChunkedArray | pa.Array, value: str) -> Mask:
+    return np.asarray(pc.fill_null(pc.equal(column, value), False).to_numpy(zero_copy_only=False))
+
+
+def _arrow(values: Floats) -> pa.Array:
+    return pa.array(values, pa.float64(), from_pandas=True)  # NaN -> NULL
+
+
+def derive(fresh: pa.Table, state: pa.Table | None) -> tuple[pa.Table, pa.Table]:
+    """The rates of ``fresh`` samples (:func:`samples`) whose previous sample is in
+    ``fresh`` or in ``state``, and the new state (the last sample of every stream)."""
+    flag = np.ones(fresh.num_rows, dtype=bool)
+    table = fresh
+    if state is not None and state.num_rows:
+        missing = {name: pa.nulls(state.num_rows, fresh.schema.field(name).type)
+                   for name in CARRIED}  # fmt: skip
+        old = state.select(list(SAMPLE_COLUMNS))
+        for name, column in missing.items():
+            old = old.append_column(name, column)
+        table = pa.concat_tables([fresh, old.cast(fresh.schema)])
+        flag = np.concatenate([flag, np.zeros(state.num_rows, dtype=bool)])
+    if table.num_rows == 0:
+        return pa.table({}), table.select(list(SAMPLE_COLUMNS))
+    # streams as integers, then samples in (stream, time) order
+    conn = pc.dictionary_encode(table["connection_id"].combine_chunks())
+    stat = pc.dictionary_encode(table["stats_id"].combine_chunks())
+    c_codes = np.asarray(conn.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    s_codes = np.asarray(stat.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    key = c_codes * (int(s_codes.max(initial=0)) + 1) + s_codes
+    ts = np.asarray(
+        pc.cast(table["rtc_timestamp"], pa.int64()).to_numpy(zero_copy_only=False), np.int64
+    )
+    order = np.lexsort((ts, key))
+    table, key, ts, flag = table.take(pa.array(order)), key[order], ts[order], flag[order]
+
+    same = np.zeros(len(key), dtype=bool)
+    same[1:] = key[1:] == key[:-1]
+    prev_ts = np.zeros(len(ts), dtype=np.int64)
+    prev_ts[1:] = ts[:-1]
+    has_prev = same & (ts > prev_ts)
+    interval = np.where(has_prev, (ts - prev_ts) / 1e6, np.nan)
+
+    def delta(name: str, values: Floats | None = None) -> Floats:
+        cur = _floats(table[name]) if values is None else values
+        prev = np.full(len(cur), np.nan)
+        prev[1:] = cur[:-1]
+        prev[~same] = np.nan
+        with np.errstate(invalid="ignore"):
+            out = np.where(cur >= prev, cur - prev, cur)
+        out[np.isnan(prev) | np.isnan(cur)] = np.nan
+        return out
+
+    def coalesce(*arrays: Floats) -> Floats:
+        out = arrays[0].copy()
+        for more in arrays[1:]:
+            out = np.where(np.isnan(out), more, out)
+        return out
+
+    kind = table["stats_type"]
+    inbound, remote = _is(kind, "inbound-rtp"), _is(kind, "remote-inbound-rtp")
+    pair = _is(kind, "candidate-pair")
+    audio, video = _is(table["media_kind"], "audio"), _is(table["media_kind"], "video")
+    nan = np.full(len(ts), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bitrate = 8.0 * coalesce(delta("bytes_sent"), delta("bytes_received")) / interval
+        packets = coalesce(delta("packets_sent"), delta("packets_received")) / interval
+        got, lost = delta("packets_received"), delta("packets_lost")
+        expected = got + lost
+        inbound_loss = np.where(expected > 0, 100.0 * lost / expected, 0.0)
+        loss = np.where(inbound, inbound_loss, np.where(remote, 100.0 * _floats(
+            table["fraction_lost"]), nan))  # fmt: skip
+        rtt = np.where(remote, _floats(table["round_trip_time"]),
+                       np.where(pair, _floats(table["current_round_trip_time"]), nan))  # fmt: skip
+        emitted, waited = delta("jitter_buffer_emitted_count"), delta("jitter_buffer_delay")
+        jitter_buffer = np.where(emitted > 0, 1000.0 * waited / emitted, nan)
+        frames = coalesce(delta("frames_decoded"), delta("frames_encoded")) / interval
+        fps = np.where(video, coalesce(_floats(table["frames_per_second"]), frames), nan)
+        samples_got, concealed = delta("total_samples_received"), delta("concealed_samples")
+        concealment = np.where(audio & (samples_got > 0), 100.0 * concealed / samples_got, nan)
+        events = ("freeze_count", "nack_count", "pli_count", "fir_count")
+        per_min = {name: 60.0 * delta(name) / interval for name in events}
+        spent = {r: delta(f"ql_{r}") for r in REASONS}
+        total = sum(spent.values(), np.zeros(len(ts)))
+        shares = {r: np.where(total > 0, spent[r] / total, nan) for r in REASONS}
+
+    keep = pa.array(has_prev & flag)
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {
+        "time": table["rtc_timestamp"],
+        **{name: table[name] for name in IDS},
+        "interval_s": _arrow(interval),
+        "bitrate_bps": _arrow(bitrate),
+        "packets_per_s": _arrow(packets),
+        "loss_pct": _arrow(loss),
+        "jitter_ms": _arrow(1000.0 * _floats(table["jitter"])),
+        "rtt_ms": _arrow(1000.0 * rtt),
+        "jitter_buffer_ms": _arrow(jitter_buffer),
+        "fps": _arrow(fps),
+        "frame_width": table["frame_width"],
+        "frame_height": table["frame_height"],
+        "freezes_per_min": _arrow(per_min["freeze_count"]),
+        "concealment_pct": _arrow(concealment),
+        "nack_per_min": _arrow(per_min["nack_count"]),
+        "pli_per_min": _arrow(per_min["pli_count"]),
+        "fir_per_min": _arrow(per_min["fir_count"]),
+        "quality_limitation_reason": table["quality_limitation_reason"],
+        **{f"quality_limitation_{r}_share": _arrow(shares[r]) for r in REASONS},
+        **{name: table[name] for name in CARRIED},
+    }
+    rates = pa.table(columns).filter(keep)
+
+    last = np.ones(len(key), dtype=bool)
+    last[:-1] = key[1:] != key[:-1]
+    recent = ts >= ts.max() - HORIZON_US
+    state_out = table.select(list(SAMPLE_COLUMNS)).filter(pa.array(last & recent))
+    return rates, state_out
+
+
+def stored(rates: pa.Table, schema: pa.Schema, kind: str, names: Sequence[str]) -> pa.Table:
+    """``rates`` in a lake table's stored schema: its envelope (``kind``, no ``type`` and
+    no ``extra``) and the columns ``names``."""
+    n = rates.num_rows
+    columns = []
+    for field in schema:
+        if field.name == "kind":
+            columns.append(pa.array([kind] * n, pa.string()))
+        elif field.name in ("type", "extra"):
+            columns.append(pa.nulls(n, field.type))
+        else:
+            columns.append(pc.cast(rates[field.name], field.type))
+    assert set(names) <= set(schema.names)
+    return pa.table(columns, schema=schema)
