@@ -64,6 +64,7 @@ MAX_SECONDS = 1.0  # the targets: every query under this on the rtclake side ...
 MIN_RATIO = 5.0  # ... and at least this many times faster than Kohaku's equivalent
 GRAFANA_INTERVAL_MS = 60_000  # Grafana's $__interval_ms for 6 hours on a wide panel, at least
 PROFILE_TIMEOUT = 120.0  # seconds a profiled query may run
+PROFILE_MEMORY = "4GiB"  # DuckDB's memory for the profile of a query the limit stopped
 _SRC = Path(__file__).resolve().parent.parent / "src" / "rtclake"
 # Source files that only read the lake: a change to them keeps a cached lake.
 _READ_SIDE = ("web/", "grafana.py", "lake/dashboard.py", "lake/query.py", "diagnosis.py",
@@ -284,6 +285,7 @@ class Pages:
         self.corpus = corpus
         self.rec = rec
         self._wall = 0.0
+        self._refused: str | None = None  # why the page's batch was refused, if it was
 
     def _batch(self, group: str, batch: Batch, kohaku: Mapping[str, tuple[str, ...]]) -> list[Any]:
         """The rows of each query's result (None where it failed). On a refusal, each query
@@ -293,7 +295,8 @@ class Pages:
         results: list[QueryResult | None]
         try:
             results = list(self.engine.run_many([sql for _, sql in batch]))
-        except QueryError:
+        except QueryError as exc:
+            self._refused = _error(exc)
             results = []
             for row in rows:
                 try:
@@ -309,10 +312,15 @@ class Pages:
 
     @contextmanager
     def _page(self, group: str) -> Iterator[None]:
-        self._wall = 0.0
+        """The page's total: the wall time of its batches, or the refusal it answers with
+        (its queries are then timed one by one, which the total does not count)."""
+        self._wall, self._refused = 0.0, None
         yield
         total = self.rec.row(group, _PAGE_TOTAL, counted=False)
-        self.rec.record(total.ours, self._wall)
+        if self._refused:
+            self.rec.record(total.ours, None, f"the page is refused: {self._refused}")
+        else:
+            self.rec.record(total.ours, self._wall)
 
     def overview(self, name: str) -> list[Question]:
         now = self.corpus.end
@@ -633,6 +641,7 @@ class Profile:
     latency: float | None
     operators: list[tuple[str, float, int, str]]  # name, seconds, rows out, detail
     error: str | None = None
+    note: str = ""  # how the profiled run differed from the measured ones
 
 
 def _operators(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -653,7 +662,7 @@ def _detail(info: dict[str, Any]) -> str:
     return "; ".join(parts)[:150]
 
 
-def profile(row: Row, con: duckdb.DuckDBPyConnection, path: Path) -> Profile:
+def profile(row: Row, con: duckdb.DuckDBPyConnection, path: Path, note: str = "") -> Profile:
     """Run ``row``'s SQL with DuckDB's JSON profiling on ``con`` (the settings the query
     runs with); the profile is kept at ``path``."""
     path.unlink(missing_ok=True)
@@ -675,18 +684,23 @@ def profile(row: Row, con: duckdb.DuckDBPyConnection, path: Path) -> Profile:
         (n["operator_name"].strip(), float(n["operator_timing"]),
          int(n.get("operator_cardinality", 0)), _detail(n.get("extra_info", {})))
         for n in nodes[:4]
-    ])  # fmt: skip
+    ], note=note)  # fmt: skip
 
 
 def profile_slowest(rows: Sequence[Row], engine: QueryEngine, grafana: duckdb.DuckDBPyConnection,
                     out: Path, count: int = 3) -> list[Profile]:  # fmt: skip
-    """Profiles of rtclake's ``count`` slowest queries (a failed one counts as slowest)."""
+    """Profiles of rtclake's ``count`` slowest queries (distinct SQL; a failed one counts as
+    slowest, and is profiled without the memory limit that stopped it)."""
     ranked = sorted(
         (r for r in rows if r.counted and r.sql),
         key=lambda r: -(r.ours.median if r.ours.median is not None else float("inf")),
     )
+    distinct: list[Row] = []
+    for row in ranked:
+        if row.sql not in {d.sql for d in distinct}:
+            distinct.append(row)
     found = []
-    for n, row in enumerate(ranked[:count], 1):
+    for n, row in enumerate(distinct[:count], 1):
         path = out / f"profile-{n}.json"
         if row.grafana:
             found.append(profile(row, grafana, path))
@@ -694,8 +708,12 @@ def profile_slowest(rows: Sequence[Row], engine: QueryEngine, grafana: duckdb.Du
         temp = out / "profile-tmp"
         temp.mkdir(parents=True, exist_ok=True)
         con = engine.connect(read_only=False, temp_directory=temp)  # the engine's limits
+        note = ""
+        if row.ours.error and row.ours.error.startswith("memory_limit"):
+            con.execute(f"SET memory_limit = '{PROFILE_MEMORY}'")
+            note = f"memory_limit raised to {PROFILE_MEMORY} for this run"
         try:
-            found.append(profile(row, con, path))
+            found.append(profile(row, con, path, note))
         finally:
             con.close()
             shutil.rmtree(temp, ignore_errors=True)
@@ -706,8 +724,8 @@ def profile_slowest(rows: Sequence[Row], engine: QueryEngine, grafana: duckdb.Du
 
 
 def _seconds(timing: Timing) -> str:
-    if timing.error:
-        return f"error ({timing.error})"
+    if timing.error:  # the whole message is listed below the table
+        return "error: " + timing.error.removeprefix("the page is refused: ").split(":")[0]
     median = timing.median
     if median is None:
         return ""
@@ -784,6 +802,12 @@ def run(opts: Options, argv: Sequence[str] = ()) -> int:
         ["every query >= 5x faster than Kohaku's equivalent (medians)",
          f"{faster} of {comparable} pass ({len(judged) - comparable} without an equivalent)"],
     ]  # fmt: skip
+    errors = [
+        f"- {row.group}: {row.name} ({side}): {timing.error}"
+        for row in rows
+        for side, timing in (("rtclake", row.ours), ("Kohaku", row.theirs))
+        if timing.error
+    ]
     profile_lines = []
     for p in profiles:
         head = f"{p.row.group}: {p.row.name}"
@@ -794,11 +818,16 @@ def run(opts: Options, argv: Sequence[str] = ()) -> int:
             f"{name} {sec:.2f} s ({rows_out:,} rows{', ' + detail if detail else ''})"
             for name, sec, rows_out, detail in p.operators
         )
-        profile_lines.append(f"- **{head}** ({p.latency or 0:.2f} s profiled): {ops}")
+        note = f"; {p.note}" if p.note else ""
+        profile_lines.append(f"- **{head}** ({p.latency or 0:.2f} s profiled{note}): {ops}")
     print_tables(console, rich_table("Dashboard queries: rtclake and Kohaku (medians)", header,
                                      table, verdict_col=5))  # fmt: skip
     for name, result in verdicts:
         console.print(f"{name}: {result}")
+    if errors:
+        console.print("Errors:")
+        for text in errors:
+            console.print(text, markup=False)
     console.print("Where rtclake's slowest queries spend their time (DuckDB's profile):")
     for text in profile_lines:
         console.print(text, markup=False)
@@ -809,13 +838,15 @@ def run(opts: Options, argv: Sequence[str] = ()) -> int:
         f" {grafana_threads}; Kohaku {kohaku.threads} (DuckDB's default: the cores)",
     )
     if opts.write_docs:
-        write_docs(opts, corpus, argv, rows, table, verdicts, profile_lines, [busy, threads])
+        write_docs(opts, corpus, argv, rows, table, verdicts, errors, profile_lines,
+                   [busy, threads])  # fmt: skip
     return 0 if all(line[5] == "PASS" and line[6] != "FAIL" for line in judged) else 1
 
 
 def write_docs(opts: Options, corpus: Corpus, argv: Sequence[str], rows: Sequence[Row],
                table: Sequence[Sequence[str]], verdicts: Sequence[Sequence[str]],
-               profile_lines: Sequence[str], facts: Sequence[tuple[str, str]]) -> None:  # fmt: skip
+               errors: Sequence[str], profile_lines: Sequence[str],
+               facts: Sequence[tuple[str, str]]) -> None:  # fmt: skip
     built = corpus.built
     per_report = sora_corpus.objects_per_report(opts.room)
     command = " ".join(["python -m bench", *argv]) if argv else "make bench"
@@ -860,6 +891,10 @@ connection log: empty tables on rtclake's side), not judged against Kohaku.
 {md_table(["group", "query", "rtclake", "Kohaku", "Kohaku/rtclake", "< 1 s", ">= 5x"], table)}
 
 {md_table(["target", "result"], verdicts)}
+
+Errors (a refused query fails the 1 s target and has no ratio; a refused batch refuses its page):
+
+{chr(10).join(errors) or "none"}
 
 Where rtclake's three slowest queries spend their time (DuckDB's JSON profile of one more \
 run with the same settings, the four costliest operators; the profiles are kept in \
