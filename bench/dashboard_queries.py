@@ -222,8 +222,8 @@ class Recorder:
 
 def _error(exc: BaseException) -> str:
     if isinstance(exc, QueryError):
-        return f"{exc.reason}: {exc}"[:160]
-    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:160]
+        return f"{exc.reason}: {exc}"[:300]
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:300]
 
 
 def _rfc3339(t: datetime) -> str:
@@ -689,15 +689,16 @@ def profile(row: Row, con: duckdb.DuckDBPyConnection, path: Path, note: str = ""
 
 def profile_slowest(rows: Sequence[Row], engine: QueryEngine, grafana: duckdb.DuckDBPyConnection,
                     out: Path, count: int = 3) -> list[Profile]:  # fmt: skip
-    """Profiles of rtclake's ``count`` slowest queries (distinct SQL; a failed one counts as
-    slowest, and is profiled without the memory limit that stopped it)."""
+    """Profiles of rtclake's ``count`` slowest queries (distinct SQL; a refused one counts as
+    slowest, and is profiled without the memory limit that stopped it, but only one)."""
     ranked = sorted(
         (r for r in rows if r.counted and r.sql),
         key=lambda r: -(r.ours.median if r.ours.median is not None else float("inf")),
     )
     distinct: list[Row] = []
-    for row in ranked:
-        if row.sql not in {d.sql for d in distinct}:
+    for row in ranked:  # one refused query is enough: the others are refused alike
+        refused = row.ours.error is not None and any(d.ours.error for d in distinct)
+        if row.sql not in {d.sql for d in distinct} and not refused:
             distinct.append(row)
     found = []
     for n, row in enumerate(distinct[:count], 1):
