@@ -109,3 +109,44 @@ def test_a_clean_connection_ranks_above_a_lossy_one(engine: QueryEngine) -> None
     assert session["worst_score"] == pytest.approx(2.0)
     # scores: clean 4.2266, lossy 3.1442, far 3.8551, small 2.0: the median of four
     assert session["median_score"] == pytest.approx((3.1442 + 3.8551) / 2, abs=1e-4)
+
+
+def _rows(engine: QueryEngine, sql: str) -> list[tuple[Any, ...]]:
+    return [tuple(round(v, 9) if isinstance(v, float) else v for v in row)
+            for row in engine.run(sql).rows()]  # fmt: skip
+
+
+def test_a_report_split_between_batches_is_scored_whole(tmp_path: Path) -> None:
+    """``connection_reports`` is derived batch by batch; a report whose objects come in two
+    batches is stored again whole (``part`` 1), and the views show only the whole one: the
+    same scores and transport as from one batch."""
+    lines = connection("clean") + connection("lossy", loss_pct=8) + connection("far", rtt=0.4)
+    for line in lines:  # a transport naming the pair, for connection_transport
+        if line["rtc_type"] == "candidate-pair":
+            line["rtc_data"] |= {"nominated": True, "state": "succeeded"}
+    whole = import_lines(tmp_path / "whole", lines)
+    split = import_lines(tmp_path / "split", lines, block_bytes=1_200)  # 2-3 objects a block
+    parts = split.run("SELECT max(part), count(*) FILTER (WHERE part > 0) FROM connection_reports")
+    ((highest, continued),) = parts.rows()
+    assert highest >= 1 and continued >= 3  # really split
+    for sql in (
+        "SELECT * FROM connection_quality ORDER BY connection_id, time",
+        "SELECT * FROM connection_transport ORDER BY connection_id, time",
+        "SELECT * FROM session_quality ORDER BY session_id",
+    ):
+        expected = _rows(whole, sql)
+        assert expected and _rows(split, sql) == expected, sql
+    # every report once in the views: two reports a connection, the first without rates
+    assert split.run("SELECT count(*) FROM connection_quality").rows() == [[3]]
+    assert split.run("SELECT count(*) FROM connection_transport").rows() == [[6]]
+
+
+def test_a_late_report_is_not_stored_again(tmp_path: Path) -> None:
+    """A report older than the connection's latest one (a repeated log line) adds no row."""
+    lines = connection("clean")
+    engine = import_lines(tmp_path, [*lines, *lines[:3]], block_bytes=1_200)
+    counts = engine.run(
+        "SELECT time, count(*) FILTER (WHERE part = 0) FROM connection_reports GROUP BY time"
+    ).rows()
+    assert sorted(n for _, n in counts) == [1, 1]
+    assert engine.run("SELECT count(*) FROM connection_quality").rows() == [[1]]

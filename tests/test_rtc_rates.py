@@ -39,17 +39,23 @@ def sample(
     }  # fmt: skip
 
 
-def import_lines(tmp_path: Path, lines: list[dict[str, Any]]) -> QueryEngine:
+def import_lines(
+    tmp_path: Path, lines: list[dict[str, Any]], *, block_bytes: int | None = None
+) -> QueryEngine:
+    """A lake in ``tmp_path`` of ``lines`` imported as Sora's log (in blocks of
+    ``block_bytes``, if given)."""
     logs = tmp_path / "logs"
-    logs.mkdir()
+    logs.mkdir(parents=True)
     (logs / "rtc_stats.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     tables = default_registry()
+    blocks = {"block_bytes": block_bytes} if block_bytes else {}
     importer = Importer(
         tables,
         Delivery([LakeSink(tmp_path / "lake", tables)], Metrics()),
         tmp_path / "import-state.json",
         node="test",
         table_for=table_for,
+        **blocks,
     )
     stats = ImportStats()
     try:

@@ -3,9 +3,9 @@
 A query-time window over a whole table (rates from the counters of consecutive samples)
 does not scale: at ten million rows it takes seconds on every chart. The writer and the
 importer see the samples in order, batch after batch, so they compute such rows once:
-a :class:`Derivation` reads one table's rows of a batch with the *state* it left after
-the previous batch (for rates, the last sample of every stream) and returns rows of its
-output tables, stored with the batch (the same batch name: a replayed batch overwrites
+a :class:`Derivation` reads the rows of a batch of its source tables with the *state* it
+left after the previous batch (for rates, the last sample of every stream) and returns
+rows of its output tables, stored with the batch (the same batch name: a replayed batch overwrites
 its derived files too), and its new state.
 
 The new state is adopted only once the batch is stored by every sink
@@ -13,6 +13,10 @@ The new state is adopted only once the batch is stored by every sink
 derived again from the same state, so it produces the same rows. The writer keeps the
 state on disk (``DATA_DIR/derived/NAME.arrow``) across restarts; an import keeps it in
 memory for the run, so the first sample of each stream of an import makes no rate.
+
+Derivations run in registration order, and a source may be an earlier derivation's
+output: per-report rows are derived from the batch's stats and the rates just derived
+from them.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import io
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -34,19 +38,19 @@ log = structlog.get_logger(__name__)
 
 
 class Derivation(ABC):
-    """Rows of ``outputs`` derived from each batch of ``source``'s rows, in order."""
+    """Rows of ``outputs`` derived from each batch of the ``sources``' rows, in order."""
 
     name: str
-    source: str
+    sources: tuple[str, ...]  # the first one decides: a batch without its rows is skipped
     outputs: tuple[Table, ...]
 
     @abstractmethod
     def derive(
-        self, rows: pa.Table, state: pa.Table | None
+        self, tables: Mapping[str, pa.Table], state: pa.Table | None
     ) -> tuple[dict[str, pa.Table], pa.Table | None]:
-        """The derived rows of one batch (``rows``: the source table's rows, its stored
-        columns) and the state to carry to the next batch. Pure: the same rows and state
-        give the same answer."""
+        """The derived rows of one batch (``tables``: the batch's rows of each source that
+        has some, their stored columns) and the state to carry to the next batch. Pure:
+        the same rows and state give the same answer."""
 
 
 class Pending:
@@ -88,14 +92,15 @@ class Derivations:
         the batch's own records are stored regardless) and keeps its state."""
         derived: dict[str, pa.Table] = {}
         pending: dict[str, pa.Table | None] = {}
+        available = {name: rows for name, rows in tables.items() if rows.num_rows}
         with self._lock:
             states = dict(self._states)
         for derivation in self.derivations:
-            rows = tables.get(derivation.source)
-            if rows is None or rows.num_rows == 0:
+            if derivation.sources[0] not in available:
                 continue
+            given = {name: available[name] for name in derivation.sources if name in available}
             try:
-                out, state = derivation.derive(rows, states[derivation.name])
+                out, state = derivation.derive(given, states[derivation.name])
             except Exception as exc:
                 log.error(
                     "derive: failed; the batch is stored without its derived rows",
@@ -103,7 +108,9 @@ class Derivations:
                     error=f"{type(exc).__name__}: {exc}",
                 )
                 continue
-            derived.update({name: table for name, table in out.items() if table.num_rows})
+            made = {name: table for name, table in out.items() if table.num_rows}
+            derived.update(made)
+            available.update(made)
             pending[derivation.name] = state
         return derived, Pending(pending)
 

@@ -46,7 +46,7 @@ LOOKBACK_SECONDS = 86_400
 
 NEEDS = frozenset(
     ("rtc_stats", "sessions", "connections", "sora_events", "sora_stats_report",
-     "sora_connection_counters", "rtc_rates", "connection_quality")
+     "sora_connection_counters", "rtc_rates", "connection_reports", "connection_quality")
 )  # fmt: skip
 """The tables and views these queries read: an integration (Sora's) provides them."""
 
@@ -211,7 +211,7 @@ seen AS (
     SELECT connection_id, session_id, true AS logged FROM sora_events
     WHERE event = 'connection.created' AND time >= {day}
     UNION ALL
-    SELECT connection_id, session_id, false FROM rtc_stats
+    SELECT connection_id, session_id, false FROM connection_reports
     WHERE time >= {recent} AND time <= {timestamp(now)}
 ),
 live AS (
@@ -251,7 +251,7 @@ WITH created AS (
         UNION ALL
         SELECT connection_id, time FROM sora_events WHERE event = 'connection.created'
         UNION ALL
-        SELECT connection_id, min(time) FROM rtc_stats
+        SELECT connection_id, min(time) FROM connection_reports
         WHERE time >= {since} AND time < {timestamp(r.end)} GROUP BY connection_id
     ) WHERE connection_id IS NOT NULL GROUP BY connection_id
 ),
@@ -431,7 +431,7 @@ WITH h AS (
 ), s AS (
     SELECT any_value(channel_id) AS channel_id, min(time) AS first_seen, max(time) AS last_seen,
         count(DISTINCT connection_id) AS connections
-    FROM rtc_stats WHERE session_id = {key}
+    FROM connection_reports WHERE session_id = {key}
 )
 SELECT {key} AS session_id, coalesce(h.channel_id, s.channel_id) AS channel_id,
     h.created_at, h.destroyed_at, h.total_connections, h.max_connections, h.last_event,
@@ -447,7 +447,7 @@ WITH st AS (
     SELECT connection_id, any_value(channel_id) AS channel_id, any_value(session_id) AS session_id,
         any_value(client_id) AS client_id, any_value(role) AS role, min(time) AS first_seen,
         max(time) AS last_seen
-    FROM rtc_stats WHERE {where} GROUP BY connection_id
+    FROM connection_reports WHERE {where} GROUP BY connection_id
 ), log AS (
     SELECT connection_id, any_value(channel_id) AS channel_id, any_value(session_id) AS session_id,
         any_value(client_id) AS client_id, any_value(role) AS role,
@@ -524,8 +524,8 @@ def connection_sql(connection_id: str) -> str:
     return f"""
 WITH p AS ({_participants(f"connection_id = {key}")}),
 extra AS (
-    SELECT any_value(node_name) AS node_name, count(DISTINCT rtc_timestamp) AS reports
-    FROM rtc_stats WHERE connection_id = {key}
+    SELECT any_value(node_name) AS node_name, count(DISTINCT time) AS reports
+    FROM connection_reports WHERE connection_id = {key}
 ),
 q AS (
     SELECT avg(score) AS score, min(score) AS worst_score, avg(mos_audio) AS mos_audio,

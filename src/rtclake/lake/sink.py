@@ -45,6 +45,7 @@ def _encodings(table: Table) -> dict[str, list[str]]:
     schema = table.stored_schema
     text = [f.name for f in schema if pa.types.is_string(f.type)]
     keys = {f.name for f in ENVELOPE} | {c.name for c in table.columns if c.kind in ("id", "time")}
+    keys |= set(table.statistics)
     return {
         "use_dictionary": text,
         "write_statistics": [name for name in schema.names if name in keys],
@@ -86,9 +87,14 @@ class LakeSink(Sink):
                 self.storage.write(relative, functools.partial(self._parquet, part, declared))
 
     def _parquet(self, table: pa.Table, declared: Table, out: IO[bytes]) -> None:
+        options = {}
+        if declared.sort_by:
+            table = table.sort_by([(name, "ascending") for name in declared.sort_by])
+            options["row_group_size"] = declared.row_group_rows
         pq.write_table(
             table,
             out,
+            **options,
             compression=self.compression,
             compression_level=self.compression_level,
             **_encodings(declared),

@@ -64,7 +64,7 @@ _CHANNELS = variable(
     "channel",
     "Channel",
     """
-SELECT channel_id FROM rtc_stats
+SELECT channel_id FROM connection_reports
 WHERE $__timeFilter(time) AND channel_id IS NOT NULL
 GROUP BY channel_id ORDER BY max(time) DESC
 """,
@@ -73,7 +73,7 @@ _SESSIONS = variable(
     "session",
     "Session",
     f"""
-SELECT session_id FROM rtc_stats
+SELECT session_id FROM connection_reports
 WHERE $__timeFilter(time) AND channel_id = {_CHANNEL} AND session_id IS NOT NULL
 GROUP BY session_id ORDER BY max(time) DESC
 """,
@@ -84,7 +84,7 @@ _CONNECTIONS = variable(
     f"""
 SELECT connection_id AS __value,
     concat_ws(' ', connection_id, any_value(client_id), any_value(role)) AS __text
-FROM rtc_stats
+FROM connection_reports
 WHERE $__timeFilter(time) AND session_id = {_SESSION} AND connection_id IS NOT NULL
 GROUP BY connection_id ORDER BY min(time)
 """,
@@ -123,7 +123,7 @@ def overview() -> dict[str, Any]:
             "Active sessions",
             f"""
 SELECT {_BUCKET} AS time, count(DISTINCT session_id) AS sessions
-FROM rtc_stats WHERE $__timeFilter(time)
+FROM connection_reports WHERE $__timeFilter(time)
 GROUP BY 1 ORDER BY 1
 """,
             fmt="time_series",
@@ -135,7 +135,7 @@ GROUP BY 1 ORDER BY 1
             "Active connections",
             f"""
 SELECT {_BUCKET} AS time, count(DISTINCT connection_id) AS connections
-FROM rtc_stats WHERE $__timeFilter(time)
+FROM connection_reports WHERE $__timeFilter(time)
 GROUP BY 1 ORDER BY 1
 """,
             fmt="time_series",
@@ -145,7 +145,7 @@ GROUP BY 1 ORDER BY 1
         stat(
             "Channels",
             """
-SELECT count(DISTINCT channel_id) AS channels FROM rtc_stats WHERE $__timeFilter(time)
+SELECT count(DISTINCT channel_id) AS channels FROM connection_reports WHERE $__timeFilter(time)
 """,
             description="Channels with a client report in the time range.",
         ),
@@ -185,7 +185,7 @@ FROM connection_transport WHERE $__timeFilter(time)
             f"""
 SELECT {_BUCKET} AS time, count(DISTINCT session_id) AS sessions,
     count(DISTINCT connection_id) AS connections
-FROM rtc_stats WHERE $__timeFilter(time)
+FROM connection_reports WHERE $__timeFilter(time)
 GROUP BY 1 ORDER BY 1
 """,
             interval="2m",
@@ -195,10 +195,10 @@ GROUP BY 1 ORDER BY 1
             "Connections started and ended per minute",
             f"""
 WITH first_reports AS (
-    SELECT connection_id, min(time) AS time FROM rtc_stats
+    SELECT connection_id, min(time) AS time FROM connection_reports
     WHERE $__timeFilter(time) GROUP BY connection_id
 ), earlier AS (  -- connections that reported in the two minutes before the range
-    SELECT DISTINCT connection_id FROM rtc_stats
+    SELECT DISTINCT connection_id FROM connection_reports
     WHERE time < $__timeFrom() AND time >= CAST($__timeFrom() AS TIMESTAMPTZ) - INTERVAL 2 MINUTE
         AND connection_id IS NOT NULL
 ), events AS (
@@ -286,7 +286,7 @@ ORDER BY score NULLS LAST LIMIT 20
 SELECT channel_id, count(DISTINCT session_id) AS sessions,
     count(DISTINCT connection_id) AS connections, min(time) AS first_report,
     max(time) AS last_report
-FROM rtc_stats WHERE $__timeFilter(time)
+FROM connection_reports WHERE $__timeFilter(time)
 GROUP BY channel_id
 ORDER BY connections DESC LIMIT 20
 """,
@@ -437,9 +437,9 @@ LEFT JOIN session_quality q USING (session_id)
 WITH reports AS (
     SELECT connection_id, any_value(channel_id) AS channel_id,
         any_value(session_id) AS session_id, any_value(client_id) AS client_id,
-        any_value(role) AS role, min(rtc_timestamp) AS first_report,
-        max(rtc_timestamp) AS last_report
-    FROM rtc_stats WHERE session_id = {_SESSION}
+        any_value(role) AS role, min(time) AS first_report,
+        max(time) AS last_report
+    FROM connection_reports WHERE session_id = {_SESSION}
     GROUP BY connection_id
 ), scores AS (
     SELECT connection_id, avg(score) AS score, avg(mos_audio) AS mos_audio,
@@ -615,9 +615,9 @@ ORDER BY time DESC LIMIT 1
             f"""
 SELECT connection_id, any_value(channel_id) AS channel_id, any_value(session_id) AS session_id,
     any_value(client_id) AS client_id, any_value(role) AS role,
-    any_value(node_name) AS node_name, min(rtc_timestamp) AS first_report,
-    max(rtc_timestamp) AS last_report, count(DISTINCT rtc_timestamp) AS reports
-FROM rtc_stats WHERE connection_id = {_CONNECTION}
+    any_value(node_name) AS node_name, min(time) AS first_report,
+    max(time) AS last_report, count(DISTINCT time) AS reports
+FROM connection_reports WHERE connection_id = {_CONNECTION}
 GROUP BY connection_id
 """,
             links={"session_id": _TO_SESSION},

@@ -1,0 +1,364 @@
+"""``connection_reports`` computed from a batch of ``rtc_stats`` and its ``rtc_rates``: one
+row per connection and getStats report, with the report's quality inputs, its scores
+(docs/QUALITY.md) and its selected candidate pair.
+
+A dashboard asks per connection and report far more often than per stream: how many
+connections are active, when each started, its score, whether it goes through TURN. At
+17 RTCStats objects a report, answering from ``rtc_stats`` reads 17 rows (and hides
+repeated ones with a window over the whole table) for each answer row; this table holds
+the answer row itself.
+
+A report's objects are written together, but a batch can end between two of them. The
+state keeps the objects (as :data:`ITEM_COLUMNS`) of every connection's latest report;
+when a later batch brings more objects of that report, the report is computed again from
+all of them and stored with ``part`` one higher. The views read a report's highest part
+only (``LATEST_REPORTS_SQL``): a continuation is rare (at most one report per connection
+and batch boundary), so the anti-join that hides the lower parts reads almost nothing.
+A report older than a connection's latest one in the state is late: it is not stored
+again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+Floats = npt.NDArray[np.float64]
+
+# docs/QUALITY.md gives each formula, its constants and their sources.
+R_DEFAULT = 93.2  # G.107's R0 - Is with every default parameter
+OPUS_FRAME_MS = 20.0  # packetisation: WebRTC's Opus frames
+OPUS_BPL = 20.0  # loss robustness with in-band FEC (WebRTC's default useinbandfec=1)
+OPUS_DTX_IE = 8.0  # Ie while DTX sends almost nothing (silence)
+FULL_PIXELS, LOW_PIXELS = 1280 * 720, 320 * 180  # video: full marks, the floor
+FULL_FPS, LOW_FPS = 24.0, 5.0
+
+KEYS = ("connection_id", "time")
+# what a report is made of: one row per RTCStats object, its envelope, the fields that
+# pick the selected candidate pair, and the object's rates (rtc_rates) when it has some
+_STATS_FIELDS = (
+    "channel_id", "session_id", "connection_id", "client_id", "role", "node_name",
+    "stats_type", "stats_id", "media_kind", "selected_candidate_pair_id",
+    "selected_candidate_pair_changes", "ice_state", "dtls_state", "local_candidate_id",
+    "remote_candidate_id", "state", "nominated", "current_round_trip_time",
+    "available_outgoing_bitrate", "candidate_type", "protocol", "relay_protocol",
+    "network_type", "received_at", "source", "stream",
+)  # fmt: skip
+_RATE_FIELDS = (
+    "interval_s", "rtt_ms", "jitter_ms", "jitter_buffer_ms", "loss_pct", "bitrate_bps",
+    "fps", "frame_width", "frame_height", "freezes_per_min",
+)  # fmt: skip
+ITEM_COLUMNS = ("time", *_STATS_FIELDS, *_RATE_FIELDS, "part")
+# a connection silent this long before the newest report is dropped from the state
+HORIZON_US = 6 * 3600 * 1_000_000
+_MEDIA = ("inbound-rtp", "outbound-rtp")
+
+
+def items(stats: pa.Table, rates: pa.Table | None) -> pa.Table:
+    """The objects of a batch of ``rtc_stats`` rows as report items, each with its rates
+    from the batch's ``rtc_rates`` (NULL where it has none)."""
+    table = pa.table(
+        {"time": stats["rtc_timestamp"], **{name: stats[name] for name in _STATS_FIELDS}}
+    )
+    table = table.filter(pc.and_(pc.is_valid(table["connection_id"]), pc.is_valid(table["time"])))
+    table = table.append_column("_row", pa.array(np.arange(table.num_rows), pa.int64()))
+    if rates is not None and rates.num_rows:
+        picked = rates.select(["connection_id", "stats_id", "time", *_RATE_FIELDS])
+        table = table.join(picked, ["connection_id", "stats_id", "time"], join_type="left outer")
+        table = table.sort_by("_row")  # a join does not keep the order
+    else:
+        for name in _RATE_FIELDS:
+            kind = pa.int64() if name.startswith("frame_") else pa.float64()
+            table = table.append_column(name, pa.nulls(table.num_rows, kind))
+    table = table.drop_columns(["_row"])
+    return table.append_column("part", pa.nulls(table.num_rows, pa.int64()))
+
+
+def _keys(
+    table: pa.Table,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Each row's connection as an integer, its time in microseconds, and its report
+    (connection and time) as an integer."""
+    conn = pc.dictionary_encode(table["connection_id"].combine_chunks())
+    codes = np.asarray(conn.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    ts = np.asarray(pc.cast(table["time"], pa.int64()).to_numpy(zero_copy_only=False), np.int64)
+    times, ts_codes = np.unique(ts, return_inverse=True)
+    return codes, ts, codes * (len(times) + 1) + ts_codes.astype(np.int64)
+
+
+def derive(fresh: pa.Table, state: pa.Table | None) -> tuple[pa.Table, pa.Table]:
+    """The reports of ``fresh`` items (:func:`items`), with the objects of the same
+    reports kept in ``state``, and the new state (every connection's latest report)."""
+    old = state.cast(fresh.schema) if state is not None and state.num_rows else fresh.slice(0, 0)
+    if fresh.num_rows == 0:
+        return pa.table({}), old
+    both = pa.concat_tables([fresh, old])
+    n = fresh.num_rows
+    codes, ts, report = _keys(both)
+    lowest = np.iinfo(np.int64).min
+    # each connection's latest report in the state: fresh objects of an older one are late
+    latest_old = np.full(int(codes.max(initial=0)) + 1, lowest)
+    np.maximum.at(latest_old, codes[n:], ts[n:])
+    on_time = ts[:n] >= latest_old[codes[:n]]
+    # the reports this batch touches: its own objects, and the kept ones of the same reports
+    chosen = np.concatenate([on_time, np.isin(report[n:], report[:n][on_time])])
+    reports = _reports(both.filter(pa.array(chosen))) if chosen.any() else pa.table({})
+
+    # the new state: each connection's latest report, its objects marked with the part
+    # stored for it
+    latest = np.full(len(latest_old), lowest)
+    np.maximum.at(latest, codes, ts)
+    keep = (ts == latest[codes]) & (ts >= ts.max() - HORIZON_US)
+    keep[:n] &= on_time
+    kept = both.filter(pa.array(keep))
+    if reports.num_rows and kept.num_rows:
+        parts = reports.select([*KEYS, "part"]).rename_columns([*KEYS, "_stored"])
+        kept = kept.join(parts, list(KEYS), join_type="left outer")
+        part = pc.coalesce(kept["_stored"], kept["part"])
+        kept = kept.drop_columns(["_stored"]).set_column(
+            kept.schema.get_field_index("part"), "part", part
+        )
+    return reports, kept
+
+
+def _masked(table: pa.Table, name: str, mask: pa.Array) -> pa.Array:
+    return pc.if_else(mask, table[name], pa.scalar(None, table.schema.field(name).type))
+
+
+def _reports(objects: pa.Table) -> pa.Table:
+    """One row per report (connection and time) of ``objects``, all of whose objects are
+    there."""
+    kind, media = objects["stats_type"], objects["media_kind"]
+    audio = pc.fill_null(pc.equal(media, "audio"), False)
+    video = pc.fill_null(pc.equal(media, "video"), False)
+    rtp = pc.is_in(kind, pa.array(_MEDIA))
+    pixels = pc.multiply(
+        pc.cast(objects["frame_width"], pa.float64()),
+        pc.cast(objects["frame_height"], pa.float64()),
+    )
+    sized = pc.and_(video, pc.greater(pixels, 0.0))
+    work = pa.table({
+        "connection_id": objects["connection_id"],
+        "time": objects["time"],
+        "channel_id": objects["channel_id"],
+        "session_id": objects["session_id"],
+        "client_id": objects["client_id"],
+        "role": objects["role"],
+        "node_name": objects["node_name"],
+        "stats_id": objects["stats_id"],
+        "received_at": objects["received_at"],
+        "source": objects["source"],
+        "stream": objects["stream"],
+        "part": objects["part"],
+        "interval_s": objects["interval_s"],
+        "rtt_ms": objects["rtt_ms"],
+        "audio_jitter_ms": _masked(objects, "jitter_ms", audio),
+        "audio_jitter_buffer_ms": _masked(objects, "jitter_buffer_ms", audio),
+        "audio_loss_pct": _masked(objects, "loss_pct", audio),
+        "audio_bitrate_bps": _masked(objects, "bitrate_bps", pc.and_(audio, rtp)),
+        "has_video": pc.and_(video, rtp),
+        "video_loss_pct": _masked(objects, "loss_pct", video),
+        "video_pixels": pc.if_else(sized, pixels, pa.scalar(None, pa.float64())),
+        "video_fps": _masked(objects, "fps", video),
+        "video_freezes_per_min": _masked(objects, "freezes_per_min", video),
+    })  # fmt: skip
+    first = ("channel_id", "session_id", "client_id", "role", "node_name", "source", "stream")
+    maxed = ("interval_s", "rtt_ms", "audio_jitter_ms", "audio_jitter_buffer_ms",
+             "audio_loss_pct", "audio_bitrate_bps", "video_loss_pct", "video_freezes_per_min",
+             "part", "received_at")  # fmt: skip
+    minned = ("video_pixels", "video_fps")
+    grouped = work.group_by(list(KEYS), use_threads=False).aggregate(
+        [(name, "first") for name in first]
+        + [(name, "max") for name in maxed]
+        + [(name, "min") for name in minned]
+        + [("has_video", "any"), ("stats_id", "count_distinct")]
+    )
+    renamed = {f"{name}_{how}": name for how, names in
+               (("first", first), ("max", maxed), ("min", minned)) for name in names}  # fmt: skip
+    renamed |= {"has_video_any": "has_video", "stats_id_count_distinct": "stats_objects"}
+    grouped = grouped.rename_columns([renamed.get(n, n) for n in grouped.column_names])
+    previous = grouped["part"]
+    grouped = grouped.set_column(
+        grouped.schema.get_field_index("part"),
+        "part",
+        pc.if_else(pc.is_null(previous), 0, pc.add(previous, 1)),
+    )
+    grouped = _scores(grouped)
+    return _with_transport(grouped, objects)
+
+
+def _floats(column: pa.ChunkedArray | pa.Array) -> Floats:
+    values = pc.cast(column, pa.float64())
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _first(*arrays: Floats) -> Floats:
+    out = arrays[0].copy()
+    for more in arrays[1:]:
+        out = np.where(np.isnan(out), more, out)
+    return out
+
+
+def _clip01(values: Floats) -> Floats:
+    """``greatest(0, least(1, v))`` as SQL computes it: a NULL operand is ignored, so a
+    missing value gives 1."""
+    return np.where(np.isnan(values), 1.0, np.clip(values, 0.0, 1.0))
+
+
+def _arrow(values: Floats) -> pa.Array:
+    return pa.array(values, pa.float64(), from_pandas=True)  # NaN -> NULL
+
+
+def mos_audio(
+    rtt_ms: Floats, jitter_buffer_ms: Floats, jitter_ms: Floats, loss_pct: Floats,
+    bitrate_bps: Floats,
+) -> tuple[Floats, Floats, Floats]:  # fmt: skip
+    """The one-way delay (ms), R and the MOS of ITU-T G.107's E-model with Opus's figures
+    (docs/QUALITY.md); NaN marks a missing input."""
+    zero = np.zeros(len(rtt_ms))
+    delay = _first(rtt_ms, zero) / 2 + _first(jitter_buffer_ms, 2 * jitter_ms, zero) + OPUS_FRAME_MS
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.log2(delay / 100)
+        idd = np.where(
+            delay <= 100,
+            0.0,
+            25 * (np.power(1 + x**6, 1 / 6) - 3 * np.power(1 + (x / 3) ** 6, 1 / 6) + 2),
+        )
+        ie = np.where(
+            np.isnan(bitrate_bps) | (bitrate_bps < 6000),
+            OPUS_DTX_IE,
+            np.clip(55 - 4.6 * np.log(bitrate_bps), 0, 30),
+        )
+    ppl = _first(loss_pct, zero)
+    r = R_DEFAULT - idd - (ie + (95 - ie) * ppl / (ppl + OPUS_BPL))
+    mos = np.where(
+        r < 0, 1.0, np.where(r > 100, 4.5, 1 + 0.035 * r + r * (r - 60) * (100 - r) * 7e-6)
+    )
+    return delay, np.maximum(r, 0.0), mos
+
+
+def video_score(pixels: Floats, fps: Floats, freezes_per_min: Floats, loss_pct: Floats) -> Floats:
+    """The 1-5 video score of docs/QUALITY.md from resolution, frame rate, freezes and
+    loss; NaN marks a missing input (a missing resolution or frame rate scores lowest)."""
+    zero = np.zeros(len(pixels))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        span = np.log2(FULL_PIXELS) - np.log2(LOW_PIXELS)
+        resolution = _clip01((np.log2(FULL_PIXELS) - np.log2(pixels)) / span)
+    rate = _clip01((FULL_FPS - fps) / (FULL_FPS - LOW_FPS))
+    freezes = np.minimum(1.5, 0.5 * _first(freezes_per_min, zero))
+    loss = np.minimum(1.5, 0.2 * _first(loss_pct, zero))
+    return np.maximum(1.0, 5.0 - 1.5 * resolution - 1.5 * rate - freezes - loss)
+
+
+def _scores(reports: pa.Table) -> pa.Table:
+    """The audio MOS, the video score and the score of each report (NULL when the report
+    has no audio, no video, or no rates)."""
+    f = {name: _floats(reports[name]) for name in (
+        "rtt_ms", "audio_jitter_buffer_ms", "audio_jitter_ms", "audio_loss_pct",
+        "audio_bitrate_bps", "video_pixels", "video_fps", "video_freezes_per_min",
+        "video_loss_pct")}  # fmt: skip
+    delay, r, mos = mos_audio(f["rtt_ms"], f["audio_jitter_buffer_ms"], f["audio_jitter_ms"],
+                              f["audio_loss_pct"], f["audio_bitrate_bps"])  # fmt: skip
+    has_audio = ~(np.isnan(f["audio_bitrate_bps"]) & np.isnan(f["audio_loss_pct"]))
+    has_video = np.asarray(pc.fill_null(reports["has_video"], False).to_numpy(zero_copy_only=False))
+    video = video_score(f["video_pixels"], f["video_fps"], f["video_freezes_per_min"],
+                        f["video_loss_pct"])  # fmt: skip
+    nan = np.full(len(delay), np.nan)
+    mos = np.where(has_audio, mos, nan)
+    video = np.where(has_video, video, nan)
+    score = np.fmin(mos, video)  # the lower; either alone when the other is missing
+    for name, values in (("audio_delay_ms", np.where(has_audio, delay, nan)),
+                         ("r_factor", np.where(has_audio, r, nan)), ("mos_audio", mos),
+                         ("video_score", video), ("score", score)):  # fmt: skip
+        reports = reports.append_column(name, _arrow(values))
+    return reports
+
+
+def _with_transport(reports: pa.Table, objects: pa.Table) -> pa.Table:
+    """Each report with its selected candidate pair: the transport's
+    ``selectedCandidatePairId``, else a nominated succeeded pair, else the first pair;
+    the pair's state and round trip, its candidates' types and protocols, and the
+    transport's ICE and DTLS states."""
+    kind = objects["stats_type"]
+    transports = (
+        objects.filter(pc.fill_null(pc.equal(kind, "transport"), False))
+        .select(
+            [
+                *KEYS,
+                "selected_candidate_pair_id",
+                "selected_candidate_pair_changes",
+                "ice_state",
+                "dtls_state",
+            ]
+        )
+        .group_by(list(KEYS), use_threads=False)
+        .aggregate(
+            [
+                (n, "first")
+                for n in (
+                    "selected_candidate_pair_id",
+                    "selected_candidate_pair_changes",
+                    "ice_state",
+                    "dtls_state",
+                )
+            ]
+        )
+    )
+    transports = transports.rename_columns(
+        [n.removesuffix("_first") for n in transports.column_names]
+    )
+    pairs = objects.filter(pc.fill_null(pc.equal(kind, "candidate-pair"), False)).select(
+        [*KEYS, "stats_id", "local_candidate_id", "remote_candidate_id", "state", "nominated",
+         "current_round_trip_time", "available_outgoing_bitrate"]
+    )  # fmt: skip
+    pairs = pairs.join(transports.select([*KEYS, "selected_candidate_pair_id"]), list(KEYS),
+                       join_type="left outer")  # fmt: skip
+    chosen = pc.fill_null(pc.equal(pairs["stats_id"], pairs["selected_candidate_pair_id"]), False)
+    working = pc.fill_null(
+        pc.and_(pc.equal(pairs["nominated"], True), pc.equal(pairs["state"], "succeeded")), False
+    )
+    rank = pc.if_else(chosen, 0, pc.if_else(working, 1, 2))
+    pairs = pairs.append_column("_rank", rank).sort_by(
+        [("connection_id", "ascending"), ("time", "ascending"), ("_rank", "ascending"),
+         ("stats_id", "ascending")]
+    )  # fmt: skip
+    picked_cols = ("stats_id", "local_candidate_id", "remote_candidate_id", "state",
+                   "current_round_trip_time", "available_outgoing_bitrate")  # fmt: skip
+    selected = pairs.group_by(list(KEYS), use_threads=False).aggregate(
+        [(n, "first", pc.ScalarAggregateOptions(skip_nulls=False)) for n in picked_cols]
+    )
+    selected = selected.rename_columns([n.removesuffix("_first") for n in selected.column_names])
+    candidates = objects.filter(
+        pc.is_in(kind, pa.array(["local-candidate", "remote-candidate"]))
+    ).select([*KEYS, "stats_id", "candidate_type", "protocol", "relay_protocol", "network_type"])
+    candidates = candidates.group_by([*KEYS, "stats_id"], use_threads=False).aggregate(
+        [(n, "first") for n in ("candidate_type", "protocol", "relay_protocol", "network_type")]
+    )
+    candidates = candidates.rename_columns(
+        [n.removesuffix("_first") for n in candidates.column_names]
+    )
+    local = candidates.rename_columns(
+        [{"stats_id": "local_candidate_id", "candidate_type": "local_candidate_type",
+          "protocol": "local_protocol"}.get(n, n) for n in candidates.column_names]
+    )  # fmt: skip
+    remote = candidates.select([*KEYS, "stats_id", "candidate_type"]).rename_columns(
+        [*KEYS, "remote_candidate_id", "remote_candidate_type"]
+    )
+    selected = selected.join(local, [*KEYS, "local_candidate_id"], join_type="left outer")
+    selected = selected.join(remote, [*KEYS, "remote_candidate_id"], join_type="left outer")
+    selected = selected.rename_columns(
+        [{"stats_id": "pair_id", "state": "pair_state"}.get(n, n) for n in selected.column_names]
+    )
+    out = reports.append_column("_row", pa.array(np.arange(reports.num_rows), pa.int64()))
+    out = out.join(transports.drop_columns(["selected_candidate_pair_id"]), list(KEYS),
+                   join_type="left outer")  # fmt: skip
+    out = out.join(selected, list(KEYS), join_type="left outer").sort_by("_row")
+    rtt = pc.multiply(pc.cast(out["current_round_trip_time"], pa.float64()), 1000.0)
+    out = out.append_column("pair_rtt_ms", rtt)
+    out = out.append_column(
+        "available_outgoing_bitrate_bps", pc.cast(out["available_outgoing_bitrate"], pa.float64())
+    )
+    return out.drop_columns(["_row", "current_round_trip_time", "available_outgoing_bitrate",
+                             "local_candidate_id", "remote_candidate_id"])  # fmt: skip
