@@ -120,6 +120,16 @@ def test_each_code_is_found_on_data_made_to_show_it(engine: QueryEngine, code: s
         assert finding["end"] == "2026-11-20T00:01:25+00:00"
 
 
+def test_a_connection_longer_than_a_query_may_return_is_read_in_pages(
+    engine: QueryEngine,
+) -> None:
+    """With a row limit of 7, each connection's ~100 rates and 24 reports come in pages:
+    the same diagnosis as in one page."""
+    paged = QueryEngine(engine.root, engine.tables, max_rows=7)
+    for code in ("high_loss", "relay", "ice_restart", "clean"):
+        assert diagnose(paged, code, DiagnosisConfig()) == diagnose(engine, code, DiagnosisConfig())
+
+
 def test_a_clean_connection_has_no_finding(engine: QueryEngine) -> None:
     answer = diagnose(engine, "clean", DiagnosisConfig())
     assert answer["found"] and answer["findings"] == []

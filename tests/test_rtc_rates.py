@@ -8,13 +8,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from rtclake.catalog import default_registry
 from rtclake.delivery import Delivery
 from rtclake.importer import Importer, ImportStats
 from rtclake.integrations.sora.logs import table_for
-from rtclake.integrations.sora.views import RATES_COLUMNS
+from rtclake.integrations.sora.views import (
+    RATES_COLUMNS,
+    REPORTS_COLUMNS,
+    RatesDerivation,
+    ReportsDerivation,
+)
 from rtclake.lake.query import QueryEngine
 from rtclake.lake.sink import LakeSink
 from rtclake.metrics import Metrics
@@ -181,9 +187,11 @@ def test_every_column_of_the_views_is_declared_and_documented(engine: QueryEngin
     declared: dict[str, tuple[tuple[str, str], ...]] = {
         name: view.columns for name, view in default_registry().views.items()
     }
-    declared["rtc_rates"] = RATES_COLUMNS  # a derived table: its columns after the envelope
-    where = {"rtc_rates": "METRICS.md", "connection_quality": "QUALITY.md",
-             "session_quality": "QUALITY.md", "connection_transport": "METRICS.md"}  # fmt: skip
+    declared["rtc_rates"] = RATES_COLUMNS  # derived tables: their columns after the envelope
+    declared["connection_reports"] = REPORTS_COLUMNS
+    where = {"rtc_rates": "METRICS.md", "connection_reports": "METRICS.md",
+             "connection_quality": "QUALITY.md", "session_quality": "QUALITY.md",
+             "connection_transport": "METRICS.md"}  # fmt: skip
     envelope = {f.name for f in ENVELOPE} | {"extra", "date"}
     for name, page in where.items():
         actual = engine.run(f"SELECT * FROM {name} LIMIT 0").columns
@@ -224,3 +232,29 @@ def test_rates_are_derived_once_per_batch_in_order_across_batches(tmp_path: Path
     assert low == high == pytest.approx(8 * 20_000 / 5)
     files = list((tmp_path / "lake" / "rtc_rates").rglob("*.parquet"))
     assert len(files) > 1  # really more than one block
+
+
+def test_a_state_saved_by_an_earlier_version_is_carried_on(tmp_path: Path) -> None:
+    """A derivation's state written before a column was added (here rtc_rates's
+    ``track_identifier`` and a report's ``is_rate``) still gives the next batch its
+    previous sample and report: the missing column is NULL, not a failed derivation."""
+    lines = [
+        sample("k", "inbound-rtp", "IA", 5 * i, "audio", bytesReceived=20_000 * i,
+               packetsReceived=250 * i, packetsLost=0, trackIdentifier="p-audio")
+        for i in range(4)
+    ]  # fmt: skip
+    import_lines(tmp_path, lines)
+    (path,) = (tmp_path / "lake" / "rtc_stats").rglob("*.parquet")
+    stats = pq.read_table(path).sort_by("rtc_timestamp")
+    first, second = stats.slice(0, 2), stats.slice(2)
+    rates_, reports_ = RatesDerivation(), ReportsDerivation()
+    made, state = rates_.derive({"rtc_stats": first}, None)
+    _, report_state = reports_.derive({"rtc_stats": first, **made}, None)
+    assert state is not None and report_state is not None
+    old_state = state.drop_columns(["track_identifier"])
+    old_report_state = report_state.drop_columns(["is_rate"])
+    made, _ = rates_.derive({"rtc_stats": second}, old_state)
+    assert made["rtc_rates"].num_rows == 2  # the first interval from the old state
+    assert made["rtc_rates"]["track_identifier"].to_pylist() == ["p-audio", "p-audio"]
+    reports_made, _ = reports_.derive({"rtc_stats": second, **made}, old_report_state)
+    assert reports_made["connection_reports"].num_rows == 2

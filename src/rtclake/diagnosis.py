@@ -65,31 +65,40 @@ def _rows(result: QueryResult) -> list[dict[str, Any]]:
     return [dict(zip(result.columns, row, strict=True)) for row in result.rows()]
 
 
-def _all_rows(
-    engine: QueryEngine, columns: Sequence[str], view: str, where: str, order: tuple[str, str]
-) -> list[dict[str, Any]]:
-    """Every row of ``view`` matching ``where``, ordered by ``order``, fetched in pages of
-    the engine's row limit (keyset pagination: a long connection has more samples than
-    one query may return)."""
+def _page_sql(columns: Sequence[str], view: str, where: str, order: tuple[str, str],
+              after: dict[str, Any] | None = None) -> str:  # fmt: skip
+    """One page of ``view``'s rows matching ``where`` in ``order``: the first, or the one
+    after the row ``after`` (keyset pagination)."""
     first, second = order
-    rows: list[dict[str, Any]] = []
-    after = ""
-    while True:
-        result = engine.run(
-            f"SELECT {', '.join(columns)} FROM {view} WHERE {where}{after}"
-            f" ORDER BY {first}, {second}"
-        )
-        page = _rows(result)
-        rows += page
-        if not result.truncated or not page:
-            return rows
-        a, b = page[-1][first], page[-1][second]
-        bound = f"'{b.isoformat()}'::TIMESTAMPTZ" if isinstance(b, dt.datetime) else _quote(b)
-        after = (
-            f" AND ({first} > {_quote(a)} OR ({first} = {_quote(a)} AND {second} > {bound}))"
+    bound = ""
+    if after is not None:
+        a, b = after[first], after[second]
+        later = f"'{b.isoformat()}'::TIMESTAMPTZ" if isinstance(b, dt.datetime) else _quote(b)
+        bound = (
+            f" AND ({first} > {_quote(a)} OR ({first} = {_quote(a)} AND {second} > {later}))"
             if isinstance(a, str)
             else f" AND {first} > '{a.isoformat()}'::TIMESTAMPTZ"
         )
+    return (
+        f"SELECT {', '.join(columns)} FROM {view} WHERE {where}{bound} ORDER BY {first}, {second}"
+    )
+
+
+def _rest(
+    engine: QueryEngine, first: QueryResult, columns: Sequence[str], view: str, where: str,
+    order: tuple[str, str],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Every row of a paged question, given its first page: the next pages are fetched
+    while a page is cut at the engine's row limit (a long connection has more samples than
+    one query may return)."""
+    page = _rows(first)
+    rows = list(page)
+    result = first
+    while result.truncated and page:
+        result = engine.run(_page_sql(columns, view, where, order, page[-1]))
+        page = _rows(result)
+        rows += page
+    return rows
 
 
 def _quote(value: str) -> str:
@@ -315,15 +324,21 @@ def diagnose(engine: QueryEngine, connection_id: str, config: DiagnosisConfig) -
         raise LookupError(f"no integration provides the views {sorted(missing)}")
     key = _quote(connection_id)
     where = f"connection_id = {key}"
-    rates = _all_rows(engine, _RATE_COLUMNS, "rtc_rates", where, ("stats_id", "time"))
-    transport = _all_rows(
-        engine, _TRANSPORT_COLUMNS, "connection_transport", where, ("time", "pair_id")
-    )
-    quality = _rows(engine.run(
+    rate_order, transport_order = ("stats_id", "time"), ("time", "pair_id")
+    # one connection (one set-up of the views) for the first pages and the scores
+    first_rates, first_transport, scores = engine.run_many([
+        _page_sql(_RATE_COLUMNS, "rtc_rates", where, rate_order),
+        _page_sql(_TRANSPORT_COLUMNS, "connection_transport", where, transport_order),
         "SELECT avg(score) AS score, avg(mos_audio) AS mos_audio,"
         " avg(video_score) AS video_score, min(score) AS worst_score"
-        f" FROM connection_quality WHERE connection_id = {key}"
-    ))[0]  # fmt: skip
+        f" FROM connection_quality WHERE connection_id = {key}",
+    ])  # fmt: skip
+    rates = _rest(engine, first_rates, _RATE_COLUMNS, "rtc_rates", where, rate_order)
+    transport = _rest(
+        engine, first_transport, _TRANSPORT_COLUMNS, "connection_transport", where,
+        transport_order,
+    )  # fmt: skip
+    quality = _rows(scores)[0]
     if not rates and not transport:
         return {"connection_id": connection_id, "found": False, "findings": []}
     findings = _rate_findings(rates, config) + _transport_findings(transport)

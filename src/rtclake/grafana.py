@@ -63,7 +63,11 @@ def table_glob(table: Table) -> str:
 def init_sql(tables: TableRegistry) -> str:
     """The statements that give the plugin's DuckDB rtclake's views over the lake."""
     engine = QueryEngine(f"{DATA_DIR}/lake", tables)
-    statements = ["-- times in UTC, as in rtclake's own queries\nSET GLOBAL TimeZone = 'UTC'"]
+    statements = [
+        "-- times in UTC, as in rtclake's own queries\nSET GLOBAL TimeZone = 'UTC'",
+        "-- lake files never change once written: keep their footers between panels\n"
+        "SET GLOBAL parquet_metadata_cache = true",
+    ]
     for table in tables:
         # view_sql reads a list of paths; a glob in it is expanded at each query
         statements.append(f"-- {table.name}\n{engine.view_sql(table, [table_glob(table)])}")

@@ -539,16 +539,17 @@ FROM p, extra, q
 
 
 def connection_streams_sql(connection_id: str) -> str:
-    """The connection's streams and candidate pairs (``rtc_rates``'s): type, media kind,
-    and for a received stream the sending connection (from ``trackIdentifier``,
-    ``<connection_id>-audio``) and its client when a log names it."""
+    """The connection's streams and candidate pairs (``rtc_rates``'s, so seen from their
+    second sample): type, media kind, and for a received stream the sending connection
+    (from ``trackIdentifier``, ``<connection_id>-audio``) and its client when a log
+    names it."""
     key = quote(connection_id)
     return f"""
 WITH streams AS (
     SELECT stats_id, any_value(stats_type) AS stats_type, any_value(media_kind) AS media_kind,
-        any_value(track_identifier) AS track_identifier, min(rtc_timestamp) AS first_seen,
-        max(rtc_timestamp) AS last_seen
-    FROM rtc_stats
+        any_value(track_identifier) AS track_identifier, min(time) AS first_seen,
+        max(time) AS last_seen
+    FROM rtc_rates
     WHERE connection_id = {key}
         AND stats_type IN ('inbound-rtp', 'outbound-rtp', 'remote-inbound-rtp', 'candidate-pair')
     GROUP BY stats_id

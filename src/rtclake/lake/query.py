@@ -246,6 +246,11 @@ class QueryEngine:
                 con.execute("LOAD httpfs")
             self.storage.duckdb_setup(con)
             con.execute("SET TimeZone = 'UTC'")
+            # A lake file never changes once written (a replay writes the same rows): its
+            # footer, read when the view is bound (union_by_name) and again by the scan,
+            # is parsed once. Over the 366 files of an import this made a query for one
+            # connection 0.33 -> 0.16 s.
+            con.execute("SET parquet_metadata_cache = true")
             # A streaming result runs ahead until this many bytes wait in its buffer, but
             # DuckDB 1.4 counts a text vector without its strings: by default, 10,000 texts
             # of 100 kB (1 GB, outside memory_limit) were made before the first fetch.

@@ -28,7 +28,8 @@ COUNTERS = (
 )  # fmt: skip
 REASONS = ("none", "cpu", "bandwidth", "other")  # qualityLimitationDurations' keys
 TYPES = ("inbound-rtp", "outbound-rtp", "remote-inbound-rtp", "candidate-pair")
-IDS = ("channel_id", "session_id", "connection_id", "stats_type", "stats_id", "media_kind")
+IDS = ("channel_id", "session_id", "connection_id", "stats_type", "stats_id", "media_kind",
+       "track_identifier")  # fmt: skip
 GAUGES = (
     "fraction_lost", "jitter", "round_trip_time", "current_round_trip_time",
     "frames_per_second",
@@ -46,6 +47,9 @@ HORIZON_US = 6 * 3600 * 1_000_000
 def samples(rows: pa.Table) -> pa.Table:
     """The samples of a batch of ``rtc_stats`` rows: the stats types that have rates, the
     state's columns (the quality-limitation durations as numbers) and the envelope."""
+    needed = [n for n in SAMPLE_COLUMNS if not n.startswith("ql_")]
+    needed += ["quality_limitation_durations", *CARRIED]
+    rows = rows.select(needed)  # before the filter: rtc_stats has ~200 columns
     rows = rows.filter(pc.is_in(rows["stats_type"], pa.array(TYPES)))
     columns = {name: rows[name] for name in SAMPLE_COLUMNS if not name.startswith("ql_")}
     durations = [
@@ -61,6 +65,18 @@ def samples(rows: pa.Table) -> pa.Table:
     for name in CARRIED:
         table = table.append_column(name, rows[name])
     return table
+
+
+def aligned(state: pa.Table, schema: pa.Schema, names: Sequence[str]) -> pa.Table:
+    """The state's columns ``names`` in ``schema``'s types; a column a state saved by an
+    earlier version lacks is NULL (its streams start again without it)."""
+    columns = [
+        state[name]
+        if name in state.column_names
+        else pa.nulls(state.num_rows, schema.field(name).type)
+        for name in names
+    ]
+    return pa.table(columns, names=list(names)).cast(pa.schema([schema.field(n) for n in names]))
 
 
 def _number(value: object) -> float | None:
@@ -89,7 +105,7 @@ def derive(fresh: pa.Table, state: pa.Table | None) -> tuple[pa.Table, pa.Table]
     if state is not None and state.num_rows:
         missing = {name: pa.nulls(state.num_rows, fresh.schema.field(name).type)
                    for name in CARRIED}  # fmt: skip
-        old = state.select(list(SAMPLE_COLUMNS))
+        old = aligned(state, fresh.schema, SAMPLE_COLUMNS)
         for name, column in missing.items():
             old = old.append_column(name, column)
         table = pa.concat_tables([fresh, old.cast(fresh.schema)])

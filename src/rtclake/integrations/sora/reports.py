@@ -25,6 +25,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from rtclake.integrations.sora.rates import aligned
+
 Floats = npt.NDArray[np.float64]
 
 # docs/QUALITY.md gives each formula, its constants and their sources.
@@ -50,30 +52,48 @@ _RATE_FIELDS = (
     "interval_s", "rtt_ms", "jitter_ms", "jitter_buffer_ms", "loss_pct", "bitrate_bps",
     "fps", "frame_width", "frame_height", "freezes_per_min",
 )  # fmt: skip
-ITEM_COLUMNS = ("time", *_STATS_FIELDS, *_RATE_FIELDS, "part")
+ITEM_COLUMNS = ("time", *_STATS_FIELDS, *_RATE_FIELDS, "is_rate", "part")
 # a connection silent this long before the newest report is dropped from the state
 HORIZON_US = 6 * 3600 * 1_000_000
 _MEDIA = ("inbound-rtp", "outbound-rtp")
+# the objects a report's row reads besides its rates: the selected pair's, and the
+# peer-connection object every report has, for the envelope (client, role, node)
+_OBJECT_TYPES = ("transport", "candidate-pair", "local-candidate", "remote-candidate",
+                 "peer-connection")  # fmt: skip
+_SHARED = ("channel_id", "session_id", "connection_id", "stats_type", "stats_id", "media_kind",
+           "received_at", "source", "stream")  # fmt: skip
 
 
 def items(stats: pa.Table, rates: pa.Table | None) -> pa.Table:
-    """The objects of a batch of ``rtc_stats`` rows as report items, each with its rates
-    from the batch's ``rtc_rates`` (NULL where it has none)."""
-    table = pa.table(
-        {"time": stats["rtc_timestamp"], **{name: stats[name] for name in _STATS_FIELDS}}
-    )
-    table = table.filter(pc.and_(pc.is_valid(table["connection_id"]), pc.is_valid(table["time"])))
-    table = table.append_column("_row", pa.array(np.arange(table.num_rows), pa.int64()))
+    """A batch's report items: its ``rtc_stats`` objects (their envelope and the fields
+    that pick the selected pair), then its ``rtc_rates`` rows (``is_rate``), each with
+    NULL in the other's columns. Concatenated, not joined: a report's aggregates read
+    the rates from the one and the transport from the other."""
+    stats = stats.select(["rtc_timestamp", *_STATS_FIELDS])
+    stats = stats.filter(pc.is_in(stats["stats_type"], pa.array(_OBJECT_TYPES)))
+    n = stats.num_rows
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {"time": stats["rtc_timestamp"]}
+    columns |= {name: stats[name] for name in _STATS_FIELDS}
+    columns |= {name: pa.nulls(n, _rate_type(name)) for name in _RATE_FIELDS}
+    columns |= {"is_rate": pa.array(np.zeros(n, dtype=bool)), "part": pa.nulls(n, pa.int64())}
+    table = pa.table(columns)
     if rates is not None and rates.num_rows:
-        picked = rates.select(["connection_id", "stats_id", "time", *_RATE_FIELDS])
-        table = table.join(picked, ["connection_id", "stats_id", "time"], join_type="left outer")
-        table = table.sort_by("_row")  # a join does not keep the order
-    else:
-        for name in _RATE_FIELDS:
-            kind = pa.int64() if name.startswith("frame_") else pa.float64()
-            table = table.append_column(name, pa.nulls(table.num_rows, kind))
-    table = table.drop_columns(["_row"])
-    return table.append_column("part", pa.nulls(table.num_rows, pa.int64()))
+        m = rates.num_rows
+        more: dict[str, pa.Array | pa.ChunkedArray] = {"time": rates["time"]}
+        for name in _STATS_FIELDS:
+            more[name] = rates[name] if name in _SHARED else pa.nulls(m, table[name].type)
+        more |= {name: pc.cast(rates[name], _rate_type(name)) for name in _RATE_FIELDS}
+        more |= {"is_rate": pa.array(np.ones(m, dtype=bool)), "part": pa.nulls(m, pa.int64())}
+        table = pa.concat_tables([table, pa.table(more).cast(table.schema)])
+    if table["connection_id"].null_count or table["time"].null_count:
+        table = table.filter(
+            pc.and_(pc.is_valid(table["connection_id"]), pc.is_valid(table["time"]))
+        )
+    return table
+
+
+def _rate_type(name: str) -> pa.DataType:
+    return pa.int64() if name.startswith("frame_") else pa.float64()
 
 
 def _keys(
@@ -91,10 +111,12 @@ def _keys(
 def derive(fresh: pa.Table, state: pa.Table | None) -> tuple[pa.Table, pa.Table]:
     """The reports of ``fresh`` items (:func:`items`), with the objects of the same
     reports kept in ``state``, and the new state (every connection's latest report)."""
-    old = state.cast(fresh.schema) if state is not None and state.num_rows else fresh.slice(0, 0)
+    old = fresh.slice(0, 0)
+    if state is not None and state.num_rows:
+        old = aligned(state, fresh.schema, fresh.schema.names)
     if fresh.num_rows == 0:
         return pa.table({}), old
-    both = pa.concat_tables([fresh, old])
+    both = pa.concat_tables([fresh, old]).combine_chunks()
     n = fresh.num_rows
     codes, ts, report = _keys(both)
     lowest = np.iinfo(np.int64).min
@@ -104,6 +126,15 @@ def derive(fresh: pa.Table, state: pa.Table | None) -> tuple[pa.Table, pa.Table]
     on_time = ts[:n] >= latest_old[codes[:n]]
     # the reports this batch touches: its own objects, and the kept ones of the same reports
     chosen = np.concatenate([on_time, np.isin(report[n:], report[:n][on_time])])
+    # a report's part: 0, or one more than the part stored from the state's objects
+    _, slot = np.unique(report, return_inverse=True)
+    kept_part = np.full(int(slot.max(initial=0)) + 1, -1, dtype=np.int64)
+    part_values = pc.fill_null(both["part"], -1).to_numpy(zero_copy_only=False)
+    np.maximum.at(kept_part, slot, np.asarray(part_values, dtype=np.int64))
+    part = kept_part[slot] + 1  # -1 (no stored part) gives 0
+    old_part = np.asarray(part_values, dtype=np.int64)
+    both = both.set_column(both.schema.get_field_index("part"), "part",
+                           pa.array(np.where(chosen, part, old_part), pa.int64()))  # fmt: skip
     reports = _reports(both.filter(pa.array(chosen))) if chosen.any() else pa.table({})
 
     # the new state: each connection's latest report, its objects marked with the part
@@ -112,15 +143,7 @@ def derive(fresh: pa.Table, state: pa.Table | None) -> tuple[pa.Table, pa.Table]
     np.maximum.at(latest, codes, ts)
     keep = (ts == latest[codes]) & (ts >= ts.max() - HORIZON_US)
     keep[:n] &= on_time
-    kept = both.filter(pa.array(keep))
-    if reports.num_rows and kept.num_rows:
-        parts = reports.select([*KEYS, "part"]).rename_columns([*KEYS, "_stored"])
-        kept = kept.join(parts, list(KEYS), join_type="left outer")
-        part = pc.coalesce(kept["_stored"], kept["part"])
-        kept = kept.drop_columns(["_stored"]).set_column(
-            kept.schema.get_field_index("part"), "part", part
-        )
-    return reports, kept
+    return reports, both.filter(pa.array(keep))
 
 
 def _masked(table: pa.Table, name: str, mask: pa.Array) -> pa.Array:
@@ -173,18 +196,12 @@ def _reports(objects: pa.Table) -> pa.Table:
         [(name, "first") for name in first]
         + [(name, "max") for name in maxed]
         + [(name, "min") for name in minned]
-        + [("has_video", "any"), ("stats_id", "count_distinct")]
+        + [("has_video", "any")]
     )
     renamed = {f"{name}_{how}": name for how, names in
                (("first", first), ("max", maxed), ("min", minned)) for name in names}  # fmt: skip
-    renamed |= {"has_video_any": "has_video", "stats_id_count_distinct": "stats_objects"}
+    renamed |= {"has_video_any": "has_video"}
     grouped = grouped.rename_columns([renamed.get(n, n) for n in grouped.column_names])
-    previous = grouped["part"]
-    grouped = grouped.set_column(
-        grouped.schema.get_field_index("part"),
-        "part",
-        pc.if_else(pc.is_null(previous), 0, pc.add(previous, 1)),
-    )
     grouped = _scores(grouped)
     return _with_transport(grouped, objects)
 
@@ -276,89 +293,97 @@ def _scores(reports: pa.Table) -> pa.Table:
     return reports
 
 
+class _Lookup:
+    """Rows found by an integer key (sorted once, searched with NumPy)."""
+
+    def __init__(self, keys: npt.NDArray[np.int64], rows: npt.NDArray[np.int64]) -> None:
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.rows = keys[order], rows[order]
+
+    def find(self, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The row of each key (the first with it), -1 where there is none."""
+        if len(self.keys) == 0:
+            return np.full(len(keys), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return np.where(self.keys[at] == keys, self.rows[at], -1)
+
+
+def _take(column: pa.ChunkedArray | pa.Array, rows: npt.NDArray[np.int64]) -> pa.Array:
+    """``column``'s values at ``rows``, NULL where a row is -1."""
+    if len(column) == 0:
+        return pa.nulls(len(rows), column.type)
+    return pc.take(column, pa.array(np.maximum(rows, 0), pa.int64(), mask=rows < 0))
+
+
 def _with_transport(reports: pa.Table, objects: pa.Table) -> pa.Table:
     """Each report with its selected candidate pair: the transport's
-    ``selectedCandidatePairId``, else a nominated succeeded pair, else the first pair;
-    the pair's state and round trip, its candidates' types and protocols, and the
-    transport's ICE and DTLS states."""
+    ``selectedCandidatePairId``, else a nominated succeeded pair, else the first pair by
+    id; the pair's state and round trip, its candidates' types and protocols, and the
+    transport's ICE and DTLS states. Rows are found by integer keys: a report (its
+    connection and time) and, within it, an RTCStats id."""
+    objects = objects.filter(pc.invert(objects["is_rate"])).combine_chunks()
+    n, m = reports.num_rows, objects.num_rows
+    keys = reports.select(list(KEYS))
+    _, _, report = _keys(pa.concat_tables([keys, objects.select(list(KEYS)).cast(keys.schema)]))
+    of_report, of_object = report[:n], report[n:]
+    # one dictionary for the ids an object names: its own, its pair's, its candidates'
+    named = ("stats_id", "selected_candidate_pair_id", "local_candidate_id", "remote_candidate_id")
+    ids = pc.dictionary_encode(pa.concat_arrays([objects[c].combine_chunks() for c in named]))
+    codes = np.asarray(pc.fill_null(ids.indices, -1).to_numpy(zero_copy_only=False), np.int64)
+    own, selected_id, local_id, remote_id = (codes[i * m : (i + 1) * m] for i in range(4))
     kind = objects["stats_type"]
-    transports = (
-        objects.filter(pc.fill_null(pc.equal(kind, "transport"), False))
-        .select(
-            [
-                *KEYS,
-                "selected_candidate_pair_id",
-                "selected_candidate_pair_changes",
-                "ice_state",
-                "dtls_state",
-            ]
-        )
-        .group_by(list(KEYS), use_threads=False)
-        .aggregate(
-            [
-                (n, "first")
-                for n in (
-                    "selected_candidate_pair_id",
-                    "selected_candidate_pair_changes",
-                    "ice_state",
-                    "dtls_state",
-                )
-            ]
-        )
+
+    def rows_of(*names: str) -> npt.NDArray[np.int64]:
+        return np.flatnonzero(np.asarray(pc.fill_null(pc.is_in(kind, pa.array(names)), False)))
+
+    transports = rows_of("transport")
+    transport_of = _Lookup(of_object[transports], transports)
+    # the pairs of each report, best first: the transport's choice, then a nominated
+    # succeeded pair, then by id
+    pairs = rows_of("candidate-pair")
+    pair_transport = transport_of.find(of_object[pairs])
+    chosen = (pair_transport >= 0) & (own[pairs] == selected_id[np.maximum(pair_transport, 0)])
+    nominated = pc.equal(objects["nominated"], True)
+    working = np.asarray(
+        pc.fill_null(pc.and_(nominated, pc.equal(objects["state"], "succeeded")), False)
     )
-    transports = transports.rename_columns(
-        [n.removesuffix("_first") for n in transports.column_names]
+    rank = np.where(chosen, 0, np.where(working[pairs], 1, 2))
+    ranked = pairs[np.lexsort((own[pairs], rank, of_object[pairs]))]
+    pair_row = _Lookup(of_object[ranked], ranked).find(of_report)  # stable: the best one
+    # the pair's candidates, by report and id
+    width = len(ids.dictionary) + 1
+    candidates = rows_of("local-candidate", "remote-candidate")
+    candidate_of = _Lookup(of_object[candidates] * width + own[candidates], candidates)
+
+    def candidate(named_id: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        if m == 0:
+            return np.full(n, -1, dtype=np.int64)
+        wanted = named_id[np.maximum(pair_row, 0)]
+        found = candidate_of.find(of_report * width + wanted)
+        return np.where((pair_row >= 0) & (wanted >= 0), found, -1)
+
+    local, remote, transport = (
+        candidate(local_id),
+        candidate(remote_id),
+        transport_of.find(of_report),
     )
-    pairs = objects.filter(pc.fill_null(pc.equal(kind, "candidate-pair"), False)).select(
-        [*KEYS, "stats_id", "local_candidate_id", "remote_candidate_id", "state", "nominated",
-         "current_round_trip_time", "available_outgoing_bitrate"]
-    )  # fmt: skip
-    pairs = pairs.join(transports.select([*KEYS, "selected_candidate_pair_id"]), list(KEYS),
-                       join_type="left outer")  # fmt: skip
-    chosen = pc.fill_null(pc.equal(pairs["stats_id"], pairs["selected_candidate_pair_id"]), False)
-    working = pc.fill_null(
-        pc.and_(pc.equal(pairs["nominated"], True), pc.equal(pairs["state"], "succeeded")), False
-    )
-    rank = pc.if_else(chosen, 0, pc.if_else(working, 1, 2))
-    pairs = pairs.append_column("_rank", rank).sort_by(
-        [("connection_id", "ascending"), ("time", "ascending"), ("_rank", "ascending"),
-         ("stats_id", "ascending")]
-    )  # fmt: skip
-    picked_cols = ("stats_id", "local_candidate_id", "remote_candidate_id", "state",
-                   "current_round_trip_time", "available_outgoing_bitrate")  # fmt: skip
-    selected = pairs.group_by(list(KEYS), use_threads=False).aggregate(
-        [(n, "first", pc.ScalarAggregateOptions(skip_nulls=False)) for n in picked_cols]
-    )
-    selected = selected.rename_columns([n.removesuffix("_first") for n in selected.column_names])
-    candidates = objects.filter(
-        pc.is_in(kind, pa.array(["local-candidate", "remote-candidate"]))
-    ).select([*KEYS, "stats_id", "candidate_type", "protocol", "relay_protocol", "network_type"])
-    candidates = candidates.group_by([*KEYS, "stats_id"], use_threads=False).aggregate(
-        [(n, "first") for n in ("candidate_type", "protocol", "relay_protocol", "network_type")]
-    )
-    candidates = candidates.rename_columns(
-        [n.removesuffix("_first") for n in candidates.column_names]
-    )
-    local = candidates.rename_columns(
-        [{"stats_id": "local_candidate_id", "candidate_type": "local_candidate_type",
-          "protocol": "local_protocol"}.get(n, n) for n in candidates.column_names]
-    )  # fmt: skip
-    remote = candidates.select([*KEYS, "stats_id", "candidate_type"]).rename_columns(
-        [*KEYS, "remote_candidate_id", "remote_candidate_type"]
-    )
-    selected = selected.join(local, [*KEYS, "local_candidate_id"], join_type="left outer")
-    selected = selected.join(remote, [*KEYS, "remote_candidate_id"], join_type="left outer")
-    selected = selected.rename_columns(
-        [{"stats_id": "pair_id", "state": "pair_state"}.get(n, n) for n in selected.column_names]
-    )
-    out = reports.append_column("_row", pa.array(np.arange(reports.num_rows), pa.int64()))
-    out = out.join(transports.drop_columns(["selected_candidate_pair_id"]), list(KEYS),
-                   join_type="left outer")  # fmt: skip
-    out = out.join(selected, list(KEYS), join_type="left outer").sort_by("_row")
-    rtt = pc.multiply(pc.cast(out["current_round_trip_time"], pa.float64()), 1000.0)
-    out = out.append_column("pair_rtt_ms", rtt)
-    out = out.append_column(
-        "available_outgoing_bitrate_bps", pc.cast(out["available_outgoing_bitrate"], pa.float64())
-    )
-    return out.drop_columns(["_row", "current_round_trip_time", "available_outgoing_bitrate",
-                             "local_candidate_id", "remote_candidate_id"])  # fmt: skip
+    taken = {
+        "selected_candidate_pair_changes": ("selected_candidate_pair_changes", transport),
+        "ice_state": ("ice_state", transport),
+        "dtls_state": ("dtls_state", transport),
+        "pair_id": ("stats_id", pair_row),
+        "pair_state": ("state", pair_row),
+        "local_candidate_type": ("candidate_type", local),
+        "local_protocol": ("protocol", local),
+        "relay_protocol": ("relay_protocol", local),
+        "network_type": ("network_type", local),
+        "remote_candidate_type": ("candidate_type", remote),
+        "pair_rtt_ms": ("current_round_trip_time", pair_row),
+        "available_outgoing_bitrate_bps": ("available_outgoing_bitrate", pair_row),
+    }
+    out = reports
+    for name, (column, rows) in taken.items():
+        out = out.append_column(name, _take(objects[column], rows))
+    rtt = pc.multiply(pc.cast(out["pair_rtt_ms"], pa.float64()), 1000.0)
+    out = out.set_column(out.schema.get_field_index("pair_rtt_ms"), "pair_rtt_ms", rtt)
+    return out

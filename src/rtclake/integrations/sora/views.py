@@ -29,6 +29,10 @@ RATES_COLUMNS: tuple[tuple[str, str], ...] = (
     ),
     ("stats_id", "the RTCStats object's id (a stream, or a candidate pair)"),
     ("media_kind", "audio or video (rtc_data.kind)"),
+    (
+        "track_identifier",
+        "the stream's trackIdentifier (Sora's received streams: <sending connection>-<kind>)",
+    ),
     ("interval_s", "seconds between the two samples"),
     ("bitrate_bps", "8 × Δbytes_sent (or Δbytes_received) / interval_s, bits/s"),
     ("packets_per_s", "Δpackets_sent (or Δpackets_received) / interval_s"),
@@ -69,6 +73,7 @@ RATES_COLUMNS: tuple[tuple[str, str], ...] = (
 _KINDS: dict[str, FieldKind] = {
     "channel_id": "id", "session_id": "id", "connection_id": "id", "stats_id": "id",
     "stats_type": "string", "media_kind": "string", "quality_limitation_reason": "string",
+    "track_identifier": "string",
     "frame_width": "int", "frame_height": "int",
 }  # fmt: skip
 
@@ -148,7 +153,6 @@ REPORTS_COLUMNS: tuple[tuple[str, str], ...] = (
     ("client_id", "Sora client id"),
     ("role", "sendrecv, sendonly or recvonly"),
     ("node_name", "the Sora node"),
-    ("stats_objects", "the report's RTCStats objects"),
     ("part", "0; n when the report's objects came in n + 1 batches (the highest is whole)"),
     ("has_video", "the report has a video inbound-rtp or outbound-rtp"),
     *_QUALITY_COLUMNS[4:],
@@ -156,7 +160,7 @@ REPORTS_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 _REPORT_KINDS: dict[str, FieldKind] = {
     "channel_id": "id", "session_id": "id", "connection_id": "id", "client_id": "id",
-    "role": "string", "node_name": "string", "stats_objects": "int", "part": "int",
+    "role": "string", "node_name": "string", "part": "int",
     "has_video": "bool", "pair_id": "id", "pair_state": "string", "ice_state": "string",
     "dtls_state": "string", "selected_candidate_pair_changes": "int",
     "local_candidate_type": "string", "local_protocol": "string",
