@@ -153,24 +153,16 @@ def test_a_late_report_is_not_stored_again(tmp_path: Path) -> None:
     assert engine.run("SELECT count(*) FROM connection_quality").rows() == [[1]]
 
 
-def test_report_files_are_sorted_by_connection_with_statistics_to_skip_by(
-    tmp_path: Path,
-) -> None:
-    """``connection_reports`` (and ``rtc_rates``) files hold their rows sorted by channel,
-    session, connection and time, with min/max statistics for those and ``part``: what
-    lets a filter on one connection skip the row groups of the others."""
+def test_report_files_have_statistics_for_the_part(tmp_path: Path) -> None:
+    """``connection_reports`` files keep min/max statistics for ``part`` (and the ids):
+    what lets the views' anti-join on ``part > 0`` skip every row group without a
+    continued report."""
     lines = [line for i in (3, 1, 2) for line in connection(f"c{i}", session=f"s{i % 2}")]
     import_lines(tmp_path, lines)
-    ordered = {
-        "connection_reports": ("session_id", "connection_id", "time"),
-        "rtc_rates": ("session_id", "connection_id", "stats_id", "time"),
-    }
-    for table, keys in ordered.items():
-        (path,) = (tmp_path / "lake" / table).rglob("*.parquet")
-        rows = pq.read_table(path).select(list(keys)).to_pylist()
-        assert [tuple(r.values()) for r in rows] == sorted(tuple(r.values()) for r in rows)
-        meta = pq.ParquetFile(path).metadata.row_group(0)
-        names = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
-        wanted = ("connection_id", "part") if table == "connection_reports" else ("connection_id",)
-        for name in wanted:
-            assert names[name].is_stats_set and names[name].statistics.has_min_max, name
+    (path,) = (tmp_path / "lake" / "connection_reports").rglob("*.parquet")
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    names = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
+    for name in ("connection_id", "part"):
+        assert names[name].is_stats_set and names[name].statistics.has_min_max, name
+    assert names["part"].statistics.max == 0
+    assert not names["rtt_ms"].is_stats_set  # metrics: none, as for every table

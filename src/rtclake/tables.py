@@ -152,11 +152,6 @@ class Table:
     #: Rows never repeat (a derived table, written once per batch): queries need not hide
     #: repeated record ids, which costs a window over the whole table.
     unique_rows: bool = False
-    #: The order of the rows in each file, and its row groups' size: a filter on the
-    #: leading columns (a channel, a session, a connection) skips the row groups whose
-    #: min/max statistics exclude it, instead of reading every file whole.
-    sort_by: tuple[str, ...] = ()
-    row_group_rows: int = 2_048
     #: Columns besides the envelope, ids and times that get min/max statistics.
     statistics: tuple[str, ...] = ()
     _validator: Any = field(default=None, init=False, repr=False, compare=False)
@@ -168,9 +163,7 @@ class Table:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"table {self.name!r}: column names used twice: {repeated}")
-        unknown = sorted(
-            (set(self.identity) | set(self.sort_by) | set(self.statistics)) - set(names)
-        )
+        unknown = sorted((set(self.identity) | set(self.statistics)) - set(names))
         if unknown:
             raise ValueError(f"table {self.name!r}: names unknown columns {unknown}")
 

@@ -87,14 +87,9 @@ class LakeSink(Sink):
                 self.storage.write(relative, functools.partial(self._parquet, part, declared))
 
     def _parquet(self, table: pa.Table, declared: Table, out: IO[bytes]) -> None:
-        options = {}
-        if declared.sort_by:
-            table = table.sort_by([(name, "ascending") for name in declared.sort_by])
-            options["row_group_size"] = declared.row_group_rows
         pq.write_table(
             table,
             out,
-            **options,
             compression=self.compression,
             compression_level=self.compression_level,
             **_encodings(declared),

@@ -25,7 +25,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rtclake.integrations.sora.rates import aligned
+from rtclake.integrations.sora.rates import aligned, rows_where
 
 Floats = npt.NDArray[np.float64]
 
@@ -70,7 +70,7 @@ def items(stats: pa.Table, rates: pa.Table | None) -> pa.Table:
     NULL in the other's columns. Concatenated, not joined: a report's aggregates read
     the rates from the one and the transport from the other."""
     stats = stats.select(["rtc_timestamp", *_STATS_FIELDS])
-    stats = stats.filter(pc.is_in(stats["stats_type"], pa.array(_OBJECT_TYPES)))
+    stats = rows_where(stats, pc.is_in(stats["stats_type"], pa.array(_OBJECT_TYPES)))
     n = stats.num_rows
     columns: dict[str, pa.Array | pa.ChunkedArray] = {"time": stats["rtc_timestamp"]}
     columns |= {name: stats[name] for name in _STATS_FIELDS}
@@ -86,8 +86,8 @@ def items(stats: pa.Table, rates: pa.Table | None) -> pa.Table:
         more |= {"is_rate": pa.array(np.ones(m, dtype=bool)), "part": pa.nulls(m, pa.int64())}
         table = pa.concat_tables([table, pa.table(more).cast(table.schema)])
     if table["connection_id"].null_count or table["time"].null_count:
-        table = table.filter(
-            pc.and_(pc.is_valid(table["connection_id"]), pc.is_valid(table["time"]))
+        table = rows_where(
+            table, pc.and_(pc.is_valid(table["connection_id"]), pc.is_valid(table["time"]))
         )
     return table
 
@@ -135,7 +135,7 @@ def derive(fresh: pa.Table, state: pa.Table | None) -> tuple[pa.Table, pa.Table]
     old_part = np.asarray(part_values, dtype=np.int64)
     both = both.set_column(both.schema.get_field_index("part"), "part",
                            pa.array(np.where(chosen, part, old_part), pa.int64()))  # fmt: skip
-    reports = _reports(both.filter(pa.array(chosen))) if chosen.any() else pa.table({})
+    reports = _reports(rows_where(both, chosen)) if chosen.any() else pa.table({})
 
     # the new state: each connection's latest report, its objects marked with the part
     # stored for it
@@ -143,7 +143,7 @@ def derive(fresh: pa.Table, state: pa.Table | None) -> tuple[pa.Table, pa.Table]
     np.maximum.at(latest, codes, ts)
     keep = (ts == latest[codes]) & (ts >= ts.max() - HORIZON_US)
     keep[:n] &= on_time
-    return reports, both.filter(pa.array(keep))
+    return reports, rows_where(both, keep)
 
 
 def _masked(table: pa.Table, name: str, mask: pa.Array) -> pa.Array:
@@ -321,7 +321,7 @@ def _with_transport(reports: pa.Table, objects: pa.Table) -> pa.Table:
     id; the pair's state and round trip, its candidates' types and protocols, and the
     transport's ICE and DTLS states. Rows are found by integer keys: a report (its
     connection and time) and, within it, an RTCStats id."""
-    objects = objects.filter(pc.invert(objects["is_rate"])).combine_chunks()
+    objects = rows_where(objects, pc.invert(objects["is_rate"])).combine_chunks()
     n, m = reports.num_rows, objects.num_rows
     keys = reports.select(list(KEYS))
     _, _, report = _keys(pa.concat_tables([keys, objects.select(list(KEYS)).cast(keys.schema)]))

@@ -88,7 +88,6 @@ RTC_RATES = Table(
     columns=tuple(Column(name, _KINDS.get(name, "float"), ()) for name, _ in RATES_COLUMNS[1:]),
     identity=("connection_id", "stats_id", "time"),
     unique_rows=True,
-    sort_by=("channel_id", "session_id", "connection_id", "stats_id", "time"),
 )
 
 
@@ -181,7 +180,6 @@ CONNECTION_REPORTS = Table(
     ),
     identity=("connection_id", "time", "part"),
     unique_rows=True,
-    sort_by=("channel_id", "session_id", "connection_id", "time"),
     statistics=("part",),
 )
 
