@@ -12,6 +12,7 @@ import pytest
 from rtclake import faults
 from rtclake.catalog import default_registry
 from rtclake.lake.sink import LakeSink
+from rtclake.sinks.base import Batch
 from tests.test_query import batch
 
 
@@ -60,3 +61,19 @@ def test_a_failed_write_leaves_no_half_file_and_no_final_file(tmp_path: Path) ->
     assert files(tmp_path) == []  # the temporary file was removed: it held the space
     sink.write(batch(7, lines(1)))  # the retry
     assert files(tmp_path) == ["telemetry/date=2026-11-01/node-sp-000000000007.parquet"]
+
+
+def test_files_prepared_off_the_writer_thread_are_the_files_it_writes(tmp_path: Path) -> None:
+    """An import encodes a block's Parquet on its converting threads (``prepare``): the
+    files written from that are byte for byte those ``write`` makes on its own, one per
+    date."""
+    made = batch(7, lines(1, 2, 2))
+    plain = LakeSink(tmp_path / "plain", default_registry())
+    plain.write(made)
+    early = LakeSink(tmp_path / "early", default_registry())
+    prepared = {("lake", name): early.prepare(name, rows) for name, rows in made.tables.items()}
+    assert [date for date, _ in prepared[("lake", "telemetry")]] == ["2026-11-01", "2026-11-02"]
+    early.write(Batch(made.node, made.run, made.segment, made.tables, prepared))
+    assert files(tmp_path / "plain") == files(tmp_path / "early")
+    for name in files(tmp_path / "plain"):
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "early" / name).read_bytes()

@@ -97,6 +97,20 @@ class Delivery:
             return function(*args)  # already on the delivery's thread
         return self._thread.submit(function, *args).result()
 
+    def prepare(self, table: str, rows: pa.Table) -> dict[tuple[str, str], Any]:
+        """What each sink prepares of one table's rows (:meth:`Sink.prepare`), for the
+        batch's ``prepared``; safe to call on any thread. A sink whose preparation fails
+        does the work in :meth:`Sink.write`, where failures are retried and reported."""
+        prepared = {}
+        for sink in self.sinks:
+            try:
+                made = sink.prepare(table, rows)
+            except Exception:
+                continue
+            if made is not None:
+                prepared[(sink.name, table)] = made
+        return prepared
+
     def start(self) -> None:
         """Start the sinks not started yet (a sink whose start failed is tried again before
         its next write); failures are logged and counted, not raised."""

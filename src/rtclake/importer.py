@@ -332,7 +332,10 @@ class Importer:
         finally:
             self._reader.release(buf)
         rows = self._converter.finish(parsed) if parsed.rows else None
-        return _Parsed(rows, parsed.lines, parsed.bad, parsed.notes)
+        # the sinks' share of the work that needs no other block (the lake's Parquet
+        # encoding), here on the pool rather than on the writer thread
+        prepared = self.delivery.prepare(table.name, rows) if rows is not None else {}
+        return _Parsed(rows, parsed.lines, parsed.bad, parsed.notes, prepared)
 
     def _write_blocks(
         self,
@@ -357,7 +360,8 @@ class Importer:
                 if parsed.rows is not None:
                     tables = {table.name: parsed.rows}
                     derived, pending = self.derivations.derive(tables)
-                    batch = Batch(self.node, run, item.end, {**tables, **derived})
+                    batch = Batch(self.node, run, item.end, {**tables, **derived},
+                                  parsed.prepared)  # fmt: skip
                     self.delivery.deliver_retrying(batch)
                     self.derivations.commit(pending)
                     stats.rows += parsed.rows.num_rows
@@ -404,3 +408,4 @@ class _Parsed:
     lines: int  # lines of the block (stored, bad and blank)
     bad: list[tuple[int, str]]
     notes: list[tuple[int, str]]
+    prepared: dict[tuple[str, str], Any]

@@ -9,6 +9,7 @@ glob) never sees half a file.
 from __future__ import annotations
 
 import functools
+import io
 from pathlib import Path
 from typing import IO
 
@@ -20,6 +21,10 @@ from rtclake.lake import layout
 from rtclake.lake.storage import Storage, storage_for
 from rtclake.sinks.base import Batch, Sink
 from rtclake.tables import ENVELOPE, Table, TableRegistry
+
+
+def _copy(content: bytes, out: IO[bytes]) -> None:
+    out.write(content)
 
 
 def partition_dates(table: pa.Table) -> list[tuple[str, pa.Table]]:
@@ -77,14 +82,39 @@ class LakeSink(Sink):
     def start(self) -> None:
         self.storage.prepare()
 
+    def prepare(self, table: str, rows: pa.Table) -> list[tuple[str, bytes]] | None:
+        """The Parquet files of one table's rows, one per date (an import encodes its
+        blocks on the converting threads, beside each other)."""
+        if rows.num_rows == 0 or table not in self.tables:
+            return None
+        return [
+            (date, self._encoded(part, self.tables[table]))
+            for date, part in self._parts(table, rows)
+        ]
+
     def write(self, batch: Batch) -> None:
         for table_name, table in batch.tables.items():
             if table.num_rows == 0:
                 continue
-            declared = self.tables[table_name]
-            for date, part in partition_dates(table.select(declared.stored_schema.names)):
+            prepared = batch.prepared.get((self.name, table_name))
+            if prepared is None:
+                declared = self.tables[table_name]
+                prepared = [(date, functools.partial(self._parquet, part, declared))
+                            for date, part in self._parts(table_name, table)]  # fmt: skip
+            for date, content in prepared:
                 relative = f"{layout.partition(table_name, date)}/{layout.file_name(batch.name)}"
-                self.storage.write(relative, functools.partial(self._parquet, part, declared))
+                produce = (
+                    functools.partial(_copy, content) if isinstance(content, bytes) else content
+                )
+                self.storage.write(relative, produce)
+
+    def _parts(self, name: str, table: pa.Table) -> list[tuple[str, pa.Table]]:
+        return partition_dates(table.select(self.tables[name].stored_schema.names))
+
+    def _encoded(self, table: pa.Table, declared: Table) -> bytes:
+        out = io.BytesIO()
+        self._parquet(table, declared, out)
+        return out.getvalue()
 
     def _parquet(self, table: pa.Table, declared: Table, out: IO[bytes]) -> None:
         pq.write_table(

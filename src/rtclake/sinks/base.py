@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
@@ -37,6 +38,9 @@ class Batch:
     run: str
     segment: int
     tables: dict[str, pa.Table]
+    #: What sinks made of some of the tables beforehand, away from the writer's thread
+    #: (:meth:`Sink.prepare`), by (sink name, table name).
+    prepared: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -61,6 +65,13 @@ class Sink(ABC):
 
     def start(self) -> None:  # noqa: B027 - a sink may have nothing to prepare
         """Prepare the destination (create folders, tables, indexes). Called once."""
+
+    def prepare(self, table: str, rows: pa.Table) -> Any:
+        """Work on one table's rows of a batch that can be done before the batch is
+        written, off the writer's thread and beside other batches' (an import converts
+        two blocks at once): the lake encodes its Parquet files here. What it returns
+        reaches :meth:`write` as ``batch.prepared[(self.name, table)]``; None: nothing."""
+        return None
 
     @abstractmethod
     def write(self, batch: Batch) -> None:

@@ -116,7 +116,7 @@ def derive(fresh: pa.Table, state: pa.Table | None) -> tuple[pa.Table, pa.Table]
         old = aligned(state, fresh.schema, fresh.schema.names)
     if fresh.num_rows == 0:
         return pa.table({}), old
-    both = pa.concat_tables([fresh, old]).combine_chunks()
+    both = pa.concat_tables([fresh, old])
     n = fresh.num_rows
     codes, ts, report = _keys(both)
     lowest = np.iinfo(np.int64).min
@@ -321,7 +321,13 @@ def _with_transport(reports: pa.Table, objects: pa.Table) -> pa.Table:
     id; the pair's state and round trip, its candidates' types and protocols, and the
     transport's ICE and DTLS states. Rows are found by integer keys: a report (its
     connection and time) and, within it, an RTCStats id."""
-    objects = rows_where(objects, pc.invert(objects["is_rate"])).combine_chunks()
+    wanted = ("connection_id", "time", "stats_type", "stats_id", "selected_candidate_pair_id",
+              "selected_candidate_pair_changes", "ice_state", "dtls_state", "local_candidate_id",
+              "remote_candidate_id", "state", "nominated", "current_round_trip_time",
+              "available_outgoing_bitrate", "candidate_type", "protocol", "relay_protocol",
+              "network_type")  # fmt: skip
+    objects = rows_where(objects.select(list(wanted)), pc.invert(objects["is_rate"]))
+    objects = objects.combine_chunks()
     n, m = reports.num_rows, objects.num_rows
     keys = reports.select(list(KEYS))
     _, _, report = _keys(pa.concat_tables([keys, objects.select(list(KEYS)).cast(keys.schema)]))
