@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the web framework loads with the server, not with `rtclake 
     from starlette.routing import BaseRoute
 
 _BYTE_AT = re.compile(r"\(byte (\d+)\)")
+_decode_object = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 
 
 def _line_of(data: bytes, offset: int) -> int:
@@ -62,6 +63,21 @@ def _lone_surrogate(exc: Exception, what: str, line: int | None, data: bytes) ->
         " surrogate (a high surrogate must be followed by a low one, \\udc00-\\udfff)",
         line=_line_of(data, at) if line is None else line,
     )
+
+
+def parse_object(body: bytes) -> dict[str, msgspec.Raw]:
+    """The top-level keys of a body that must be one JSON object, their values raw."""
+    check_utf8(body)
+    if not body.strip():
+        raise InputError("empty", "body is empty: send one JSON object")
+    try:
+        return _decode_object(body)
+    except RecursionError as exc:
+        raise InputError("too_deep", "JSON nested too deeply") from exc
+    except msgspec.ValidationError as exc:
+        raise InputError("invalid_record", "body must be one JSON object") from exc
+    except msgspec.DecodeError as exc:
+        raise InputError("bad_json", f"invalid JSON: {exc}") from exc
 
 
 def reason_of(exc: BaseException) -> str:

@@ -76,7 +76,7 @@ from starlette.routing import BaseRoute, Route
 
 from rtclake.errors import InputError, PayloadTooLarge, SpoolUnavailable
 from rtclake.intake import Intake
-from rtclake.sources.base import Records, Source, check_utf8
+from rtclake.sources.base import Records, Source, parse_object
 from rtclake.tables import Table, TableRegistry
 from rtclake.web.http import (
     JSON,
@@ -112,7 +112,6 @@ _AUTH_ANSWER = orjson.dumps(
     }
 )
 
-_decode_object = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 _decode_list = msgspec.json.Decoder(list[msgspec.Raw]).decode
 _decode_str = msgspec.json.Decoder(str).decode
 
@@ -174,21 +173,6 @@ def _idem(value: str | None) -> str | None:
 def _rfc3339(micros: int) -> bytes:
     when = dt.datetime.fromtimestamp(micros / 1e6, dt.UTC)
     return b'"' + when.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode() + b'"'
-
-
-def parse_object(body: bytes) -> dict[str, msgspec.Raw]:
-    """The top-level keys of a body that must be one JSON object, their values raw."""
-    check_utf8(body)
-    if not body.strip():
-        raise InputError("empty", "body is empty: send one JSON object")
-    try:
-        return _decode_object(body)
-    except RecursionError as exc:
-        raise InputError("too_deep", "JSON nested too deeply") from exc
-    except msgspec.ValidationError as exc:
-        raise InputError("invalid_record", "body must be one JSON object") from exc
-    except msgspec.DecodeError as exc:
-        raise InputError("bad_json", f"invalid JSON: {exc}") from exc
 
 
 def _check(table: Table, line: bytes, what: str) -> bool:

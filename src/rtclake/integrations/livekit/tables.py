@@ -1,0 +1,135 @@
+"""LiveKit's tables: the webhook events (``livekit_events``), the analytics events
+(``livekit_analytics_events``) and stats (``livekit_stats``)."""
+
+from __future__ import annotations
+
+from rtclake.tables import Column, Table
+
+# A webhook body is LiveKit's protojson (camelCase keys, int64 values as strings, enum
+# names): the ids, names and enums become typed columns; every other key (the int64 times
+# among them) stays in extra. The record's time is the event's createdAt (set by the
+# source, which reads it before storing).
+LIVEKIT_EVENTS = Table(
+    name="livekit_events",
+    kind="livekit_event",
+    description=(
+        "LiveKit's webhooks (room, participant, track, egress and ingress events), verified"
+        " before they are stored; one row per event id."
+    ),
+    columns=(
+        Column("event", "string", ("event",)),
+        Column("event_id", "id", ("id",)),
+        Column("room_sid", "id", ("room.sid", "egressInfo.roomId", "ingressInfo.roomId")),
+        Column("room_name", "string", ("room.name", "egressInfo.roomName", "ingressInfo.roomName")),
+        Column("num_participants", "int", ("room.numParticipants",)),
+        Column("participant_sid", "id", ("participant.sid",)),
+        Column(
+            "participant_identity",
+            "id",
+            ("participant.identity", "ingressInfo.participantIdentity"),
+        ),
+        Column("participant_name", "string", ("participant.name",)),
+        Column("participant_state", "string", ("participant.state",)),
+        Column("participant_kind", "string", ("participant.kind",)),
+        Column("track_sid", "id", ("track.sid",)),
+        Column("track_type", "string", ("track.type",)),
+        Column("track_source", "string", ("track.source",)),
+        Column("track_mime_type", "string", ("track.mimeType",)),
+        Column("egress_id", "id", ("egressInfo.egressId",)),
+        Column("egress_status", "string", ("egressInfo.status",)),
+        Column("egress_error", "string", ("egressInfo.error",)),
+        Column("ingress_id", "id", ("ingressInfo.ingressId",)),
+        Column("ingress_status", "string", ("ingressInfo.state.status",)),
+        Column("ingress_error", "string", ("ingressInfo.state.error",)),
+        Column("api_key", "id", ("_api_key",)),
+    ),
+    # a redelivered webhook carries the same id: stored once
+    identity=("event_id",),
+)
+
+# An AnalyticsEvent as protojson (camelCase, int64 as strings, enum names).
+LIVEKIT_ANALYTICS_EVENTS = Table(
+    name="livekit_analytics_events",
+    kind="livekit_analytics_event",
+    description=(
+        "LiveKit's AnalyticsEvent messages (what openvidu-livekit stores in MongoDB's"
+        " events): room, participant, track, egress and ingress life cycles."
+    ),
+    columns=(
+        Column("event_id", "id", ("id",)),
+        Column("event_type", "string", ("type",)),
+        Column("room_id", "id", ("roomId", "room.sid")),
+        Column("room_name", "string", ("room.name",)),
+        Column("participant_id", "id", ("participantId", "participant.sid")),
+        Column("participant_identity", "id", ("participant.identity",)),
+        Column("participant_state", "string", ("participant.state",)),
+        Column("track_id", "id", ("trackId", "track.sid")),
+        Column("track_type", "string", ("track.type",)),
+        Column("egress_id", "id", ("egressId", "egress.egressId")),
+        Column("ingress_id", "id", ("ingressId", "ingress.ingressId")),
+        Column("node_id", "id", ("nodeId",)),
+        Column("analytics_key", "id", ("analyticsKey",)),
+        Column("client_region", "string", ("clientMeta.region",)),
+        Column("client_addr", "string", ("clientMeta.clientAddr",)),
+        Column("connection_type", "string", ("clientMeta.connectionType",)),
+        Column("client_sdk", "string", ("clientInfo.sdk",)),
+        Column("client_os", "string", ("clientInfo.os",)),
+        Column("client_browser", "string", ("clientInfo.browser",)),
+        Column("mime", "string", ("mime",)),
+        Column("video_layer", "int", ("videoLayer",)),
+        Column("error", "string", ("error",)),
+        Column("room_end_reason", "string", ("roomEndReason",)),
+    ),
+    identity=("event_id", "event_type", "room_id", "participant_id", "track_id", "time"),
+)
+
+_STREAM_COUNTS = (
+    "primary_packets", "primary_bytes", "retransmit_packets", "retransmit_bytes",
+    "padding_packets", "padding_bytes", "packets_lost", "packets_out_of_order", "frames",
+    "rtt", "jitter", "nacks", "plis", "firs",
+)  # fmt: skip
+
+# One row per stream of an AnalyticsStat: the stat's envelope and the stream's counters,
+# each of which covers the stream's own interval (start_time .. end_time, interval_s).
+LIVEKIT_STATS = Table(
+    name="livekit_stats",
+    kind="livekit_stat",
+    description=(
+        "LiveKit's AnalyticsStat messages, one row per stream: counters over the interval"
+        " start_time..end_time (divide by interval_s for rates), scores, video layers."
+    ),
+    columns=(
+        Column("stat_id", "id", ("stat_id",)),
+        Column("analytics_key", "id", ("analytics_key",)),
+        Column("stream_kind", "string", ("stream_kind",)),
+        Column("node", "id", ("node",)),
+        Column("room_id", "id", ("room_id",)),
+        Column("room_name", "string", ("room_name",)),
+        Column("participant_id", "id", ("participant_id",)),
+        Column("track_id", "id", ("track_id",)),
+        Column("mime", "string", ("mime",)),
+        Column("score", "float", ("score",)),
+        Column("min_score", "float", ("min_score",)),
+        Column("median_score", "float", ("median_score",)),
+        Column("stream_index", "int", ("stream_index",)),
+        Column("ssrc", "int", ("ssrc",)),
+        *(Column(name, "int", (name,)) for name in _STREAM_COUNTS),
+        Column("video_layer", "int", ("video_layer",)),
+        Column("video_layers", "json", ("video_layers",)),
+        Column("start_time", "time", ("start_time",)),
+        Column("end_time", "time", ("end_time",)),
+        Column("interval_s", "float", ("interval_s",)),
+    ),
+    identity=(
+        "stat_id",
+        "stream_kind",
+        "node",
+        "room_id",
+        "participant_id",
+        "track_id",
+        "time",
+        "stream_index",
+    ),
+)
+
+LIVEKIT_TABLES = (LIVEKIT_EVENTS, LIVEKIT_ANALYTICS_EVENTS, LIVEKIT_STATS)

@@ -1,0 +1,136 @@
+"""LiveKit's analytics messages (AnalyticsEvent, AnalyticsStat and their batches), as
+protojson and as binary protobuf, into livekit_analytics_events and livekit_stats."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from google.protobuf import json_format
+from livekit.protocol import analytics
+
+from tests.conftest import FIXTURES
+from tests.test_sora_webhooks import App
+
+LIVEKIT = FIXTURES / "livekit"
+EVENTS, STATS = "/livekit/analytics/events", "/livekit/analytics/stats"
+JSON_TYPE = {"content-type": "application/json"}
+PROTO_TYPE = {"content-type": "application/x-protobuf"}
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    app = App(tmp_path_factory.mktemp("analytics"), sources={"lka": {"type": "livekit_analytics"}})
+    app.start()
+    yield app
+    app.stop()
+
+
+def fixture(name: str) -> dict[str, Any]:
+    return dict(json.loads((LIVEKIT / name).read_text()))
+
+
+def stat(n: int) -> dict[str, Any]:
+    """The fixture's upstream stat as the ``n``-th of its track (its own id and time)."""
+    body = copy.deepcopy(fixture("analytics_stat_upstream.json"))
+    body["id"] = f"AS_{n}"
+    body["timeStamp"] = f"2024-06-11T08:{6 + n:02d}:00Z"
+    return body
+
+
+def test_protojson_and_protobuf_stats_single_and_batch_land_typed(app: App) -> None:
+    one = stat(0)
+    assert app.post(STATS, json.dumps(one).encode(), **JSON_TYPE).json() == {"stored": 1}
+    batch = {"stats": [stat(1), stat(2)]}
+    assert app.post(STATS, json.dumps(batch).encode(), **JSON_TYPE).json() == {"stored": 2}
+    binary_one = json_format.ParseDict(stat(3), analytics.AnalyticsStat()).SerializeToString()
+    answer = app.post(STATS + "?message=single", binary_one, **PROTO_TYPE)
+    assert answer.json() == {"stored": 1}, answer.text
+    binary_batch = json_format.ParseDict(
+        {"stats": [stat(4), stat(5)]}, analytics.AnalyticsStats()
+    ).SerializeToString()
+    assert app.post(STATS, binary_batch, **PROTO_TYPE).json() == {"stored": 2}
+    assert app.wait_rows("SELECT count(*) FROM livekit_stats", 6) == 6
+    result = app.service.query.run(
+        "SELECT stat_id, stream_kind, room_id, participant_id, track_id, score, min_score,"
+        " primary_packets, primary_bytes, retransmit_bytes, packets_lost, rtt, jitter, nacks,"
+        " plis, firs, video_layer, interval_s, epoch(start_time), epoch(time),"
+        " typeof(primary_bytes), typeof(score), typeof(start_time)"
+        " FROM livekit_stats ORDER BY stat_id"
+    )
+    rows = result.rows()
+    assert [r[0] for r in rows] == [f"AS_{n}" for n in range(6)]
+    first = rows[0]
+    assert first[1:5] == ["UPSTREAM", "RM_hGqXn6fS9dFx", "PA_Xq7kLm2NpQ9r", "TR_VCa8hB3kPz5w"]
+    assert first[5] == pytest.approx(4.42, abs=1e-6) and first[6] == pytest.approx(4.1, abs=1e-6)
+    assert first[7:17] == [2690, 2812345, 13020, 3, 25, 4, 5, 1, 0, 2]
+    assert first[17] == pytest.approx(29.998999, abs=1e-6)  # the stream's own interval
+    assert first[18] == pytest.approx(1718093126.000001)
+    assert first[19] == 1718093160  # the stat's time_stamp
+    assert first[20:] == ["BIGINT", "DOUBLE", "TIMESTAMP WITH TIME ZONE"]
+    # every form gave the same row but for its id and time
+    assert {tuple(r[1:17]) for r in rows} == {tuple(first[1:17])}
+
+
+def test_protojson_and_protobuf_events_single_and_batch_land_typed(app: App) -> None:
+    event = fixture("analytics_event_participant_active.json")
+    assert app.post(EVENTS, json.dumps(event).encode(), **JSON_TYPE).json() == {"stored": 1}
+    joined = {**event, "id": "AE_joined", "type": "PARTICIPANT_JOINED"}
+    left = {**event, "id": "AE_left", "type": "PARTICIPANT_LEFT",
+            "timestamp": "2024-06-11T08:20:00Z"}  # fmt: skip
+    binary = json_format.ParseDict({"events": [joined, left]}, analytics.AnalyticsEvents())
+    answer = app.post(EVENTS, binary.SerializeToString(), **PROTO_TYPE)
+    assert answer.json() == {"stored": 2}
+    single = json_format.ParseDict({**event, "id": "AE_single", "type": "ROOM_ENDED"},
+                                   analytics.AnalyticsEvent())  # fmt: skip
+    answer = app.post(EVENTS + "?message=single", single.SerializeToString(), **PROTO_TYPE)
+    assert answer.json() == {"stored": 1}
+    sql = "SELECT count(*) FROM livekit_analytics_events"
+    assert app.wait_rows(sql, 4) == 4
+    rows = app.rows(
+        "SELECT event_id, event_type, room_id, room_name, participant_id, participant_identity,"
+        " node_id, client_region, client_addr, connection_type, epoch_us(time)"
+        " FROM livekit_analytics_events ORDER BY event_id"
+    )
+    by_id = {row[0]: row[1:] for row in rows}
+    assert by_id["AE_Qm3Wn4Eb5Rv6"] == [
+        "PARTICIPANT_ACTIVE", "RM_hGqXn6fS9dFx", "TestRoom", "PA_Xq7kLm2NpQ9r",
+        "TestParticipant1", "ND_4bF7sKc9Qw2e", "ap-northeast-1", "203.0.113.7", "udp",
+        1718093125123456,  # microseconds: the nanoseconds are cut
+    ]  # fmt: skip
+    assert by_id["AE_left"][0] == "PARTICIPANT_LEFT"
+    assert by_id["AE_single"][0] == "ROOM_ENDED"
+
+
+def test_a_redelivered_message_is_stored_once(app: App) -> None:
+    body = json.dumps({"stats": [stat(20)]}).encode()
+    for _ in range(3):
+        assert app.post(STATS, body, **JSON_TYPE).status_code == 200
+    time.sleep(0.5)
+    assert app.wait_rows("SELECT count(*) FROM livekit_stats WHERE stat_id = 'AS_20'", 1) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers"),
+    [
+        (STATS, b'{"kind": "SIDEWAYS"}', JSON_TYPE),  # not an enum value
+        (STATS, b'{"stats": [{"score": "high"}]}', JSON_TYPE),
+        (EVENTS, b'{"type": "PARTICIPANT_ACTIVE", "nope": 1}', JSON_TYPE),  # unknown field
+        (EVENTS, b"\xff\xfe\x00garbage", PROTO_TYPE),
+        (EVENTS, b"{}", {"content-type": "text/plain"}),
+    ],
+)
+def test_a_body_the_classes_refuse_is_answered_400_and_nothing_stored(
+    app: App, path: str, body: bytes, headers: dict[str, str]
+) -> None:
+    before = app.rows("SELECT count(*) FROM livekit_stats")[0][0]
+    answer = app.post(path, body, **headers)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] in ("invalid_record", "unsupported_media_type")
+    assert answer.json()["message"]
+    time.sleep(0.3)
+    assert app.rows("SELECT count(*) FROM livekit_stats")[0][0] == before
