@@ -1,5 +1,5 @@
 """The component types of rtclake itself (no vendor): HTTP ingest, the JSON Lines file
-tail, the Parquet lake as an extra sink, the slack and webhook sinks, and the ``alerts``
+tail, the Parquet lake as an extra sink, the slack, webhook and redis sinks, and the ``alerts``
 table they deliver. Integrations register theirs the same way (see
 :mod:`rtclake.registry`)."""
 
@@ -13,6 +13,7 @@ from pydantic import Field
 from rtclake.errors import ConfigError
 from rtclake.lake.sink import LakeSink
 from rtclake.registry import BuildContext, Registry, SinkConfig, SourceConfig
+from rtclake.sinks.redis import REDIS
 from rtclake.sinks.slack import SLACK
 from rtclake.sinks.webhook import WEBHOOK
 from rtclake.sources.file_tail import FileTail, JsonLinesTailConfig
@@ -83,4 +84,5 @@ def register(registry: Registry) -> None:
     registry.add_default("source", "http", {"type": "http_ingest"})
     registry.add_table(ALERTS)
     registry.add(SLACK)
+    registry.add(REDIS)
     registry.add(WEBHOOK)
