@@ -1,6 +1,6 @@
 """The component types of rtclake itself (no vendor): HTTP ingest, the JSON Lines file
-tail, the Parquet lake as an extra sink, the slack, webhook and redis sinks, and the ``alerts``
-table they deliver. Integrations register theirs the same way (see
+tail, the Parquet lake as an extra sink, the slack, webhook, redis and mongodb sinks, and
+the ``alerts`` table they deliver. Integrations register theirs the same way (see
 :mod:`rtclake.registry`)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pydantic import Field
 from rtclake.errors import ConfigError
 from rtclake.lake.sink import LakeSink
 from rtclake.registry import BuildContext, Registry, SinkConfig, SourceConfig
+from rtclake.sinks.mongodb import MONGODB
 from rtclake.sinks.redis import REDIS
 from rtclake.sinks.slack import SLACK
 from rtclake.sinks.webhook import WEBHOOK
@@ -85,4 +86,5 @@ def register(registry: Registry) -> None:
     registry.add_table(ALERTS)
     registry.add(SLACK)
     registry.add(REDIS)
+    registry.add(MONGODB)
     registry.add(WEBHOOK)
