@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field, SecretStr
@@ -47,25 +47,28 @@ class Document:
     body: dict[str, Any]
 
 
+Indexes = list[tuple[str, list[tuple[str, int]], dict[str, Any]]]
+"""``(collection, keys, options)`` of each index a layout needs."""
+
+
 @dataclass
 class Layout:
-    """How rows become documents: the tables it takes, the documents of a batch, and the
-    indexes each collection needs (``(collection, keys, options)``)."""
+    """How rows become documents: the tables it takes, the documents of a batch, the
+    indexes its collections need, and what it does once a batch's documents are in."""
 
     tables: Callable[[TableRegistry], list[str]]
     documents: Callable[[Batch, TableRegistry, MongoSinkConfig, dt.datetime], Iterator[Document]]
-    indexes: Callable[
-        [MongoSinkConfig, list[str]], list[tuple[str, list[tuple[str, int]], dict[str, Any]]]
-    ]
-    extra: dict[str, Any] = field(default_factory=dict)
+    indexes: Callable[[MongoSinkConfig, list[str]], Indexes]
+    after: Callable[[Any, Batch, TableRegistry, dt.datetime], None] | None = None
 
 
-LAYOUTS: dict[str, Layout] = {}
-"""The layouts by name; an integration adds its own (:func:`register_layout`)."""
+LAYOUTS: dict[str, Callable[[], Layout]] = {}
+"""Layouts besides ``rtclake`` by name, each made when a sink uses it; an integration adds
+its own (:func:`register_layout`)."""
 
 
-def register_layout(name: str, layout: Layout) -> None:
-    LAYOUTS[name] = layout
+def register_layout(name: str, make: Callable[[], Layout]) -> None:
+    LAYOUTS[name] = make
 
 
 class MongoSinkConfig(SinkConfig):
@@ -130,20 +133,20 @@ class MongoSink(Sink):
         self.config = config
         self.tables = tables
         self.needs_record_id = True
+        self.layout = None if config.layout == "rtclake" else LAYOUTS[config.layout]()
         self._client: Any = None
         self._database: Any = None
         self._indexed = False
 
     def _documents(self, batch: Batch, now: dt.datetime) -> Iterator[Document]:
-        if self.config.layout == "rtclake":
+        if self.layout is None:
             return _rtclake_documents(batch, self.tables, self.config, now)
-        return LAYOUTS[self.config.layout].documents(batch, self.tables, self.config, now)
+        return self.layout.documents(batch, self.tables, self.config, now)
 
-    def _indexes(self) -> list[tuple[str, list[tuple[str, int]], dict[str, Any]]]:
-        if self.config.layout == "rtclake":
+    def _indexes(self) -> Indexes:
+        if self.layout is None:
             return _rtclake_indexes(self.config, _rtclake_tables(self.config, self.tables))
-        layout = LAYOUTS[self.config.layout]
-        return layout.indexes(self.config, layout.tables(self.tables))
+        return self.layout.indexes(self.config, self.layout.tables(self.tables))
 
     def start(self) -> None:
         import pymongo
@@ -176,13 +179,21 @@ class MongoSink(Sink):
         if self._client is None:
             self.start()
         self._ensure_indexes()
+        now = dt.datetime.now(dt.UTC)
         by_collection: dict[str, list[Document]] = {}
-        for document in self._documents(batch, dt.datetime.now(dt.UTC)):
+        for document in self._documents(batch, now):
             by_collection.setdefault(document.collection, []).append(document)
         refused: dict[str, list[tuple[int, str]]] = {}
         for collection, documents in by_collection.items():
             for document, reason in insert_once(self._database[collection], documents):
                 refused.setdefault(document.table, []).append((document.row, reason))
+        if self.layout is not None and self.layout.after is not None:
+            import pymongo.errors
+
+            try:
+                self.layout.after(self._database, batch, self.tables, now)
+            except pymongo.errors.PyMongoError as exc:
+                raise SinkError(f"mongodb: {type(exc).__name__}: {exc}") from exc
         if refused:
             raise Rejected(refused)
 

@@ -42,8 +42,17 @@ class LiveKitAnalyticsConfig(SourceConfig):
 
 def register(registry: Registry) -> None:
     from rtclake.integrations.livekit.tables import LIVEKIT_TABLES
+    from rtclake.sinks.mongodb import Layout, register_layout
 
     registry.add_table(*LIVEKIT_TABLES)
+
+    def openvidu_layout() -> Layout:
+        from rtclake.integrations.livekit.openvidu import layout
+
+        return layout()
+
+    # the mongodb sink's layout: what openvidu-livekit writes (openvidu.py)
+    register_layout("openvidu", openvidu_layout)
 
     @registry.source("livekit_webhook", LiveKitWebhookConfig)
     def livekit_webhook(config: LiveKitWebhookConfig, ctx: BuildContext) -> Any:

@@ -13,11 +13,11 @@ A body is protojson (``Content-Type: application/json``: a batch is an object wi
 ``application/protobuf``): a batch, unless ``?message=single`` says it is one message
 (binary protobuf does not say which). The whole body is parsed by the generated classes
 before anything is stored: a body they refuse is answered 400 with the parser's reason,
-and nothing of it is kept. Events are stored as protojson (camelCase), one row each; a
-stat becomes one row per stream, with the stat's envelope, the stream's counters
-(``int64`` as integers), its interval (``start_time``..``end_time``, ``interval_s``) and
-its highest video layer. LiveKit's ``AnalyticsRecorderService`` is a gRPC/twirp service
-that ``livekit-protocol`` does not generate, so it is not served.
+and nothing of it is kept. An event is stored as protojson (camelCase), whole again in
+``message``, one row each; a stat becomes one row per stream, with the stat's envelope,
+the stream's counters (``int64`` as integers), its interval (``start_time``..``end_time``,
+``interval_s``) and its highest video layer. LiveKit's ``AnalyticsRecorderService`` is a
+gRPC/twirp service that ``livekit-protocol`` does not generate, so it is not served.
 """
 
 from __future__ import annotations
@@ -100,8 +100,17 @@ def _rfc3339(ts: Any) -> str | None:
 
 
 def event_lines(events: Sequence[Message]) -> list[bytes]:
-    """Each AnalyticsEvent as the line stored: its protojson."""
-    return [msgspec.json.encode(_protojson(event)) for event in events]
+    """Each AnalyticsEvent as the line stored: its protojson (read by the typed columns),
+    again whole as ``message``, and its time."""
+    lines = []
+    for event in events:
+        message = _protojson(event)
+        line: dict[str, Any] = {**message, "message": message}
+        when = _rfc3339(event.timestamp)  # type: ignore[attr-defined]
+        if when is not None:
+            line["time"] = when
+        lines.append(msgspec.json.encode(line))
+    return lines
 
 
 def stat_lines(stats: Sequence[analytics.AnalyticsStat]) -> list[bytes]:
@@ -111,6 +120,7 @@ def stat_lines(stats: Sequence[analytics.AnalyticsStat]) -> list[bytes]:
     for stat in stats:
         envelope = {
             "time": _rfc3339(stat.time_stamp),
+            "time_stamp": _rfc3339(stat.time_stamp),  # with its nanoseconds, as text
             "stat_id": stat.id or None,
             "analytics_key": stat.analytics_key or None,
             "stream_kind": kind_name(stat.kind),

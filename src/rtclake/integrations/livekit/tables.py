@@ -47,7 +47,9 @@ LIVEKIT_EVENTS = Table(
     identity=("event_id",),
 )
 
-# An AnalyticsEvent as protojson (camelCase, int64 as strings, enum names).
+# An AnalyticsEvent as protojson (camelCase, int64 as strings, enum names): the ids and
+# names as typed columns, and the whole message again in ``message`` (the MongoDB sink's
+# OpenVidu layout rebuilds the event from it); the record's time is the event's timestamp.
 LIVEKIT_ANALYTICS_EVENTS = Table(
     name="livekit_analytics_events",
     kind="livekit_analytics_event",
@@ -79,6 +81,7 @@ LIVEKIT_ANALYTICS_EVENTS = Table(
         Column("video_layer", "int", ("videoLayer",)),
         Column("error", "string", ("error",)),
         Column("room_end_reason", "string", ("roomEndReason",)),
+        Column("message", "json", ("message",)),
     ),
     identity=("event_id", "event_type", "room_id", "participant_id", "track_id", "time"),
 )
@@ -100,6 +103,7 @@ LIVEKIT_STATS = Table(
     ),
     columns=(
         Column("stat_id", "id", ("stat_id",)),
+        Column("time_stamp", "string", ("time_stamp",)),
         Column("analytics_key", "id", ("analytics_key",)),
         Column("stream_kind", "string", ("stream_kind",)),
         Column("node", "id", ("node",)),
