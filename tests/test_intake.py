@@ -92,3 +92,24 @@ def test_take_nowait_counts_once_durable(tmp_path: Path) -> None:
         await i.spool.close()
 
     asyncio.run(main())
+
+
+def test_records_over_more_lines_than_their_count_are_refused_not_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """A source that hands over a record spread over several lines (a pretty-printed
+    webhook kept as sent) would have it acknowledged, then set aside by the writer as a
+    corrupt segment: the intake refuses it before the spool instead."""
+    from rtclake.sources.base import Records
+
+    async def main() -> None:
+        i = intake(tmp_path)
+        await i.spool.start()
+        table = i.table_for("s")
+        broken = Records(b'{"a":\n 1}', 1, None)
+        with pytest.raises(RuntimeError, match="1 records handed over in 2 lines"):
+            await i.take("test", "s", table, broken)
+        assert received(i, "test") == 0 and i.spool.used_bytes == 0
+        await i.spool.close()
+
+    asyncio.run(main())

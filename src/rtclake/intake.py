@@ -118,6 +118,13 @@ class Intake:
         :class:`~rtclake.errors.PayloadTooLarge` (larger than the whole spool)."""
         if not records.n:
             return Taken(0)
+        lines = records.body.count(b"\n") + 1
+        if lines != records.n:
+            # A source's bug (a record over several lines) must not become an
+            # acknowledgement of what the writer would then set aside as corrupt.
+            raise RuntimeError(
+                f"source {source}: {records.n} records handed over in {lines} lines; nothing stored"
+            )
         if received_us is None:
             received_us = time.time_ns() // 1000
         emitted: list[tuple[EntryHeader, bytes]] = []
