@@ -6,13 +6,13 @@ the ``alerts`` table they deliver. Integrations register theirs the same way (se
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from rtclake.errors import ConfigError
 from rtclake.lake.sink import LakeSink
-from rtclake.registry import BuildContext, Registry, SinkConfig, SourceConfig
+from rtclake.registry import BuildContext, ProcessorConfig, Registry, SinkConfig, SourceConfig
 from rtclake.sinks.mongodb import MONGODB
 from rtclake.sinks.redis import REDIS
 from rtclake.sinks.slack import SLACK
@@ -84,6 +84,15 @@ def register(registry: Registry) -> None:
 
     registry.add_default("source", "http", {"type": "http_ingest"})
     registry.add_table(ALERTS)
+
+    @registry.processor("entity_tracker", ProcessorConfig)
+    def entity_tracker(config: ProcessorConfig, ctx: BuildContext) -> Any:
+        """What is live now (rooms, sessions, participants, connections, tracks, egresses,
+        ingresses) from LiveKit's and Sora's start and end events; GET /api/entities."""
+        from rtclake.entities import EntityTracker
+
+        return EntityTracker(ctx.data_dir / "entities.json")
+
     registry.add(SLACK)
     registry.add(REDIS)
     registry.add(MONGODB)

@@ -23,6 +23,7 @@ from rtclake.results import JSON_OPTIONS, json_rows
 from rtclake.service import Service
 from rtclake.web.connections import ConnectionEndpoints
 from rtclake.web.dashboard import DashboardEndpoints
+from rtclake.web.entities import EntityEndpoints
 from rtclake.web.http import JSON, json_error, query_allowed, query_error
 
 _DOCS_PAGE = """<!doctype html>
@@ -161,6 +162,7 @@ def create_app(service: Service) -> Starlette:
             taken[path] = source.name
             routes.append(route)
     routes += ConnectionEndpoints(service).routes()
+    routes += EntityEndpoints(service).routes()
     routes += DashboardEndpoints(service).routes()
     routes += [
         Route("/healthz", node.healthz, methods=["GET"]),

@@ -1,0 +1,374 @@
+"""Which rooms, sessions, participants, connections, tracks, egresses and ingresses are
+live now: the ``entity_tracker`` processor.
+
+It watches the start and end events that the SFUs send, whichever way they arrive, and
+keeps a table of what has started and not ended. The events it reads:
+
+- LiveKit's webhooks (``livekit_events``): ``room_started``/``room_finished``,
+  ``participant_joined``/``participant_left``/``participant_connection_aborted``,
+  ``track_published``/``track_unpublished``, ``egress_started``/``egress_updated``/
+  ``egress_ended``, ``ingress_started``/``ingress_ended``.
+- LiveKit's analytics events (``livekit_analytics_events``): ``ROOM_CREATED``/
+  ``ROOM_ENDED``, ``PARTICIPANT_JOINED``/``PARTICIPANT_ACTIVE``/``PARTICIPANT_LEFT``/
+  ``PARTICIPANT_CONNECTION_ABORTED``, ``TRACK_PUBLISHED``/``TRACK_UNPUBLISHED``,
+  ``EGRESS_STARTED``/``EGRESS_ENDED``, ``INGRESS_STARTED``/``INGRESS_ENDED``.
+- Sora's session webhooks and log (``sessions``): ``session.created``,
+  ``session.updated`` (a heartbeat: the session is alive), ``session.destroyed``.
+- Sora's event webhooks and logs (``sora_events``): ``connection.created``,
+  ``connection.updated``, ``connection.destroyed``; and the connection log
+  (``connections``), whose line tells both ends of a connection.
+
+It runs at the store stage, on the writer's thread, so it sees every record that is
+stored, from every source, and leaves the records as they are. A replayed batch is
+applied again without effect: an event older than what the tracker knows of its entity
+changes nothing (an ended entity is remembered for a day, so a late start does not bring
+it back). The state is written to ``DATA_DIR/entities.json`` after each batch that
+changed it, atomically, and read at start: it survives a restart.
+
+``GET /api/entities`` (``web/entities.py``) lists what is live.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+
+from rtclake.durable import write_atomic
+from rtclake.processors.base import Context, Processor, Record
+
+log = structlog.get_logger(__name__)
+
+STATE_FILE = "entities.json"
+FORGET_ENDED_S = 86_400.0  # how long an ended entity is remembered against late events
+
+
+@dataclass
+class Entity:
+    """One thing that starts and ends."""
+
+    kind: str  # room, participant, track, egress, ingress, session, connection
+    id: str
+    source: str  # livekit or sora
+    parent: str | None = None  # the room (participant, track, egress) or session
+    name: str | None = None  # a room's or channel's name, a participant's identity
+    started: float | None = None  # epoch seconds of its start event
+    last_seen: float | None = None  # the latest event that says it is alive
+    ended: float | None = None  # when its end event says it ended
+    info: dict[str, Any] = field(default_factory=dict)  # what an end event would need
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}:{self.kind}:{self.id}"
+
+    @property
+    def live(self) -> bool:
+        return self.ended is None
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for name in ("started", "last_seen", "ended"):
+            if out[name] is not None:
+                out[name] = _iso(out[name])
+        return out
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one event says of one entity."""
+
+    what: str  # start, alive or end
+    entity: Entity
+    at: float
+
+
+def _iso(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _seconds(value: Any) -> float | None:
+    """A record's time: RFC 3339 text, or a number of seconds/milliseconds/microseconds."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+        while number > 1e11:  # ms, µs or ns
+            number /= 1000
+        return number
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return _seconds(int(text))
+        try:
+            return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def _dig(record: Record, path: str) -> Any:
+    value: Any = record
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _text(record: Record, *paths: str) -> str | None:
+    for path in paths:
+        value = _dig(record, path)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+# -- LiveKit --------------------------------------------------------------------------------
+
+_LK_WEBHOOK = {
+    "room_started": ("start", "room"), "room_finished": ("end", "room"),
+    "participant_joined": ("start", "participant"), "participant_left": ("end", "participant"),
+    "participant_connection_aborted": ("end", "participant"),
+    "track_published": ("start", "track"), "track_unpublished": ("end", "track"),
+    "egress_started": ("start", "egress"), "egress_updated": ("alive", "egress"),
+    "egress_ended": ("end", "egress"),
+    "ingress_started": ("start", "ingress"), "ingress_ended": ("end", "ingress"),
+}  # fmt: skip
+_LK_ANALYTICS = {
+    "ROOM_CREATED": ("start", "room"), "ROOM_ENDED": ("end", "room"),
+    "PARTICIPANT_JOINED": ("start", "participant"), "PARTICIPANT_ACTIVE": ("start", "participant"),
+    "PARTICIPANT_LEFT": ("end", "participant"),
+    "PARTICIPANT_CONNECTION_ABORTED": ("end", "participant"),
+    "TRACK_PUBLISHED": ("start", "track"), "TRACK_UNPUBLISHED": ("end", "track"),
+    "EGRESS_STARTED": ("start", "egress"), "EGRESS_ENDED": ("end", "egress"),
+    "INGRESS_STARTED": ("start", "ingress"), "INGRESS_ENDED": ("end", "ingress"),
+}  # fmt: skip
+
+
+def _livekit(record: Record, what: str, kind: str, at: float) -> Iterator[Change]:
+    room = _text(record, "room.sid", "roomId", "egressInfo.roomId", "ingressInfo.roomId")
+    room_name = _text(record, "room.name", "egressInfo.roomName", "ingressInfo.roomName")
+    participant = _text(record, "participant.sid", "participantId")
+    if kind == "room" and room:
+        entity = Entity("room", room, "livekit", name=room_name, info={"room_name": room_name})
+    elif kind == "participant" and participant:
+        identity = _text(record, "participant.identity")
+        info = {"room_sid": room, "room_name": room_name, "identity": identity}
+        entity = Entity("participant", participant, "livekit", parent=room, name=identity,
+                        info=info)  # fmt: skip
+    elif kind == "track":
+        track = _text(record, "track.sid", "trackId")
+        if not track:
+            return
+        entity = Entity("track", track, "livekit", parent=participant,
+                        info={"room_sid": room, "participant_sid": participant})  # fmt: skip
+    elif kind == "egress":
+        egress = _text(record, "egressInfo.egressId", "egressId", "egress.egressId")
+        if not egress:
+            return
+        entity = Entity("egress", egress, "livekit", parent=room, info={"room_sid": room})
+    elif kind == "ingress":
+        ingress = _text(record, "ingressInfo.ingressId", "ingressId", "ingress.ingressId")
+        if not ingress:
+            return
+        entity = Entity("ingress", ingress, "livekit", parent=room, info={"room_sid": room})
+    else:
+        return
+    yield Change(what, entity, at)
+    if what == "start" and kind == "participant" and room:  # a participant makes its room live
+        yield Change("alive", Entity("room", room, "livekit", name=room_name,
+                                     info={"room_name": room_name}), at)  # fmt: skip
+
+
+def livekit_webhook(record: Record) -> Iterator[Change]:
+    rule = _LK_WEBHOOK.get(str(record.get("event")))
+    at = _seconds(record.get("time"))
+    if rule is not None and at is not None:
+        yield from _livekit(record, *rule, at)
+
+
+def livekit_analytics(record: Record) -> Iterator[Change]:
+    message = record.get("message") if isinstance(record.get("message"), dict) else record
+    assert isinstance(message, dict)
+    rule = _LK_ANALYTICS.get(str(message.get("type")))
+    at = _seconds(record.get("time") or message.get("timestamp"))
+    if rule is not None and at is not None:
+        yield from _livekit(message, *rule, at)
+
+
+# -- Sora -----------------------------------------------------------------------------------
+
+_SORA_SESSION = {"session.created": "start", "session.updated": "alive",
+                 "session.destroyed": "end"}  # fmt: skip
+_SORA_CONNECTION = {"connection.created": "start", "connection.updated": "alive",
+                    "connection.destroyed": "end"}  # fmt: skip
+
+
+def _req(record: Record) -> Record:
+    req = record.get("req")
+    return req if isinstance(req, dict) else record
+
+
+def sora_session(record: Record) -> Iterator[Change]:
+    req = _req(record)
+    what = _SORA_SESSION.get(str(req.get("type")))
+    session = _text(req, "session_id")
+    at = _seconds(record.get("timestamp") or req.get("timestamp"))
+    if what and session and at is not None:
+        channel = _text(req, "channel_id")
+        yield Change(what, Entity("session", session, "sora", name=channel,
+                                  info={"channel_id": channel}), at)  # fmt: skip
+
+
+def sora_event(record: Record) -> Iterator[Change]:
+    req = _req(record)
+    what = _SORA_CONNECTION.get(str(req.get("type") or record.get("operation")))
+    connection = _text(req, "connection_id")
+    at = _seconds(record.get("timestamp") or req.get("timestamp"))
+    if what and connection and at is not None:
+        session, channel = _text(req, "session_id"), _text(req, "channel_id")
+        entity = Entity("connection", connection, "sora", parent=session,
+                        name=_text(req, "client_id"),
+                        info={"session_id": session, "channel_id": channel})  # fmt: skip
+        yield Change(what, entity, at)
+        if what != "end" and session:
+            yield Change("alive", Entity("session", session, "sora", name=channel,
+                                         info={"channel_id": channel}), at)  # fmt: skip
+
+
+def sora_connection_log(record: Record) -> Iterator[Change]:
+    """A line of connection.jsonl: written when a connection ends, with both ends."""
+    connection = _text(record, "connection_id")
+    if not connection:
+        return
+    session, channel = _text(record, "session_id"), _text(record, "channel_id")
+    entity = Entity("connection", connection, "sora", parent=session,
+                    name=_text(record, "client_id"),
+                    info={"session_id": session, "channel_id": channel})  # fmt: skip
+    created = _seconds(record.get("created_timestamp") or record.get("created_time"))
+    destroyed = _seconds(record.get("destroyed_timestamp") or record.get("destroyed_time"))
+    if created is not None:
+        yield Change("start", entity, created)
+    if destroyed is not None:
+        yield Change("end", entity, destroyed)
+
+
+RULES: dict[str, Callable[[Record], Iterable[Change]]] = {
+    "livekit_events": livekit_webhook,
+    "livekit_analytics_events": livekit_analytics,
+    "sessions": sora_session,
+    "sora_events": sora_event,
+    "connections": sora_connection_log,
+}
+"""The tables the tracker reads, and what a record of each says."""
+
+
+class Entities:
+    """The tracker's state: every entity known, live or recently ended."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._all: dict[str, Entity] = {}
+        if path is not None and path.exists():
+            try:
+                for raw in orjson.loads(path.read_bytes()).get("entities", []):
+                    entity = Entity(**raw)
+                    self._all[entity.key] = entity
+            except (OSError, orjson.JSONDecodeError, TypeError) as exc:
+                log.error("entities: state unreadable; starting empty", path=str(path),
+                          error=str(exc))  # fmt: skip
+
+    def apply(self, change: Change) -> bool:
+        """Apply one change; True if the state changed."""
+        with self._lock:
+            known = self._all.get(change.entity.key)
+            if known is None:
+                if change.what == "end":
+                    entity = change.entity
+                    entity.started, entity.ended, entity.last_seen = None, change.at, change.at
+                    self._all[entity.key] = entity  # remembered against a late start
+                    return True
+                entity = change.entity
+                entity.started = change.at if change.what == "start" else None
+                entity.last_seen = change.at
+                self._all[entity.key] = entity
+                return True
+            changed = False
+            if known.ended is not None:
+                if change.what == "end" or change.at <= known.ended:
+                    return False  # already ended, or a late event of what ended
+                known.ended, known.started, changed = None, change.at, True  # started again
+            if change.what == "end":
+                known.ended, known.last_seen = change.at, max(known.last_seen or 0, change.at)
+                return True
+            if known.last_seen is None or change.at > known.last_seen:
+                known.last_seen, changed = change.at, True
+            if change.what == "start" and (known.started is None or change.at < known.started):
+                known.started, changed = change.at, True
+            for name, value in change.entity.info.items():
+                if value is not None and known.info.get(name) != value:
+                    known.info[name], changed = value, True
+            if change.entity.name and known.name != change.entity.name:
+                known.name, changed = change.entity.name, True
+            return changed
+
+    def forget_ended(self, now: float) -> bool:
+        with self._lock:
+            old = [
+                k
+                for k, e in self._all.items()
+                if e.ended is not None and e.ended < now - FORGET_ENDED_S
+            ]
+            for key in old:
+                del self._all[key]
+            return bool(old)
+
+    def live(self) -> list[Entity]:
+        with self._lock:
+            return sorted((e for e in self._all.values() if e.live),
+                          key=lambda e: (e.source, e.kind, e.started or 0, e.id))  # fmt: skip
+
+    def get(self, key: str) -> Entity | None:
+        with self._lock:
+            return self._all.get(key)
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        with self._lock:
+            data = orjson.dumps({"entities": [asdict(e) for e in self._all.values()]})
+        try:
+            write_atomic(self.path, data)
+        except OSError as exc:  # the next batch writes it again
+            log.error("entities: cannot save state", path=str(self.path), error=str(exc))
+
+
+class EntityTracker(Processor):
+    """The ``entity_tracker`` processor (see the module doc)."""
+
+    stage = "store"
+    tables = frozenset(RULES)
+
+    def __init__(self, state_path: Path | None) -> None:
+        self.entities = Entities(state_path)
+
+    def process(self, records: list[Record], ctx: Context) -> None:
+        rule = RULES.get(ctx.table)
+        if rule is None:
+            return None
+        changed = False
+        for record in records:
+            for change in rule(record):
+                changed |= self.entities.apply(change)
+        if changed:
+            latest = max((e.last_seen or 0 for e in self.entities.live()), default=0.0)
+            self.entities.forget_ended(latest)
+            self.entities.save()
+        return None

@@ -1,0 +1,141 @@
+"""The entity_tracker processor: what is live from LiveKit's and Sora's start and end
+events, whichever way they arrive; replays and late events change nothing; the state
+survives a restart; GET /api/entities lists it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from rtclake.entities import Change, Entities, Entity, EntityTracker
+from rtclake.processors.base import Context
+from tests.conftest import FIXTURES
+from tests.test_livekit_webhooks import KEY, SECRET, token
+from tests.test_sora_webhooks import App
+
+LIVEKIT = FIXTURES / "livekit"
+
+
+def context(table: str) -> Context:
+    return Context(table, "test", "s", "store")
+
+
+def webhook(name: str) -> dict[str, Any]:
+    body = json.loads((LIVEKIT / name).read_text())
+    return {**body, "time": int(body["createdAt"])}
+
+
+def live(tracker: EntityTracker) -> set[tuple[str, str]]:
+    return {(e.kind, e.id) for e in tracker.entities.live()}
+
+
+def test_livekit_webhooks_start_and_end_rooms_participants_tracks_and_egresses(
+    tmp_path: Path,
+) -> None:
+    tracker = EntityTracker(tmp_path / "entities.json")
+    names = ("webhook_room_started.json", "webhook_participant_joined.json",
+             "webhook_track_published.json")  # fmt: skip
+    tracker.process([webhook(n) for n in names], context("livekit_events"))
+    assert live(tracker) == {("room", "RM_hGqXn6fS9dFx"), ("participant", "PA_Xq7kLm2NpQ9r"),
+                             ("track", "TR_VCa8hB3kPz5w")}  # fmt: skip
+    participant = tracker.entities.get("livekit:participant:PA_Xq7kLm2NpQ9r")
+    assert participant is not None and participant.parent == "RM_hGqXn6fS9dFx"
+    assert participant.name == "TestParticipant1" and participant.started == 1718093125
+    tracker.process([webhook("webhook_participant_left.json")], context("livekit_events"))
+    assert ("participant", "PA_Xq7kLm2NpQ9r") not in live(tracker)
+    # a replay of the join (older than the leave) does not bring it back
+    tracker.process([webhook("webhook_participant_joined.json")], context("livekit_events"))
+    assert ("participant", "PA_Xq7kLm2NpQ9r") not in live(tracker)
+    tracker.process([webhook("webhook_room_finished.json")], context("livekit_events"))
+    assert ("room", "RM_hGqXn6fS9dFx") not in live(tracker)
+    # the state survives a restart
+    again = EntityTracker(tmp_path / "entities.json")
+    assert live(again) == live(tracker) == {("track", "TR_VCa8hB3kPz5w")}
+
+
+def test_analytics_and_sora_events_feed_the_same_table(tmp_path: Path) -> None:
+    tracker = EntityTracker(tmp_path / "entities.json")
+    active = json.loads((LIVEKIT / "analytics_event_participant_active.json").read_text())
+    tracker.process([{"message": active, "time": active["timestamp"]}],
+                    context("livekit_analytics_events"))  # fmt: skip
+    assert ("participant", "PA_Xq7kLm2NpQ9r") in live(tracker)
+    sessions = [
+        {"timestamp": "2026-11-20T00:00:00Z",
+         "req": {"type": "session.created", "session_id": "S1", "channel_id": "ch"}},
+        {"timestamp": "2026-11-20T00:01:00Z",
+         "req": {"type": "session.updated", "session_id": "S1", "channel_id": "ch"}},
+    ]  # fmt: skip
+    tracker.process(sessions, context("sessions"))
+    events = [{"timestamp": "2026-11-20T00:00:05Z",
+               "req": {"type": "connection.created", "connection_id": "C1", "session_id": "S1",
+                       "channel_id": "ch", "client_id": "alice"}}]  # fmt: skip
+    tracker.process(events, context("sora_events"))
+    session = tracker.entities.get("sora:session:S1")
+    assert session is not None and session.last_seen == 1795132860.0 and session.name == "ch"
+    assert ("connection", "C1") in live(tracker)
+    # connection.jsonl is written when a connection ends: both ends at once
+    log_line = {"connection_id": "C1", "session_id": "S1", "channel_id": "ch",
+                "created_timestamp": "2026-11-20T00:00:05Z",
+                "destroyed_timestamp": "2026-11-20T00:03:00Z"}  # fmt: skip
+    tracker.process([log_line], context("connections"))
+    assert ("connection", "C1") not in live(tracker)
+    tracker.process([{"timestamp": "2026-11-20T00:05:00Z",
+                      "req": {"type": "session.destroyed", "session_id": "S1"}}],
+                    context("sessions"))  # fmt: skip
+    assert ("session", "S1") not in live(tracker)
+
+
+def test_an_end_before_its_start_is_remembered_and_a_restart_after_it_counts() -> None:
+    entities = Entities(None)
+    room = Entity("room", "R", "livekit")
+    assert entities.apply(Change("end", room, 100.0))  # the end came first (out of order)
+    assert not entities.apply(Change("start", Entity("room", "R", "livekit"), 50.0))
+    assert entities.live() == []
+    assert entities.apply(Change("start", Entity("room", "R", "livekit"), 200.0))  # reused
+    assert [e.id for e in entities.live()] == ["R"]
+
+
+def test_the_api_lists_what_is_live_from_webhooks_as_they_are_stored(tmp_path: Path) -> None:
+    settings = {
+        "sources": {"lk": {"type": "livekit_webhook", "keys": {KEY: SECRET}}},
+        "processors": {"entities": {"type": "entity_tracker"}},
+    }
+    app = App(tmp_path, **settings).start()
+    try:
+        for name in ("webhook_room_started.json", "webhook_participant_joined.json"):
+            body = (LIVEKIT / name).read_bytes()
+            headers = {"authorization": token(body), "content-type": "application/webhook+json"}
+            assert app.post("/livekit/webhook", body, **headers).status_code == 200
+        session = json.dumps({
+            "type": "session.created", "id": "W1", "session_id": "S9",
+            "channel_id": "sora-ch", "timestamp": "2026-11-20T00:00:00Z",
+        })  # fmt: skip
+        assert app.post("/sora/webhooks/session", session.encode()).status_code == 200
+        deadline = time.monotonic() + 20
+        answer: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            answer = httpx.get(app.url + "/api/entities", timeout=10).json()
+            if answer.get("count") == 3:
+                break
+            time.sleep(0.1)
+        kinds = {(e["source"], e["kind"], e["id"]) for e in answer["entities"]}
+        assert kinds == {("livekit", "room", "RM_hGqXn6fS9dFx"),
+                         ("livekit", "participant", "PA_Xq7kLm2NpQ9r"),
+                         ("sora", "session", "S9")}  # fmt: skip
+        only = httpx.get(app.url + "/api/entities?source=sora", timeout=10).json()
+        assert only["count"] == 1 and only["entities"][0]["started"] == "2026-11-20T00:00:00Z"
+    finally:
+        app.stop()
+
+
+def test_without_a_tracker_the_api_says_how_to_add_one(tmp_path: Path) -> None:
+    app = App(tmp_path).start()
+    try:
+        answer = httpx.get(app.url + "/api/entities", timeout=10)
+        assert answer.status_code == 404 and "entity_tracker" in answer.json()["message"]
+    finally:
+        app.stop()
