@@ -139,3 +139,11 @@ def test_without_a_tracker_the_api_says_how_to_add_one(tmp_path: Path) -> None:
         assert answer.status_code == 404 and "entity_tracker" in answer.json()["message"]
     finally:
         app.stop()
+
+
+def test_a_heartbeat_after_the_end_does_not_reopen() -> None:
+    entities = Entities(None)
+    entities.apply(Change("start", Entity("room", "R", "livekit"), 10.0))
+    entities.apply(Change("end", Entity("room", "R", "livekit"), 20.0))
+    assert not entities.apply(Change("alive", Entity("room", "R", "livekit"), 30.0))
+    assert entities.live() == []

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from rtclake.errors import ConfigError
 from rtclake.lake.sink import LakeSink
@@ -25,6 +25,27 @@ from rtclake.tables import ALERTS
 class HttpIngestConfig(SourceConfig):
     """``POST /ingest/{stream}``; its body limit and token are ``server.max_body_bytes`` and
     ``server.ingest_token``."""
+
+
+class EntityTrackerConfig(ProcessorConfig):
+    """What is live, from start and end events; and the reconciler's source of truth."""
+
+    reconcile_interval: float = Field(
+        default=60.0, gt=0, description="seconds between the reconciler's rounds"
+    )
+    livekit_url: str | None = Field(
+        default=None, description="LiveKit's URL for its RoomService API (ListRooms,"
+        " ListParticipants), e.g. http://livekit:7880; unset: LiveKit is not reconciled",
+    )  # fmt: skip
+    livekit_api_key: str | None = Field(default=None, description="default LIVEKIT_API_KEY")
+    livekit_api_secret: SecretStr | None = Field(
+        default=None, description="default LIVEKIT_API_SECRET"
+    )
+    sora_session_timeout: float | None = Field(
+        default=None, gt=0,
+        description="seconds a Sora session may go without a session.updated heartbeat"
+        " before it is closed; unset: Sora sessions are not reconciled",
+    )  # fmt: skip
 
 
 class LakeSinkConfig(SinkConfig):
@@ -85,13 +106,29 @@ def register(registry: Registry) -> None:
     registry.add_default("source", "http", {"type": "http_ingest"})
     registry.add_table(ALERTS)
 
-    @registry.processor("entity_tracker", ProcessorConfig)
-    def entity_tracker(config: ProcessorConfig, ctx: BuildContext) -> Any:
+    @registry.processor("entity_tracker", EntityTrackerConfig)
+    def entity_tracker(config: EntityTrackerConfig, ctx: BuildContext) -> Any:
         """What is live now (rooms, sessions, participants, connections, tracks, egresses,
-        ingresses) from LiveKit's and Sora's start and end events; GET /api/entities."""
-        from rtclake.entities import EntityTracker
+        ingresses) from LiveKit's and Sora's start and end events; GET /api/entities; a
+        reconciler closes what the SFU no longer has with synthetic end events."""
+        import os
 
-        return EntityTracker(ctx.data_dir / "entities.json")
+        from rtclake.entities import EntityTracker, Reconcile
+
+        key = config.livekit_api_key or os.environ.get("LIVEKIT_API_KEY")
+        secret = (config.livekit_api_secret.get_secret_value() if config.livekit_api_secret
+                  else os.environ.get("LIVEKIT_API_SECRET"))  # fmt: skip
+        if config.livekit_url and not (key and secret):
+            raise ConfigError(
+                f"processors.{ctx.name}: livekit_url needs livekit_api_key and"
+                " livekit_api_secret (or LIVEKIT_API_KEY and LIVEKIT_API_SECRET)"
+            )
+        reconcile = Reconcile(
+            interval=config.reconcile_interval, livekit_url=config.livekit_url,
+            livekit_key=key, livekit_secret=secret,
+            sora_session_timeout=config.sora_session_timeout,
+        )  # fmt: skip
+        return EntityTracker(ctx.data_dir / "entities.json", reconcile, ctx.tables)
 
     registry.add(SLACK)
     registry.add(REDIS)

@@ -30,18 +30,24 @@ changed it, atomically, and read at start: it survives a restart.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import hashlib
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+import jwt
 import orjson
 import structlog
 
 from rtclake.durable import write_atomic
 from rtclake.processors.base import Context, Processor, Record
+from rtclake.tables import TableRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +68,7 @@ class Entity:
     last_seen: float | None = None  # the latest event that says it is alive
     ended: float | None = None  # when its end event says it ended
     info: dict[str, Any] = field(default_factory=dict)  # what an end event would need
+    gone_since: float | None = None  # the reconciler found it gone then (round one)
 
     @property
     def key(self) -> str:
@@ -181,7 +188,7 @@ def _livekit(record: Record, what: str, kind: str, at: float) -> Iterator[Change
     else:
         return
     yield Change(what, entity, at)
-    if what == "start" and kind == "participant" and room:  # a participant makes its room live
+    if kind == "participant" and room:  # its room was alive then, whatever it says
         yield Change("alive", Entity("room", room, "livekit", name=room_name,
                                      info={"room_name": room_name}), at)  # fmt: skip
 
@@ -302,14 +309,14 @@ class Entities:
                 return True
             changed = False
             if known.ended is not None:
-                if change.what == "end" or change.at <= known.ended:
-                    return False  # already ended, or a late event of what ended
+                if change.what != "start" or change.at <= known.ended:
+                    return False  # a late event of what ended (only a new start reopens)
                 known.ended, known.started, changed = None, change.at, True  # started again
             if change.what == "end":
                 known.ended, known.last_seen = change.at, max(known.last_seen or 0, change.at)
                 return True
             if known.last_seen is None or change.at > known.last_seen:
-                known.last_seen, changed = change.at, True
+                known.last_seen, known.gone_since, changed = change.at, None, True
             if change.what == "start" and (known.started is None or change.at < known.started):
                 known.started, changed = change.at, True
             for name, value in change.entity.info.items():
@@ -329,6 +336,26 @@ class Entities:
             for key in old:
                 del self._all[key]
             return bool(old)
+
+    def mark_gone(self, keys: set[str], now: float) -> tuple[list[Entity], bool]:
+        """The reconciler's two rounds: the live entities of ``keys`` found gone in an
+        earlier round too (to close now), and whether the state changed. An entity not
+        in ``keys`` is no longer suspected; one seen for the first time is suspected."""
+        with self._lock:
+            confirmed: list[Entity] = []
+            changed = False
+            for entity in self._all.values():
+                if not entity.live:
+                    continue
+                if entity.key not in keys:
+                    if entity.gone_since is not None:
+                        entity.gone_since, changed = None, True
+                    continue
+                if entity.gone_since is None:
+                    entity.gone_since, changed = now, True
+                else:
+                    confirmed.append(entity)
+            return confirmed, changed
 
     def live(self) -> list[Entity]:
         with self._lock:
@@ -350,14 +377,33 @@ class Entities:
             log.error("entities: cannot save state", path=str(self.path), error=str(exc))
 
 
+@dataclass(frozen=True)
+class Reconcile:
+    """Where the truth is: LiveKit's RoomService (``livekit_url`` and a key), and how long
+    a Sora session may go without a ``session.updated`` heartbeat."""
+
+    interval: float = 60.0
+    livekit_url: str | None = None
+    livekit_key: str | None = None
+    livekit_secret: str | None = None
+    sora_session_timeout: float | None = None
+    timeout: float = 10.0
+
+
 class EntityTracker(Processor):
     """The ``entity_tracker`` processor (see the module doc)."""
 
     stage = "store"
     tables = frozenset(RULES)
 
-    def __init__(self, state_path: Path | None) -> None:
+    def __init__(
+        self, state_path: Path | None, reconcile: Reconcile | None = None,
+        tables: TableRegistry | None = None,
+    ) -> None:  # fmt: skip
         self.entities = Entities(state_path)
+        self.table_registry = tables
+        self.reconcile_settings = reconcile or Reconcile()
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def process(self, records: list[Record], ctx: Context) -> None:
         rule = RULES.get(ctx.table)
@@ -372,3 +418,134 @@ class EntityTracker(Processor):
             self.entities.forget_ended(latest)
             self.entities.save()
         return None
+
+    # -- the reconciler ------------------------------------------------------------------
+
+    def background(self, intake: Any) -> Coroutine[Any, Any, None] | None:
+        self.loop = asyncio.get_running_loop()
+        self.intake = intake
+        settings = self.reconcile_settings
+        if settings.livekit_url is None and settings.sora_session_timeout is None:
+            return None
+        return self._forever()
+
+    async def _forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.reconcile_settings.interval)
+            try:
+                await self.reconcile()
+            except Exception as exc:  # the next round tries again
+                log.error("entities: reconcile failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def reconcile(self, now: float | None = None) -> list[Entity]:
+        """One round: ask what really exists, suspect what is gone, and close with a
+        synthetic end event what was already suspected in the previous round and got no
+        real end event since. Returns the entities closed."""
+        now = time.time() if now is None else now
+        gone = await self._gone(now)
+        confirmed, changed = self.entities.mark_gone(gone, now)
+        closed = []
+        for entity in confirmed:
+            await self._close(entity)
+            self.entities.apply(Change("end", Entity(entity.kind, entity.id, entity.source),
+                                       entity.last_seen or now))  # fmt: skip
+            closed.append(entity)
+        if changed or closed:
+            self.entities.save()
+        return closed
+
+    async def _gone(self, now: float) -> set[str]:
+        settings = self.reconcile_settings
+        live = self.entities.live()
+        gone: set[str] = set()
+        if settings.sora_session_timeout is not None:
+            cutoff = now - settings.sora_session_timeout
+            stale = {e.id for e in live if e.source == "sora" and e.kind == "session"
+                     and (e.last_seen or 0) < cutoff}  # fmt: skip
+            gone |= {e.key for e in live if e.source == "sora" and (
+                (e.kind == "session" and e.id in stale)
+                or (e.kind == "connection" and e.parent in stale))}  # fmt: skip
+        if settings.livekit_url is not None:
+            gone |= await self._livekit_gone(live)
+        return gone
+
+    async def _livekit_gone(self, live: list[Entity]) -> set[str]:
+        settings = self.reconcile_settings
+        rooms = {e.id: e for e in live if e.source == "livekit" and e.kind == "room"}
+        participants = [e for e in live if e.source == "livekit" and e.kind == "participant"]
+        if not rooms and not participants:
+            return set()
+        async with httpx.AsyncClient(base_url=str(settings.livekit_url),
+                                     timeout=settings.timeout) as client:  # fmt: skip
+            listed = await self._twirp(client, "ListRooms", {}, room_list=True)
+            existing = {r.get("sid"): r.get("name") for r in listed.get("rooms") or ()}
+            gone = {rooms[sid].key for sid in rooms if sid not in existing}
+            by_room: dict[str, set[str]] = {}
+            for sid, name in existing.items():
+                if any(p.parent == sid for p in participants):
+                    answer = await self._twirp(client, "ListParticipants", {"room": name},
+                                               room=name)  # fmt: skip
+                    by_room[sid] = {p.get("sid") for p in answer.get("participants") or ()}
+        for participant in participants:
+            if participant.parent not in existing or participant.id not in by_room.get(
+                    participant.parent or "", set()):  # fmt: skip
+                gone.add(participant.key)
+        return gone
+
+    async def _twirp(
+        self, client: httpx.AsyncClient, method: str, body: dict[str, Any], *,
+        room_list: bool = False, room: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """One RoomService call, with a token of the configured key (LiveKit's video grant)."""
+        settings = self.reconcile_settings
+        now = int(time.time())
+        grant: dict[str, Any] = (
+            {"roomList": True} if room_list else {"roomAdmin": True, "room": room}
+        )
+        claims = {"iss": settings.livekit_key, "nbf": now - 5, "exp": now + 600, "video": grant}
+        token = jwt.encode(claims, settings.livekit_secret or "", algorithm="HS256")
+        answer = await client.post(f"/twirp/livekit.RoomService/{method}", json=body,
+                                   headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        answer.raise_for_status()
+        return dict(answer.json())
+
+    async def _close(self, entity: Entity) -> None:
+        """Write the synthetic end event of ``entity`` through the intake: stamped with
+        the last time it was known alive, marked synthetic, its id made of the entity and
+        that time (so a crash before the state is saved writes the same event again,
+        which is stored once)."""
+        from rtclake.sources.base import Records
+
+        at = entity.last_seen or time.time()
+        event_id = "SYN_" + hashlib.md5(f"{entity.key}:{at}".encode(),
+                                        usedforsecurity=False).hexdigest()[:20]  # fmt: skip
+        if entity.source == "livekit":
+            room = {"sid": entity.parent if entity.kind != "room" else entity.id,
+                    "name": entity.info.get("room_name")}  # fmt: skip
+            line: dict[str, Any] = {"time": _iso(at), "event": {"room": "room_finished",
+                                    "participant": "participant_left"}.get(entity.kind, ""),
+                                    "id": event_id, "synthetic": True, "room": room}  # fmt: skip
+            if entity.kind == "participant":
+                line["participant"] = {"sid": entity.id, "identity": entity.info.get("identity")}
+            table = "livekit_events"
+        elif entity.kind == "session":
+            line = {"timestamp": _iso(at), "req": {"type": "session.destroyed",
+                    "id": event_id, "session_id": entity.id, "synthetic": True,
+                    "channel_id": entity.info.get("channel_id")}}  # fmt: skip
+            table = "sessions"
+        else:
+            line = {"timestamp": _iso(at), "req": {
+                "type": "connection.destroyed", "id": event_id, "connection_id": entity.id,
+                "synthetic": True, "session_id": entity.parent,
+                "channel_id": entity.info.get("channel_id")}}  # fmt: skip
+            table = "sora_events"
+        if not line.get("event", True):
+            return  # tracks, egresses, ingresses: closed in the state only
+        tables = self.table_registry or self.intake.tables
+        assert tables is not None
+        body = orjson.dumps(line)
+        extra = [0] if tables[table].sparse_extra else None
+        await self.intake.take(self.name, "reconciler", tables[table], Records(body, 1, extra),
+                               idem=event_id)  # fmt: skip
+        log.info("entities: closed a stale entity with a synthetic end event",
+                 entity=entity.key, last_seen=_iso(at), event_id=event_id)  # fmt: skip

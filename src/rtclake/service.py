@@ -109,6 +109,7 @@ class Service:
                 if table not in self.tables:
                     raise ConfigError(f"processors.{processor.name}: unknown table {table!r}")
         self.chain = Chain(processors, self.metrics) if processors else None
+        self._background: list[asyncio.Task[None]] = []  # processors' tasks (reconcilers)
         self.intake = Intake(
             self.spool, self.metrics, self.router, tables=self.tables, chain=self.chain
         )
@@ -184,6 +185,10 @@ class Service:
             await source.start()
         if self.alerts is not None:
             await self.alerts.start()
+        for processor in self.chain.processors if self.chain is not None else ():
+            task = processor.background(self.intake)
+            if task is not None:
+                self._background.append(asyncio.create_task(task, name=processor.name))
         log.info(
             "rtclake started",
             node=self.settings.node,
@@ -197,6 +202,10 @@ class Service:
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop accepting, store what the spool holds (within ``drain_timeout``), close."""
         await self.throughput.stop()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
         if self.alerts is not None:
             await self.alerts.stop()
         for source in self.sources:

@@ -38,7 +38,7 @@ stage: the input's place in the spool), so a re-read or a replay stores them onc
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -89,6 +89,12 @@ class Processor(ABC):
     def process(self, records: list[Record], ctx: Context) -> Iterable[Record] | None:
         """Return the records to keep (a list, or any iterable). None keeps the records as
         they came, byte for byte (changes made to them in place are not kept)."""
+
+    def background(self, intake: Any) -> Coroutine[Any, Any, None] | None:
+        """A task to run beside the records while the service runs (a reconciler that
+        writes records of its own through ``intake``, an :class:`rtclake.intake.Intake`,
+        on the service's event loop); None: nothing. Cancelled at stop."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - a processor may hold nothing
         """Release what ``start`` opened."""

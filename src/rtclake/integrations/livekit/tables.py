@@ -42,6 +42,8 @@ LIVEKIT_EVENTS = Table(
         Column("ingress_status", "string", ("ingressInfo.state.status",)),
         Column("ingress_error", "string", ("ingressInfo.state.error",)),
         Column("api_key", "id", ("_api_key",)),
+        # written by the entity tracker's reconciler for what ended without an event
+        Column("synthetic", "bool", ("synthetic",)),
     ),
     # a redelivered webhook carries the same id: stored once
     identity=("event_id",),

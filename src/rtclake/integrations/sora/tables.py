@@ -113,6 +113,7 @@ SESSIONS = Table(
         Column("max_connections", "int", ("req.max_connections",)),
         Column("total_connections", "int", ("req.total_connections",)),
         Column("connections", "json", ("req.connections",)),
+        Column("synthetic", "bool", ("req.synthetic",)),  # the entity tracker's end
     ),
 )
 
@@ -157,6 +158,7 @@ SORA_EVENTS = Table(
         Column("connection_id", "id", ("req.connection_id", "connection_id")),
         Column("client_id", "id", ("req.client_id", "client_id")),
         Column("request", "json", ("json",)),
+        Column("synthetic", "bool", ("req.synthetic",)),  # the entity tracker's end
         Column("response", "json", ("res",)),
     ),
 )
