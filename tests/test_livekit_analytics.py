@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from google.protobuf import json_format
 from livekit.protocol import analytics
@@ -134,3 +135,38 @@ def test_a_body_the_classes_refuse_is_answered_400_and_nothing_stored(
     assert answer.json()["message"]
     time.sleep(0.3)
     assert app.rows("SELECT count(*) FROM livekit_stats")[0][0] == before
+
+
+def test_a_livekit_participant_has_a_connection_page_with_rates(app: App) -> None:
+    """livekit_rates maps LiveKit's stats onto rtc_rates' columns: the dashboard's
+    connection page of a participant charts its streams' rates, each counter over its
+    stat's own interval."""
+    stats = []
+    for n in range(3):
+        start = f"2024-06-12T10:0{n}:00Z"
+        end = f"2024-06-12T10:0{n}:30Z"
+        stats.append({
+            "id": f"AS_dash_{n}", "kind": "UPSTREAM", "timeStamp": end, "node": "ND_1",
+            "roomId": "RM_dash", "roomName": "dash-room", "participantId": "PA_dash",
+            "trackId": "TR_dash", "mime": "video/VP8", "score": 4.5,
+            "streams": [{"primaryPackets": 3000, "primaryBytes": str(375_000 * (n + 1)),
+                         "packetsLost": 30, "frames": 900, "rtt": 40, "jitter": 6, "nacks": 3,
+                         "startTime": start, "endTime": end}],
+        })  # fmt: skip
+    answer = app.post(STATS, json.dumps({"stats": stats}).encode(), **JSON_TYPE)
+    assert answer.json() == {"stored": 3}
+    sql = "SELECT count(*) FROM livekit_rates WHERE connection_id = 'PA_dash'"
+    assert app.wait_rows(sql, 3) == 3
+    page = httpx.get(app.url + "/api/dashboard/connections/PA_dash", timeout=30)
+    assert page.status_code == 200, page.text
+    body = page.json()
+    assert body["connection"]["session_id"] == "RM_dash"
+    assert body["connection"]["channel_id"] == "dash-room"
+    (series,) = body["rates"]
+    assert (series["stats_type"], series["media_kind"]) == ("outbound-rtp", "video")
+    assert series["bitrate_bps"] == pytest.approx([100_000, 200_000, 300_000])  # 8 × bytes / 30 s
+    assert series["loss_pct"] == pytest.approx([100 * 30 / 3030] * 3)
+    assert series["fps"] == pytest.approx([30.0] * 3)
+    assert series["rtt_ms"] == pytest.approx([40.0] * 3)
+    (stream,) = body["streams"]
+    assert stream["stats_type"] == "outbound-rtp"

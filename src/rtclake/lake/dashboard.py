@@ -46,7 +46,8 @@ LOOKBACK_SECONDS = 86_400
 
 NEEDS = frozenset(
     ("rtc_stats", "sessions", "connections", "sora_events", "sora_stats_report",
-     "sora_connection_counters", "rtc_rates", "connection_reports", "connection_quality")
+     "sora_connection_counters", "rtc_rates", "connection_reports", "connection_quality",
+     "livekit_rates")
 )  # fmt: skip
 """The tables and views these queries read: an integration (Sora's) provides them."""
 
@@ -62,6 +63,15 @@ SCORES = ("score", "mos_audio", "video_score")
 """The scores of ``connection_quality`` (docs/QUALITY.md)."""
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# A stream's rates: Sora's (rtc_rates) and LiveKit's (livekit_rates, a LiveKit room as a
+# session, a participant as a connection), so either SFU's connection gets its page.
+_RATES = "(SELECT * FROM rtc_rates UNION ALL BY NAME SELECT * EXCLUDE (score) FROM livekit_rates)"
+# Who reported when: Sora's reports, and LiveKit's stats.
+_REPORTED = (
+    "SELECT connection_id, channel_id, session_id, client_id, role, time FROM connection_reports"
+    " UNION ALL SELECT connection_id, channel_id, session_id, NULL, NULL, time FROM livekit_rates"
+)
 
 
 # -- binding values -------------------------------------------------------------------------
@@ -431,7 +441,7 @@ WITH h AS (
 ), s AS (
     SELECT any_value(channel_id) AS channel_id, min(time) AS first_seen, max(time) AS last_seen,
         count(DISTINCT connection_id) AS connections
-    FROM connection_reports WHERE session_id = {key}
+    FROM ({_REPORTED}) WHERE session_id = {key}
 )
 SELECT {key} AS session_id, coalesce(h.channel_id, s.channel_id) AS channel_id,
     h.created_at, h.destroyed_at, h.total_connections, h.max_connections, h.last_event,
@@ -447,7 +457,7 @@ WITH st AS (
     SELECT connection_id, any_value(channel_id) AS channel_id, any_value(session_id) AS session_id,
         any_value(client_id) AS client_id, any_value(role) AS role, min(time) AS first_seen,
         max(time) AS last_seen
-    FROM connection_reports WHERE {where} GROUP BY connection_id
+    FROM ({_REPORTED}) WHERE {where} GROUP BY connection_id
 ), log AS (
     SELECT connection_id, any_value(channel_id) AS channel_id, any_value(session_id) AS session_id,
         any_value(client_id) AS client_id, any_value(role) AS role,
@@ -549,7 +559,7 @@ WITH streams AS (
     SELECT stats_id, any_value(stats_type) AS stats_type, any_value(media_kind) AS media_kind,
         any_value(track_identifier) AS track_identifier, min(time) AS first_seen,
         max(time) AS last_seen
-    FROM rtc_rates
+    FROM {_RATES}
     WHERE connection_id = {key}
         AND stats_type IN ('inbound-rtp', 'outbound-rtp', 'remote-inbound-rtp', 'candidate-pair')
     GROUP BY stats_id
@@ -579,7 +589,7 @@ def connection_rates_sql(connection_id: str, r: TimeRange, bucket: int) -> str:
 SELECT stats_type, stats_id, media_kind, {_bucket(bucket)} AS time,
     {means},
     arg_max(quality_limitation_reason, time) AS quality_limitation_reason
-FROM rtc_rates
+FROM {_RATES}
 WHERE connection_id = {quote(connection_id)} AND {r.where()}
 GROUP BY ALL
 """

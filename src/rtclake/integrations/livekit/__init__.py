@@ -41,10 +41,20 @@ class LiveKitAnalyticsConfig(SourceConfig):
 
 
 def register(registry: Registry) -> None:
-    from rtclake.integrations.livekit.tables import LIVEKIT_TABLES
+    from rtclake.integrations.livekit.tables import LIVEKIT_RATES_SQL, LIVEKIT_TABLES
     from rtclake.sinks.mongodb import Layout, register_layout
+    from rtclake.tables import View
 
     registry.add_table(*LIVEKIT_TABLES)
+    registry.add_view(View(
+        name="livekit_rates",
+        sql=LIVEKIT_RATES_SQL,
+        description=(
+            "livekit_stats with rtc_rates' columns (a room is a session, a participant a"
+            " connection, a track's stream a stream): each counter over its stat's interval;"
+            " the dashboard's connection pages read it beside rtc_rates."
+        ),
+    ))  # fmt: skip
 
     def openvidu_layout() -> Layout:
         from rtclake.integrations.livekit.openvidu import layout

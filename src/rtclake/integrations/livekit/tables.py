@@ -139,3 +139,34 @@ LIVEKIT_STATS = Table(
 )
 
 LIVEKIT_TABLES = (LIVEKIT_EVENTS, LIVEKIT_ANALYTICS_EVENTS, LIVEKIT_STATS)
+
+
+# livekit_stats as rtc_rates' columns, so LiveKit's participants get the dashboard's
+# connection pages: a stat's counters cover its own interval, so each rate is a counter
+# divided by interval_s (not a difference of rows). UPSTREAM is what the participant
+# sends (outbound-rtp from its side), DOWNSTREAM what it receives (inbound-rtp); the SFU
+# measures both. LiveKit reports rtt and jitter in milliseconds.
+LIVEKIT_RATES_SQL = """
+SELECT time, room_name AS channel_id, room_id AS session_id, participant_id AS connection_id,
+    CASE stream_kind WHEN 'UPSTREAM' THEN 'outbound-rtp' ELSE 'inbound-rtp' END AS stats_type,
+    concat_ws(':', track_id, stream_kind, stream_index) AS stats_id,
+    split_part(mime, '/', 1) AS media_kind, track_id AS track_identifier, interval_s,
+    8.0 * primary_bytes / interval_s AS bitrate_bps,
+    primary_packets / interval_s AS packets_per_s,
+    CASE WHEN primary_packets + packets_lost > 0
+        THEN 100.0 * packets_lost / (primary_packets + packets_lost) END AS loss_pct,
+    CAST(jitter AS DOUBLE) AS jitter_ms, CAST(rtt AS DOUBLE) AS rtt_ms,
+    CAST(NULL AS DOUBLE) AS jitter_buffer_ms,
+    CASE WHEN split_part(mime, '/', 1) = 'video' THEN frames / interval_s END AS fps,
+    CAST(NULL AS BIGINT) AS frame_width, CAST(NULL AS BIGINT) AS frame_height,
+    CAST(NULL AS DOUBLE) AS freezes_per_min, CAST(NULL AS DOUBLE) AS concealment_pct,
+    60.0 * nacks / interval_s AS nack_per_min, 60.0 * plis / interval_s AS pli_per_min,
+    60.0 * firs / interval_s AS fir_per_min,
+    CAST(NULL AS VARCHAR) AS quality_limitation_reason,
+    CAST(NULL AS DOUBLE) AS quality_limitation_none_share,
+    CAST(NULL AS DOUBLE) AS quality_limitation_cpu_share,
+    CAST(NULL AS DOUBLE) AS quality_limitation_bandwidth_share,
+    CAST(NULL AS DOUBLE) AS quality_limitation_other_share,
+    score
+FROM livekit_stats WHERE interval_s > 0
+"""
