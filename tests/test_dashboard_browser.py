@@ -8,14 +8,17 @@ console stays free of errors. Screenshots go to the test's output folder (printe
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pytest
 
 from tests.conftest import Server
@@ -44,6 +47,9 @@ class Site:
         return self.server.url
 
 
+LIVE_SESSION = "LIVE-SESSION-1"
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """A server on the demo's lake (the last ten minutes), polling a fake Sora node."""
@@ -57,9 +63,20 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             "RTCLAKE_SOURCES__SORA_API__TYPE": "sora_api",
             "RTCLAKE_SOURCES__SORA_API__NODES": json.dumps([sora.url]),
             "RTCLAKE_SOURCES__SORA_API__INTERVAL": "0.5",
+            "RTCLAKE_PROCESSORS__ENTITIES__TYPE": "entity_tracker",
         },
     )
     server.start()
+    # a session that starts now (its webhook): the overview's "Live now" lists it
+    webhook = {"type": "session.created", "id": "W-live", "session_id": LIVE_SESSION,
+               "channel_id": "live-channel",
+               "timestamp": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")}  # fmt: skip
+    posted = httpx.post(server.url + "/sora/webhooks/session", json=webhook, timeout=10)
+    assert posted.status_code == 200, posted.text
+    deadline = time.monotonic() + 30
+    while httpx.get(server.url + "/api/entities", timeout=10).json()["count"] < 1:
+        assert time.monotonic() < deadline, "the session never became live"
+        time.sleep(0.1)
     yield Site(server, manifest)
     server.stop()
     sora.stop()
@@ -168,7 +185,8 @@ def test_the_overview_charts_the_demo_and_lists_connections(
     assert t.state == "ready"
     manifest = site.manifest
     assert t.points()["chart-flow"] > 0
-    assert t.links("sessions", "/sessions/") == set(manifest["channels"].values())
+    # the demo's sessions, and the one started by a webhook while the server runs
+    assert t.links("sessions", "/sessions/") == {*manifest["channels"].values(), LIVE_SESSION}
     assert t.rows("channels") == len(manifest["channels"])
     worst = t.links("worst", "/connections/")
     assert len(worst) == 10 and showing(manifest, "high_loss") in worst
@@ -179,6 +197,7 @@ def test_the_overview_charts_the_demo_and_lists_connections(
     points = t.points()
     assert points["chart-sora-ongoing"] > 0 and points["chart-sora-memory"] > 0
     assert points["chart-throughput"] > 0
+    assert t.links("live", "/sessions/") == {LIVE_SESSION}  # what the entity tracker has
     t.shoot("overview")
 
 
@@ -256,7 +275,7 @@ def test_the_sql_console_runs_a_query_charts_it_and_refuses_writes(
     t.page.press("textarea.sql", "Control+Enter")
     t.page.wait_for_function(
         f"() => document.querySelectorAll('table[data-table=result] tbody tr').length"
-        f" === {len(site.manifest['channels'])}",
+        f" === {len(site.manifest['channels']) + 1}",  # and the live session's
         timeout=WAIT_MS,
     )
     assert "q=SELECT+DISTINCT+channel_id" in t.page.url  # the query is in the URL

@@ -136,7 +136,8 @@ def test_without_a_tracker_the_api_says_how_to_add_one(tmp_path: Path) -> None:
     app = App(tmp_path).start()
     try:
         answer = httpx.get(app.url + "/api/entities", timeout=10)
-        assert answer.status_code == 404 and "entity_tracker" in answer.json()["message"]
+        assert answer.status_code == 200 and answer.json()["tracking"] is False
+        assert "entity_tracker" in answer.json()["message"] and answer.json()["count"] == 0
     finally:
         app.stop()
 

@@ -16,6 +16,12 @@ if TYPE_CHECKING:
     from rtclake.service import Service
 
 
+_UNTRACKED = (
+    "nothing tracks what is live: add processors: {entities: {type: entity_tracker}} to the"
+    " configuration"
+)
+
+
 class EntityEndpoints:
     """The live entities, behind the SQL API's token."""
 
@@ -46,24 +52,21 @@ class EntityEndpoints:
           - {name: kind, in: query, required: false, schema: {type: string}}
           - {name: source, in: query, required: false, schema: {type: string}}
         responses:
-          200: {description: 'Body: {"count", "entities": [{kind, id, source, parent, name,
-            started, last_seen, ended: null, info}]}'}
+          200: {description: 'Body: {"tracking", "count", "entities": [{kind, id, source,
+            parent, name, started, last_seen, ended: null, info}]}; without an
+            entity_tracker processor, tracking is false and "message" says how to add one'}
           401: {description: A bearer token is required (server.query_token).}
-          404: {description: 'No entity_tracker processor is configured.
-            Body: {"error", "message"}'}
         """
         if not query_allowed(request, self.token):
             return json_error(401, "unauthorized", "a valid bearer token is required")
         tracker = self._tracker()
         if tracker is None:
-            return json_error(
-                404, "no_tracker",
-                "no entity_tracker processor is configured: add processors: {entities: {type:"
-                " entity_tracker}}",
-            )  # fmt: skip
+            body = {"tracking": False, "count": 0, "entities": [], "message": _UNTRACKED}
+            return Response(orjson.dumps(body), media_type=JSON)
         kind, source = request.query_params.get("kind"), request.query_params.get("source")
         live = [
             e.as_json() for e in tracker.entities.live()
             if (kind is None or e.kind == kind) and (source is None or e.source == source)
         ]  # fmt: skip
-        return Response(orjson.dumps({"count": len(live), "entities": live}), media_type=JSON)
+        body = {"tracking": True, "count": len(live), "entities": live}
+        return Response(orjson.dumps(body), media_type=JSON)

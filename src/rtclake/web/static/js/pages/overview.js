@@ -23,6 +23,7 @@ export function create(main, args, context) {
     el.worst = h("div");
     el.channels = h("div");
     el.sessions = h("div");
+    el.live = h("div");
     el.sora = h("div");
     fill(main,
       el.title, el.error, el.cards,
@@ -33,6 +34,7 @@ export function create(main, args, context) {
         panel("Worst connections", { unit: "by average score in the range", hint: "1–5; green ≥ 4, amber ≥ 3, red below" }, el.worst),
         panel("Top channels", { unit: "by connections with stats in the range" }, el.channels)),
       h("div", { style: "margin-top:1rem" }, panel("Sessions", { unit: "that lived during the range, newest first" }, el.sessions)),
+      h("div", { style: "margin-top:1rem" }, panel("Live now", { unit: "rooms, sessions, participants, connections, tracks, egresses, ingresses", hint: "started and not ended, from LiveKit's and Sora's events (the entity_tracker processor)" }, el.live)),
       h("div", { class: "section" }, h("h2", {}, "Sora nodes"),
         h("span", { class: "sub" }, "Sora's own counters, as its API poller (a sora_api source) stores them")),
       el.sora);
@@ -58,6 +60,7 @@ export function create(main, args, context) {
         h("a", { href: link("/", { channel: null }), title: "all channels" }, "✕")) : null);
     cards(data);
     flowChart(data);
+    liveTable();
     throughputChart(data.throughput);
     worstTable(data.worst);
     channelsTable(data.channels);
@@ -130,6 +133,31 @@ export function create(main, args, context) {
       { label: "Worst", value: (r) => f.score(r.worst_score, "its worst connection's average"), num: true },
       { label: "Last report", value: (r) => f.time(r.last_seen) },
     ], rows, NO_STATS, { "data-table": "channels" }));
+  }
+
+  async function liveTable() {
+    let answer;
+    try {
+      answer = await api("/api/entities");
+    } catch (error) {
+      fill(el.live, emptyState(error.message));
+      return;
+    }
+    if (!answer.tracking) {
+      fill(el.live, emptyState("Nothing tracks what is live: add `processors: {entities: {type: entity_tracker}}` to the configuration."));
+      return;
+    }
+    const page = (r) => r.kind === "participant" || r.kind === "connection" ? "connections"
+      : r.kind === "room" || r.kind === "session" ? "sessions" : null;
+    fill(el.live, table([
+      { label: "Source", value: (r) => r.source },
+      { label: "Kind", value: (r) => r.kind },
+      { label: "Id", value: (r) => page(r) ? h("a", { href: entityLink(page(r), r.id) }, f.shortId(r.id, 14)) : f.shortId(r.id, 14) },
+      { label: "Name", value: (r) => r.name },
+      { label: "In", value: (r) => r.parent && f.shortId(r.parent, 14), title: "a participant's room, a connection's session" },
+      { label: "Started", value: (r) => f.time(r.started) },
+      { label: "Last seen", value: (r) => f.time(r.last_seen) },
+    ], answer.entities, "Nothing is live: no start event without its end.", { "data-table": "live" }));
   }
 
   function sessionsTable(rows, now) {
