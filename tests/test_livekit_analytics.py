@@ -170,3 +170,24 @@ def test_a_livekit_participant_has_a_connection_page_with_rates(app: App) -> Non
     assert series["rtt_ms"] == pytest.approx([40.0] * 3)
     (stream,) = body["streams"]
     assert stream["stats_type"] == "outbound-rtp"
+
+
+def test_a_lossy_livekit_participant_is_diagnosed_from_its_stats(app: App) -> None:
+    stats = [{
+        "id": f"AS_lossy_{n}", "kind": "DOWNSTREAM", "timeStamp": f"2024-06-13T10:0{n}:30Z",
+        "roomId": "RM_lossy", "roomName": "lossy-room", "participantId": "PA_lossy",
+        "trackId": "TR_lossy", "mime": "audio/opus",
+        "streams": [{"primaryPackets": 1350, "primaryBytes": "120000", "packetsLost": 150,
+                     "rtt": 30, "jitter": 5, "startTime": f"2024-06-13T10:0{n}:00Z",
+                     "endTime": f"2024-06-13T10:0{n}:30Z"}],
+    } for n in range(4)]  # fmt: skip
+    assert app.post(STATS, json.dumps({"stats": stats}).encode(), **JSON_TYPE).status_code == 200
+    assert (
+        app.wait_rows("SELECT count(*) FROM livekit_rates WHERE connection_id = 'PA_lossy'", 4) == 4
+    )
+    answer = httpx.get(app.url + "/api/connections/PA_lossy/diagnosis", timeout=30).json()
+    assert answer["found"] and answer["session_id"] == "RM_lossy"
+    codes = {f["code"]: f for f in answer["findings"]}
+    assert set(codes) == {"high_loss"}, answer["findings"]
+    assert codes["high_loss"]["stats_id"] == "TR_lossy:DOWNSTREAM:0"
+    assert codes["high_loss"]["evidence"]["worst"] == pytest.approx(10.0)

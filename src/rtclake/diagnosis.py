@@ -16,12 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rtclake.config import DiagnosisConfig
+from rtclake.lake.dashboard import STREAM_RATES
 from rtclake.lake.query import QueryEngine, QueryResult
 
 CODES = (
     "high_loss", "high_rtt", "high_jitter", "bandwidth_limited", "cpu_limited", "freezes",
     "low_fps", "no_media", "relay", "ice_restart", "disconnected",
 )  # fmt: skip
+# a stream's rates: Sora's and LiveKit's (lake.dashboard.STREAM_RATES), so a LiveKit
+# participant is diagnosed from its stats too
+_RATES = STREAM_RATES
 _RATE_COLUMNS = (
     "time", "channel_id", "session_id", "stats_type", "stats_id", "media_kind", "interval_s",
     "bitrate_bps", "packets_per_s", "loss_pct", "jitter_ms", "rtt_ms", "fps",
@@ -319,7 +323,8 @@ def diagnose(engine: QueryEngine, connection_id: str, config: DiagnosisConfig) -
     """The diagnosis of ``connection_id``: {connection_id, channel_id, session_id,
     first_seen, last_seen, score, findings, summary}; ``found`` False when no sample of it
     is stored."""
-    missing = {"rtc_rates", "connection_quality", "connection_transport"} - _views(engine)
+    missing = {"rtc_rates", "livekit_rates", "connection_quality",
+               "connection_transport"} - _views(engine)  # fmt: skip
     if missing:
         raise LookupError(f"no integration provides the views {sorted(missing)}")
     key = _quote(connection_id)
@@ -327,13 +332,13 @@ def diagnose(engine: QueryEngine, connection_id: str, config: DiagnosisConfig) -
     rate_order, transport_order = ("stats_id", "time"), ("time", "pair_id")
     # one connection (one set-up of the views) for the first pages and the scores
     first_rates, first_transport, scores = engine.run_many([
-        _page_sql(_RATE_COLUMNS, "rtc_rates", where, rate_order),
+        _page_sql(_RATE_COLUMNS, _RATES, where, rate_order),
         _page_sql(_TRANSPORT_COLUMNS, "connection_transport", where, transport_order),
         "SELECT avg(score) AS score, avg(mos_audio) AS mos_audio,"
         " avg(video_score) AS video_score, min(score) AS worst_score"
         f" FROM connection_quality WHERE connection_id = {key}",
     ])  # fmt: skip
-    rates = _rest(engine, first_rates, _RATE_COLUMNS, "rtc_rates", where, rate_order)
+    rates = _rest(engine, first_rates, _RATE_COLUMNS, _RATES, where, rate_order)
     transport = _rest(
         engine, first_transport, _TRANSPORT_COLUMNS, "connection_transport", where,
         transport_order,

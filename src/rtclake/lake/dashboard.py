@@ -66,7 +66,10 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # A stream's rates: Sora's (rtc_rates) and LiveKit's (livekit_rates, a LiveKit room as a
 # session, a participant as a connection), so either SFU's connection gets its page.
-_RATES = "(SELECT * FROM rtc_rates UNION ALL BY NAME SELECT * EXCLUDE (score) FROM livekit_rates)"
+STREAM_RATES = (
+    "(SELECT * FROM rtc_rates UNION ALL BY NAME SELECT * EXCLUDE (score) FROM livekit_rates)"
+)
+_RATES = STREAM_RATES
 # Who reported when: Sora's reports, and LiveKit's stats.
 _REPORTED = (
     "SELECT connection_id, channel_id, session_id, client_id, role, time FROM connection_reports"
