@@ -128,6 +128,10 @@ def test_the_api_lists_what_is_live_from_webhooks_as_they_are_stored(tmp_path: P
                          ("sora", "session", "S9")}  # fmt: skip
         only = httpx.get(app.url + "/api/entities?source=sora", timeout=10).json()
         assert only["count"] == 1 and only["entities"][0]["started"] == "2026-11-20T00:00:00Z"
+        first = httpx.get(app.url + "/api/entities?limit=1", timeout=10).json()
+        assert first["count"] == 3 and len(first["entities"]) == 1
+        refused = httpx.get(app.url + "/api/entities?limit=0", timeout=10)
+        assert refused.status_code == 400 and refused.json()["error"] == "bad_limit"
     finally:
         app.stop()
 

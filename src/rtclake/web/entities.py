@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from rtclake.service import Service
 
 
+DEFAULT_LIMIT, MAX_LIMIT = 1_000, 100_000
 _UNTRACKED = (
     "nothing tracks what is live: add processors: {entities: {type: entity_tracker}} to the"
     " configuration"
@@ -51,10 +52,13 @@ class EntityEndpoints:
         parameters:
           - {name: kind, in: query, required: false, schema: {type: string}}
           - {name: source, in: query, required: false, schema: {type: string}}
+          - {name: limit, in: query, required: false, schema: {type: integer, default: 1000}}
         responses:
-          200: {description: 'Body: {"tracking", "count", "entities": [{kind, id, source,
+          200: {description: 'Body: {"tracking", "count" (all that match), "entities" (the
+            first limit of them, oldest first per source and kind): [{kind, id, source,
             parent, name, started, last_seen, ended: null, info}]}; without an
             entity_tracker processor, tracking is false and "message" says how to add one'}
+          400: {description: 'A limit out of range. Body: {"error", "message"}'}
           401: {description: A bearer token is required (server.query_token).}
         """
         if not query_allowed(request, self.token):
@@ -64,9 +68,13 @@ class EntityEndpoints:
             body = {"tracking": False, "count": 0, "entities": [], "message": _UNTRACKED}
             return Response(orjson.dumps(body), media_type=JSON)
         kind, source = request.query_params.get("kind"), request.query_params.get("source")
+        text = request.query_params.get("limit", str(DEFAULT_LIMIT))
+        if not text.isdigit() or not 0 < int(text) <= MAX_LIMIT:
+            return json_error(400, "bad_limit", f"limit: a number from 1 to {MAX_LIMIT}")
         live = [
-            e.as_json() for e in tracker.entities.live()
+            e for e in tracker.entities.live()
             if (kind is None or e.kind == kind) and (source is None or e.source == source)
         ]  # fmt: skip
-        body = {"tracking": True, "count": len(live), "entities": live}
+        shown = [e.as_json() for e in live[: int(text)]]
+        body = {"tracking": True, "count": len(live), "entities": shown}
         return Response(orjson.dumps(body), media_type=JSON)

@@ -7,6 +7,8 @@ import * as f from "../format.js";
 import { COLORS, timeChart } from "../charts.js";
 import { api, apiQuery, entityLink, link, params, timeRange } from "../state.js";
 
+const LIVE_ROWS = 50;  // the overview's "Live now" shows this many; the API has them all
+
 const NO_STATS =
   "No stats in this range: run `rtclake demo` for a realistic sample, or point Sora's log at rtclake " +
   "(a `sora_logs` source on Sora's log directory, or Sora's stats webhook to `/sora/webhooks/stats`). " +
@@ -138,7 +140,7 @@ export function create(main, args, context) {
   async function liveTable() {
     let answer;
     try {
-      answer = await api("/api/entities");
+      answer = await api("/api/entities?limit=" + LIVE_ROWS);
     } catch (error) {
       fill(el.live, emptyState(error.message));
       return;
@@ -157,7 +159,10 @@ export function create(main, args, context) {
       { label: "In", value: (r) => r.parent && f.shortId(r.parent, 14), title: "a participant's room, a connection's session" },
       { label: "Started", value: (r) => f.time(r.started) },
       { label: "Last seen", value: (r) => f.time(r.last_seen) },
-    ], answer.entities, "Nothing is live: no start event without its end.", { "data-table": "live" }));
+    ], answer.entities, "Nothing is live: no start event without its end.", { "data-table": "live" }),
+    answer.count > answer.entities.length
+      ? h("p", { class: "sub" }, `… and ${f.num(answer.count - answer.entities.length)} more (GET /api/entities lists them all)`)
+      : null);
   }
 
   function sessionsTable(rows, now) {
