@@ -8,7 +8,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import cli_startup, dashboard_queries, http_ingest, ingest_under_queries, sora_import
+from bench import (
+    cli_startup,
+    dashboard_queries,
+    grpc_ingest,
+    http_ingest,
+    ingest_under_queries,
+    mqtt_ingest,
+    sora_import,
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,8 @@ class Plan:
     cli_rounds: int
     cli_baseline: str | None
     dashboard: dashboard_queries.Options
+    mqtt: mqtt_ingest.Options
+    grpc: grpc_ingest.Options
 
 
 def parse(argv: Sequence[str]) -> Plan:
@@ -94,7 +104,7 @@ def parse(argv: Sequence[str]) -> Plan:
     p.add_argument("--out-dir", type=Path, default=d.out_dir)
     p.add_argument(
         "--only",
-        choices=("http", "queries", "sora", "cli", "dashboard"),
+        choices=("http", "queries", "sora", "cli", "dashboard", "mqtt", "grpc"),
         help="run one benchmark (default: all)",
     )
     p.add_argument("--cli-rounds", type=int, default=cli_startup.ROUNDS)
@@ -137,7 +147,31 @@ def parse(argv: Sequence[str]) -> Plan:
         action="store_true",
         help="generate and load the dashboard benchmark's corpus again (else cached)",
     )
+    dm = mqtt_ingest.Options()
+    p.add_argument(
+        "--mqtt-messages", type=int, default=dm.messages, help="QoS 1 messages published"
+    )
+    p.add_argument(
+        "--mqtt-publishers", type=int, default=dm.publishers, help="MQTT publisher processes"
+    )
+    dg = grpc_ingest.Options()
+    p.add_argument(
+        "--grpc-rounds", type=int, default=dg.rounds, help="alternating rounds per way (grpc)"
+    )
+    p.add_argument(
+        "--grpc-seconds", type=float, default=dg.seconds, help="measured seconds per round (grpc)"
+    )
+    p.add_argument(
+        "--grpc-concurrency",
+        type=int,
+        default=dg.concurrency,
+        help="calls in flight per client process (grpc)",
+    )
     a = p.parse_args(argv)
+    if min(a.grpc_rounds, a.grpc_concurrency) < 1 or a.grpc_seconds <= 0:
+        p.error("--grpc-rounds and --grpc-concurrency must be >= 1, --grpc-seconds > 0")
+    if min(a.mqtt_messages, a.mqtt_publishers) < 1:
+        p.error("--mqtt-messages and --mqtt-publishers must be >= 1")
     if min(a.dashboard_connections, a.dashboard_hours, a.dashboard_room, a.dashboard_rounds) < 1:
         p.error("--dashboard-connections, -hours, -room and -rounds must be >= 1")
     if (a.duration is not None and a.duration <= 0) or a.warmup < 0:
@@ -186,8 +220,35 @@ def parse(argv: Sequence[str]) -> Plan:
         rebuild=a.dashboard_rebuild,
         write_docs=not a.no_docs,
     )
+    mqtt = mqtt_ingest.Options(
+        messages=a.mqtt_messages,
+        publishers=a.mqtt_publishers,
+        flush_interval=a.flush_interval,
+        keep_data=a.keep_data,
+        write_docs=not a.no_docs,
+        out_dir=a.out_dir.resolve(),
+    )
     return Plan(
-        a.only, http, queries, a.sora_lines, a.sora_rounds, a.cli_rounds, a.cli_baseline, dashboard
+        a.only,
+        http,
+        queries,
+        a.sora_lines,
+        a.sora_rounds,
+        a.cli_rounds,
+        a.cli_baseline,
+        dashboard,
+        mqtt,
+        grpc_ingest.Options(
+            rounds=a.grpc_rounds,
+            seconds=a.grpc_seconds,
+            concurrency=a.grpc_concurrency,
+            workers=a.client_workers,
+            flush_interval=a.flush_interval,
+            server_env=server_env,
+            keep_data=a.keep_data,
+            write_docs=not a.no_docs,
+            out_dir=a.out_dir.resolve(),
+        ),
     )
 
 
@@ -208,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cli_startup.run(plan.http.out_dir, plan.http.write_docs, plan.cli_rounds, plan.cli_baseline)
     if plan.only in (None, "dashboard"):
         code = dashboard_queries.run(plan.dashboard, args) or code
+    if plan.only in (None, "mqtt"):
+        code = mqtt_ingest.run(plan.mqtt, args) or code
+    if plan.only in (None, "grpc"):
+        code = grpc_ingest.run(plan.grpc, args) or code
     return code
 
 

@@ -246,7 +246,8 @@ def test_a_failing_processor_never_loses_the_record_nor_stops_the_others(tmp_pat
     service, taken, _ = run_service(
         settings_for(tmp_path), b'{"n": 1}', processors=[*processors, last], sinks=[sink]
     )
-    assert taken == (1, {"tagged": True})
+    assert taken.records == 1 and taken.reply is not None
+    assert taken.reply.json_value() == {"tagged": True}
     [row] = sink.table("telemetry").to_pylist()  # type: ignore[union-attr]
     assert json.loads(row["extra"]) == {"n": 1, "tag": "kept"}
     assert sink.table("events") is None  # the failed processors' emits were dropped

@@ -157,6 +157,7 @@ def test_rows_read_back_as_typed_records() -> None:
         converter.close()
     (record,) = records("telemetry", tables["telemetry"])
     assert isinstance(record, Record)
-    assert record.ids == {"device_id": "d"}
+    assert record.ids["device_id"] == "d"
+    assert {record.ids[k] for k in ("topic", "content_type", "metadata", "payload")} == {None}
     assert record.payload == {"v": 1}
     assert record.time.tzinfo is not None

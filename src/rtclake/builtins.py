@@ -1,7 +1,7 @@
 """The component types of rtclake itself (no vendor): HTTP ingest, the JSON Lines file
-tail, the Parquet lake as an extra sink, the slack, webhook, redis and mongodb sinks, and
-the ``alerts`` table they deliver. Integrations register theirs the same way (see
-:mod:`rtclake.registry`)."""
+tail, the MQTT subscriber, the Parquet lake as an extra sink, the slack, webhook, redis and
+mongodb sinks, and the ``alerts`` table they deliver. Integrations register theirs the same
+way (see :mod:`rtclake.registry`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 
+from rtclake.brokers import BrokerConfig, build_broker
 from rtclake.errors import ConfigError
 from rtclake.lake.sink import LakeSink
 from rtclake.registry import BuildContext, ProcessorConfig, Registry, SinkConfig, SourceConfig
@@ -19,7 +20,9 @@ from rtclake.sinks.slack import SLACK
 from rtclake.sinks.webhook import WEBHOOK
 from rtclake.sources.file_tail import FileTail, JsonLinesTailConfig
 from rtclake.sources.http_ingest import HttpIngest
-from rtclake.tables import ALERTS
+from rtclake.sources.mqtt import MQTT
+from rtclake.sources.websocket import WEBSOCKET
+from rtclake.tables import ALERTS, OUTBOX
 
 
 class HttpIngestConfig(SourceConfig):
@@ -104,7 +107,13 @@ def register(registry: Registry) -> None:
         return sink
 
     registry.add_default("source", "http", {"type": "http_ingest"})
-    registry.add_table(ALERTS)
+    registry.add_table(ALERTS, OUTBOX)
+
+    @registry.processor("broker", BrokerConfig)
+    def broker(config: BrokerConfig, ctx: BuildContext) -> Any:
+        """A user's function or class run on each record it matches once the record is
+        durable: it may reply to the caller and emit records (docs/BROKERS.md)."""
+        return build_broker(config, ctx.name)
 
     @registry.processor("entity_tracker", EntityTrackerConfig)
     def entity_tracker(config: EntityTrackerConfig, ctx: BuildContext) -> Any:
@@ -130,6 +139,8 @@ def register(registry: Registry) -> None:
         )  # fmt: skip
         return EntityTracker(ctx.data_dir / "entities.json", reconcile, ctx.tables)
 
+    registry.add(MQTT)
+    registry.add(WEBSOCKET)
     registry.add(SLACK)
     registry.add(REDIS)
     registry.add(MONGODB)

@@ -11,6 +11,7 @@ records received once they are durable. A source acknowledges only after
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import time
 from collections.abc import Sequence
@@ -21,13 +22,16 @@ import msgspec
 import structlog
 
 from rtclake.errors import InputError
+from rtclake.messages import Reply
 from rtclake.metrics import Metrics
+from rtclake.records import record_id
 from rtclake.router import Router
 from rtclake.sources.base import Records, split_lines, split_records
 from rtclake.spool import Entry, EntryHeader, Spool
-from rtclake.tables import Table, TableRegistry
+from rtclake.tables import TIME_KEYS, Table, TableRegistry
 
 if TYPE_CHECKING:
+    from rtclake.processors.base import Processor
     from rtclake.processors.chain import Chain
 
 log = structlog.get_logger(__name__)
@@ -60,10 +64,14 @@ def make_entry(
 
 
 class Taken(NamedTuple):
-    """What :meth:`Intake.take` did: records made durable, and a processor's reply."""
+    """What :meth:`Intake.take` did: records made durable, and the reply for the caller
+    that waits: an intake-stage processor's, or the brokers' (``replies``: the one chosen
+    for each record, in order; ``reply``: the first there is)."""
 
     records: int
-    reply: Any = None
+    reply: Reply | None = None
+    replies: tuple[Reply | None, ...] = ()
+    record_ids: tuple[str | None, ...] = ()
 
 
 class Intake:
@@ -110,9 +118,14 @@ class Intake:
         idem: str | None = None,
         type: str | None = None,
         received_us: int | None = None,
+        within: float | None = None,
+        ids: bool = False,
     ) -> Taken:
         """Run the intake-stage processors over validated ``records``, spool what they
-        return (and emit), and return once it is durable.
+        return (and emit), and return once it is durable; then give the records to the
+        brokers that match them (:mod:`rtclake.brokers`), for at most their timeout or
+        ``within`` seconds (a caller's deadline), and spool what they emit. With ``ids``
+        (or brokers), :attr:`Taken.record_ids` holds the lake's id of each record.
 
         Raises :class:`~rtclake.errors.SpoolUnavailable` (full, disk full, failing) or
         :class:`~rtclake.errors.PayloadTooLarge` (larger than the whole spool)."""
@@ -146,14 +159,65 @@ class Intake:
         for header, body in emitted:
             await self.spool.append(header, body)
             self._received(header.source).inc(header.records)
-        if records.n:
-            header = make_entry(
-                source, stream, table, records.n, extra=records.extra, idem=idem, type=type,
-                received_us=received_us,
-            )  # fmt: skip
-            await self.spool.append(header, records.body)
-            self._received(source).inc(records.n)
-        return Taken(records.n, reply)
+        if not records.n:
+            return Taken(0, Reply.of(reply) if reply is not None else None)
+        header = make_entry(
+            source, stream, table, records.n, extra=records.extra, idem=idem, type=type,
+            received_us=received_us,
+        )  # fmt: skip
+        durable = self.spool.append_nowait(header, records.body)
+        position = self.spool.last_position
+        await durable
+        self._received(source).inc(records.n)
+        own = Reply.of(reply) if reply is not None else None
+        brokers = self.chain.active("broker", table.name, source) if self.chain else ()
+        if not brokers and not ids:
+            return Taken(records.n, own)
+        found = record_ids(source, stream, table, records.body, idem=idem, position=position)
+        if not brokers:
+            return Taken(records.n, own, record_ids=tuple(found))
+        return await self._brokers(
+            brokers, source, stream, table, records, found, position, received_us, own, within
+        )
+
+    async def _brokers(
+        self,
+        brokers: Sequence[Processor],
+        source: str,
+        stream: str,
+        table: Table,
+        records: Records,
+        ids: list[str | None],
+        position: str,
+        received_us: int,
+        own: Reply | None,
+        within: float | None,
+    ) -> Taken:
+        """The brokers' part of :meth:`take`, on records already durable."""
+        from rtclake.brokers import Broker, Message
+
+        assert self.chain is not None and self.chain.brokers is not None
+        received_at = dt.datetime.fromtimestamp(received_us / 1e6, dt.UTC)
+        messages = [
+            Message.of(_decode(line), source=source, stream=stream, table=table.name,
+                       record_id=record_id, received_at=received_at)
+            for line, record_id in zip(records.body.split(b"\n"), ids, strict=True)
+        ]  # fmt: skip
+        matched = [b for b in brokers if isinstance(b, Broker)]
+        outcomes = await self.chain.brokers.run(matched, messages, within=within)
+        for number, (message, outcome) in enumerate(zip(messages, outcomes, strict=True), 1):
+            if not outcome.emitted:
+                continue
+            # Ids of what a broker emits come from the record's (its id, or its place).
+            key = message.record_id or f"{position}:{number}"
+            for header, body in self.emitted_entries(
+                outcome.emitted, stream, received_us, idem=key
+            ):
+                await self.spool.append(header, body)
+                self._received(header.source).inc(header.records)
+        replies = tuple(o.reply for o in outcomes)
+        chosen = own or next((r for r in replies if r is not None), None)
+        return Taken(records.n, chosen, replies, tuple(ids))
 
     def _received(self, source: str) -> Any:
         """The received counter of ``source`` (labels looked up once: it takes a lock)."""
@@ -251,7 +315,11 @@ class Intake:
         durable, and its records are counted then. For sources that keep many entries
         in flight (the log tail). With intake-stage processors for its table and source,
         the entry goes through :meth:`take` instead."""
-        if self.chain is not None and self.chain.active("intake", header.table, header.source):
+        chain = self.chain
+        if chain is not None and (
+            chain.active("intake", header.table, header.source)
+            or chain.active("broker", header.table, header.source)
+        ):
             assert self.tables is not None
             records = Records(body, header.records, header.extra)
             table = self.tables[header.table]
@@ -273,3 +341,33 @@ class Intake:
 
 async def _none(taken: Any) -> None:
     await taken
+
+
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+def record_ids(
+    source: str,
+    stream: str,
+    table: Table,
+    body: bytes,
+    *,
+    idem: str | None,
+    position: str,
+) -> list[str | None]:
+    """The lake's record id of each line of a spool entry, by the writer's rule
+    (:meth:`rtclake.tables.Table.record_id_sql`): ``position`` is the entry's place in the
+    spool (``RUN:SEGMENT:ENTRY``). None for a table whose ids come from its columns."""
+    lines = body.split(b"\n")
+    if table.identity:
+        return [None] * len(lines)
+    if idem is not None:
+        return [record_id(source, stream, f"{idem}:{n}") for n in range(1, len(lines) + 1)]
+    out: list[str | None] = []
+    for n, line in enumerate(lines, 1):
+        record = _decode(line)
+        if any(record.get(key) is not None for key in TIME_KEYS):
+            out.append(record_id(source, stream, line.decode().strip(" ")))
+        else:
+            out.append(record_id(source, stream, f"{position}:{n}"))
+    return out

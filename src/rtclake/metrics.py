@@ -51,6 +51,18 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.source_connected = Gauge(
+            "rtclake_source_connected",
+            "1 while a source that keeps a connection (mqtt) is connected to its server, else 0.",
+            ["source"],
+            registry=r,
+        )
+        self.source_connections = Counter(
+            "rtclake_source_connections",
+            "Connections a source (mqtt) made to its server; more than one means reconnects.",
+            ["source"],
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "rtclake_batch_write_seconds",
             "Time for a sink to write one batch.",

@@ -87,6 +87,7 @@ class Segment:
     path: Path
     size: int = 0
     records: int = 0
+    entries: int = 0  # entries written whole (a torn one is cut off or stepped over)
     fd: int | None = None
     first_write: float | None = None
     retired: bool = False
@@ -191,6 +192,9 @@ class Spool:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="rtclake-fsync")
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        # RUN:SEGMENT:ENTRY of the entry the last append wrote (read right after the
+        # append, on the same loop): part of the record id of records without a time.
+        self.last_position = ""
         self._failure: SpoolUnavailable | None = None  # set while the disk refuses writes
         self._failed_size = 0  # the size of the entry the disk refused
         self.on_sync: Callable[[float], None] | None = None
@@ -323,6 +327,8 @@ class Spool:
             raise self._failed(exc, len(data)) from exc
         seg.size += len(data)
         seg.records += header.records
+        self.last_position = f"{seg.run}:{seg.seq}:{seg.entries}"
+        seg.entries += 1
         if seg.first_write is None:
             seg.first_write = time.monotonic()
         if not self._dirty or self._dirty[-1] is not seg:

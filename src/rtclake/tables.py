@@ -13,6 +13,7 @@ per-record envelope of :mod:`rtclake.records`.
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,7 +23,7 @@ import pyarrow as pa
 
 from rtclake import _jsoncols
 
-FieldKind = Literal["string", "id", "time", "float", "int", "bool", "json"]
+FieldKind = Literal["string", "id", "time", "float", "int", "bool", "json", "binary"]
 
 UTC_US = pa.timestamp("us", tz="UTC")
 
@@ -65,9 +66,29 @@ def _json_type(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+class Base64:
+    """The validator's type of a ``binary`` column's value: standard base64 text."""
+
+
+_A_BASE64 = Base64()
+
+
+def check_base64(value: object) -> Base64:
+    """Accept base64 text (RFC 4648, with padding), which the converter stores as bytes."""
+    if not isinstance(value, str):
+        raise TypeError(f"Expected base64 text, got `{_json_type(value)}`")
+    try:
+        binascii.a2b_base64(value, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"Invalid base64: {exc}") from exc
+    return _A_BASE64
+
+
 def _dec_hook(kind: type, value: object) -> object:
     if kind is Time:
         return check_time(value)
+    if kind is Base64:
+        return check_base64(value)
     raise NotImplementedError(kind)
 
 
@@ -79,6 +100,7 @@ _VALIDATOR_TYPES: dict[str, Any] = {
     "time": Time | None,
     "float": float | int | None,
     "int": int | None,
+    "binary": Base64 | None,
 }
 ARROW_TYPES: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
@@ -88,6 +110,7 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "time": UTC_US,
     "float": pa.float64(),
     "int": pa.int64(),
+    "binary": pa.binary(),  # base64 text in the spool, bytes in the lake
 }
 
 # Columns every table starts with, filled from the spool entry and the record id rule.
@@ -258,6 +281,7 @@ class Table:
         key path with the kind of value it takes; the rest of a line becomes ``extra``."""
         if self._spec is None:
             codes = {kind: i for i, kind in enumerate(NATIVE_KINDS)}
+            codes["binary"] = codes["string"]  # parsed as text, decoded by the converter
 
             def convert(tree: Tree) -> dict[str, Any]:
                 return {k: convert(v) if isinstance(v, dict) else codes[v] for k, v in tree.items()}
@@ -354,7 +378,30 @@ TELEMETRY = Table(
     name="telemetry",
     kind="telemetry",
     description="Generic device and application JSON (HTTP, MQTT, WebSocket, gRPC).",
-    columns=(Column("device_id", "id", ("device_id", "deviceId", "device")),),
+    columns=(
+        Column("device_id", "id", ("device_id", "deviceId", "device")),
+        # What a message source (MQTT, WebSocket, Kraken's gRPC) knows of a message
+        # besides its payload: rtclake.messages puts it under these reserved keys.
+        Column("topic", "string", ("_topic", "topic")),
+        Column("content_type", "string", ("_content_type",)),
+        Column("collector", "string", ("_collector",)),
+        Column("metadata", "json", ("_metadata",)),
+        # A payload that is not a JSON object (binary, text, an array), as sent.
+        Column("payload", "binary", ("_payload_base64",)),
+    ),
+)
+
+OUTBOX = Table(
+    name="outbox",
+    kind="message",
+    description="Records addressed to named sinks (a broker's ``ctx.emit(record,"
+    " sinks=[...])``): ``sinks`` lists them, ``text`` is what a chat sink (Slack) posts;"
+    " the rest of the record stays in ``extra``.",
+    columns=(
+        Column("sinks", "json", ("_sinks",)),
+        Column("text", "string", ("text",)),
+        Column("device_id", "id", ("device_id", "deviceId", "device")),
+    ),
 )
 
 DEAD_LETTERS = Table(

@@ -82,7 +82,9 @@ class RunningServer:
         return f"http://127.0.0.1:{self.port}"
 
     def environ(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RTCLAKE_")}
+        # rtclake's settings and Kraken's (KRAKENB_*, which start components) come from
+        # the test alone, never from the shell that runs it
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RTCLAKE_", "KRAKENB_"))}
         env.update(
             RTCLAKE_DATA_DIR=str(self.data_dir),
             RTCLAKE_SERVER__PORT=str(self.port),

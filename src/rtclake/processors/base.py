@@ -42,7 +42,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Stage = Literal["intake", "store"]
+Stage = Literal["intake", "store", "broker"]  # broker: rtclake.brokers
 Record = dict[str, Any]
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import orjson
@@ -32,6 +32,9 @@ from rtclake.metrics import Metrics
 from rtclake.processors.base import Context, Processor, Record, Stage
 from rtclake.sources.base import Records, split_lines
 from rtclake.tables import Table
+
+if TYPE_CHECKING:
+    from rtclake.brokers import BrokerSet
 
 log = structlog.get_logger(__name__)
 
@@ -120,6 +123,14 @@ class Chain:
             ["processor"],
             registry=metrics.registry,
         )
+        brokers = [p for p in processors if p.stage == "broker"]
+        self.brokers: BrokerSet | None = None
+        if brokers:
+            from rtclake.brokers import Broker, BrokerSet
+
+            self.brokers = BrokerSet(
+                [b for b in brokers if isinstance(b, Broker)], metrics, self.errors
+            )
 
     def has(self, stage: Stage) -> bool:
         return stage in self._stages

@@ -1,7 +1,8 @@
 """The mongodb sink: records as MongoDB documents, written so a replay changes nothing.
 
 What it accepts: the rows of the tables its layout takes (``layout: rtclake``: those
-listed in ``tables``, default every table but ``dead_letters``; ``layout: openvidu``,
+listed in ``tables``, default every table but ``dead_letters``, and of ``outbox`` the
+rows a broker addressed to this sink; ``layout: openvidu``,
 registered by the LiveKit integration: LiveKit's analytics tables, in the collections
 and shapes openvidu-livekit writes, so OpenVidu's tooling reads them).
 
@@ -100,11 +101,11 @@ def _rtclake_tables(config: MongoSinkConfig, tables: TableRegistry) -> list[str]
 
 
 def _rtclake_documents(batch: Batch, tables: TableRegistry, config: MongoSinkConfig,
-                       now: dt.datetime) -> Iterator[Document]:  # fmt: skip
+                       now: dt.datetime, sink: str) -> Iterator[Document]:  # fmt: skip
     for name in _rtclake_tables(config, tables):
         if name not in batch.tables:
             continue
-        for index, row in records(batch, tables, name):
+        for index, row in records(batch, tables, name, sink):
             body = {"_id": row.pop("record_id"), **row}
             if config.expire_after is not None:
                 body["expire_at"] = now + dt.timedelta(seconds=config.expire_after)
@@ -140,7 +141,7 @@ class MongoSink(Sink):
 
     def _documents(self, batch: Batch, now: dt.datetime) -> Iterator[Document]:
         if self.layout is None:
-            return _rtclake_documents(batch, self.tables, self.config, now)
+            return _rtclake_documents(batch, self.tables, self.config, now, self.name)
         return self.layout.documents(batch, self.tables, self.config, now)
 
     def _indexes(self) -> Indexes:

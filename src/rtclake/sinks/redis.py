@@ -1,8 +1,9 @@
 """The redis sink: records into Redis, as a stream per table or as keys that expire.
 
 What it accepts: the rows of the tables listed in ``tables`` (default: every table but
-``dead_letters``). Each record is the row as JSON (times in RFC 3339, JSON columns and
-``extra`` as objects) with its ``record_id``.
+``dead_letters``; of ``outbox``, the rows a broker addressed to this sink). Each record is
+the row as JSON (times in RFC 3339, JSON columns and ``extra`` as objects) with its
+``record_id``.
 
 Two layouts (``mode``):
 
@@ -118,7 +119,9 @@ class RedisSink(Sink):
         for name in self.table_names:
             if name not in batch.tables or batch.tables[name].num_rows == 0:
                 continue
-            rows = [row for _, row in records(batch, self.tables, name)]
+            rows = [row for _, row in records(batch, self.tables, name, self.name)]
+            if not rows:
+                continue
             for start in range(0, len(rows), size):
                 part = rows[start : start + size]
                 if self.config.mode == "json":

@@ -2,8 +2,10 @@
 
 What it accepts: the rows of the ``alerts`` table whose ``notify`` names this sink; each
 becomes one POST of ``{"text": ...}``: the alert's message (which names the connection or
-session and carries the link to its page), marked firing or resolved. Other tables are
-not sent.
+session and carries the link to its page), marked firing or resolved. And the rows of the
+``outbox`` table whose ``sinks`` names it (what a broker emitted with
+``ctx.emit(record, sinks=["slack"])``): its ``text``, and its ``blocks`` when it has them
+(Slack's layout blocks), as they are. Other tables are not sent.
 
 What it guarantees: as the webhook sink (:mod:`rtclake.sinks.webhook`): at least once; no
 answer, a 5xx or a 429 (Slack's rate limit) is retried; another refusal (400
@@ -18,8 +20,8 @@ from __future__ import annotations
 from rtclake.errors import SinkError
 from rtclake.registry import BuildContext, ComponentType
 from rtclake.sinks.base import Batch, Sink
-from rtclake.sinks.webhook import HttpSinkConfig, Poster, alerts_for
-from rtclake.tables import ALERTS, TableRegistry
+from rtclake.sinks.webhook import HttpSinkConfig, Poster, alerts_for, outbox_for
+from rtclake.tables import ALERTS, OUTBOX, TableRegistry
 
 ICONS = {"firing": ":rotating_light:", "resolved": ":white_check_mark:"}
 
@@ -41,7 +43,7 @@ def slack_text(alert: dict[str, object]) -> str:
 class Slack(Sink):
     """Posts each alert that names it to a Slack incoming webhook."""
 
-    needs_record_id = False  # alerts carry theirs; rtc_stats' would cost MD5s for nothing
+    needs_record_id = False  # alerts carry theirs; outbox (no identity) always has one
 
     def __init__(self, config: SlackConfig, tables: TableRegistry, name: str) -> None:
         self.name = name
@@ -68,7 +70,21 @@ class Slack(Sink):
             except SinkError as exc:
                 outage = exc
                 pending.append(index)
-        self.poster.finish({ALERTS.name: pending} if pending else {}, outage)
+        waiting = {ALERTS.name: pending} if pending else {}
+        for index, row in outbox_for(batch, self.tables, self.name):
+            if outage is not None:
+                waiting.setdefault(OUTBOX.name, []).append(index)
+                continue
+            extra = row.get("extra") or {}
+            post: dict[str, object] = {"text": str(row.get("text") or "")}
+            if isinstance(extra, dict) and isinstance(extra.get("blocks"), list):
+                post["blocks"] = extra["blocks"]
+            try:
+                self.poster.send(f"outbox:{row['record_id']}", post, OUTBOX.name, [index])
+            except SinkError as exc:
+                outage = exc
+                waiting.setdefault(OUTBOX.name, []).append(index)
+        self.poster.finish(waiting, outage)
 
 
 def build(config: SlackConfig, ctx: BuildContext) -> Slack:

@@ -4,8 +4,8 @@ What it accepts: the rows of the ``alerts`` table whose ``notify`` names this si
 every row of the other tables listed in ``tables``. One POST carries rows of one table of
 one batch, at most ``max_records`` of them: ``{"table": ..., "batch": ..., "records":
 [...]}``; a record is the row as JSON (times in RFC 3339, JSON columns and ``extra`` as
-objects) with its ``record_id`` (an alert also has its ``id``), by which a receiver drops
-a replay.
+objects, BLOB columns as base64 text) with its ``record_id`` (an alert also has its
+``id``), by which a receiver drops a replay.
 
 What it guarantees: at least once. A 2xx answer delivers the POST. No answer (connection
 refused, a timeout), a 5xx, 408 or 429 is an outage: :class:`~rtclake.errors.SinkError`,
@@ -24,6 +24,7 @@ What it reports: the delivery's metrics under the sink's name
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,7 @@ from rtclake.config import Duration
 from rtclake.errors import ConfigError, SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
 from rtclake.sinks.base import Batch, Rejected, Sink
-from rtclake.tables import ALERTS, TableRegistry
+from rtclake.tables import ALERTS, OUTBOX, TableRegistry
 
 if TYPE_CHECKING:
     import httpx
@@ -152,17 +153,27 @@ class Poster:
             raise Rejected(refused)
 
 
-def records(batch: Batch, tables: TableRegistry, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def records(
+    batch: Batch, tables: TableRegistry, name: str, sink: str | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(row index, record)`` pairs of ``batch.tables[name]``: each row as JSON-ready
-    values, the table's JSON columns and ``extra`` parsed."""
+    values, the table's JSON columns and ``extra`` parsed. Of the ``outbox`` table, a
+    ``sink`` gets only the rows addressed to it (its name in ``sinks``)."""
     table: pa.Table = batch.tables[name]
     parsed = {"extra"}
+    binary: set[str] = set()
     if name in tables:
         parsed |= {c.name for c in tables[name].columns if c.kind == "json"}
+        binary = {c.name for c in tables[name].columns if c.kind == "binary"}
     for index, row in enumerate(table.to_pylist()):
         for column in parsed & row.keys():
             if isinstance(row[column], str):
                 row[column] = orjson.loads(row[column])
+        for column in binary & row.keys():  # bytes as JSON: base64
+            if isinstance(row[column], bytes):
+                row[column] = base64.b64encode(row[column]).decode("ascii")
+        if sink is not None and name == OUTBOX.name and sink not in (row.get("sinks") or ()):
+            continue
         yield index, row
 
 
@@ -172,6 +183,14 @@ def alerts_for(batch: Batch, tables: TableRegistry, sink: str) -> list[tuple[int
         return []
     rows = records(batch, tables, ALERTS.name)
     return [(index, row) for index, row in rows if sink in (row.get("notify") or ())]
+
+
+def outbox_for(batch: Batch, tables: TableRegistry, sink: str) -> list[tuple[int, dict[str, Any]]]:
+    """The rows of the ``outbox`` table in ``batch`` (records a broker addressed to
+    sinks) whose ``sinks`` names ``sink``."""
+    if OUTBOX.name not in batch.tables:
+        return []
+    return list(records(batch, tables, OUTBOX.name, sink))
 
 
 class Webhook(Sink):
@@ -202,7 +221,7 @@ class Webhook(Sink):
             if name == ALERTS.name:
                 rows = alerts_for(batch, self.tables, self.name)
             else:
-                rows = list(records(batch, self.tables, name))
+                rows = list(records(batch, self.tables, name, self.name))
             size = self.config.max_records
             for start in range(0, len(rows), size):
                 part = rows[start : start + size]

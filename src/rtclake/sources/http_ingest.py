@@ -58,7 +58,8 @@ class HttpIngest(Source):
           200:
             description: >
               Durable. Body: {"accepted": N}, and "reply" when an intake-stage processor
-              replied.
+              or a broker replied ("replies": one per record, null for none, when
+              brokers answered a request of several records).
           400: {description: 'Bad input. Body: {"error", "message", "line"?}'}
         """
         if not bearer_ok(request, self.token):
@@ -77,7 +78,10 @@ class HttpIngest(Source):
         except (InputError, SpoolUnavailable) as exc:
             return refusal(self.metrics, self.source, exc)
         if taken.reply is not None:
-            answer = {"accepted": taken.records, "reply": taken.reply}
+            answer: dict[str, object] = {"accepted": taken.records}
+            if len(taken.replies) > 1:  # brokers answered several records: each its own
+                answer["replies"] = [r.json_value() if r else None for r in taken.replies]
+            answer["reply"] = taken.reply.json_value()
             return Response(orjson.dumps(answer, default=str), 200, media_type=JSON)
         return Response(b'{"accepted":%d}' % taken.records, 200, media_type=JSON)
 

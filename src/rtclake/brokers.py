@@ -1,0 +1,482 @@
+"""User brokers: code a user writes that receives records once they are durable, may reply
+to the caller that waits, and may emit records (Kraken's "brokers", made safe).
+
+A broker is a function ``handle(message, ctx)`` or a class whose instances have one
+(built with the ``options`` of its configuration, with optional ``start()`` and
+``close()``), named by import path in the configuration::
+
+    processors:
+      alarm:
+        type: broker
+        handler: "mybrokers.alarm:handle"     # module:attribute
+        path: /etc/rtclake/brokers            # optional: a folder to import it from
+        match: {source: sensors, topic: "sensors/+/temp"}
+        priority: 10
+        timeout: 2
+
+The guide is ``docs/BROKERS.md``. How it runs (:class:`BrokerSet`, called by
+:meth:`rtclake.intake.Intake.take`):
+
+- **After durability.** The records of a hand-over are appended to the spool first; only
+  then are they given to the brokers whose ``match`` they meet, one
+  :class:`Message` per record. The source's acknowledgement (HTTP answer, gRPC reply,
+  WebSocket ack, MQTT PUBACK) waits for the brokers, so what they emit is durable before
+  the sender is told; a crash before that makes the sender retry, the record is stored
+  once (its id), and the brokers run again and emit the same records with the same ids.
+- **Replies.** A broker returns None (no reply) or a reply: a :class:`rtclake.messages.Reply`,
+  bytes, text or any JSON value. When several brokers reply to one message, the highest
+  ``priority`` wins; equal priorities: the first in the configuration.
+- **Emitting.** ``ctx.emit(record, table=..., stream=..., sinks=[...])`` stores a record
+  through the intake like any other (routing, validation); ``sinks`` addresses it to
+  named sinks through the ``outbox`` table. Brokers never call sinks themselves.
+- **Isolation.** All matched brokers run at once, each call on a thread of its own with
+  the broker's ``timeout``; async functions run on that thread's own event loop. A broker
+  that raises, hangs, returns what cannot be sent or emits what its table refuses loses
+  only its own output for that message: the record is stored already, the other brokers
+  reply. Counted in ``rtclake_processor_errors_total{processor, reason}`` and logged with
+  the record id. A broker with ``concurrency`` calls still running (hung) is skipped
+  (``busy``) until one ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import fnmatch
+import importlib
+import inspect
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import structlog
+from prometheus_client import Counter
+from pydantic import Field
+
+from rtclake.config import Section
+from rtclake.errors import ConfigError
+from rtclake.messages import (
+    COLLECTOR,
+    CONTENT_TYPE,
+    METADATA,
+    PAYLOAD,
+    RESERVED,
+    TOPIC,
+    Reply,
+    payload_of,
+)
+from rtclake.metrics import Metrics
+from rtclake.processors.base import Processor, Record
+from rtclake.registry import ProcessorConfig
+from rtclake.tables import OUTBOX
+
+log = structlog.get_logger(__name__)
+
+Patterns = str | list[str] | None
+
+
+class BrokerMatch(Section):
+    """What a broker handles; every given field must match (a list: any of its items)."""
+
+    source: Patterns = Field(default=None, description="source names (the component's name)")
+    table: Patterns = Field(default=None, description="table names")
+    stream: Patterns = Field(default=None, description="stream names, shell patterns (sensor-*)")
+    topic: Patterns = Field(
+        default=None, description="MQTT topic filters (sensors/+/temp, sensors/#)"
+    )
+    content_type: Patterns = Field(
+        default=None, description="content types, shell patterns (application/json, image/*)"
+    )
+
+
+class BrokerConfig(ProcessorConfig):
+    """``type: broker``: a user's function or class run on each record it matches, after
+    the record is durable (see docs/BROKERS.md)."""
+
+    handler: str = Field(
+        description="module:attribute of a function handle(message, ctx) or of a class"
+        " whose instances have one"
+    )
+    path: Path | None = Field(
+        default=None, description="a folder put first on the import path for the handler"
+    )
+    match: BrokerMatch = Field(default_factory=BrokerMatch, description="what it handles")
+    priority: int = Field(
+        default=0, description="when several brokers reply to a record, the highest wins"
+    )
+    concurrency: int = Field(
+        default=4, ge=1, description="calls that may run at once (a hung call holds one)"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments for a class handler"
+    )
+
+
+def _patterns(value: Patterns) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT's rule: ``+`` one level, ``#`` (last) this level and all below; a filter
+    starting with a wildcard does not match a topic starting with ``$``."""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    parts, levels = topic_filter.split("/"), topic.split("/")
+    for i, part in enumerate(parts):
+        if part == "#":
+            return True
+        if i >= len(levels) or (part != "+" and part != levels[i]):
+            return False
+    return len(parts) == len(levels)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One record as a broker gets it.
+
+    ``data`` is the record's JSON object (without the transport's reserved keys), None
+    when the payload was not a JSON object; ``payload`` the bytes as sent (a JSON object's
+    are its keys re-encoded). ``record_id`` is the lake's id of the record (None for tables
+    whose id comes from their columns).
+    """
+
+    data: dict[str, Any] | None
+    payload: bytes
+    source: str
+    stream: str
+    table: str
+    record_id: str | None
+    received_at: dt.datetime
+    topic: str | None = None
+    content_type: str | None = None
+    collector: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        record: Record,
+        *,
+        source: str,
+        stream: str,
+        table: str,
+        record_id: str | None,
+        received_at: dt.datetime,
+    ) -> Message:
+        metadata = record.get(METADATA)
+        data = {k: v for k, v in record.items() if k not in RESERVED}
+        return cls(
+            data=None if PAYLOAD in record else data,
+            payload=payload_of(record),
+            source=source,
+            stream=stream,
+            table=table,
+            record_id=record_id,
+            received_at=received_at,
+            topic=_text(record.get(TOPIC)),
+            content_type=_text(record.get(CONTENT_TYPE)),
+            collector=_text(record.get(COLLECTOR)),
+            metadata=metadata if isinstance(metadata, dict) else None,
+        )
+
+    def json(self) -> Any:
+        """The payload as JSON (the record's object, or the bytes decoded; raises
+        ``msgspec.DecodeError`` for a payload that is not JSON)."""
+        return self.data if self.data is not None else msgspec.json.decode(self.payload)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass
+class BrokerContext:
+    """What a broker's call may do besides replying: emit records, log."""
+
+    broker: str
+    message: Message
+    emitted: list[tuple[str | None, str | None, Record]] = field(default_factory=list)
+
+    def emit(
+        self,
+        record: Record,
+        *,
+        table: str | None = None,
+        stream: str | None = None,
+        sinks: Sequence[str] | None = None,
+    ) -> None:
+        """Store ``record`` too, through the intake: in ``table``, or where the router
+        sends ``stream`` (default: the message's stream). ``sinks`` addresses it to those
+        sinks: it goes to the ``outbox`` table unless ``table`` is given."""
+        if sinks is not None:
+            if isinstance(sinks, str) or not all(isinstance(s, str) for s in sinks):
+                raise TypeError("sinks: a list of sink names")
+            record = {**record, "_sinks": list(sinks)}
+            table = table or OUTBOX.name
+        self.emitted.append((table, stream, record))
+
+    @property
+    def log(self) -> Any:
+        return log.bind(broker=self.broker, record_id=self.message.record_id)
+
+
+class Broker(Processor):
+    """A configured broker: the user's handler and what it matches."""
+
+    stage = "broker"
+
+    def __init__(self, handler: Any, config: BrokerConfig) -> None:
+        self.handler = handler
+        self.priority = config.priority
+        self.concurrency = config.concurrency
+        match = config.match
+        self.streams = _patterns(match.stream)
+        self.topics = _patterns(match.topic)
+        self.content_types = _patterns(match.content_type)
+        sources = _patterns(match.source)
+        tables = _patterns(match.table)
+        self.sources = frozenset(sources) if sources is not None else None
+        self.tables = frozenset(tables) if tables is not None else None
+        self._is_async = inspect.iscoroutinefunction(handler)
+
+    def process(self, records: list[Record], ctx: Any) -> None:  # not a record processor
+        raise NotImplementedError("brokers run through BrokerSet")
+
+    def start(self) -> None:
+        owner = getattr(self.handler, "__self__", None)
+        if owner is not None and callable(getattr(owner, "start", None)):
+            owner.start()
+
+    def close(self) -> None:
+        owner = getattr(self.handler, "__self__", None)
+        if owner is not None and callable(getattr(owner, "close", None)):
+            owner.close()
+
+    def wants(self, message: Message) -> bool:
+        """Whether ``message`` meets the stream, topic and content type patterns (source
+        and table are checked by the chain)."""
+        if self.streams is not None and not any(
+            fnmatch.fnmatchcase(message.stream, p) for p in self.streams
+        ):
+            return False
+        if self.topics is not None and (
+            message.topic is None or not any(topic_matches(p, message.topic) for p in self.topics)
+        ):
+            return False
+        if self.content_types is not None:
+            mime = (message.content_type or "").split(";", 1)[0].strip().lower()
+            if not any(fnmatch.fnmatchcase(mime, p.lower()) for p in self.content_types):
+                return False
+        return True
+
+    def call(self, message: Message, ctx: BrokerContext) -> Any:
+        """The handler's answer for one message (run on the call's thread)."""
+        if self._is_async:
+            return asyncio.run(self.handler(message, ctx))
+        result = self.handler(message, ctx)
+        if inspect.isawaitable(result):
+            return asyncio.run(_awaited(result))
+        return result
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def load_handler(config: BrokerConfig, name: str) -> Any:
+    """The callable ``config.handler`` names: a function, or a class built with
+    ``options`` whose instance's ``handle``; raises :class:`ConfigError` naming the
+    broker."""
+    module_name, _, attribute = config.handler.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(
+            f"processors.{name}.handler: {config.handler!r} is not module:attribute"
+            " (e.g. mybrokers.alarm:handle)"
+        )
+    if config.path is not None:
+        folder = str(config.path.resolve())
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except Exception as exc:  # a user's module: any error is a configuration error
+        raise ConfigError(
+            f"processors.{name}.handler: cannot load {config.handler!r}:"
+            f" {type(exc).__name__}: {exc}"
+        ) from exc
+    if inspect.isclass(target):
+        try:
+            instance = target(**config.options)
+        except Exception as exc:
+            raise ConfigError(
+                f"processors.{name}: {config.handler}({config.options}) failed:"
+                f" {type(exc).__name__}: {exc}"
+            ) from exc
+        target = getattr(instance, "handle", None)
+        if not callable(target):
+            raise ConfigError(f"processors.{name}.handler: {config.handler} has no handle()")
+    elif config.options:
+        raise ConfigError(f"processors.{name}.options: only a class handler takes options")
+    if not callable(target):
+        raise ConfigError(f"processors.{name}.handler: {config.handler} is not callable")
+    return target
+
+
+def build_broker(config: BrokerConfig, name: str) -> Broker:
+    broker = Broker(load_handler(config, name), config)
+    broker.name = name
+    broker.timeout = config.timeout
+    return broker
+
+
+@dataclass
+class Outcome:
+    """What the brokers made of one message: the reply chosen, and what they emitted
+    (broker name, table, stream, record)."""
+
+    reply: Reply | None = None
+    emitted: list[tuple[str, str | None, str | None, Record]] = field(default_factory=list)
+
+
+class _Call:
+    """One broker's call over the messages of a hand-over, on a daemon thread."""
+
+    def __init__(self, broker: Broker, messages: list[Message]) -> None:
+        self.broker = broker
+        self.messages = messages
+        self.results: dict[int, tuple[Any, BrokerContext]] = {}
+        self.errors: list[tuple[int, BaseException]] = []
+        self.lock = threading.Lock()
+        self.abandoned = False
+
+    def run(self, done: threading.Event) -> None:
+        for i, message in enumerate(self.messages):
+            ctx = BrokerContext(self.broker.name, message)
+            try:
+                value = self.broker.call(message, ctx)
+                reply = None if value is None else Reply.of(value)
+            except BaseException as exc:  # isolation: reported, never raised
+                with self.lock:
+                    if not self.abandoned:
+                        self.errors.append((i, exc))
+                continue
+            with self.lock:
+                if self.abandoned:
+                    break
+                self.results[i] = (reply, ctx)
+        done.set()
+
+
+class BrokerSet:
+    """Runs the brokers that match each message of a hand-over, at once, and picks the
+    replies."""
+
+    def __init__(self, brokers: Sequence[Broker], metrics: Metrics, errors: Counter) -> None:
+        self.order = {b.name: n for n, b in enumerate(brokers)}
+        self.errors = errors
+        self._running: dict[str, int] = dict.fromkeys(self.order, 0)
+        self._lock = threading.Lock()
+        self.calls = Counter(
+            "rtclake_broker_calls",
+            "Messages given to each broker, by outcome (replied, none, or the failure's reason).",
+            ["broker", "outcome"],
+            registry=metrics.registry,
+        )
+
+    async def run(
+        self, brokers: Sequence[Broker], messages: list[Message], *, within: float | None = None
+    ) -> list[Outcome]:
+        """One :class:`Outcome` per message, after every matched broker answered or ran
+        out of time (its ``timeout``, or ``within`` seconds if that is sooner)."""
+        outcomes = [Outcome() for _ in messages]
+        calls: list[tuple[_Call, list[int], asyncio.Future[None]]] = []
+        loop = asyncio.get_running_loop()
+        for broker in brokers:
+            wanted = [i for i, m in enumerate(messages) if broker.wants(m)]
+            if not wanted:
+                continue
+            if not self._enter(broker):
+                self._failed(broker, "busy", "its calls that timed out are still running",
+                             [messages[i] for i in wanted])  # fmt: skip
+                continue
+            call = _Call(broker, [messages[i] for i in wanted])
+            calls.append((call, wanted, self._start(call, loop)))
+        if not calls:
+            return outcomes
+        replies: list[list[tuple[int, int, Reply]]] = [[] for _ in messages]
+        for call, wanted, future in calls:
+            broker = call.broker
+            timeout = broker.timeout if within is None else max(0.0, min(broker.timeout, within))
+            try:
+                await asyncio.wait_for(asyncio.shield(future), timeout)
+                timed_out = False
+            except TimeoutError:
+                timed_out = True
+            with call.lock:
+                call.abandoned = True
+                results, errors = dict(call.results), list(call.errors)
+            if timed_out:
+                late = [call.messages[i] for i in range(len(wanted)) if i not in results]
+                self._failed(broker, "timeout", f"no answer within {timeout:g} s", late)
+            for i, error in errors:
+                self._failed(broker, "error", error, [call.messages[i]])
+            for i, (reply, ctx) in results.items():
+                at = wanted[i]
+                outcomes[at].emitted += [(broker.name, t, s, r) for t, s, r in ctx.emitted]
+                if reply is not None:
+                    replies[at].append((-broker.priority, self.order[broker.name], reply))
+                self.calls.labels(broker.name, "none" if reply is None else "replied").inc()
+        for outcome, offered in zip(outcomes, replies, strict=True):
+            if offered:
+                outcome.reply = min(offered, key=lambda o: (o[0], o[1]))[2]
+        return outcomes
+
+    def _enter(self, broker: Broker) -> bool:
+        with self._lock:
+            if self._running[broker.name] >= broker.concurrency:
+                return False
+            self._running[broker.name] += 1
+            return True
+
+    def _start(self, call: _Call, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = loop.create_future()
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                call.run(done)
+            finally:
+                with self._lock:
+                    self._running[call.broker.name] -= 1
+                with contextlib.suppress(RuntimeError):  # the loop ended (shutdown)
+                    loop.call_soon_threadsafe(_settle, future)
+
+        thread = threading.Thread(target=run, name=f"rtclake-broker-{call.broker.name}")
+        thread.daemon = True  # a hung broker must not hold up the end of the process
+        thread.start()
+        return future
+
+    def _failed(
+        self, broker: Broker, reason: str, error: object, messages: Sequence[Message]
+    ) -> None:
+        text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
+        for message in messages:
+            self.errors.labels(broker.name, reason).inc()
+            self.calls.labels(broker.name, reason).inc()
+            log.error("broker failed; the record is stored, its output for it is dropped",
+                      broker=broker.name, reason=reason, error=text,
+                      record_id=message.record_id, source=message.source)  # fmt: skip
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,358 @@
+"""User brokers: they get records once durable, reply by priority, emit through the intake,
+and a broker that raises or hangs costs nothing but its own output."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+import pytest
+
+from rtclake.brokers import Broker, BrokerConfig, BrokerContext, Message, topic_matches
+from rtclake.catalog import default_registry
+from rtclake.config import RouteConfig
+from rtclake.convert import Converter
+from rtclake.errors import ConfigError
+from rtclake.intake import Intake
+from rtclake.messages import Reply, message_line
+from rtclake.metrics import Metrics
+from rtclake.processors.chain import Chain
+from rtclake.router import Router
+from rtclake.spool import Spool
+from rtclake.testing import HttpReceiver, RunningServer, wait_for
+
+TABLES = default_registry()
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "brokers"
+
+
+def broker(name: str, handler: Any, **config: Any) -> Broker:
+    made = Broker(handler, BrokerConfig(handler="tests:unused", **config))
+    made.name = name
+    made.timeout = config.get("timeout", 5.0)
+    return made
+
+
+def make_intake(tmp_path: Path, *brokers: Broker) -> Intake:
+    spool = Spool(
+        tmp_path / "spool", max_bytes=1 << 22, segment_max_bytes=1 << 22,
+        segment_max_records=10_000, flush_interval=60,
+    )  # fmt: skip
+    router = Router([RouteConfig(stream="alerts-*", table="events")], "telemetry", TABLES)
+    metrics = Metrics()
+    chain = Chain(list(brokers), metrics)
+    return Intake(spool, metrics, router, tables=TABLES, chain=chain)
+
+
+def errors(intake: Intake, name: str, reason: str) -> float:
+    assert intake.chain is not None
+    return float(intake.chain.errors.labels(name, reason)._value.get())
+
+
+async def take(intake: Intake, body: bytes, **kw: Any) -> Any:
+    table = intake.table_for(kw.pop("stream", "sensors"))
+    records = intake.validate(body, table)
+    return await intake.take(kw.pop("source", "http"), "sensors", table, records, **kw)
+
+
+async def stored(intake: Intake) -> dict[str, Any]:
+    """Every table's rows of what the spool holds, converted as the writer does."""
+    intake.spool.cut()
+    await intake.spool.flush()
+    out: dict[str, Any] = {}
+    converter = Converter(TABLES)
+    while intake.spool.sealed_waiting():
+        seg = await intake.spool.next_sealed()
+        for name, table in converter.convert(seg.run, seg.seq, Spool.read(seg)).items():
+            out[name] = table if name not in out else pa.concat_tables([out[name], table])
+    converter.close()
+    return out
+
+
+def test_topic_filters_follow_mqtt() -> None:
+    assert topic_matches("sensors/+/temp", "sensors/s1/temp")
+    assert not topic_matches("sensors/+/temp", "sensors/s1/x/temp")
+    assert topic_matches("sensors/#", "sensors") and topic_matches("sensors/#", "sensors/a/b")
+    assert topic_matches("#", "a/b") and not topic_matches("#", "$SYS/broker/load")
+    assert not topic_matches("sensors/+", "sensors/a/b") and topic_matches("a/b", "a/b")
+
+
+def test_a_broker_sees_the_record_once_it_is_in_the_spool_and_replies(tmp_path: Path) -> None:
+    seen: list[tuple[Message, bool]] = []
+
+    def handle(message: Message, ctx: BrokerContext) -> dict[str, Any]:
+        spooled = b"".join(p.read_bytes() for p in (tmp_path / "spool").glob("*.wal"))
+        seen.append((message, b'"device_id": "s1"' in spooled))
+        return {"ok": message.data}
+
+    async def main() -> None:
+        intake = make_intake(tmp_path, broker("echo", handle))
+        await intake.spool.start()
+        taken = await take(intake, b'{"temp": 31, "device_id": "s1"}')
+        assert taken.records == 1
+        assert taken.reply == Reply(b'{"ok":{"temp":31,"device_id":"s1"}}')
+        rows = await stored(intake)
+        assert rows["telemetry"]["record_id"].to_pylist() == [seen[0][0].record_id]
+        await intake.spool.close()
+
+    asyncio.run(main())
+    ((message, was_spooled),) = seen
+    assert was_spooled, "the broker ran before its record was in the spool"
+    assert (message.source, message.stream, message.table) == ("http", "sensors", "telemetry")
+
+
+def test_the_record_ids_brokers_see_are_the_lakes(tmp_path: Path) -> None:
+    """The three rules of the record id: the sender's key, the record's own time, and
+    (neither) its place in the spool."""
+    ids: list[str | None] = []
+
+    def handle(message: Message, ctx: BrokerContext) -> None:
+        ids.append(message.record_id)
+
+    async def main() -> list[str]:
+        intake = make_intake(tmp_path, broker("ids", handle))
+        await intake.spool.start()
+        await take(intake, b'{"n": 1}\n{"n": 2}', idem="key-1")
+        await take(intake, b'{"n": 3, "time": "2026-12-01T00:00:00Z"}')
+        await take(intake, b'{"n": 4}')
+        await take(intake, b'[{"n": 5}, {"n": 6}]')
+        rows = await stored(intake)
+        await intake.spool.close()
+        table = rows["telemetry"].sort_by([("received_at", "ascending")])
+        return [str(r) for r in table["record_id"].to_pylist()]
+
+    lake = asyncio.run(main())
+    assert sorted(lake) == sorted(i for i in ids if i is not None)
+    assert len(set(lake)) == 6
+
+
+def test_the_highest_priority_reply_wins_and_every_broker_runs(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def replier(name: str, value: Any) -> Any:
+        def handle(message: Message, ctx: BrokerContext) -> Any:
+            calls.append(name)
+            return value
+
+        return handle
+
+    async def main() -> Any:
+        intake = make_intake(
+            tmp_path,
+            broker("low", replier("low", "low"), priority=1),
+            broker("high", replier("high", {"from": "high"}), priority=10),
+            broker("tie", replier("tie", "tie"), priority=10),
+            broker("silent", replier("silent", None), priority=99),
+            broker("other", replier("other", "x"), match={"stream": "elsewhere-*"}),
+        )
+        await intake.spool.start()
+        taken = await take(intake, b'{"v": 1}')
+        await intake.spool.close()
+        return taken
+
+    taken = asyncio.run(main())
+    assert taken.reply.json_value() == {"from": "high"}  # before "tie": configured first
+    assert sorted(calls) == ["high", "low", "silent", "tie"]
+
+
+def test_a_raising_and_a_hanging_broker_cost_only_their_own_output(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def raises(message: Message, ctx: BrokerContext) -> Any:
+        ctx.emit({"lost": True}, table="events")
+        raise RuntimeError("broken broker")
+
+    def hangs(message: Message, ctx: BrokerContext) -> Any:
+        ctx.emit({"lost": True}, table="events")
+        release.wait(30)
+        return "too late"
+
+    def good(message: Message, ctx: BrokerContext) -> Any:
+        ctx.emit({"id": f"seen-{message.data['n']}"}, table="events")  # type: ignore[index]
+        return {"n": message.data["n"]}  # type: ignore[index]
+
+    async def main() -> tuple[list[Any], float, dict[str, Any], Intake]:
+        intake = make_intake(
+            tmp_path,
+            broker("raises", raises, priority=50),
+            broker("hangs", hangs, priority=99, timeout=0.5, concurrency=1),
+            broker("good", good, priority=1),
+        )
+        await intake.spool.start()
+        started = time.monotonic()
+        first = await take(intake, b'{"n": 1}')
+        second = await take(intake, b'{"n": 2}')  # the hung call still runs: skipped
+        elapsed = time.monotonic() - started
+        rows = await stored(intake)
+        await intake.spool.close()
+        return [first, second], elapsed, rows, intake
+
+    try:
+        (first, second), elapsed, rows, intake = asyncio.run(main())
+    finally:
+        release.set()
+    assert [first.reply.json_value(), second.reply.json_value()] == [{"n": 1}, {"n": 2}]
+    assert elapsed < 3, "the second record waited for the hung broker"
+    assert sorted(r["extra"] for r in rows["telemetry"].to_pylist()) == ['{"n":1}', '{"n":2}']
+    assert sorted(rows["events"]["id"].to_pylist()) == ["seen-1", "seen-2"]
+    assert errors(intake, "raises", "error") == 2
+    assert errors(intake, "hangs", "timeout") == 1 and errors(intake, "hangs", "busy") == 1
+
+
+def test_what_brokers_emit_keeps_its_ids_on_a_retry(tmp_path: Path) -> None:
+    def handle(message: Message, ctx: BrokerContext) -> None:
+        ctx.emit({"text": "hot", "device_id": "s1"}, sinks=["slack"])
+
+    async def main() -> Any:
+        intake = make_intake(tmp_path, broker("alarm", handle))
+        await intake.spool.start()
+        await take(intake, b'{"temp": 40}', idem="m-1")
+        await take(intake, b'{"temp": 40}', idem="m-1")  # the sender retries
+        rows = await stored(intake)
+        await intake.spool.close()
+        return rows["outbox"]
+
+    outbox = asyncio.run(main())
+    assert outbox.num_rows == 2 and len(set(outbox["record_id"].to_pylist())) == 1
+    assert outbox["sinks"].to_pylist() == ['["slack"]'] * 2
+    assert outbox["source"].to_pylist() == ["alarm"] * 2
+
+
+def test_message_payloads_reach_brokers_as_sent(tmp_path: Path) -> None:
+    got: list[Message] = []
+
+    def handle(message: Message, ctx: BrokerContext) -> bytes:
+        got.append(message)
+        return message.payload[::-1]
+
+    async def main() -> Any:
+        intake = make_intake(tmp_path, broker("m", handle, match={"topic": "dev/+/raw"}))
+        await intake.spool.start()
+        table = intake.table_for("sensors")
+        line = message_line(b"\x00\xffraw", topic="dev/7/raw", content_type="application/x-raw")
+        taken = await intake.take("mqtt", "sensors", table, intake.validate(line, table))
+        skipped = message_line(b"{}", topic="dev/7/other")
+        other = await intake.take("mqtt", "sensors", table, intake.validate(skipped, table))
+        rows = await stored(intake)
+        await intake.spool.close()
+        return taken, other, rows["telemetry"]
+
+    taken, other, telemetry = asyncio.run(main())
+    assert taken.reply == Reply(b"war\xff\x00", "application/octet-stream")
+    assert other.reply is None and len(got) == 1
+    assert (got[0].data, got[0].topic, got[0].content_type) == (
+        None,
+        "dev/7/raw",
+        "application/x-raw",
+    )
+    payloads = dict(
+        zip(telemetry["topic"].to_pylist(), telemetry["payload"].to_pylist(), strict=True)
+    )
+    assert payloads == {"dev/7/raw": b"\x00\xffraw", "dev/7/other": None}
+
+
+def test_a_handler_that_cannot_be_loaded_is_a_configuration_error(tmp_path: Path) -> None:
+    from rtclake.brokers import build_broker
+
+    refused = re.escape("processors.b.handler: cannot load 'nope.x:y'")
+    with pytest.raises(ConfigError, match=refused):
+        build_broker(BrokerConfig(handler="nope.x:y"), "b")
+    with pytest.raises(ConfigError, match="is not module:attribute"):
+        build_broker(BrokerConfig(handler="nope"), "b")
+    made = build_broker(
+        BrokerConfig(handler="threshold_alarm:ThresholdAlarm", path=EXAMPLES,
+                     options={"threshold": 5}),
+        "b",
+    )  # fmt: skip
+    assert made.handler.__self__.threshold == 5.0
+
+
+CONFIG = """
+processors:
+  alarm:
+    type: broker
+    handler: "threshold_alarm:ThresholdAlarm"
+    path: {examples}
+    match: {{source: http, stream: "sensors*"}}
+    options: {{field: temp, threshold: 30, sinks: [slack]}}
+    priority: 10
+  to_influx:
+    type: broker
+    handler: "influx_points:handle"
+    path: {examples}
+    match: {{stream: "sensors*"}}
+  broken:
+    type: broker
+    handler: "extra_brokers:broken"
+    path: {extra}
+    priority: 99
+  hung:
+    type: broker
+    handler: "extra_brokers:hung"
+    path: {extra}
+    priority: 98
+    timeout: 1
+sinks:
+  slack: {{type: slack, url: "{slack}"}}
+"""
+
+EXTRA = """
+import time
+
+
+def broken(message, ctx):
+    raise ValueError("this broker always fails")
+
+
+def hung(message, ctx):
+    time.sleep(60)
+    return "never sent"
+"""
+
+
+def test_the_example_brokers_feed_slack_and_influx_points_through_a_running_server(
+    tmp_path: Path,
+) -> None:
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "extra_brokers.py").write_text(EXTRA)
+    with HttpReceiver() as slack:
+        config = tmp_path / "rtclake.yaml"
+        config.write_text(CONFIG.format(examples=EXAMPLES, extra=extra, slack=slack.url + "/slack"))
+        data = tmp_path / "data"
+        data.mkdir()
+        server = RunningServer(data, env={"RTCLAKE_CONFIG": str(config)}).start()
+        try:
+            hot = httpx.post(server.url + "/ingest/sensors-a",
+                             json={"device_id": "s1", "temp": 31.5}, timeout=10)  # fmt: skip
+            cool = httpx.post(server.url + "/ingest/sensors-a",
+                              json={"device_id": "s2", "temp": 20}, timeout=10)  # fmt: skip
+            assert hot.status_code == 200, hot.text
+            assert hot.json() == {
+                "accepted": 1, "reply": {"alarm": True, "value": 31.5, "threshold": 30.0}
+            }  # fmt: skip
+            assert cool.json() == {"accepted": 1, "reply": {"alarm": False}}
+            posted = wait_for(lambda: slack.received("/slack"), timeout=20)
+            assert [p.json() for p in posted] == [{"text": "s1: temp 31.5 is above 30"}]
+            server.wait_rows("SELECT count(*) FROM telemetry", 2)
+            server.wait_rows("SELECT count(*) FROM outbox", 3)
+            outbox = server.query(
+                "SELECT source, sinks, extra->>'measurement' AS m, extra->'fields' AS f"
+                " FROM outbox ORDER BY source, m, f->>'temp'"
+            )["rows"]
+            assert outbox == [
+                ["alarm", '["slack"]', None, None],
+                ["to_influx", '["influxdb"]', "sensors-a", {"temp": 20}],
+                ["to_influx", '["influxdb"]', "sensors-a", {"temp": 31.5}],
+            ]
+            assert server.metric("rtclake_processor_errors_total", processor="broken",
+                                 reason="error") == 2  # fmt: skip
+            assert server.metric("rtclake_processor_errors_total", processor="hung",
+                                 reason="timeout") >= 1  # fmt: skip
+        finally:
+            server.stop()
