@@ -226,7 +226,12 @@ def run(opts: Options, argv: Sequence[str]) -> int:
             f"{num(stored)} rows" + (f", {left} spool bytes left" if left else ""),
             stored == acked,
         ),
-        report.Verdict("clean shutdown", "exit 0", str(stopped.exit_code), stopped.clean),
+        report.Verdict(
+            "clean shutdown",
+            "exits by itself (0, or its SIGTERM re-raised)",
+            str(stopped.exit_code),
+            stopped.clean,
+        ),
     ]
     title = f"gRPC ingest, Kraken's contract ({command(argv)})"
     report.print_tables(
