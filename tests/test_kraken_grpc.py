@@ -57,6 +57,10 @@ def echo(message, ctx):
 
 def hang(message, ctx):
     threading.Event().wait(20)
+
+
+def status(message, ctx):
+    return {"status": 7, "seen": message.data}
 """
 
 
@@ -77,7 +81,8 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str
     env = {"RTCLAKE_SOURCES__KRAKEN__TYPE": "kraken_grpc",
            "RTCLAKE_SOURCES__KRAKEN__LISTEN": target,
            **_broker("echo", "echo", "websocket", folder),
-           **_broker("hang", "hang", "hang", folder)}  # fmt: skip
+           **_broker("hang", "hang", "hang", folder),
+           **_broker("status", "status", "old-status", folder)}  # fmt: skip
     server = Server(folder / "data", env=env)
     server.data_dir.mkdir(parents=True)
     server.start()
@@ -194,6 +199,19 @@ def test_older_contract_send_is_stored_and_answered_status_1(
     assert [r["metadata"] for r in rows] == [{"kind": "collector"}] * 2
     assert rows[0]["device_id"] == "m1" and rows[0]["extra"] == {"v": 1}
     assert base64.b64decode(rows[1]["payload"]) == b"plain text"
+
+
+def test_older_contract_send_answers_a_brokers_status(
+    kraken: SimpleNamespace, lake: tuple[Server, str]
+) -> None:
+    server, target = lake
+    with grpc.insecure_channel(target) as channel:
+        stub = kraken.grpc.KrakenMessageStub(channel)
+        request = kraken.pb.KrakenMessageRequest(
+            kind="collector", provider="old-status", payload='{"device_id": "s7"}'
+        )
+        assert stub.Send(request, timeout=10).status == 7
+    assert _rows(server, "collector = 'old-status'", 1)[0]["device_id"] == "s7"
 
 
 @pytest.mark.parametrize(

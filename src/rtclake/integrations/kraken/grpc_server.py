@@ -27,7 +27,8 @@ client); with no reply, the default: ``collector_name`` ``"rtclake"``, ``content
 ``application/json``, ``metadata`` ``{"record_id": ID}`` and ``payload``
 ``{"accepted":1,"record_id":ID}`` (a collector does not forward it: Kraken's WebSocket
 collector forwards only answers addressed to ``"websocket"``). ``Send`` answers
-``status`` 1, as Kraken's broker does. ``record_id`` is the record's id in the lake.
+``status`` 1, as Kraken's broker does, unless a broker replied a status (an integer, or a
+JSON object with an integer ``"status"``). ``record_id`` is the record's id in the lake.
 
 **Deadlines.** Kraken's collector waits as long as its client allows; a caller that sets
 a gRPC deadline gets its answer before it: the brokers get what is left of it (less
@@ -97,6 +98,19 @@ def parse_metadata(text: str) -> dict[str, Any]:
             f"metadata must be a JSON object as text, not {kinds.get(type(value), 'a number')}",
         )
     return value
+
+
+def send_status(reply: Reply | None) -> int:
+    """``Send``'s answer: the brokers' reply when it is a status (an integer, or a JSON
+    object's integer ``"status"``, in int32), else :data:`SENT`."""
+    if reply is None:
+        return SENT
+    value = reply.json_value()
+    if isinstance(value, dict):
+        value = value.get("status")
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**31) <= value < 2**31:
+        return value
+    return SENT
 
 
 class KrakenGrpc(Source):
@@ -221,8 +235,8 @@ class KrakenGrpc(Source):
             records = self.intake.validate(line, table, lines=True)
         except InputError as exc:
             await self._refuse(context, exc)
-        await self._take(context, stream, table, records, next(self._unique))
-        return contract.KrakenMessageResponse(status=SENT)
+        taken = await self._take(context, stream, table, records, next(self._unique))
+        return contract.KrakenMessageResponse(status=send_status(taken.reply))
 
     def _idem(self, collector: str, metadata: dict[str, Any]) -> str:
         """The call's idempotency key: the sender's message id, or one unique to the call."""
