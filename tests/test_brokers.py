@@ -356,3 +356,132 @@ def test_the_example_brokers_feed_slack_and_influx_points_through_a_running_serv
                                  reason="timeout") >= 1  # fmt: skip
         finally:
             server.stop()
+
+
+def test_many_hand_overs_at_once_all_reach_a_healthy_broker(tmp_path: Path) -> None:
+    """concurrency bounds the calls that hung past their timeout, not calls in progress:
+    a burst of single-message hand-overs (MQTT, WebSocket, gRPC) is not skipped."""
+
+    def slow(message: Message, ctx: BrokerContext) -> Any:
+        time.sleep(0.05)
+        return message.data
+
+    async def main() -> list[Any]:
+        intake = make_intake(tmp_path, broker("slow", slow, concurrency=2))
+        await intake.spool.start()
+        taken = await asyncio.gather(*(take(intake, b'{"n": %d}' % n) for n in range(20)))
+        await intake.spool.close()
+        assert errors(intake, "slow", "busy") == 0
+        return [t.reply.json_value() for t in taken]
+
+    assert asyncio.run(main()) == [{"n": n} for n in range(20)]
+
+
+def test_brokers_time_out_together_within_the_callers_deadline(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def hangs(message: Message, ctx: BrokerContext) -> Any:
+        release.wait(30)
+
+    async def main() -> tuple[float, Any]:
+        intake = make_intake(tmp_path, broker("a", hangs, timeout=5), broker("b", hangs, timeout=5))
+        await intake.spool.start()
+        started = time.monotonic()
+        taken = await take(intake, b'{"n": 1}', within=0.5)
+        elapsed = time.monotonic() - started
+        await intake.spool.close()
+        return elapsed, taken
+
+    try:
+        elapsed, taken = asyncio.run(main())
+    finally:
+        release.set()
+    assert taken.records == 1 and taken.reply is None
+    assert elapsed < 1.2, f"two hung brokers held the answer {elapsed:.2f} s"
+
+
+def test_payloads_python_cannot_hold_are_stored_and_given_as_bytes(tmp_path: Path) -> None:
+    got: list[Message] = []
+
+    def handle(message: Message, ctx: BrokerContext) -> None:
+        got.append(message)
+
+    async def main() -> dict[str, Any]:
+        intake = make_intake(tmp_path, broker("m", handle))
+        await intake.spool.start()
+        table = intake.table_for("sensors")
+        for payload in (b'{"v": 1e400}', b'{"v": 123456789012345678901234567890}',
+                        b'{"name": "\xff\xfe"}'):  # fmt: skip
+            line = message_line(payload, topic="t/1")
+            taken = await intake.take("mqtt", "sensors", table, intake.validate(line, table))
+            assert taken.records == 1
+        rows = await stored(intake)
+        await intake.spool.close()
+        return rows
+
+    rows = asyncio.run(main())
+    assert len(got) == 3
+    assert got[0].data is None and got[0].payload == b'{"v":1e400,"_topic":"t/1"}'
+    assert got[1].data == {"v": 123456789012345678901234567890}
+    assert got[2].data is None and got[2].payload == b'{"name": "\xff\xfe"}'  # not UTF-8
+    assert rows["telemetry"]["payload"].to_pylist()[2] == b'{"name": "\xff\xfe"}'
+
+
+def test_record_ids_follow_the_writer_when_a_store_stage_processor_runs(tmp_path: Path) -> None:
+    from rtclake.processors.base import RecordProcessor
+
+    ids: list[str | None] = []
+
+    def handle(message: Message, ctx: BrokerContext) -> None:
+        ids.append(message.record_id)
+
+    async def main() -> list[str]:
+        spool = Spool(tmp_path / "spool", max_bytes=1 << 22, segment_max_bytes=1 << 22,
+                      segment_max_records=10_000, flush_interval=60)  # fmt: skip
+        router = Router([], "telemetry", TABLES)
+        metrics = Metrics()
+        keep = RecordProcessor(lambda r, c: None, name="keep")  # store stage, changes nothing
+        chain = Chain([keep, broker("ids", handle)], metrics)
+        intake = Intake(spool, metrics, router, tables=TABLES, chain=chain)
+        await spool.start()
+        await take(intake, b'{"n": 1, "time": "2026-12-01T00:00:00Z"}')
+        await take(intake, b'{"n": 2}')
+        spool.cut()
+        await spool.flush()
+        seg = await spool.next_sealed()
+        converter = Converter(TABLES)
+        entries = intake.process_entries(Spool.read(seg), seg.run, seg.seq)
+        table = converter.convert(seg.run, seg.seq, entries)["telemetry"]
+        converter.close()
+        await spool.close()
+        return [str(i) for i in table["record_id"].to_pylist()]
+
+    assert sorted(asyncio.run(main())) == sorted(str(i) for i in ids)
+
+
+class AsyncBroker:
+    """An async class broker keeping a loop-bound object between calls."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def handle(self, message: Message, ctx: BrokerContext) -> Any:
+        loop = asyncio.get_running_loop()
+        self.loop = self.loop or loop
+        await asyncio.sleep(0.01)
+        return {"same_loop": self.loop is loop}
+
+
+def test_an_async_broker_keeps_its_event_loop_between_calls(tmp_path: Path) -> None:
+    instance = AsyncBroker()
+
+    async def main() -> list[Any]:
+        made = broker("async", instance.handle)
+        intake = make_intake(tmp_path, made)
+        await intake.spool.start()
+        replies = [(await take(intake, b'{"n": %d}' % n)).reply.json_value() for n in range(3)]
+        await intake.spool.close()
+        made.close()
+        return replies
+
+    assert asyncio.run(main()) == [{"same_loop": True}] * 3

@@ -21,21 +21,23 @@ The guide is ``docs/BROKERS.md``. How it runs (:class:`BrokerSet`, called by
   then are they given to the brokers whose ``match`` they meet, one
   :class:`Message` per record. The source's acknowledgement (HTTP answer, gRPC reply,
   WebSocket ack, MQTT PUBACK) waits for the brokers, so what they emit is durable before
-  the sender is told; a crash before that makes the sender retry, the record is stored
-  once (its id), and the brokers run again and emit the same records with the same ids.
+  the sender is told; a crash before that makes the sender retry: a record with the same
+  id (the sender's key, or its own time) is stored once, and the brokers run again and
+  emit the same records with the same ids.
 - **Replies.** A broker returns None (no reply) or a reply: a :class:`rtclake.messages.Reply`,
   bytes, text or any JSON value. When several brokers reply to one message, the highest
   ``priority`` wins; equal priorities: the first in the configuration.
 - **Emitting.** ``ctx.emit(record, table=..., stream=..., sinks=[...])`` stores a record
   through the intake like any other (routing, validation); ``sinks`` addresses it to
   named sinks through the ``outbox`` table. Brokers never call sinks themselves.
-- **Isolation.** All matched brokers run at once, each call on a thread of its own with
-  the broker's ``timeout``; async functions run on that thread's own event loop. A broker
-  that raises, hangs, returns what cannot be sent or emits what its table refuses loses
-  only its own output for that message: the record is stored already, the other brokers
-  reply. Counted in ``rtclake_processor_errors_total{processor, reason}`` and logged with
-  the record id. A broker with ``concurrency`` calls still running (hung) is skipped
-  (``busy``) until one ends.
+- **Isolation.** All matched brokers run at once, each call (one hand-over's records)
+  on a thread of its own, their ``timeout``s counted from the same start; async handlers
+  run on an event loop the broker keeps. A broker that raises, hangs, returns what cannot
+  be sent or emits what its table refuses loses only its own output for that message:
+  the record is stored already, the other brokers reply. Counted in
+  ``rtclake_processor_errors_total{processor, reason}`` and logged with the record id. A
+  broker with ``concurrency`` calls still running past their timeout (hung) is skipped
+  (``busy``) until one ends; calls in time are not limited.
 """
 
 from __future__ import annotations
@@ -244,7 +246,8 @@ class Broker(Processor):
         tables = _patterns(match.table)
         self.sources = frozenset(sources) if sources is not None else None
         self.tables = frozenset(tables) if tables is not None else None
-        self._is_async = inspect.iscoroutinefunction(handler)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
 
     def process(self, records: list[Record], ctx: Any) -> None:  # not a record processor
         raise NotImplementedError("brokers run through BrokerSet")
@@ -258,6 +261,8 @@ class Broker(Processor):
         owner = getattr(self.handler, "__self__", None)
         if owner is not None and callable(getattr(owner, "close", None)):
             owner.close()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
 
     def wants(self, message: Message) -> bool:
         """Whether ``message`` meets the stream, topic and content type patterns (source
@@ -277,13 +282,24 @@ class Broker(Processor):
         return True
 
     def call(self, message: Message, ctx: BrokerContext) -> Any:
-        """The handler's answer for one message (run on the call's thread)."""
-        if self._is_async:
-            return asyncio.run(self.handler(message, ctx))
+        """The handler's answer for one message (run on the call's thread). An async
+        handler runs on the broker's own event loop, which lives as long as the broker,
+        so it may keep async clients between calls."""
         result = self.handler(message, ctx)
         if inspect.isawaitable(result):
-            return asyncio.run(_awaited(result))
+            return asyncio.run_coroutine_threadsafe(_awaited(result), self._async_loop()).result()
         return result
+
+    def _async_loop(self) -> asyncio.AbstractEventLoop:
+        with self._loop_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name=f"rtclake-broker-{self.name}-loop", daemon=True
+                )
+                thread.start()
+                self._loop = loop
+            return self._loop
 
 
 async def _awaited(awaitable: Any) -> Any:
@@ -356,9 +372,11 @@ class _Call:
         self.results: dict[int, tuple[Any, BrokerContext]] = {}
         self.errors: list[tuple[int, BaseException]] = []
         self.lock = threading.Lock()
-        self.abandoned = False
+        self.abandoned = False  # the loop stopped waiting: later results are not used
+        self.finished = False
+        self.hung = False  # abandoned while still running
 
-    def run(self, done: threading.Event) -> None:
+    def run(self) -> None:
         for i, message in enumerate(self.messages):
             ctx = BrokerContext(self.broker.name, message)
             try:
@@ -373,7 +391,6 @@ class _Call:
                 if self.abandoned:
                     break
                 self.results[i] = (reply, ctx)
-        done.set()
 
 
 class BrokerSet:
@@ -383,7 +400,7 @@ class BrokerSet:
     def __init__(self, brokers: Sequence[Broker], metrics: Metrics, errors: Counter) -> None:
         self.order = {b.name: n for n, b in enumerate(brokers)}
         self.errors = errors
-        self._running: dict[str, int] = dict.fromkeys(self.order, 0)
+        self._hung: dict[str, int] = dict.fromkeys(self.order, 0)  # calls past their timeout
         self._lock = threading.Lock()
         self.calls = Counter(
             "rtclake_broker_calls",
@@ -396,37 +413,45 @@ class BrokerSet:
         self, brokers: Sequence[Broker], messages: list[Message], *, within: float | None = None
     ) -> list[Outcome]:
         """One :class:`Outcome` per message, after every matched broker answered or ran
-        out of time (its ``timeout``, or ``within`` seconds if that is sooner)."""
+        out of time: its ``timeout``, or ``within`` seconds if that is sooner, all counted
+        from the same start (the brokers run at once)."""
         outcomes = [Outcome() for _ in messages]
-        calls: list[tuple[_Call, list[int], asyncio.Future[None]]] = []
+        calls: list[tuple[_Call, list[int], asyncio.Future[None], float]] = []
         loop = asyncio.get_running_loop()
+        start = loop.time()
         for broker in brokers:
             wanted = [i for i, m in enumerate(messages) if broker.wants(m)]
             if not wanted:
                 continue
-            if not self._enter(broker):
+            if self._hung_calls(broker) >= broker.concurrency:
                 self._failed(broker, "busy", "its calls that timed out are still running",
                              [messages[i] for i in wanted])  # fmt: skip
                 continue
             call = _Call(broker, [messages[i] for i in wanted])
-            calls.append((call, wanted, self._start(call, loop)))
+            limit = broker.timeout if within is None else max(0.0, min(broker.timeout, within))
+            calls.append((call, wanted, self._start(call, loop), limit))
         if not calls:
             return outcomes
         replies: list[list[tuple[int, int, Reply]]] = [[] for _ in messages]
-        for call, wanted, future in calls:
+        for call, wanted, future, limit in sorted(calls, key=lambda c: c[3]):
             broker = call.broker
-            timeout = broker.timeout if within is None else max(0.0, min(broker.timeout, within))
             try:
-                await asyncio.wait_for(asyncio.shield(future), timeout)
+                await asyncio.wait_for(
+                    asyncio.shield(future), max(0.0, start + limit - loop.time())
+                )
                 timed_out = False
             except TimeoutError:
                 timed_out = True
             with call.lock:
                 call.abandoned = True
                 results, errors = dict(call.results), list(call.errors)
+                if timed_out and not call.finished:
+                    call.hung = True  # counted until its thread returns
+                    with self._lock:
+                        self._hung[broker.name] += 1
             if timed_out:
                 late = [call.messages[i] for i in range(len(wanted)) if i not in results]
-                self._failed(broker, "timeout", f"no answer within {timeout:g} s", late)
+                self._failed(broker, "timeout", f"no answer within {limit:g} s", late)
             for i, error in errors:
                 self._failed(broker, "error", error, [call.messages[i]])
             for i, (reply, ctx) in results.items():
@@ -440,23 +465,22 @@ class BrokerSet:
                 outcome.reply = min(offered, key=lambda o: (o[0], o[1]))[2]
         return outcomes
 
-    def _enter(self, broker: Broker) -> bool:
+    def _hung_calls(self, broker: Broker) -> int:
         with self._lock:
-            if self._running[broker.name] >= broker.concurrency:
-                return False
-            self._running[broker.name] += 1
-            return True
+            return self._hung[broker.name]
 
     def _start(self, call: _Call, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
         future: asyncio.Future[None] = loop.create_future()
-        done = threading.Event()
 
         def run() -> None:
             try:
-                call.run(done)
+                call.run()
             finally:
-                with self._lock:
-                    self._running[call.broker.name] -= 1
+                with call.lock:
+                    call.finished = True
+                    if call.hung:
+                        with self._lock:
+                            self._hung[call.broker.name] -= 1
                 with contextlib.suppress(RuntimeError):  # the loop ended (shutdown)
                     loop.call_soon_threadsafe(_settle, future)
 

@@ -11,6 +11,7 @@ records received once they are durable. A source acknowledges only after
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import hashlib
 import time
@@ -26,7 +27,7 @@ from rtclake.messages import Reply
 from rtclake.metrics import Metrics
 from rtclake.records import record_id
 from rtclake.router import Router
-from rtclake.sources.base import Records, split_lines, split_records
+from rtclake.sources.base import Records, check_utf8, split_lines, split_records
 from rtclake.spool import Entry, EntryHeader, Spool
 from rtclake.tables import TIME_KEYS, Table, TableRegistry
 
@@ -106,7 +107,10 @@ class Intake:
     def validate(body: bytes, table: Table, *, lines: bool = False) -> Records:
         """``body`` (one object, an array or JSON Lines; with ``lines``, JSON Lines only)
         checked against ``table``; raises InputError naming the line at fault."""
-        return split_lines(body, table) if lines else split_records(body, table)
+        if lines:
+            check_utf8(body)  # split_records checks it; JSON Lines from a source must too
+            return split_lines(body, table)
+        return split_records(body, table)
 
     async def take(
         self,
@@ -173,7 +177,12 @@ class Intake:
         brokers = self.chain.active("broker", table.name, source) if self.chain else ()
         if not brokers and not ids:
             return Taken(records.n, own)
-        found = record_ids(source, stream, table, records.body, idem=idem, position=position)
+        # Store-stage processors give the records of an entry without a key its place
+        # as key (Intake.process_entries): the ids follow that rule then.
+        keyed = idem or (
+            position if self.chain and self.chain.active("store", table.name, source) else None
+        )
+        found = record_ids(source, stream, table, records.body, idem=keyed, position=position)
         if not brokers:
             return Taken(records.n, own, record_ids=tuple(found))
         return await self._brokers(
@@ -194,13 +203,13 @@ class Intake:
         within: float | None,
     ) -> Taken:
         """The brokers' part of :meth:`take`, on records already durable."""
-        from rtclake.brokers import Broker, Message
+        from rtclake.brokers import Broker
 
         assert self.chain is not None and self.chain.brokers is not None
         received_at = dt.datetime.fromtimestamp(received_us / 1e6, dt.UTC)
         messages = [
-            Message.of(_decode(line), source=source, stream=stream, table=table.name,
-                       record_id=record_id, received_at=received_at)
+            _message(line, source=source, stream=stream, table=table.name,
+                     record_id=record_id, received_at=received_at)
             for line, record_id in zip(records.body.split(b"\n"), ids, strict=True)
         ]  # fmt: skip
         matched = [b for b in brokers if isinstance(b, Broker)]
@@ -346,6 +355,31 @@ async def _none(taken: Any) -> None:
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 
+# The keys of a record's own time; the rest of a line is skipped, not built.
+_NULL = msgspec.Raw(b"null")
+_OwnTime = msgspec.defstruct("_OwnTime", [(key, msgspec.Raw, _NULL) for key in TIME_KEYS])
+_decode_times = msgspec.json.Decoder(_OwnTime).decode
+
+
+def _own_time(line: bytes) -> bool:
+    """Whether a validated line carries its own time (a time key that is not null), as
+    the writer's parser decides."""
+    found = _decode_times(line)
+    return any(bytes(getattr(found, key)) != b"null" for key in TIME_KEYS)
+
+
+def _message(line: bytes, **context: Any) -> Any:
+    """The broker's :class:`~rtclake.brokers.Message` of a stored line. A line Python
+    cannot hold as values (a number beyond a float's range) is given as its bytes."""
+    from rtclake.brokers import Message
+
+    try:
+        record = _decode(line)
+    except (msgspec.DecodeError, RecursionError):
+        record = {"_payload_base64": base64.b64encode(line).decode("ascii")}
+    return Message.of(record, **context)
+
+
 def record_ids(
     source: str,
     stream: str,
@@ -365,8 +399,7 @@ def record_ids(
         return [record_id(source, stream, f"{idem}:{n}") for n in range(1, len(lines) + 1)]
     out: list[str | None] = []
     for n, line in enumerate(lines, 1):
-        record = _decode(line)
-        if any(record.get(key) is not None for key in TIME_KEYS):
+        if _own_time(line):
             out.append(record_id(source, stream, line.decode().strip(" ")))
         else:
             out.append(record_id(source, stream, f"{position}:{n}"))

@@ -53,12 +53,14 @@ def is_json(content_type: str | None) -> bool:
 
 
 def json_object(payload: bytes) -> dict[str, msgspec.Raw] | None:
-    """The top-level keys of ``payload`` if it is one JSON object (UTF-8), else None."""
+    """The top-level keys of ``payload`` if it is one JSON object in UTF-8, else None
+    (then the payload is kept as bytes)."""
     if payload.lstrip()[:1] != b"{":
         return None
     try:
+        payload.decode("utf-8")  # msgspec passes invalid UTF-8 inside strings through
         return _decode_object(payload)
-    except (msgspec.DecodeError, RecursionError):
+    except (UnicodeDecodeError, msgspec.DecodeError, RecursionError):
         return None
 
 
@@ -113,7 +115,7 @@ def payload_of(record: dict[str, Any]) -> bytes:
     kept = record.get(PAYLOAD)
     if isinstance(kept, str):
         return base64.b64decode(kept)
-    return orjson.dumps({k: v for k, v in record.items() if k not in RESERVED})
+    return _encode({k: v for k, v in record.items() if k not in RESERVED})
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,13 @@ class Reply:
         """A :class:`Reply` as is; bytes as ``application/octet-stream``; text as
         ``text/plain``; anything else JSON-serialisable as JSON (raises TypeError)."""
         if isinstance(value, Reply):
+            if not (
+                isinstance(value.payload, bytes)
+                and isinstance(value.content_type, str)
+                and isinstance(value.metadata, dict)
+            ):
+                raise TypeError("a Reply holds payload bytes, a content_type str, a metadata dict")
+            orjson.dumps(value.metadata, default=str)  # sendable (raises TypeError)
             return value
         if isinstance(value, bytes | bytearray | memoryview):
             return cls(bytes(value), BYTES_TYPE)

@@ -24,12 +24,13 @@ frame of JSON:
 Frames are read while earlier ones are being stored (up to ``max_in_flight`` per
 connection), so a client that does not wait for each ack gets the throughput of the
 spool's group commit. A frame larger than ``max_frame_bytes`` closes the connection
-(1009, message too big) without storing it.
+(1009, message too big) without storing it, once the frames before it are answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 from typing import Any
 
@@ -107,6 +108,7 @@ class WebSocketSource(Source):
         pending = asyncio.Queue(self.config.max_in_flight)
         answers = asyncio.create_task(self._answer(websocket, pending))
         number = 0
+        too_big = False
         try:
             while True:
                 message = await websocket.receive()
@@ -118,14 +120,17 @@ class WebSocketSource(Source):
                 number += 1
                 if len(payload) > self.config.max_frame_bytes:
                     self.metrics.rejected.labels(self.source, "too_large").inc()
-                    await websocket.close(code=1009)
+                    too_big = True
                     break
                 await pending.put((number, self._take(stream, table, payload, data is not None)))
         except WebSocketDisconnect:
             pass
         finally:
             await pending.put(None)
-            await answers
+            await answers  # the frames before are answered first
+        if too_big:
+            with contextlib.suppress(RuntimeError):
+                await websocket.close(code=1009)
 
     def _take(
         self, stream: str, table: Any, payload: bytes, binary: bool
@@ -166,14 +171,25 @@ class WebSocketSource(Source):
                               error=f"{type(exc).__name__}: {exc}")  # fmt: skip
                     answer = {"error": "internal", "message": "not stored", "frame": number}
                 else:
-                    answer = {"ack": number, "record_id": taken.record_ids[0]}
-                    if taken.reply is not None:
-                        answer["reply"] = taken.reply.json_value()
+                    answer = self._ack(number, taken)
             if open_:
                 try:
                     await websocket.send_text(orjson.dumps(answer, default=str).decode())
                 except (WebSocketDisconnect, RuntimeError):
                     open_ = False  # the client left: its frames are stored all the same
+
+    @staticmethod
+    def _ack(number: int, taken: Taken) -> dict[str, Any]:
+        """The answer to a durable frame (an intake-stage processor may have dropped
+        its record: then there is no record id)."""
+        answer: dict[str, Any] = {"ack": number}
+        answer["record_id"] = taken.record_ids[0] if taken.record_ids else None
+        if taken.reply is not None:
+            try:
+                answer["reply"] = taken.reply.json_value()
+            except Exception as exc:  # a reply that cannot be sent: the ack still goes
+                log.error("websocket: a reply could not be sent", frame=number, error=str(exc))
+        return answer
 
 
 def build(config: WebSocketConfig, ctx: BuildContext) -> WebSocketSource:

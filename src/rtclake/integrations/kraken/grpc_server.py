@@ -35,10 +35,12 @@ a gRPC deadline gets its answer before it: the brokers get what is left of it (l
 :data:`REPLY_MARGIN`), then the default reply goes. A caller that gives up does not stop
 its record being stored.
 
-**Retries.** Every call is one record with an idempotency key: the value of the first
-``id_keys`` key (``message_id``) in the request's metadata, with the collector's name,
-so a client that retries with the same ``message_id`` is stored once; else one unique to
-the call.
+**Retries.** Every call is one record. With the value of the first ``id_keys`` key
+(``message_id``) in the request's metadata, with the collector's name, as its
+idempotency key, a client that retries with the same ``message_id`` is stored once;
+without one, the record id rule of HTTP ingest applies: a payload with its own time
+(``time``, ``timestamp``, ``ts``) sent twice is stored once, one without is stored
+again.
 
 Reports ``rtclake_records_received_total`` and ``rtclake_records_rejected_total`` under
 the source's name.
@@ -47,9 +49,7 @@ the source's name.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import re
-import uuid
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -61,7 +61,6 @@ from rtclake.errors import ConfigError, InputError, PayloadTooLarge, SpoolUnavai
 from rtclake.intake import Intake
 from rtclake.integrations.kraken import contract
 from rtclake.messages import JSON_TYPE, Reply, message_line
-from rtclake.records import record_id
 from rtclake.sources.base import Records, Source
 from rtclake.tables import Table
 
@@ -135,9 +134,6 @@ class KrakenGrpc(Source):
         self.max_message_bytes = max_message_bytes
         self.id_keys = tuple(id_keys)
         self.port: int | None = None  # the port bound, once started
-        # keys of calls without a message id: unique to this process, and cheaper than
-        # a uuid4 per call (no system call)
-        self._unique = (f"{uuid.uuid4().hex}:{n}" for n in itertools.count())
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
@@ -201,9 +197,8 @@ class KrakenGrpc(Source):
             records = self.intake.validate(line, table, lines=True)
         except InputError as exc:
             await self._refuse(context, exc)
-        idem = self._idem(collector, metadata)
-        taken = await self._take(context, stream, table, records, idem)
-        rid = None if table.identity else record_id(self.name, stream, f"{idem}:1")
+        taken = await self._take(context, stream, table, records, self._idem(collector, metadata))
+        rid = taken.record_ids[0] if taken.record_ids else None
         reply = None if taken.reply is None else Reply.of(taken.reply)
         if reply is None:
             ids = {"record_id": rid} if rid else {}
@@ -235,18 +230,20 @@ class KrakenGrpc(Source):
             records = self.intake.validate(line, table, lines=True)
         except InputError as exc:
             await self._refuse(context, exc)
-        taken = await self._take(context, stream, table, records, next(self._unique))
+        taken = await self._take(context, stream, table, records, None)
         return contract.KrakenMessageResponse(status=send_status(taken.reply))
 
-    def _idem(self, collector: str, metadata: dict[str, Any]) -> str:
-        """The call's idempotency key: the sender's message id, or one unique to the call."""
+    def _idem(self, collector: str, metadata: dict[str, Any]) -> str | None:
+        """The call's idempotency key: the sender's message id; without one, None (the
+        record id rule then takes the record's text when it has its own time, else its
+        place in the spool, as for HTTP ingest)."""
         for key in self.id_keys:
             value = metadata.get(key)
             if isinstance(value, bool):
                 continue
             if isinstance(value, int) or (isinstance(value, str) and 0 < len(value) <= 256):
                 return f"{collector}:{value}"
-        return next(self._unique)
+        return None
 
     async def _take(
         self,
@@ -254,7 +251,7 @@ class KrakenGrpc(Source):
         stream: str,
         table: Table,
         records: Records,
-        idem: str,
+        idem: str | None,
     ) -> Any:
         """Hand the record to the intake and wait until it is durable (and the brokers
         answered, within the caller's deadline); the storing goes on if the caller
@@ -262,7 +259,7 @@ class KrakenGrpc(Source):
         remaining = context.time_remaining()
         within = None if remaining is None else max(0.0, remaining - REPLY_MARGIN)
         task = asyncio.ensure_future(
-            self.intake.take(self.name, stream, table, records, idem=idem, within=within)
+            self.intake.take(self.name, stream, table, records, idem=idem, within=within, ids=True)
         )
         task.add_done_callback(_retrieve)
         try:
