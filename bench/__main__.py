@@ -15,6 +15,7 @@ from bench import (
     http_ingest,
     ingest_under_queries,
     mqtt_ingest,
+    sinks,
     sora_import,
 )
 
@@ -33,6 +34,7 @@ class Plan:
     dashboard: dashboard_queries.Options
     mqtt: mqtt_ingest.Options
     grpc: grpc_ingest.Options
+    sinks: sinks.Options
 
 
 def parse(argv: Sequence[str]) -> Plan:
@@ -104,7 +106,7 @@ def parse(argv: Sequence[str]) -> Plan:
     p.add_argument("--out-dir", type=Path, default=d.out_dir)
     p.add_argument(
         "--only",
-        choices=("http", "queries", "sora", "cli", "dashboard", "mqtt", "grpc"),
+        choices=("http", "queries", "sora", "cli", "dashboard", "mqtt", "grpc", "sinks"),
         help="run one benchmark (default: all)",
     )
     p.add_argument("--cli-rounds", type=int, default=cli_startup.ROUNDS)
@@ -167,7 +169,13 @@ def parse(argv: Sequence[str]) -> Plan:
         default=dg.concurrency,
         help="calls in flight per client process (grpc)",
     )
+    ds = sinks.Options()
+    p.add_argument("--sink-batches", type=int, default=ds.batches, help="batches (sinks)")
+    p.add_argument("--sink-records", type=int, default=ds.records, help="records per batch (sinks)")
+    p.add_argument("--sink-rounds", type=int, default=ds.rounds, help="rounds (sinks)")
     a = p.parse_args(argv)
+    if min(a.sink_batches, a.sink_records, a.sink_rounds) < 1:
+        p.error("--sink-batches, --sink-records and --sink-rounds must be >= 1")
     if min(a.grpc_rounds, a.grpc_concurrency) < 1 or a.grpc_seconds <= 0:
         p.error("--grpc-rounds and --grpc-concurrency must be >= 1, --grpc-seconds > 0")
     if min(a.mqtt_messages, a.mqtt_publishers) < 1:
@@ -249,6 +257,13 @@ def parse(argv: Sequence[str]) -> Plan:
             write_docs=not a.no_docs,
             out_dir=a.out_dir.resolve(),
         ),
+        sinks.Options(
+            batches=a.sink_batches,
+            records=a.sink_records,
+            rounds=a.sink_rounds,
+            write_docs=not a.no_docs,
+            out_dir=a.out_dir.resolve(),
+        ),
     )
 
 
@@ -273,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = mqtt_ingest.run(plan.mqtt, args) or code
     if plan.only in (None, "grpc"):
         code = grpc_ingest.run(plan.grpc, args) or code
+    if plan.only in (None, "sinks"):
+        code = sinks.run(plan.sinks, args) or code
     return code
 
 

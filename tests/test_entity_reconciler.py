@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from rtclake.entities import Entity, EntityTracker
-from tests.conftest import FIXTURES, free_port
+from tests.conftest import FIXTURES, free_port, wait_for
 from tests.test_livekit_webhooks import KEY, SECRET, token
 from tests.test_sora_webhooks import App
 
@@ -198,6 +198,9 @@ def test_a_sora_session_without_heartbeats_is_closed(tmp_path: Path, livekit: Ro
                     "timestamp": at.isoformat().replace("+00:00", "Z")}  # fmt: skip
             assert app.post("/sora/webhooks/session", json.dumps(body).encode()).status_code == 200
         wait_live(app, "sora:session:S1", True)
+        # the heartbeat is applied as the writer stores it: wait for it, not only the start
+        session = lambda: tracker_of(app).entities.get("sora:session:S1")  # noqa: E731
+        assert wait_for(lambda: (e := session()) is not None and e.last_seen == last.timestamp())
         fresh = last.timestamp() + 60  # a heartbeat a minute ago: alive
         assert round_of(app, fresh) == [] and round_of(app, fresh) == []
         stale = last.timestamp() + 600

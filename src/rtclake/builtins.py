@@ -14,10 +14,15 @@ from rtclake.brokers import BrokerConfig, build_broker
 from rtclake.errors import ConfigError
 from rtclake.lake.sink import LakeSink
 from rtclake.registry import BuildContext, ProcessorConfig, Registry, SinkConfig, SourceConfig
+from rtclake.sinks.elasticsearch import ELASTICSEARCH
+from rtclake.sinks.influxdb import INFLUXDB
 from rtclake.sinks.mongodb import MONGODB
+from rtclake.sinks.nats import NATS
+from rtclake.sinks.postgresql import POSTGRESQL
 from rtclake.sinks.redis import REDIS
 from rtclake.sinks.slack import SLACK
 from rtclake.sinks.webhook import WEBHOOK
+from rtclake.sinks.websocket import WEBSOCKET_SINK
 from rtclake.sources.file_tail import FileTail, JsonLinesTailConfig
 from rtclake.sources.http_ingest import HttpIngest
 from rtclake.sources.mqtt import MQTT
@@ -145,3 +150,8 @@ def register(registry: Registry) -> None:
     registry.add(REDIS)
     registry.add(MONGODB)
     registry.add(WEBHOOK)
+    registry.add(INFLUXDB)
+    registry.add(POSTGRESQL)
+    registry.add(ELASTICSEARCH)
+    registry.add(WEBSOCKET_SINK)
+    registry.add(NATS)

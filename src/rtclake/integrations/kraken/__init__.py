@@ -8,8 +8,8 @@ When ``KRAKENB_GRPC_HOST`` (the address Kraken's broker listens on, e.g. ``[::]:
 is set, a ``kraken_grpc`` source named ``kraken`` runs on that address without being
 configured, as Kraken's broker would; ``sources.kraken`` in the configuration overrides it
 (``listen:`` another address, ``enabled: false`` turns it off). Kraken's adapter variables
-(``KRAKENB_SLACK_URL``, ``KRAKENB_REDIS_*``, ``KRAKENB_MONGODB_*``) make default sinks the
-same way (:mod:`.environment`).
+(``KRAKENB_SLACK_URL``, ``KRAKENB_REDIS_*``, ``KRAKENB_MONGODB_*``, ``KRAKENB_INFLUXDB_*``,
+``KRAKENB_WEBSOCKET_URL``) make default sinks the same way (:mod:`.environment`).
 """
 
 from __future__ import annotations
@@ -18,15 +18,12 @@ import os
 import re
 from typing import Any
 
-import structlog
 from pydantic import Field, field_validator
 
 from rtclake.config import MiB
 from rtclake.errors import ConfigError
-from rtclake.integrations.kraken.environment import pending, sink_defaults
+from rtclake.integrations.kraken.environment import sink_defaults
 from rtclake.registry import BuildContext, Registry, SourceConfig
-
-log = structlog.get_logger(__name__)
 
 ENV_HOST = "KRAKENB_GRPC_HOST"
 # host:port, as grpc takes it: 127.0.0.1:50051, [::]:50051, localhost:50051, :50051
@@ -99,6 +96,3 @@ def register(registry: Registry) -> None:
         registry.add_default("source", "kraken", {"type": "kraken_grpc", "listen": host})
     for name, sink in sink_defaults().items():  # Kraken's adapters' variables
         registry.add_default("sink", name, sink)
-    for variable in pending():
-        log.warning("a Kraken variable is set whose sink rtclake does not have yet; ignored",
-                    variable=variable)  # fmt: skip

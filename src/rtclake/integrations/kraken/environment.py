@@ -13,8 +13,9 @@ adapter's name that takes the outbox rows addressed to it:
   [outbox]``);
 - ``KRAKENB_MONGODB_HOST`` (a host or a ``mongodb://`` URL), ``_USER``, ``_PASSWORD``,
   ``_DATABASE`` (default ``kraken``): the sink ``mongodb`` (``tables: [outbox]``);
-- ``KRAKENB_INFLUXDB_*`` and ``KRAKENB_WEBSOCKET_URL``: the ``influxdb`` and
-  ``websocket`` sinks, once those sink types exist (until then a warning names them).
+- ``KRAKENB_INFLUXDB_HOST``, ``_API_TOKEN``, ``_ORG``, ``_BUCKET``: the sink
+  ``influxdb`` (InfluxDB 2's API, as Kraken's influxdb-client; ``tables: [outbox]``);
+- ``KRAKENB_WEBSOCKET_URL``: the sink ``websocket`` (``tables: [outbox]``).
 
 A component of the same name in the configuration overrides what a variable set (its
 keys win; ``enabled: false`` turns it off), as "when the matching rtclake key is unset"
@@ -75,6 +76,20 @@ def sink_defaults(env: Mapping[str, str] | None = None) -> dict[str, dict[str, A
     redis = redis_url(env)
     if redis:
         out["redis"] = {"type": "redis", "url": redis, "tables": [OUTBOX.name]}
+    influx = _get(env, "KRAKENB_INFLUXDB_HOST")
+    if influx:  # Kraken writes with influxdb-client: InfluxDB 2's API
+        out["influxdb"] = {
+            "type": "influxdb",
+            "version": 2,
+            "url": influx if "://" in influx else f"http://{influx}",
+            "token": _get(env, "KRAKENB_INFLUXDB_API_TOKEN"),
+            "org": _get(env, "KRAKENB_INFLUXDB_ORG"),
+            "bucket": _get(env, "KRAKENB_INFLUXDB_BUCKET"),
+            "tables": [OUTBOX.name],
+        }
+    websocket = _get(env, "KRAKENB_WEBSOCKET_URL")
+    if websocket:
+        out["websocket"] = {"type": "websocket", "url": websocket, "tables": [OUTBOX.name]}
     mongodb = mongodb_url(env)
     if mongodb:
         out["mongodb"] = {
@@ -84,10 +99,3 @@ def sink_defaults(env: Mapping[str, str] | None = None) -> dict[str, dict[str, A
             "tables": [OUTBOX.name],
         }
     return out
-
-
-def pending(env: Mapping[str, str] | None = None) -> list[str]:
-    """Kraken's variables set whose sink type (InfluxDB, WebSocket) is not installed."""
-    env = os.environ if env is None else env
-    names = ("KRAKENB_INFLUXDB_HOST", "KRAKENB_WEBSOCKET_URL")
-    return [name for name in names if _get(env, name)]
