@@ -23,11 +23,17 @@ the spool segment is set aside (``spool/quarantine/``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import orjson
 import pyarrow as pa
+
+from rtclake.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rtclake.registry import BuildContext
 
 
 @dataclass(frozen=True)
@@ -99,3 +105,17 @@ class Rejected(Exception):
         return cls(
             {name: [(i, reason) for i in range(t.num_rows)] for name, t in batch.tables.items()}
         )
+
+
+def json_bytes(value: Any) -> bytes:
+    """A row as the JSON sinks send it: times in RFC 3339 with ``Z``, anything else
+    JSON cannot hold as its text."""
+    return orjson.dumps(value, default=str, option=orjson.OPT_UTC_Z)
+
+
+def check_tables(names: Iterable[str] | None, ctx: BuildContext) -> None:
+    """Refuse, at start, a sink's ``tables`` naming a table this installation lacks."""
+    unknown = [name for name in names or () if name not in ctx.tables]
+    if unknown:
+        known = ", ".join(ctx.tables.names())
+        raise ConfigError(f"sinks.{ctx.name}.tables: unknown tables {unknown} (known: {known})")

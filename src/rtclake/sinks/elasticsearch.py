@@ -44,12 +44,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import orjson
 from pydantic import Field, SecretStr, field_validator
 
 from rtclake.errors import ConfigError, SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink
+from rtclake.sinks.base import Batch, Rejected, Sink, json_bytes
 from rtclake.sinks.webhook import records
 from rtclake.tables import DEAD_LETTERS, Table, TableRegistry
 
@@ -222,10 +221,6 @@ class Item:
     lines: bytes
 
 
-def _json(value: Any) -> bytes:
-    return orjson.dumps(value, default=str, option=orjson.OPT_UTC_Z)
-
-
 # Client calls, by flavor
 
 
@@ -387,8 +382,8 @@ class ElasticsearchSink(Sink):
             for row, record in records(batch, self.tables, name, self.name):
                 record_id = record["record_id"]
                 index = index_name(pattern, name, record["time"])
-                action = _json({verb: {"_index": index, "_id": record_id}})
-                yield Item(name, row, action + b"\n" + _json(record) + b"\n")
+                action = json_bytes({verb: {"_index": index, "_id": record_id}})
+                yield Item(name, row, action + b"\n" + json_bytes(record) + b"\n")
 
     def _chunks(self, items: list[Item]) -> Iterator[list[Item]]:
         chunk: list[Item] = []

@@ -31,7 +31,7 @@ from pydantic import Field, SecretStr
 
 from rtclake.errors import ConfigError, SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink
+from rtclake.sinks.base import Batch, Rejected, Sink, check_tables
 from rtclake.sinks.webhook import records
 from rtclake.tables import DEAD_LETTERS, TableRegistry
 
@@ -231,10 +231,7 @@ def insert_once(collection: Any, documents: Iterable[Document]) -> list[tuple[Do
 
 
 def build(config: MongoSinkConfig, ctx: BuildContext) -> MongoSink:
-    unknown = [name for name in config.tables or () if name not in ctx.tables]
-    if unknown:
-        known = ", ".join(ctx.tables.names())
-        raise ConfigError(f"sinks.{ctx.name}.tables: unknown tables {unknown} (known: {known})")
+    check_tables(config.tables, ctx)
     return MongoSink(config, ctx.tables, ctx.name)
 
 

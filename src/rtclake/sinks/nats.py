@@ -53,14 +53,13 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import orjson
 import structlog
 from pydantic import Field, SecretStr
 
 from rtclake.config import Duration
-from rtclake.errors import ConfigError, SinkError
+from rtclake.errors import SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink
+from rtclake.sinks.base import Batch, Rejected, Sink, check_tables, json_bytes
 from rtclake.sinks.webhook import records
 from rtclake.tables import DEAD_LETTERS, TableRegistry
 
@@ -324,7 +323,9 @@ class NATSSink(Sink):
                 continue
             subject = self.config.prefix + name
             for index, row in records(batch, self.tables, name, self.name):
-                messages.append(Message(name, index, subject, str(row["record_id"]), _json(row)))
+                messages.append(
+                    Message(name, index, subject, str(row["record_id"]), json_bytes(row))
+                )
         return messages
 
     def _refuse(self, message: Message, reason: str) -> None:
@@ -430,15 +431,8 @@ def _text(exc: BaseException) -> str:
     return f"{name}: {text}" if text and name not in text else text or name
 
 
-def _json(value: Any) -> bytes:
-    return orjson.dumps(value, default=str, option=orjson.OPT_UTC_Z)
-
-
 def build(config: NATSConfig, ctx: BuildContext) -> NATSSink:
-    unknown = [name for name in config.tables or () if name not in ctx.tables]
-    if unknown:
-        known = ", ".join(ctx.tables.names())
-        raise ConfigError(f"sinks.{ctx.name}.tables: unknown tables {unknown} (known: {known})")
+    check_tables(config.tables, ctx)
     return NATSSink(config, ctx.tables, ctx.name)
 
 

@@ -44,9 +44,9 @@ import pyarrow.csv as pa_csv
 import structlog
 from pydantic import Field, SecretStr
 
-from rtclake.errors import ConfigError, SinkError
+from rtclake.errors import SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink
+from rtclake.sinks.base import Batch, Rejected, Sink, check_tables
 from rtclake.tables import DEAD_LETTERS, OUTBOX, TableRegistry
 
 if TYPE_CHECKING:
@@ -486,10 +486,7 @@ def _text(exc: BaseException) -> str:
 
 
 def build(config: PostgreSQLConfig, ctx: BuildContext) -> PostgreSQLSink:
-    unknown = [name for name in config.tables or () if name not in ctx.tables]
-    if unknown:
-        known = ", ".join(ctx.tables.names())
-        raise ConfigError(f"sinks.{ctx.name}.tables: unknown tables {unknown} (known: {known})")
+    check_tables(config.tables, ctx)
     return PostgreSQLSink(config, ctx.tables, ctx.name)
 
 

@@ -29,12 +29,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import orjson
 from pydantic import Field, SecretStr
 
-from rtclake.errors import ConfigError, SinkError
+from rtclake.errors import SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Sink
+from rtclake.sinks.base import Batch, Sink, check_tables, json_bytes
 from rtclake.sinks.webhook import records
 from rtclake.tables import DEAD_LETTERS, TableRegistry
 
@@ -128,25 +127,18 @@ class RedisSink(Sink):
                     pipe = self._client.pipeline(transaction=False)
                     for row in part:
                         key = f"{prefix}{name}:{row['record_id']}"
-                        pipe.set(key, _json(row), ex=self.config.ttl)
+                        pipe.set(key, json_bytes(row), ex=self.config.ttl)
                     self._call(pipe.execute)
                     continue
                 keys = [f"{prefix}{name}"] + [f"{prefix}seen:{r['record_id']}" for r in part]
                 argv: list[Any] = [self.config.maxlen, self.config.seen_ttl]
                 for row in part:
-                    argv += [row["record_id"], name, _json(row)]
+                    argv += [row["record_id"], name, json_bytes(row)]
                 self._call(self._script, keys=keys, args=argv)
 
 
-def _json(value: Any) -> bytes:
-    return orjson.dumps(value, default=str, option=orjson.OPT_UTC_Z)
-
-
 def build(config: RedisSinkConfig, ctx: BuildContext) -> RedisSink:
-    unknown = [name for name in config.tables or () if name not in ctx.tables]
-    if unknown:
-        known = ", ".join(ctx.tables.names())
-        raise ConfigError(f"sinks.{ctx.name}.tables: unknown tables {unknown} (known: {known})")
+    check_tables(config.tables, ctx)
     return RedisSink(config, ctx.tables, ctx.name)
 
 

@@ -34,9 +34,9 @@ import pyarrow as pa
 from pydantic import Field, SecretStr
 
 from rtclake.config import Duration
-from rtclake.errors import ConfigError, SinkError
+from rtclake.errors import SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink
+from rtclake.sinks.base import Batch, Rejected, Sink, check_tables, json_bytes
 from rtclake.tables import ALERTS, OUTBOX, TableRegistry
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class Poster:
 
         assert self._client is not None, "start() first"
         try:
-            answer = self._client.post(self.config.url.get_secret_value(), content=_json(body))
+            answer = self._client.post(self.config.url.get_secret_value(), content=json_bytes(body))
         except httpx.HTTPError as exc:  # no answer: connection refused, reset, timeout
             raise SinkError(f"POST failed: {type(exc).__name__}: {exc}") from exc
         status = answer.status_code
@@ -238,15 +238,8 @@ class Webhook(Sink):
         self.poster.finish(pending, outage)
 
 
-def _json(value: Any) -> bytes:
-    return orjson.dumps(value, default=str, option=orjson.OPT_UTC_Z)
-
-
 def build(config: WebhookConfig, ctx: BuildContext) -> Webhook:
-    unknown = [name for name in config.tables if name not in ctx.tables]
-    if unknown:
-        known = ", ".join(ctx.tables.names())
-        raise ConfigError(f"sinks.{ctx.name}.tables: unknown tables {unknown} (known: {known})")
+    check_tables(config.tables, ctx)
     return Webhook(config, ctx.tables, ctx.name)
 
 

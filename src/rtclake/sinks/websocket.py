@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
@@ -52,7 +52,7 @@ from pydantic import Field, SecretStr
 from rtclake.config import Duration
 from rtclake.errors import ConfigError, SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink
+from rtclake.sinks.base import Batch, Rejected, Sink, check_tables, json_bytes
 from rtclake.sinks.webhook import records
 from rtclake.tables import DEAD_LETTERS, TableRegistry
 
@@ -255,7 +255,7 @@ class WebSocketSink(Sink):
             if self.config.chunk == 1:
                 for index, row in rows:
                     record_id = str(row["record_id"])
-                    body = _json({"record_id": record_id, "table": name, "batch": batch_name,
+                    body = json_bytes({"record_id": record_id, "table": name, "batch": batch_name,
                                   "record": row})  # fmt: skip
                     message = Message(name, [index], [record_id], body)
                     if len(body) > limit:
@@ -263,11 +263,11 @@ class WebSocketSink(Sink):
                     else:
                         messages.append(message)
                 continue
-            head = len(_json({"table": name, "batch": batch_name, "records": []}))
+            head = len(json_bytes({"table": name, "batch": batch_name, "records": []}))
             part: list[tuple[int, bytes, str]] = []
             size = head
             for index, row in rows:
-                encoded = _json(row)
+                encoded = json_bytes(row)
                 if head + len(encoded) > limit:
                     self._refuse(Message(name, [index], [str(row["record_id"])], b""),
                                  _oversize(head + len(encoded), limit))  # fmt: skip
@@ -364,7 +364,7 @@ def _answer(data: str | bytes) -> tuple[list[str], str | None] | None:
 
 
 def _chunk(table: str, batch: str, part: list[tuple[int, bytes, str]]) -> Message:
-    head = _json({"table": table, "batch": batch})[:-1]  # without the closing brace
+    head = json_bytes({"table": table, "batch": batch})[:-1]  # without the closing brace
     body = head + b',"records":[' + b",".join(encoded for _, encoded, _ in part) + b"]}"
     return Message(table, [index for index, _, _ in part], [i for _, _, i in part], body)
 
@@ -373,15 +373,8 @@ def _oversize(size: int, limit: int) -> str:
     return f"a message of {size} bytes is over max_message_bytes ({limit})"
 
 
-def _json(value: Any) -> bytes:
-    return orjson.dumps(value, default=str, option=orjson.OPT_UTC_Z)
-
-
 def build(config: WebSocketConfig, ctx: BuildContext) -> WebSocketSink:
-    unknown = [name for name in config.tables or () if name not in ctx.tables]
-    if unknown:
-        known = ", ".join(ctx.tables.names())
-        raise ConfigError(f"sinks.{ctx.name}.tables: unknown tables {unknown} (known: {known})")
+    check_tables(config.tables, ctx)
     scheme = config.url.get_secret_value().split(":", 1)[0].lower()
     if scheme not in ("ws", "wss"):
         raise ConfigError(f"sinks.{ctx.name}.url: a ws:// or wss:// URL, not {scheme}://")
