@@ -6,10 +6,8 @@ and stores nothing twice."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -28,6 +26,7 @@ from rtclake.config import Settings, SpoolConfig
 from rtclake.errors import SpoolUnavailable
 from rtclake.service import Service
 from rtclake.sources.mqtt import MqttSource, SeenStore
+from rtclake.testing import TcpRelay
 from tests.conftest import Server, wait_for
 
 BROKER = ("127.0.0.1", 1883)
@@ -357,51 +356,11 @@ def idem(key: bytes, seconds: int) -> str:
     return f"h:{key.hex()}:{us(seconds)}"
 
 
-class Proxy:
-    """A TCP relay to the broker whose connections :meth:`cut` closes (a network drop)."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                near, _ = self.listener.accept()
-            except OSError:
-                return
-            far = socket.create_connection(BROKER)
-            self.sockets += [near, far]
-            for a, b in ((near, far), (far, near)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := a.recv(65536):
-                b.sendall(data)
-        for sock in (a, b):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        self.sockets = []
-
-    def close(self) -> None:
-        self.listener.close()
-        self.cut()
-
-
 def test_a_dropped_connection_is_made_again_and_nothing_is_lost_or_doubled(
     tmp_path: Path, client_id: str, publisher: Publisher
 ) -> None:
     topic = f"rtclake-test/{RUN}/reconnect"
-    proxy = Proxy()
+    proxy = TcpRelay(BROKER)
     config = settings(tmp_path, client_id, topic, url=f"mqtt://127.0.0.1:{proxy.port}")
     total = 300
 
@@ -431,7 +390,7 @@ def test_a_dropped_connection_is_made_again_and_nothing_is_lost_or_doubled(
     try:
         assert running(config, body) == [[total, total]]
     finally:
-        proxy.close()
+        proxy.down()
 
 
 # -- kill -9 mid-stream ------------------------------------------------------------------

@@ -7,11 +7,8 @@ test skips with the reason."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,7 +26,7 @@ from rtclake.errors import SinkError
 from rtclake.sinks.base import Batch, Rejected
 from rtclake.sinks.postgresql import PostgreSQLConfig, PostgreSQLSink
 from rtclake.tables import OUTBOX
-from rtclake.testing import wait_for
+from rtclake.testing import TcpRelay, wait_for
 from tests.conftest import free_port
 from tests.test_query import batch
 from tests.test_sora_webhooks import App
@@ -294,55 +291,10 @@ def test_with_timescaledb_tables_are_hypertables_on_time(schema: str) -> None:
     ) == [("time",)]
 
 
-class Relay:
-    """A TCP relay to PostgreSQL on a port of its own, which can be down (connection
-    refused, open sessions cut) and up again."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.listener: socket.socket | None = None
-        self.sockets: list[socket.socket] = []
-
-    def up(self) -> None:
-        self.listener = socket.create_server((HOST, self.port))
-        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
-
-    def down(self) -> None:
-        if self.listener is not None:
-            with contextlib.suppress(OSError):
-                self.listener.shutdown(socket.SHUT_RDWR)
-            self.listener.close()
-            self.listener = None
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        self.sockets = []
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                near, _ = listener.accept()
-            except OSError:
-                return
-            far = socket.create_connection((HOST, PORT))
-            self.sockets += [near, far]
-            for a, b in ((near, far), (far, near)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := a.recv(65536):
-                b.sendall(data)
-        for sock in (a, b):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
 def test_behind_the_writer_records_wait_out_an_outage_and_arrive_once(
     tmp_path: Path, schema: str
 ) -> None:
-    relay = Relay()
+    relay = TcpRelay((HOST, PORT), up=False)
     url = f"postgresql://postgres@{HOST}:{relay.port}/test"
     sinks = {"pg": {"type": "postgresql", "url": url, "schema": schema, "timeout": 2}}
     app = App(tmp_path, sinks=sinks, writer={"retry_max": 0.5}).start()

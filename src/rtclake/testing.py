@@ -6,6 +6,7 @@ rtclake.testing import MemorySink, RunningServer``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -247,3 +248,55 @@ def wait_for(predicate: Callable[[], T], timeout: float = 20.0, every: float = 0
         if value or time.monotonic() > deadline:
             return value
         time.sleep(every)
+
+
+class TcpRelay:
+    """A TCP relay to ``target`` (host, port) on a loopback port of its own, for outage
+    tests: :meth:`down` refuses connections and cuts the open ones, :meth:`up` accepts
+    again, :meth:`cut` only drops the open connections (a network drop)."""
+
+    def __init__(self, target: tuple[str, int], *, up: bool = True) -> None:
+        self.target = target
+        self.port = free_port()
+        self.listener: socket.socket | None = None
+        self.sockets: list[socket.socket] = []
+        if up:
+            self.up()
+
+    def up(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def down(self) -> None:
+        if self.listener is not None:
+            with contextlib.suppress(OSError):
+                self.listener.shutdown(socket.SHUT_RDWR)
+            self.listener.close()
+            self.listener = None
+        self.cut()
+
+    def cut(self) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.sockets = []
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                near, _ = listener.accept()
+            except OSError:
+                return
+            far = socket.create_connection(self.target)
+            self.sockets += [near, far]
+            for a, b in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        for sock in (a, b):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)

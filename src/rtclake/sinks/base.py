@@ -119,3 +119,11 @@ def check_tables(names: Iterable[str] | None, ctx: BuildContext) -> None:
     if unknown:
         known = ", ".join(ctx.tables.names())
         raise ConfigError(f"sinks.{ctx.name}.tables: unknown tables {unknown} (known: {known})")
+
+
+def gave_up(outage: Exception, since: float, now: float, limit: float) -> str | None:
+    """The dead-letter reason once an outage that began at ``since`` has lasted
+    ``limit`` seconds (``give_up_after``; 0: never), else None: the batch waits."""
+    if not limit or now - since < limit:
+        return None
+    return f"gave up after {limit:g} s of outage: {outage}"

@@ -72,7 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from rtclake.config import Duration
 from rtclake.errors import ConfigError, SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink
+from rtclake.sinks.base import Batch, Rejected, Sink, gave_up
 from rtclake.tables import OUTBOX, Table, TableRegistry
 
 if TYPE_CHECKING:
@@ -593,12 +593,11 @@ class InfluxDBSink(Sink):
             now = self.clock()
             if self._outage_since is None:
                 self._outage_since = now
-            limit = self.config.give_up_after
-            if not limit or now - self._outage_since < limit:
+            reason = gave_up(outage, self._outage_since, now, self.config.give_up_after)
+            if reason is None:
                 raise outage
-            gave_up = f"gave up after {limit:g} s of outage: {outage}"
             for name, part in pending.items():
-                refused.setdefault(name, []).extend((index, gave_up) for index, _ in part)
+                refused.setdefault(name, []).extend((index, reason) for index, _ in part)
         elif lines:
             self._outage_since = None  # it answered
         if refused:

@@ -59,7 +59,7 @@ from pydantic import Field, SecretStr
 from rtclake.config import Duration
 from rtclake.errors import SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink, check_tables, json_bytes
+from rtclake.sinks.base import Batch, Rejected, Sink, check_tables, gave_up, json_bytes
 from rtclake.sinks.webhook import records
 from rtclake.tables import DEAD_LETTERS, TableRegistry
 
@@ -298,13 +298,12 @@ class NATSSink(Sink):
             now = self.clock()
             if self._outage_since is None:
                 self._outage_since = now
-            limit = self.config.give_up_after
-            if not limit or now - self._outage_since < limit:
+            reason = gave_up(outage, self._outage_since, now, self.config.give_up_after)
+            if reason is None:
                 raise
-            gave_up = f"gave up after {limit:g} s of outage: {outage}"
             for index in pending:
                 if index not in self._done:
-                    self._refuse(messages[index], gave_up)
+                    self._refuse(messages[index], reason)
         else:
             self._outage_since = None
             self.duplicates += duplicates

@@ -36,7 +36,7 @@ from pydantic import Field, SecretStr
 from rtclake.config import Duration
 from rtclake.errors import SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink, check_tables, json_bytes
+from rtclake.sinks.base import Batch, Rejected, Sink, check_tables, gave_up, json_bytes
 from rtclake.tables import ALERTS, OUTBOX, TableRegistry
 
 if TYPE_CHECKING:
@@ -143,12 +143,11 @@ class Poster:
             now = self.clock()
             if self._outage_since is None:
                 self._outage_since = now
-            limit = self.config.give_up_after
-            if not limit or now - self._outage_since < limit:
+            reason = gave_up(outage, self._outage_since, now, self.config.give_up_after)
+            if reason is None:
                 raise outage
-            gave_up = f"gave up after {limit:g} s of outage: {outage}"
             for table, rows in pending.items():
-                refused.setdefault(table, []).extend((row, gave_up) for row in rows)
+                refused.setdefault(table, []).extend((row, reason) for row in rows)
         if refused:
             raise Rejected(refused)
 

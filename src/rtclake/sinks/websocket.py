@@ -52,7 +52,7 @@ from pydantic import Field, SecretStr
 from rtclake.config import Duration
 from rtclake.errors import ConfigError, SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink, check_tables, json_bytes
+from rtclake.sinks.base import Batch, Rejected, Sink, check_tables, gave_up, json_bytes
 from rtclake.sinks.webhook import records
 from rtclake.tables import DEAD_LETTERS, TableRegistry
 
@@ -203,13 +203,12 @@ class WebSocketSink(Sink):
             now = self.clock()
             if self._outage_since is None:
                 self._outage_since = now
-            limit = self.config.give_up_after
-            if not limit or now - self._outage_since < limit:
+            reason = gave_up(outage, self._outage_since, now, self.config.give_up_after)
+            if reason is None:
                 raise
-            gave_up = f"gave up after {limit:g} s of outage: {outage}"
             for index, message in enumerate(messages):
                 if index not in self._confirmed:
-                    self._refuse(message, gave_up)
+                    self._refuse(message, reason)
         refused = {t: sorted(rows.items()) for t, rows in self._refused.items()}
         self._batch = ""  # done: a replay of this batch is sent again (receivers drop it)
         if refused:
