@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 TEST_STAMP := $(VENV)/.installed-test
+E2E_STAMP := $(VENV)/.installed-e2e
 
-.PHONY: run test lint typecheck pytest bench fuzz services clean
+.PHONY: run test lint typecheck pytest bench fuzz services clean e2e
 
 # `make run` installs what running needs; the test tools come with `make test`.
 $(RUN_STAMP): pyproject.toml setup.py src/rtclake/_jsoncols.cpp
@@ -45,6 +46,17 @@ bench: $(TEST_STAMP)
 # The fault suite's body fuzz at ten times the cases of `make test`.
 fuzz: $(TEST_STAMP)
 	RTCLAKE_FUZZ_CASES=30000 $(BIN)/pytest tests/faults/test_fuzz_bodies.py
+
+# Opt-in: Spark (pyspark from PyPI, local mode) reads the live files of the lake's current
+# snapshot (`rtclake files TABLE`) and gets the counts and sums DuckDB gets. Needs Java 17+
+# (Debian: apt-get install openjdk-17-jre-headless).
+$(E2E_STAMP): $(TEST_STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,e2e]'
+	touch $@
+
+e2e: $(E2E_STAMP)
+	@command -v java >/dev/null || { echo "e2e: Spark needs Java 17+ (Debian: apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
+	$(BIN)/pytest -m e2e tests/e2e
 
 clean:
 	rm -rf $(VENV) rtclake-data .pytest_cache .mypy_cache .ruff_cache

@@ -14,7 +14,9 @@ from bench import (
     grpc_ingest,
     http_ingest,
     ingest_under_queries,
+    lake_catalog,
     mqtt_ingest,
+    scaling,
     sinks,
     sora_import,
 )
@@ -106,7 +108,17 @@ def parse(argv: Sequence[str]) -> Plan:
     p.add_argument("--out-dir", type=Path, default=d.out_dir)
     p.add_argument(
         "--only",
-        choices=("http", "queries", "sora", "cli", "dashboard", "mqtt", "grpc", "sinks"),
+        choices=(
+            "http",
+            "queries",
+            "sora",
+            "cli",
+            "dashboard",
+            "mqtt",
+            "grpc",
+            "sinks",
+            "catalog",
+        ),
         help="run one benchmark (default: all)",
     )
     p.add_argument("--cli-rounds", type=int, default=cli_startup.ROUNDS)
@@ -290,6 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = grpc_ingest.run(plan.grpc, args) or code
     if plan.only in (None, "sinks"):
         code = sinks.run(plan.sinks, args) or code
+    if plan.only in (None, "scaling"):
+        scaling.run(plan.http.out_dir, plan.http.write_docs)
+    if plan.only in (None, "catalog"):
+        verdicts = lake_catalog.run(
+            plan.http.out_dir, plan.http.write_docs, plan.sora_rounds, plan.sora_lines
+        )
+        code = code or int(not all(v.passed for v in verdicts))
     return code
 
 

@@ -33,7 +33,7 @@ from rtclake.delivery import Delivery
 from rtclake.importer import Importer
 from rtclake.integrations.sora.logs import table_for
 from rtclake.lake.query import QueryEngine
-from rtclake.lake.sink import LakeSink
+from rtclake.lake.sink import lake_sink
 from rtclake.metrics import Metrics
 
 LINES = 1_000_000
@@ -92,11 +92,13 @@ def kohaku(gz: Path, work: Path) -> Result:
     return Result(int(rows), seconds, db.stat().st_size)
 
 
-def rtclake_import(gz: Path, work: Path) -> Result:
+def rtclake_import(gz: Path, work: Path, catalog: str | None = None) -> Result:
+    """``rtclake import`` into a fresh lake (``catalog``: ``lake.catalog``; default: the
+    lake's own SQLite catalog)."""
     data = work / "rtclake"
     shutil.rmtree(data, ignore_errors=True)
     tables = default_registry()
-    delivery = Delivery([LakeSink(data / "lake", tables)], Metrics())
+    delivery = Delivery([lake_sink(data / "lake", tables, catalog=catalog)], Metrics())
     importer = Importer(
         tables, delivery, data / "import-state.json", node="bench", table_for=table_for
     )
@@ -108,7 +110,9 @@ def rtclake_import(gz: Path, work: Path) -> Result:
         importer.close()
         delivery.close()
     stored = sum(p.stat().st_size for p in (data / "lake").rglob("*.parquet"))
-    (rows,) = QueryEngine(data / "lake", tables).run("SELECT count(*) FROM rtc_stats").rows()[0]
+    engine = QueryEngine(data / "lake", tables, catalog=catalog)
+    (rows,) = engine.run("SELECT count(*) FROM rtc_stats").rows()[0]
+    engine.close()
     assert rows == stats.rows, (rows, stats.rows)
     return Result(int(rows), seconds, stored)
 

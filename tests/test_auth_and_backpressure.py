@@ -179,8 +179,9 @@ def block_lake(server: Server) -> Path:
     (A lake root that cannot be created at all stops the server from starting, so the
     outage is made after start.)
     """
-    blocker = server.data_dir / "lake" / "telemetry"
+    blocker = server.data_dir / "lake" / "main" / "telemetry"
     assert not blocker.exists()
+    blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("not a folder")
     return blocker
 

@@ -6,7 +6,6 @@ import datetime as dt
 import itertools
 import os
 import random
-import re
 import signal
 import threading
 import time
@@ -19,13 +18,16 @@ import httpx
 import orjson
 import pytest
 
+from rtclake.catalog import default_registry
+from rtclake.lake.catalog import DEFAULT_FILE, LEDGER, Catalog, default_url
+from rtclake.lake.query import QueryEngine
+from rtclake.lake.storage import storage_for
 from tests.conftest import Server
 
 STREAM = "crash"
 # Records' times start two minutes before midnight, one second apart, so batches span
 # several date partitions (one Parquet file per date and batch).
 TIME0 = int(dt.datetime(2026, 3, 1, 23, 58, tzinfo=dt.UTC).timestamp())
-SEGMENT = re.compile(r"-(\d{12})\b")  # a lake file's spool segment: NODE-SPOOLID-SEGMENT
 CRASH_ENV = {
     "RTCLAKE_SPOOL__FLUSH_INTERVAL": "0.3",
     "RTCLAKE_SPOOL__FSYNC": "true",
@@ -105,33 +107,57 @@ class Load:
                     self.refused.append(f"{response.status_code} {response.text[:200]}")
 
 
-def delivered_but_spooled(data_dir: Path) -> set[str]:
-    """Segments whose Parquet file is in the lake while they are still in the spool."""
+class Ledger:
+    """The lake's ledger as another process reads it: which spool segments are committed."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._con: Any = None
+
+    def committed(self) -> set[str]:
+        if self._con is None:
+            if not (self.data_dir / "lake" / DEFAULT_FILE).exists():
+                return set()
+            catalog = Catalog(
+                default_url(str(self.data_dir / "lake")),
+                storage_for(self.data_dir / "lake"),
+                default_registry(),
+            )
+            self._con = catalog.connect()
+        try:
+            rows = self._con.execute(f"SELECT run, seq FROM lake.{LEDGER}").fetchall()
+        except duckdb.Error:  # the ledger is created with the sink's first connection
+            return set()
+        return {f"{run}-{seq:012d}" for run, seq in rows}
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+def delivered_but_spooled(data_dir: Path, ledger: Ledger) -> set[str]:
+    """Segments the lake committed while they are still in the spool."""
     spooled = {
         entry.name[:-4] for entry in os.scandir(data_dir / "spool") if entry.name.endswith(".wal")
     }
-    lake = data_dir / "lake" / "telemetry"
-    in_lake = {
-        match.group(1)
-        for folder in (os.scandir(lake) if lake.exists() else ())
-        for entry in os.scandir(folder)
-        if entry.name.endswith(".parquet") and (match := SEGMENT.search(entry.name))
-    }
-    return spooled & in_lake
+    return spooled & ledger.committed() if spooled else set()
 
 
 def run_load_and_kill(server: Server, seqs: itertools.count[int], seconds: float) -> Load:
     """Post records for ``seconds``, then SIGKILL the server with requests in flight,
     preferably just after a batch reached the lake and before the spool let go of it
     (its replay then writes records the lake already holds)."""
+    ledger = Ledger(server.data_dir)
     with Load(server.url, seqs) as load:
         time.sleep(seconds)
         deadline = time.monotonic() + 3.0
-        while not delivered_but_spooled(server.data_dir) and time.monotonic() < deadline:
+        while not delivered_but_spooled(server.data_dir, ledger) and time.monotonic() < deadline:
             time.sleep(0.001)
         in_flight = load.wait_in_flight()
         server.stop(signal.SIGKILL)
-        replayed = delivered_but_spooled(server.data_dir)
+        replayed = delivered_but_spooled(server.data_dir, ledger)
+        ledger.close()
         files = len(list((server.data_dir / "lake").rglob("*.parquet")))
         wal = len(list((server.data_dir / "spool").glob("*.wal")))
     print(
@@ -165,13 +191,17 @@ def seq_counts_in_view(server: Server) -> Counter[int]:
 
 
 def seq_counts_in_parquet(data_dir: Path) -> Counter[int]:
-    """Count every row of the raw files, without the views' deduplication."""
-    files = str(data_dir / "lake" / "telemetry" / "*" / "*.parquet")
+    """Count every row of the live files the catalog lists, read as plain Parquet."""
+    engine = QueryEngine(data_dir / "lake", default_registry())
+    try:
+        files = engine.lake_files(default_registry()["telemetry"])
+    finally:
+        engine.close()
     with duckdb.connect() as con:
         rows = con.execute(
             "SELECT CAST(json_extract_string(extra, '$.seq') AS BIGINT) AS seq, count(*)"
-            f" FROM read_parquet('{files}') WHERE stream = ? GROUP BY seq",
-            [STREAM],
+            " FROM read_parquet(?) WHERE stream = ? GROUP BY seq",
+            [files, STREAM],
         ).fetchall()
     return Counter({int(seq): int(n) for seq, n in rows})
 

@@ -156,13 +156,8 @@ def test_the_endpoint_answers_for_a_connection_and_404_for_an_unknown_one(
     make_server: Any, tmp_path: Path
 ) -> None:
     server = make_server()
-    import_lines(tmp_path, calls("lossy", "high_loss"))  # into tmp_path / "lake"
-    # the server reads the lake of its data directory: put the imported files there
-    lake = tmp_path / "lake"
-    for path in lake.rglob("*.parquet"):
-        dest = server.data_dir / "lake" / path.relative_to(lake)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(path.read_bytes())
+    # into the lake of the server's data directory, beside the running server's writer
+    import_lines(server.data_dir, calls("lossy", "high_loss"))
     answer = httpx.get(f"{server.url}/api/connections/lossy/diagnosis", timeout=30)
     assert answer.status_code == 200, answer.text
     body = answer.json()

@@ -1,5 +1,8 @@
-"""The lake sink: Parquet files under TABLE/date=YYYY-MM-DD/NODE-RUN-SEGMENT.parquet,
-written under a temporary name and renamed; a replayed batch overwrites its own file."""
+"""The lake sinks. Through the catalog (the default): one transaction per batch with its
+ledger row, files under main/TABLE/date=YYYY-MM-DD/, a replay skipped, a crash before the
+commit leaving nothing visible. The Hive layout (``lake.catalog: hive``): Parquet files
+under TABLE/date=YYYY-MM-DD/NODE-RUN-SEGMENT.parquet, written under a temporary name and
+renamed; a replayed batch overwrites its own file."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import pytest
 
 from rtclake import faults
 from rtclake.catalog import default_registry
-from rtclake.lake.sink import LakeSink
+from rtclake.lake.query import QueryEngine
+from rtclake.lake.sink import HiveLakeSink, LakeSink
 from rtclake.sinks.base import Batch
 from tests.test_query import batch
 
@@ -34,7 +38,7 @@ def files(lake: Path) -> list[str]:
 
 
 def test_one_file_per_table_and_date_named_after_the_batch(tmp_path: Path) -> None:
-    sink = LakeSink(tmp_path, default_registry())
+    sink = HiveLakeSink(tmp_path, default_registry())
     sink.start()
     sink.write(batch(7, lines(1, 2, 2)))
     assert files(tmp_path) == [
@@ -46,7 +50,7 @@ def test_one_file_per_table_and_date_named_after_the_batch(tmp_path: Path) -> No
 
 
 def test_a_replayed_batch_overwrites_its_own_file(tmp_path: Path) -> None:
-    sink = LakeSink(tmp_path, default_registry())
+    sink = HiveLakeSink(tmp_path, default_registry())
     sink.write(batch(7, lines(1, 1)))
     sink.write(batch(7, lines(1, 1)))
     (only,) = files(tmp_path)
@@ -54,7 +58,7 @@ def test_a_replayed_batch_overwrites_its_own_file(tmp_path: Path) -> None:
 
 
 def test_a_failed_write_leaves_no_half_file_and_no_final_file(tmp_path: Path) -> None:
-    sink = LakeSink(tmp_path, default_registry())
+    sink = HiveLakeSink(tmp_path, default_registry())
     faults.arm("lake.before_rename", "enospc", times=1)
     with pytest.raises(OSError, match="No space left"):
         sink.write(batch(7, lines(1)))
@@ -68,12 +72,77 @@ def test_files_prepared_off_the_writer_thread_are_the_files_it_writes(tmp_path: 
     files written from that are byte for byte those ``write`` makes on its own, one per
     date."""
     made = batch(7, lines(1, 2, 2))
-    plain = LakeSink(tmp_path / "plain", default_registry())
+    plain = HiveLakeSink(tmp_path / "plain", default_registry())
     plain.write(made)
-    early = LakeSink(tmp_path / "early", default_registry())
+    early = HiveLakeSink(tmp_path / "early", default_registry())
     prepared = {("lake", name): early.prepare(name, rows) for name, rows in made.tables.items()}
     assert [date for date, _ in prepared[("lake", "telemetry")]] == ["2026-11-01", "2026-11-02"]
     early.write(Batch(made.node, made.run, made.segment, made.tables, prepared))
     assert files(tmp_path / "plain") == files(tmp_path / "early")
     for name in files(tmp_path / "plain"):
         assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "early" / name).read_bytes()
+
+
+def count(lake: Path) -> list[list[object]]:
+    engine = QueryEngine(lake, default_registry())
+    try:
+        return engine.run(
+            "SELECT date::VARCHAR, count(*), count(DISTINCT device_id) FROM telemetry"
+            " GROUP BY ALL ORDER BY 1"
+        ).rows()
+    finally:
+        engine.close()
+
+
+def test_through_the_catalog_files_are_partitioned_by_date(tmp_path: Path) -> None:
+    sink = LakeSink(tmp_path, default_registry())
+    sink.start()
+    sink.write(batch(7, lines(1, 2, 2)))
+    found = [f for f in files(tmp_path) if f.startswith("main/telemetry/")]
+    assert [f.rsplit("/", 1)[0] for f in found] == [
+        "main/telemetry/date=2026-11-01",
+        "main/telemetry/date=2026-11-02",
+    ]
+    # named after the batch: a retry of a batch whose commit failed overwrites its upload
+    assert {f.rsplit("/", 1)[1] for f in found} == {"node-sp-000000000007.parquet"}
+    assert "catalog.sqlite" in files(tmp_path)
+    table = pq.read_table(tmp_path / found[1])  # the date is the folder's, as in Hive
+    assert sorted(table["device_id"].to_pylist()) == ["d1", "d2"]
+    assert "date" not in table.column_names
+    assert sink.live_files("telemetry") == [str(tmp_path.resolve() / f) for f in found]
+    sink.close()
+
+
+def test_a_replay_after_a_restart_is_skipped_by_the_ledger(tmp_path: Path) -> None:
+    first = LakeSink(tmp_path, default_registry())
+    first.write(batch(7, lines(1, 1)))
+    first.close()
+    again = LakeSink(tmp_path, default_registry())  # a new process: nothing in memory
+    again.write(batch(7, lines(1, 1)))
+    again.write(batch(8, lines(3)))
+    again.close()
+    assert count(tmp_path) == [["2026-11-01", 2, 2], ["2026-11-03", 1, 1]]
+
+
+def test_a_failure_before_the_commit_leaves_nothing_visible_and_the_retry_commits_once(
+    tmp_path: Path,
+) -> None:
+    sink = LakeSink(tmp_path, default_registry())
+    sink.write(batch(6, lines(2)))
+    faults.arm("lake.before_commit", "eio", times=1)
+    with pytest.raises(OSError):
+        sink.write(batch(7, lines(1, 1)))
+    assert count(tmp_path) == [["2026-11-02", 1, 1]]  # the uploaded files are not visible
+    sink.write(batch(7, lines(1, 1)))  # the retry
+    sink.write(batch(7, lines(1, 1)))  # and a replay
+    assert count(tmp_path) == [["2026-11-01", 2, 2], ["2026-11-02", 1, 1]]
+    sink.close()
+
+
+def test_prepared_rows_are_the_rows_write_stores(tmp_path: Path) -> None:
+    made = batch(7, lines(1, 2, 2))
+    sink = LakeSink(tmp_path, default_registry())
+    prepared = {("lake", name): sink.prepare(name, rows) for name, rows in made.tables.items()}
+    sink.write(Batch(made.node, made.run, made.segment, made.tables, prepared))
+    sink.close()
+    assert count(tmp_path) == [["2026-11-01", 1, 1], ["2026-11-02", 2, 2]]

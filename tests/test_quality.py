@@ -159,7 +159,7 @@ def test_report_files_have_statistics_for_the_part(tmp_path: Path) -> None:
     continued report."""
     lines = [line for i in (3, 1, 2) for line in connection(f"c{i}", session=f"s{i % 2}")]
     import_lines(tmp_path, lines)
-    (path,) = (tmp_path / "lake" / "connection_reports").rglob("*.parquet")
+    (path,) = (tmp_path / "lake" / "main" / "connection_reports").rglob("*.parquet")
     meta = pq.ParquetFile(path).metadata.row_group(0)
     names = {meta.column(i).path_in_schema: meta.column(i) for i in range(meta.num_columns)}
     for name in ("connection_id", "part"):

@@ -51,25 +51,36 @@ def engine(root: Path, **kw: object) -> QueryEngine:
 def test_tables_are_views_partitioned_by_date(lake: Path) -> None:
     result = engine(lake).run("SELECT date::VARCHAR, count(*) FROM telemetry GROUP BY 1 ORDER BY 1")
     assert result.rows() == [["2026-11-01", 10], ["2026-11-02", 10], ["2026-11-03", 10]]
-    files = sorted(p.relative_to(lake).as_posix() for p in lake.rglob("*.parquet"))
-    assert files == [f"telemetry/date=2026-11-0{d}/node-sp-000000000001.parquet" for d in (1, 2, 3)]
+    files = sorted(p.relative_to(lake).parent.as_posix() for p in lake.rglob("*.parquet"))
+    assert files == ["main/rtclake_ledger"] + [
+        f"main/telemetry/date=2026-11-0{d}" for d in (1, 2, 3)
+    ]
 
 
-def test_a_replayed_batch_overwrites_its_own_files(lake: Path) -> None:
+def test_a_replayed_batch_is_skipped_by_the_ledger(lake: Path) -> None:
     sink = LakeSink(lake, default_registry())
-    body = b'{"time": "2026-11-01T10:00:00Z", "device_id": "d0", "v": 0}'
+    body = b'{"time": "2026-11-01T10:00:00Z", "device_id": "x", "v": 0}'
     sink.write(batch(1, body))  # segment 1 again, e.g. after a crash before its ack
-    assert not list(lake.rglob(".*.tmp"))
-    result = engine(lake, dedup=False).run("SELECT count(*) FROM telemetry")
-    assert result.rows() == [[21]]  # date=2026-11-01 was rewritten with the replayed rows
+    assert engine(lake).run("SELECT count(*) FROM telemetry").rows() == [[30]]
+    ledger = engine(lake).catalog
+    assert ledger is not None
+    con = ledger.connect()
+    try:
+        assert ledger.last_committed(con, "node", "sp") == 1
+    finally:
+        con.close()
 
 
-def test_duplicate_record_ids_across_files_are_hidden(lake: Path) -> None:
+def test_a_record_the_lake_holds_is_not_stored_again(lake: Path) -> None:
     sink = LakeSink(lake, default_registry())
     body = b'{"time": "2026-11-01T10:00:00Z", "device_id": "d0", "v": 0}'
-    sink.write(batch(2, body))  # the same record delivered again in another batch
-    assert engine(lake).run("SELECT count(*) FROM telemetry").rows() == [[30]]
-    assert engine(lake, dedup=False).run("SELECT count(*) FROM telemetry").rows() == [[31]]
+    twice = body + b"\n" + b'{"time": "2026-11-01T10:00:01Z", "device_id": "new", "v": 1}'
+    sink.write(batch(2, twice + b"\n" + twice))  # one known, one new, each twice
+    result = engine(lake).run(
+        "SELECT count(*), count(DISTINCT record_id), count(*) FILTER (device_id = 'new')"
+        " FROM telemetry"
+    )
+    assert result.rows() == [[31, 31, 1]]
 
 
 def test_empty_lake_has_empty_typed_views(tmp_path: Path) -> None:
@@ -113,7 +124,8 @@ def test_slow_query_is_interrupted(lake: Path) -> None:
 
 
 def test_a_damaged_lake_file_is_a_503_naming_the_table_not_a_crash(lake: Path) -> None:
-    (lake / "telemetry" / "date=2026-11-01" / "damaged.parquet").write_bytes(b"PAR1 not really")
+    (live,) = (lake / "main" / "telemetry" / "date=2026-11-01").glob("*.parquet")
+    live.write_bytes(b"PAR1 not really")
     with pytest.raises(LakeUnreadable) as info:
         engine(lake).run("SELECT count(*) FROM telemetry")
     assert info.value.status == 503 and "telemetry" in info.value.message

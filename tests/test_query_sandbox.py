@@ -29,7 +29,7 @@ def write_lake(root: Path, segment: int, day: int, n: int) -> Path:
         b'{"time": "2026-11-%02dT10:00:00Z", "device_id": "d%d"}' % (day, i) for i in range(n)
     )
     sink.write(batch(segment, body))
-    (path,) = (root / "telemetry" / f"date=2026-11-{day:02d}").glob("*.parquet")
+    (path,) = (root / "main" / "telemetry" / f"date=2026-11-{day:02d}").glob("*.parquet")
     return path
 
 
@@ -56,7 +56,7 @@ def count(engine: QueryEngine) -> int:
 
 
 def test_a_symlinked_date_folder_is_not_read(lake: Path, outside: Path, tmp_path: Path) -> None:
-    link = lake / "telemetry" / "date=2026-11-02"
+    link = lake / "main" / "telemetry" / "date=2026-11-02"
     link.symlink_to(outside.parent, target_is_directory=True)
     query = engine(lake, tmp_path / "data" / "query-tmp")
     assert count(query) == 10
@@ -65,7 +65,7 @@ def test_a_symlinked_date_folder_is_not_read(lake: Path, outside: Path, tmp_path
 
 
 def test_a_symlinked_parquet_file_is_not_read(lake: Path, outside: Path, tmp_path: Path) -> None:
-    link = lake / "telemetry" / "date=2026-11-01" / "linked.parquet"
+    link = lake / "main" / "telemetry" / "date=2026-11-01" / "linked.parquet"
     link.symlink_to(outside)
     query = engine(lake, tmp_path / "data" / "query-tmp")
     assert count(query) == 10
@@ -75,9 +75,23 @@ def test_a_symlinked_parquet_file_is_not_read(lake: Path, outside: Path, tmp_pat
 
 def test_a_symlinked_table_folder_is_not_read(tmp_path: Path, outside: Path) -> None:
     lake = tmp_path / "data" / "lake"
-    lake.mkdir(parents=True)
-    (lake / "telemetry").symlink_to(outside.parent.parent, target_is_directory=True)
+    (lake / "main").mkdir(parents=True)
+    (lake / "main" / "telemetry").symlink_to(outside.parent.parent, target_is_directory=True)
     assert count(engine(lake, tmp_path / "data" / "query-tmp")) == 0
+
+
+def test_a_live_file_replaced_by_a_link_is_not_read(
+    lake: Path, outside: Path, tmp_path: Path
+) -> None:
+    """The catalog names the file; someone swapped it for a link to a file outside the
+    lake: the query engine reads only regular files at their real place."""
+    (live,) = (lake / "main" / "telemetry" / "date=2026-11-01").glob("*.parquet")
+    live.unlink()
+    live.symlink_to(outside)
+    query = engine(lake, tmp_path / "data" / "query-tmp")
+    assert count(query) == 0
+    with pytest.raises(QueryError, match=DENIED):
+        query.run(f"SELECT count(*) FROM read_parquet('{live}')")
 
 
 def test_duckdbs_default_temp_folder_is_not_readable(

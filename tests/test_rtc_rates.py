@@ -230,7 +230,7 @@ def test_rates_are_derived_once_per_batch_in_order_across_batches(tmp_path: Path
     ).rows()[0]
     assert n == distinct == 59  # sixty samples, one rate per interval, none repeated
     assert low == high == pytest.approx(8 * 20_000 / 5)
-    files = list((tmp_path / "lake" / "rtc_rates").rglob("*.parquet"))
+    files = list((tmp_path / "lake" / "main" / "rtc_rates").rglob("*.parquet"))
     assert len(files) > 1  # really more than one block
 
 
@@ -244,7 +244,7 @@ def test_a_state_saved_by_an_earlier_version_is_carried_on(tmp_path: Path) -> No
         for i in range(4)
     ]  # fmt: skip
     import_lines(tmp_path, lines)
-    (path,) = (tmp_path / "lake" / "rtc_stats").rglob("*.parquet")
+    (path,) = (tmp_path / "lake" / "main" / "rtc_stats").rglob("*.parquet")
     stats = pq.read_table(path).sort_by("rtc_timestamp")
     first, second = stats.slice(0, 2), stats.slice(2)
     rates_, reports_ = RatesDerivation(), ReportsDerivation()

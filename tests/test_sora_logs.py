@@ -495,9 +495,10 @@ def test_lines_read_again_after_a_crash_are_stored_once(logs: Path, tmp_path: Pa
     async def second() -> None:
         async with harness(tmp_path / "data", [logs]) as h:
             await h.drain()  # reads everything again, in one read per file
-            assert h.counts("rtc_stats") == (10, 20)
-            assert h.counts("sessions") == (10, 20)
-            assert h.counts("sora_events") == (15, 30)
+            # the lake did not store the lines it held again (the files hold each once)
+            assert h.counts("rtc_stats") == (10, 10)
+            assert h.counts("sessions") == (10, 10)
+            assert h.counts("sora_events") == (15, 15)
 
     run(first)
     run(second)

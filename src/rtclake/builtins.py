@@ -12,8 +12,9 @@ from pydantic import Field, SecretStr
 
 from rtclake.brokers import BrokerConfig, build_broker
 from rtclake.errors import ConfigError
-from rtclake.lake.sink import LakeSink
+from rtclake.lake.sink import lake_sink
 from rtclake.registry import BuildContext, ProcessorConfig, Registry, SinkConfig, SourceConfig
+from rtclake.sinks.base import Sink
 from rtclake.sinks.elasticsearch import ELASTICSEARCH
 from rtclake.sinks.influxdb import INFLUXDB
 from rtclake.sinks.mongodb import MONGODB
@@ -61,6 +62,9 @@ class LakeSinkConfig(SinkConfig):
     ``lake:``."""
 
     root: Path = Field(description="a folder")
+    catalog: str | None = Field(
+        default=None, description="sqlite:PATH, postgres://... or hive; default: in ROOT"
+    )
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
     compression_level: int | None = None
 
@@ -100,11 +104,12 @@ def register(registry: Registry) -> None:
         )
 
     @registry.sink("lake", LakeSinkConfig)
-    def lake(config: LakeSinkConfig, ctx: BuildContext) -> LakeSink:
-        """Parquet files, Hive-partitioned by table and UTC date."""
-        sink = LakeSink(
+    def lake(config: LakeSinkConfig, ctx: BuildContext) -> Sink:
+        """Another lake: Parquet files partitioned by table and UTC date, with a catalog."""
+        sink = lake_sink(
             config.root,
             ctx.tables,
+            catalog=config.catalog,
             compression=config.compression,
             compression_level=config.compression_level,
         )

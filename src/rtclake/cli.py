@@ -314,6 +314,36 @@ def demo(
 
 
 @app.command()
+def files(
+    table: Annotated[str, typer.Argument(help="a lake table, e.g. rtc_stats")],
+    config: ConfigOption = None,
+) -> None:
+    """Print the live data files of TABLE in the lake's current snapshot, one per line:
+    what Spark, Trino or ClickHouse read (never a glob: merges leave replaced files behind
+    until they are cleaned up)."""
+    from rtclake.lake.query import QueryEngine
+    from rtclake.lake.storage import lake_storage
+
+    settings, registry = _settings(config)
+    if table not in registry.tables:
+        typer.echo(f"no table {table!r}; tables: {', '.join(registry.tables.names())}", err=True)
+        raise typer.Exit(2)
+    engine = QueryEngine.from_config(
+        settings.lake_root,
+        registry.tables,
+        settings.query,
+        temp_root=settings.data_dir / "query-tmp",
+        storage=lake_storage(settings),
+        catalog=settings.lake_catalog,
+    )
+    try:
+        for path in engine.lake_files(registry.tables[table]):
+            typer.echo(path)
+    finally:
+        engine.close()
+
+
+@app.command()
 def tables(config: ConfigOption = None) -> None:
     """List the lake's tables: rows stored, columns and their types."""
     import textwrap
@@ -331,6 +361,7 @@ def tables(config: ConfigOption = None) -> None:
             settings.query,
             temp_root=settings.data_dir / "query-tmp",
             storage=lake_storage(settings),
+            catalog=settings.lake_catalog,
         )
     typer.echo(f"lake: {root}" + ("" if engine else " (nothing stored yet)"))
     try:
@@ -348,6 +379,62 @@ def tables(config: ConfigOption = None) -> None:
     finally:
         if engine is not None:
             engine.close()
+
+
+@app.command()
+def maintain(config: ConfigOption = None) -> None:
+    """Maintain the lake now: retention, merging, expiring snapshots, cleanup.
+
+    What `rtclake run` does every lake.maintenance.interval. One node at a
+    time: while another node (or `rtclake run` here) maintains the lake,
+    nothing is done and the exit status is 3. A failed step: status 1.
+    """
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from rtclake.lake.catalog import Catalog
+    from rtclake.lake.maintenance import Maintenance
+    from rtclake.lake.storage import lake_storage
+    from rtclake.logs import configure
+
+    settings, registry = _settings(config)
+    configure(settings.log_level, settings.log_format)
+    root = settings.lake_root
+    if "://" not in root and not Path(root).is_dir():
+        typer.echo(f"error: no lake at {Path(root).absolute()}: nothing to maintain", err=True)
+        raise typer.Exit(1)
+    options = settings.lake.maintenance
+    try:
+        catalog = Catalog(settings.lake_catalog, lake_storage(settings), registry.tables)
+        maintenance = Maintenance(catalog, options, node=settings.node, threads=None)
+        report = maintenance.run()
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except Exception as exc:  # the catalog or its lock unreachable: one line
+        text = str(exc).strip().splitlines()
+        typer.echo(f"error: {type(exc).__name__}: {text[0] if text else ''}", err=True)
+        raise typer.Exit(1) from exc
+    if report is None:
+        holder = f" ({maintenance.holder})" if maintenance.holder else ""
+        typer.echo(
+            f"another node holds the maintenance lock{holder}: it is maintaining the lake;"
+            " nothing done",
+            err=True,
+        )
+        raise typer.Exit(3)
+    # a PostgreSQL URL may hold a password: not printed
+    where = str(catalog.url) if catalog.url.kind == "sqlite" else "the PostgreSQL catalog"
+    table = Table(title=f"maintenance of {where} by {report.node}")
+    table.add_column("step")
+    table.add_column("seconds", justify="right")
+    table.add_column("changes")
+    for step in report.steps:
+        table.add_row(step.step, f"{step.seconds:.2f}", Text(step.summary()))
+    Console().print(table)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 class Format(StrEnum):
@@ -388,6 +475,7 @@ def query(
         temp_root=settings.data_dir / "query-tmp",
         max_rows=max(max_rows or 0, settings.query.max_rows),
         storage=lake_storage(settings),
+        catalog=settings.lake_catalog,
     )
     try:
         result = engine.run(sql, max_rows=max_rows)
@@ -418,6 +506,67 @@ def _print_table(columns: list[str], rows: list[list[str]]) -> None:
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))  # Text: "[x]" is a value, not markup
     Console().print(table)
+
+
+@app.command()
+def migrate(
+    source: Annotated[
+        str | None,
+        typer.Option("--from", help="Root of the lake of the old layout (default: lake.root)."),
+    ] = None,
+    delete: Annotated[
+        bool, typer.Option("--delete", help="Remove the old files once they are committed.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Move a lake of the old layout (TABLE/date=D/*.parquet) into the catalog.
+
+    Each date of each table is copied in one transaction with its ledger row: run
+    it again after a stop and it goes on where it stopped, storing nothing twice.
+    Repeated records are stored once, and records the catalog already holds are
+    not stored again. The old files stay until --delete removes them, once every
+    date is committed.
+    """
+    from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+    from rtclake.lake.catalog import Catalog, parse_url
+    from rtclake.lake.migrate import MigrationError, PartitionResult, print_report, source_storage
+    from rtclake.lake.migrate import migrate as run_migration
+    from rtclake.lake.storage import lake_storage
+
+    settings, registry = _settings(config)
+    try:
+        if parse_url(settings.lake_catalog).kind == "hive":
+            raise ConfigError(
+                "lake.catalog is hive, which has no catalog to migrate into: set it to"
+                " sqlite:PATH or postgres://USER@HOST/DB, or leave it unset (the default)"
+            )
+        catalog = Catalog(settings.lake_catalog, lake_storage(settings), registry.tables)
+        old = source_storage(settings, source)
+        if not old.exists():
+            typer.echo(f"error: no lake at {old.root}", err=True)
+            raise typer.Exit(1)
+        with Progress(
+            TextColumn("[bold]migrating[/] {task.fields[done]}"), TimeElapsedColumn()
+        ) as progress:
+            task = progress.add_task("migrate", total=None, done="")
+
+            def show(result: PartitionResult) -> None:
+                done = f"{result.table} {result.day}: {result.rows:,} rows"
+                progress.update(task, done=done if result.migrated else f"{done} (skipped)")
+
+            report = run_migration(old, catalog, node=settings.node, delete=delete, progress=show)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except MigrationError as exc:
+        typer.echo(
+            f"error: {exc}; the dates before it are committed: run rtclake migrate again"
+            " to go on from there",
+            err=True,
+        )
+        raise typer.Exit(1) from exc
+    print_report(report)
 
 
 def main() -> None:

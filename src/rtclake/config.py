@@ -81,15 +81,113 @@ class ServerConfig(Section):
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
+class JetStreamSpoolConfig(Section):
+    """``spool.backend: jetstream``: the spool is a NATS JetStream stream
+    (docs/SPOOL-JETSTREAM.md)."""
+
+    url: SecretStr = Field(
+        default=SecretStr("nats://127.0.0.1:4222"),
+        description="nats://[user:password@|token@]host:port, several separated by commas (masked)",
+    )
+    stream: str = Field(
+        default="RTCLAKE_SPOOL", pattern=r"^[A-Za-z0-9_-]+$", description="the stream's name"
+    )
+    subject_prefix: str = Field(
+        default="rtclake.spool",
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="entries go to {subject_prefix}.{table}",
+    )
+    replicas: int = Field(
+        default=1, ge=1, le=5, description="copies of each entry (a NATS cluster of as many)"
+    )
+    storage: Literal["file", "memory"] = "file"
+    max_bytes: int | None = Field(
+        default=None, gt=0, description="the stream's limit (503 above); default: spool.max_bytes"
+    )
+    max_age: float = Field(
+        default=0.0, ge=0, description="seconds an unstored entry is kept; 0: until stored"
+    )
+    duplicate_window: float = Field(
+        default=600.0, gt=0, description="seconds a retried Idempotency-Key is dropped by JetStream"
+    )
+    manage_stream: bool = Field(
+        default=True, description="create the stream if missing and set its limits at start"
+    )
+    consume: bool = Field(
+        default=True, description="run a writer on this node (false: an ingest-only node)"
+    )
+    consumer: str = Field(
+        default="rtclake-writer",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="the durable pull consumer every writer node shares",
+    )
+    ack_wait: float = Field(
+        default=60.0, gt=0, description="seconds before an unacknowledged entry is redelivered"
+    )
+    batch_messages: int = Field(default=1000, gt=0, description="most entries in one batch")
+    timeout: float = Field(default=10.0, gt=0, description="seconds to connect, or for a PubAck")
+
+
 class SpoolConfig(Section):
     """The write-ahead log every accepted record passes through."""
 
+    backend: Literal["local", "jetstream"] = Field(
+        default="local",
+        description="local: a write-ahead log on this node's disk; jetstream: a NATS"
+        " JetStream stream (spool.jetstream), replicated, shared by every node",
+    )
     dir: Path | None = Field(default=None, description="default: DATA_DIR/spool")
     max_bytes: int = Field(default=1024 * MiB, gt=0, description="ingest answers 503 above this")
     segment_max_bytes: int = Field(default=8 * MiB, gt=0, description="a batch is one segment")
     segment_max_records: int = Field(default=50_000, gt=0)
     flush_interval: float = Field(default=10.0, gt=0, description="seconds before a batch is cut")
     fsync: bool = Field(default=True, description="false only for throwaway test setups")
+    jetstream: JetStreamSpoolConfig = JetStreamSpoolConfig()
+
+
+class MaintenanceConfig(Section):
+    """The lake's maintenance (``lake.maintenance``): run by one node at a time, every
+    ``interval`` in ``rtclake run`` and on demand with ``rtclake maintain``."""
+
+    enabled: bool = Field(
+        default=True,
+        description="run on the schedule in rtclake run (rtclake maintain runs regardless)",
+    )
+    interval: Duration = Field(
+        default=3600.0, gt=0, description='seconds between runs, or "30m", "1h", ...'
+    )
+    retention: dict[str, float] = Field(
+        default_factory=dict,
+        description="days each table's data is kept (whole UTC date partitions), by table"
+        ' name; "*": every table without its own entry; no entry: kept forever',
+    )
+    merge: bool = Field(default=True, description="merge each partition's small files")
+    expire_after: Duration = Field(
+        default=86400.0,
+        ge=0,
+        description="seconds: catalog snapshots older than this are expired; longer than"
+        " any node's recovery and the longest query",
+    )
+    cleanup_after: Duration = Field(
+        default=3600.0,
+        ge=0,
+        description="seconds: files replaced (expired) or orphaned at least this long ago"
+        " are deleted; longer than any writer's upload-to-commit gap",
+    )
+
+    @field_validator("retention")
+    @classmethod
+    def _days_per_table(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, days in value.items():
+            if name != "*" and not IDENTIFIER.fullmatch(name):
+                raise ValueError(f"{name!r}: give a table name, or * for every table")
+            if not (math.isfinite(days) and days > 0):
+                raise ValueError(f"{name}: {days}: give a number of days above 0")
+        return value
+
+    def ttl(self, table: str) -> float | None:
+        """The days ``table`` keeps its data (None: forever)."""
+        return self.retention.get(table, self.retention.get("*"))
 
 
 class LakeConfig(Section):
@@ -109,6 +207,19 @@ class LakeConfig(Section):
     region: str | None = Field(default=None, description="default: $AWS_REGION")
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
     compression_level: int | None = None
+    catalog: str | None = Field(
+        default=None,
+        description="DuckLake catalog: sqlite:PATH (one node), postgres://USER@HOST/DB"
+        " (several nodes) or hive (no catalog, the old layout); default:"
+        " sqlite:ROOT/catalog.sqlite, or DATA_DIR/lake-catalog.sqlite for a lake on S3",
+    )
+    maintenance: MaintenanceConfig = Field(default_factory=lambda: MaintenanceConfig())
+    dedupe_window: float = Field(
+        default=300.0,
+        ge=0,
+        description="seconds: a record whose record_id the lake already holds within this"
+        " much of its time is not stored again (records with their own time: any repeat)",
+    )
 
 
 class QueryConfig(Section):
@@ -445,6 +556,13 @@ class Settings(BaseSettings):
     @property
     def lake_root(self) -> str:
         return self.lake.root or str(self.data_dir / "lake")
+
+    @property
+    def lake_catalog(self) -> str:
+        """``lake.catalog``, or the default catalog of the lake's root."""
+        from rtclake.lake.catalog import default_url
+
+        return self.lake.catalog or default_url(self.lake_root, self.data_dir)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -118,9 +118,7 @@ def _settings_sections() -> list[str]:
         model = _section_model(info)
         if model is None:
             continue
-        rows = [
-            _row(f"{name}.{key}", sub, _env((name, key))) for key, sub in model.model_fields.items()
-        ]
+        rows = [_row(".".join(path), sub, _env(path)) for path, sub in _leaves(model, (name,))]
         text = _paragraph(model.__doc__)
         if info.description:
             text += " " + _paragraph(info.description)
@@ -128,6 +126,17 @@ def _settings_sections() -> list[str]:
         parts += [_named_models(name, key, sub) for key, sub in model.model_fields.items()
                   if _named_model(sub) is not None]  # fmt: skip
     return parts
+
+
+def _leaves(
+    model: type[BaseModel], path: tuple[str, ...]
+) -> list[tuple[tuple[str, ...], FieldInfo]]:
+    """The settings of a section, a sub-section's (``spool.jetstream``) one by one."""
+    out: list[tuple[tuple[str, ...], FieldInfo]] = []
+    for key, sub in model.model_fields.items():
+        nested = _section_model(sub)
+        out += [((*path, key), sub)] if nested is None else _leaves(nested, (*path, key))
+    return out
 
 
 def _named_model(info: FieldInfo) -> type[BaseModel] | None:

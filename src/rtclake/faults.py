@@ -15,7 +15,10 @@ write cut half-way (the spool writes half of the entry, then raises ENOSPC).
 
 Points: ``spool.write``, ``spool.fsync``, ``spool.open_segment``, ``spool.ack``,
 ``writer.after_read``, ``writer.after_convert``, ``writer.after_sink_write``,
-``writer.after_ack``, ``writer.after_remove``, ``lake.write``, ``lake.before_rename``.
+``writer.after_ack``, ``writer.after_remove``, ``lake.write`` (a Hive file's write; in
+the catalog's transaction, before the data files are written), ``lake.before_rename``
+(Hive layout), ``lake.before_commit`` (the catalog's data files written, the commit not
+made).
 """
 
 from __future__ import annotations

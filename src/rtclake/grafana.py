@@ -10,8 +10,8 @@ own definitions by ``python -m rtclake.grafana [DIRECTORY]``.
   is stale.
 - ``dashboards/UID.json``: the dashboards integrations register
   (:meth:`rtclake.registry.Registry.add_dashboard`), built with the helpers below.
-- ``empty-lake/TABLE/date=1970-01-01/empty.parquet``: one file without rows per table,
-  with the table's columns.
+- ``empty-lake/main/TABLE/date=1970-01-01/empty.parquet``: one file without rows per
+  table, with the table's columns.
 
 Why the empty files. The Grafana container mounts rtclake's data volume read-only at
 ``/var/lib/rtclake`` (the lake at ``/var/lib/rtclake/lake``) and ``empty-lake/`` at
@@ -19,8 +19,16 @@ Why the empty files. The Grafana container mounts rtclake's data volume read-onl
 is created and whenever it is read), and the plugin runs the init SQL once, when it
 first connects: a table without files yet would break the init SQL, and a view made
 empty instead would stay empty after rtclake writes the table's first file. Each view
-reads ``/var/lib/rtclake*/lake/TABLE/date=*/*.parquet``, which always matches the empty
-file, so every view exists, has every declared column, and sees new files at each query.
+reads ``/var/lib/rtclake*/lake/main/TABLE/date=*/*.parquet`` (the catalog's layout),
+which always matches the empty file, so every view exists, has every declared column, and
+sees new files at each query.
+
+The plugin's DuckDB cannot read the lake's catalog (that needs the DuckLake and SQLite
+extensions, which it would download), so it reads the folders: a merge leaves the files
+it replaced until maintenance cleans them up (``lake.maintenance.cleanup_after``), and the
+views hide those repeated rows by record id, as rtclake's views did before the catalog
+(:meth:`QueryEngine.view_sql` of a ``hive`` engine); a partition that retention deleted
+shows until its files are cleaned up.
 """
 
 from __future__ import annotations
@@ -57,12 +65,12 @@ DASHBOARDS = "dashboards"
 
 def table_glob(table: Table) -> str:
     """The files of ``table`` in the lake and in the empty lake (see the module's doc)."""
-    return f"{DATA_DIR}*/lake/{layout.partition(table.name, '*')}/*{layout.SUFFIX}"
+    return f"{DATA_DIR}*/lake/main/{layout.partition(table.name, '*')}/*{layout.SUFFIX}"
 
 
 def init_sql(tables: TableRegistry) -> str:
     """The statements that give the plugin's DuckDB rtclake's views over the lake."""
-    engine = QueryEngine(f"{DATA_DIR}/lake", tables)
+    engine = QueryEngine(f"{DATA_DIR}/lake", tables, catalog="hive")
     statements = [
         "-- times in UTC, as in rtclake's own queries\nSET GLOBAL TimeZone = 'UTC'",
         "-- lake files never change once written: keep their footers between panels\n"
@@ -105,7 +113,7 @@ def datasource_yaml(tables: TableRegistry) -> str:
 
 
 def empty_file(root: Path, table: Table) -> Path:
-    return root / layout.partition(table.name, EMPTY_DATE) / layout.file_name("empty")
+    return root / "main" / layout.partition(table.name, EMPTY_DATE) / layout.file_name("empty")
 
 
 def _is_current(path: Path, table: Table) -> bool:
@@ -120,7 +128,11 @@ def stale_empty_files(root: Path, tables: TableRegistry) -> list[str]:
         if not _is_current(empty_file(root, table), table)
     ]
     if root.is_dir():
-        problems += [f"{p} is no table's" for p in root.iterdir() if p.name not in tables]
+        problems += [f"{p} is not main/" for p in root.iterdir() if p.name != "main"]
+    if (root / "main").is_dir():
+        problems += [
+            f"{p} is no table's" for p in (root / "main").iterdir() if p.name not in tables
+        ]
     return problems
 
 
@@ -133,6 +145,9 @@ def write_empty_lake(root: Path, tables: TableRegistry) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(table.stored_schema.empty_table(), path)
     for folder in root.iterdir():
+        if folder.name != "main":
+            shutil.rmtree(folder)
+    for folder in (root / "main").iterdir():
         if folder.name not in tables:
             shutil.rmtree(folder)
 

@@ -361,7 +361,7 @@ class Importer:
                     tables = {table.name: parsed.rows}
                     derived, pending = self.derivations.derive(tables)
                     batch = Batch(self.node, run, item.end, {**tables, **derived},
-                                  parsed.prepared)  # fmt: skip
+                                  parsed.prepared, origin=label)  # fmt: skip
                     self.delivery.deliver_retrying(batch)
                     self.derivations.commit(pending)
                     stats.rows += parsed.rows.num_rows

@@ -119,6 +119,50 @@ class Metrics:
             ["rule"],
             registry=r,
         )
+        # The lake's maintenance (rtclake.lake.maintenance). Labelled by node: one node of
+        # several leads, so these show which one ran and that the others stood aside.
+        self.maintenance_runs = Counter(
+            "rtclake_maintenance_runs",
+            "Maintenance runs by outcome: done, not_leader (another node held the lock),"
+            " skipped (a scheduled run when a node ran less than lake.maintenance.interval"
+            " ago) or failed (a step or the catalog failed; tried again at the next"
+            " interval).",
+            ["node", "outcome"],
+            registry=r,
+        )
+        self.maintenance_step_seconds = Histogram(
+            "rtclake_maintenance_step_seconds",
+            "Time of one maintenance step (retention, merge, expire, cleanup).",
+            ["node", "step"],
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+        )
+        self.maintenance_files_removed = Counter(
+            "rtclake_maintenance_files_removed",
+            "Files a maintenance step took away: retention and merge from the lake's live"
+            " files (merge: net, the files it replaced less those it wrote), cleanup from"
+            " the storage (replaced files and orphans).",
+            ["node", "step"],
+            registry=r,
+        )
+        self.maintenance_rows_deleted = Counter(
+            "rtclake_maintenance_rows_deleted",
+            "Rows retention deleted, by table (whole date partitions past the table's TTL).",
+            ["node", "table"],
+            registry=r,
+        )
+        self.maintenance_snapshots_expired = Counter(
+            "rtclake_maintenance_snapshots_expired",
+            "Catalog snapshots maintenance expired (older than lake.maintenance.expire_after).",
+            ["node"],
+            registry=r,
+        )
+        self.maintenance_last_run = Gauge(
+            "rtclake_maintenance_last_run_timestamp_seconds",
+            "When this node last finished a maintenance run with every step done (Unix time).",
+            ["node"],
+            registry=r,
+        )
 
     def watch_spool(
         self,

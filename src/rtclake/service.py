@@ -16,8 +16,10 @@ from rtclake.config import Settings
 from rtclake.delivery import Delivery
 from rtclake.errors import ConfigError
 from rtclake.intake import Intake
+from rtclake.lake.catalog import Catalog, parse_url
+from rtclake.lake.maintenance import Maintenance, Schedule
 from rtclake.lake.query import QueryEngine
-from rtclake.lake.sink import LakeSink
+from rtclake.lake.sink import lake_sink
 from rtclake.lake.storage import lake_storage
 from rtclake.lock import DataDirLock
 from rtclake.metrics import Metrics
@@ -28,6 +30,7 @@ from rtclake.router import Router
 from rtclake.sinks.base import Sink
 from rtclake.sources.base import Source
 from rtclake.spool import Spool
+from rtclake.tables import TableRegistry
 from rtclake.throughput import Throughput
 from rtclake.writer import Writer
 
@@ -57,12 +60,14 @@ def build_sinks(settings: Settings, registry: Registry, metrics: Metrics) -> lis
     if settings.lake.enabled:
         compression = settings.lake.compression
         sinks.append(
-            LakeSink(
+            lake_sink(
                 settings.lake_root,
                 registry.tables,
+                catalog=settings.lake_catalog,
                 compression="none" if compression == "none" else compression,
                 compression_level=settings.lake.compression_level,
                 storage=lake_storage(settings),
+                dedupe_window=settings.lake.dedupe_window,
             )
         )
     sinks += build_components("sink", settings, registry, {"metrics": metrics})
@@ -91,14 +96,21 @@ class Service:
         r = settings.router
         self.router = Router(r.routes, r.default_table, self.tables)
         s = settings.spool
-        self.spool = Spool(
-            settings.spool_dir,
-            max_bytes=s.max_bytes,
-            segment_max_bytes=s.segment_max_bytes,
-            segment_max_records=s.segment_max_records,
-            flush_interval=s.flush_interval,
-            fsync=s.fsync,
-        )
+        writer_type = Writer
+        if s.backend == "jetstream":  # a replicated spool: docs/SPOOL-JETSTREAM.md
+            from rtclake.spool_jetstream import JetStreamSpool, JetStreamWriter
+
+            self.spool: Spool = JetStreamSpool(s, node=settings.node)
+            writer_type = JetStreamWriter
+        else:
+            self.spool = Spool(
+                settings.spool_dir,
+                max_bytes=s.max_bytes,
+                segment_max_bytes=s.segment_max_bytes,
+                segment_max_records=s.segment_max_records,
+                flush_interval=s.flush_interval,
+                fsync=s.fsync,
+            )
         self.spool.on_sync = self.metrics.fsync_seconds.observe
         if processors is None:
             processors = build_components(
@@ -122,7 +134,7 @@ class Service:
         self.sinks = build_sinks(settings, self.registry, self.metrics) if sinks is None else sinks
         self.delivery = Delivery(self.sinks, self.metrics)
         w = settings.writer
-        self.writer = Writer(
+        self.writer = writer_type(
             self.spool,
             self.delivery,
             self.tables,
@@ -140,7 +152,9 @@ class Service:
             settings.query,
             temp_root=settings.data_dir / "query-tmp",
             storage=lake_storage(settings),
+            catalog=settings.lake_catalog,
         )
+        self.maintenance = _maintenance(settings, self.tables, self.metrics)
         self.alerts = (
             AlertEngine(
                 settings.alerts,
@@ -185,6 +199,8 @@ class Service:
             await source.start()
         if self.alerts is not None:
             await self.alerts.start()
+        if self.maintenance is not None:
+            self.maintenance.start()
         for processor in self.chain.processors if self.chain is not None else ():
             task = processor.background(self.intake)
             if task is not None:
@@ -208,6 +224,8 @@ class Service:
         self._background.clear()
         if self.alerts is not None:
             await self.alerts.stop()
+        if self.maintenance is not None:
+            await self.maintenance.stop()
         for source in self.sources:
             await source.stop()
         drained = await self.writer.drain(drain_timeout)
@@ -221,3 +239,16 @@ class Service:
             self.chain.close()
         self.query.close()
         self.lock.release()
+
+
+def _maintenance(settings: Settings, tables: TableRegistry, metrics: Metrics) -> Schedule | None:
+    """The lake's maintenance schedule (``lake.maintenance``), when the lake has a
+    catalog."""
+    lake = settings.lake
+    if not lake.enabled or not lake.maintenance.enabled:
+        return None
+    url = parse_url(settings.lake_catalog)
+    if url.kind == "hive":
+        return None
+    catalog = Catalog(url, lake_storage(settings), tables)
+    return Schedule(Maintenance(catalog, lake.maintenance, node=settings.node, metrics=metrics))

@@ -196,6 +196,17 @@ class Table:
         schema = self.schema
         return schema.remove(schema.get_field_index("record_id")) if self.identity else schema
 
+    @property
+    def record_key(self) -> tuple[str, ...]:
+        """The columns that make two rows one record: ``record_id``, or the identity plus
+        channel and session when the table has them (constant per identity: the same
+        records, and an identity repeated in two channels stays two records)."""
+        if not self.identity:
+            return ("record_id",)
+        names = {c.name for c in self.columns}
+        also = [c for c in ("channel_id", "session_id") if c in names and c not in self.identity]
+        return (*self.identity, *also)
+
     def identity_sql(self) -> str:
         """The record id of a table with an identity, from its columns (writer and views).
 

@@ -69,7 +69,9 @@ def test_kill_between_upload_and_confirmation_loses_nothing_and_stores_nothing_t
                         aws_access_key_id="k", aws_secret_access_key="s",
                         ).list_objects_v2(Bucket=bucket)  # fmt: skip
     names = [o["Key"] for o in keys["Contents"]]
-    assert all(k.startswith("rtclake/telemetry/date=") and k.endswith(".parquet") for k in names)
+    data_files = [k for k in names if k.startswith("rtclake/main/telemetry/date=")]
+    assert data_files and all(k.endswith(".parquet") for k in names)
+    assert {k.split("/")[2] for k in names} == {"telemetry", "rtclake_ledger"}
 
 
 def test_an_import_into_an_s3_lake_is_queried_from_it(tmp_path: Path, s3: str) -> None:

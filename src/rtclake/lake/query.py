@@ -1,8 +1,12 @@
 """Query: DuckDB over the lake, with one view per lake table.
 
-Views read the files ``ROOT/TABLE/date=*/*.parquet`` (``date`` comes from the folder name)
-and, by default, show one row per ``record_id``, so a record that was delivered twice (a
-client retry, a replayed batch) is counted once. Queries through :meth:`QueryEngine.run`
+Views read exactly the live data files of the catalog's current snapshot, listed once per
+query for every table together (so a query sees one consistent snapshot of the lake,
+never a file being merged twice); the lake sink stores each record once, so the views
+need no de-duplication. For a ``hive`` lake (no catalog) views read the files
+``ROOT/TABLE/date=*/*.parquet`` (``date`` comes from the folder name) and, by default,
+show one row per ``record_id``, so a record that was delivered twice (a client retry, a
+replayed batch) is counted once. Queries through :meth:`QueryEngine.run`
 are read-only (one ``SELECT`` statement, no file but the lake's Parquet files) and
 limited: rows, time, memory, temporary disk space, result size and queries at once. A
 query past a limit raises a :class:`~rtclake.errors.QueryError` whose ``status`` is the
@@ -35,6 +39,7 @@ import structlog
 
 from rtclake.config import QueryConfig
 from rtclake.errors import LakeUnreadable, QueryBusy, QueryError, QueryOverLimit, ResultTooLarge
+from rtclake.lake.catalog import Catalog, CatalogUrl, default_url, parse_url
 from rtclake.lake.storage import Storage, storage_for
 from rtclake.memory import release_memory
 from rtclake.results import is_json, unique_names
@@ -110,10 +115,17 @@ class QueryEngine:
         queue_timeout: float = 5.0,
         nice: int = 0,
         storage: Storage | None = None,
+        catalog: str | CatalogUrl | None = None,
     ) -> None:
         self.storage = storage or storage_for(Path(lake_root).absolute())
         self.root = self.storage.root
         self.tables = tables
+        url = catalog if catalog is not None else default_url(self.root)
+        url = url if isinstance(url, CatalogUrl) else parse_url(url)
+        self.catalog = None if url.kind == "hive" else Catalog(url, self.storage, tables)
+        self._catalog_con: Any = None
+        self._catalog_lock = threading.Lock()
+        self._listed: tuple[int, dict[str, list[str]]] | None = None  # by snapshot id
         self.temp_root = Path(temp_root).absolute() if temp_root is not None else None
         self.dedup = dedup
         self.max_rows = max_rows
@@ -138,12 +150,14 @@ class QueryEngine:
         temp_root: str | Path,
         max_rows: int | None = None,
         storage: Storage | None = None,
+        catalog: str | None = None,
     ) -> QueryEngine:
         """An engine with the limits of the configuration's ``query`` section."""
         return cls(
             lake_root,
             tables,
             storage=storage,
+            catalog=catalog,
             temp_root=temp_root,
             dedup=config.dedup,
             max_rows=max_rows or config.max_rows,
@@ -183,6 +197,10 @@ class QueryEngine:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        with self._catalog_lock:
+            if self._catalog_con is not None:
+                self._catalog_con.close()
+                self._catalog_con = None
 
     def remove_stale_temp(self) -> None:
         """Remove the temp folders queries of an earlier run left (a crash skips the
@@ -193,22 +211,93 @@ class QueryEngine:
             shutil.rmtree(folder, onerror=_log_removal_error)
 
     def lake_files(self, table: Table) -> list[str]:
-        """The Parquet files of one table (:func:`rtclake.lake.layout.local_files`)."""
-        return self.storage.files(table.name)
+        """The live Parquet files of one table."""
+        return self.snapshot()[table.name]
+
+    def snapshot(self) -> dict[str, list[str]]:
+        """The live files of every table, from one snapshot of the catalog (the Hive
+        layout's files without one: :func:`rtclake.lake.layout.local_files`)."""
+        if self.catalog is None:
+            return {table.name: self.storage.files(table.name) for table in self.tables}
+        listed = self._catalog_snapshot()
+        if self.storage.remote:
+            return listed
+        # A file the catalog names that is not a regular file at its real place (a link
+        # someone put there) is not read: the sandbox reads the lake and nothing else.
+        real = {
+            table: [p for p in paths if os.path.realpath(p) == p and os.path.isfile(p)]
+            for table, paths in listed.items()
+        }
+        for table, paths in real.items():
+            if len(paths) != len(listed[table]):
+                log.warning(
+                    "query: lake files that are links or missing are not read",
+                    table=table, files=sorted(set(listed[table]) - set(paths))[:10],
+                )  # fmt: skip
+        return real
+
+    def _catalog_snapshot(self) -> dict[str, list[str]]:
+        assert self.catalog is not None
+        with self._catalog_lock:
+            for attempt in (1, 2):
+                try:
+                    con = self._catalog_connection()
+                    # listing every table's files costs ~50 ms, the snapshot's id ~3: a
+                    # lake that did not change since the last query is not listed again
+                    if self._listed is not None and self._listed[0] == _snapshot_id(con):
+                        return self._listed[1]
+                    con.execute("BEGIN")
+                    try:
+                        snapshot = _snapshot_id(con)
+                        known = self.catalog.columns(con)
+                        listed = {
+                            t.name: self.catalog.live_files(con, t.name) if t.name in known else []
+                            for t in self.tables
+                        }
+                    finally:
+                        con.execute("COMMIT")
+                    self._listed = (snapshot, listed)
+                    return listed
+                except duckdb.Error as exc:
+                    # the catalog went away (a restarted PostgreSQL): connect again once
+                    if self._catalog_con is not None:
+                        self._catalog_con.close()
+                        self._catalog_con = None
+                    if attempt == 2:
+                        raise LakeUnreadable(
+                            f"the lake's catalog {self.catalog.url} cannot be read"
+                            f" ({str(exc).splitlines()[0]})"
+                        ) from exc
+        raise AssertionError("unreachable")
+
+    def _catalog_connection(self) -> Any:
+        assert self.catalog is not None
+        if self._catalog_con is None:
+            self._catalog_con = self.catalog.connect(threads=1)
+        return self._catalog_con
 
     def view_sql(self, table: Table, files: list[str]) -> str:
         """The ``CREATE VIEW`` for one table, reading exactly ``files``."""
+        # DuckLake's merged files also hold its row ids and snapshot ids: not columns
+        columns = "COLUMNS(c -> NOT starts_with(c, '_ducklake_internal_'))"
+        if self.catalog is not None:  # the catalog's rows are unique
+            # date: the folder's (rtclake's files do not hold it; DuckLake's merged do)
+            source = (
+                f"(SELECT {columns} FROM read_parquet({_sql_list(files)},"
+                " hive_partitioning = true, hive_types = {'date': DATE}, union_by_name = true))"
+            )
+            derived = f"{table.identity_sql()} AS record_id, " if table.identity else ""
+            return (
+                f'CREATE OR REPLACE VIEW "{table.name}" AS SELECT {derived}* REPLACE'
+                f" (extra::JSON AS extra) FROM {source}"
+            )
         source = (
-            f"read_parquet({_sql_list(files)}, hive_partitioning = true,"
-            " hive_types = {'date': DATE}, union_by_name = true)"
+            f"(SELECT {columns} FROM read_parquet({_sql_list(files)}, hive_partitioning = true,"
+            " hive_types = {'date': DATE}, union_by_name = true))"
         )
         # channel and session are constant per record identity (a repeated record carries
         # the same), and in the partition a filter on either passes the window to the files
-        names = {c.name for c in table.columns}
-        also = [c for c in ("channel_id", "session_id") if c in names and c not in table.identity]
-        key = (
-            ", ".join(f'"{c}"' for c in (*table.identity, *also)) if table.identity else "record_id"
-        )
+        key = ", ".join(f'"{c}"' for c in table.record_key)
         dedup = (
             f" QUALIFY row_number() OVER (PARTITION BY {key}) = 1"
             if self.dedup and not table.unique_rows
@@ -263,8 +352,9 @@ class QueryEngine:
                 # in duckdb.connect's config.
                 con.execute(f"SET max_temp_directory_size = '{self.max_temp_bytes}B'")
             readable: list[str] = []
+            snapshot = self.snapshot()
             for table in self.tables:
-                files = self.lake_files(table)
+                files = snapshot[table.name]
                 readable.extend(files)
                 if files:
                     try:
@@ -480,6 +570,11 @@ def _extension_directory() -> str:
     finally:
         con.close()
     return directory
+
+
+def _snapshot_id(con: Any) -> int:
+    row = con.execute("SELECT id FROM lake.current_snapshot()").fetchone()
+    return int(row[0])
 
 
 def _log_removal_error(function: Any, path: str, exc_info: Any) -> None:

@@ -47,6 +47,9 @@ class Batch:
     #: What sinks made of some of the tables beforehand, away from the writer's thread
     #: (:meth:`Sink.prepare`), by (sink name, table name).
     prepared: dict[tuple[str, str], Any] = field(default_factory=dict)
+    #: The file an import's batch comes from (its ``segment`` is then the offset after
+    #: the block), for the lake's ledger.
+    origin: str | None = None
 
     @property
     def name(self) -> str:

@@ -1,0 +1,241 @@
+"""The lake through its catalog against the Hive writer it replaced (issue 15), one run.
+
+- **HTTP ingest's writer path**: what the writer does with the spool's segments (the
+  converter, the delivery, the lake sink), for segments of the telemetry records the HTTP
+  benchmark posts (``bench/records.py``), 1,000 records an entry, one entry a request, as
+  a one-second flush under the batch phase's load holds them. The acknowledgement path
+  (spool, fsync) does not change with the catalog: the writer is what does.
+- **Sora import**: ``rtclake import`` of the generated ``rtc_stats.jsonl.gz``
+  (``bench/sora_import.py``'s corpus).
+- **Queries**: the same questions over the two Sora lakes just imported: the Hive views,
+  which hide repeated record ids with a window, against the catalog's, which need none.
+
+The two sides take turns (who goes first alternates by round); the medians count.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from bench import records, sora_import
+from bench.report import (
+    Verdict,
+    machine,
+    md_table,
+    num,
+    print_tables,
+    rich_table,
+    update_section,
+)
+from rtclake.catalog import default_registry
+from rtclake.convert import Converter
+from rtclake.delivery import Delivery
+from rtclake.lake.catalog import extension_directory
+from rtclake.lake.query import QueryEngine
+from rtclake.lake.sink import lake_sink
+from rtclake.metrics import Metrics
+from rtclake.sinks.base import Batch
+from rtclake.spool import Entry, EntryHeader
+
+SECTION = "lake-catalog"
+ROUNDS = 3
+SEGMENTS = 20
+ENTRIES = 20  # entries of 1,000 records a segment: 20,000 records, a second of batch load
+SIDES = ("catalog", "hive")
+QUESTIONS = {
+    "rows per channel": "SELECT channel_id, count(*) FROM rtc_stats GROUP BY 1",
+    "bytes per connection": (
+        "SELECT connection_id, max(bytes_sent), max(bytes_received) FROM rtc_stats GROUP BY 1"
+    ),
+    "one connection": (
+        "SELECT count(*), round(avg(jitter), 9) FROM rtc_stats WHERE connection_id ="
+        " (SELECT min(connection_id) FROM rtc_stats)"
+    ),
+    "video bitrate per minute": (
+        "SELECT time_bucket(INTERVAL 1 minute, time) AS m, round(avg(bitrate_bps)) FROM rtc_rates"
+        " WHERE media_kind = 'video' GROUP BY 1"
+    ),
+}
+
+
+@dataclass
+class Timed:
+    rows: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds
+
+
+def segments(seed: int = 1) -> list[list[Entry]]:
+    rng = random.Random(seed)
+    start = time.time() - SEGMENTS
+    out = []
+    for seq in range(SEGMENTS):
+        second = records.utc_second(start + seq)  # a second of load per segment
+        entries = []
+        for n in range(ENTRIES):
+            body = records.jsonl_body(rng, f"s{seq}", 1000)
+            body = records.fill(body, seq * ENTRIES + n, second)
+            head = EntryHeader(
+                table="telemetry", source="http", stream="bench", kind="telemetry",
+                received_us=time.time_ns() // 1000, records=1000,
+            )  # fmt: skip
+            entries.append(Entry(head, body.rstrip(b"\n"), n))
+        out.append(entries)
+    return out
+
+
+def writer_path(work: Path, side: str, segs: list[list[Entry]]) -> Timed:
+    root = work / f"writer-{side}"
+    shutil.rmtree(root, ignore_errors=True)
+    tables = default_registry()
+    delivery = Delivery([lake_sink(root, tables, catalog=side if side == "hive" else None)],
+                        Metrics())  # fmt: skip
+    converter = Converter(tables)
+    rows = 0
+    try:
+        delivery.start()
+        started = time.perf_counter()
+        for seq, entries in enumerate(segs):
+            converted = converter.convert("bench", seq, entries)
+            batch = Batch("bench", "bench", seq, converted)
+            outcome = delivery.deliver(batch, set(), lambda _sink: None)
+            assert outcome.done, outcome
+            rows += sum(t.num_rows for t in converted.values())
+        seconds = time.perf_counter() - started
+    finally:
+        converter.close()
+        delivery.close()
+    return Timed(rows, seconds)
+
+
+def sora(work: Path, side: str, gz: Path) -> Timed:
+    result = sora_import.rtclake_import(gz, work / side, catalog=side if side == "hive" else None)
+    return Timed(result.rows, result.seconds)
+
+
+def alternate(
+    rounds: int, run: Callable[[str], Timed], console: Console, what: str
+) -> dict[str, list[Timed]]:
+    out: dict[str, list[Timed]] = {side: [] for side in SIDES}
+    for i in range(rounds):
+        order = SIDES if i % 2 == 0 else tuple(reversed(SIDES))
+        for side in order:
+            console.print(f"{what}: round {i + 1}/{rounds}: {side} ...")
+            out[side].append(run(side))
+    return out
+
+
+def median_rate(runs: list[Timed]) -> float:
+    return statistics.median(r.rate for r in runs)
+
+
+def questions(work: Path, rounds: int) -> list[list[str]]:
+    tables = default_registry()
+    engines = {
+        "catalog": QueryEngine(work / "catalog" / "rtclake" / "lake", tables, max_rows=10_000_000),
+        "hive": QueryEngine(
+            work / "hive" / "rtclake" / "lake", tables, catalog="hive", max_rows=10_000_000
+        ),
+    }
+    rows = []
+    for name, text in QUESTIONS.items():
+        times: dict[str, list[float]] = {side: [] for side in SIDES}
+        answers: dict[str, object] = {}
+        for i in range(rounds + 1):  # the first round warms the caches, not counted
+            order = SIDES if i % 2 == 0 else tuple(reversed(SIDES))
+            for side in order:
+                started = time.perf_counter()
+                result = engines[side].run(text, max_rows=10_000_000)
+                if i:
+                    times[side].append(time.perf_counter() - started)
+                answers[side] = sorted(map(str, result.rows()))
+        assert answers["catalog"] == answers["hive"], name
+        hive, catalog = statistics.median(times["hive"]), statistics.median(times["catalog"])
+        rows.append([name, f"{hive * 1000:.0f} ms", f"{catalog * 1000:.0f} ms",
+                     f"{hive / catalog:.2f}x"])  # fmt: skip
+    for engine in engines.values():
+        engine.close()
+    return rows
+
+
+def run(
+    out_dir: Path, write_docs: bool, rounds: int = ROUNDS, lines: int = sora_import.LINES
+) -> list[Verdict]:
+    console = Console()
+    work = out_dir / "lake-catalog"
+    work.mkdir(parents=True, exist_ok=True)
+    extension_directory()  # once per process, as every rtclake command: not in a round
+    segs = segments()
+    writer = alternate(rounds, lambda side: writer_path(work, side, segs), console, "writer path")
+    gz = sora_import.corpus(out_dir / "sora-import", lines)
+    imports = alternate(rounds, lambda side: sora(work, side, gz), console, "Sora import")
+    asked = questions(work, rounds)
+
+    def ratio(runs: dict[str, list[Timed]]) -> float:
+        return median_rate(runs["catalog"]) / median_rate(runs["hive"])
+
+    def by_round(runs: dict[str, list[Timed]]) -> str:
+        return ", ".join(
+            f"{c.rate / h.rate:.2f}x" for c, h in zip(runs["catalog"], runs["hive"], strict=True)
+        )
+
+    header = ["path", "rows", "Hive writer rows/s", "catalog rows/s", "catalog/Hive",
+              "round by round"]  # fmt: skip
+    table = [
+        ["HTTP ingest's writer path (telemetry)", num(writer["catalog"][0].rows),
+         num(median_rate(writer["hive"])), num(median_rate(writer["catalog"])),
+         f"{ratio(writer):.2f}x", by_round(writer)],
+        ["Sora import (rtc_stats.jsonl.gz)", num(imports["catalog"][0].rows),
+         num(median_rate(imports["hive"])), num(median_rate(imports["catalog"])),
+         f"{ratio(imports):.2f}x", by_round(imports)],
+    ]  # fmt: skip
+    qheader = ["question (1M rtc_stats rows)", "Hive views (de-duplicating)", "catalog views",
+               "gain"]  # fmt: skip
+    verdicts = [
+        Verdict("HTTP ingest's writer path, catalog / Hive", ">= 0.9x", f"{ratio(writer):.2f}x",
+                ratio(writer) >= 0.9),
+        Verdict("Sora import, catalog / Hive", ">= 0.9x", f"{ratio(imports):.2f}x",
+                ratio(imports) >= 0.9),
+    ]  # fmt: skip
+    vrows = [[v.name, v.required, v.measured, v.result] for v in verdicts]
+    print_tables(
+        console,
+        rich_table("The lake's catalog against the Hive writer", header, table),
+        rich_table("Queries", qheader, asked),
+        rich_table("Targets", ["target", "required", "measured", "result"], vrows, verdict_col=3),
+    )
+    if write_docs:
+        facts = "\n".join(f"- {k}: {v}" for k, v in machine(work))
+        body = (
+            "## The lake's catalog against the Hive writer\n\n"
+            "Command: `make bench` (this part alone: `.venv/bin/python -m bench --only"
+            " catalog`)\n\nMachine:\n\n"
+            f"{facts}\n\n"
+            f"Rounds: {rounds}, the two sides alternating (who goes first alternates); the"
+            " medians count. Writer path: "
+            f"{SEGMENTS} segments of {ENTRIES} entries of 1,000 generated telemetry records"
+            " (`bench/records.py`), each converted and delivered as the writer does"
+            " (`Converter`, `Delivery`, the lake sink); the HTTP acknowledgement path (spool,"
+            " fsync) is the same for both. Sora import: `rtclake import` of the generated"
+            f" {lines:,}-line `rtc_stats.jsonl.gz` (`bench/sora_import.py`'s corpus). Queries:"
+            " the two Sora lakes just imported, each question run once to warm the caches,"
+            f" then {rounds} times a side, alternating; the same answers checked.\n\n"
+            + md_table(header, table)
+            + "\n\n"
+            + md_table(qheader, asked)
+            + "\n\n"
+            + md_table(["target", "required", "measured", "result"], vrows)
+        )
+        update_section(SECTION, body)
+    return verdicts

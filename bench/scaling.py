@@ -1,0 +1,162 @@
+"""Several writers on one PostgreSQL catalog (issue 15, docs/SCALING.md).
+
+1, 2 and 3 writer processes, each a lake sink on one catalog (a fresh PostgreSQL
+database) and one local folder, each committing batches of 20,000 telemetry records (the
+HTTP benchmark's records, converted as the writer converts a segment) as fast as it can
+for a fixed number of batches, at once. Per writer count: the commit latency (one
+``LakeSink.write``: de-duplication, upload, commit) at the median and p99, rows/s of each
+writer and of all together, and failed commits (a conflict DuckLake's retries did not
+resolve). Then one maintenance run merges the files the 3 writers left, timed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import shutil
+import statistics
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from rich.console import Console
+
+from bench import lake_catalog
+from bench.report import machine, md_table, print_tables, rich_table, update_section
+from rtclake.catalog import default_registry
+from rtclake.config import MaintenanceConfig
+from rtclake.convert import Converter
+from rtclake.lake.catalog import Catalog
+from rtclake.lake.maintenance import Maintenance
+from rtclake.lake.sink import LakeSink
+from rtclake.lake.storage import storage_for
+from rtclake.sinks.base import Batch
+
+SECTION = "scaling"
+ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+BATCHES = 15
+
+
+def _writer(index: int, url: str, root: str, start: Any, out: Any) -> None:
+    tables = default_registry()
+    converter = Converter(tables)
+    batches = []
+    for seq, entries in enumerate(lake_catalog.segments(seed=100 + index)[:BATCHES]):
+        batches.append(converter.convert(f"w{index}", seq, entries))
+    converter.close()
+    sink = LakeSink(root, tables, catalog=url)
+    sink.start()
+    start.wait()
+    latencies, failures, rows = [], 0, 0
+    began = time.perf_counter()
+    for seq, converted in enumerate(batches):
+        t = time.perf_counter()
+        try:
+            sink.write(Batch(f"w{index}", "bench", seq, converted))
+            rows += sum(x.num_rows for x in converted.values())
+        except Exception:
+            failures += 1
+        latencies.append(time.perf_counter() - t)
+    out.put((index, latencies, failures, rows, time.perf_counter() - began))
+    sink.close()
+
+
+def _database() -> str:
+    name = f"rtclake_scaling_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return name
+
+
+def _drop(name: str) -> None:
+    with psycopg.connect(ADMIN, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def writers(work: Path, n: int) -> tuple[list[str], Path, str]:
+    name = _database()
+    url = f"postgres://postgres@127.0.0.1:5432/{name}"
+    root = work / f"lake-{n}"
+    shutil.rmtree(root, ignore_errors=True)
+    # the tables exist before the writers race (as after a first start)
+    first = LakeSink(root, default_registry(), catalog=url)
+    first.start()
+    first.close()
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(i, url, str(root), start, out)) for i in range(n)]
+    for p in procs:
+        p.start()
+    time.sleep(3 + 2 * n)  # each converts its batches first
+    start.set()
+    results = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(60)
+    lat = sorted(x for _, ls, _, _, _ in results for x in ls)
+    failures = sum(f for _, _, f, _, _ in results)
+    rows = sum(r for _, _, _, r, _ in results)
+    wall = max(s for _, _, _, _, s in results)
+    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+    per_writer = statistics.median(r / s for _, _, _, r, s in results)
+    row = [str(n), f"{len(lat)}", f"{statistics.median(lat) * 1000:.0f} ms",
+           f"{p99 * 1000:.0f} ms", f"{per_writer:,.0f}", f"{rows / wall:,.0f}",
+           str(failures)]  # fmt: skip
+    return row, root, url if n == 3 else (_drop(name) or "")
+
+
+def run(out_dir: Path, write_docs: bool) -> None:
+    console = Console()
+    work = out_dir / "scaling"
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    root, url = work, ""
+    for n in (1, 2, 3):
+        console.print(f"scaling: {n} writer(s) ...")
+        row, root, url = writers(work, n)
+        rows.append(row)
+    tables = default_registry()
+    catalog = Catalog(url, storage_for(root), tables)
+    con = catalog.connect()
+    before = len(catalog.live_files(con, "telemetry"))
+    con.close()
+    maintenance = Maintenance(
+        catalog, MaintenanceConfig(expire_after=0, cleanup_after=0), node="bench", threads=None
+    )
+    started = time.perf_counter()
+    report = maintenance.run()
+    seconds = time.perf_counter() - started
+    con = catalog.connect()
+    after = len(catalog.live_files(con, "telemetry"))
+    count = con.execute("SELECT count(*) FROM lake.telemetry").fetchone()
+    con.close()
+    merge = report.step("merge") if report else None
+    merged = [[f"{before} files of {count[0] if count else 0:,} rows (3 writers x {BATCHES})",
+               f"{after}", f"{merge.seconds if merge else float('nan'):.2f} s",
+               f"{seconds:.2f} s"]]  # fmt: skip
+    _drop(url.rsplit("/", 1)[1])
+    header = ["writers", "commits", "commit p50", "commit p99", "rows/s per writer",
+              "rows/s together", "failed commits"]  # fmt: skip
+    mheader = ["telemetry before", "files after", "merge", "whole run (4 steps)"]
+    print_tables(
+        console,
+        rich_table("Writers on one PostgreSQL catalog", header, rows),
+        rich_table("Maintenance after them", mheader, merged),
+    )
+    if write_docs:
+        facts = "\n".join(f"- {k}: {v}" for k, v in machine(work))
+        update_section(
+            SECTION,
+            "## Writers on one catalog\n\nCommand: `.venv/bin/python -m bench --only scaling`"
+            f"\n\nMachine:\n\n{facts}\n\nEach writer a process with its own lake sink on one"
+            " PostgreSQL catalog (a fresh database) and one local folder, committing"
+            f" {BATCHES} batches of 20,000 telemetry records as fast as it can, all starting"
+            " together. A commit is one `LakeSink.write`: de-duplication against the lake,"
+            " the Parquet upload, `ducklake_add_data_files`, the ledger row, the commit.\n\n"
+            + md_table(header, rows)
+            + "\n\n"
+            + md_table(mheader, merged),
+        )

@@ -1,0 +1,325 @@
+"""The lake's catalog: DuckLake, with its metadata in SQLite (one node, the embedded
+default) or PostgreSQL (several nodes), its data files under ``lake.root``.
+
+A catalog URL (``lake.catalog``):
+
+- ``sqlite:PATH``: a local SQLite file (``duckdb-ext-sqlite``). A DuckDB-file catalog
+  would lock ``rtclake query`` out while ``rtclake run`` writes; SQLite lets readers in.
+- ``postgres://USER@HOST:PORT/DB`` (or ``postgresql://``, or a libpq ``key=value``
+  string after ``postgres:``): a PostgreSQL database (``duckdb-ext-postgres``) that every
+  node writing the lake shares.
+- ``hive``: no catalog, the layout of rtclake before it (``ROOT/TABLE/date=D/*.parquet``,
+  duplicates hidden by the query views); kept for ``rtclake migrate`` and comparisons.
+
+Every table is created partitioned by ``date`` (identity; the UTC date of ``time``) and
+never re-partitioned: DuckLake names the files ``ROOT/main/TABLE/date=D/ducklake-UUID.parquet``
+and each file carries ``date`` as a column too. Data inlining is off (it had bugs
+upstream), and DuckLake retries a commit that conflicts with another node's
+(``ducklake_max_retry_count``).
+
+Each connection made here is one DuckDB connection with the lake attached as ``lake``;
+DuckDB connections are not shared between threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from rtclake.errors import ConfigError
+from rtclake.lake.storage import Storage
+from rtclake.tables import Table, TableRegistry
+
+#: The name the lake is attached under in every connection of this module.
+ALIAS = "lake"
+#: The ledger: one row per committed batch, written in the batch's transaction.
+LEDGER = "rtclake_ledger"
+LEDGER_COLUMNS = (
+    "node VARCHAR, run VARCHAR, seq BIGINT, file VARCHAR, file_offset BIGINT,"
+    " rows BIGINT, committed_at TIMESTAMPTZ"
+)
+PARTITION = "date"
+#: DuckLake retries a commit that conflicts with another writer's this often (with 0,
+#: 45 % of first attempts failed with two writers, also of different tables).
+MAX_RETRIES = 100
+#: The file a local lake's default catalog is kept in, inside ``lake.root``.
+DEFAULT_FILE = "catalog.sqlite"
+
+
+@dataclass(frozen=True)
+class CatalogUrl:
+    """A parsed ``lake.catalog``."""
+
+    kind: str  # "sqlite", "postgres" or "hive"
+    target: str  # the SQLite path or the PostgreSQL connection string
+
+    @property
+    def attach_target(self) -> str:
+        return f"ducklake:{self.kind}:{self.target}"
+
+    @property
+    def extension(self) -> str:
+        return "sqlite" if self.kind == "sqlite" else "postgres"
+
+    def __str__(self) -> str:
+        if self.kind == "hive":
+            return "hive"
+        return f"sqlite:{self.target}" if self.kind == "sqlite" else f"postgres:{self.target}"
+
+
+def parse_url(url: str) -> CatalogUrl:
+    """``sqlite:PATH``, ``postgres://...``, ``postgresql://...``, ``postgres:key=value ...``
+    or ``hive``; anything else is a :class:`ConfigError` naming the forms."""
+    text = url.strip()
+    if text == "hive":
+        return CatalogUrl("hive", "")
+    if text.startswith("sqlite:"):
+        path = text.removeprefix("sqlite:").removeprefix("//")
+        if not path:
+            raise ConfigError("lake.catalog: sqlite: needs a file path (sqlite:/var/lib/x.sqlite)")
+        return CatalogUrl("sqlite", str(Path(path).absolute()))
+    if text.startswith(("postgres://", "postgresql://")):
+        return CatalogUrl("postgres", text)
+    if text.startswith("postgres:"):
+        return CatalogUrl("postgres", text.removeprefix("postgres:"))
+    raise ConfigError(f"lake.catalog {url!r}: use sqlite:PATH, postgres://USER@HOST/DB or hive")
+
+
+def default_url(root: str, data_dir: str | os.PathLike[str] | None = None) -> str:
+    """The catalog of a lake whose ``lake.catalog`` is not set: a SQLite file inside a
+    local root, or in the data directory when the root is on S3."""
+    if root.startswith("s3://"):
+        if data_dir is None:
+            raise ConfigError("a lake on S3 needs lake.catalog (or a data directory)")
+        return f"sqlite:{Path(data_dir).absolute() / 'lake-catalog.sqlite'}"
+    return f"sqlite:{Path(root).absolute() / DEFAULT_FILE}"
+
+
+@functools.cache
+def extension_directory() -> str:
+    """Where the ``duckdb-ext-*`` packages keep DuckDB's extensions (nothing downloads),
+    once DuckDB has checked their signatures.
+
+    DuckDB checks an extension's signature by hashing its file at every load, ~0.5 s for
+    DuckLake's and SQLite's together: they are checked once per process here, and the
+    catalog's connections (which run rtclake's SQL only) then load them with
+    ``allow_unsigned_extensions``."""
+    spec = importlib.util.find_spec("duckdb_ext")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "DuckDB's extensions are not installed (pip install duckdb-ext-ducklake"
+            " duckdb-ext-sqlite duckdb-ext-postgres duckdb-ext-httpfs)"
+        )
+    directory = os.path.join(next(iter(spec.submodule_search_locations)), "extensions")
+    con = duckdb.connect(
+        config={"extension_directory": directory, "autoinstall_known_extensions": False}
+    )
+    try:
+        for name in ("ducklake", "sqlite", "postgres", "httpfs"):
+            try:
+                con.execute(f"LOAD {name}")
+            except duckdb.Error as exc:
+                raise ConfigError(f"DuckDB's {name} extension does not load: {exc}") from exc
+    finally:
+        con.close()
+    return directory
+
+
+def data_path(storage: Storage) -> str:
+    """DuckLake's DATA_PATH for a lake root: an absolute folder or an s3:// prefix, ending
+    in a slash."""
+    root = storage.root
+    if not storage.remote:
+        root = os.path.realpath(root)
+    return root.rstrip("/") + "/"
+
+
+class Catalog:
+    """One lake: its catalog URL, its storage, the tables it holds."""
+
+    def __init__(self, url: str | CatalogUrl, storage: Storage, tables: TableRegistry) -> None:
+        self.url = url if isinstance(url, CatalogUrl) else parse_url(url)
+        if self.url.kind == "hive":
+            raise ConfigError("a hive lake has no catalog")
+        self.storage = storage
+        self.tables = tables
+        self._ensured: set[str] = set()
+        self._ensure_lock = threading.Lock()
+
+    @property
+    def data_path(self) -> str:
+        return data_path(self.storage)
+
+    def connect(self, *, threads: int | None = None, read_only: bool = False) -> Any:
+        """A DuckDB connection with the lake attached as ``lake`` (its tables not yet
+        created: :meth:`ensure_tables`)."""
+        config: dict[str, Any] = {
+            "extension_directory": extension_directory(),
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "allow_unsigned_extensions": True,  # checked once: extension_directory
+        }
+        if threads:
+            config["threads"] = threads
+        con = duckdb.connect(config=config)
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            con.execute(f"LOAD ducklake; LOAD {self.url.extension}")
+            if self.storage.remote:
+                con.execute("LOAD httpfs")
+                self.storage.duckdb_setup(con)
+            if self.url.kind == "sqlite":
+                _sqlite_wal(self.url.target)
+            if not self.storage.remote:
+                Path(self.storage.root).mkdir(parents=True, exist_ok=True)
+            options = [f"DATA_PATH {_literal(self.data_path)}"]
+            if read_only:
+                options.append("READ_ONLY")
+            else:
+                options.append("DATA_INLINING_ROW_LIMIT 0")
+            con.execute(
+                f"ATTACH {_literal(self.url.attach_target)} AS {ALIAS} ({', '.join(options)})"
+            )
+            con.execute(f"SET ducklake_max_retry_count = {MAX_RETRIES}")
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    # -- tables -----------------------------------------------------------------------
+
+    def ensure_tables(self, con: Any, names: Iterable[str] | None = None) -> None:
+        """Create the lake's tables that are missing (partitioned by date from the start),
+        add columns a newer version declares, and the ledger. Safe beside other nodes
+        doing the same (a conflict is retried)."""
+        wanted = [self.tables[n] for n in names] if names is not None else list(self.tables)
+        with self._ensure_lock:
+            todo = [t for t in wanted if t.name not in self._ensured]
+            if not todo and LEDGER in self._ensured:
+                return
+            for attempt in range(5):
+                try:
+                    self._ensure(con, todo)
+                    break
+                except duckdb.TransactionException:
+                    if attempt == 4:
+                        raise
+                    _rollback(con)
+            self._ensured.update(t.name for t in todo)
+            self._ensured.add(LEDGER)
+
+    def _ensure(self, con: Any, todo: list[Table]) -> None:
+        existing = self.columns(con)
+        con.execute("BEGIN")
+        try:
+            if LEDGER not in existing:
+                con.execute(f"CREATE TABLE IF NOT EXISTS {ALIAS}.{LEDGER} ({LEDGER_COLUMNS})")
+            for table in todo:
+                wanted = _duck_columns(con, table)
+                have = existing.get(table.name)
+                if have is None:
+                    body = ", ".join(f'"{n}" {t}' for n, t in wanted.items())
+                    con.execute(f'CREATE TABLE {ALIAS}."{table.name}" ({body}, "{PARTITION}" DATE)')
+                    con.execute(
+                        f'ALTER TABLE {ALIAS}."{table.name}" SET PARTITIONED BY ("{PARTITION}")'
+                    )
+                    continue
+                for name, duck_type in wanted.items():
+                    if name not in have:
+                        con.execute(
+                            f'ALTER TABLE {ALIAS}."{table.name}" ADD COLUMN "{name}" {duck_type}'
+                        )
+            con.execute("COMMIT")
+        except BaseException:
+            _rollback(con)
+            raise
+
+    def columns(self, con: Any) -> dict[str, set[str]]:
+        """The lake's tables and their columns, as the catalog has them now."""
+        rows = con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_catalog = ?",
+            [ALIAS],
+        ).fetchall()
+        found: dict[str, set[str]] = {}
+        for table, column in rows:
+            found.setdefault(table, set()).add(column)
+        return found
+
+    # -- reading ------------------------------------------------------------------------
+
+    def live_files(self, con: Any, table: str) -> list[str]:
+        """The data files of one table in the connection's current snapshot (DuckLake
+        lists each file once; rtclake deletes whole files only, so no delete files)."""
+        rows = con.execute(
+            "SELECT data_file, delete_file FROM ducklake_list_files(?, ?)", [ALIAS, table]
+        ).fetchall()
+        if any(delete is not None for _, delete in rows):
+            raise RuntimeError(f"table {table} has delete files, which rtclake never writes")
+        return sorted(str(path) for path, _ in rows)
+
+    def last_committed(self, con: Any, node: str, run: str) -> int | None:
+        """The highest sequence the ledger holds for one node's run (None: none)."""
+        row = con.execute(
+            f"SELECT max(seq) FROM {ALIAS}.{LEDGER} WHERE node = ? AND run = ?", [node, run]
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+
+_wal_checked: set[str] = set()
+_wal_lock = threading.Lock()
+
+
+def _sqlite_wal(path: str) -> None:
+    """Put a SQLite catalog in WAL mode (kept in the file): readers (``rtclake query``,
+    the dashboard) then never wait for the writer's commits, nor the writer for them.
+
+    Once per file and process, before DuckDB opens it here: this is Python's SQLite, a
+    second copy of the library beside DuckDB's, and closing a file in one copy drops the
+    POSIX locks the other holds on it ("disk I/O error" on the next commit)."""
+    with _wal_lock:
+        if path in _wal_checked:
+            return
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(path, timeout=30)
+        try:
+            if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                con.execute("PRAGMA journal_mode = WAL")
+        finally:
+            con.close()
+        _wal_checked.add(path)
+
+
+def _duck_columns(con: Any, table: Table) -> dict[str, str]:
+    """The table's stored columns with their DuckDB types (as DuckDB reads the Arrow)."""
+    empty = table.stored_schema.empty_table()
+    relation = con.from_arrow(empty)
+    return {name: str(t) for name, t in zip(relation.columns, relation.types, strict=True)}
+
+
+def _rollback(con: Any) -> None:
+    with contextlib.suppress(duckdb.Error):
+        con.execute("ROLLBACK")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def date_column(rows: pa.Table) -> pa.Array:
+    """The UTC date of each row's ``time`` (the partition)."""
+    import pyarrow.compute as pc
+
+    days = pc.floor_temporal(rows["time"], unit="day")
+    return pc.cast(pc.cast(days, pa.timestamp("us")), pa.date32())

@@ -1,0 +1,333 @@
+"""The replicated spool (``spool.backend: jetstream``) against the NATS server of this
+machine (one server: replication is documented, docs/SPOOL-JETSTREAM.md, not tested).
+
+Every acknowledged record is in the lake exactly once, counted by identity: raw rows (the
+views' de-duplication off) per record ``seq`` and per ``record_id``. Half the records
+carry a time of their own, half do not (their record id is their entry's position, which
+must survive a redelivery). Each test uses a stream and subjects of its own and deletes
+them afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+import orjson
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from rtclake.config import SpoolConfig
+from rtclake.errors import ConfigError
+from rtclake.spool import EntryHeader, frame
+from rtclake.spool_jetstream import JetStreamSpool
+from rtclake.testing import TcpRelay
+from tests.conftest import Server, wait_for
+from tests.faults.conftest import NO_DEDUP, post, stored_counts
+
+NATS_URL = os.environ.get("RTCLAKE_TEST_NATS_URL", "nats://127.0.0.1:4222")
+T = TypeVar("T")
+
+
+def _nats_up() -> bool:
+    host, port = NATS_URL.removeprefix("nats://").rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+pytestmark = [
+    pytest.mark.skipif(not _nats_up(), reason=f"no NATS server at {NATS_URL}"),
+    pytest.mark.timeout(60),
+]
+
+
+def on_nats(call: Callable[[Client, JetStreamContext], Awaitable[T]]) -> T:
+    """Run ``call`` with a fresh connection (for the test's own look at the streams)."""
+
+    async def run() -> T:
+        nc = await nats.connect(NATS_URL)
+        try:
+            return await call(nc, nc.jetstream())
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+class Stream:
+    """A stream name and subject prefix of one test, and the settings naming them."""
+
+    def __init__(self) -> None:
+        tag = secrets.token_hex(4)
+        self.name = f"RTCLAKE_TEST_{tag}"
+        self.prefix = f"rtclake-test.{tag}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "RTCLAKE_SPOOL__BACKEND": "jetstream",
+            "RTCLAKE_SPOOL__JETSTREAM__URL": NATS_URL,
+            "RTCLAKE_SPOOL__JETSTREAM__STREAM": self.name,
+            "RTCLAKE_SPOOL__JETSTREAM__SUBJECT_PREFIX": self.prefix,
+            "RTCLAKE_SPOOL__JETSTREAM__ACK_WAIT": "2",
+            **NO_DEDUP,
+            **extra,
+        }
+
+    def state(self) -> Any:
+        async def call(nc: Client, js: JetStreamContext) -> Any:
+            return (await js.stream_info(self.name)).state
+
+        return on_nats(call)
+
+    def delete(self) -> None:
+        async def call(nc: Client, js: JetStreamContext) -> None:
+            for name in (self.name, f"{self.name}-quarantine"):
+                with contextlib.suppress(NotFoundError):
+                    await js.delete_stream(name)
+
+        on_nats(call)
+
+
+@pytest.fixture
+def stream() -> Iterator[Stream]:
+    made = Stream()
+    yield made
+    made.delete()
+
+
+def batch(first: int, n: int) -> bytes:
+    # Half the records carry a time, half do not (their record id is their position).
+    return b"\n".join(
+        orjson.dumps({"seq": i, **({"time": 1_795_132_800 + i} if i % 2 else {})})
+        for i in range(first, first + n)
+    )
+
+
+def ids(server: Server, stream: str) -> tuple[int, int]:
+    """Rows and distinct record ids of one stream's records in the lake (raw rows)."""
+    rows = server.query(
+        f"SELECT count(*), count(DISTINCT record_id) FROM telemetry WHERE stream = '{stream}'"
+    )["rows"][0]
+    return int(rows[0]), int(rows[1])
+
+
+def stored(server: Server, stream: str, n: int, timeout: float = 20) -> bool:
+    return bool(wait_for(lambda: sum(stored_counts(server, stream).values()) >= n, timeout))
+
+
+def test_every_acknowledged_record_is_stored_once(make_server: Any, stream: Stream) -> None:
+    server: Server = make_server(**stream.env())
+    assert server.health().json()["spool_backend"] == "jetstream"
+    for first in range(0, 1000, 100):
+        assert post(server, "k", batch(first, 100)).json() == {"accepted": 100}
+    assert stored(server, "k", 1000)
+    assert stored_counts(server, "k") == Counter(range(1000))
+    assert ids(server, "k") == (1000, 1000)
+    # acknowledged after the lake's commit, the entries left the (work-queue) stream
+    assert wait_for(lambda: stream.state().messages == 0, 5)
+    assert stream.state().last_seq == 10  # one message per request
+
+
+@pytest.mark.parametrize("step", ["jetstream.before_ack", "lake.before_commit"])
+def test_writer_killed_before_the_ack_stores_nothing_twice(
+    make_server: Any, tmp_path: Path, stream: Stream, step: str
+) -> None:
+    data = tmp_path / "data"
+    # the first batch passes the point, the second kills the writer there
+    server: Server = make_server(data, RTCLAKE_FAULTS=f"{step}=kill@1", **stream.env())
+    assert post(server, "k", batch(0, 100)).json() == {"accepted": 100}
+    assert stored(server, "k", 100)
+    assert post(server, "k", batch(100, 100)).json() == {"accepted": 100}
+    assert server.proc is not None
+    server.proc.wait(20)
+    assert server.proc.returncode == -signal.SIGKILL
+
+    # the consumer redelivers the unacknowledged entries (ack_wait: 2 s) to the new run
+    again: Server = make_server(data, **stream.env())
+    assert post(again, "k", batch(200, 100)).json() == {"accepted": 100}
+    assert stored(again, "k", 300, timeout=25)
+    wait_for(lambda: stream.state().messages == 0, 10)
+    assert stored_counts(again, "k") == Counter(range(300))
+    assert ids(again, "k") == (300, 300)
+
+
+def test_ingest_node_disk_lost_after_acknowledging(
+    make_server: Any, tmp_path: Path, stream: Stream
+) -> None:
+    lake = str(tmp_path / "lake")
+    ingest_dir = tmp_path / "ingest"
+    # an ingest-only node: it publishes, it does not consume
+    ingest: Server = make_server(
+        ingest_dir,
+        RTCLAKE_NODE="ingest",
+        RTCLAKE_LAKE__ROOT=lake,
+        RTCLAKE_SPOOL__JETSTREAM__CONSUME="false",
+        **stream.env(),
+    )
+    for first in range(0, 500, 100):
+        assert post(ingest, "k", batch(first, 100)).json() == {"accepted": 100}
+    assert stream.state().messages == 5  # in the stream, nobody consumed them
+    ingest.stop(signal.SIGKILL)
+    shutil.rmtree(ingest_dir)  # the node and its disk are gone
+
+    writer: Server = make_server(
+        tmp_path / "writer", RTCLAKE_NODE="writer", RTCLAKE_LAKE__ROOT=lake, **stream.env()
+    )
+    assert stored(writer, "k", 500)
+    assert stored_counts(writer, "k") == Counter(range(500))
+    assert ids(writer, "k") == (500, 500)
+
+
+def test_a_retry_with_the_same_idempotency_key_is_stored_once(
+    make_server: Any, stream: Stream
+) -> None:
+    server: Server = make_server(**stream.env())
+    body = batch(0, 100)
+    key = {"Idempotency-Key": "req-1"}
+    assert post(server, "k", body, **key).json() == {"accepted": 100}
+    assert post(server, "k", body, **key).json() == {"accepted": 100}  # a retry
+    assert stream.state().last_seq == 1  # JetStream dropped the copy (Nats-Msg-Id)
+    assert stored(server, "k", 100)
+    # a retry after the first was stored and left the stream: the lake finds the ids
+    assert post(server, "k", body, **key).json() == {"accepted": 100}
+    assert post(server, "k", batch(100, 100)).json() == {"accepted": 100}
+    assert stored(server, "k", 200)
+    assert wait_for(lambda: stream.state().messages == 0, 10)
+    assert stored_counts(server, "k") == Counter(range(200))
+    assert ids(server, "k") == (200, 200)
+
+
+def test_a_message_that_is_not_an_entry_is_quarantined(make_server: Any, stream: Stream) -> None:
+    server: Server = make_server(**stream.env())
+
+    async def publish(nc: Client, js: JetStreamContext) -> None:
+        await js.publish(f"{stream.prefix}.telemetry", b"not an entry")
+
+    on_nats(publish)
+    assert post(server, "k", batch(0, 100)).json() == {"accepted": 100}
+    assert stored(server, "k", 100)
+    assert stored_counts(server, "k") == Counter(range(100))
+
+    async def quarantined(nc: Client, js: JetStreamContext) -> Any:
+        return await js.get_last_msg(
+            f"{stream.name}-quarantine", f"{stream.prefix}-quarantine.telemetry"
+        )
+
+    copy = on_nats(quarantined)
+    assert copy.data == b"not an entry"
+    assert "not an rtclake spool entry" in copy.headers["Rtclake-Reason"]
+    assert wait_for(lambda: stream.state().messages == 0, 10)
+
+
+def test_more_replicas_than_servers_is_refused_at_start(stream: Stream) -> None:
+    config = SpoolConfig.model_validate(
+        {
+            "backend": "jetstream",
+            "jetstream": {
+                "url": NATS_URL,
+                "stream": stream.name,
+                "subject_prefix": stream.prefix,
+                "replicas": 3,
+            },
+        }
+    )
+
+    async def start() -> None:
+        spool = JetStreamSpool(config, node="test")
+        try:
+            await spool.start()
+        finally:
+            await spool.close()
+
+    with pytest.raises(ConfigError, match="replicas"):
+        asyncio.run(start())
+
+
+def test_no_pub_ack_no_acknowledgement(make_server: Any, stream: Stream) -> None:
+    """NATS out of reach: ingest answers 503 (nothing buffered for later), /healthz says
+    so; once it is back, ingest goes on and only what was acknowledged is stored."""
+    host, port = NATS_URL.removeprefix("nats://").rsplit(":", 1)
+    relay = TcpRelay((host, int(port)))
+    try:
+        server: Server = make_server(
+            **stream.env(
+                RTCLAKE_SPOOL__JETSTREAM__URL=f"nats://127.0.0.1:{relay.port}",
+                RTCLAKE_SPOOL__JETSTREAM__TIMEOUT="2",
+            )
+        )
+        assert post(server, "k", batch(0, 100)).json() == {"accepted": 100}
+        assert stored(server, "k", 100)
+        relay.down()
+        refused = post(server, "k", batch(1000, 100))
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"] == "jetstream_unavailable"
+        assert refused.headers["retry-after"]
+        assert wait_for(lambda: server.health().status_code == 503, 5)
+        relay.up()
+        assert wait_for(lambda: server.health().status_code == 200, 15)
+        assert post(server, "k", batch(100, 100)).json() == {"accepted": 100}
+        assert stored(server, "k", 200)
+        assert wait_for(lambda: stream.state().messages == 0, 10)
+        assert stored_counts(server, "k") == Counter(range(200))
+    finally:
+        relay.down()
+
+
+def test_an_entry_over_the_servers_max_payload_is_refused(make_server: Any, stream: Stream) -> None:
+    server: Server = make_server(**stream.env())
+    line = orjson.dumps({"pad": "x" * 1000})
+    refused = post(server, "k", b"\n".join([line] * 1100))  # ~1.1 MB, over 1 MiB
+    assert refused.status_code == 413, refused.text
+    assert "max_payload" in refused.json()["message"]
+    assert stream.state().messages == 0
+
+
+def test_a_batch_that_cannot_be_stored_is_quarantined_after_five_tries(
+    make_server: Any, stream: Stream
+) -> None:
+    server: Server = make_server(**stream.env(RTCLAKE_WRITER__RETRY_INITIAL="0.05"))
+    header = EntryHeader(
+        table="no_such_table", source="x", stream="k", kind="x", received_us=1, records=1
+    )
+
+    async def publish(nc: Client, js: JetStreamContext) -> None:
+        await js.publish(
+            f"{stream.prefix}.no_such_table",
+            frame(header, b'{"a": 1}'),
+            headers={"Rtclake-Position": "jsbad:0:1"},
+        )
+
+    on_nats(publish)
+
+    async def quarantined(nc: Client, js: JetStreamContext) -> Any:
+        try:
+            return await js.get_last_msg(
+                f"{stream.name}-quarantine", f"{stream.prefix}-quarantine.no_such_table"
+            )
+        except NotFoundError:
+            return None
+
+    copy = wait_for(lambda: on_nats(quarantined), 15)
+    assert copy is not None and copy.data == frame(header, b'{"a": 1}')
+    assert "cannot convert" in copy.headers["Rtclake-Reason"]
+    assert copy.headers["Rtclake-Origin"] == f"{stream.name}:1"
+    assert server.metric("rtclake_spool_quarantined_segments_total") == 1
+    # the batches behind it flow
+    assert post(server, "k", batch(0, 100)).json() == {"accepted": 100}
+    assert stored(server, "k", 100)
+    assert wait_for(lambda: stream.state().messages == 0, 10)
