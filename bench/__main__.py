@@ -118,6 +118,7 @@ def parse(argv: Sequence[str]) -> Plan:
             "grpc",
             "sinks",
             "catalog",
+            "scaling",
         ),
         help="run one benchmark (default: all)",
     )

@@ -175,7 +175,7 @@ def run(
     console = Console()
     work = out_dir / "lake-catalog"
     work.mkdir(parents=True, exist_ok=True)
-    extension_directory()  # once per process, as every rtclake command: not in a round
+    extension_directory()
     segs = segments()
     writer = alternate(rounds, lambda side: writer_path(work, side, segs), console, "writer path")
     gz = sora_import.corpus(out_dir / "sora-import", lines)

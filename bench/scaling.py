@@ -6,7 +6,10 @@ HTTP benchmark's records, converted as the writer converts a segment) as fast as
 for a fixed number of batches, at once. Per writer count: the commit latency (one
 ``LakeSink.write``: de-duplication, upload, commit) at the median and p99, rows/s of each
 writer and of all together, and failed commits (a conflict DuckLake's retries did not
-resolve). Then one maintenance run merges the files the 3 writers left, timed.
+resolve). Then one maintenance run merges the files the 3 writers left, timed. Last, the
+dashboard's overview page (its seven queries, as the page runs them, over the whole
+range) on Sora lakes of growing size, imported from ``bench/sora_import.py``'s corpus, to
+see how its time grows with the rows it covers.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import shutil
 import statistics
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +27,14 @@ import psycopg
 from psycopg import sql
 from rich.console import Console
 
-from bench import lake_catalog
+from bench import lake_catalog, sora_import
 from bench.report import machine, md_table, print_tables, rich_table, update_section
 from rtclake.catalog import default_registry
 from rtclake.config import MaintenanceConfig
 from rtclake.convert import Converter
 from rtclake.lake.catalog import Catalog
 from rtclake.lake.maintenance import Maintenance
+from rtclake.lake.query import QueryEngine
 from rtclake.lake.sink import LakeSink
 from rtclake.lake.storage import storage_for
 from rtclake.sinks.base import Batch
@@ -108,6 +113,39 @@ def writers(work: Path, n: int) -> tuple[list[str], Path, str]:
     return row, root, url if n == 3 else (_drop(name) or "")
 
 
+def overview(out_dir: Path, work: Path, lines: int) -> list[str]:
+    """The overview page's queries over a Sora lake of ``lines`` rtc_stats lines, the
+    range covering all of it: rows, the median of 3 runs (after one warm-up)."""
+    from rtclake.lake import dashboard as q
+    from rtclake.web.dashboard import FLOW_COLUMNS, NODE_COLUMNS, TRAFFIC_COLUMNS
+
+    gz = sora_import.corpus(out_dir / "sora-import", lines)
+    result = sora_import.rtclake_import(gz, work / f"overview-{lines}")
+    engine = QueryEngine(work / f"overview-{lines}" / "rtclake" / "lake", default_registry())
+    span = engine.run("SELECT epoch_us(min(time)), epoch_us(max(time)) + 1 FROM rtc_stats")
+    first, last = (datetime.fromtimestamp(us / 1e6, UTC) for us in span.rows()[0])
+    now = last
+    r = q.TimeRange(first, last)
+    bucket, flow_bucket = r.bucket(), r.bucket(at_least=60)
+    sqls = [
+        q.active_now_sql(now),
+        q.series_lists(q.connection_flow_sql(r, flow_bucket), [], FLOW_COLUMNS, order="time"),
+        q.worst_connections_sql(r, 10, None),
+        q.top_channels_sql(r, 10),
+        q.sessions_sql(r, limit=50, channel=None, now=now),
+        q.series_lists(q.sora_nodes_sql(r, bucket), ["node"], NODE_COLUMNS),
+        q.series_lists(q.sora_traffic_sql(r, bucket), ["node"], TRAFFIC_COLUMNS),
+    ]
+    times = []
+    for i in range(4):
+        started = time.perf_counter()
+        engine.run_many(sqls)
+        if i:
+            times.append(time.perf_counter() - started)
+    engine.close()
+    return [f"{result.rows:,}", f"{statistics.median(times):.2f} s"]
+
+
 def run(out_dir: Path, write_docs: bool) -> None:
     console = Console()
     work = out_dir / "scaling"
@@ -138,6 +176,8 @@ def run(out_dir: Path, write_docs: bool) -> None:
                f"{after}", f"{merge.seconds if merge else float('nan'):.2f} s",
                f"{seconds:.2f} s"]]  # fmt: skip
     _drop(url.rsplit("/", 1)[1])
+    sizes = [overview(out_dir, work, n) for n in (1_000_000, 3_000_000)]
+    oheader = ["rtc_stats rows", "overview page (7 queries, whole range)"]
     header = ["writers", "commits", "commit p50", "commit p99", "rows/s per writer",
               "rows/s together", "failed commits"]  # fmt: skip
     mheader = ["telemetry before", "files after", "merge", "whole run (4 steps)"]
@@ -145,6 +185,7 @@ def run(out_dir: Path, write_docs: bool) -> None:
         console,
         rich_table("Writers on one PostgreSQL catalog", header, rows),
         rich_table("Maintenance after them", mheader, merged),
+        rich_table("The overview page over all the rows", oheader, sizes),
     )
     if write_docs:
         facts = "\n".join(f"- {k}: {v}" for k, v in machine(work))
@@ -158,5 +199,9 @@ def run(out_dir: Path, write_docs: bool) -> None:
             " the Parquet upload, `ducklake_add_data_files`, the ledger row, the commit.\n\n"
             + md_table(header, rows)
             + "\n\n"
-            + md_table(mheader, merged),
+            + md_table(mheader, merged)
+            + "\n\nThe dashboard's overview page (its seven queries in one `run_many`, the"
+            " range covering the whole lake: 400 connections reporting for as long as the"
+            " corpus lasts), the median of 3 runs after a warm-up, on lakes imported from"
+            " `bench/sora_import.py`'s corpus:\n\n" + md_table(oheader, sizes),
         )

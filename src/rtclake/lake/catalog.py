@@ -29,6 +29,7 @@ import importlib.util
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,32 +109,23 @@ def default_url(root: str, data_dir: str | os.PathLike[str] | None = None) -> st
 
 @functools.cache
 def extension_directory() -> str:
-    """Where the ``duckdb-ext-*`` packages keep DuckDB's extensions (nothing downloads),
-    once DuckDB has checked their signatures.
-
-    DuckDB checks an extension's signature by hashing its file at every load, ~0.5 s for
-    DuckLake's and SQLite's together: they are checked once per process here, and the
-    catalog's connections (which run rtclake's SQL only) then load them with
-    ``allow_unsigned_extensions``."""
+    """Where the ``duckdb-ext-*`` packages keep DuckDB's extensions (nothing downloads)."""
     spec = importlib.util.find_spec("duckdb_ext")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
             "DuckDB's extensions are not installed (pip install duckdb-ext-ducklake"
             " duckdb-ext-sqlite duckdb-ext-postgres duckdb-ext-httpfs)"
         )
-    directory = os.path.join(next(iter(spec.submodule_search_locations)), "extensions")
-    con = duckdb.connect(
-        config={"extension_directory": directory, "autoinstall_known_extensions": False}
-    )
-    try:
-        for name in ("ducklake", "sqlite", "postgres", "httpfs"):
-            try:
-                con.execute(f"LOAD {name}")
-            except duckdb.Error as exc:
-                raise ConfigError(f"DuckDB's {name} extension does not load: {exc}") from exc
-    finally:
-        con.close()
-    return directory
+    return os.path.join(next(iter(spec.submodule_search_locations)), "extensions")
+
+
+#: Extensions whose signature DuckDB checked in this process. DuckDB checks it by hashing
+#: the file at every load (~0.5 s for DuckLake's and SQLite's together); after the first
+#: load, the catalog's connections (which run rtclake's SQL only) load them with
+#: ``allow_unsigned_extensions``. Only what the catalog needs is loaded: each extension's
+#: code costs the process memory (all four: ~85 MB).
+_verified: set[str] = set()
+_verified_lock = threading.Lock()
 
 
 def data_path(storage: Storage) -> str:
@@ -164,20 +156,28 @@ class Catalog:
     def connect(self, *, threads: int | None = None, read_only: bool = False) -> Any:
         """A DuckDB connection with the lake attached as ``lake`` (its tables not yet
         created: :meth:`ensure_tables`)."""
-        config: dict[str, Any] = {
-            "extension_directory": extension_directory(),
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-            "allow_unsigned_extensions": True,  # checked once: extension_directory
-        }
-        if threads:
-            config["threads"] = threads
-        con = duckdb.connect(config=config)
+        needed = {"ducklake", self.url.extension} | ({"httpfs"} if self.storage.remote else set())
+        with _verified_lock:
+            verified = needed <= _verified
+            config: dict[str, Any] = {
+                "extension_directory": extension_directory(),
+                "autoinstall_known_extensions": False,
+                "autoload_known_extensions": False,
+                "allow_unsigned_extensions": verified,  # else DuckDB checks them now
+            }
+            if threads:
+                config["threads"] = threads
+            con = duckdb.connect(config=config)
+            try:
+                for name in sorted(needed):
+                    con.execute(f"LOAD {name}")
+            except duckdb.Error as exc:
+                con.close()
+                raise ConfigError(f"DuckDB's extensions do not load: {exc}") from exc
+            _verified.update(needed)
         try:
             con.execute("SET TimeZone = 'UTC'")
-            con.execute(f"LOAD ducklake; LOAD {self.url.extension}")
             if self.storage.remote:
-                con.execute("LOAD httpfs")
                 self.storage.duckdb_setup(con)
             if self.url.kind == "sqlite":
                 _sqlite_wal(self.url.target)
@@ -208,14 +208,15 @@ class Catalog:
             todo = [t for t in wanted if t.name not in self._ensured]
             if not todo and LEDGER in self._ensured:
                 return
-            for attempt in range(5):
+            for attempt in range(10):
                 try:
                     self._ensure(con, todo)
                     break
-                except duckdb.TransactionException:
-                    if attempt == 4:
+                except duckdb.Error as exc:
+                    if attempt == 9 or not _conflict(exc):
                         raise
                     _rollback(con)
+                    time.sleep(0.05 * (attempt + 1))
             self._ensured.update(t.name for t in todo)
             self._ensured.add(LEDGER)
 
@@ -256,6 +257,26 @@ class Catalog:
         for table, column in rows:
             found.setdefault(table, set()).add(column)
         return found
+
+    def set_options(self, con: Any, options: dict[str, str]) -> None:
+        """DuckLake's options (kept in the catalog, shared by every node), where they
+        differ: nodes starting together each set them, and a PostgreSQL catalog refuses
+        concurrent updates of one row ("could not serialize access"): retried."""
+        current = dict(
+            con.execute(f"SELECT option_name, value FROM ducklake_options('{ALIAS}')").fetchall()
+        )
+        for name, value in options.items():
+            if current.get(name) == value:
+                continue
+            for attempt in range(10):
+                try:
+                    con.execute(f"CALL {ALIAS}.set_option(?, ?)", [name, value])
+                    break
+                except duckdb.Error as exc:
+                    if attempt == 9 or not _conflict(exc):
+                        raise
+                    _rollback(con)
+                    time.sleep(0.05 * (attempt + 1))
 
     # -- reading ------------------------------------------------------------------------
 
@@ -306,6 +327,12 @@ def _duck_columns(con: Any, table: Table) -> dict[str, str]:
     empty = table.stored_schema.empty_table()
     relation = con.from_arrow(empty)
     return {name: str(t) for name, t in zip(relation.columns, relation.types, strict=True)}
+
+
+def _conflict(exc: BaseException) -> bool:
+    """Whether a catalog error is another node's concurrent change (worth a retry)."""
+    text = str(exc).lower()
+    return any(w in text for w in ("conflict", "serializ", "locked", "concurrent"))
 
 
 def _rollback(con: Any) -> None:

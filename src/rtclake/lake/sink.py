@@ -175,8 +175,9 @@ class LakeSink(Sink):
     """Writes every batch into the lake through its catalog, exactly once.
 
     One transaction per batch: a Parquet file per table and date, added to the catalog
-    (each table partitioned by ``date``), and a ledger row ``(node, run, seq)``. Before writing a batch of a run it
-    has not seen (after a start, or after a commit whose outcome is unknown) the sink
+    (each table partitioned by ``date``), and a ledger row ``(node, run, seq)``. Before
+    writing a batch of a run it has not seen (after a start, or after a commit whose
+    outcome is unknown) the sink
     reads the run's last committed sequence from the ledger and skips what it holds:
     batches of a run are committed in order (the writer's segments, an import's blocks).
     Files uploaded by a transaction that never committed are invisible to readers and
@@ -225,13 +226,12 @@ class LakeSink(Sink):
             con = self.catalog.connect()
             try:
                 self.catalog.ensure_tables(con)
+                # for the files DuckLake writes itself (merges)
                 codec = "uncompressed" if self.compression == "none" else self.compression
-                con.execute(f"CALL {ALIAS}.set_option('parquet_compression', '{codec}')")
+                options = {"parquet_compression": codec}
                 if self.compression_level is not None:
-                    con.execute(
-                        f"CALL {ALIAS}.set_option('parquet_compression_level',"
-                        f" {int(self.compression_level)})"
-                    )
+                    options["parquet_compression_level"] = str(int(self.compression_level))
+                self.catalog.set_options(con, options)
             except BaseException:
                 con.close()
                 raise
