@@ -136,7 +136,7 @@ def test_three_nodes_store_each_acknowledged_record_once_and_one_maintains(
         "RTCLAKE_QUERY__MAX_ROWS": "2000000",
         "RTCLAKE_QUERY__MAX_RESULT_BYTES": "268435456",
         "RTCLAKE_LAKE__MAINTENANCE__INTERVAL": "300",
-        "RTCLAKE_LAKE__MAINTENANCE__CLEANUP_AFTER": "1",
+        "RTCLAKE_LAKE__MAINTENANCE__CLEANUP_AFTER": "60",  # > any upload-to-commit gap
         "RTCLAKE_LAKE__MAINTENANCE__EXPIRE_AFTER": "1",
     }
     nodes = [make_server(tmp_path / f"node{i}", RTCLAKE_NODE=f"n{i}", **env) for i in range(3)]
