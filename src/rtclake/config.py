@@ -229,7 +229,11 @@ class QueryConfig(Section):
 
     max_rows: int = Field(default=10_000, gt=0)
     timeout: float = Field(default=30.0, gt=0, description="seconds")
-    dedup: bool = Field(default=True, description="views hide rows with a repeated record_id")
+    dedup: bool = Field(
+        default=True,
+        description="a hive lake's views hide rows with a repeated record_id"
+        " (a lake with a catalog stores each once)",
+    )
     threads: int = Field(default=1, gt=0, description="DuckDB threads; 1 leaves a core for ingest")
     memory_limit: ByteSize = Field(
         default=ByteSize(512 * MiB), ge=16 * MiB, description="DuckDB memory, e.g. 512MiB; 422"
