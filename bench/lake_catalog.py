@@ -38,7 +38,6 @@ from bench.report import (
 from rtclake.catalog import default_registry
 from rtclake.convert import Converter
 from rtclake.delivery import Delivery
-from rtclake.lake.catalog import extension_directory
 from rtclake.lake.query import QueryEngine
 from rtclake.lake.sink import lake_sink
 from rtclake.metrics import Metrics
@@ -175,7 +174,6 @@ def run(
     console = Console()
     work = out_dir / "lake-catalog"
     work.mkdir(parents=True, exist_ok=True)
-    extension_directory()
     segs = segments()
     writer = alternate(rounds, lambda side: writer_path(work, side, segs), console, "writer path")
     gz = sora_import.corpus(out_dir / "sora-import", lines)

@@ -322,20 +322,12 @@ def files(
     what Spark, Trino or ClickHouse read (never a glob: merges leave replaced files behind
     until they are cleaned up)."""
     from rtclake.lake.query import QueryEngine
-    from rtclake.lake.storage import lake_storage
 
     settings, registry = _settings(config)
     if table not in registry.tables:
         typer.echo(f"no table {table!r}; tables: {', '.join(registry.tables.names())}", err=True)
         raise typer.Exit(2)
-    engine = QueryEngine.from_config(
-        settings.lake_root,
-        registry.tables,
-        settings.query,
-        temp_root=settings.data_dir / "query-tmp",
-        storage=lake_storage(settings),
-        catalog=settings.lake_catalog,
-    )
+    engine = QueryEngine.for_settings(settings, registry.tables)
     try:
         for path in engine.lake_files(registry.tables[table]):
             typer.echo(path)
@@ -349,20 +341,12 @@ def tables(config: ConfigOption = None) -> None:
     import textwrap
 
     from rtclake.lake.query import QueryEngine
-    from rtclake.lake.storage import lake_storage
 
     settings, registry = _settings(config)
     root = settings.lake_root
     engine = None
     if "://" in root or Path(root).is_dir():
-        engine = QueryEngine.from_config(
-            root,
-            registry.tables,
-            settings.query,
-            temp_root=settings.data_dir / "query-tmp",
-            storage=lake_storage(settings),
-            catalog=settings.lake_catalog,
-        )
+        engine = QueryEngine.for_settings(settings, registry.tables)
     typer.echo(f"lake: {root}" + ("" if engine else " (nothing stored yet)"))
     try:
         for table in registry.tables:
@@ -454,7 +438,6 @@ def query(
 ) -> None:
     """Run SQL over the lake, locally, and print the result."""
     from rtclake.lake.query import QueryEngine
-    from rtclake.lake.storage import lake_storage
     from rtclake.results import JSON_OPTIONS, json_rows, text_rows, write_csv
 
     settings, registry = _settings(config)
@@ -468,14 +451,8 @@ def query(
             err=True,
         )
         raise typer.Exit(1)
-    engine = QueryEngine.from_config(
-        settings.lake_root,
-        registry.tables,
-        settings.query,
-        temp_root=settings.data_dir / "query-tmp",
-        max_rows=max(max_rows or 0, settings.query.max_rows),
-        storage=lake_storage(settings),
-        catalog=settings.lake_catalog,
+    engine = QueryEngine.for_settings(
+        settings, registry.tables, max_rows=max(max_rows or 0, settings.query.max_rows)
     )
     try:
         result = engine.run(sql, max_rows=max_rows)

@@ -146,14 +146,7 @@ class Service:
             process=self.intake.process_entries if self.chain and self.chain.has("store") else None,
             derived_state=settings.data_dir / "derived",
         )
-        self.query = QueryEngine.from_config(
-            settings.lake_root,
-            self.tables,
-            settings.query,
-            temp_root=settings.data_dir / "query-tmp",
-            storage=lake_storage(settings),
-            catalog=settings.lake_catalog,
-        )
+        self.query = QueryEngine.for_settings(settings, self.tables)
         self.maintenance = _maintenance(settings, self.tables, self.metrics)
         self.alerts = (
             AlertEngine(

@@ -37,10 +37,10 @@ import orjson
 import pyarrow as pa
 import structlog
 
-from rtclake.config import QueryConfig
+from rtclake.config import QueryConfig, Settings
 from rtclake.errors import LakeUnreadable, QueryBusy, QueryError, QueryOverLimit, ResultTooLarge
 from rtclake.lake.catalog import Catalog, CatalogUrl, default_url, parse_url
-from rtclake.lake.storage import Storage, storage_for
+from rtclake.lake.storage import Storage, lake_storage, storage_for
 from rtclake.memory import release_memory
 from rtclake.results import is_json, unique_names
 from rtclake.tables import Table, TableRegistry
@@ -169,6 +169,22 @@ class QueryEngine:
             max_concurrent=config.max_concurrent,
             queue_timeout=config.queue_timeout,
             nice=config.nice,
+        )
+
+    @classmethod
+    def for_settings(
+        cls, settings: Settings, tables: TableRegistry, *, max_rows: int | None = None
+    ) -> QueryEngine:
+        """The engine of a node's settings: its lake (root, storage, catalog), its
+        ``query`` limits, its temp folder ``DATA_DIR/query-tmp``."""
+        return cls.from_config(
+            settings.lake_root,
+            tables,
+            settings.query,
+            temp_root=settings.data_dir / "query-tmp",
+            max_rows=max_rows,
+            storage=lake_storage(settings),
+            catalog=settings.lake_catalog,
         )
 
     async def run_async(self, sql: str, *, max_rows: int | None = None) -> QueryResult:
