@@ -6,9 +6,11 @@ renamed; a replayed batch overwrites its own file."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -146,3 +148,37 @@ def test_prepared_rows_are_the_rows_write_stores(tmp_path: Path) -> None:
     sink.write(Batch(made.node, made.run, made.segment, made.tables, prepared))
     sink.close()
     assert count(tmp_path) == [["2026-11-01", 1, 1], ["2026-11-02", 2, 2]]
+
+
+def _arrived(made: Batch, received: dt.datetime) -> Batch:
+    """``made`` with every row timed at its arrival, ``received`` (a record without a time
+    of its own)."""
+    rows = made.tables["telemetry"]
+    at = pa.array([received] * rows.num_rows, rows.schema.field("time").type)
+    rows = rows.set_column(rows.schema.get_field_index("time"), "time", at)
+    rows = rows.set_column(rows.schema.get_field_index("received_at"), "received_at", at)
+    return Batch(made.node, made.run, made.segment, {"telemetry": rows})
+
+
+def test_records_the_lake_or_the_batch_holds_already_are_not_stored_again(
+    tmp_path: Path,
+) -> None:
+    sink = LakeSink(tmp_path, default_registry(), dedupe_window=300)
+    timed = b'{"time": "2026-11-01T10:00:00Z", "device_id": "a"}'
+    other = b'{"time": "2026-11-01T10:00:01Z", "device_id": "b"}'
+    sink.write(batch(1, timed + b"\n" + other))
+    # the same records again (a client's retry, a file uploaded twice), one twice in a batch
+    sink.write(batch(2, b"\n".join([other, timed, other])))
+    assert count(tmp_path) == [["2026-11-01", 2, 2]]
+    # a record timed at its arrival: a repeat within the window is one, after it is not
+    noon = dt.datetime(2026, 11, 3, 12, tzinfo=dt.UTC)
+    first = _arrived(batch(3, b'{"device_id": "c"}'), noon)
+    sink.write(first)
+    retry = first.tables["telemetry"]
+    soon = noon + dt.timedelta(minutes=4)
+    sink.write(_arrived(Batch("node", "sp", 4, {"telemetry": retry}), soon))
+    assert count(tmp_path) == [["2026-11-01", 2, 2], ["2026-11-03", 1, 1]]
+    later = noon + dt.timedelta(minutes=6)
+    sink.write(_arrived(Batch("node", "sp", 5, {"telemetry": retry}), later))
+    assert count(tmp_path) == [["2026-11-01", 2, 2], ["2026-11-03", 2, 1]]
+    sink.close()
