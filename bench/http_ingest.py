@@ -289,8 +289,9 @@ def run_phase(
             f"[yellow]shutdown left {mb(unflushed)} in the spool; restarting rtclake to replay it"
         )
         replay = replay_spool(BenchServer(data_dir, log_path, env))
-    lake = lake_count(data_dir, dedup=True)
-    lake_raw = lake_count(data_dir, dedup=False)
+    lake_settings = {k: v for k, v in opts.server_env if k.startswith("RTCLAKE_LAKE__")}
+    lake = lake_count(data_dir, dedup=True, settings=lake_settings)
+    lake_raw = lake_count(data_dir, dedup=False, settings=lake_settings)
     leftover = spool_leftover(data_dir)
     quarantined = spool_leftover(data_dir, "quarantine/*.wal")
     if not stopped.clean or leftover or quarantined:

@@ -5,6 +5,10 @@
   benchmark posts (``bench/records.py``), 1,000 records an entry, one entry a request, as
   a one-second flush under the batch phase's load holds them. The acknowledgement path
   (spool, fsync) does not change with the catalog: the writer is what does.
+- **HTTP ingest, end to end**: the HTTP benchmark's batch phase (``bench/http_ingest.py``:
+  a fresh ``rtclake run``, 1,000-record bodies, closed loop, 1 s flush), its lake through
+  the catalog or ``lake.catalog: hive``: records acknowledged and written per second,
+  peak RSS; the lake must hold exactly what was acknowledged.
 - **Sora import**: ``rtclake import`` of the generated ``rtc_stats.jsonl.gz``
   (``bench/sora_import.py``'s corpus).
 - **Queries**: the same questions over the two Sora lakes just imported: the Hive views,
@@ -22,13 +26,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from rich.console import Console
 
-from bench import records, sora_import
+from bench import http_ingest, records, sora_import
 from bench.report import (
     Verdict,
     machine,
+    mb,
     md_table,
     num,
     print_tables,
@@ -63,6 +69,8 @@ QUESTIONS = {
         " WHERE media_kind = 'video' GROUP BY 1"
     ),
 }
+
+_R = TypeVar("_R", "Timed", "Ingest")
 
 
 @dataclass
@@ -118,15 +126,36 @@ def writer_path(work: Path, side: str, segs: list[list[Entry]]) -> Timed:
     return Timed(rows, seconds)
 
 
+@dataclass
+class Ingest:
+    acked_per_s: float
+    written_per_s: float
+    peak_rss: int
+    exact: bool
+
+    @property
+    def rate(self) -> float:
+        return self.acked_per_s
+
+
+def http_end_to_end(work: Path, side: str, console: Console) -> Ingest:
+    env = (("RTCLAKE_LAKE__CATALOG", "hive"),) if side == "hive" else ()
+    opts = http_ingest.Options(phases=("batch",), server_env=env, write_docs=False,
+                               out_dir=work / f"http-{side}")  # fmt: skip
+    (phase,) = http_ingest.phases(opts)
+    r = http_ingest.run_phase(phase, opts, console)
+    return Ingest(r.records_per_s, r.stored_per_s, r.peak_rss, r.lake_ok)
+
+
 def sora(work: Path, side: str, gz: Path) -> Timed:
     result = sora_import.rtclake_import(gz, work / side, catalog=side if side == "hive" else None)
     return Timed(result.rows, result.seconds)
 
 
 def alternate(
-    rounds: int, run: Callable[[str], Timed], console: Console, what: str
-) -> dict[str, list[Timed]]:
-    out: dict[str, list[Timed]] = {side: [] for side in SIDES}
+    rounds: int, run: Callable[[str], _R], console: Console, what: str
+) -> dict[str, list[_R]]:
+    out: dict[str, list[_R]] = {side: [] for side in SIDES}
     for i in range(rounds):
         order = SIDES if i % 2 == 0 else tuple(reversed(SIDES))
         for side in order:
@@ -135,7 +164,7 @@ def alternate(
     return out
 
 
-def median_rate(runs: list[Timed]) -> float:
+def median_rate(runs: list[Timed] | list[Ingest]) -> float:
     return statistics.median(r.rate for r in runs)
 
 
@@ -176,24 +205,38 @@ def run(
     work.mkdir(parents=True, exist_ok=True)
     segs = segments()
     writer = alternate(rounds, lambda side: writer_path(work, side, segs), console, "writer path")
+    http = alternate(rounds, lambda side: http_end_to_end(work, side, console), console, "HTTP")
     gz = sora_import.corpus(out_dir / "sora-import", lines)
     imports = alternate(rounds, lambda side: sora(work, side, gz), console, "Sora import")
     asked = questions(work, rounds)
 
-    def ratio(runs: dict[str, list[Timed]]) -> float:
+    def ratio(runs: dict[str, list[Timed]] | dict[str, list[Ingest]]) -> float:
         return median_rate(runs["catalog"]) / median_rate(runs["hive"])
 
-    def by_round(runs: dict[str, list[Timed]]) -> str:
+    def by_round(runs: dict[str, list[Timed]] | dict[str, list[Ingest]]) -> str:
         return ", ".join(
             f"{c.rate / h.rate:.2f}x" for c, h in zip(runs["catalog"], runs["hive"], strict=True)
         )
 
+    written_ratio = statistics.median(r.written_per_s for r in http["catalog"]) / statistics.median(
+        r.written_per_s for r in http["hive"]
+    )
+    rss = {side: max(r.peak_rss for r in http[side]) for side in SIDES}
     header = ["path", "rows", "Hive writer rows/s", "catalog rows/s", "catalog/Hive",
               "round by round"]  # fmt: skip
     table = [
         ["HTTP ingest's writer path (telemetry)", num(writer["catalog"][0].rows),
          num(median_rate(writer["hive"])), num(median_rate(writer["catalog"])),
          f"{ratio(writer):.2f}x", by_round(writer)],
+        ["HTTP ingest, end to end (batch phase: records acknowledged)", "",
+         num(median_rate(http["hive"])), num(median_rate(http["catalog"])),
+         f"{ratio(http):.2f}x", by_round(http)],
+        ["HTTP ingest, end to end (batch phase: records written to the lake)", "",
+         num(statistics.median(r.written_per_s for r in http["hive"])),
+         num(statistics.median(r.written_per_s for r in http["catalog"])),
+         f"{written_ratio:.2f}x", ""],
+        ["HTTP ingest, end to end: the server's peak RSS (MB, lower is better)", "",
+         mb(rss["hive"]), mb(rss["catalog"]), f"{rss['hive'] / rss['catalog']:.2f}x", ""],
         ["Sora import (rtc_stats.jsonl.gz)", num(imports["catalog"][0].rows),
          num(median_rate(imports["hive"])), num(median_rate(imports["catalog"])),
          f"{ratio(imports):.2f}x", by_round(imports)],
@@ -203,6 +246,13 @@ def run(
     verdicts = [
         Verdict("HTTP ingest's writer path, catalog / Hive", ">= 0.9x", f"{ratio(writer):.2f}x",
                 ratio(writer) >= 0.9),
+        Verdict("HTTP ingest end to end (acknowledged), catalog / Hive", ">= 0.9x",
+                f"{ratio(http):.2f}x", ratio(http) >= 0.9),
+        Verdict("HTTP ingest end to end (written), catalog / Hive", ">= 0.9x",
+                f"{written_ratio:.2f}x", written_ratio >= 0.9),
+        Verdict("HTTP ingest end to end: the lake holds exactly what was acknowledged",
+                "every round", f"{sum(r.exact for side in SIDES for r in http[side])} of"
+                f" {rounds * len(SIDES)}", all(r.exact for side in SIDES for r in http[side])),
         Verdict("Sora import, catalog / Hive", ">= 0.9x", f"{ratio(imports):.2f}x",
                 ratio(imports) >= 0.9),
     ]  # fmt: skip
@@ -225,7 +275,12 @@ def run(
             f"{SEGMENTS} segments of {ENTRIES} entries of 1,000 generated telemetry records"
             " (`bench/records.py`), each converted and delivered as the writer does"
             " (`Converter`, `Delivery`, the lake sink); the HTTP acknowledgement path (spool,"
-            " fsync) is the same for both. Sora import: `rtclake import` of the generated"
+            " fsync) is the same for both. HTTP ingest end to end: the HTTP benchmark's batch phase"
+            " (`bench/http_ingest.py`, fresh `rtclake run`, 1,000-record bodies, 8 connections,"
+            " closed loop, 3 s warm-up + 15 s measured, 1 s flush), Hive side with"
+            " `RTCLAKE_LAKE__CATALOG=hive`; written = rows the writer stored in the window;"
+            " the lake then holds exactly what was acknowledged (checked). Sora import:"
+            " `rtclake import` of the generated"
             f" {lines:,}-line `rtc_stats.jsonl.gz` (`bench/sora_import.py`'s corpus). Queries:"
             " the two Sora lakes just imported, each question run once to warm the caches,"
             f" then {rounds} times a side, alternating; the same answers checked.\n\n"

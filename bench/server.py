@@ -276,9 +276,13 @@ class BenchServer:
         return Stopped(proc.returncode, seconds, usage.ru_maxrss * 1024, killed)
 
 
-def lake_count(data_dir: Path, *, dedup: bool, table: str = "telemetry") -> int:
-    """``SELECT count(*)`` over the lake with ``rtclake query``, as a user would run it."""
+def lake_count(
+    data_dir: Path, *, dedup: bool, table: str = "telemetry", settings: dict[str, str] | None = None
+) -> int:
+    """``SELECT count(*)`` over the lake with ``rtclake query``, as a user would run it
+    (``settings``: the server's ``RTCLAKE_*`` variables that say where the lake is)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RTCLAKE_")}
+    env.update(settings or {})
     env.update(RTCLAKE_DATA_DIR=str(data_dir), RTCLAKE_QUERY__DEDUP=str(dedup).lower())
     done = subprocess.run(
         [sys.executable, "-m", "rtclake", "query", f"SELECT count(*) FROM {table}", "-f", "csv"],
