@@ -182,3 +182,19 @@ def test_records_the_lake_or_the_batch_holds_already_are_not_stored_again(
     sink.write(_arrived(Batch("node", "sp", 5, {"telemetry": retry}), later))
     assert count(tmp_path) == [["2026-11-01", 2, 2], ["2026-11-03", 2, 1]]
     sink.close()
+
+
+def test_a_lake_folder_moved_elsewhere_is_read_and_written_as_before(tmp_path: Path) -> None:
+    first = LakeSink(tmp_path / "old", default_registry())
+    first.write(batch(7, lines(1, 2)))
+    first.close()
+    (tmp_path / "old").rename(tmp_path / "new")  # a move, a rename, a restore elsewhere
+    assert count(tmp_path / "new") == [["2026-11-01", 1, 1], ["2026-11-02", 1, 1]]
+    again = LakeSink(tmp_path / "new", default_registry())
+    again.write(batch(7, lines(1, 2)))  # the ledger came along: a replay is skipped
+    again.write(batch(8, lines(3)))
+    assert again.live_files("telemetry")[0].startswith(str((tmp_path / "new").resolve()))
+    again.close()
+    assert count(tmp_path / "new") == [
+        ["2026-11-01", 1, 1], ["2026-11-02", 1, 1], ["2026-11-03", 1, 1]
+    ]  # fmt: skip

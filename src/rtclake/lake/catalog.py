@@ -153,6 +153,13 @@ class Catalog:
     def data_path(self) -> str:
         return data_path(self.storage)
 
+    @property
+    def travels_with_root(self) -> bool:
+        """Whether the catalog is a SQLite file inside a local root (the default)."""
+        if self.url.kind != "sqlite" or self.storage.remote:
+            return False
+        return Path(self.url.target).resolve().parent == Path(self.storage.root).resolve()
+
     def connect(self, *, threads: int | None = None, read_only: bool = False) -> Any:
         """A DuckDB connection with the lake attached as ``lake`` (its tables not yet
         created: :meth:`ensure_tables`)."""
@@ -184,6 +191,11 @@ class Catalog:
             if not self.storage.remote:
                 Path(self.storage.root).mkdir(parents=True, exist_ok=True)
             options = [f"DATA_PATH {_literal(self.data_path)}"]
+            if self.travels_with_root:
+                # The catalog lives inside the lake's folder and its files' paths are
+                # relative to it: a folder moved, renamed or restored elsewhere is still
+                # the same lake (DuckLake would refuse the path it kept at its creation).
+                options.append("OVERRIDE_DATA_PATH true")
             if read_only:
                 options.append("READ_ONLY")
             else:
