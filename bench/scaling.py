@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from psycopg import sql
 from rich.console import Console
 
@@ -35,7 +38,7 @@ from rtclake.convert import Converter
 from rtclake.lake.catalog import Catalog
 from rtclake.lake.maintenance import Maintenance
 from rtclake.lake.query import QueryEngine
-from rtclake.lake.sink import LakeSink
+from rtclake.lake.sink import LakeSink, partition_dates
 from rtclake.lake.storage import storage_for
 from rtclake.sinks.base import Batch
 
@@ -120,41 +123,40 @@ def grow(lake: Path, copies: range, span: timedelta) -> None:
     """Add ``copies`` of the lake's first import to it through its catalog: copy ``i`` is
     every table's rows of the original with their times ``i`` spans later and their
     connection and session ids made new (``-i``), as if the same 400 connections' next
-    sessions had followed, written by DuckDB as Parquet per date and added as files."""
+    sessions had followed, written by pyarrow as Parquet per date (as the lake sink
+    writes) and added as files."""
     tables = default_registry()
     catalog = Catalog(f"sqlite:{lake / 'catalog.sqlite'}", storage_for(lake), tables)
     con = catalog.connect()
     try:
         originals = {
-            name: [f for f in catalog.live_files(con, name) if "/grow-" not in f]
+            name: pq.read_table(files, partitioning=None)
             for name in sorted(tables.names())
+            if (files := [f for f in catalog.live_files(con, name) if "/grow-" not in f])
         }
         for i in copies:
-            for name, files in originals.items():
-                if not files:
-                    continue
-                columns = set(tables[name].stored_schema.names)
-                later = f"INTERVAL {int(span.total_seconds()) * i} SECOND"
-                shifted = [f"{c} + {later} AS {c}" for c in ("time", "received_at")
-                           if c in columns]  # fmt: skip
-                shifted += [f"{c} || '-{i}' AS {c}" for c in ("connection_id", "session_id")
-                            if c in columns]  # fmt: skip
-                out = lake / "grow" / name / str(i)
-                con.execute(
-                    f"COPY (SELECT * REPLACE ({', '.join(shifted)}), (time + {later})::DATE AS date"
-                    " FROM"
-                    f" read_parquet({files!r})) TO '{out}' (FORMAT parquet, PARTITION_BY (date),"
-                    " COMPRESSION zstd, FILENAME_PATTERN 'grow-{i}', OVERWRITE_OR_IGNORE)"
-                )
-                for path in sorted(out.rglob("*.parquet")):
-                    target = lake / "main" / name / path.parent.name / f"grow-{i}-{path.name}"
+            for name, rows in originals.items():
+                shifted = rows
+                for column in ("time", "received_at"):
+                    if column in rows.column_names:
+                        later = pc.add(rows[column], pa.scalar(span * i, pa.duration("us")))
+                        shifted = shifted.set_column(
+                            rows.schema.get_field_index(column), column, later
+                        )
+                for column in ("connection_id", "session_id"):
+                    if column in rows.column_names:
+                        new_id = pc.binary_join_element_wise(rows[column], f"{i}", "-")
+                        shifted = shifted.set_column(
+                            rows.schema.get_field_index(column), column, new_id
+                        )
+                for date, part in partition_dates(shifted):
+                    target = lake / "main" / name / f"date={date}" / f"grow-{i}.parquet"
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    path.rename(target)
+                    pq.write_table(part, target, compression="zstd")
                     con.execute(
                         "CALL ducklake_add_data_files('lake', ?, ?, hive_partitioning => true)",
                         [name, str(target)],
                     )
-        shutil.rmtree(lake / "grow", ignore_errors=True)
     finally:
         con.close()
 
