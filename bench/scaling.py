@@ -215,7 +215,8 @@ def overviews(out_dir: Path, work: Path, console: Console) -> list[list[str]]:
         rows, seconds = overview(engine)
         engine.close()
         stored = sum(p.stat().st_size for p in (lake / "main").rglob("*.parquet"))
-        out.append([f"{rows:,}", f"{span * size}", f"{stored / 1e9:.2f} GB", f"{seconds:.2f} s"])
+        hours = (span * size).total_seconds() / 3600
+        out.append([f"{rows:,}", f"{hours:,.0f} h", f"{stored / 1e9:.2f} GB", f"{seconds:.2f} s"])
         console.print(f"scaling: overview over {rows:,} rtc_stats rows: {seconds:.2f} s")
     shutil.rmtree(data, ignore_errors=True)
     return out
@@ -281,7 +282,7 @@ def run(out_dir: Path, write_docs: bool) -> None:
             " Sora lake: `bench/sora_import.py`'s 1M-line corpus imported (400 connections"
             " reporting for about two hours), then grown by copies of every table's rows,"
             " each a corpus span later in time with new connection and session ids (as if"
-            " the same clients' next sessions followed), written by DuckDB per date and"
+            " the same clients' next sessions followed), written by pyarrow per date and"
             " added through the catalog (`grow`), measured at 1, 10, 30 and 100 times the"
             " corpus. What the copies do not change: 400 connections at a time, so the"
             " page's time grows with the rows and the span, not with concurrency:\n\n"
