@@ -453,7 +453,10 @@ class Spool:
                 self._dirty = [*segments, *(s for s in self._dirty if s not in segments)]
                 loop.call_later(1.0, self._wake.set)
                 continue
-            if segments:
+            # A sync that works ends an I/O error; a full disk ends when the timer sees
+            # room for what it refused (a small sync after a refused batch does not make
+            # /healthz and rtclake_spool_writable flap back to writable).
+            if segments and not (isinstance(self._failure, DiskFull) and not self._room_is_back()):
                 self._recovered()
             if self.on_sync is not None:
                 self.on_sync(time.perf_counter() - started)
