@@ -41,6 +41,7 @@ def lake(tmp_path: Path) -> Path:
         for i in range(30)
     )
     sink.write(batch(1, body))
+    sink.close()  # as a writer that stopped: the server opens the catalog on its own
     return tmp_path / "lake"
 
 

@@ -72,6 +72,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for i in range(30)
     )
     sink.write(batch(1, body))
+    sink.close()  # as a writer that stopped: the server opens the catalog on its own
     return data
 
 
