@@ -459,6 +459,8 @@ def query(
     except QueryError as exc:
         typer.echo(f"error ({exc.reason}): {exc.message}", err=True)
         raise typer.Exit(1) from exc
+    finally:
+        engine.close()
     if output is Format.csv:
         write_csv(result.table, result.types, sys.stdout)
     elif output is Format.json:

@@ -20,6 +20,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
 
@@ -32,6 +33,8 @@ from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch
 from rtclake.spool import Entry, Segment, Spool
 from rtclake.tables import TableRegistry
+
+T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +70,7 @@ class Writer:
         self.derivations = Derivations(tables.derivations, derived_state)
         self._task: asyncio.Task[None] | None = None
         self._busy = False
+        self._writing = False  # a call on a thread under way (see _off_loop)
         self._data_failures: dict[Path, int] = {}
         self.max_data_failures = 5
         self._last_maintenance = time.monotonic()
@@ -93,8 +97,10 @@ class Writer:
     async def stop(self) -> None:
         # A batch being written on the executor finishes first: its thread cannot be
         # cancelled, and it still uses the converter and the sinks.
+        # Only that: a batch waiting out its retry delay (a sink down) stops at once and
+        # is delivered again at the next start.
         deadline = time.monotonic() + 60
-        while self._busy and time.monotonic() < deadline:
+        while self._writing and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self._task is not None:
             self._task.cancel()
@@ -103,24 +109,32 @@ class Writer:
         self._converter.close()
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             seg = await self.spool.next_sealed()
             self._busy = True
             delay = self.retry_initial
             try:
                 work = self.delivery.executor  # convert and deliver on the sinks' thread
-                while not await loop.run_in_executor(work, self._deliver_safely, seg):
+                while not await self._off_loop(work, self._deliver_safely, seg):
                     if self._data_failures.get(seg.path, 0) >= self.max_data_failures:
-                        await loop.run_in_executor(None, self._quarantine, seg)
+                        await self._off_loop(None, self._quarantine, seg)
                         break
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.retry_max)
                 if time.monotonic() - self._last_maintenance >= self.maintenance_interval:
                     self._last_maintenance = time.monotonic()
-                    await loop.run_in_executor(None, self.delivery.maintain)
+                    await self._off_loop(None, self.delivery.maintain)
             finally:
                 self._busy = False
+
+    async def _off_loop(self, executor: Any, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` on ``executor``, with :attr:`_writing` set meanwhile: a
+        thread cannot be cancelled, so :meth:`stop` waits for it."""
+        self._writing = True
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
+        finally:
+            self._writing = False
 
     def _deliver_safely(self, seg: Segment) -> bool:
         """:meth:`_deliver`, where a failure of the spool's own disk (reading the segment,

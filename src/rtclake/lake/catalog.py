@@ -27,7 +27,6 @@ import contextlib
 import functools
 import importlib.util
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable
@@ -187,7 +186,7 @@ class Catalog:
             if self.storage.remote:
                 self.storage.duckdb_setup(con)
             if self.url.kind == "sqlite":
-                _sqlite_wal(self.url.target)
+                Path(self.url.target).parent.mkdir(parents=True, exist_ok=True)
             if not self.storage.remote:
                 Path(self.storage.root).mkdir(parents=True, exist_ok=True)
             options = [f"DATA_PATH {_literal(self.data_path)}"]
@@ -200,6 +199,14 @@ class Catalog:
                 options.append("READ_ONLY")
             else:
                 options.append("DATA_INLINING_ROW_LIMIT 0")
+                if self.url.kind == "sqlite":
+                    # WAL: readers (``rtclake query``, the dashboard) never wait for the
+                    # writer's commits, nor the writer for them. Set through DuckDB's own
+                    # SQLite, never Python's: a second copy of the library in the process
+                    # drops the other's POSIX locks on the file when it closes it, and
+                    # the other then deletes the WAL index under the live writer ("disk
+                    # I/O error", then "database disk image is malformed").
+                    options.append("META_JOURNAL_MODE 'WAL'")
             con.execute(
                 f"ATTACH {_literal(self.url.attach_target)} AS {ALIAS} ({', '.join(options)})"
             )
@@ -308,30 +315,6 @@ class Catalog:
             f"SELECT max(seq) FROM {ALIAS}.{LEDGER} WHERE node = ? AND run = ?", [node, run]
         ).fetchone()
         return None if row is None or row[0] is None else int(row[0])
-
-
-_wal_checked: set[str] = set()
-_wal_lock = threading.Lock()
-
-
-def _sqlite_wal(path: str) -> None:
-    """Put a SQLite catalog in WAL mode (kept in the file): readers (``rtclake query``,
-    the dashboard) then never wait for the writer's commits, nor the writer for them.
-
-    Once per file and process, before DuckDB opens it here: this is Python's SQLite, a
-    second copy of the library beside DuckDB's, and closing a file in one copy drops the
-    POSIX locks the other holds on it ("disk I/O error" on the next commit)."""
-    with _wal_lock:
-        if path in _wal_checked:
-            return
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(path, timeout=30)
-        try:
-            if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                con.execute("PRAGMA journal_mode = WAL")
-        finally:
-            con.close()
-        _wal_checked.add(path)
 
 
 def _duck_columns(con: Any, table: Table) -> dict[str, str]:

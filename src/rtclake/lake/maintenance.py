@@ -23,11 +23,14 @@ beside a retention ``DELETE``, conflict in DuckLake):
    deleted (``ducklake_cleanup_old_files``), and so are orphans: data files under the
    lake's root that no snapshot knows, uploaded by a transaction that never committed.
    ``cleanup_after`` must exceed the gap between a writer's upload and its commit, or a
-   batch still being committed would lose its files. Orphans are listed by DuckLake
-   (``ducklake_delete_orphaned_files`` with ``dry_run``) but deleted here, and only files
-   named as DuckLake names its data files: DuckLake counts every other file under the
-   data path as an orphan too, the default SQLite catalog (``ROOT/catalog.sqlite``), its
-   journal and this module's lock file among them.
+   batch still being committed would lose its files. On object storage DuckLake lists
+   the orphans (``ducklake_delete_orphaned_files`` with ``dry_run``); in a local folder
+   rtclake lists them itself, with ``stat`` only (DuckLake's listing reads every file
+   under the data path, the SQLite catalog's own among them, and closing them dropped
+   the process's SQLite locks: see :meth:`Maintenance._local_orphans`). Either way only
+   files named as DuckLake names its data files are deleted: DuckLake counts every other
+   file under the data path as an orphan too, the default SQLite catalog
+   (``ROOT/catalog.sqlite``), its journal and this module's lock file among them.
 
 Only one node runs maintenance at a time (the *leader* of that run): a run takes a lock
 without waiting and does nothing when another node holds it: an ``flock`` on
@@ -631,15 +634,13 @@ class Maintenance:
             "SELECT count(*) FROM ducklake_cleanup_old_files(?, older_than => ?::TIMESTAMPTZ)",
             [ALIAS, older],
         )
-        # orphans are aged by their files' times, which DuckLake compares right
-        modified = _timestamp(now - dt.timedelta(seconds=self.config.cleanup_after))
-        listed = self._query(
-            con,
-            "SELECT path FROM ducklake_delete_orphaned_files(?, dry_run => true,"
-            " older_than => ?::TIMESTAMPTZ)",
-            [ALIAS, modified],
-        )
-        orphans = [str(path) for (path,) in listed if _is_data_file(str(path), self.catalog)]
+        # orphans are aged by their files' times
+        cutoff = now - dt.timedelta(seconds=self.config.cleanup_after)
+        if self.catalog.storage.remote:
+            listed = self._orphans_listed_by_ducklake(con, cutoff)
+        else:
+            listed = self._local_orphans(con, cutoff)
+        orphans = [path for path in listed if _is_data_file(path, self.catalog)]
         removed = sum(_remove(self.catalog.storage, path) for path in orphans)
         result.changes.update({"files deleted": deleted, "orphans deleted": removed})
         skipped = len(listed) - len(orphans)
@@ -647,6 +648,81 @@ class Maintenance:
             result.details.append(
                 f"{skipped} other files under the lake's root left alone (not DuckLake's)"
             )
+
+    def _local_orphans(self, con: Any, cutoff: dt.datetime) -> list[str]:
+        """The Parquet files under a local lake's ``main/`` that the catalog does not
+        know, last modified before ``cutoff``.
+
+        Not DuckLake's ``ducklake_delete_orphaned_files``: it reads every file under the
+        data path, the SQLite catalog's own files among them (the default keeps them in
+        the lake's root), and a file closed in this process drops every POSIX lock the
+        process holds on it: SQLite's locks on its catalog. Another process (``rtclake
+        query``, a second tool) then took the catalog for unused and reset its WAL index
+        under this one: "disk I/O error", a bus error, a corrupted catalog. Here the
+        folders are listed and the files' times read with ``stat``, which opens
+        nothing."""
+        known = {
+            str(path)
+            for (path,) in self._query(
+                con, KNOWN_FILES_SQL.format(meta=f"__ducklake_metadata_{ALIAS}"),
+                [self.catalog.data_path, self.catalog.data_path],
+            )
+        }  # fmt: skip
+        limit = cutoff.timestamp()
+        found: list[str] = []
+        for folder, _dirs, files in os.walk(self.catalog.data_path + "main"):
+            for name in files:
+                if not name.endswith(".parquet"):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    modified = os.stat(path, follow_symlinks=False).st_mtime
+                except FileNotFoundError:  # cleaned up or renamed meanwhile
+                    continue
+                if modified < limit and path not in known:
+                    found.append(path)
+        return sorted(found)
+
+    def _orphans_listed_by_ducklake(self, con: Any, cutoff: dt.datetime) -> list[str]:
+        """DuckLake's list of orphans older than ``cutoff`` (object storage, where no
+        lock lives). It lists the data path's files and then reads each one's time: a
+        file that goes meanwhile (a replaced file cleaned up) fails the listing, which
+        is tried again (three times)."""
+        for attempt in range(3):
+            try:
+                rows = self._query(
+                    con,
+                    "SELECT path FROM ducklake_delete_orphaned_files(?, dry_run => true,"
+                    " older_than => ?::TIMESTAMPTZ)",
+                    [ALIAS, _timestamp(cutoff)],
+                )
+                return [str(path) for (path,) in rows]
+            except duckdb.IOException as exc:
+                if attempt == 2 or "no such file" not in str(exc).lower():
+                    raise
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+        raise AssertionError("unreachable")
+
+
+#: Every file the catalog knows, in any snapshot, or has scheduled for deletion: the
+#: files a cleanup must not take for orphans (paths resolved against the data path, as
+#: DuckLake resolves them; ``{meta}`` is the catalog's metadata database, the two
+#: parameters the data path).
+KNOWN_FILES_SQL = """
+SELECT CASE WHEN NOT f.path_is_relative THEN f.path
+            WHEN NOT t.path_is_relative THEN t.path || f.path
+            WHEN NOT s.path_is_relative THEN s.path || t.path || f.path
+            ELSE ? || s.path || t.path || f.path END
+FROM (SELECT path, path_is_relative, table_id FROM {meta}.ducklake_data_file
+      UNION ALL
+      SELECT path, path_is_relative, table_id FROM {meta}.ducklake_delete_file) f
+JOIN {meta}.ducklake_table t ON f.table_id = t.table_id
+JOIN {meta}.ducklake_schema s ON t.schema_id = s.schema_id
+UNION ALL
+SELECT CASE WHEN path_is_relative THEN ? || path ELSE path END
+FROM {meta}.ducklake_files_scheduled_for_deletion
+"""
 
 
 # -- helpers ------------------------------------------------------------------------------

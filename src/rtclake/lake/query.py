@@ -255,6 +255,9 @@ class QueryEngine:
     def _catalog_snapshot(self) -> dict[str, list[str]]:
         assert self.catalog is not None
         with self._catalog_lock:
+            if self.catalog.url.kind == "sqlite" and not Path(self.catalog.url.target).exists():
+                # nothing written yet (a reader does not create the catalog: the writer does)
+                return {t.name: [] for t in self.tables}
             for attempt in (1, 2):
                 try:
                     con = self._catalog_connection()
@@ -289,7 +292,12 @@ class QueryEngine:
     def _catalog_connection(self) -> Any:
         assert self.catalog is not None
         if self._catalog_con is None:
-            self._catalog_con = self.catalog.connect(threads=1)
+            # Read-only: a reader never writes the catalog, so it never checkpoints a
+            # SQLite catalog's WAL into the file on closing either. Readers attached
+            # read-write in another process than the writer's corrupted the SQLite file
+            # under load ("database disk image is malformed": rows of one table in
+            # another's pages), in a minute of ingest, maintenance and queries together.
+            self._catalog_con = self.catalog.connect(threads=1, read_only=True)
         return self._catalog_con
 
     def view_sql(self, table: Table, files: list[str]) -> str:
