@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -137,6 +139,33 @@ def test_a_failure_before_the_commit_leaves_nothing_visible_and_the_retry_commit
     assert count(tmp_path) == [["2026-11-02", 1, 1]]  # the uploaded files are not visible
     sink.write(batch(7, lines(1, 1)))  # the retry
     sink.write(batch(7, lines(1, 1)))  # and a replay
+    assert count(tmp_path) == [["2026-11-01", 2, 2], ["2026-11-02", 1, 1]]
+    sink.close()
+
+
+def test_a_refusal_is_tried_again_on_a_fresh_connection_before_it_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = LakeSink(tmp_path, default_registry())
+    sink.write(batch(6, lines(2)))
+    stale = sink._connection()
+    real = LakeSink._add
+    refusals = []
+
+    def add(self: LakeSink, con: Any, *args: Any) -> int:
+        if con is stale or len(refusals) >= 3:  # a connection gone stale / bad data
+            refusals.append(con)
+            raise duckdb.InvalidInputException("Unknown name map id 0 when trying to map file")
+        return real(self, con, *args)
+
+    monkeypatch.setattr(LakeSink, "_add", add)
+    sink.write(batch(7, lines(1, 1)))  # refused on the stale connection, stored afresh
+    assert len(refusals) == 1
+    assert count(tmp_path) == [["2026-11-01", 2, 2], ["2026-11-02", 1, 1]]
+    refusals.extend([None, None])  # from now on every connection refuses
+    with pytest.raises(duckdb.InvalidInputException):  # the writer's to count and set aside
+        sink.write(batch(8, lines(3)))
+    assert len(refusals) == 5  # once, then once more afresh
     assert count(tmp_path) == [["2026-11-01", 2, 2], ["2026-11-02", 1, 1]]
     sink.close()
 

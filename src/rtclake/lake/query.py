@@ -292,11 +292,10 @@ class QueryEngine:
     def _catalog_connection(self) -> Any:
         assert self.catalog is not None
         if self._catalog_con is None:
-            # Read-only: a reader never writes the catalog, so it never checkpoints a
-            # SQLite catalog's WAL into the file on closing either. Readers attached
-            # read-write in another process than the writer's corrupted the SQLite file
-            # under load ("database disk image is malformed": rows of one table in
-            # another's pages), in a minute of ingest, maintenance and queries together.
+            # Read-only: a reader never writes the catalog, nor checkpoints a SQLite
+            # catalog's WAL into its file when it closes (what a read-write reader in
+            # another process did when the writer's locks had been dropped: see
+            # Maintenance._local_orphans).
             self._catalog_con = self.catalog.connect(threads=1, read_only=True)
         return self._catalog_con
 

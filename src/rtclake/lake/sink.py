@@ -261,9 +261,20 @@ class LakeSink(Sink):
 
     def write(self, batch: Batch) -> None:
         try:
-            con = self._connection()
-            self._write(con, batch)
+            try:
+                self._write(self._connection(), batch)
+            except DATA_ERRORS as exc:
+                # Most likely the batch's data; but DuckLake raises the same kinds for a
+                # connection whose view of the catalog went stale (seen: "Unknown name
+                # map id" reading files other nodes had just added). Once more on a
+                # fresh connection before the writer counts it against the batch, which
+                # sets aside a batch that keeps failing.
+                log.warning("lake: batch refused; tried again afresh", batch=batch.name,
+                            error=str(exc).splitlines()[0][:300])  # fmt: skip
+                self._forget()
+                self._write(self._connection(), batch)
         except DATA_ERRORS:
+            self._forget()
             raise
         except duckdb.Error as exc:
             self._forget()
