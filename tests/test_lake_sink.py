@@ -18,6 +18,7 @@ import pytest
 
 from rtclake import faults
 from rtclake.catalog import default_registry
+from rtclake.lake.catalog import LEDGER
 from rtclake.lake.query import QueryEngine
 from rtclake.lake.sink import HiveLakeSink, LakeSink
 from rtclake.sinks.base import Batch
@@ -167,6 +168,29 @@ def test_a_refusal_is_tried_again_on_a_fresh_connection_before_it_counts(
         sink.write(batch(8, lines(3)))
     assert len(refusals) == 5  # once, then once more afresh
     assert count(tmp_path) == [["2026-11-01", 2, 2], ["2026-11-02", 1, 1]]
+    sink.close()
+
+
+def test_a_commit_that_meets_maintenances_is_tried_again_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = LakeSink(tmp_path, default_registry())
+    sink.write(batch(6, lines(2)))
+    other = sink.catalog.connect()  # maintenance's connection, committing meanwhile
+    real = faults.check
+    commits = []
+
+    def meanwhile(point: str) -> None:
+        if point == "lake.before_commit" and not commits:
+            other.execute(f"INSERT INTO lake.{LEDGER} VALUES ('m', 'r', 1, NULL, NULL, 0, now())")
+            commits.append(point)
+        real(point)
+
+    monkeypatch.setattr(faults, "check", meanwhile)
+    sink.write(batch(7, lines(1, 1)))  # no SinkError for the delivery to log and retry
+    assert commits
+    assert count(tmp_path) == [["2026-11-01", 2, 2], ["2026-11-02", 1, 1]]
+    other.close()
     sink.close()
 
 

@@ -43,7 +43,8 @@ in the lake's table ``rtclake_maintenance``; the scheduled run
 A SQLite catalog refuses a commit when another connection committed since the committing
 transaction began ("database is locked"), so each statement that meets a busy catalog is
 tried again, for up to ``busy_timeout`` seconds; the writer's batch that meets
-maintenance's commit is retried by the delivery. A merge's transaction lasts as long as
+maintenance's commit is tried again at once by the lake's sink (up to 1.55 s), then by
+the delivery. A merge's transaction lasts as long as
 writing the merged files, so beside a writer committing more often than that (measured:
 every 5 ms) it may not get through at all; the step then fails and the next run tries
 again. A PostgreSQL catalog has no such limit.

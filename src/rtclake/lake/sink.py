@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import functools
 import io
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -262,7 +263,7 @@ class LakeSink(Sink):
     def write(self, batch: Batch) -> None:
         try:
             try:
-                self._write(self._connection(), batch)
+                self._write_waiting(batch)
             except DATA_ERRORS as exc:
                 # Most likely the batch's data; but DuckLake raises the same kinds for a
                 # connection whose view of the catalog went stale (seen: "Unknown name
@@ -272,13 +273,33 @@ class LakeSink(Sink):
                 log.warning("lake: batch refused; tried again afresh", batch=batch.name,
                             error=str(exc).splitlines()[0][:300])  # fmt: skip
                 self._forget()
-                self._write(self._connection(), batch)
+                self._write_waiting(batch)
         except DATA_ERRORS:
             self._forget()
             raise
         except duckdb.Error as exc:
             self._forget()
             raise SinkError(f"lake: {str(exc).splitlines()[0]}") from exc
+
+    def _write_waiting(self, batch: Batch, attempts: int = 6) -> None:
+        """:meth:`_write`, tried again at once (after 0.05, 0.1, ... 0.8 s) when its
+        commit met another's: a SQLite catalog refuses a commit when another connection
+        (maintenance's) committed since the transaction began ("database is locked", not
+        waited out by SQLite's busy timeout). Nothing of the failed commit stays, and
+        the ledger is read again, so the retry stores the batch once."""
+        delay = 0.05
+        for attempt in range(attempts):
+            try:
+                self._write(self._connection(), batch)
+                return
+            except duckdb.Error as exc:
+                if attempt == attempts - 1 or not _catalog_busy(exc):
+                    raise
+                log.info("lake: commit met another's; tried again", batch=batch.name,
+                         error=str(exc).splitlines()[-1][:200])  # fmt: skip
+                self._forget()
+                time.sleep(delay)
+                delay *= 2
 
     def _forget(self) -> None:
         """After a failure the outcome of the last commit is unknown and the connection's
@@ -419,6 +440,12 @@ class LakeSink(Sink):
         if self._con is not None:
             self._con.close()
             self._con = None
+
+
+def _catalog_busy(exc: BaseException) -> bool:
+    """A commit refused because another connection held or changed the catalog."""
+    text = str(exc).lower()
+    return "database is locked" in text or "database is busy" in text
 
 
 def lake_sink(
