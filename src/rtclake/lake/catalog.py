@@ -232,7 +232,7 @@ class Catalog:
                     self._ensure(con, todo)
                     break
                 except duckdb.Error as exc:
-                    if attempt == 9 or not _conflict(exc):
+                    if attempt == 9 or not conflict(exc):
                         raise
                     _rollback(con)
                     time.sleep(0.05 * (attempt + 1))
@@ -292,7 +292,7 @@ class Catalog:
                     con.execute(f"CALL {ALIAS}.set_option(?, ?)", [name, value])
                     break
                 except duckdb.Error as exc:
-                    if attempt == 9 or not _conflict(exc):
+                    if attempt == 9 or not conflict(exc):
                         raise
                     _rollback(con)
                     time.sleep(0.05 * (attempt + 1))
@@ -324,8 +324,10 @@ def _duck_columns(con: Any, table: Table) -> dict[str, str]:
     return {name: str(t) for name, t in zip(relation.columns, relation.types, strict=True)}
 
 
-def _conflict(exc: BaseException) -> bool:
-    """Whether a catalog error is another node's concurrent change (worth a retry)."""
+def conflict(exc: BaseException) -> bool:
+    """Whether a catalog error is another connection's concurrent change (worth a retry):
+    a conflict DuckLake gave up retrying, PostgreSQL's serialization failure, SQLite's
+    "database is locked" (another connection committed since the transaction began)."""
     text = str(exc).lower()
     return any(w in text for w in ("conflict", "serializ", "locked", "concurrent"))
 

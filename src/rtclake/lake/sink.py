@@ -39,6 +39,7 @@ from rtclake.lake.catalog import (
     PARTITION,
     Catalog,
     CatalogUrl,
+    conflict,
     default_url,
     parse_url,
 )
@@ -293,7 +294,7 @@ class LakeSink(Sink):
                 self._write(self._connection(), batch)
                 return
             except duckdb.Error as exc:
-                if attempt == attempts - 1 or not _catalog_busy(exc):
+                if attempt == attempts - 1 or not conflict(exc):
                     raise
                 log.info("lake: commit met another's; tried again", batch=batch.name,
                          error=str(exc).splitlines()[-1][:200])  # fmt: skip
@@ -440,12 +441,6 @@ class LakeSink(Sink):
         if self._con is not None:
             self._con.close()
             self._con = None
-
-
-def _catalog_busy(exc: BaseException) -> bool:
-    """A commit refused because another connection held or changed the catalog."""
-    text = str(exc).lower()
-    return "database is locked" in text or "database is busy" in text
 
 
 def lake_sink(
