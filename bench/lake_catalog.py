@@ -3,8 +3,11 @@
 - **HTTP ingest's writer path**: what the writer does with the spool's segments (the
   converter, the delivery, the lake sink), for segments of the telemetry records the HTTP
   benchmark posts (``bench/records.py``), 1,000 records an entry, one entry a request, as
-  a one-second flush under the batch phase's load holds them. The acknowledgement path
-  (spool, fsync) does not change with the catalog: the writer is what does.
+  a one-second flush under the batch phase's load holds them, all waiting (the writer
+  behind, as under that load), so grouped as the writer groups them
+  (``rtclake.writer.GROUP_*``: the lake stores a group in one commit, the Hive writer a
+  file per segment). The acknowledgement path (spool, fsync) does not change with the
+  catalog: the writer is what does.
 - **HTTP ingest, end to end**: the HTTP benchmark's batch phase (``bench/http_ingest.py``:
   a fresh ``rtclake run``, 1,000-record bodies, closed loop, 1 s flush), its lake through
   the catalog or ``lake.catalog: hive``: records acknowledged and written per second,
@@ -49,6 +52,7 @@ from rtclake.lake.sink import lake_sink
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch
 from rtclake.spool import Entry, EntryHeader
+from rtclake.writer import GROUP_BYTES, GROUP_RECORDS, GROUP_SEGMENTS
 
 SECTION = "lake-catalog"
 ROUNDS = 3
@@ -102,6 +106,26 @@ def segments(seed: int = 1) -> list[list[Entry]]:
     return out
 
 
+def writer_groups(segs: list[list[Entry]]) -> list[list[int]]:
+    """The segments as the writer groups them when they all wait (a backlog): of one run,
+    within its budget of segments, records and bytes."""
+    groups: list[list[int]] = []
+    records = size = 0
+    for seq, entries in enumerate(segs):
+        more = sum(e.header.records for e in entries), sum(len(e.body) for e in entries)
+        if (
+            not groups
+            or len(groups[-1]) == GROUP_SEGMENTS
+            or records + more[0] > GROUP_RECORDS
+            or size + more[1] > GROUP_BYTES
+        ):
+            groups.append([])
+            records = size = 0
+        groups[-1].append(seq)
+        records, size = records + more[0], size + more[1]
+    return groups
+
+
 def writer_path(work: Path, side: str, segs: list[list[Entry]]) -> Timed:
     root = work / f"writer-{side}"
     shutil.rmtree(root, ignore_errors=True)
@@ -113,12 +137,14 @@ def writer_path(work: Path, side: str, segs: list[list[Entry]]) -> Timed:
     try:
         delivery.start()
         started = time.perf_counter()
-        for seq, entries in enumerate(segs):
-            converted = converter.convert("bench", seq, entries)
-            batch = Batch("bench", "bench", seq, converted)
-            outcome = delivery.deliver(batch, set(), lambda _sink: None)
+        for group in writer_groups(segs):
+            batches = []
+            for seq in group:
+                converted = converter.convert("bench", seq, segs[seq])
+                batches.append(Batch("bench", "bench", seq, converted))
+                rows += sum(t.num_rows for t in converted.values())
+            outcome = delivery.deliver(batches, set(), lambda _sink: None)
             assert outcome.done, outcome
-            rows += sum(t.num_rows for t in converted.values())
         seconds = time.perf_counter() - started
     finally:
         converter.close()
@@ -273,9 +299,12 @@ def run(
             f"Rounds: {rounds}, the two sides alternating (who goes first alternates); the"
             " medians count. Writer path: "
             f"{SEGMENTS} segments of {ENTRIES} entries of 1,000 generated telemetry records"
-            " (`bench/records.py`), each converted and delivered as the writer does"
-            " (`Converter`, `Delivery`, the lake sink); the HTTP acknowledgement path (spool,"
-            " fsync) is the same for both. HTTP ingest end to end: the HTTP benchmark's batch phase"
+            " (`bench/records.py`), all waiting, each converted and delivered as the writer"
+            " does with a backlog (`Converter`, `Delivery`, the lake sink; groups of"
+            f" {', '.join(str(len(g)) for g in writer_groups(segs))} segments by"
+            " `rtclake.writer`'s budget: one commit a group through the catalog, a file a"
+            " segment for Hive); the HTTP acknowledgement path (spool, fsync) is the same"
+            " for both. HTTP ingest end to end: the HTTP benchmark's batch phase"
             " (`bench/http_ingest.py`, fresh `rtclake run`, 1,000-record bodies, 8 connections,"
             " closed loop, 3 s warm-up + 15 s measured, 1 s flush), Hive side with"
             " `RTCLAKE_LAKE__CATALOG=hive`; written = rows the writer stored in the window;"

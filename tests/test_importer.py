@@ -11,13 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 import structlog
 
+from rtclake import faults
 from rtclake.catalog import default_registry
 from rtclake.delivery import Delivery
+from rtclake.errors import SinkError
 from rtclake.importer import BlockReader, Importer, ImportStats
 from rtclake.integrations.sora.kohaku_s3_import import S3Importer, S3Location, s3_client
 from rtclake.integrations.sora.logs import table_for
+from rtclake.lake.catalog import LEDGER
 from rtclake.lake.query import QueryEngine
 from rtclake.lake.sink import LakeSink
 from rtclake.metrics import Metrics
@@ -53,7 +57,7 @@ def stats_line(conn: str, n: int) -> str:
     )
 
 
-def make_importer(tmp_path: Path) -> Importer:
+def make_importer(tmp_path: Path, group_rows: int = 120_000) -> Importer:
     tables = default_registry()
     return Importer(
         tables,
@@ -62,6 +66,7 @@ def make_importer(tmp_path: Path) -> Importer:
         node="test",
         table_for=table_for,
         block_bytes=4096,
+        group_rows=group_rows,
     )
 
 
@@ -151,6 +156,36 @@ def test_blocks_keep_lines_whole_across_buffers_gzip_members_and_read_only_strea
             got.append(bytes(buf[:length]))
             reader.release(buf)
         assert b"".join(got) == text
+
+
+def test_blocks_are_stored_in_groups_and_a_failed_group_is_imported_again_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks go to the lake in groups of at least ``group_rows`` rows, one commit (one
+    ledger row, ending at the group's last block) each; when a group fails, the
+    checkpoint stays before it, and the next import stores the rest exactly once."""
+    path = tmp_path / "rtc_stats.jsonl"
+    path.write_text("\n".join(stats_line("G", n) for n in range(300)) + "\n")
+    faults.arm("lake.before_commit", "eio", skip=2, times=6)  # the third group, every try
+    monkeypatch.setattr("rtclake.delivery.time.sleep", lambda _seconds: None)  # no backoff
+    with pytest.raises(SinkError):
+        make_importer(tmp_path, group_rows=60).import_paths([path])
+    done = json.loads((tmp_path / "import-state.json").read_text())["files"]
+    offset = done[str(path.absolute())]["offset"]
+    assert 0 < offset < path.stat().st_size
+    assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == 120  # two groups of 60+
+    faults.disarm()
+    stats = make_importer(tmp_path, group_rows=60).import_paths([path])
+    assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == 300
+    assert count(tmp_path, "SELECT count(DISTINCT stats_id) FROM rtc_stats") == 300
+    assert stats.rows == 300 - 120
+    sink = LakeSink(tmp_path / "lake", default_registry())
+    rows = sink._connection().execute(f"SELECT file_offset FROM lake.{LEDGER} ORDER BY seq")
+    ledger = [offset for (offset,) in rows.fetchall()]
+    sink.close()
+    assert ledger[1] == offset and ledger[-1] == path.stat().st_size
+    blocks = -(-path.stat().st_size // 4096)
+    assert len(ledger) <= blocks // 4  # a group: at least 60 lines, four blocks or more
 
 
 def test_a_line_imported_twice_is_stored_once(tmp_path: Path) -> None:

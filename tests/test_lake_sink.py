@@ -251,3 +251,67 @@ def test_a_lake_folder_moved_elsewhere_is_read_and_written_as_before(tmp_path: P
     assert count(tmp_path / "new") == [
         ["2026-11-01", 1, 1], ["2026-11-02", 1, 1], ["2026-11-03", 1, 1]
     ]  # fmt: skip
+
+
+def ledger(lake: Path) -> list[tuple[Any, ...]]:
+    sink = LakeSink(lake, default_registry())
+    try:
+        con = sink._connection()
+        return con.execute(f"SELECT seq, rows FROM lake.{LEDGER} ORDER BY seq").fetchall()
+    finally:
+        sink.close()
+
+
+def test_a_group_of_batches_is_one_commit_and_one_file_per_table_and_date(
+    tmp_path: Path,
+) -> None:
+    sink = LakeSink(tmp_path, default_registry())
+    repeated = b'{"time": "2026-11-01T10:00:00Z", "device_id": "again"}'
+    group = [
+        batch(3, lines(1, 2) + b"\n" + repeated),
+        batch(4, lines(2) + b"\n" + repeated),  # a record of the batch before it
+        batch(5, lines(1)),
+    ]
+    sink.write_group(group)
+    sink.close()
+    found = [f for f in files(tmp_path) if f.startswith("main/telemetry/")]
+    assert found == [  # named after the first batch of the group
+        "main/telemetry/date=2026-11-01/node-sp-000000000003.parquet",
+        "main/telemetry/date=2026-11-02/node-sp-000000000003.parquet",
+    ]
+    # every record once (lines() numbers its devices from 0 in each batch: batch 5's
+    # record is batch 3's first)
+    assert count(tmp_path) == [["2026-11-01", 2, 2], ["2026-11-02", 2, 2]]
+    assert ledger(tmp_path) == [(5, 4)]  # one row, the last batch's: 4 rows stored
+
+
+def test_a_group_partly_committed_before_stores_only_the_rest(tmp_path: Path) -> None:
+    """A group formed again after a commit whose outcome was unknown (or a restart) may
+    begin with batches the ledger holds: those are skipped, the rest stored once."""
+    first = LakeSink(tmp_path, default_registry())
+    first.write_group([batch(1, lines(1)), batch(2, lines(2))])
+    first.close()
+    again = LakeSink(tmp_path, default_registry())  # a new process: nothing in memory
+    again.write_group([batch(1, lines(1)), batch(2, lines(2)), batch(3, lines(3, 3))])
+    again.write_group([batch(2, lines(2)), batch(3, lines(3, 3))])  # all held: nothing
+    again.close()
+    assert count(tmp_path) == [["2026-11-01", 1, 1], ["2026-11-02", 1, 1], ["2026-11-03", 2, 2]]
+    assert ledger(tmp_path) == [(2, 2), (3, 2)]
+    assert [f for f in files(tmp_path) if "2026-11-03" in f] == [
+        "main/telemetry/date=2026-11-03/node-sp-000000000003.parquet"
+    ]
+
+
+def test_a_failed_group_commit_leaves_nothing_and_its_batches_then_commit_one_by_one(
+    tmp_path: Path,
+) -> None:
+    sink = LakeSink(tmp_path, default_registry())
+    faults.arm("lake.before_commit", "eio", times=1)
+    with pytest.raises(OSError):
+        sink.write_group([batch(1, lines(1)), batch(2, lines(2))])
+    assert count(tmp_path) == []
+    sink.write(batch(1, lines(1)))  # what the writer does after a group fails
+    sink.write(batch(2, lines(2)))
+    sink.close()
+    assert count(tmp_path) == [["2026-11-01", 1, 1], ["2026-11-02", 1, 1]]
+    assert ledger(tmp_path) == [(1, 1), (2, 1)]

@@ -204,9 +204,13 @@ def test_every_column_of_the_views_is_declared_and_documented(engine: QueryEngin
         assert f"`{name}`" in text
 
 
-def test_rates_are_derived_once_per_batch_in_order_across_batches(tmp_path: Path) -> None:
+@pytest.mark.parametrize("group_rows", [1, 25])
+def test_rates_are_derived_once_per_batch_in_order_across_batches(
+    tmp_path: Path, group_rows: int
+) -> None:
     """The importer derives rates block by block: a stream's samples split over many
-    blocks (a block of 4 KiB here) make the same rates as one block would, none twice."""
+    blocks (a block of 4 KiB here), stored a block at a time or in groups of blocks,
+    make the same rates as one block would, none twice."""
     lines = [
         sample("k", "inbound-rtp", "IA", 5 * i, "audio", bytesReceived=20_000 * i,
                packetsReceived=250 * i, packetsLost=0)
@@ -219,6 +223,7 @@ def test_rates_are_derived_once_per_batch_in_order_across_batches(tmp_path: Path
     importer = Importer(
         tables, Delivery([LakeSink(tmp_path / "lake", tables)], Metrics()),
         tmp_path / "import-state.json", node="test", table_for=table_for, block_bytes=4096,
+        group_rows=group_rows,
     )  # fmt: skip
     try:
         importer.import_paths([logs])
@@ -231,7 +236,7 @@ def test_rates_are_derived_once_per_batch_in_order_across_batches(tmp_path: Path
     assert n == distinct == 59  # sixty samples, one rate per interval, none repeated
     assert low == high == pytest.approx(8 * 20_000 / 5)
     files = list((tmp_path / "lake" / "main" / "rtc_rates").rglob("*.parquet"))
-    assert len(files) > 1  # really more than one block
+    assert len(files) > 1  # really more than one block, or group
 
 
 def test_a_state_saved_by_an_earlier_version_is_carried_on(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 from rtclake.catalog import default_registry
@@ -37,7 +38,11 @@ def header(table: str = "telemetry") -> EntryHeader:
     )
 
 
-async def run(tmp_path: Path, sinks: list[Sink], entries: list[EntryHeader]) -> Spool:
+async def run(
+    tmp_path: Path, sinks: list[Sink], entries: list[EntryHeader], *, backlog: bool = False
+) -> Spool:
+    """The entries through a writer into ``sinks``, one segment each; ``backlog``: all of
+    them spooled before the writer starts (as after a restart, or when it fell behind)."""
     spool = Spool(
         tmp_path / "spool",
         max_bytes=1 << 20,
@@ -51,9 +56,14 @@ async def run(tmp_path: Path, sinks: list[Sink], entries: list[EntryHeader]) -> 
     writer = Writer(
         spool, delivery, default_registry(), metrics, node="n", retry_initial=0.01, retry_max=0.02
     )
-    await writer.start()
+    if not backlog:
+        await writer.start()
     for i, head in enumerate(entries):
         await spool.append(head, b'{"i": %d}' % i)
+    if backlog:
+        spool.cut()
+        await spool.flush()
+        await writer.start()
     assert await writer.drain(10)
     await spool.close()
     await writer.stop()
@@ -102,3 +112,39 @@ def test_an_outage_is_retried_however_long_it_lasts(tmp_path: Path) -> None:
     asyncio.run(run(tmp_path, [sink], [header(), header()]))
     assert sink.written == [0, 1]
     assert not (tmp_path / "spool" / "quarantine").exists()
+
+
+class GroupingSink(FailingSink):
+    """Notes the segments of each group it is given (and stores them one by one)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.groups: list[list[int]] = []
+
+    def write_group(self, batches: Sequence[Batch]) -> None:
+        self.groups.append([batch.segment for batch in batches])
+        super().write_group(batches)
+
+
+def test_segments_that_wait_go_to_the_sinks_as_one_group(tmp_path: Path) -> None:
+    grouping, plain = GroupingSink("lake"), FailingSink("other")
+    spool = asyncio.run(run(tmp_path, [grouping, plain], [header()] * 5, backlog=True))
+    assert grouping.groups == [[0, 1, 2, 3, 4]]
+    assert grouping.written == plain.written == [0, 1, 2, 3, 4]
+    assert sorted(grouping.column("telemetry", "extra")) == [f'{{"i":{i}}}' for i in range(5)]
+    assert spool.used_bytes == 0
+
+
+class PickyGroupingSink(GroupingSink, PickySink):
+    pass
+
+
+def test_a_group_holding_a_poisoned_batch_goes_one_at_a_time(tmp_path: Path) -> None:
+    """The group fails for one batch's data: its batches go one by one, the poisoned one
+    is set aside alone and the others are stored."""
+    sink = PickyGroupingSink("lake")
+    asyncio.run(run(tmp_path, [sink], [header()] * 4, backlog=True))
+    assert sink.groups[0] == [0, 1, 2, 3]
+    assert sorted(set(sink.written)) == [1, 2, 3]
+    (quarantined,) = (tmp_path / "spool" / "quarantine").glob("*.wal")
+    assert quarantined.name.endswith("-000000000000.wal")

@@ -40,7 +40,7 @@ from prometheus_client import Counter
 from rtclake import faults
 from rtclake.errors import SinkError
 from rtclake.metrics import Metrics
-from rtclake.sinks.base import Batch, Rejected, Sink
+from rtclake.sinks.base import Batch, Rejected, Sink, group_name
 from rtclake.tables import DEAD_LETTERS
 
 log = structlog.get_logger(__name__)
@@ -129,18 +129,29 @@ class Delivery:
             self._started.add(sink.name)
 
     def deliver(
-        self, batch: Batch, confirmed: Collection[str], confirm: Callable[[str], None]
+        self,
+        batch: Batch | Sequence[Batch],
+        confirmed: Collection[str],
+        confirm: Callable[[str], None],
     ) -> Outcome:
         """Write ``batch`` to each sink not in ``confirmed``, calling ``confirm(name)`` once
         a sink holds it (an ``OSError`` from ``confirm`` propagates: nothing is lost, the
-        batch is delivered again)."""
-        return self._call(self._deliver, batch, confirmed, confirm)
+        batch is delivered again).
+
+        ``batch`` may be a group: consecutive batches of one run, which every sink takes
+        in one call (:meth:`Sink.write_group`); ``confirm(name)`` then says the sink holds
+        them all. A record refused for good in a group fails the group (neither an outage
+        nor the data's fault): the caller then delivers the batches one at a time, where
+        each refusal goes to the dead letters."""
+        batches = [batch] if isinstance(batch, Batch) else list(batch)
+        return self._call(self._deliver, batches, confirmed, confirm)
 
     def _deliver(
-        self, batch: Batch, confirmed: Collection[str], confirm: Callable[[str], None]
+        self, batches: list[Batch], confirmed: Collection[str], confirm: Callable[[str], None]
     ) -> Outcome:
         self._start_pending()
         done, data_error = True, False
+        name = group_name(batches)
         for sink in self.sinks:
             if sink.name in confirmed:
                 continue
@@ -150,25 +161,34 @@ class Delivery:
             started = time.perf_counter()
             refused: dict[str, int] = {}
             try:
-                try:
-                    sink.write(batch)
-                except Rejected as rejected:
-                    self._dead_letter(sink, batch, rejected)
-                    refused = {name: len(rows) for name, rows in rejected.rows.items()}
+                if len(batches) > 1:
+                    sink.write_group(batches)
+                else:
+                    try:
+                        sink.write(batches[0])
+                    except Rejected as rejected:
+                        self._dead_letter(sink, batches[0], rejected)
+                        refused = {name: len(rows) for name, rows in rejected.rows.items()}
+            except Rejected:  # only from a group: its batches then go one at a time
+                done = False
+                log.info("delivery: a record refused in a group; its batches go one at a time",
+                         sink=sink.name, batch=name)  # fmt: skip
+                continue
             except Exception as exc:  # a sink's failure must not stop the others
                 done = False
                 data_error |= not isinstance(exc, OSError | SinkError)
                 self.metrics.sink_errors.labels(sink.name).inc()
                 log.error(
-                    "delivery: sink failed; batch kept", sink=sink.name, batch=batch.name,
+                    "delivery: sink failed; batch kept", sink=sink.name, batch=name,
                     error=_text(exc),
                 )  # fmt: skip
                 continue
             faults.check("writer.after_sink_write")
             self.metrics.batch_seconds.labels(sink.name).observe(time.perf_counter() - started)
-            for table_name, table in batch.tables.items():
-                stored = table.num_rows - refused.get(table_name, 0)
-                self.metrics.stored.labels(sink.name, table_name).inc(stored)
+            for batch in batches:
+                for table_name, table in batch.tables.items():
+                    stored = table.num_rows - refused.get(table_name, 0)
+                    self.metrics.stored.labels(sink.name, table_name).inc(stored)
             confirm(sink.name)
             faults.check("writer.after_ack")
         return Outcome(done, data_error)
@@ -201,17 +221,35 @@ class Delivery:
 
     def deliver_retrying(
         self,
-        batch: Batch,
+        batch: Batch | Sequence[Batch],
         *,
         attempts: int = 6,
         retry_initial: float = 0.5,
         retry_max: float = 8.0,
     ) -> None:
-        """Deliver ``batch`` to every sink, retrying with backoff; raise
-        :class:`~rtclake.errors.SinkError` if some sink still lacks it after ``attempts``
-        (what imports use: their checkpoint must not pass a batch a sink lacks)."""
-        confirmed: set[str] = set()
+        """Deliver ``batch`` (or a group, as :meth:`deliver`) to every sink, retrying with
+        backoff; raise :class:`~rtclake.errors.SinkError` if some sink still lacks it
+        after ``attempts`` (what imports use: their checkpoint must not pass a batch a
+        sink lacks). A group that fails is delivered one batch at a time."""
+        batches = [batch] if isinstance(batch, Batch) else list(batch)
+        took: set[str] = set()  # the sinks that took the whole group
+        if len(batches) > 1 and self.deliver(batches, took, took.add).done:
+            return
+        for one in batches:
+            self._deliver_retrying_one(one, took, attempts, retry_initial, retry_max)
+
+    def _deliver_retrying_one(
+        self,
+        batch: Batch,
+        already: Collection[str],
+        attempts: int,
+        retry_initial: float,
+        retry_max: float,
+    ) -> None:
+        """:meth:`deliver_retrying` of one batch, to the sinks not in ``already``."""
+        confirmed: set[str] = set(already)
         delay = retry_initial
+        attempt = 0
         for attempt in range(1, attempts + 1):
             outcome = self.deliver(batch, confirmed, confirmed.add)
             if outcome.done:

@@ -86,15 +86,20 @@ class Derivations:
                       error=str(exc))  # fmt: skip
             return None
 
-    def derive(self, tables: dict[str, pa.Table]) -> tuple[dict[str, pa.Table], Pending]:
+    def derive(
+        self, tables: dict[str, pa.Table], after: Pending | None = None
+    ) -> tuple[dict[str, pa.Table], Pending]:
         """The derived tables of one batch and the states to :meth:`commit` once it is
-        stored. A derivation that fails is logged and skipped (its rows are derived data:
-        the batch's own records are stored regardless) and keeps its state."""
+        stored; ``after``: the pending states of the batch before it, not stored yet
+        (batches stored together, in one group). A derivation that fails is logged and
+        skipped (its rows are derived data: the batch's own records are stored
+        regardless) and keeps its state."""
         derived: dict[str, pa.Table] = {}
-        pending: dict[str, pa.Table | None] = {}
+        pending: dict[str, pa.Table | None] = dict(after.states) if after else {}
         available = {name: rows for name, rows in tables.items() if rows.num_rows}
         with self._lock:
             states = dict(self._states)
+        states.update(pending)
         for derivation in self.derivations:
             if derivation.sources[0] not in available:
                 continue

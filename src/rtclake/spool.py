@@ -521,6 +521,13 @@ class Spool:
         """The oldest segment that is cut, durable and not yet removed."""
         return await self._sealed.get()
 
+    def next_sealed_nowait(self) -> Segment | None:
+        """The oldest segment waiting, if one is (None: none is)."""
+        try:
+            return self._sealed.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
     def sealed_waiting(self) -> int:
         return self._sealed.qsize()
 

@@ -16,6 +16,7 @@ poisoned batch cannot hold up the batches behind it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Callable
@@ -27,14 +28,22 @@ import structlog
 from rtclake import faults
 from rtclake.convert import Converter
 from rtclake.delivery import Delivery
-from rtclake.derive import Derivations
+from rtclake.derive import Derivations, Pending
 from rtclake.memory import release_memory
 from rtclake.metrics import Metrics
-from rtclake.sinks.base import Batch
+from rtclake.sinks.base import Batch, group_name
 from rtclake.spool import Entry, Segment, Spool
 from rtclake.tables import TableRegistry
 
 T = TypeVar("T")
+
+#: When segments wait (the writer is behind), up to this many of one run, of at most
+#: GROUP_RECORDS records and GROUP_BYTES together, go to the sinks as one group: the lake
+#: stores a group in one commit, whose fixed cost (reading the catalog, a file per
+#: table, the commit) is then paid once.
+GROUP_SEGMENTS = 8
+GROUP_RECORDS = 200_000
+GROUP_BYTES = 32 * 1024 * 1024
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +78,7 @@ class Writer:
         # derived tables (rates from counters), their state kept in derived_state
         self.derivations = Derivations(tables.derivations, derived_state)
         self._task: asyncio.Task[None] | None = None
+        self._held: collections.deque[Segment] = collections.deque()  # taken, not stored
         self._busy = False
         self._writing = False  # a call on a thread under way (see _off_loop)
         self._data_failures: dict[Path, int] = {}
@@ -81,7 +91,7 @@ class Writer:
 
     @property
     def idle(self) -> bool:
-        return not self._busy and self.spool.sealed_waiting() == 0
+        return not self._busy and not self._held and self.spool.sealed_waiting() == 0
 
     async def drain(self, timeout: float) -> bool:
         """Cut the open segment and wait until the writer has stored everything."""
@@ -110,12 +120,21 @@ class Writer:
 
     async def _run(self) -> None:
         while True:
-            seg = await self.spool.next_sealed()
+            seg = self._held.popleft() if self._held else await self.spool.next_sealed()
             self._busy = True
             delay = self.retry_initial
             try:
                 work = self.delivery.executor  # convert and deliver on the sinks' thread
-                while not await self._off_loop(work, self._deliver_safely, seg):
+                group = self._group(seg)
+                if len(group) > 1 and not await self._off_loop(work, self._deliver_group, group):
+                    # one at a time: a failure is then retried or set aside alone (those
+                    # the group stored before it failed are gone from the spool)
+                    group = [s for s in group if s.path.exists()]
+                    self._held.extendleft(reversed(group[1:]))
+                    seg = group[0] if group else seg
+                elif len(group) > 1:
+                    group = []
+                while group and not await self._off_loop(work, self._deliver_safely, seg):
                     if self._data_failures.get(seg.path, 0) >= self.max_data_failures:
                         await self._off_loop(None, self._quarantine, seg)
                         break
@@ -126,6 +145,29 @@ class Writer:
                     await self._off_loop(None, self.delivery.maintain)
             finally:
                 self._busy = False
+
+    def _group(self, seg: Segment) -> list[Segment]:
+        """``seg`` and the segments waiting after it that can go with it: of its run, not
+        confirmed by other sinks than it (they are delivered as one), within the
+        budget (GROUP_SEGMENTS, GROUP_RECORDS, GROUP_BYTES)."""
+        group = [seg]
+        acked = Spool.acked_sinks(seg)
+        records, size = seg.records, seg.size
+        while len(group) < GROUP_SEGMENTS:
+            more = self._held.popleft() if self._held else self.spool.next_sealed_nowait()
+            if more is None:
+                break
+            if (
+                more.run != seg.run
+                or records + more.records > GROUP_RECORDS
+                or size + more.size > GROUP_BYTES
+                or Spool.acked_sinks(more) != acked
+            ):
+                self._held.appendleft(more)
+                break
+            group.append(more)
+            records, size = records + more.records, size + more.size
+        return group
 
     async def _off_loop(self, executor: Any, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` on ``executor``, with :attr:`_writing` set meanwhile: a
@@ -193,6 +235,45 @@ class Writer:
         del batch, tables, entries
         release_memory()
         return outcome.done
+
+    def _deliver_group(self, segs: list[Segment]) -> bool:
+        """Several segments to every sink at once (:meth:`Delivery.deliver` of a group);
+        True when all have them. Anything that fails sends them one at a time again,
+        where failures are counted and retried (False)."""
+        try:
+            batches: list[Batch] = []
+            pending: Pending | None = None
+            for seg in segs:
+                entries = Spool.read(seg)
+                if self.process is not None:
+                    entries = self.process(entries, seg.run, seg.seq)
+                tables = self._converter.convert(seg.run, seg.seq, entries)
+                derived, pending = self.derivations.derive(tables, pending)
+                batches.append(Batch(self.node, seg.run, seg.seq, {**tables, **derived}))
+                del entries, tables, derived
+            acked = Spool.acked_sinks(segs[0])
+
+            def confirm(sink: str) -> None:
+                for seg in segs:
+                    self.spool.ack(seg, sink)
+
+            outcome = self.delivery.deliver(batches, acked, confirm)
+            if not outcome.done:
+                return False
+            for seg in segs:
+                self.spool.remove(seg)
+            if pending is not None:
+                self.derivations.commit(pending)
+        except Exception as exc:
+            log.warning("writer: a group of batches failed; they go one at a time",
+                        batch=group_name(batches) if batches else segs[0].path.name,
+                        error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            return False
+        finally:
+            release_memory()
+        log.info("writer: batches stored", batch=group_name(batches), segments=len(segs),
+                 rows=sum(batch.num_rows for batch in batches))  # fmt: skip
+        return True
 
     def _quarantine(self, seg: Segment) -> None:
         """Set a segment that cannot be converted aside, so later batches flow again."""

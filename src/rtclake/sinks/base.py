@@ -12,6 +12,9 @@ same batch written twice leaves the same visible rows). Tables with an ``identit
 :class:`rtclake.errors.SinkError` (or any ``OSError``) leaves the batch in the spool to be
 retried.
 
+When batches wait, several consecutive ones of a run may come at once
+(:meth:`Sink.write_group`), which the lake stores in one commit.
+
 A record the destination refuses for good (as the sink classifies its error: a constraint,
 a 400 for that document) must not block the batch: the sink stores the rest and raises
 :class:`Rejected` naming the refused rows. The delivery writes them to the
@@ -61,6 +64,13 @@ class Batch:
         return sum(t.num_rows for t in self.tables.values())
 
 
+def group_name(batches: Sequence[Batch]) -> str:
+    """How the log names a batch, or a group of them (first to last)."""
+    if len(batches) == 1:
+        return batches[0].name
+    return f"{batches[0].name}..{batches[-1].segment:012d}"
+
+
 class Sink(ABC):
     """Base class of every sink. Methods run on the writer's thread."""
 
@@ -85,6 +95,16 @@ class Sink(ABC):
     @abstractmethod
     def write(self, batch: Batch) -> None:
         """Store ``batch`` durably, idempotently by ``record_id``."""
+
+    def write_group(self, batches: Sequence[Batch]) -> None:
+        """Store consecutive batches of one run, in order, as :meth:`write` stores one
+        (durable when it returns; a retry may bring them again, grouped otherwise). The
+        writer and imports hand over a group when batches wait (a backlog): a sink whose
+        every write has a fixed cost (the lake's commit) stores them in one go. By
+        default each is written in turn; a record refused for good (:class:`Rejected`)
+        fails the group, and the batches are then delivered one at a time."""
+        for batch in batches:
+            self.write(batch)
 
     def maintain(self) -> None:  # noqa: B027 - maintenance is optional
         """Periodic housekeeping (compaction, expiry, fixing stale entities)."""
