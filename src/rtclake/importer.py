@@ -4,9 +4,10 @@ Files are read in blocks of whole lines; each block is parsed by the writer's
 :class:`~rtclake.convert.Converter` (a line that is not a JSON object is logged with its
 file and line number, counted, and skipped; a value of the wrong type for its column is
 logged and kept in ``extra``) and written to the sinks directly: the file itself is the
-durable copy, so the spool is not needed. A block's batch name is derived from the file
-and the block's byte offset, so importing the same block again (after a crash, or twice)
-overwrites its own files. What was imported is remembered per file (identity, byte
+durable copy, so the spool is not needed. Blocks go to the sinks in groups (one commit of
+the lake for several blocks); a group's batch name is derived from the file and the byte
+offset after its last block, so importing the same group again (after a crash, or twice)
+finds it in the lake's ledger (a Hive-layout lake: overwrites its own files). What was imported is remembered per file (identity, byte
 offset, line number) in ``DATA_DIR/import-state.json``, written after the sinks
 confirmed; a file that grew is continued where it stopped, a file that was replaced
 (another identity) or truncated is read again from the start.

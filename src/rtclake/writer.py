@@ -147,9 +147,9 @@ class Writer:
                 self._busy = False
 
     def _group(self, seg: Segment) -> list[Segment]:
-        """``seg`` and the segments waiting after it that can go with it: of its run, not
-        confirmed by other sinks than it (they are delivered as one), within the
-        budget (GROUP_SEGMENTS, GROUP_RECORDS, GROUP_BYTES)."""
+        """``seg`` and the segments waiting after it that can go with it: of its run,
+        confirmed by the same sinks (a group is delivered as one), within the budget
+        (GROUP_SEGMENTS, GROUP_RECORDS, GROUP_BYTES)."""
         group = [seg]
         acked = Spool.acked_sinks(seg)
         records, size = seg.records, seg.size
@@ -245,9 +245,11 @@ class Writer:
             pending: Pending | None = None
             for seg in segs:
                 entries = Spool.read(seg)
+                faults.check("writer.after_read")
                 if self.process is not None:
                     entries = self.process(entries, seg.run, seg.seq)
                 tables = self._converter.convert(seg.run, seg.seq, entries)
+                faults.check("writer.after_convert")
                 derived, pending = self.derivations.derive(tables, pending)
                 batches.append(Batch(self.node, seg.run, seg.seq, {**tables, **derived}))
                 del entries, tables, derived
@@ -264,6 +266,7 @@ class Writer:
                 self.spool.remove(seg)
             if pending is not None:
                 self.derivations.commit(pending)
+            faults.check("writer.after_remove")
         except Exception as exc:
             log.warning("writer: a group of batches failed; they go one at a time",
                         batch=group_name(batches) if batches else segs[0].path.name,
