@@ -7,10 +7,11 @@ logged and kept in ``extra``) and written to the sinks directly: the file itself
 durable copy, so the spool is not needed. Blocks go to the sinks in groups (one commit of
 the lake for several blocks); a group's batch name is derived from the file and the byte
 offset after its last block, so importing the same group again (after a crash, or twice)
-finds it in the lake's ledger (a Hive-layout lake: overwrites its own files). What was imported is remembered per file (identity, byte
-offset, line number) in ``DATA_DIR/import-state.json``, written after the sinks
-confirmed; a file that grew is continued where it stopped, a file that was replaced
-(another identity) or truncated is read again from the start.
+finds it in the lake's ledger (a Hive-layout lake: overwrites its own files). What was
+imported is remembered per file (identity, byte offset, line number) in
+``DATA_DIR/import-state.json``, written after the sinks confirmed; a file that grew is
+continued where it stopped, a file that was replaced (another identity) or truncated is
+read again from the start.
 """
 
 from __future__ import annotations

@@ -238,9 +238,16 @@ def derive(fresh: pa.Table, state: pa.Table | None) -> tuple[pa.Table, pa.Table]
     return rates, state_out
 
 
+#: Decimals a derived gauge keeps, in its column's unit (1 us of a ``_ms`` column, 0.001
+#: percentage points, 1 ms of ``interval_s``): far finer than what the counters measure,
+#: and the doubles then compress: a million Sora lines' rtc_rates took 3.8 MB instead of
+#: 6.1 (the full doubles of a product such as jitter x 1000 are noise to zstd).
+DECIMALS = 3
+
+
 def stored(rates: pa.Table, schema: pa.Schema, kind: str, names: Sequence[str]) -> pa.Table:
     """``rates`` in a lake table's stored schema: its envelope (``kind``, no ``type`` and
-    no ``extra``) and the columns ``names``."""
+    no ``extra``) and the columns ``names``, floats rounded to :data:`DECIMALS`."""
     n = rates.num_rows
     columns = []
     for field in schema:
@@ -248,6 +255,8 @@ def stored(rates: pa.Table, schema: pa.Schema, kind: str, names: Sequence[str]) 
             columns.append(pa.array([kind] * n, pa.string()))
         elif field.name in ("type", "extra"):
             columns.append(pa.nulls(n, field.type))
+        elif pa.types.is_floating(field.type):
+            columns.append(pc.round(pc.cast(rates[field.name], field.type), DECIMALS))
         else:
             columns.append(pc.cast(rates[field.name], field.type))
     assert set(names) <= set(schema.names)
