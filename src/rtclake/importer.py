@@ -434,24 +434,20 @@ class Importer:
         if failure:
             return
         try:
-            self._store_group(merged.result(), group, key, state, stats)
+            batch = merged.result()
+            if batch is not None:
+                self.delivery.deliver_retrying(batch)
+                if group.pending is not None:
+                    self.derivations.commit(group.pending)
+                stats.rows += group.rows
+            assert group.end is not None
+            state.offset, state.line = group.end, group.line
+            self.state.files[key] = state
+            self.state.save()
+            if stats.on_progress is not None:
+                stats.on_progress(stats.rows, stats.bytes_read)
         except BaseException as exc:
             failure.append(exc)
-
-    def _store_group(
-        self, batch: Batch | None, group: _Group, key: str, state: FileState, stats: ImportStats
-    ) -> None:
-        if batch is not None:
-            self.delivery.deliver_retrying(batch)
-            if group.pending is not None:
-                self.derivations.commit(group.pending)
-            stats.rows += group.rows
-        assert group.end is not None
-        state.offset, state.line = group.end, group.line
-        self.state.files[key] = state
-        self.state.save()
-        if stats.on_progress is not None:
-            stats.on_progress(stats.rows, stats.bytes_read)
 
     def _report(self, label: str, first_line: int, parsed: _Parsed) -> None:
         """Log each bad line (skipped) and each value kept in extra, by file and line."""

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pyarrow as pa
 import structlog
 
 from rtclake import faults
@@ -193,14 +194,18 @@ class Writer:
             )
             return False
 
+    def _convert(self, seg: Segment, entries: list[Entry]) -> dict[str, pa.Table]:
+        """A segment's entries through the store-stage processors, as Arrow tables."""
+        if self.process is not None:
+            entries = self.process(entries, seg.run, seg.seq)
+        return self._converter.convert(seg.run, seg.seq, entries)
+
     def _deliver(self, seg: Segment) -> bool:
         """Write one segment to every sink that lacks it; True when all have it."""
         entries = Spool.read(seg)  # an OSError here is the disk's, not the segment's
         faults.check("writer.after_read")
         try:
-            if self.process is not None:
-                entries = self.process(entries, seg.run, seg.seq)
-            tables = self._converter.convert(seg.run, seg.seq, entries)
+            tables = self._convert(seg, entries)
         except Exception as exc:  # retried, then set aside; never dropped
             self.metrics.writer_errors.labels("convert").inc()
             self._data_failures[seg.path] = self._data_failures.get(seg.path, 0) + 1
@@ -246,9 +251,7 @@ class Writer:
             for seg in segs:
                 entries = Spool.read(seg)
                 faults.check("writer.after_read")
-                if self.process is not None:
-                    entries = self.process(entries, seg.run, seg.seq)
-                tables = self._converter.convert(seg.run, seg.seq, entries)
+                tables = self._convert(seg, entries)
                 faults.check("writer.after_convert")
                 derived, pending = self.derivations.derive(tables, pending)
                 batches.append(Batch(self.node, seg.run, seg.seq, {**tables, **derived}))
