@@ -84,6 +84,27 @@ def test_a_record_the_lake_holds_is_not_stored_again(lake: Path) -> None:
     assert result.rows() == [[31, 31, 1]]
 
 
+def test_a_table_listed_without_files_after_having_some_is_listed_again(
+    lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    query = engine(lake)
+    assert query.run("SELECT count(*) FROM telemetry").rows() == [[30]]
+    sink = LakeSink(lake, default_registry())
+    sink.write(batch(2, b'{"time": "2026-11-01T10:00:00Z", "device_id": "new", "v": 1}'))
+    sink.close()  # a new snapshot: the next query lists the files again
+    catalog = query.catalog
+    assert catalog is not None
+    real = catalog.live_files
+    amiss = iter([True])  # the first listing of telemetry reads none, then the truth
+
+    def live_files(con: object, table: str) -> list[str]:
+        return [] if table == "telemetry" and next(amiss, False) else real(con, table)
+
+    monkeypatch.setattr(catalog, "live_files", live_files)
+    assert query.run("SELECT count(*) FROM telemetry").rows() == [[31]]
+    assert next(amiss, None) is None  # the amiss listing was made (and then not used)
+
+
 def test_empty_lake_has_empty_typed_views(tmp_path: Path) -> None:
     result = engine(tmp_path / "nothing").run("SELECT count(*), max(time) FROM events")
     assert result.rows() == [[0, None]]

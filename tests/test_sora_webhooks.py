@@ -502,6 +502,7 @@ def stored_once(app: App, channel: str, posts: list[Post], counts: dict[str, int
             # The lake's files hold each record once: the later copies were not stored
             # (the views do not de-duplicate).
             files = app.service.query.lake_files(app.service.tables[table])
+            assert files, (table, app.service.query.snapshot())
             sql = f"SELECT count(*) FROM read_parquet(?) WHERE channel_id = '{channel}'"
             assert con.execute(sql, [files]).fetchone() == (n,), table
     finally:
