@@ -43,7 +43,10 @@ from rtclake.diagnosis import diagnose
 from rtclake.errors import QueryError
 from rtclake.grafana import init_sql, interpolate, plugin_duckdb, queries, write_empty_lake
 from rtclake.lake import dashboard as q
+from rtclake.lake.catalog import Catalog, default_url, parse_url
+from rtclake.lake.maintenance import Maintenance, MaintenanceConfig
 from rtclake.lake.query import QueryEngine, QueryResult
+from rtclake.lake.storage import storage_for
 from rtclake.registry import Registry, load_registry
 from rtclake.web.dashboard import (
     FLOW_COLUMNS,
@@ -83,6 +86,9 @@ class Options:
     warmup: int = WARMUP
     rebuild: bool = False
     write_docs: bool = True
+    #: Time the lake after one maintenance run (merged files, closed days sorted), as
+    #: ``rtclake run``'s schedule leaves it, rather than as the import leaves it.
+    maintained: bool = False
 
 
 # -- the corpus, the lake and Kohaku's table --------------------------------------------------
@@ -100,10 +106,13 @@ class Corpus:
     session_id: str
     connection_id: str
     built: dict[str, Any]  # the manifest: import and load times, when, what
+    #: What Grafana's container would have as /var/lib: the lake in rtclake/lake (the
+    #: imported one, or its maintained copy), and rtclake-empty/lake
+    var_lib: Path
 
     @property
     def lake(self) -> Path:
-        return self.root / "rtclake" / "lake"
+        return self.var_lib / "rtclake" / "lake"
 
     @property
     def kohaku_db(self) -> Path:
@@ -157,6 +166,13 @@ def build(opts: Options, registry: Registry, console: Console) -> Corpus:
     if not lake_ok or "built" not in manifest:
         manifest["built"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    var_lib = root
+    if opts.maintained:
+        var_lib = root / "maintained"
+        if manifest.get("maintained") != fingerprint or not (var_lib / "rtclake").is_dir():
+            manifest.update(maintain(root, var_lib, registry, console), maintained=fingerprint)
+        write_empty_lake(var_lib / "rtclake-empty" / "lake", registry.tables)
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     if lake_ok:
         console.print(f"Dashboard: reusing the lake and Kohaku's file in {root}")
     # the pages look at the first room: its session and its first connection
@@ -169,7 +185,31 @@ def build(opts: Options, registry: Registry, console: Console) -> Corpus:
     channel_id, session_id, connection_id = found
     start = sora_corpus.START
     return Corpus(root, lines, start, start + timedelta(hours=opts.hours), channel_id,
-                  session_id, connection_id, manifest)  # fmt: skip
+                  session_id, connection_id, manifest, var_lib)  # fmt: skip
+
+
+def maintain(root: Path, var_lib: Path, registry: Registry, console: Console) -> dict[str, Any]:
+    """A copy of the imported lake under ``var_lib`` after one run of rtclake's
+    maintenance with the default settings, as run two days after the corpus was imported
+    (its day is over; the files it replaced are deleted, as cleanup deletes them an hour
+    later, so Grafana's glob finds the live files only)."""
+    console.print("Dashboard: a copy of the lake, maintained as rtclake run maintains it ...")
+    shutil.rmtree(var_lib, ignore_errors=True)
+    shutil.copytree(root / "rtclake" / "lake", var_lib / "rtclake" / "lake")
+    lake = var_lib / "rtclake" / "lake"
+    storage = storage_for(lake)
+    catalog = Catalog(parse_url(default_url(storage.root)), storage, registry.tables)
+    later = datetime.now(UTC) + timedelta(days=2)
+    started = time.perf_counter()
+    report = Maintenance(catalog, MaintenanceConfig(), node="bench").run(now=later)
+    seconds = time.perf_counter() - started
+    assert report is not None and report.ok, report
+    files = {
+        table: sum(1 for _ in (lake / "main" / table).rglob("*.parquet"))
+        for table in ("rtc_stats", "rtc_rates", "connection_reports")
+    }
+    return {"maintain_s": round(seconds, 1), "maintain": report.summary(),
+            "maintained_files": files}  # fmt: skip
 
 
 # -- what is timed --------------------------------------------------------------------------
@@ -767,7 +807,7 @@ def run(opts: Options, argv: Sequence[str] = ()) -> int:
     config = QueryConfig()
     engine = QueryEngine.from_config(corpus.lake, registry.tables, config,
                                      temp_root=corpus.root / "query-tmp")  # fmt: skip
-    grafana = plugin_duckdb(init_sql(registry.tables), corpus.root)
+    grafana = plugin_duckdb(init_sql(registry.tables), corpus.var_lib)
     kohaku = Kohaku(corpus)
     (grafana_threads,) = grafana.sql("SELECT current_setting('threads')").fetchone() or (0,)
     rec = Recorder()
@@ -851,6 +891,20 @@ def write_docs(opts: Options, corpus: Corpus, argv: Sequence[str], rows: Sequenc
     built = corpus.built
     per_report = sora_corpus.objects_per_report(opts.room)
     command = " ".join(["python -m bench", *argv]) if argv else "make bench"
+    if opts.maintained:
+        files = ", ".join(f"{t} {n}" for t, n in built.get("maintained_files", {}).items())
+        state = (
+            "rtclake's side reads a copy of that lake after one run of its maintenance with the"
+            " default settings (`python -m bench --only dashboard --dashboard-maintained`: files"
+            " merged, the corpus's day, being over, sorted by connection in `rtc_rates` and"
+            " `connection_reports`, replaced files deleted), as `rtclake run`'s schedule leaves"
+            f" it: {built.get('maintain_s', '?')} s; files per table: {files}."
+        )
+    else:
+        state = (
+            "rtclake's side reads the lake as the import leaves it (no maintenance run; see"
+            " `--dashboard-maintained`)."
+        )
     machine_facts = "\n".join(f"- {k}: {v}" for k, v in [*machine(corpus.root), *facts])
     mapping = "\n".join(f"- {r.group}: {r.name}: {_files(r)}" for r in rows if r.counted)
     body = f"""## Dashboard queries against Kohaku
@@ -868,7 +922,7 @@ per other participant): {corpus.lines:,} `rtc_stats` rows. rtclake's importer wr
 lake in {built.get("rtclake_import_s", "?")} s ({built.get("lake_bytes", 0) / 1e6:,.0f} MB of \
 Parquet); Kohaku's loader (`read_json`, `INSERT ... ON CONFLICT` into a DuckDB file, \
 `bench/sora_import.py`) took {built.get("kohaku_load_s", "?")} s \
-({built.get("kohaku_bytes", 0) / 1e6:,.0f} MB). Built {built.get("built", "?")}.
+({built.get("kohaku_bytes", 0) / 1e6:,.0f} MB). Built {built.get("built", "?")}. {state}
 
 rtclake: each built-in page's queries as `rtclake/web/dashboard.py` runs them (the \
 functions of `rtclake/lake/dashboard.py` with its arguments, each batch in one \

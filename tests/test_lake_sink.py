@@ -12,15 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from prometheus_client import CollectorRegistry
 
 from rtclake import faults
 from rtclake.catalog import default_registry
 from rtclake.lake.catalog import LEDGER
+from rtclake.lake.maintenance import Maintenance, MaintenanceConfig
 from rtclake.lake.query import QueryEngine
 from rtclake.lake.sink import HiveLakeSink, LakeSink
+from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch
 from tests.test_query import batch
 
@@ -315,3 +319,140 @@ def test_a_failed_group_commit_leaves_nothing_and_its_batches_then_commit_one_by
     sink.close()
     assert count(tmp_path) == [["2026-11-01", 1, 1], ["2026-11-02", 1, 1]]
     assert ledger(tmp_path) == [(1, 1), (2, 1)]
+
+
+def _rates(first_segment: int, n: int, seed: int) -> Batch:
+    """``rtc_rates`` rows of 40 connections in the order of their samples' times."""
+    schema = default_registry()["rtc_rates"].stored_schema
+    rng = np.random.default_rng(seed)
+    start = dt.datetime(2026, 11, 1, 10, tzinfo=dt.UTC)
+    times = [
+        start + dt.timedelta(milliseconds=int(ms)) for ms in sorted(rng.integers(0, 3_600_000, n))
+    ]
+    connections = [f"C{int(c):03d}" for c in rng.integers(0, 40, n)]
+    columns: dict[str, Any] = {
+        "time": times,
+        "received_at": times,
+        "connection_id": connections,
+        "session_id": [f"S{c[1:]}" for c in connections],
+        "channel_id": ["room"] * n,
+        "stats_id": [f"s{int(s)}" for s in rng.integers(0, 6, n)],
+        "bitrate_bps": rng.random(n) * 1e6,
+        "kind": ["rtc_rates"] * n,
+        "source": ["derived"] * n,
+        "stream": ["rtc_stats"] * n,
+    }
+    rows = pa.table(
+        {f.name: pa.array(columns.get(f.name, [None] * n), f.type) for f in schema},
+        schema=schema,
+    )
+    return Batch("node", "derived", first_segment, {"rtc_rates": rows})
+
+
+def _row_groups(path: Path) -> list[tuple[int, str, str]]:
+    """Each row group's rows and its connection ids' min and max (DuckDB's reading: the
+    files DuckLake's merge writes have statistics pyarrow does not show)."""
+    return duckdb.execute(
+        "SELECT row_group_num_rows, stats_min_value, stats_max_value FROM parquet_metadata(?)"
+        " WHERE path_in_schema = 'connection_id' ORDER BY row_group_id",
+        [str(path)],
+    ).fetchall()
+
+
+def test_a_table_clustered_by_connection_is_stored_sorted_in_small_row_groups_also_merged(
+    tmp_path: Path,
+) -> None:
+    """rtc_rates is read one connection at a time: each file holds its rows sorted by
+    connection in row groups of ``row_group_rows``, so most groups name the connection out
+    by their statistics; DuckLake's merge keeps the row groups small."""
+    table = default_registry()["rtc_rates"]
+    assert table.cluster_by[0] == "connection_id" and table.row_group_rows
+    size = table.row_group_rows
+    sink = LakeSink(tmp_path, default_registry())
+    sink.write(_rates(1, 3 * size + 100, seed=1))
+    sink.write(_rates(2, 2 * size, seed=2))
+    sink.close()
+    written = sorted(tmp_path.glob("main/rtc_rates/date=*/*.parquet"))
+    assert len(written) == 2
+    for path in written:
+        rows = pq.read_table(path, columns=["connection_id", "time"])
+        assert rows.to_pylist() == sorted(
+            rows.to_pylist(), key=lambda r: (r["connection_id"], r["time"])
+        )
+        groups = _row_groups(path)
+        assert len(groups) >= 2 and all(n <= size for n, _, _ in groups)
+        # 40 connections over the groups of a file: each group holds its share
+        assert sum(int(hi[1:]) - int(lo[1:]) for _, lo, hi in groups) <= 40 + len(groups)
+
+    # the day not over yet: DuckLake's merge joins the files end to end, each a sorted run
+    catalog = sink.catalog
+    report = Maintenance(catalog, MaintenanceConfig(), node="n").run(now=DAY_OF_RATES)
+    assert report is not None and report.ok
+    assert "days sorted" not in report.steps[1].changes
+    engine = QueryEngine(tmp_path, default_registry())
+    listed = engine.snapshot()["rtc_rates"]
+    assert len(listed) == 1, listed  # the two files merged
+    groups = _row_groups(Path(listed[0].removeprefix("file://")))
+    assert sum(n for n, _, _ in groups) == 5 * size + 100
+    # DuckDB's writer ends a group at the first chunk that fills it
+    assert len(groups) >= 5 and all(n < 2 * size for n, _, _ in groups), groups
+    holding = [g for g in groups if g[1] <= "C007" <= g[2]]
+    assert 2 <= len(holding) <= 3, groups  # one or two in each input's sorted run
+    engine.close()
+
+
+DAY_OF_RATES = dt.datetime(2026, 11, 1, 18, tzinfo=dt.UTC)
+
+
+def _sums(engine: QueryEngine) -> list[Any]:
+    return engine.run(
+        "SELECT count(*), count(DISTINCT (connection_id, stats_id, time)),"
+        " round(sum(bitrate_bps), 2),"
+        " count(*) FILTER (WHERE connection_id = 'C007') FROM rtc_rates"
+    ).rows()
+
+
+def test_a_clustered_tables_day_once_over_is_sorted_again_as_one_run(tmp_path: Path) -> None:
+    """Once its day is over, rtc_rates' day is written again sorted by connection: one
+    connection's rows then lie in one or two row groups of the day, not one per file."""
+    size = default_registry()["rtc_rates"].row_group_rows
+    assert size
+    sink = LakeSink(tmp_path, default_registry())
+    for segment in range(1, 4):
+        sink.write(_rates(segment, 2 * size, seed=segment))
+    sink.close()
+    engine = QueryEngine(tmp_path, default_registry())
+    before = _sums(engine)
+    assert len(engine.snapshot()["rtc_rates"]) == 3
+    engine.close()
+    metrics = Metrics(CollectorRegistry())
+    maintenance = Maintenance(sink.catalog, MaintenanceConfig(), node="n", metrics=metrics)
+
+    report = maintenance.run(now=DAY_OF_RATES + dt.timedelta(days=1))
+
+    assert report is not None and report.ok, report
+    assert report.steps[1].changes["days sorted"] == 1, report.steps[1]
+    engine = QueryEngine(tmp_path, default_registry())
+    assert _sums(engine) == before and before[0][3] > 0
+    (path,) = engine.snapshot()["rtc_rates"]
+    rows = pq.read_table(path.removeprefix("file://"), columns=["connection_id", "time"])
+    assert rows.to_pylist() == sorted(
+        rows.to_pylist(), key=lambda r: (r["connection_id"], r["time"])
+    )
+    groups = _row_groups(Path(path.removeprefix("file://")))
+    assert len(groups) >= 5 and [g for g in groups if g[1] <= "C007" <= g[2]] in (
+        groups[i : i + k] for k in (1, 2) for i in range(len(groups))
+    )
+    engine.close()
+    # sorted once: the next run leaves the day alone, until a file comes to it
+    again = maintenance.run(now=DAY_OF_RATES + dt.timedelta(days=1, hours=2))
+    assert again is not None and "days sorted" not in again.steps[1].changes
+    sink = LakeSink(tmp_path, default_registry())
+    sink.write(_rates(9, 100, seed=9))  # late rows of that day
+    sink.close()
+    late = maintenance.run(now=DAY_OF_RATES + dt.timedelta(days=1, hours=4))
+    assert late is not None and late.steps[1].changes["days sorted"] == 1
+    engine = QueryEngine(tmp_path, default_registry())
+    assert _sums(engine)[0][0] == before[0][0] + 100
+    assert len(engine.snapshot()["rtc_rates"]) == 1
+    engine.close()

@@ -162,6 +162,11 @@ class MaintenanceConfig(Section):
         ' name; "*": every table without its own entry; no entry: kept forever',
     )
     merge: bool = Field(default=True, description="merge each partition's small files")
+    sort_closed_days: bool = Field(
+        default=True,
+        description="once a UTC day is over, write the day of each table read one connection"
+        " at a time (rtc_rates, connection_reports) again as one run sorted by connection",
+    )
     expire_after: Duration = Field(
         default=86400.0,
         ge=0,

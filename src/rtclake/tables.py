@@ -177,6 +177,12 @@ class Table:
     unique_rows: bool = False
     #: Columns besides the envelope, ids and times that get min/max statistics.
     statistics: tuple[str, ...] = ()
+    #: The order of the rows within each lake file, and the rows of its row groups: a
+    #: table read one connection at a time is sorted by connection in small row groups,
+    #: so a query for one connection reads the few groups holding it (their min/max
+    #: statistics name the others out) rather than every group of every file.
+    cluster_by: tuple[str, ...] = ()
+    row_group_rows: int | None = None
     _validator: Any = field(default=None, init=False, repr=False, compare=False)
     _checker: Any = field(default=None, init=False, repr=False, compare=False)
     _spec: Any = field(default=None, init=False, repr=False, compare=False)
@@ -186,7 +192,9 @@ class Table:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"table {self.name!r}: column names used twice: {repeated}")
-        unknown = sorted((set(self.identity) | set(self.statistics)) - set(names))
+        unknown = sorted(
+            (set(self.identity) | set(self.statistics) | set(self.cluster_by)) - set(names)
+        )
         if unknown:
             raise ValueError(f"table {self.name!r}: names unknown columns {unknown}")
 

@@ -277,19 +277,30 @@ class Catalog:
             found.setdefault(table, set()).add(column)
         return found
 
-    def set_options(self, con: Any, options: dict[str, str]) -> None:
-        """DuckLake's options (kept in the catalog, shared by every node), where they
-        differ: nodes starting together each set them, and a PostgreSQL catalog refuses
-        concurrent updates of one row ("could not serialize access"): retried."""
-        current = dict(
-            con.execute(f"SELECT option_name, value FROM ducklake_options('{ALIAS}')").fetchall()
-        )
+    def set_options(self, con: Any, options: dict[str, str], table: str | None = None) -> None:
+        """DuckLake's options (kept in the catalog, shared by every node) for the whole
+        lake or one ``table``, where they differ: nodes starting together each set them,
+        and a PostgreSQL catalog refuses concurrent updates of one row ("could not
+        serialize access"): retried."""
+        scope = "GLOBAL" if table is None else "TABLE"
+        entry = None if table is None else f"main.{table}"
+        current = {
+            name: value
+            for name, value, *where in con.execute(
+                f"SELECT option_name, value, scope, scope_entry FROM ducklake_options('{ALIAS}')"
+            ).fetchall()
+            if where == [scope, entry]
+        }
+        scoped = "" if table is None else ", table_name => ?"
         for name, value in options.items():
             if current.get(name) == value:
                 continue
             for attempt in range(10):
                 try:
-                    con.execute(f"CALL {ALIAS}.set_option(?, ?)", [name, value])
+                    con.execute(
+                        f"CALL {ALIAS}.set_option(?, ?{scoped})",
+                        [name, value] + ([] if table is None else [table]),
+                    )
                     break
                 except duckdb.Error as exc:
                     if attempt == 9 or not conflict(exc):

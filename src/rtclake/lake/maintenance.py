@@ -12,7 +12,13 @@ beside a retention ``DELETE``, conflict in DuckLake):
    writes no delete files; should it ever write some, the table's files with deletes are
    rewritten at once, since rtclake's readers expect none.
 2. **merge**: ``ducklake_merge_adjacent_files`` per table (and the ledger): the small
-   files of one partition become one file. Rows and partitions do not change.
+   files of one partition become one file. Rows and partitions do not change. Before
+   that, a table with ``cluster_by`` (the derived tables read one connection at a time)
+   has each UTC day that is over written again once (and when files came to it since) in one
+   transaction, sorted by those columns (``DELETE`` of the day's partition, which drops
+   its files, and an ``INSERT`` of their rows in order; ``sort_closed_days``): a page of
+   one connection then reads one or two of the day's row groups, not one in every file.
+   The merge alone only joins files end to end, each a sorted run of its own.
 3. **expire**: snapshots older than ``expire_after`` are dropped from the catalog, and the
    files only they referenced are scheduled for deletion. ``expire_after`` must outlast
    any node's recovery and the longest query: what still reads an expired snapshot
@@ -56,6 +62,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import hashlib
 import os
 import threading
@@ -74,6 +81,7 @@ from rtclake.errors import ConfigError
 from rtclake.lake.catalog import ALIAS, LEDGER, PARTITION, Catalog, CatalogUrl
 from rtclake.lake.storage import S3Storage, Storage
 from rtclake.metrics import Metrics
+from rtclake.tables import Table
 
 log = structlog.get_logger("rtclake.lake.maintenance")
 
@@ -91,6 +99,10 @@ ADVISORY_KEY = int.from_bytes(
 #: the ledger, no query view shows it.
 RUNS_TABLE = "rtclake_maintenance"
 RUNS_COLUMNS = "node VARCHAR, started TIMESTAMPTZ, seconds DOUBLE, ok BOOLEAN"
+#: The days of clustered tables written again in order (``sort_closed_days``): the files
+#: a day had just after, so a day is sorted again only when files came since.
+SORTED_TABLE = "rtclake_sorted_days"
+SORTED_COLUMNS = "table_name VARCHAR, day DATE, files INTEGER, rows BIGINT, sorted TIMESTAMPTZ"
 #: The suffix of the lock file beside a SQLite catalog.
 LOCK_SUFFIX = ".maintenance.lock"
 
@@ -591,8 +603,12 @@ class Maintenance:
         total_before = total_after = 0
         names = self._tables(con)
         existing = self._retrying(con, lambda: self.catalog.columns(con))
-        names += [name for name in (LEDGER, RUNS_TABLE) if name in existing]
+        names += [name for name in (LEDGER, RUNS_TABLE, SORTED_TABLE) if name in existing]
         for name in names:
+            if self.config.sort_closed_days and name in self.catalog.tables:
+                table = self.catalog.tables[name]
+                if table.cluster_by:
+                    self._sort_closed_days(con, now, table, result)
             before = len(self._files(con, name))
             total_before += before
             if before < 2:
@@ -604,6 +620,87 @@ class Maintenance:
             if after != before:
                 result.details.append(f"{name}: {before:,} -> {after:,} files")
         result.changes.update({"files before": total_before, "files after": total_after})
+
+    def _sort_closed_days(
+        self, con: Any, now: dt.datetime, table: Table, result: StepReport
+    ) -> None:
+        """Write each day of ``table`` that is over again as one run sorted by
+        ``table.cluster_by``: once, and again when files came to it since (late rows). A
+        day's single file is sorted too: it may be merged files, each a run of its own."""
+        today = now.astimezone(dt.UTC).date()
+        per_day: dict[dt.date, int] = {}
+        for path, _ in self._files(con, table.name):
+            day = _partition_day(path)
+            if day is not None:
+                per_day[day] = per_day.get(day, 0) + 1
+        done: dict[dt.date, int] = {}
+        if SORTED_TABLE in self._retrying(con, lambda: self.catalog.columns(con)):
+            done = {
+                day: files
+                for day, files in self._query(
+                    con,
+                    f"SELECT day, arg_max(files, sorted) FROM {ALIAS}.{SORTED_TABLE}"
+                    " WHERE table_name = ? GROUP BY day",
+                    [table.name],
+                )
+            }
+        for day, files in sorted(per_day.items()):
+            if day >= today or done.get(day) == files:
+                continue
+            begun = time.perf_counter()
+            rows = self._retrying(con, functools.partial(self._sort_day, con, table, day))
+            after = sum(1 for path, _ in self._files(con, table.name)
+                        if _partition_day(path) == day)  # fmt: skip
+            self._query(
+                con, f"CREATE TABLE IF NOT EXISTS {ALIAS}.{SORTED_TABLE} ({SORTED_COLUMNS})"
+            )
+            self._query(
+                con,
+                f"INSERT INTO {ALIAS}.{SORTED_TABLE} VALUES (?, ?, ?, ?, now())",
+                [table.name, day, after, rows],
+            )
+            result.changes["days sorted"] = result.changes.get("days sorted", 0) + 1
+            result.details.append(
+                f"{table.name} {day.isoformat()}: {rows:,} rows in {files} files sorted by"
+                f" {', '.join(table.cluster_by)} into {after} ({time.perf_counter() - begun:.1f} s)"
+            )
+
+    def _sort_day(self, con: Any, table: Table, day: dt.date) -> int:
+        """One transaction: the day's files listed, its partition deleted (DuckLake drops
+        whole files, no delete files), their rows inserted again in order; the rows."""
+        target = f'{ALIAS}."{table.name}"'
+        con.execute("BEGIN")
+        try:
+            paths = [
+                str(path)
+                for path, _ in con.execute(
+                    "SELECT data_file, delete_file FROM ducklake_list_files(?, ?)",
+                    [ALIAS, table.name],
+                ).fetchall()
+                if _partition_day(str(path)) == day
+            ]
+            deleted = con.execute(f'DELETE FROM {target} WHERE "{PARTITION}" = ?', [day]).fetchone()
+            names = table.stored_schema.names
+            columns = ", ".join(f'"{n}"' for n in names)
+            order = ", ".join(f'"{n}"' for n in table.cluster_by)
+            inserted = con.execute(
+                f'INSERT INTO {target} ({columns}, "{PARTITION}") SELECT {columns}, ?::DATE'
+                f" FROM read_parquet(?, union_by_name = true) ORDER BY {order}",
+                [day, paths],
+            ).fetchone()
+            removed = int(deleted[0]) if deleted else -1
+            added = int(inserted[0]) if inserted else -2
+            if removed != added:
+                raise RuntimeError(
+                    f"{table.name} {day}: {removed} rows deleted but {added} read from"
+                    f" {len(paths)} files; nothing changed"
+                )
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+        return added
 
     def _older_than(self, now: dt.datetime, seconds: float) -> str:
         """The ``older_than`` of expire and cleanup: ``now - seconds``, but with a SQLite
@@ -727,6 +824,18 @@ FROM {meta}.ducklake_files_scheduled_for_deletion
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _partition_day(path: str) -> dt.date | None:
+    """The date of a data file's partition folder (``.../date=YYYY-MM-DD/...``)."""
+    marker = f"/{PARTITION}="
+    at = path.rfind(marker)
+    if at < 0:
+        return None
+    try:
+        return dt.date.fromisoformat(path[at + len(marker) : at + len(marker) + 10])
+    except ValueError:
+        return None
 
 
 def _busy(exc: duckdb.Error) -> bool:

@@ -96,8 +96,15 @@ def partition_dates(table: pa.Table) -> list[tuple[str, pa.Table]]:
     return sorted(out, key=lambda pair: pair[0])
 
 
+def clustered(table: Table, rows: pa.Table) -> pa.Table:
+    """``rows`` in the order of ``table.cluster_by`` (when it has one) for its files."""
+    if not table.cluster_by or rows.num_rows < 2:
+        return rows
+    return rows.sort_by([(name, "ascending") for name in table.cluster_by])
+
+
 @functools.cache
-def _encodings(table: Table) -> dict[str, list[str]]:
+def _encodings(table: Table) -> dict[str, Any]:
     """Parquet options per table: a dictionary for text columns (ids and names repeat),
     none for numbers (counters rarely do, and it costs time); min/max statistics for the
     columns queries filter and prune on (envelope, ids, times), not for every metric:
@@ -107,10 +114,13 @@ def _encodings(table: Table) -> dict[str, list[str]]:
     text = [f.name for f in schema if pa.types.is_string(f.type)]
     keys = {f.name for f in ENVELOPE} | {c.name for c in table.columns if c.kind in ("id", "time")}
     keys |= set(table.statistics)
-    return {
+    options: dict[str, Any] = {
         "use_dictionary": text,
         "write_statistics": [name for name in schema.names if name in keys],
     }
+    if table.row_group_rows:
+        options["row_group_size"] = table.row_group_rows
+    return options
 
 
 class HiveLakeSink(Sink):
@@ -165,7 +175,8 @@ class HiveLakeSink(Sink):
                 self.storage.write(relative, produce)
 
     def _parts(self, name: str, table: pa.Table) -> list[tuple[str, pa.Table]]:
-        return partition_dates(table.select(self.tables[name].stored_schema.names))
+        declared = self.tables[name]
+        return partition_dates(clustered(declared, table.select(declared.stored_schema.names)))
 
     def _encoded(self, table: pa.Table, declared: Table) -> bytes:
         out = io.BytesIO()
@@ -243,6 +254,14 @@ class LakeSink(Sink):
                 if self.compression_level is not None:
                     options["parquet_compression_level"] = str(int(self.compression_level))
                 self.catalog.set_options(con, options)
+                # a merge keeps a clustered table's small row groups (its input files'
+                # sorted rows follow each other, so each group still holds few keys)
+                for table in self.tables:
+                    if table.row_group_rows:
+                        rows = str(table.row_group_rows)
+                        self.catalog.set_options(
+                            con, {"parquet_row_group_size": rows}, table=table.name
+                        )
             except BaseException:
                 con.close()
                 raise
@@ -257,7 +276,7 @@ class LakeSink(Sink):
         return self._parts(self.tables[table], rows)
 
     def _parts(self, table: Table, rows: pa.Table) -> list[_Part]:
-        stored = rows.select(table.stored_schema.names)
+        stored = clustered(table, rows.select(table.stored_schema.names))
         return [
             _Part(date, part, self._encoded(table, part)) for date, part in partition_dates(stored)
         ]

@@ -70,6 +70,11 @@ RATES_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
+#: The derived tables' rows are sorted by connection within a file, in row groups of this
+#: many rows, so a connection's page or diagnosis reads its own few groups of each file
+#: (docs/BENCHMARKS.md, "The derived tables sorted by connection").
+CLUSTERED_ROW_GROUP = 8192
+
 _KINDS: dict[str, FieldKind] = {
     "channel_id": "id", "session_id": "id", "connection_id": "id", "stats_id": "id",
     "stats_type": "string", "media_kind": "string", "quality_limitation_reason": "string",
@@ -88,6 +93,8 @@ RTC_RATES = Table(
     columns=tuple(Column(name, _KINDS.get(name, "float"), ()) for name, _ in RATES_COLUMNS[1:]),
     identity=("connection_id", "stats_id", "time"),
     unique_rows=True,
+    cluster_by=("connection_id", "time"),
+    row_group_rows=CLUSTERED_ROW_GROUP,
 )
 
 
@@ -181,6 +188,8 @@ CONNECTION_REPORTS = Table(
     identity=("connection_id", "time", "part"),
     unique_rows=True,
     statistics=("part",),
+    cluster_by=("connection_id", "time", "part"),
+    row_group_rows=CLUSTERED_ROW_GROUP,
 )
 
 
