@@ -208,7 +208,8 @@ def maintain(root: Path, var_lib: Path, registry: Registry, console: Console) ->
         table: sum(1 for _ in (lake / "main" / table).rglob("*.parquet"))
         for table in ("rtc_stats", "rtc_rates", "connection_reports")
     }
-    return {"maintain_s": round(seconds, 1), "maintain": report.summary(),
+    return {"maintain_s": round(seconds, 1), "maintain": report.as_dict(),
+            "maintain_details": [line for step in report.steps for line in step.details],
             "maintained_files": files}  # fmt: skip
 
 
