@@ -671,13 +671,9 @@ class Maintenance:
         target = f'{ALIAS}."{table.name}"'
         con.execute("BEGIN")
         try:
+            # (live_files refuses a table with delete files, whose rows this would revive)
             paths = [
-                str(path)
-                for path, _ in con.execute(
-                    "SELECT data_file, delete_file FROM ducklake_list_files(?, ?)",
-                    [ALIAS, table.name],
-                ).fetchall()
-                if _partition_day(str(path)) == day
+                p for p in self.catalog.live_files(con, table.name) if _partition_day(p) == day
             ]
             deleted = con.execute(f'DELETE FROM {target} WHERE "{PARTITION}" = ?', [day]).fetchone()
             names = table.stored_schema.names
