@@ -18,6 +18,7 @@ from rtclake.integrations.sora.logs import table_for
 from rtclake.integrations.sora.views import (
     RATES_COLUMNS,
     REPORTS_COLUMNS,
+    SPANS_COLUMNS,
     RatesDerivation,
     ReportsDerivation,
 )
@@ -189,7 +190,9 @@ def test_every_column_of_the_views_is_declared_and_documented(engine: QueryEngin
     }
     declared["rtc_rates"] = RATES_COLUMNS  # derived tables: their columns after the envelope
     declared["connection_reports"] = REPORTS_COLUMNS
+    declared["connection_spans"] = SPANS_COLUMNS
     where = {"rtc_rates": "METRICS.md", "connection_reports": "METRICS.md",
+             "connection_spans": "METRICS.md",
              "connection_quality": "QUALITY.md", "session_quality": "QUALITY.md",
              "connection_transport": "METRICS.md"}  # fmt: skip
     envelope = {f.name for f in ENVELOPE} | {"extra", "date"}

@@ -165,7 +165,8 @@ class MaintenanceConfig(Section):
     sort_closed_days: bool = Field(
         default=True,
         description="once a UTC day is over, write the day of each table read one connection"
-        " at a time (rtc_rates, connection_reports) again as one run sorted by connection",
+        " at a time (rtc_rates, connection_reports) again as one run sorted by connection,"
+        " and fold connection_spans into one row per connection and span",
     )
     expire_after: Duration = Field(
         default=86400.0,

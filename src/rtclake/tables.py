@@ -157,6 +157,16 @@ def snake_case(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class Rollup:
+    """A closed day of a table written again as fewer rows: ``sql`` selects the table's
+    stored columns from ``{rows}``, the day's rows; the sum of the column ``keeps`` must
+    not change (else the day stays as it was)."""
+
+    sql: str
+    keeps: str
+
+
+@dataclass(frozen=True)
 class Table:
     """A lake table: its name, the kind it stamps on records, and its typed columns.
 
@@ -183,6 +193,9 @@ class Table:
     #: statistics name the others out) rather than every group of every file.
     cluster_by: tuple[str, ...] = ()
     row_group_rows: int | None = None
+    #: How maintenance folds a day that is over into fewer rows (a derived table written
+    #: a few rows per batch, read by time): see :class:`Rollup`.
+    rollup: Rollup | None = None
     _validator: Any = field(default=None, init=False, repr=False, compare=False)
     _checker: Any = field(default=None, init=False, repr=False, compare=False)
     _spec: Any = field(default=None, init=False, repr=False, compare=False)
@@ -194,6 +207,7 @@ class Table:
             raise ValueError(f"table {self.name!r}: column names used twice: {repeated}")
         unknown = sorted(
             (set(self.identity) | set(self.statistics) | set(self.cluster_by)) - set(names)
+            | ({self.rollup.keeps} - set(names) if self.rollup else set())
         )
         if unknown:
             raise ValueError(f"table {self.name!r}: names unknown columns {unknown}")

@@ -39,14 +39,17 @@ BUCKETS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1_800, 3_600, 7_200, 10_
 """Bucket widths in seconds, each a divisor of a day, so buckets start at round times."""
 
 ACTIVE_STATS_SECONDS = 120
-"""A connection that sent stats this recently counts as active when no log says it ended."""
+"""A connection that sent stats this recently counts as active when no log says it ended;
+Sora's ``connection_spans`` break at silences longer than this, so a span that overlaps
+the last this many seconds holds a report in them."""
 
 LOOKBACK_SECONDS = 86_400
 """How far back a created event (or a first report) still makes something active now."""
 
 NEEDS = frozenset(
     ("rtc_stats", "sessions", "connections", "sora_events", "sora_stats_report",
-     "sora_connection_counters", "rtc_rates", "connection_reports", "connection_quality",
+     "sora_connection_counters", "rtc_rates", "connection_reports", "connection_spans",
+     "connection_quality",
      "livekit_rates")
 )  # fmt: skip
 """The tables and views these queries read: an integration (Sora's) provides them."""
@@ -70,10 +73,13 @@ STREAM_RATES = (
     "(SELECT * FROM rtc_rates UNION ALL BY NAME SELECT * EXCLUDE (score) FROM livekit_rates)"
 )
 _RATES = STREAM_RATES
-# Who reported when: Sora's reports, and LiveKit's stats.
+# Who reported when, as stretches from a first (time) to a last report (last_time): Sora's
+# (connection_spans, consecutive reports at most ACTIVE_STATS_SECONDS apart), and LiveKit's
+# stats, one row each.
 _REPORTED = (
-    "SELECT connection_id, channel_id, session_id, client_id, role, time FROM connection_reports"
-    " UNION ALL SELECT connection_id, channel_id, session_id, NULL, NULL, time FROM livekit_rates"
+    "SELECT connection_id, channel_id, session_id, client_id, role, time, last_time"
+    " FROM connection_spans UNION ALL SELECT connection_id, channel_id, session_id, NULL, NULL,"
+    " time, time FROM livekit_rates"
 )
 
 
@@ -224,8 +230,8 @@ seen AS (
     SELECT connection_id, session_id, true AS logged FROM sora_events
     WHERE event = 'connection.created' AND time >= {day}
     UNION ALL
-    SELECT connection_id, session_id, false FROM connection_reports
-    WHERE time >= {recent} AND time <= {timestamp(now)}
+    SELECT connection_id, session_id, false FROM connection_spans
+    WHERE last_time >= {recent} AND time <= {timestamp(now)}
 ),
 live AS (
     SELECT connection_id, any_value(session_id) AS session_id, bool_or(logged) AS logged
@@ -264,8 +270,8 @@ WITH created AS (
         UNION ALL
         SELECT connection_id, time FROM sora_events WHERE event = 'connection.created'
         UNION ALL
-        SELECT connection_id, min(time) FROM connection_reports
-        WHERE time >= {since} AND time < {timestamp(r.end)} GROUP BY connection_id
+        SELECT connection_id, min(time) FROM connection_spans
+        WHERE last_time >= {since} AND time < {timestamp(r.end)} GROUP BY connection_id
     ) WHERE connection_id IS NOT NULL GROUP BY connection_id
 ),
 destroyed AS (
@@ -442,8 +448,8 @@ WITH h AS (
         max(max_connections) AS max_connections, max(time) AS last_event
     FROM sessions WHERE session_id = {key}
 ), s AS (
-    SELECT any_value(channel_id) AS channel_id, min(time) AS first_seen, max(time) AS last_seen,
-        count(DISTINCT connection_id) AS connections
+    SELECT any_value(channel_id) AS channel_id, min(time) AS first_seen,
+        max(last_time) AS last_seen, count(DISTINCT connection_id) AS connections
     FROM ({_REPORTED}) WHERE session_id = {key}
 )
 SELECT {key} AS session_id, coalesce(h.channel_id, s.channel_id) AS channel_id,
@@ -459,7 +465,7 @@ def _participants(where: str) -> str:
 WITH st AS (
     SELECT connection_id, any_value(channel_id) AS channel_id, any_value(session_id) AS session_id,
         any_value(client_id) AS client_id, any_value(role) AS role, min(time) AS first_seen,
-        max(time) AS last_seen
+        max(last_time) AS last_seen
     FROM ({_REPORTED}) WHERE {where} GROUP BY connection_id
 ), log AS (
     SELECT connection_id, any_value(channel_id) AS channel_id, any_value(session_id) AS session_id,
@@ -537,8 +543,8 @@ def connection_sql(connection_id: str) -> str:
     return f"""
 WITH p AS ({_participants(f"connection_id = {key}")}),
 extra AS (
-    SELECT any_value(node_name) AS node_name, count(DISTINCT time) AS reports
-    FROM connection_reports WHERE connection_id = {key}
+    SELECT any_value(node_name) AS node_name, sum(reports)::BIGINT AS reports
+    FROM connection_spans WHERE connection_id = {key}
 ),
 q AS (
     SELECT avg(score) AS score, min(score) AS worst_score, avg(mos_audio) AS mos_audio,

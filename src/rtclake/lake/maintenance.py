@@ -18,7 +18,10 @@ beside a retention ``DELETE``, conflict in DuckLake):
    transaction, sorted by those columns (``DELETE`` of the day's partition, which drops
    its files, and an ``INSERT`` of their rows in order; ``sort_closed_days``): a page of
    one connection then reads one or two of the day's row groups, not one in every file.
-   The merge alone only joins files end to end, each a sorted run of its own.
+   The merge alone only joins files end to end, each a sorted run of its own. A table
+   with a ``rollup`` (``connection_spans``: rows per connection and batch) has its closed
+   day folded the same way, into fewer rows (one per connection and span), the sum of a
+   column checked unchanged.
 3. **expire**: snapshots older than ``expire_after`` are dropped from the catalog, and the
    files only they referenced are scheduled for deletion. ``expire_after`` must outlast
    any node's recovery and the longest query: what still reads an expired snapshot
@@ -607,7 +610,7 @@ class Maintenance:
         for name in names:
             if self.config.sort_closed_days and name in self.catalog.tables:
                 table = self.catalog.tables[name]
-                if table.cluster_by:
+                if table.cluster_by or table.rollup:
                     self._sort_closed_days(con, now, table, result)
             before = len(self._files(con, name))
             total_before += before
@@ -625,8 +628,9 @@ class Maintenance:
         self, con: Any, now: dt.datetime, table: Table, result: StepReport
     ) -> None:
         """Write each day of ``table`` that is over again as one run sorted by
-        ``table.cluster_by``: once, and again when files came to it since (late rows). A
-        day's single file is sorted too: it may be merged files, each a run of its own."""
+        ``table.cluster_by`` (folded by ``table.rollup``, if it has one): once, and again
+        when files came to it since (late rows). A day's single file is sorted too: it may
+        be merged files, each a run of its own."""
         today = now.astimezone(dt.UTC).date()
         per_day: dict[dt.date, int] = {}
         for path, _ in self._files(con, table.name):
@@ -660,14 +664,16 @@ class Maintenance:
                 [table.name, day, after, rows],
             )
             result.changes["days sorted"] = result.changes.get("days sorted", 0) + 1
+            done_how = "folded into" if table.rollup else "sorted into"
             result.details.append(
-                f"{table.name} {day.isoformat()}: {rows:,} rows in {files} files sorted by"
-                f" {', '.join(table.cluster_by)} into {after} ({time.perf_counter() - begun:.1f} s)"
+                f"{table.name} {day.isoformat()}: {files} files {done_how} {after}, {rows:,}"
+                f" rows by {', '.join(table.cluster_by)} ({time.perf_counter() - begun:.1f} s)"
             )
 
     def _sort_day(self, con: Any, table: Table, day: dt.date) -> int:
         """One transaction: the day's files listed, its partition deleted (DuckLake drops
-        whole files, no delete files), their rows inserted again in order; the rows."""
+        whole files, no delete files), their rows inserted again in order, or folded by
+        the table's rollup; the rows inserted."""
         target = f'{ALIAS}."{table.name}"'
         con.execute("BEGIN")
         try:
@@ -675,18 +681,34 @@ class Maintenance:
             paths = [
                 p for p in self.catalog.live_files(con, table.name) if _partition_day(p) == day
             ]
+            source = "read_parquet(?, union_by_name = true)"
+            before = after = None
+            if table.rollup:
+                keeps = f'sum("{table.rollup.keeps}")'
+                before = con.execute(f"SELECT {keeps} FROM {source}", [paths]).fetchone()
+                source = f"({table.rollup.sql.format(rows=source)})"
             deleted = con.execute(f'DELETE FROM {target} WHERE "{PARTITION}" = ?', [day]).fetchone()
             names = table.stored_schema.names
             columns = ", ".join(f'"{n}"' for n in names)
-            order = ", ".join(f'"{n}"' for n in table.cluster_by)
+            order = ", ".join(f'"{n}"' for n in table.cluster_by or names[:1])
             inserted = con.execute(
                 f'INSERT INTO {target} ({columns}, "{PARTITION}") SELECT {columns}, ?::DATE'
-                f" FROM read_parquet(?, union_by_name = true) ORDER BY {order}",
+                f" FROM {source} ORDER BY {order}",
                 [day, paths],
             ).fetchone()
             removed = int(deleted[0]) if deleted else -1
             added = int(inserted[0]) if inserted else -2
-            if removed != added:
+            if table.rollup:
+                after = con.execute(
+                    f'SELECT {keeps} FROM {target} WHERE "{PARTITION}" = ?', [day]
+                ).fetchone()
+                if before != after or removed < added:
+                    raise RuntimeError(
+                        f"{table.name} {day}: {removed} rows folded into {added}, but the sum"
+                        f" of {table.rollup.keeps} went from {before and before[0]} to"
+                        f" {after and after[0]}; nothing changed"
+                    )
+            elif removed != added:
                 raise RuntimeError(
                     f"{table.name} {day}: {removed} rows deleted but {added} read from"
                     f" {len(paths)} files; nothing changed"

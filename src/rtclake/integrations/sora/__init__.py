@@ -28,10 +28,15 @@ def register(registry: Registry) -> None:
     from rtclake.integrations.sora.api import SORA_API_TABLES
     from rtclake.integrations.sora.config import KohakuS3Config, SoraApiConfig, SoraLogsConfig
     from rtclake.integrations.sora.tables import SORA_TABLES
-    from rtclake.integrations.sora.views import VIEWS, RatesDerivation, ReportsDerivation
+    from rtclake.integrations.sora.views import (
+        VIEWS,
+        RatesDerivation,
+        ReportsDerivation,
+        SpansDerivation,
+    )
 
     registry.add_table(*SORA_TABLES, *SORA_API_TABLES)
-    registry.add_derivation(RatesDerivation(), ReportsDerivation())
+    registry.add_derivation(RatesDerivation(), ReportsDerivation(), SpansDerivation())
     registry.add_view(*VIEWS)
     registry.add_file_rule(logs.table_for)
 

@@ -36,6 +36,8 @@ CONNECTION = "rtclake-connection"
 _CHANNEL = "${channel:sqlstring}"
 _SESSION = "${session:sqlstring}"
 _CONNECTION = "${connection:sqlstring}"
+# a connection_spans row that overlaps the time range: the connection reported in it
+_OVERLAPS = "time <= $__timeTo() AND last_time >= $__timeFrom()"
 # a bucket of Grafana's interval (panels set its minimum) ...
 _BUCKET = "time_bucket(to_milliseconds(${__interval_ms:raw}), time)"
 # ... and a count per bucket as a count per minute
@@ -63,19 +65,19 @@ _TO_CHANNEL = f"/d/{SESSION}/session?var-channel=${{__value.raw}}&${{__url_time_
 _CHANNELS = variable(
     "channel",
     "Channel",
-    """
-SELECT channel_id FROM connection_reports
-WHERE $__timeFilter(time) AND channel_id IS NOT NULL
-GROUP BY channel_id ORDER BY max(time) DESC
+    f"""
+SELECT channel_id FROM connection_spans
+WHERE {_OVERLAPS} AND channel_id IS NOT NULL
+GROUP BY channel_id ORDER BY max(last_time) DESC
 """,
 )
 _SESSIONS = variable(
     "session",
     "Session",
     f"""
-SELECT session_id FROM connection_reports
-WHERE $__timeFilter(time) AND channel_id = {_CHANNEL} AND session_id IS NOT NULL
-GROUP BY session_id ORDER BY max(time) DESC
+SELECT session_id FROM connection_spans
+WHERE {_OVERLAPS} AND channel_id = {_CHANNEL} AND session_id IS NOT NULL
+GROUP BY session_id ORDER BY max(last_time) DESC
 """,
 )
 _CONNECTIONS = variable(
@@ -84,8 +86,8 @@ _CONNECTIONS = variable(
     f"""
 SELECT connection_id AS __value,
     concat_ws(' ', connection_id, any_value(client_id), any_value(role)) AS __text
-FROM connection_reports
-WHERE $__timeFilter(time) AND session_id = {_SESSION} AND connection_id IS NOT NULL
+FROM connection_spans
+WHERE {_OVERLAPS} AND session_id = {_SESSION} AND connection_id IS NOT NULL
 GROUP BY connection_id ORDER BY min(time)
 """,
 )
@@ -144,8 +146,8 @@ GROUP BY 1 ORDER BY 1
         ),
         stat(
             "Channels",
-            """
-SELECT count(DISTINCT channel_id) AS channels FROM connection_reports WHERE $__timeFilter(time)
+            f"""
+SELECT count(DISTINCT channel_id) AS channels FROM connection_spans WHERE {_OVERLAPS}
 """,
             description="Channels with a client report in the time range.",
         ),
@@ -194,16 +196,13 @@ GROUP BY 1 ORDER BY 1
         timeseries(
             "Connections started and ended per minute",
             f"""
-WITH first_reports AS (
-    SELECT connection_id, min(time) AS time FROM connection_reports
-    WHERE $__timeFilter(time) GROUP BY connection_id
-), earlier AS (  -- connections that reported in the two minutes before the range
-    SELECT DISTINCT connection_id FROM connection_reports
-    WHERE time < $__timeFrom() AND time >= CAST($__timeFrom() AS TIMESTAMPTZ) - INTERVAL 2 MINUTE
-        AND connection_id IS NOT NULL
+WITH first_reports AS (  -- a stretch before the range: it reported in the 2 minutes before
+    SELECT connection_id, min(time) AS time FROM connection_spans
+    WHERE time <= $__timeTo()
+        AND last_time >= CAST($__timeFrom() AS TIMESTAMPTZ) - INTERVAL 2 MINUTE
+    GROUP BY connection_id HAVING min(time) >= $__timeFrom()
 ), events AS (
     SELECT 'started' AS what, time FROM first_reports
-    WHERE connection_id NOT IN (SELECT connection_id FROM earlier)
     UNION ALL
     SELECT 'ended', destroyed_at FROM connections WHERE $__timeFilter(destroyed_at)
 )

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 import pyarrow as pa
 
 from rtclake.derive import Derivation
-from rtclake.integrations.sora import rates, reports
-from rtclake.tables import Column, FieldKind, Table, View
+from rtclake.integrations.sora import rates, reports, spans
+from rtclake.tables import Column, FieldKind, Rollup, Table, View
 
 # the columns of rtc_rates, each with its meaning (docs/METRICS.md, the API's table list)
 RATES_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -212,6 +212,68 @@ class ReportsDerivation(Derivation):
         schema = CONNECTION_REPORTS.stored_schema
         return {
             CONNECTION_REPORTS.name: rates.stored(computed, schema, "connection_reports", names)
+        }, kept
+
+
+# -- per connection and stretch of reports: who was active when ------------------------------
+SPANS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("time", "the stretch's first report"),
+    ("channel_id", "Sora channel"),
+    ("session_id", "Sora session"),
+    ("connection_id", "Sora connection"),
+    ("client_id", "Sora client id"),
+    ("role", "sendrecv, sendonly or recvonly"),
+    ("node_name", "the Sora node"),
+    ("last_time", "the stretch's last report"),
+    ("reports", "its reports"),
+    (
+        "opens",
+        "the first report of the connection, or its first after a silence of more than"
+        f" {spans.GAP_SECONDS} s; false: the stretch continues the connection's previous row",
+    ),
+)
+_SPAN_KINDS: dict[str, FieldKind] = {
+    "channel_id": "id", "session_id": "id", "connection_id": "id", "client_id": "id",
+    "role": "string", "node_name": "string", "last_time": "time", "reports": "int",
+    "opens": "bool",
+}  # fmt: skip
+
+CONNECTION_SPANS = Table(
+    name="connection_spans",
+    kind="connection_spans",
+    description=(
+        "Per connection, a stretch of its reports (connection_reports) without a silence"
+        f" of more than {spans.GAP_SECONDS} s: its first and last report. One row per"
+        " connection and stored batch; maintenance folds a day that is over into one row"
+        " per span. A connection reported in a window of at least"
+        f" {spans.GAP_SECONDS} s when a row overlaps it (time <= end AND last_time >= start)."
+    ),
+    columns=tuple(Column(name, _SPAN_KINDS[name], ()) for name, _ in SPANS_COLUMNS[1:]),
+    identity=("connection_id", "time"),
+    unique_rows=True,
+    cluster_by=("time", "connection_id"),
+    rollup=Rollup(spans.ROLLUP_SQL, keeps="reports"),
+)
+
+
+class SpansDerivation(Derivation):
+    """``connection_spans`` from each batch's ``connection_reports`` (:mod:`.spans`); the
+    state is every connection's last report time."""
+
+    name = "connection_spans"
+    sources = ("connection_reports",)
+    outputs = (CONNECTION_SPANS,)
+
+    def derive(
+        self, tables: Mapping[str, pa.Table], state: pa.Table | None
+    ) -> tuple[dict[str, pa.Table], pa.Table | None]:
+        computed, kept = spans.derive(tables["connection_reports"], state)
+        if computed.num_rows == 0:
+            return {}, kept
+        names = [name for name, _ in SPANS_COLUMNS]
+        schema = CONNECTION_SPANS.stored_schema
+        return {
+            CONNECTION_SPANS.name: rates.stored(computed, schema, "connection_spans", names)
         }, kept
 
 

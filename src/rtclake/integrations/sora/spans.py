@@ -1,0 +1,145 @@
+"""``connection_spans`` computed from a batch of ``connection_reports``: per connection,
+the stretch of its reports in the batch (first and last report, how many), and whether
+that stretch opens a new span of activity (the connection's first report, or its first
+after a silence of more than :data:`GAP_SECONDS`).
+
+The overview's questions are about time, not about one connection: which connections
+were active in the last two minutes, which started in this minute, which channels and
+sessions reported in the range. ``connection_reports`` holds one row per report, stored
+sorted by connection (what a connection's page reads), so such a question reads a whole
+day of reports. This table holds one row per connection and batch; maintenance folds a
+closed day's rows into one row per span (:data:`ROLLUP_SQL`), a few thousand rows a day.
+
+Within one row, and within one span, consecutive reports are at most :data:`GAP_SECONDS`
+apart. So a connection reported in a window of at least that length exactly when one of
+its rows overlaps the window (``time <= end AND last_time >= start``), and it started in
+the window when a row that opens lies in it.
+
+The state is every connection's last report time. A report not after it (a report's
+continuation in a later batch, ``part`` > 0, or a late one) is not counted again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+GAP_SECONDS = 120
+"""A silence longer than this ends a span (the dashboard's "active": a report in the last
+two minutes)."""
+GAP_US = GAP_SECONDS * 1_000_000
+# a connection silent this long before the newest report is dropped from the state
+HORIZON_US = 6 * 3600 * 1_000_000
+
+_LAST = ("received_at", "source", "stream", "channel_id", "session_id", "client_id", "role",
+         "node_name")  # fmt: skip
+"""Columns taken from the stretch's last report (``received_at``: the latest)."""
+
+STATE_SCHEMA = pa.schema(
+    [pa.field("connection_id", pa.string()), pa.field("last_time", pa.timestamp("us", "UTC"))]
+)
+
+
+def _micros(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return np.asarray(
+        pc.cast(column, pa.timestamp("us", "UTC")).cast(pa.int64()).to_numpy(zero_copy_only=False),
+        dtype=np.int64,
+    )
+
+
+def derive(reports: pa.Table, state: pa.Table | None) -> tuple[pa.Table, pa.Table | None]:
+    """The rows of ``connection_spans`` for a batch of ``connection_reports`` rows (their
+    stored columns) and the new state."""
+    reports = reports.filter(pc.is_valid(reports["connection_id"]))
+    if reports.num_rows == 0:
+        return pa.table({}), state
+    order = pc.sort_indices(
+        reports, sort_keys=[("connection_id", "ascending"), ("time", "ascending")]
+    )
+    reports = reports.take(order)
+    # each row's connection's last report before the batch (the state's), if known
+    found = np.zeros(reports.num_rows, dtype=bool)
+    last = np.zeros(reports.num_rows, dtype=np.int64)
+    if state is not None and state.num_rows:
+        state = state.cast(STATE_SCHEMA)
+        at = pc.index_in(reports["connection_id"], value_set=state["connection_id"])
+        found = pc.is_valid(at).to_numpy(zero_copy_only=False)
+        last[found] = _micros(state["last_time"])[
+            np.asarray(pc.drop_null(at).to_numpy(zero_copy_only=False), dtype=np.int64)
+        ]
+    # a report not after the state's, or repeated (a report's continuation, part > 0, or a
+    # late one), was counted already
+    ts = _micros(reports["time"])
+    new_id = _starts(reports["connection_id"])
+    keep = ~found | (ts > last)
+    keep[1:] &= new_id[1:] | (ts[1:] != ts[:-1])
+    if not keep.all():
+        reports = reports.filter(pa.array(keep))
+        if reports.num_rows == 0:
+            return pa.table({}), state
+        ts, found, last = ts[keep], found[keep], last[keep]
+        new_id = _starts(reports["connection_id"])
+    ids = reports["connection_id"]
+    n = len(ts)
+    # the previous report of each row: the row before it, or the state's for a first row
+    prev = np.where(new_id, last, np.append(ts[:1], ts[:-1]))
+    known = ~new_id | found
+    opens = ~known | (ts - prev > GAP_US)
+    begins = np.flatnonzero(new_id | opens)
+    ends = np.append(begins[1:], n) - 1
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {
+        "time": reports["time"].take(pa.array(begins)),
+        "connection_id": ids.take(pa.array(begins)),
+        "last_time": reports["time"].take(pa.array(ends)),
+        "reports": pa.array(ends - begins + 1, pa.int64()),
+        "opens": pa.array(opens[begins]),
+    }
+    for name in _LAST:
+        columns[name] = reports[name].take(pa.array(ends))
+    received = np.maximum.reduceat(_micros(reports["received_at"]), begins)
+    columns["received_at"] = pa.array(received, pa.int64()).cast(pa.timestamp("us", "UTC"))
+    spans = pa.table(columns)
+
+    # the new state: each connection's last report, the batch's over the state's
+    last_rows = pa.array(np.append(np.flatnonzero(new_id)[1:], n) - 1)
+    fresh = pa.table(
+        {"connection_id": ids.take(last_rows), "last_time": reports["time"].take(last_rows)}
+    ).cast(STATE_SCHEMA)
+    kept = fresh
+    if state is not None and state.num_rows:
+        others = state.filter(pc.invert(pc.is_in(state["connection_id"], value_set=fresh[0])))
+        kept = pa.concat_tables([fresh, others.select(STATE_SCHEMA.names)])
+    newest = int(_micros(kept["last_time"]).max())
+    recent = _micros(kept["last_time"]) >= newest - HORIZON_US
+    kept = kept.filter(pa.array(recent))
+    return spans, kept
+
+
+def _starts(ids: pa.ChunkedArray) -> np.ndarray:
+    """Where each connection's rows begin in rows sorted by connection."""
+    n = len(ids)
+    starts = np.ones(n, dtype=bool)
+    if n > 1:
+        same = pc.equal(ids.slice(1), ids.slice(0, n - 1))
+        starts[1:] = ~np.asarray(pc.fill_null(same, False).to_numpy(zero_copy_only=False))
+    return starts
+
+
+ROLLUP_SQL = """
+SELECT min(time) AS time, max(received_at) AS received_at, arg_max(source, last_time) AS source,
+    arg_max(stream, last_time) AS stream, any_value(kind) AS kind, NULL AS type,
+    arg_max(channel_id, last_time) AS channel_id, arg_max(session_id, last_time) AS session_id,
+    connection_id, arg_max(client_id, last_time) AS client_id,
+    arg_max(role, last_time) AS role, arg_max(node_name, last_time) AS node_name,
+    max(last_time) AS last_time, sum(reports)::BIGINT AS reports, arg_min(opens, time) AS opens,
+    NULL AS extra
+FROM (
+    SELECT *, sum(CASE WHEN opens THEN 1 ELSE 0 END)
+        OVER (PARTITION BY connection_id ORDER BY time ROWS UNBOUNDED PRECEDING) AS span
+    FROM {rows}
+)
+GROUP BY connection_id, span
+"""
+"""A closed day's rows folded into one row per span: a row that does not open continues
+the row before it (consecutive reports at most :data:`GAP_SECONDS` apart)."""

@@ -1,0 +1,175 @@
+"""``connection_spans``: per connection, its stretches of reports without a silence of
+more than two minutes, derived batch by batch and folded per closed day by maintenance."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from prometheus_client import CollectorRegistry
+
+from rtclake.catalog import default_registry
+from rtclake.integrations.sora.spans import GAP_SECONDS
+from rtclake.integrations.sora.views import SpansDerivation
+from rtclake.lake import dashboard
+from rtclake.lake.maintenance import Maintenance, MaintenanceConfig
+from rtclake.lake.query import QueryEngine
+from rtclake.lake.sink import LakeSink
+from rtclake.metrics import Metrics
+from rtclake.sinks.base import Batch
+
+START = dt.datetime(2026, 11, 1, 8, tzinfo=dt.UTC)
+COLUMNS = ["connection_id", "time", "last_time", "reports", "opens"]
+
+
+def reports(rows: list[tuple[str, float, int]]) -> pa.Table:
+    """``connection_reports`` rows (stored columns): (connection, seconds after START, part)."""
+    schema = default_registry()["connection_reports"].stored_schema
+    n = len(rows)
+    times = [START + dt.timedelta(seconds=s) for _, s, _ in rows]
+    ids = [c for c, _, _ in rows]
+    columns: dict[str, Any] = {
+        "time": times,
+        "received_at": [t + dt.timedelta(seconds=1) for t in times],
+        "source": ["sora_logs"] * n,
+        "stream": ["rtc_stats.jsonl"] * n,
+        "kind": ["connection_reports"] * n,
+        "connection_id": ids,
+        "session_id": [f"S-{c[:1]}" for c in ids],
+        "channel_id": [f"room-{c[:1]}" for c in ids],
+        "client_id": [f"client-{c}" for c in ids],
+        "role": ["sendrecv"] * n,
+        "node_name": ["sora1"] * n,
+        "part": [p for _, _, p in rows],
+    }
+    return pa.table(
+        {f.name: pa.array(columns.get(f.name, [None] * n), f.type) for f in schema},
+        schema=schema,
+    )
+
+
+def spans_of(table: pa.Table) -> list[tuple[str, float, float, int, bool]]:
+    """Rows as (connection, first and last report in seconds after START, reports, opens)."""
+    return sorted(
+        (r["connection_id"], (r["time"] - START).total_seconds(),
+         (r["last_time"] - START).total_seconds(), r["reports"], r["opens"])
+        for r in table.select(COLUMNS).to_pylist()
+    )  # fmt: skip
+
+
+def test_a_silence_of_more_than_two_minutes_opens_a_new_span() -> None:
+    derivation = SpansDerivation()
+    out, state = derivation.derive(
+        {"connection_reports": reports([
+            ("A1", 0, 0), ("A1", 10, 0), ("A1", 20, 0), ("A1", 20, 1),  # a continuation
+            ("A1", 20 + GAP_SECONDS + 1, 0), ("A1", 150, 0), ("B1", 5, 0),
+        ])},
+        None,
+    )  # fmt: skip
+    got = out["connection_spans"]
+    assert spans_of(got) == [
+        ("A1", 0, 20, 3, True),
+        ("A1", 141, 150, 2, True),
+        ("B1", 5, 5, 1, True),
+    ]
+    # the stretch's last report gives the envelope; the schema is the table's
+    assert got.schema == default_registry()["connection_spans"].stored_schema
+    assert set(got["client_id"].to_pylist()) == {"client-A1", "client-B1"}
+    assert state is not None and state.num_rows == 2
+
+    # the next batch continues A1 (a report 30 s after its last), repeats a report already
+    # counted (part 1, and a late one), and B1 comes back after a long silence
+    out, state = derivation.derive(
+        {"connection_reports": reports([
+            ("A1", 150, 1), ("A1", 140, 0), ("A1", 180, 0), ("B1", 5 + GAP_SECONDS + 0.5, 0),
+            ("C1", 7, 0),
+        ])},
+        state,
+    )  # fmt: skip
+    assert spans_of(out["connection_spans"]) == [
+        ("A1", 180, 180, 1, False),
+        ("B1", 125.5, 125.5, 1, True),
+        ("C1", 7, 7, 1, True),
+    ]
+    # a batch of reports already counted makes no rows and keeps the state
+    out, again = derivation.derive({"connection_reports": reports([("A1", 180, 1)])}, state)
+    assert out == {} and again is not None
+    assert sorted(again.to_pylist(), key=str) == sorted(state.to_pylist(), key=str)
+
+
+def _random_reports(rng: np.random.Generator) -> list[tuple[str, float, int]]:
+    """30 connections, each reporting every 5-60 s with a few silences of 2-10 minutes,
+    over the first hours of a day, in time order."""
+    rows = []
+    for c in range(30):
+        t = float(rng.integers(0, 3600))
+        for _ in range(int(rng.integers(5, 80))):
+            rows.append((f"{'AB'[c % 2]}{c:02d}", t, 0))
+            if rng.random() < 0.04:
+                rows.append((f"{'AB'[c % 2]}{c:02d}", t, 1))  # a report split across batches
+            t += float(rng.integers(GAP_SECONDS + 1, 600) if rng.random() < 0.08
+                       else rng.integers(5, 61))  # fmt: skip
+    return sorted(rows, key=lambda r: (r[1], r[2]))
+
+
+def _write(root: Path, derivation: SpansDerivation, batches: list[pa.Table]) -> None:
+    sink = LakeSink(root, default_registry())
+    state = None
+    for segment, rows in enumerate(batches, 1):
+        out, state = derivation.derive({"connection_reports": rows}, state)
+        if out:
+            sink.write(Batch("node", "derived", segment, out))
+    sink.close()
+
+
+def test_maintenance_folds_a_closed_day_into_one_row_per_span(tmp_path: Path) -> None:
+    """Written batch by batch (one row per connection and batch), then folded: the same
+    spans as one batch of the whole day gives, and a window of two minutes or more finds
+    exactly the connections that reported in it."""
+    rng = np.random.default_rng(7)
+    rows = _random_reports(rng)
+    whole, _ = SpansDerivation().derive({"connection_reports": reports(rows)}, None)
+    cuts = sorted(rng.choice(np.arange(1, len(rows)), 40, replace=False))
+    pieces = [reports(rows[a:b]) for a, b in zip([0, *cuts], [*cuts, len(rows)], strict=True)]
+    _write(tmp_path, SpansDerivation(), pieces)
+
+    engine = QueryEngine(tmp_path, default_registry())
+    before = engine.run("SELECT count(*), sum(reports) FROM connection_spans").rows()[0]
+    engine.close()
+    expected = spans_of(whole["connection_spans"])
+    assert before[0] > len(expected)  # rows per batch: more than the spans
+    assert before[1] == sum(s[3] for s in expected) == len({(c, t) for c, t, _ in rows})
+
+    maintenance = Maintenance(
+        LakeSink(tmp_path, default_registry()).catalog, MaintenanceConfig(), node="n",
+        metrics=Metrics(CollectorRegistry()),
+    )  # fmt: skip
+    report = maintenance.run(now=START + dt.timedelta(days=1))
+    assert report is not None and report.ok, report
+    assert report.steps[1].changes["days sorted"] >= 1, report.steps[1]
+
+    engine = QueryEngine(tmp_path, default_registry())
+    folded = engine.run(f"SELECT {', '.join(COLUMNS)} FROM connection_spans").rows()
+    as_dicts = [dict(zip(COLUMNS, r, strict=True)) for r in folded]
+    assert spans_of(pa.Table.from_pylist(as_dicts)) == expected
+    assert len(engine.snapshot()["connection_spans"]) == 1
+
+    # a window of at least the gap: a row overlaps it exactly when a report lies in it
+    busy = 0
+    for _ in range(25):
+        start = float(rng.integers(0, 5 * 3600))
+        width = float(rng.integers(GAP_SECONDS, 900))
+        truth = {c for c, t, _ in rows if start <= t <= start + width}
+        lo, hi = (dashboard.timestamp(START + dt.timedelta(seconds=s))
+                  for s in (start, start + width))  # fmt: skip
+        found = engine.run(
+            f"SELECT DISTINCT connection_id FROM connection_spans"
+            f" WHERE time <= {hi} AND last_time >= {lo}"
+        ).rows()
+        assert {r[0] for r in found} == truth, (start, width)
+        busy += len(truth) > 1
+    assert busy > 10
+    engine.close()
