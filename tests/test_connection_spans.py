@@ -4,6 +4,7 @@ more than two minutes, derived batch by batch and folded per closed day by maint
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pyarrow as pa
 from prometheus_client import CollectorRegistry
 
 from rtclake.catalog import default_registry
+from rtclake.convert import Converter
 from rtclake.integrations.sora.spans import GAP_SECONDS
 from rtclake.integrations.sora.views import SpansDerivation
 from rtclake.lake import dashboard
@@ -20,6 +22,7 @@ from rtclake.lake.query import QueryEngine
 from rtclake.lake.sink import LakeSink
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch
+from rtclake.spool import Entry, EntryHeader
 
 START = dt.datetime(2026, 11, 1, 8, tzinfo=dt.UTC)
 COLUMNS = ["connection_id", "time", "last_time", "reports", "opens"]
@@ -172,4 +175,64 @@ def test_maintenance_folds_a_closed_day_into_one_row_per_span(tmp_path: Path) ->
         assert {r[0] for r in found} == truth, (start, width)
         busy += len(truth) > 1
     assert busy > 10
+    engine.close()
+
+
+def _records(table: str, kind: str, records: list[dict[str, Any]], segment: int) -> Batch:
+    body = b"\n".join(json.dumps(r).encode() for r in records)
+    head = EntryHeader(table=table, source="test", stream="s", kind=kind,
+                       received_us=1_762_000_000_000_000, records=len(records))  # fmt: skip
+    converter = Converter(default_registry())
+    try:
+        return Batch(
+            "node", "sp", segment, converter.convert("sp", segment, [Entry(head, body, 0)])
+        )
+    finally:
+        converter.close()
+
+
+def test_active_now_and_the_flow_read_the_webhooks_with_the_spans(tmp_path: Path) -> None:
+    """A connection is active when its connection.created came in the last day or a span
+    reaches into the last two minutes, unless a connection.destroyed says it ended; a
+    session when its session.created came and no session.destroyed, or a connection of
+    it is active."""
+    now = START + dt.timedelta(hours=1)
+    at = {m: (now - dt.timedelta(minutes=m)).isoformat() for m in (1, 10, 20, 50, 55, 59)}
+
+    def event(minutes: int, what: str, connection: str, session: str) -> dict[str, Any]:
+        return {"timestamp": at[minutes], "operation": what, "connection_id": connection,
+                "session_id": session, "channel_id": "room"}  # fmt: skip
+
+    def session(minutes: int, what: str, session_id: str) -> dict[str, Any]:
+        return {"timestamp": at[minutes], "req": {"type": what, "session_id": session_id,
+                "channel_id": "room", "created_timestamp": at[59]}}  # fmt: skip
+
+    sink = LakeSink(tmp_path, default_registry())
+    sink.write(_records("sora_events", "sora_event", [
+        event(10, "connection.created", "A", "S-A"),  # live, no stats: logged
+        event(20, "connection.created", "B", "S-B"),
+        event(1, "connection.destroyed", "B", "S-B"),  # ended
+        event(1, "connection.destroyed", "D1", "S-D"),  # stats until now, but ended
+    ], 1))  # fmt: skip
+    sink.write(_records("sessions", "sora_session", [
+        session(59, "session.created", "S1"),  # live without connections
+        session(55, "session.created", "S2"),
+        session(1, "session.destroyed", "S2"),
+    ], 2))  # fmt: skip
+    minutes = 3600 - 30  # C and D report until 30 s before now, E stopped 5 minutes before
+    spans, _ = SpansDerivation().derive({"connection_reports": reports(
+        [(c, s, 0) for s in range(600, minutes, 10) for c in ("C1", "D1")]
+        + [("E1", s, 0) for s in range(600, 3600 - 300, 10)]
+    )}, None)  # fmt: skip
+    sink.write(Batch("node", "derived", 3, spans))
+    sink.close()
+
+    engine = QueryEngine(tmp_path, default_registry())
+    (active,) = engine.run(dashboard.active_now_sql(now)).rows()
+    # A (logged) and C1 (from stats); sessions S1, S-A and C1's S-C
+    assert active == [2, 1, 3]
+    flow = dashboard.connection_flow_sql(dashboard.TimeRange(START, now + dt.timedelta(1)), 60)
+    (totals,) = engine.run(f"SELECT sum(created), sum(destroyed), sum(failed) FROM ({flow})").rows()
+    # created: A and B (events), C1, D1 and E1 (first reports); destroyed: B and D
+    assert [int(v) for v in totals] == [5, 2, 0]
     engine.close()

@@ -224,32 +224,39 @@ def active_now_sql(now: datetime) -> str:
     """
     day = timestamp(now - timedelta(seconds=LOOKBACK_SECONDS))
     recent = timestamp(now - timedelta(seconds=ACTIVE_STATS_SECONDS))
+    # each table read once (an overview refreshes every few seconds): what each says of
+    # a connection, then per connection
     return f"""
-WITH gone AS ({_gone()}),
-seen AS (
-    SELECT connection_id, session_id, true AS logged FROM sora_events
-    WHERE event = 'connection.created' AND time >= {day}
+WITH facts AS (
+    SELECT connection_id, session_id, event = 'connection.created' AND time >= {day} AS logged,
+        event = 'connection.destroyed' AS ended, false AS reported
+    FROM sora_events WHERE event IN ('connection.created', 'connection.destroyed')
     UNION ALL
-    SELECT connection_id, session_id, false FROM connection_spans
+    SELECT connection_id, session_id, false, true, false FROM connections
+    WHERE destroyed_at IS NOT NULL
+    UNION ALL
+    SELECT connection_id, session_id, false, false, true FROM connection_spans
     WHERE last_time >= {recent} AND time <= {timestamp(now)}
 ),
 live AS (
     SELECT connection_id, any_value(session_id) AS session_id, bool_or(logged) AS logged
-    FROM seen s
-    WHERE connection_id IS NOT NULL
-        AND NOT EXISTS (SELECT 1 FROM gone g WHERE g.connection_id = s.connection_id)
-    GROUP BY connection_id
+    FROM facts WHERE connection_id IS NOT NULL GROUP BY connection_id
+    HAVING (bool_or(logged) OR bool_or(reported)) AND NOT bool_or(ended)
 ),
 live_sessions AS (
-    (SELECT session_id FROM sessions
-     WHERE event IN ('session.created', 'session.updated') AND time >= {day}
-     EXCEPT SELECT session_id FROM sessions WHERE event = 'session.destroyed')
-    UNION SELECT session_id FROM live
+    SELECT session_id FROM sessions
+    WHERE session_id IS NOT NULL AND (time >= {day} OR event = 'session.destroyed')
+    GROUP BY session_id
+    HAVING bool_or(event IN ('session.created', 'session.updated') AND time >= {day})
+        AND NOT bool_or(event = 'session.destroyed')
 )
-SELECT
-    (SELECT count(*) FROM live) AS connections,
-    (SELECT count(*) FROM live WHERE NOT logged) AS connections_from_stats,
-    (SELECT count(*) FROM live_sessions WHERE session_id IS NOT NULL) AS sessions
+SELECT count(*) FILTER (WHERE is_connection) AS connections,
+    count(*) FILTER (WHERE is_connection AND NOT logged) AS connections_from_stats,
+    count(DISTINCT session_id) AS sessions
+FROM (
+    SELECT true AS is_connection, session_id, logged FROM live
+    UNION ALL SELECT false, session_id, NULL FROM live_sessions
+)
 """
 
 
@@ -263,29 +270,26 @@ def connection_flow_sql(r: TimeRange, bucket: int) -> str:
     abnormally: the log's reason is not ``normal``.
     """
     since = timestamp(r.start - timedelta(seconds=LOOKBACK_SECONDS))
+    # each table read once: what each says of a connection, then per connection, then
+    # each connection's events (created, destroyed, failed) side by side
     return f"""
-WITH created AS (
-    SELECT connection_id, min(t) AS t FROM (
-        SELECT connection_id, created_at AS t FROM connections WHERE created_at IS NOT NULL
-        UNION ALL
-        SELECT connection_id, time FROM sora_events WHERE event = 'connection.created'
-        UNION ALL
-        SELECT connection_id, min(time) FROM connection_spans
-        WHERE last_time >= {since} AND time < {timestamp(r.end)} GROUP BY connection_id
-    ) WHERE connection_id IS NOT NULL GROUP BY connection_id
-),
-destroyed AS (
-    SELECT connection_id, min(t) AS t, bool_or(failed) AS failed FROM (
-        SELECT connection_id, destroyed_at AS t, coalesce(reason, 'normal') <> 'normal' AS failed
-        FROM connections WHERE destroyed_at IS NOT NULL
-        UNION ALL
-        SELECT connection_id, time, false FROM sora_events WHERE event = 'connection.destroyed'
-    ) WHERE connection_id IS NOT NULL GROUP BY connection_id
+WITH facts AS (
+    SELECT connection_id, created_at AS created, destroyed_at AS destroyed,
+        destroyed_at IS NOT NULL AND coalesce(reason, 'normal') <> 'normal' AS failed
+    FROM connections WHERE created_at IS NOT NULL OR destroyed_at IS NOT NULL
+    UNION ALL
+    SELECT connection_id, CASE WHEN event = 'connection.created' THEN time END,
+        CASE WHEN event = 'connection.destroyed' THEN time END, false
+    FROM sora_events WHERE event IN ('connection.created', 'connection.destroyed')
+    UNION ALL
+    SELECT connection_id, min(time), NULL, false FROM connection_spans
+    WHERE last_time >= {since} AND time < {timestamp(r.end)} GROUP BY connection_id
 ),
 events AS (
-    SELECT t, 'created' AS what FROM created
-    UNION ALL SELECT t, 'destroyed' FROM destroyed
-    UNION ALL SELECT t, 'failed' FROM destroyed WHERE failed
+    SELECT unnest([min(created), min(destroyed), CASE WHEN bool_or(failed) THEN min(destroyed) END])
+        AS t,
+        unnest(['created', 'destroyed', 'failed']) AS what
+    FROM facts WHERE connection_id IS NOT NULL GROUP BY connection_id
 )
 SELECT {_bucket(bucket, "t")} AS time,
     60.0 * count(*) FILTER (WHERE what = 'created') / {bucket} AS created_per_min,
