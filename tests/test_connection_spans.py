@@ -118,14 +118,17 @@ def _random_reports(rng: np.random.Generator) -> list[tuple[str, float, int]]:
     return sorted(rows, key=lambda r: (r[1], r[2]))
 
 
-def _write(root: Path, derivation: SpansDerivation, batches: list[pa.Table]) -> None:
+def _write(root: Path, derivation: SpansDerivation, batches: list[pa.Table]) -> list[pa.Table]:
     sink = LakeSink(root, default_registry())
     state = None
+    written = []
     for segment, rows in enumerate(batches, 1):
         out, state = derivation.derive({"connection_reports": rows}, state)
         if out:
             sink.write(Batch("node", "derived", segment, out))
+            written.append(out["connection_spans"])
     sink.close()
+    return written
 
 
 def test_maintenance_folds_a_closed_day_into_one_row_per_span(tmp_path: Path) -> None:
@@ -137,7 +140,15 @@ def test_maintenance_folds_a_closed_day_into_one_row_per_span(tmp_path: Path) ->
     whole, _ = SpansDerivation().derive({"connection_reports": reports(rows)}, None)
     cuts = sorted(rng.choice(np.arange(1, len(rows)), 40, replace=False))
     pieces = [reports(rows[a:b]) for a, b in zip([0, *cuts], [*cuts, len(rows)], strict=True)]
-    _write(tmp_path, SpansDerivation(), pieces)
+    derivation = SpansDerivation()
+    written = _write(tmp_path, derivation, pieces)
+    # an import's group of blocks is folded the same way as it is stored
+    assert spans_of(derivation.combine("connection_spans", written)) == spans_of(
+        whole["connection_spans"]
+    )
+    combined = derivation.combine("connection_spans", written[:7])
+    assert combined.schema == written[0].schema
+    assert combined.num_rows < sum(t.num_rows for t in written[:7])
 
     engine = QueryEngine(tmp_path, default_registry())
     before = engine.run("SELECT count(*), sum(reports) FROM connection_spans").rows()[0]

@@ -407,12 +407,7 @@ class Importer:
         tables = {}
         for name in names:
             parts = [block[name] for block in group.blocks if name in block]
-            merged = (
-                parts[0]
-                if len(parts) == 1
-                else pa.concat_tables(parts, promote_options="permissive")
-            )
-            tables[name] = merged
+            tables[name] = self.derivations.combine(name, parts)
         prepared: dict[tuple[str, str], Any] = {}
         for name, rows in tables.items():
             prepared.update(self.delivery.prepare(name, rows))

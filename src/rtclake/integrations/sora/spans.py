@@ -21,6 +21,8 @@ continuation in a later batch, ``part`` > 0, or a late one) is not counted again
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -143,3 +145,34 @@ GROUP BY connection_id, span
 """
 """A closed day's rows folded into one row per span: a row that does not open continues
 the row before it (consecutive reports at most :data:`GAP_SECONDS` apart)."""
+
+
+def fold(rows: pa.Table) -> pa.Table:
+    """Rows of ``connection_spans`` (stored columns) with each row that continues the
+    connection's previous one merged into it: :data:`ROLLUP_SQL` in Arrow, for the rows of
+    several derived blocks stored together (an import's group)."""
+    if rows.num_rows < 2:
+        return rows
+    rows = rows.take(
+        pc.sort_indices(rows, sort_keys=[("connection_id", "ascending"), ("time", "ascending")])
+    )
+    opens = np.asarray(pc.fill_null(rows["opens"], True).to_numpy(zero_copy_only=False))
+    begins = np.flatnonzero(_starts(rows["connection_id"]) | opens)
+    if len(begins) == rows.num_rows:
+        return rows
+    ends = pa.array(np.append(begins[1:], rows.num_rows) - 1)
+    firsts = pa.array(begins)
+    columns: dict[str, Any] = {}
+    for field in rows.schema:
+        name = field.name
+        if name in ("time", "opens", "connection_id"):
+            columns[name] = rows[name].take(firsts)
+        elif name in ("last_time", "received_at"):
+            most = np.maximum.reduceat(_micros(rows[name]), begins)
+            columns[name] = pa.array(most, pa.int64()).cast(field.type)
+        elif name == "reports":
+            counts = pc.fill_null(rows[name], 0).to_numpy(zero_copy_only=False)
+            columns[name] = pa.array(np.add.reduceat(counts, begins), field.type)
+        else:  # the envelope of the last stretch
+            columns[name] = rows[name].take(ends)
+    return pa.table(columns, schema=rows.schema)

@@ -9,7 +9,7 @@ constants and their sources in docs/QUALITY.md.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 
@@ -275,6 +275,10 @@ class SpansDerivation(Derivation):
         return {
             CONNECTION_SPANS.name: rates.stored(computed, schema, "connection_spans", names)
         }, kept
+
+    def combine(self, name: str, parts: Sequence[pa.Table]) -> pa.Table:
+        """One row per connection and span of the blocks stored together, not per block."""
+        return spans.fold(super().combine(name, parts))
 
 
 # A report's highest part: the lower ones (the same report, fewer of its objects) hidden.
