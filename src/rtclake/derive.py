@@ -55,9 +55,12 @@ class Derivation(ABC):
     def combine(self, name: str, parts: Sequence[pa.Table]) -> pa.Table:
         """The rows of output ``name`` derived from consecutive batches stored together
         (an import's group), as one table: concatenated, unless the output folds them."""
-        return (
-            parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
-        )
+        return concat(parts)
+
+
+def concat(parts: Sequence[pa.Table]) -> pa.Table:
+    """Tables of one output, one after the other (columns a part lacks are NULL)."""
+    return parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
 
 
 class Pending:
@@ -132,9 +135,7 @@ class Derivations:
         for derivation in self.derivations:
             if any(table.name == name for table in derivation.outputs):
                 return derivation.combine(name, parts)
-        return (
-            parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
-        )
+        return concat(parts)
 
     def commit(self, pending: Pending) -> None:
         """Adopt the states of a stored batch (and write them down, for the writer)."""

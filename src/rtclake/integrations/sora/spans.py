@@ -7,8 +7,9 @@ The overview's questions are about time, not about one connection: which connect
 were active in the last two minutes, which started in this minute, which channels and
 sessions reported in the range. ``connection_reports`` holds one row per report, stored
 sorted by connection (what a connection's page reads), so such a question reads a whole
-day of reports. This table holds one row per connection and batch; maintenance folds a
-closed day's rows into one row per span (:data:`ROLLUP_SQL`), a few thousand rows a day.
+day of reports. This table holds one row per connection and batch (an import stores its
+group of blocks folded, :func:`fold`); maintenance folds a closed day's rows into one row
+per span (:data:`ROLLUP_SQL`), a few thousand rows a day.
 
 Within one row, and within one span, consecutive reports are at most :data:`GAP_SECONDS`
 apart. So a connection reported in a window of at least that length exactly when one of
