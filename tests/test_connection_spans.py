@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from rtclake.catalog import default_registry
 from rtclake.convert import Converter
+from rtclake.derive import concat
 from rtclake.integrations.sora.spans import GAP_SECONDS
 from rtclake.integrations.sora.views import SpansDerivation
 from rtclake.lake import dashboard
@@ -118,15 +119,21 @@ def _random_reports(rng: np.random.Generator) -> list[tuple[str, float, int]]:
     return sorted(rows, key=lambda r: (r[1], r[2]))
 
 
-def _write(root: Path, derivation: SpansDerivation, batches: list[pa.Table]) -> list[pa.Table]:
+def _write(root: Path, batches: list[pa.Table]) -> list[pa.Table]:
+    """The spans of each batch of reports, each stored on its own but the last five,
+    stored as one group (one file, folded)."""
     sink = LakeSink(root, default_registry())
+    derivation = SpansDerivation()
     state = None
     written = []
-    for segment, rows in enumerate(batches, 1):
+    for rows in batches:
         out, state = derivation.derive({"connection_reports": rows}, state)
-        if out:
-            sink.write(Batch("node", "derived", segment, out))
-            written.append(out["connection_spans"])
+        written.append(out["connection_spans"])
+    stored = [Batch("node", "derived", n, {"connection_spans": t})
+              for n, t in enumerate(written, 1)]  # fmt: skip
+    for batch in stored[:-5]:
+        sink.write(batch)
+    sink.write_group(stored[-5:])
     sink.close()
     return written
 
@@ -140,21 +147,21 @@ def test_maintenance_folds_a_closed_day_into_one_row_per_span(tmp_path: Path) ->
     whole, _ = SpansDerivation().derive({"connection_reports": reports(rows)}, None)
     cuts = sorted(rng.choice(np.arange(1, len(rows)), 40, replace=False))
     pieces = [reports(rows[a:b]) for a, b in zip([0, *cuts], [*cuts, len(rows)], strict=True)]
-    derivation = SpansDerivation()
-    written = _write(tmp_path, derivation, pieces)
-    # an import's group of blocks is folded the same way as it is stored
-    assert spans_of(derivation.combine("connection_spans", written)) == spans_of(
-        whole["connection_spans"]
-    )
-    combined = derivation.combine("connection_spans", written[:7])
-    assert combined.schema == written[0].schema
-    assert combined.num_rows < sum(t.num_rows for t in written[:7])
+    written = _write(tmp_path, pieces)
+    # consecutive batches stored together (an import's or a writer's group) are folded
+    # the same way
+    rollup = default_registry()["connection_spans"].rollup
+    assert rollup is not None and rollup.fold is not None
+    assert spans_of(rollup.fold(concat(written))) == spans_of(whole["connection_spans"])
 
     engine = QueryEngine(tmp_path, default_registry())
     before = engine.run("SELECT count(*), sum(reports) FROM connection_spans").rows()[0]
     engine.close()
     expected = spans_of(whole["connection_spans"])
     assert before[0] > len(expected)  # rows per batch: more than the spans
+    # the group of the last five batches stored fewer rows than they derived
+    unfolded = sum(t.num_rows for t in written)
+    assert unfolded - sum(t.num_rows for t in written[-5:]) < before[0] < unfolded
     assert before[1] == sum(s[3] for s in expected) == len({(c, t) for c, t, _ in rows})
 
     maintenance = Maintenance(

@@ -52,11 +52,6 @@ class Derivation(ABC):
         has some, their stored columns) and the state to carry to the next batch. Pure:
         the same rows and state give the same answer."""
 
-    def combine(self, name: str, parts: Sequence[pa.Table]) -> pa.Table:
-        """The rows of output ``name`` derived from consecutive batches stored together
-        (an import's group), as one table: concatenated, unless the output folds them."""
-        return concat(parts)
-
 
 def concat(parts: Sequence[pa.Table]) -> pa.Table:
     """Tables of one output, one after the other (columns a part lacks are NULL)."""
@@ -128,14 +123,6 @@ class Derivations:
             available.update(made)
             pending[derivation.name] = state
         return derived, Pending(pending)
-
-    def combine(self, name: str, parts: Sequence[pa.Table]) -> pa.Table:
-        """Rows of table ``name`` from consecutive batches as one table
-        (:meth:`Derivation.combine` of the derivation that makes it; else concatenated)."""
-        for derivation in self.derivations:
-            if any(table.name == name for table in derivation.outputs):
-                return derivation.combine(name, parts)
-        return concat(parts)
 
     def commit(self, pending: Pending) -> None:
         """Adopt the states of a stored batch (and write them down, for the writer)."""

@@ -36,7 +36,7 @@ from isal.isal_zlib import _GzipReader  # gzip inflated 2-3x faster than zlib (I
 from rtclake import _jsoncols
 from rtclake.convert import Converter
 from rtclake.delivery import Delivery
-from rtclake.derive import Derivations, Pending
+from rtclake.derive import Derivations, Pending, concat
 from rtclake.durable import write_atomic
 from rtclake.intake import make_entry
 from rtclake.logfiles import unrotated
@@ -407,7 +407,9 @@ class Importer:
         tables = {}
         for name in names:
             parts = [block[name] for block in group.blocks if name in block]
-            tables[name] = self.derivations.combine(name, parts)
+            merged = concat(parts)
+            rollup = self.tables[name].rollup if name in self.tables else None
+            tables[name] = rollup.fold(merged) if rollup and rollup.fold else merged
         prepared: dict[tuple[str, str], Any] = {}
         for name, rows in tables.items():
             prepared.update(self.delivery.prepare(name, rows))

@@ -160,10 +160,12 @@ def snake_case(name: str) -> str:
 class Rollup:
     """A closed day of a table written again as fewer rows: ``sql`` selects the table's
     stored columns from ``{rows}``, the day's rows; the sum of the column ``keeps`` must
-    not change (else the day stays as it was)."""
+    not change (else the day stays as it was). ``fold``: the same in Arrow, for the rows
+    of consecutive batches stored together (an import's group, a writer's group)."""
 
     sql: str
     keeps: str
+    fold: Callable[[pa.Table], pa.Table] | None = None
 
 
 @dataclass(frozen=True)

@@ -399,6 +399,8 @@ class LakeSink(Sink):
         rows = pa.concat_tables(
             [b.tables[table.name].select(names) for b in having], promote_options="permissive"
         )
+        if table.rollup and table.rollup.fold:  # consecutive batches: rows that continue
+            rows = table.rollup.fold(rows)
         return self._parts(table, rows)
 
     def _add(self, con: Any, batch_name: str, table: Table, parts: list[_Part]) -> int:

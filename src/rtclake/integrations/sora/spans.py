@@ -7,8 +7,8 @@ The overview's questions are about time, not about one connection: which connect
 were active in the last two minutes, which started in this minute, which channels and
 sessions reported in the range. ``connection_reports`` holds one row per report, stored
 sorted by connection (what a connection's page reads), so such a question reads a whole
-day of reports. This table holds one row per connection and batch (an import stores its
-group of blocks folded, :func:`fold`); maintenance folds a closed day's rows into one row
+day of reports. This table holds one row per connection and batch (batches stored
+together, an import's group or a writer's, are folded: :func:`fold`); maintenance folds a closed day's rows into one row
 per span (:data:`ROLLUP_SQL`), a few thousand rows a day.
 
 Within one row, and within one span, consecutive reports are at most :data:`GAP_SECONDS`
@@ -151,7 +151,7 @@ the row before it (consecutive reports at most :data:`GAP_SECONDS` apart)."""
 def fold(rows: pa.Table) -> pa.Table:
     """Rows of ``connection_spans`` (stored columns) with each row that continues the
     connection's previous one merged into it: :data:`ROLLUP_SQL` in Arrow, for the rows of
-    several derived blocks stored together (an import's group)."""
+    consecutive batches stored together (``Rollup.fold``)."""
     if rows.num_rows < 2:
         return rows
     rows = rows.take(

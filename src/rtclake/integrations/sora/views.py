@@ -9,7 +9,7 @@ constants and their sources in docs/QUALITY.md.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import pyarrow as pa
 
@@ -252,7 +252,7 @@ CONNECTION_SPANS = Table(
     identity=("connection_id", "time"),
     unique_rows=True,
     cluster_by=("time", "connection_id"),
-    rollup=Rollup(spans.ROLLUP_SQL, keeps="reports"),
+    rollup=Rollup(spans.ROLLUP_SQL, keeps="reports", fold=spans.fold),
 )
 
 
@@ -275,10 +275,6 @@ class SpansDerivation(Derivation):
         return {
             CONNECTION_SPANS.name: rates.stored(computed, schema, "connection_spans", names)
         }, kept
-
-    def combine(self, name: str, parts: Sequence[pa.Table]) -> pa.Table:
-        """One row per connection and span of the blocks stored together, not per block."""
-        return spans.fold(super().combine(name, parts))
 
 
 # A report's highest part: the lower ones (the same report, fewer of its objects) hidden.
