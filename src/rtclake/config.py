@@ -166,7 +166,8 @@ class MaintenanceConfig(Section):
         default=True,
         description="once a UTC day is over, write the day of each table read one connection"
         " at a time (rtc_rates, connection_reports) again as one run sorted by connection,"
-        " and fold connection_spans into one row per connection and span",
+        " and fold the days of connection_spans (today's too) into one row per connection and"
+        " span",
     )
     expire_after: Duration = Field(
         default=86400.0,

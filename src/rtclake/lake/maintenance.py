@@ -19,9 +19,9 @@ beside a retention ``DELETE``, conflict in DuckLake):
    its files, and an ``INSERT`` of their rows in order; ``sort_closed_days``): a page of
    one connection then reads one or two of the day's row groups, not one in every file.
    The merge alone only joins files end to end, each a sorted run of its own. A table
-   with a ``rollup`` (``connection_spans``: rows per connection and batch) has its closed
-   day folded the same way, into fewer rows (one per connection and span), the sum of a
-   column checked unchanged.
+   with a ``rollup`` (``connection_spans``: rows per connection and batch) has its days
+   folded the same way, today's too (it is small), into fewer rows (one per connection and
+   span), the sum of a column checked unchanged.
 3. **expire**: snapshots older than ``expire_after`` are dropped from the catalog, and the
    files only they referenced are scheduled for deletion. ``expire_after`` must outlast
    any node's recovery and the longest query: what still reads an expired snapshot
@@ -628,9 +628,10 @@ class Maintenance:
         self, con: Any, now: dt.datetime, table: Table, result: StepReport
     ) -> None:
         """Write each day of ``table`` that is over again as one run sorted by
-        ``table.cluster_by`` (folded by ``table.rollup``, if it has one): once, and again
-        when files came to it since (late rows). A day's single file is sorted too: it may
-        be merged files, each a run of its own."""
+        ``table.cluster_by``: once, and again when files came to it since (late rows). A
+        day's single file is sorted too: it may be merged files, each a run of its own.
+        A table with a ``rollup`` has its days folded, today's included (writers add to it
+        meanwhile: their files, not in this transaction's snapshot, stay as they are)."""
         today = now.astimezone(dt.UTC).date()
         per_day: dict[dt.date, int] = {}
         for path, _ in self._files(con, table.name):
@@ -649,7 +650,9 @@ class Maintenance:
                 )
             }
         for day, files in sorted(per_day.items()):
-            if day >= today or done.get(day) == files:
+            # a rollup's rows are few: today's are folded too, at each run new files came
+            last = today if table.rollup else today - dt.timedelta(days=1)
+            if day > last or done.get(day) == files:
                 continue
             begun = time.perf_counter()
             rows = self._retrying(con, functools.partial(self._sort_day, con, table, day))

@@ -8,8 +8,9 @@ were active in the last two minutes, which started in this minute, which channel
 sessions reported in the range. ``connection_reports`` holds one row per report, stored
 sorted by connection (what a connection's page reads), so such a question reads a whole
 day of reports. This table holds one row per connection and batch (batches stored
-together, an import's group or a writer's, are folded: :func:`fold`); maintenance folds a closed day's rows into one row
-per span (:data:`ROLLUP_SQL`), a few thousand rows a day.
+together, an import's group or a writer's, are folded: :func:`fold`); maintenance folds
+a day's rows, today's too, into one row per span (:data:`ROLLUP_SQL`), a few thousand
+rows a day.
 
 Within one row, and within one span, consecutive reports are at most :data:`GAP_SECONDS`
 apart. So a connection reported in a window of at least that length exactly when one of
