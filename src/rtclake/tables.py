@@ -158,10 +158,11 @@ def snake_case(name: str) -> str:
 
 @dataclass(frozen=True)
 class Rollup:
-    """A closed day of a table written again as fewer rows: ``sql`` selects the table's
-    stored columns from ``{rows}``, the day's rows; the sum of the column ``keeps`` must
-    not change (else the day stays as it was). ``fold``: the same in Arrow, for the rows
-    of consecutive batches stored together (an import's group, a writer's group)."""
+    """A day of a table written again by maintenance as fewer rows (today's too: such a
+    table is small): ``sql`` selects the table's stored columns from ``{rows}``, the
+    day's rows; the sum of the column ``keeps`` must not change (else the day stays as it
+    was). ``fold``: the same in Arrow, for the rows of consecutive batches stored together
+    (an import's group, a writer's group)."""
 
     sql: str
     keeps: str
@@ -195,8 +196,8 @@ class Table:
     #: statistics name the others out) rather than every group of every file.
     cluster_by: tuple[str, ...] = ()
     row_group_rows: int | None = None
-    #: How maintenance folds a day that is over into fewer rows (a derived table written
-    #: a few rows per batch, read by time): see :class:`Rollup`.
+    #: How maintenance folds a day into fewer rows (a derived table written a few rows
+    #: per batch, read by time): see :class:`Rollup`.
     rollup: Rollup | None = None
     _validator: Any = field(default=None, init=False, repr=False, compare=False)
     _checker: Any = field(default=None, init=False, repr=False, compare=False)

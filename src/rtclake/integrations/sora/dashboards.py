@@ -196,7 +196,8 @@ GROUP BY 1 ORDER BY 1
         timeseries(
             "Connections started and ended per minute",
             f"""
-WITH first_reports AS (  -- a stretch before the range: it reported in the 2 minutes before
+-- a connection with a stretch from before the range reported in the 2 minutes before it
+WITH first_reports AS (
     SELECT connection_id, min(time) AS time FROM connection_spans
     WHERE time <= $__timeTo()
         AND last_time >= CAST($__timeFrom() AS TIMESTAMPTZ) - INTERVAL 2 MINUTE
