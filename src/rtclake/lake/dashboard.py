@@ -205,14 +205,6 @@ def series_lists(sql: str, keys: Sequence[str], values: Sequence[str], order: st
 # -- the overview ---------------------------------------------------------------------------
 
 
-def _gone() -> str:
-    """Connections a log says have ended."""
-    return (
-        "SELECT connection_id FROM connections WHERE destroyed_at IS NOT NULL"
-        " UNION SELECT connection_id FROM sora_events WHERE event = 'connection.destroyed'"
-    )
-
-
 def active_now_sql(now: datetime) -> str:
     """Active sessions and connections at ``now``, one row.
 
