@@ -15,7 +15,6 @@ import pyarrow as pa
 from prometheus_client import CollectorRegistry
 
 from rtclake.catalog import default_registry
-from rtclake.convert import Converter
 from rtclake.derive import concat
 from rtclake.integrations.sora.spans import GAP_SECONDS
 from rtclake.integrations.sora.views import SpansDerivation
@@ -25,7 +24,7 @@ from rtclake.lake.query import QueryEngine
 from rtclake.lake.sink import LakeSink
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch
-from rtclake.spool import Entry, EntryHeader
+from tests.test_influxdb_sink import convert
 
 START = dt.datetime(2026, 11, 1, 8, tzinfo=dt.UTC)
 COLUMNS = ["connection_id", "time", "last_time", "reports", "opens"]
@@ -203,17 +202,8 @@ def test_maintenance_folds_a_closed_day_into_one_row_per_span(tmp_path: Path) ->
     engine.close()
 
 
-def _records(table: str, kind: str, records: list[dict[str, Any]], segment: int) -> Batch:
-    body = b"\n".join(json.dumps(r).encode() for r in records)
-    head = EntryHeader(table=table, source="test", stream="s", kind=kind,
-                       received_us=1_762_000_000_000_000, records=len(records))  # fmt: skip
-    converter = Converter(default_registry())
-    try:
-        return Batch(
-            "node", "sp", segment, converter.convert("sp", segment, [Entry(head, body, 0)])
-        )
-    finally:
-        converter.close()
+def _lines(records: list[dict[str, Any]]) -> bytes:
+    return b"\n".join(json.dumps(r).encode() for r in records)
 
 
 def test_active_now_and_the_flow_read_the_webhooks_with_the_spans(tmp_path: Path) -> None:
@@ -233,17 +223,17 @@ def test_active_now_and_the_flow_read_the_webhooks_with_the_spans(tmp_path: Path
                 "channel_id": "room", "created_timestamp": at[59]}}  # fmt: skip
 
     sink = LakeSink(tmp_path, default_registry())
-    sink.write(_records("sora_events", "sora_event", [
+    sink.write(convert("sora_events", _lines([
         event(10, "connection.created", "A", "S-A"),  # live, no stats: logged
         event(20, "connection.created", "B", "S-B"),
         event(1, "connection.destroyed", "B", "S-B"),  # ended
         event(1, "connection.destroyed", "D1", "S-D"),  # stats until now, but ended
-    ], 1))  # fmt: skip
-    sink.write(_records("sessions", "sora_session", [
+    ]), 1))  # fmt: skip
+    sink.write(convert("sessions", _lines([
         session(59, "session.created", "S1"),  # live without connections
         session(55, "session.created", "S2"),
         session(1, "session.destroyed", "S2"),
-    ], 2))  # fmt: skip
+    ]), 2))  # fmt: skip
     minutes = 3600 - 30  # C and D report until 30 s before now, E stopped 5 minutes before
     spans, _ = SpansDerivation().derive({"connection_reports": reports(
         [(c, s, 0) for s in range(600, minutes, 10) for c in ("C1", "D1")]
