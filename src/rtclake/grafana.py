@@ -77,8 +77,12 @@ def init_sql(tables: TableRegistry) -> str:
         "SET GLOBAL parquet_metadata_cache = true",
     ]
     for table in tables:
-        # view_sql reads a list of paths; a glob in it is expanded at each query
-        statements.append(f"-- {table.name}\n{engine.view_sql(table, [table_glob(table)])}")
+        # view_sql reads a list of paths; a glob in it is expanded at each query. The
+        # columns are named: the empty lake's file holds each one (write_empty_lake).
+        columns = [*table.stored_schema.names, "date"]
+        statements.append(
+            f"-- {table.name}\n{engine.view_sql(table, [table_glob(table)], columns)}"
+        )
     for view in tables.views.values():
         statements.append(f'-- {view.name}\nCREATE OR REPLACE VIEW "{view.name}" AS {view.sql}')
     text = ";\n\n".join(s.strip() for s in statements) + ";\n"
