@@ -19,6 +19,7 @@ turns, query by query (which goes first alternates by round); the medians count.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -45,7 +46,7 @@ from rtclake.grafana import init_sql, interpolate, plugin_duckdb, queries, write
 from rtclake.lake import dashboard as q
 from rtclake.lake.catalog import Catalog, default_url, parse_url
 from rtclake.lake.maintenance import Maintenance, MaintenanceConfig
-from rtclake.lake.query import QueryEngine, QueryResult
+from rtclake.lake.query import Query, QueryEngine, QueryResult
 from rtclake.lake.storage import storage_for
 from rtclake.registry import Registry, load_registry
 from rtclake.web.dashboard import (
@@ -312,7 +313,7 @@ class Kohaku:
 
 # -- rtclake's built-in dashboard ------------------------------------------------------------
 
-Batch = list[tuple[str, str]]  # (query name, SQL), run together as a page sends them
+Batch = list[tuple[str, Query]]  # (query name, SQL), run together as a page sends them
 _PAGE_TOTAL = "page total (wall: the batches, views set up)"
 
 
@@ -331,7 +332,7 @@ class Pages:
     def _batch(self, group: str, batch: Batch, kohaku: Mapping[str, tuple[str, ...]]) -> list[Any]:
         """The rows of each query's result (None where it failed). On a refusal, each query
         runs alone, so that every one has its time or its error."""
-        rows = [self.rec.row(group, name, kohaku[name], sql=sql) for name, sql in batch]
+        rows = [self.rec.row(group, name, kohaku[name]) for name, _ in batch]
         started = time.perf_counter()
         results: list[QueryResult | None]
         try:
@@ -339,15 +340,16 @@ class Pages:
         except QueryError as exc:
             self._refused = _error(exc)
             results = []
-            for row in rows:
+            for _, sql in batch:
                 try:
-                    results.append(self.engine.run_many([row.sql])[0])
+                    results.append(self.engine.run_many([sql])[0])
                 except QueryError as exc:
                     results.append(None)
-                    self.rec.record(row.ours, None, _error(exc))
+                    self.rec.record(rows[len(results) - 1].ours, None, _error(exc))
         self._wall += time.perf_counter() - started
         for row, result in zip(rows, results, strict=True):
             if result is not None:
+                row.sql = result.sql  # as run (a query made for its snapshot)
                 self.rec.record(row.ours, result.elapsed)
         return [None if result is None else _records(result) for result in results]
 
@@ -379,7 +381,7 @@ class Pages:
         }
         with self._page(group):
             self._batch(group, [
-                ("active now", q.active_now_sql(now)),
+                ("active now", functools.partial(q.active_now_sql, now)),
                 ("connection flow", q.series_lists(
                     q.connection_flow_sql(r, flow_bucket), [], FLOW_COLUMNS, order="time")),
                 ("worst connections", q.worst_connections_sql(r, 10, None)),

@@ -14,6 +14,7 @@ see how its time grows with the rows it covers.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import shutil
 import statistics
@@ -37,7 +38,7 @@ from rtclake.config import MaintenanceConfig
 from rtclake.convert import Converter
 from rtclake.lake.catalog import Catalog
 from rtclake.lake.maintenance import Maintenance
-from rtclake.lake.query import QueryEngine
+from rtclake.lake.query import Query, QueryEngine
 from rtclake.lake.sink import LakeSink, partition_dates
 from rtclake.lake.storage import storage_for
 from rtclake.sinks.base import Batch
@@ -174,8 +175,8 @@ def overview(engine: QueryEngine) -> tuple[int, float]:
     now = last
     r = q.TimeRange(first, last)
     bucket, flow_bucket = r.bucket(), r.bucket(at_least=60)
-    sqls = [
-        q.active_now_sql(now),
+    sqls: list[Query] = [
+        functools.partial(q.active_now_sql, now),
         q.series_lists(q.connection_flow_sql(r, flow_bucket), [], FLOW_COLUMNS, order="time"),
         q.worst_connections_sql(r, 10, None),
         q.top_channels_sql(r, 10),

@@ -4,6 +4,7 @@ records/s, and the JSON endpoints, pages, files and login of a running server.""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -165,6 +166,43 @@ def test_active_now_counts_live_connections_and_sessions(demo: Any) -> None:
     assert active["sessions"] == 3
     (later,) = rows(engine, q.active_now_sql(NOW + timedelta(minutes=5)))
     assert later["connections"] == 0  # no stats for 5 minutes and no created event
+
+
+def _active_now_both_ways(engine: QueryEngine, at: datetime) -> str:
+    """Active now as a page asks it (made for its snapshot, the tables without files left
+    out) against the whole question; the SQL run."""
+    (made,) = engine.run_many([functools.partial(q.active_now_sql, at)])
+    assert made.rows() == engine.run(q.active_now_sql(at)).rows(), at
+    return made.sql
+
+
+def test_active_now_leaves_out_the_tables_without_files(
+    demo: Any, registry: Registry, tmp_path: Path
+) -> None:
+    engine, manifest = demo
+    snapshot = engine.snapshot()
+    # the demo has Sora's connection log and session webhooks, not its event webhook
+    assert not snapshot["sora_events"] and snapshot["connections"] and snapshot["sessions"]
+    for at in (NOW, NOW + timedelta(minutes=5), NOW - timedelta(minutes=MINUTES // 2)):
+        sql = _active_now_both_ways(engine, at)
+        assert "FROM connections" in sql and "FROM sessions" in sql
+        assert "FROM sora_events" not in sql
+    # the stats alone: every webhook table left out, the same answer
+    folder = tmp_path / "stats-only"
+    folder.mkdir()
+    demo_folder = tmp_path.parent / "stats-source"
+    registry.demos["sora"](demo_folder, now=NOW, seed=3, minutes=MINUTES)
+    (folder / "rtc_stats.jsonl").write_bytes((demo_folder / "rtc_stats.jsonl").read_bytes())
+    _import(registry, tmp_path, folder)
+    stats_only = QueryEngine(tmp_path / "lake", registry.tables)
+    live = [c for c, v in manifest["connections"].items() if v["destroyed"] is None]
+    for at in (NOW, NOW + timedelta(minutes=5)):
+        sql = _active_now_both_ways(stats_only, at)
+        assert not any(f"FROM {t}" in sql for t in ("sora_events", "connections", "sessions"))
+    (active,) = stats_only.run_many([functools.partial(q.active_now_sql, NOW)])
+    # without the connection log, the ended connections that reported in the last
+    # two minutes count too
+    assert active.rows()[0][0] >= len(live)
 
 
 def test_the_flow_counts_created_destroyed_and_abnormal_ends(demo: Any) -> None:

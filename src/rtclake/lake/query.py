@@ -56,6 +56,12 @@ _NOT_ARROW = {"time_ns", "variant", "time with time zone"}
 
 T = TypeVar("T")
 
+#: A query for :meth:`QueryEngine.run_many`: its text, or what makes it from the names of
+#: the tables that have no files in the snapshot the query's connection reads (a query may
+#: leave those out: each table it reads costs binding and planning, ~1 ms on a small
+#: query, even empty).
+Query = str | Callable[[frozenset[str]], str]
+
 
 @dataclass(frozen=True)
 class QueryResult:
@@ -69,6 +75,7 @@ class QueryResult:
     types: tuple[Any, ...]
     truncated: bool
     elapsed: float
+    sql: str = ""  # the query as run (a :data:`Query` made for its snapshot)
 
     @property
     def columns(self) -> list[str]:
@@ -376,6 +383,12 @@ class QueryEngine:
         ``temp_directory``, so give each query its own (its spill files are encrypted);
         without one, DuckDB does not spill to disk.
         """
+        return self._open(read_only=read_only, temp_directory=temp_directory)[0]
+
+    def _open(
+        self, *, read_only: bool, temp_directory: str | Path | None
+    ) -> tuple[duckdb.DuckDBPyConnection, frozenset[str]]:
+        """:meth:`connect`'s connection, and the tables without files it sees (empty)."""
         config: dict[str, Any] = {"temp_directory": str(temp_directory or "")}
         if temp_directory or self.storage.remote:
             config["temp_file_encryption"] = True
@@ -449,7 +462,7 @@ class QueryEngine:
         except BaseException:
             con.close()
             raise
-        return con
+        return con, frozenset(t.name for t in empty)
 
     def run(
         self, sql: str, *, max_rows: int | None = None, timeout: float | None = None
@@ -458,7 +471,7 @@ class QueryEngine:
         return self.run_many([sql], max_rows=max_rows, timeout=timeout)[0]
 
     def run_many(
-        self, sqls: Sequence[str], *, max_rows: int | None = None, timeout: float | None = None
+        self, sqls: Sequence[Query], *, max_rows: int | None = None, timeout: float | None = None
     ) -> list[QueryResult]:
         """Run read-only SELECTs one after the other on one connection, in one query slot,
         each within the engine's limits: a dashboard's questions pay for one set-up of the
@@ -470,11 +483,12 @@ class QueryEngine:
                 self.temp_root.mkdir(parents=True, exist_ok=True)
             temp = tempfile.mkdtemp(prefix="query-", dir=self.temp_root)
             try:
-                con = self.connect(read_only=True, temp_directory=temp)
+                con, empty = self._open(read_only=True, temp_directory=temp)
                 try:
-                    for sql in sqls:
+                    texts = [sql if isinstance(sql, str) else sql(empty) for sql in sqls]
+                    for sql in texts:
                         _check_statement(con, sql)
-                    return [self._execute(con, sql, limit, timeout) for sql in sqls]
+                    return [self._execute(con, sql, limit, timeout) for sql in texts]
                 finally:
                     con.close()
             finally:
@@ -542,7 +556,8 @@ class QueryEngine:
         finally:
             timer.cancel()
         truncated = table.num_rows > limit
-        return QueryResult(table.slice(0, limit), types, truncated, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        return QueryResult(table.slice(0, limit), types, truncated, elapsed, sql)
 
     def _fetch(self, reader: Any, limit: int) -> pa.Table | None:
         """Up to ``limit + 1`` rows of the result, or None once it passes

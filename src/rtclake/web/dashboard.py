@@ -16,6 +16,7 @@ the static files hold no data and need no token.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import hmac
@@ -37,7 +38,7 @@ from starlette.routing import BaseRoute, Route
 from rtclake import __version__
 from rtclake.errors import InputError, QueryError
 from rtclake.lake import dashboard as q
-from rtclake.lake.query import QueryEngine, QueryResult
+from rtclake.lake.query import Query, QueryEngine, QueryResult
 from rtclake.results import JSON_OPTIONS, json_rows
 from rtclake.service import Service
 from rtclake.web.http import (
@@ -250,7 +251,7 @@ class DashboardEndpoints:
             bucket = r.bucket()
             flow_bucket = r.bucket(at_least=60)
             active, flow, worst, channels, sessions, nodes, traffic = self._run(
-                q.active_now_sql(now),
+                functools.partial(q.active_now_sql, now),
                 q.series_lists(
                     q.connection_flow_sql(r, flow_bucket), [], FLOW_COLUMNS, order="time"
                 ),
@@ -509,7 +510,7 @@ class DashboardEndpoints:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _run(self, *sqls: str) -> list[QueryResult]:
+    def _run(self, *sqls: Query) -> list[QueryResult]:
         engine: QueryEngine = self.service.query
         return engine.run_many(sqls)
 
