@@ -331,8 +331,8 @@ class QueryEngine:
 
         ``columns``: the names the files hold (a DESCRIBE of :meth:`source_sql`), each
         named in the view; without them, the view takes every column but DuckLake's own,
-        which DuckDB works out again each time a query binds the view (~0.5 ms a table
-        a query on this project's machine)."""
+        which DuckDB works out again each time a query binds the view (~0.5 ms per table
+        and query on this project's machine)."""
         source = self.source_sql(files)
         if columns is None:
             # DuckLake's merged files also hold its row ids and snapshot ids: not columns
