@@ -50,7 +50,6 @@ from rtclake.lake.query import Query, QueryEngine, QueryResult
 from rtclake.lake.storage import storage_for
 from rtclake.registry import Registry, load_registry
 from rtclake.web.dashboard import (
-    FLOW_COLUMNS,
     NODE_COLUMNS,
     RATE_COLUMNS,
     SCORE_COLUMNS,
@@ -382,8 +381,8 @@ class Pages:
         with self._page(group):
             self._batch(group, [
                 ("active now", functools.partial(q.active_now_sql, now)),
-                ("connection flow", q.series_lists(
-                    q.connection_flow_sql(r, flow_bucket), [], FLOW_COLUMNS, order="time")),
+                ("connection flow",
+                    functools.partial(q.connection_flow_series_sql, r, flow_bucket)),
                 ("worst connections", q.worst_connections_sql(r, 10, None)),
                 ("top channels", q.top_channels_sql(r, 10)),
                 ("sessions", q.sessions_sql(r, limit=50, channel=None, now=now)),

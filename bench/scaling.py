@@ -166,7 +166,7 @@ def overview(engine: QueryEngine) -> tuple[int, float]:
     """The overview page's queries over the whole lake: rtc_stats rows, the median of 3
     runs (after one warm-up)."""
     from rtclake.lake import dashboard as q
-    from rtclake.web.dashboard import FLOW_COLUMNS, NODE_COLUMNS, TRAFFIC_COLUMNS
+    from rtclake.web.dashboard import NODE_COLUMNS, TRAFFIC_COLUMNS
 
     span = engine.run(
         "SELECT epoch_us(min(time)), epoch_us(max(time)) + 1, count(*) FROM rtc_stats"
@@ -177,7 +177,7 @@ def overview(engine: QueryEngine) -> tuple[int, float]:
     bucket, flow_bucket = r.bucket(), r.bucket(at_least=60)
     sqls: list[Query] = [
         functools.partial(q.active_now_sql, now),
-        q.series_lists(q.connection_flow_sql(r, flow_bucket), [], FLOW_COLUMNS, order="time"),
+        functools.partial(q.connection_flow_series_sql, r, flow_bucket),
         q.worst_connections_sql(r, 10, None),
         q.top_channels_sql(r, 10),
         q.sessions_sql(r, limit=50, channel=None, now=now),

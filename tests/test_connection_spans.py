@@ -14,8 +14,11 @@ import numpy as np
 import pyarrow as pa
 from prometheus_client import CollectorRegistry
 
+from rtclake import grafana
 from rtclake.catalog import default_registry
 from rtclake.derive import concat
+from rtclake.grafana import interpolate
+from rtclake.integrations.sora import dashboards as sora_dashboards
 from rtclake.integrations.sora.spans import GAP_SECONDS
 from rtclake.integrations.sora.views import SpansDerivation
 from rtclake.lake import dashboard
@@ -306,4 +309,66 @@ def test_folding_today_beside_a_writer_loses_and_repeats_nothing(tmp_path: Path)
     engine = QueryEngine(tmp_path, default_registry())
     (counted,) = engine.run("SELECT sum(reports) FROM connection_spans").rows()
     assert counted[0] == len({(c, t) for c, t, _ in rows})
+    engine.close()
+
+
+def _grafana_panel(title: str) -> str:
+    (sql,) = [q.sql for q in grafana.queries(sora_dashboards.overview()) if q.what == title]
+    return sql
+
+
+def _whole_buckets(
+    found: list[tuple[Any, ...]], since: dt.datetime, until: dt.datetime, width: dt.timedelta
+) -> list[tuple[Any, ...]]:
+    """The rows of the buckets that lie whole in the range."""
+    return [r for r in found if r[0] >= since and r[0] + width <= until]
+
+
+def test_grafana_counts_active_sessions_and_connections_from_the_spans_as_reports_would(
+    tmp_path: Path,
+) -> None:
+    """The overview's Active sessions and connections panels read the spans (a few rows a
+    connection), not the reports: for buckets of two minutes or more, a bucket that a span
+    overlaps holds one of its reports (they are at most two minutes apart), so the counts
+    per bucket are those of the reports, silences and splits across batches included. A
+    bucket the range cuts (at its ends) counts what was live in its part, where the reports
+    count only what reported in that part."""
+    rows = _random_reports(np.random.default_rng(5))
+    batches = [reports(rows[i : i + 40]) for i in range(0, len(rows), 40)]
+    _write(tmp_path, batches)
+    sink = LakeSink(tmp_path, default_registry())
+    for n, table in enumerate(batches, 1):
+        sink.write(Batch("node", "reports", n, {"connection_reports": table}))
+    sink.close()
+    engine = QueryEngine(tmp_path, default_registry())
+    (stored,) = engine.run("SELECT count(*) FROM connection_reports").rows()[0]
+    assert stored == len(rows)
+    counted = 0
+    for minutes in (2, 5, 10):
+        width = dt.timedelta(minutes=minutes)
+        for start, hours in ((0, 3), (30, 1), (31, 1)):
+            since = START + dt.timedelta(minutes=start)
+            until = since + dt.timedelta(hours=hours)
+            sent = {
+                "time_from": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "time_to": until.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "interval_ms": minutes * 60_000,
+            }
+
+            for title, columns in (
+                ("Active sessions", ["session_id"]),
+                ("Active connections", ["connection_id"]),
+                ("Active sessions and connections", ["session_id", "connection_id"]),
+            ):
+                got = engine.run(interpolate(_grafana_panel(title), {}, **sent)).rows()
+                counts = ", ".join(f"count(DISTINCT {c})" for c in columns)
+                expected = engine.run(interpolate(f"""
+                    SELECT time_bucket(to_milliseconds(${{__interval_ms:raw}}), time) AS time,
+                        {counts} FROM connection_reports WHERE $__timeFilter(time)
+                    GROUP BY 1 ORDER BY 1""", {}, **sent)).rows()  # fmt: skip
+                whole = _whole_buckets(got, since, until, width)
+                assert whole == _whole_buckets(expected, since, until, width), (title, sent)
+                assert len(got) - len(whole) <= 2, (title, sent)  # the cut buckets
+                counted += len(whole)
+    assert counted > 100
     engine.close()

@@ -169,11 +169,21 @@ def test_active_now_counts_live_connections_and_sessions(demo: Any) -> None:
 
 
 def _active_now_both_ways(engine: QueryEngine, at: datetime) -> str:
-    """Active now as a page asks it (made for its snapshot, the tables without files left
-    out) against the whole question; the SQL run."""
-    (made,) = engine.run_many([functools.partial(q.active_now_sql, at)])
-    assert made.rows() == engine.run(q.active_now_sql(at)).rows(), at
-    return made.sql
+    """Active now and the connection flow as the overview asks them (made for its
+    snapshot, the tables without files left out) against the whole questions; the SQL
+    run for both."""
+    r = q.TimeRange(at - timedelta(hours=1), at)
+    active, flow = engine.run_many(
+        [
+            functools.partial(q.active_now_sql, at),
+            functools.partial(q.connection_flow_series_sql, r, 60),
+        ]
+    )
+    assert active.rows() == engine.run(q.active_now_sql(at)).rows(), at
+    whole_flow = engine.run(q.connection_flow_series_sql(r, 60)).rows()
+    assert flow.rows() == whole_flow, at
+    assert sum(whole_flow[0][1]) > 0, at  # the range holds created connections
+    return active.sql + flow.sql
 
 
 def test_active_now_leaves_out_the_tables_without_files(

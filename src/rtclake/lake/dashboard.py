@@ -240,8 +240,9 @@ def active_now_sql(now: datetime, empty: Collection[str] = ()) -> str:
         else "\n    HAVING (bool_or(logged) OR bool_or(reported)) AND NOT bool_or(ended)"
     )
     union = "\n    UNION ALL\n    ".join(facts)
-    sessions = ""
+    sessions = of_sessions = ""
     if "sessions" not in empty:
+        of_sessions = "\n    UNION ALL SELECT false, session_id, NULL FROM live_sessions"
         sessions = f""",
 live_sessions AS (
     SELECT session_id FROM sessions
@@ -262,17 +263,12 @@ SELECT count(*) FILTER (WHERE is_connection) AS connections,
     count(*) FILTER (WHERE is_connection AND NOT logged) AS connections_from_stats,
     count(DISTINCT session_id) AS sessions
 FROM (
-    SELECT true AS is_connection, session_id, logged FROM live{
-        ""
-        if not sessions
-        else '''
-    UNION ALL SELECT false, session_id, NULL FROM live_sessions'''
-    }
+    SELECT true AS is_connection, session_id, logged FROM live{of_sessions}
 )
 """
 
 
-def connection_flow_sql(r: TimeRange, bucket: int) -> str:
+def connection_flow_sql(r: TimeRange, bucket: int, empty: Collection[str] = ()) -> str:
     """Connections created, destroyed and destroyed abnormally, per minute, per bucket
     (``bucket`` seconds, at least 60).
 
@@ -280,22 +276,32 @@ def connection_flow_sql(r: TimeRange, bucket: int) -> str:
     ``connection.created``, else the connection's first stats report (looking back a day
     before the range). Destroyed: the log's ``destroyed_at``, else ``connection.destroyed``;
     abnormally: the log's reason is not ``normal``.
+
+    ``empty``: tables without files in the snapshot the query reads, left out as in
+    :func:`active_now_sql`.
     """
     since = timestamp(r.start - timedelta(seconds=LOOKBACK_SECONDS))
     # each table read once: what each says of a connection, then per connection, then
     # each connection's events (created, destroyed, failed) side by side
+    facts = []
+    if "connections" not in empty:
+        facts.append("""SELECT connection_id, created_at AS created, destroyed_at AS destroyed,
+        destroyed_at IS NOT NULL AND coalesce(reason, 'normal') <> 'normal' AS failed
+    FROM connections WHERE created_at IS NOT NULL OR destroyed_at IS NOT NULL""")
+    if "sora_events" not in empty:
+        facts.append("""SELECT connection_id,
+        CASE WHEN event = 'connection.created' THEN time END AS created,
+        CASE WHEN event = 'connection.destroyed' THEN time END AS destroyed, false AS failed
+    FROM sora_events WHERE event IN ('connection.created', 'connection.destroyed')""")
+    # every branch names its columns: the first one kept names the union's
+    facts.append(f"""SELECT connection_id, min(time) AS created, NULL::TIMESTAMPTZ AS destroyed,
+        false AS failed
+    FROM connection_spans
+    WHERE last_time >= {since} AND time < {timestamp(r.end)} GROUP BY connection_id""")
+    union = "\n    UNION ALL\n    ".join(facts)
     return f"""
 WITH facts AS (
-    SELECT connection_id, created_at AS created, destroyed_at AS destroyed,
-        destroyed_at IS NOT NULL AND coalesce(reason, 'normal') <> 'normal' AS failed
-    FROM connections WHERE created_at IS NOT NULL OR destroyed_at IS NOT NULL
-    UNION ALL
-    SELECT connection_id, CASE WHEN event = 'connection.created' THEN time END,
-        CASE WHEN event = 'connection.destroyed' THEN time END, false
-    FROM sora_events WHERE event IN ('connection.created', 'connection.destroyed')
-    UNION ALL
-    SELECT connection_id, min(time), NULL, false FROM connection_spans
-    WHERE last_time >= {since} AND time < {timestamp(r.end)} GROUP BY connection_id
+    {union}
 ),
 events AS (
     SELECT unnest([min(created), min(destroyed), CASE WHEN bool_or(failed) THEN min(destroyed) END])
@@ -313,6 +319,17 @@ SELECT {_bucket(bucket, "t")} AS time,
 FROM events WHERE {r.where("t")}
 GROUP BY 1 ORDER BY 1
 """
+
+
+FLOW_COLUMNS = ("created_per_min", "destroyed_per_min", "failed_per_min")
+"""The columns of :func:`connection_flow_sql` that the overview charts."""
+
+
+def connection_flow_series_sql(r: TimeRange, bucket: int, empty: Collection[str] = ()) -> str:
+    """:func:`connection_flow_sql` as one row of lists (:func:`series_lists`), the shape
+    the overview's chart takes; for :meth:`rtclake.lake.query.QueryEngine.run_many` as
+    ``functools.partial(connection_flow_series_sql, r, bucket)``."""
+    return series_lists(connection_flow_sql(r, bucket, empty), [], FLOW_COLUMNS, order="time")
 
 
 def _per_connection_quality(r: TimeRange, where: str = "") -> str:

@@ -252,9 +252,7 @@ class DashboardEndpoints:
             flow_bucket = r.bucket(at_least=60)
             active, flow, worst, channels, sessions, nodes, traffic = self._run(
                 functools.partial(q.active_now_sql, now),
-                q.series_lists(
-                    q.connection_flow_sql(r, flow_bucket), [], FLOW_COLUMNS, order="time"
-                ),
+                functools.partial(q.connection_flow_series_sql, r, flow_bucket),
                 q.worst_connections_sql(r, 10, channel),
                 q.top_channels_sql(r, 10),
                 q.sessions_sql(r, limit=50, channel=channel, now=now),
@@ -569,7 +567,7 @@ class DashboardEndpoints:
         return _json(body)
 
 
-FLOW_COLUMNS = ("created_per_min", "destroyed_per_min", "failed_per_min")
+FLOW_COLUMNS = q.FLOW_COLUMNS
 NODE_COLUMNS = (
     "ongoing_connections", "created_per_min", "destroyed_per_min", "failed_per_min",
     "memory_mib", "run_queue",

@@ -39,7 +39,8 @@ _CONNECTION = "${connection:sqlstring}"
 # a connection_spans row that overlaps the time range: the connection reported in it
 _OVERLAPS = "time <= $__timeTo() AND last_time >= $__timeFrom()"
 # a bucket of Grafana's interval (panels set its minimum) ...
-_BUCKET = "time_bucket(to_milliseconds(${__interval_ms:raw}), time)"
+_INTERVAL = "to_milliseconds(${__interval_ms:raw})"
+_BUCKET = f"time_bucket({_INTERVAL}, time)"
 # ... and a count per bucket as a count per minute
 _PER_MINUTE = "(${__interval_ms:raw} / 60000)"
 
@@ -118,16 +119,58 @@ ORDER BY time
 """
 
 
+def _active_per_bucket(counts: dict[str, str]) -> str:
+    """Per bucket, how many distinct values of each column of ``counts`` (by the name of
+    its count, e.g. ``{"sessions": "session_id"}``) reported in it, from
+    ``connection_spans``: a few rows a connection, where ``connection_reports`` has one a
+    report. A bucket of two minutes or more (the panels' minimum interval) that a span
+    overlaps holds one of its reports (docs/METRICS.md), so the answer is the count of
+    the reports' distinct values per bucket (tests/test_connection_spans.py checks it)."""
+    ranges = "\n    UNION ALL\n    ".join(
+        f"SELECT '{name}' AS what, {column} AS id, b0, b1 FROM spans"
+        for name, column in counts.items()
+    )
+    columns = ", ".join(f"max(s.n) FILTER (WHERE s.what = '{name}') AS {name}" for name in counts)
+    return f"""
+-- each span's buckets in the range, from its first (b0) to its last (b1), per value
+WITH spans AS (
+    SELECT session_id, connection_id,
+        time_bucket({_INTERVAL}, greatest(time, $__timeFrom())) AS b0,
+        time_bucket({_INTERVAL}, least(last_time, $__timeTo())) AS b1
+    FROM connection_spans WHERE {_OVERLAPS}
+), ranges AS (
+    {ranges}
+-- a value's ranges that overlap or touch make a run: +1 where one begins (no range of
+-- the value reaches it from before), -1 after one ends (none goes on from it)
+), deltas AS (
+    SELECT DISTINCT what, id, b0 AS time, 1 AS d FROM ranges r WHERE NOT EXISTS (
+        SELECT 1 FROM ranges o WHERE o.what = r.what AND o.id = r.id
+            AND o.b0 < r.b0 AND o.b1 + {_INTERVAL} >= r.b0)
+    UNION ALL
+    SELECT DISTINCT what, id, b1 + {_INTERVAL}, -1 FROM ranges r WHERE NOT EXISTS (
+        SELECT 1 FROM ranges o WHERE o.what = r.what AND o.id = r.id
+            AND o.b1 > r.b1 AND o.b0 <= r.b1 + {_INTERVAL})
+-- ... summed in time order: the count from each change on
+), steps AS (
+    SELECT what, time, CAST(sum(sum(d)) OVER (PARTITION BY what ORDER BY time) AS BIGINT) AS n
+    FROM deltas GROUP BY what, time
+), buckets AS (
+    SELECT what, unnest(range(min(time), max(time), {_INTERVAL})) AS time
+    FROM deltas GROUP BY what
+)
+SELECT b.time, {columns}
+FROM buckets b ASOF JOIN steps s ON b.what = s.what AND b.time >= s.time
+WHERE s.n > 0
+GROUP BY 1 ORDER BY 1
+"""
+
+
 def overview() -> dict[str, Any]:
     """Service-wide: activity, quality, the worst connections, top channels, Sora nodes."""
     panels = [
         stat(
             "Active sessions",
-            f"""
-SELECT {_BUCKET} AS time, count(DISTINCT session_id) AS sessions
-FROM connection_reports WHERE $__timeFilter(time)
-GROUP BY 1 ORDER BY 1
-""",
+            _active_per_bucket({"sessions": "session_id"}),
             fmt="time_series",
             interval="2m",
             description="Sessions with a client report in the last interval (Sora sends one"
@@ -135,11 +178,7 @@ GROUP BY 1 ORDER BY 1
         ),
         stat(
             "Active connections",
-            f"""
-SELECT {_BUCKET} AS time, count(DISTINCT connection_id) AS connections
-FROM connection_reports WHERE $__timeFilter(time)
-GROUP BY 1 ORDER BY 1
-""",
+            _active_per_bucket({"connections": "connection_id"}),
             fmt="time_series",
             interval="2m",
             description="Connections with a client report in the last interval.",
@@ -184,12 +223,7 @@ FROM connection_transport WHERE $__timeFilter(time)
         ),
         timeseries(
             "Active sessions and connections",
-            f"""
-SELECT {_BUCKET} AS time, count(DISTINCT session_id) AS sessions,
-    count(DISTINCT connection_id) AS connections
-FROM connection_reports WHERE $__timeFilter(time)
-GROUP BY 1 ORDER BY 1
-""",
+            _active_per_bucket({"sessions": "session_id", "connections": "connection_id"}),
             interval="2m",
             width=8,
         ),
