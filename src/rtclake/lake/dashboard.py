@@ -234,6 +234,15 @@ def active_now_sql(now: datetime, empty: Collection[str] = ()) -> str:
     if "connections" not in empty:
         facts.append("""SELECT connection_id, session_id, false, true, false FROM connections
     WHERE destroyed_at IS NOT NULL""")
+    if len(facts) == 1 and "sessions" in empty:
+        # the stats alone: each connection that reported counts, with its session
+        return f"""
+SELECT count(DISTINCT connection_id) AS connections,
+    count(DISTINCT connection_id) AS connections_from_stats,
+    count(DISTINCT session_id) AS sessions
+FROM connection_spans
+WHERE last_time >= {recent} AND time <= {timestamp(now)} AND connection_id IS NOT NULL
+"""
     ended = (
         ""
         if len(facts) == 1
