@@ -127,7 +127,7 @@ def _active_per_bucket(counts: dict[str, str]) -> str:
     overlaps holds one of its reports (docs/METRICS.md), so the answer is the count of
     the reports' distinct values per bucket (tests/test_connection_spans.py checks it)."""
     ranges = "\n    UNION ALL\n    ".join(
-        f"SELECT '{name}' AS what, {column} AS id, b0, b1 FROM spans"
+        f"SELECT '{name}' AS what, {column} AS id, b0, b1 FROM spans WHERE {column} IS NOT NULL"
         for name, column in counts.items()
     )
     columns = ", ".join(f"max(s.n) FILTER (WHERE s.what = '{name}') AS {name}" for name in counts)
