@@ -354,7 +354,6 @@ def test_grafana_counts_active_sessions_and_connections_from_the_spans_as_report
                 "time_to": until.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "interval_ms": minutes * 60_000,
             }
-
             for title, columns in (
                 ("Active sessions", ["session_id"]),
                 ("Active connections", ["connection_id"]),
