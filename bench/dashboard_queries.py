@@ -949,7 +949,8 @@ lake (`rtclake.grafana.plugin_duckdb`), every row fetched. Kohaku: the same ques
 its table, in `bench/kohaku_sql/` (`init.sql`'s macros once per connection; \
 `json_transform` of `rtc_data`), every row fetched; a page's Kohaku total is the sum of \
 its questions. {opts.warmup} warm-up round(s), then {opts.rounds} measured; the two sides \
-take turns query by query, the first side alternating by round; each figure is a median. \
+take turns query by query, the first side alternating by round (Python's garbage \
+collector off during a round, run between rounds); each figure is a median. \
 Targets: every query under {MAX_SECONDS:g} s, and Kohaku/rtclake >= {MIN_RATIO:g}x; "no \
 equivalent" marks a query over data this corpus lacks (Sora's API poller, webhooks, \
 connection log: empty tables on rtclake's side), not judged against Kohaku.
