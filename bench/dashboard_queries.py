@@ -819,9 +819,9 @@ def run(opts: Options, argv: Sequence[str] = ()) -> int:
     steps = _steps(pages, panels, grafana, kohaku, rec)
     started = time.perf_counter()
     # Python's garbage collector stays off while the sides take turns, and runs between
-    # rounds: a full collection of the harness's objects (~30-50 ms) otherwise lands in
-    # whichever query runs when the allocation count crosses the threshold, the same step
-    # each round (seen: Grafana's channel variable at 37-57 ms instead of 4). Run before
+    # rounds: a full collection of the harness's objects otherwise lands in whichever
+    # query runs when the allocation count crosses the threshold, the same step each
+    # round (seen: Grafana's channel variable at 37-57 ms instead of 4). Run before
     # each turn instead, it walked the heap and left both sides' next query cold.
     gc.disable()
     try:

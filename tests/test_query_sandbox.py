@@ -106,16 +106,29 @@ def test_duckdbs_default_temp_folder_is_not_readable(
             query.run(sql)
 
 
-def test_each_query_spills_into_its_own_folder_removed_after(lake: Path, tmp_path: Path) -> None:
+def test_each_instance_spills_into_its_own_folder_removed_after(lake: Path, tmp_path: Path) -> None:
     temp_root = tmp_path / "data" / "query-tmp"
     query = engine(lake, temp_root)
-    first = query.run("SELECT current_setting('temp_directory')").rows()[0][0]
-    second = query.run("SELECT current_setting('temp_directory')").rows()[0][0]
-    assert first != second
-    for folder in (Path(first), Path(second)):
-        assert folder.parent == temp_root
-        assert not folder.exists()
+    folder = "SELECT current_setting('temp_directory')"
+    inner: list[str] = []
+
+    def while_the_first_runs(empty: frozenset[str]) -> str:
+        # a query asked while another runs gets an instance, and a folder, of its own
+        inner.append(query.run(folder).rows()[0][0])
+        return folder
+
+    first = query.run_many([while_the_first_runs])[0].rows()[0][0]
+    assert inner and inner[0] != first
+    # the next query over the same lake reuses an idle instance, and its folder
+    again = query.run(folder).rows()[0][0]
+    assert again in (first, inner[0])
     assert query.run("SELECT current_setting('temp_file_encryption')").rows() == [[True]]
+    for name in (first, inner[0]):
+        assert Path(name).parent == temp_root
+        assert Path(name).is_dir() and not any(Path(name).iterdir())
+    query.close_idle()
+    assert not Path(first).exists() and not Path(inner[0]).exists()
+    assert not any(temp_root.iterdir())
 
 
 def test_a_query_cannot_read_another_querys_temp_folder(lake: Path, tmp_path: Path) -> None:
@@ -168,6 +181,9 @@ def test_a_running_querys_temp_folder_is_not_readable_by_another(
 def test_the_server_keeps_query_temp_folders_in_the_data_dir(server: Server) -> None:
     folder = server.query("SELECT current_setting('temp_directory')")["rows"][0][0]
     assert Path(folder).parent == (server.data_dir / "query-tmp").absolute()
+    # kept with the instance for the next query, empty; removed when the server stops
+    assert Path(folder).is_dir() and not any(Path(folder).iterdir())
+    server.stop()
     assert not Path(folder).exists()
 
 
@@ -179,3 +195,71 @@ def test_temp_folders_a_crash_left_are_removed_when_the_server_starts(
     (stale / "duckdb_temp_storage-0.tmp").write_bytes(b"\0" * 1024)
     make_server(tmp_path / "data")
     assert not stale.exists()
+
+
+def temp_folder(query: QueryEngine) -> str:
+    """The temp folder of the instance a query ran on (one per DuckDB instance)."""
+    folder: str = query.run("SELECT current_setting('temp_directory')").rows()[0][0]
+    return folder
+
+
+def test_an_instance_is_kept_while_the_lake_is_unchanged(lake: Path, tmp_path: Path) -> None:
+    query = engine(lake, tmp_path / "query-tmp")
+    first = temp_folder(query)
+    assert temp_folder(query) == first
+    assert count(query) == 10
+    write_lake(lake, 2, 3, 4)
+    assert count(query) == 14  # a new snapshot is read at once, on a new instance
+    assert temp_folder(query) != first
+    assert not Path(first).exists()  # the older snapshot's instance is closed
+
+
+def test_a_kept_instance_stays_read_only(lake: Path, outside: Path, tmp_path: Path) -> None:
+    query = engine(lake, tmp_path / "query-tmp")
+    first = temp_folder(query)
+    for sql in (
+        f"SELECT * FROM read_parquet('{outside}')",
+        "SELECT * FROM read_csv('/etc/hostname')",
+        "SET lock_configuration = false",
+        "SELECT 1; SET enable_external_access = true",
+    ):
+        with pytest.raises(QueryError):
+            query.run(sql)
+        # a refused query closes the instance it ran on: the next runs on a new one
+        assert not Path(first).exists()
+        first = temp_folder(query)
+    assert query.run("SELECT current_setting('lock_configuration')").rows() == [[True]]
+    assert count(query) == 10
+
+
+def test_an_idle_instance_is_closed_after_the_idle_timeout(lake: Path, tmp_path: Path) -> None:
+    query = engine(lake, tmp_path / "query-tmp")
+    query.idle_timeout = 0.2
+    first = temp_folder(query)
+    query.close_idle(older_than=query.idle_timeout)  # not idle long enough
+    assert Path(first).is_dir()
+    time.sleep(0.3)
+    query.close_idle(older_than=query.idle_timeout)
+    assert not Path(first).exists()
+    second = temp_folder(query)
+    time.sleep(0.3)
+    assert temp_folder(query) != second  # too old to be taken
+    assert not Path(second).exists()
+
+
+def test_no_more_instances_are_kept_than_queries_may_run(lake: Path, tmp_path: Path) -> None:
+    temp_root = tmp_path / "query-tmp"
+    query = QueryEngine(lake, default_registry(), temp_root=temp_root, max_concurrent=2)
+    assert query.keep_idle == 2
+    query.keep_idle = 1
+    inner: list[str] = []
+
+    def while_the_first_runs(empty: frozenset[str]) -> str:
+        inner.append(temp_folder(query))
+        return "SELECT current_setting('temp_directory')"
+
+    outer = query.run_many([while_the_first_runs])[0].rows()[0][0]
+    assert inner[0] != outer
+    assert [p.name for p in temp_root.iterdir()] == [Path(inner[0]).name]  # kept: the first back
+    query.close()
+    assert list(temp_root.iterdir()) == []

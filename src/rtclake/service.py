@@ -194,6 +194,7 @@ class Service:
             await self.alerts.start()
         if self.maintenance is not None:
             self.maintenance.start()
+        self._background.append(asyncio.create_task(self._close_idle_queries(), name="query"))
         for processor in self.chain.processors if self.chain is not None else ():
             task = processor.background(self.intake)
             if task is not None:
@@ -207,6 +208,14 @@ class Service:
             processors=[p.name for p in self.chain.processors] if self.chain else [],
             sinks=[s.name for s in self.sinks],
         )
+
+    async def _close_idle_queries(self) -> None:
+        """Close the DuckDB instances the query engine kept and nobody used for a while:
+        their memory goes back to the system."""
+        timeout = self.query.idle_timeout
+        while True:
+            await asyncio.sleep(timeout / 2)
+            await asyncio.to_thread(self.query.close_idle, older_than=timeout)
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop accepting, store what the spool holds (within ``drain_timeout``), close."""

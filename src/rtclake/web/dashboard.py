@@ -8,7 +8,8 @@ the ``plotly`` package ships and this module serves (``/static/vendor/plotly.min
 a page makes no request outside the server.
 
 The questions are the SQL of :mod:`rtclake.lake.dashboard`, run on the query engine's
-threads (``QueryEngine.run_many``: one connection per answer). The JSON endpoints are
+threads (``QueryEngine.run_many``: one DuckDB instance per answer, kept for the next
+answer while the lake's snapshot is unchanged). The JSON endpoints are
 behind ``server.query_token`` as ``/api/query`` is: a bearer token, or the cookie the
 login form sets (an HMAC of the token, ``HttpOnly``, ``SameSite=Strict``). The shell and
 the static files hold no data and need no token.
