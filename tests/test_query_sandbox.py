@@ -263,3 +263,10 @@ def test_no_more_instances_are_kept_than_queries_may_run(lake: Path, tmp_path: P
     assert [p.name for p in temp_root.iterdir()] == [Path(inner[0]).name]  # kept: the first back
     query.close()
     assert list(temp_root.iterdir()) == []
+
+
+def test_an_idle_timeout_of_0_keeps_no_instance(lake: Path, tmp_path: Path) -> None:
+    query = QueryEngine(lake, default_registry(), temp_root=tmp_path / "t", idle_timeout=0)
+    first = temp_folder(query)
+    assert not Path(first).exists()
+    assert temp_folder(query) != first

@@ -252,6 +252,13 @@ class QueryConfig(Section):
         default=ByteSize(64 * MiB), gt=0, description="the result as Arrow, read in batches; 413"
     )
     max_concurrent: int = Field(default=2, gt=0, description="queries at once, for the process")
+    idle_timeout: float = Field(
+        default=300.0,
+        ge=0,
+        description="seconds a DuckDB instance waits for the next query over an unchanged"
+        " lake, its views set up and its last query's memory (within memory_limit) kept;"
+        " at most max_concurrent wait; 0: a new instance for each query",
+    )
     queue_timeout: float = Field(
         default=5.0, ge=0, description="seconds a query waits for a slot, then 429"
     )

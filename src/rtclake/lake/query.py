@@ -56,9 +56,6 @@ _NOT_ARROW = {"time_ns", "variant", "time with time zone"}
 
 T = TypeVar("T")
 
-#: Seconds a DuckDB instance is kept for later queries after its last one.
-_IDLE_TIMEOUT = 60.0
-
 #: A query for :meth:`QueryEngine.run_many`: its text, or what makes it from the names of
 #: the tables that have no files in the snapshot the query's connection reads (a query may
 #: leave those out: each table it reads costs binding and planning, ~1 ms on a small
@@ -98,8 +95,10 @@ class QueryResult:
 class QueryEngine:
     """Builds DuckDB connections that see the lake's tables as views, and runs queries.
 
-    ``temp_root`` is the folder under which each query gets a fresh folder for DuckDB's
-    spill files, removed when the query ends (default: the system's temporary folder).
+    ``temp_root`` is the folder under which each DuckDB instance gets a folder of its own
+    for its spill files, removed with the instance (default: the system's temporary
+    folder). An instance is kept for the next query over the same snapshot for
+    ``idle_timeout`` seconds (:meth:`_take`).
     The limits mean, per query: ``memory_limit`` and ``max_temp_bytes`` are DuckDB's
     ``memory_limit`` and ``max_temp_directory_size``, ``max_result_bytes`` the Arrow size
     of the result; ``max_concurrent`` queries run at once, a further one waits up to
@@ -123,6 +122,7 @@ class QueryEngine:
         max_result_bytes: int | None = None,
         max_concurrent: int | None = None,
         queue_timeout: float = 5.0,
+        idle_timeout: float = 300.0,
         nice: int = 0,
         storage: Storage | None = None,
         catalog: str | CatalogUrl | None = None,
@@ -152,7 +152,7 @@ class QueryEngine:
         # Instances of DuckDB kept between queries while the lake's snapshot is unchanged
         # (see _take); at most as many as queries may run at once.
         self.keep_idle = max_concurrent or 2
-        self.idle_timeout = _IDLE_TIMEOUT
+        self.idle_timeout = idle_timeout
         self._idle: list[_Instance] = []
         self._idle_lock = threading.Lock()
 
@@ -184,6 +184,7 @@ class QueryEngine:
             max_result_bytes=config.max_result_bytes,
             max_concurrent=config.max_concurrent,
             queue_timeout=config.queue_timeout,
+            idle_timeout=config.idle_timeout,
             nice=config.nice,
         )
 
@@ -564,7 +565,7 @@ class QueryEngine:
         """Keep ``instance`` for a later query; False when enough are kept already."""
         instance.used = time.monotonic()
         with self._idle_lock:
-            if len(self._idle) >= self.keep_idle:
+            if len(self._idle) >= self.keep_idle or self.idle_timeout <= 0:
                 return False
             self._idle.append(instance)
         return True
