@@ -302,6 +302,22 @@ def connection_flow_sql(r: TimeRange, bucket: int, empty: Collection[str] = ()) 
         CASE WHEN event = 'connection.created' THEN time END AS created,
         CASE WHEN event = 'connection.destroyed' THEN time END AS destroyed, false AS failed
     FROM sora_events WHERE event IN ('connection.created', 'connection.destroyed')""")
+    if not facts:
+        # the stats alone: a connection was created at its first report, and nothing
+        # says when one ended (the question below, without its union and its unnest)
+        return f"""
+SELECT {_bucket(bucket, "created")} AS time,
+    60.0 * count(*) / {bucket} AS created_per_min,
+    0.0::DOUBLE AS destroyed_per_min, 0.0::DOUBLE AS failed_per_min,
+    count(*) AS created, 0::BIGINT AS destroyed, 0::BIGINT AS failed
+FROM (
+    SELECT min(time) AS created FROM connection_spans
+    WHERE last_time >= {since} AND time < {timestamp(r.end)} AND connection_id IS NOT NULL
+    GROUP BY connection_id
+)
+WHERE {r.where("created")}
+GROUP BY 1 ORDER BY 1
+"""
     # every branch names its columns: the first one kept names the union's
     facts.append(f"""SELECT connection_id, min(time) AS created, NULL::TIMESTAMPTZ AS destroyed,
         false AS failed
