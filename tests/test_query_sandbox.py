@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from rtclake.catalog import default_registry
@@ -126,6 +127,19 @@ def test_each_instance_spills_into_its_own_folder_removed_after(lake: Path, tmp_
     for name in (first, inner[0]):
         assert Path(name).parent == temp_root
         assert Path(name).is_dir() and not any(Path(name).iterdir())
+    # a query that spills, its result cut at max_rows: its spill files do not wait with
+    # the kept instance (DuckDB keeps a cut query open until the next one starts)
+    spilling = QueryEngine(
+        lake, default_registry(), temp_root=temp_root, memory_limit=64 * 1024 * 1024, max_rows=5
+    )
+    spilled = spilling.run(
+        "SELECT md5(i::VARCHAR) AS m, current_setting('temp_directory') AS folder"
+        " FROM range(3000000) t(i) ORDER BY m"
+    )
+    assert spilled.truncated and spilled.table.num_rows == 5
+    folder = Path(spilled.rows()[0][1])
+    assert folder.is_dir() and list(folder.iterdir()) == []
+    spilling.close()
     query.close_idle()
     assert not Path(first).exists() and not Path(inner[0]).exists()
     assert not any(temp_root.iterdir())
@@ -137,15 +151,17 @@ def test_a_query_cannot_read_another_querys_temp_folder(lake: Path, tmp_path: Pa
     other.mkdir(parents=True)
     (other / "spill.csv").write_text("secret\n1\n")
     query = engine(lake, temp_root)
-    own = query.run("SELECT current_setting('temp_directory')").rows()[0][0]
     for sql in (
         f"SELECT * FROM glob('{temp_root}/*')",
         f"SELECT * FROM glob('{temp_root}/*/*')",
         f"SELECT * FROM read_csv('{other}/spill.csv')",
-        f"SELECT * FROM read_csv('{own}/../other-query/spill.csv')",
+        "SELECT * FROM read_csv('{own}/../other-query/spill.csv')",
     ):
+        # the instance the refused query runs on: kept from this query
+        own = query.run("SELECT current_setting('temp_directory')").rows()[0][0]
         with pytest.raises(QueryError, match=DENIED):
-            query.run(sql)
+            query.run(sql.replace("{own}", own))
+        assert not Path(own).exists()  # it ran there, and was closed
 
 
 def test_a_running_querys_temp_folder_is_not_readable_by_another(
@@ -230,19 +246,30 @@ def test_a_kept_instance_stays_read_only(lake: Path, outside: Path, tmp_path: Pa
         first = temp_folder(query)
     assert query.run("SELECT current_setting('lock_configuration')").rows() == [[True]]
     assert count(query) == 10
+    # what a SELECT can change, the random seed, does not pass to the next query
+    seeded = duckdb.connect()
+    seeded.execute("SELECT setseed(0.25)")
+    predictable = seeded.execute("SELECT random(), uuid()::VARCHAR").fetchall()[0]
+    seeded.close()
+    kept = temp_folder(query)
+    assert query.run("SELECT setseed(0.25)").rows() == [[None]]
+    after = query.run("SELECT random(), uuid()::VARCHAR, current_setting('temp_directory')")
+    assert after.rows()[0][2] == kept  # on the instance the seed was set on
+    assert tuple(after.rows()[0][:2]) != predictable
 
 
 def test_an_idle_instance_is_closed_after_the_idle_timeout(lake: Path, tmp_path: Path) -> None:
     query = engine(lake, tmp_path / "query-tmp")
-    query.idle_timeout = 0.2
+    query.idle_timeout = 2.0
     first = temp_folder(query)
     query.close_idle(older_than=query.idle_timeout)  # not idle long enough
     assert Path(first).is_dir()
-    time.sleep(0.3)
-    query.close_idle(older_than=query.idle_timeout)
+    time.sleep(0.2)
+    query.close_idle(older_than=0.1)
     assert not Path(first).exists()
+    query.idle_timeout = 0.1
     second = temp_folder(query)
-    time.sleep(0.3)
+    time.sleep(0.2)
     assert temp_folder(query) != second  # too old to be taken
     assert not Path(second).exists()
 

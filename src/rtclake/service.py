@@ -194,7 +194,8 @@ class Service:
             await self.alerts.start()
         if self.maintenance is not None:
             self.maintenance.start()
-        self._background.append(asyncio.create_task(self._close_idle_queries(), name="query"))
+        if self.query.idle_timeout > 0:
+            self._background.append(asyncio.create_task(self._close_idle_queries(), name="query"))
         for processor in self.chain.processors if self.chain is not None else ():
             task = processor.background(self.intake)
             if task is not None:
@@ -214,7 +215,7 @@ class Service:
         their memory goes back to the system."""
         timeout = self.query.idle_timeout
         while True:
-            await asyncio.sleep(timeout / 2)
+            await asyncio.sleep(max(1.0, timeout / 2))
             await asyncio.to_thread(self.query.close_idle, older_than=timeout)
 
     async def stop(self, drain_timeout: float = 30.0) -> None:

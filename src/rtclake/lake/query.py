@@ -21,6 +21,7 @@ import functools
 import importlib.util
 import math
 import os
+import random
 import shutil
 import tempfile
 import threading
@@ -48,6 +49,7 @@ from rtclake.tables import Table, TableRegistry
 log = structlog.get_logger(__name__)
 
 _ALLOWED = {"SELECT"}
+_SEEDS = random.SystemRandom()
 _BATCH_ROWS = 256
 MiB = 1024 * 1024
 # Types DuckDB 1.4 cannot hand to Arrow (TIME_NS, VARIANT) or hands over without their
@@ -155,6 +157,7 @@ class QueryEngine:
         self.idle_timeout = idle_timeout
         self._idle: list[_Instance] = []
         self._idle_lock = threading.Lock()
+        self._closed = False  # close() ran: no instance is kept any more
 
     @classmethod
     def from_config(
@@ -226,7 +229,9 @@ class QueryEngine:
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
 
     def close(self) -> None:
-        """Stop the query threads of :meth:`run_async` (queries running finish first)."""
+        """Stop the query threads of :meth:`run_async` (queries running finish first) and
+        close the kept DuckDB instances."""
+        self._closed = True
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -542,8 +547,9 @@ class QueryEngine:
         machine): a kept one costs neither. It is as read-only as a new one: its
         configuration is locked, it reads the files of the snapshot it was made for and
         nothing else, and only a single SELECT runs on it, which can change nothing in
-        it. Instances of an older snapshot, or idle for longer than ``idle_timeout``
-        seconds, are closed here."""
+        it but the random seed, reset before it is kept (:meth:`_give_back`).
+        Instances of an older snapshot, or idle for longer than ``idle_timeout`` seconds,
+        are closed here."""
         now = time.monotonic()
         found: _Instance | None = None
         stale: list[_Instance] = []
@@ -562,13 +568,29 @@ class QueryEngine:
         return found
 
     def _give_back(self, instance: _Instance) -> bool:
-        """Keep ``instance`` for a later query; False when enough are kept already."""
+        """Keep ``instance`` for a later query; False when enough are kept already, or the
+        engine is closed.
+
+        Before it waits, the instance ends the batch's last query (a result cut at
+        ``max_rows`` leaves DuckDB's query open, with its memory and spill files, until
+        the next query starts) and gets a new random seed: a query's ``setseed()`` would
+        otherwise make the next query's ``random()``, ``uuid()`` and samples
+        predictable."""
+        if not self._keeps_more():
+            return False
+        try:
+            instance.con.execute("SELECT setseed(?)", [_SEEDS.uniform(-1.0, 1.0)]).fetchall()
+        except duckdb.Error:
+            return False
         instance.used = time.monotonic()
         with self._idle_lock:
-            if len(self._idle) >= self.keep_idle or self.idle_timeout <= 0:
+            if not self._keeps_more():
                 return False
             self._idle.append(instance)
         return True
+
+    def _keeps_more(self) -> bool:
+        return not self._closed and self.idle_timeout > 0 and len(self._idle) < self.keep_idle
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
