@@ -297,3 +297,15 @@ def test_an_idle_timeout_of_0_keeps_no_instance(lake: Path, tmp_path: Path) -> N
     first = temp_folder(query)
     assert not Path(first).exists()
     assert temp_folder(query) != first
+
+
+def test_the_server_closes_instances_idle_past_the_timeout(
+    make_server: Callable[..., Server],
+) -> None:
+    server = make_server(RTCLAKE_QUERY__IDLE_TIMEOUT="1")
+    folder = Path(server.query("SELECT current_setting('temp_directory')")["rows"][0][0])
+    assert folder.is_dir()  # kept for the next query
+    deadline = time.monotonic() + 10
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not folder.exists()  # the server's sweep closed it, with no query asked

@@ -122,6 +122,7 @@ class Service:
                     raise ConfigError(f"processors.{processor.name}: unknown table {table!r}")
         self.chain = Chain(processors, self.metrics) if processors else None
         self._background: list[asyncio.Task[None]] = []  # processors' tasks (reconcilers)
+        self._idle_sweep: asyncio.Task[None] | None = None  # closes idle query instances
         self.intake = Intake(
             self.spool, self.metrics, self.router, tables=self.tables, chain=self.chain
         )
@@ -195,7 +196,7 @@ class Service:
         if self.maintenance is not None:
             self.maintenance.start()
         if self.query.idle_timeout > 0:
-            self._background.append(asyncio.create_task(self._close_idle_queries(), name="query"))
+            self._idle_sweep = asyncio.create_task(self._close_idle_queries(), name="query")
         for processor in self.chain.processors if self.chain is not None else ():
             task = processor.background(self.intake)
             if task is not None:
@@ -221,10 +222,12 @@ class Service:
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop accepting, store what the spool holds (within ``drain_timeout``), close."""
         await self.throughput.stop()
-        for task in self._background:
+        tasks = [*self._background, *([self._idle_sweep] if self._idle_sweep else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._background.clear()
+        self._idle_sweep = None
         if self.alerts is not None:
             await self.alerts.stop()
         if self.maintenance is not None:
