@@ -110,19 +110,17 @@ def test_duckdbs_default_temp_folder_is_not_readable(
 def test_each_instance_spills_into_its_own_folder_removed_after(lake: Path, tmp_path: Path) -> None:
     temp_root = tmp_path / "data" / "query-tmp"
     query = engine(lake, temp_root)
-    folder = "SELECT current_setting('temp_directory')"
     inner: list[str] = []
 
     def while_the_first_runs(empty: frozenset[str]) -> str:
         # a query asked while another runs gets an instance, and a folder, of its own
-        inner.append(query.run(folder).rows()[0][0])
-        return folder
+        inner.append(temp_folder(query))
+        return "SELECT current_setting('temp_directory')"
 
     first = query.run_many([while_the_first_runs])[0].rows()[0][0]
     assert inner and inner[0] != first
     # the next query over the same lake reuses an idle instance, and its folder
-    again = query.run(folder).rows()[0][0]
-    assert again in (first, inner[0])
+    assert temp_folder(query) in (first, inner[0])
     assert query.run("SELECT current_setting('temp_file_encryption')").rows() == [[True]]
     for name in (first, inner[0]):
         assert Path(name).parent == temp_root
@@ -137,8 +135,8 @@ def test_each_instance_spills_into_its_own_folder_removed_after(lake: Path, tmp_
         " FROM range(3000000) t(i) ORDER BY m"
     )
     assert spilled.truncated and spilled.table.num_rows == 5
-    folder = Path(spilled.rows()[0][1])
-    assert folder.is_dir() and list(folder.iterdir()) == []
+    spill_folder = Path(spilled.rows()[0][1])
+    assert spill_folder.is_dir() and list(spill_folder.iterdir()) == []
     spilling.close()
     query.close_idle()
     assert not Path(first).exists() and not Path(inner[0]).exists()
@@ -157,8 +155,7 @@ def test_a_query_cannot_read_another_querys_temp_folder(lake: Path, tmp_path: Pa
         f"SELECT * FROM read_csv('{other}/spill.csv')",
         "SELECT * FROM read_csv('{own}/../other-query/spill.csv')",
     ):
-        # the instance the refused query runs on: kept from this query
-        own = query.run("SELECT current_setting('temp_directory')").rows()[0][0]
+        own = temp_folder(query)  # the instance the refused query runs on, kept
         with pytest.raises(QueryError, match=DENIED):
             query.run(sql.replace("{own}", own))
         assert not Path(own).exists()  # it ran there, and was closed
