@@ -30,7 +30,7 @@ from rtclake.sinks.base import Batch
 from tests.test_influxdb_sink import convert
 
 START = dt.datetime(2026, 11, 1, 8, tzinfo=dt.UTC)
-COLUMNS = ["connection_id", "time", "last_time", "reports", "opens"]
+COLUMNS = ["connection_id", "time", "last_time", "reports", "opens", "starts"]
 
 
 def reports(rows: list[tuple[str, float, int]]) -> pa.Table:
@@ -59,11 +59,12 @@ def reports(rows: list[tuple[str, float, int]]) -> pa.Table:
     )
 
 
-def spans_of(table: pa.Table) -> list[tuple[str, float, float, int, bool]]:
-    """Rows as (connection, first and last report in seconds after START, reports, opens)."""
+def spans_of(table: pa.Table) -> list[tuple[str, float, float, int, bool, bool]]:
+    """Rows as (connection, first and last report in seconds after START, reports, opens,
+    starts)."""
     return sorted(
         (r["connection_id"], (r["time"] - START).total_seconds(),
-         (r["last_time"] - START).total_seconds(), r["reports"], r["opens"])
+         (r["last_time"] - START).total_seconds(), r["reports"], r["opens"], r["starts"])
         for r in table.select(COLUMNS).to_pylist()
     )  # fmt: skip
 
@@ -78,10 +79,11 @@ def test_a_silence_of_more_than_two_minutes_opens_a_new_span() -> None:
         None,
     )  # fmt: skip
     got = out["connection_spans"]
+    # a silence opens a span; only the connection's first report starts it
     assert spans_of(got) == [
-        ("A1", 0, 20, 3, True),
-        ("A1", 141, 150, 2, True),
-        ("B1", 5, 5, 1, True),
+        ("A1", 0, 20, 3, True, True),
+        ("A1", 141, 150, 2, True, False),
+        ("B1", 5, 5, 1, True, True),
     ]
     # the stretch's last report gives the envelope; the schema is the table's
     assert got.schema == default_registry()["connection_spans"].stored_schema
@@ -98,9 +100,9 @@ def test_a_silence_of_more_than_two_minutes_opens_a_new_span() -> None:
         state,
     )  # fmt: skip
     assert spans_of(out["connection_spans"]) == [
-        ("A1", 180, 180, 1, False),
-        ("B1", 125.5, 125.5, 1, True),
-        ("C1", 7, 7, 1, True),
+        ("A1", 180, 180, 1, False, False),
+        ("B1", 125.5, 125.5, 1, True, False),
+        ("C1", 7, 7, 1, True, True),
     ]
     # a batch of reports already counted makes no rows and keeps the state
     out, again = derivation.derive({"connection_reports": reports([("A1", 180, 1)])}, state)
@@ -371,3 +373,99 @@ def test_grafana_counts_active_sessions_and_connections_from_the_spans_as_report
                 counted += len(whole)
     assert counted > 100
     engine.close()
+
+
+def _ended(connections: dict[str, tuple[float, float]]) -> bytes:
+    """Sora's connection.jsonl lines: each connection created and destroyed at its seconds
+    after START."""
+
+    def at(seconds: float) -> str:
+        return (START + dt.timedelta(seconds=seconds)).isoformat()
+
+    return _lines([
+        {"id": f"log-{c}", "timestamp": at(end), "channel_id": f"room-{c[:1]}",
+         "session_id": f"S-{c[:1]}", "connection_id": c, "client_id": f"client-{c}",
+         "role": "sendrecv", "created_timestamp": at(begin), "destroyed_timestamp": at(end),
+         "disconnect_reason": "normal"}
+        for c, (begin, end) in connections.items()
+    ])  # fmt: skip
+
+
+def test_started_is_each_connections_first_report_in_grafana_and_the_overview(
+    tmp_path: Path,
+) -> None:
+    """Grafana's "Connections started and ended" and the overview's flow count a connection
+    once, in the minute of its first report (connection_spans' starts), not again when it
+    reports after a silence; ended comes from Sora's connection log. Top channels, which
+    takes each connection's channel and session from the spans, gives what the reports
+    alone give. The same once maintenance has folded the day into spans the range cuts."""
+    rows = _random_reports(np.random.default_rng(3))
+    pieces = [reports(rows[i : i + 37]) for i in range(0, len(rows), 37)]
+    written = _write(tmp_path, pieces)
+    sink = LakeSink(tmp_path, default_registry())
+    for n, table in enumerate(pieces, 1):
+        sink.write(Batch("node", "reports", n, {"connection_reports": table}))
+    sink.close()
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for c, t, _ in rows:
+        first[c], last[c] = min(t, first.get(c, t)), max(t, last.get(c, t))
+    logged = {c: (first[c], last[c] + 30) for c in sorted(first)[::3]}
+    sink = LakeSink(tmp_path, default_registry())
+    sink.write(convert("connections", _ended(logged), 1))
+    sink.close()
+    since, until = START + dt.timedelta(minutes=20), START + dt.timedelta(hours=4)
+
+    def per_minute(at: dict[str, float]) -> dict[dt.datetime, int]:
+        counts: dict[dt.datetime, int] = {}
+        for s in at.values():
+            if since <= START + dt.timedelta(seconds=s) < until:
+                t = START + dt.timedelta(minutes=s // 60)
+                counts[t] = counts.get(t, 0) + 1
+        return counts
+
+    started = per_minute(first)
+    destroyed = per_minute({c: end for c, (_, end) in logged.items()})
+    assert len(started) > 5 and len(destroyed) > 3
+    # connections come back after silences in the range: spans that open but do not start
+    resumed = [s for s in spans_of(concat(written)) if s[4] and not s[5]]
+    assert sum(1 for s in resumed if since <= START + dt.timedelta(seconds=s[1]) < until) > 3
+    sent = {"time_from": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "time_to": (until - dt.timedelta(microseconds=1)).isoformat(),
+            "interval_ms": 60_000}  # fmt: skip
+    panel = interpolate(_grafana_panel("Connections started and ended per minute"), {}, **sent)
+    flow = dashboard.connection_flow_sql(dashboard.TimeRange(since, until), 60)
+
+    def check() -> None:
+        engine = QueryEngine(tmp_path, default_registry())
+        got = engine.run(panel).rows()
+        assert {t: int(n) for t, n, _ in got if n} == started
+        assert {t: int(n) for t, _, n in got if n} == destroyed
+        got = engine.run(f"SELECT time, created, destroyed FROM ({flow})").rows()
+        assert {t: n for t, n, _ in got if n} == started
+        assert {t: n for t, _, n in got if n} == destroyed
+        # Top channels takes each connection's channel and session from the spans (which
+        # the range cuts): the same rows as the question over the reports alone
+        top = engine.run(interpolate(_grafana_panel("Top channels"), {}, **sent)).rows()
+        plain = engine.run(
+            interpolate(
+                """
+            SELECT channel_id, count(DISTINCT session_id), count(DISTINCT connection_id),
+                min(time), max(time)
+            FROM connection_reports WHERE $__timeFilter(time) GROUP BY ALL""",
+                {},
+                **sent,
+            )
+        )
+        assert sorted(top) == sorted(plain.rows()) and len(top) == 2
+        engine.close()
+
+    check()
+    maintenance = Maintenance(
+        LakeSink(tmp_path, default_registry()).catalog, MaintenanceConfig(), node="n",
+        metrics=Metrics(CollectorRegistry()),
+    )  # fmt: skip
+    report = maintenance.run(now=START + dt.timedelta(days=1))
+    assert report is not None and report.ok, report
+    assert report.steps[1].changes["days sorted"] >= 1, report.steps[1]
+    check()

@@ -43,6 +43,11 @@ ACTIVE_STATS_SECONDS = 120
 Sora's ``connection_spans`` break at silences longer than this, so a span that overlaps
 the last this many seconds holds a report in them."""
 
+SPAN_STARTS = "coalesce(starts, opens)"
+"""The ``connection_spans`` row of a connection's first report. Rows stored before the
+``starts`` column existed have it NULL: their ``opens`` (a first report, or the first after
+a silence) stands in."""
+
 LOOKBACK_SECONDS = 86_400
 """How far back a created event (or a first report) still makes something active now."""
 
@@ -282,7 +287,8 @@ def connection_flow_sql(r: TimeRange, bucket: int, empty: Collection[str] = ()) 
     (``bucket`` seconds, at least 60).
 
     Created: the connection log's ``created_at``, else the event webhook's
-    ``connection.created``, else the connection's first stats report (looking back a day
+    ``connection.created``, else the connection's first stats report (the
+    ``connection_spans`` row that starts it, :data:`SPAN_STARTS`, looking back a day
     before the range). Destroyed: the log's ``destroyed_at``, else ``connection.destroyed``;
     abnormally: the log's reason is not ``normal``.
 
@@ -306,23 +312,19 @@ def connection_flow_sql(r: TimeRange, bucket: int, empty: Collection[str] = ()) 
         # the stats alone: a connection was created at its first report, and nothing
         # says when one ended (the question below, without its union and its unnest)
         return f"""
-SELECT {_bucket(bucket, "created")} AS time,
+SELECT {_bucket(bucket, "time")} AS time,
     60.0 * count(*) / {bucket} AS created_per_min,
     0.0::DOUBLE AS destroyed_per_min, 0.0::DOUBLE AS failed_per_min,
     count(*) AS created, 0::BIGINT AS destroyed, 0::BIGINT AS failed
-FROM (
-    SELECT min(time) AS created FROM connection_spans
-    WHERE last_time >= {since} AND time < {timestamp(r.end)} AND connection_id IS NOT NULL
-    GROUP BY connection_id
-)
-WHERE {r.where("created")}
+FROM connection_spans
+WHERE {SPAN_STARTS} AND {r.where("time")} AND connection_id IS NOT NULL
 GROUP BY 1 ORDER BY 1
 """
     # every branch names its columns: the first one kept names the union's
-    facts.append(f"""SELECT connection_id, min(time) AS created, NULL::TIMESTAMPTZ AS destroyed,
+    facts.append(f"""SELECT connection_id, time AS created, NULL::TIMESTAMPTZ AS destroyed,
         false AS failed
     FROM connection_spans
-    WHERE last_time >= {since} AND time < {timestamp(r.end)} GROUP BY connection_id""")
+    WHERE {SPAN_STARTS} AND time >= {since} AND time < {timestamp(r.end)}""")
     union = "\n    UNION ALL\n    ".join(facts)
     return f"""
 WITH facts AS (

@@ -27,6 +27,7 @@ from rtclake.grafana import (
     timeseries,
     variable,
 )
+from rtclake.lake.dashboard import SPAN_STARTS
 
 OVERVIEW = "rtclake-overview"
 SESSION = "rtclake-session"
@@ -230,27 +231,20 @@ FROM connection_transport WHERE $__timeFilter(time)
         timeseries(
             "Connections started and ended per minute",
             f"""
--- a connection with a stretch from before the range reported in the 2 minutes before it
-WITH first_reports AS (
-    SELECT connection_id, min(time) AS time FROM connection_spans
-    WHERE time <= $__timeTo()
-        AND last_time >= CAST($__timeFrom() AS TIMESTAMPTZ) - INTERVAL 2 MINUTE
-    GROUP BY connection_id HAVING min(time) >= $__timeFrom()
-), events AS (
-    SELECT 'started' AS what, time FROM first_reports
-    UNION ALL
-    SELECT 'ended', destroyed_at FROM connections WHERE $__timeFilter(destroyed_at)
-)
 SELECT {_BUCKET} AS time,
     count(*) FILTER (WHERE what = 'started') / {_PER_MINUTE} AS started,
     count(*) FILTER (WHERE what = 'ended') / {_PER_MINUTE} AS ended
-FROM events
+FROM (
+    SELECT 'started' AS what, time FROM connection_spans
+    WHERE {SPAN_STARTS} AND $__timeFilter(time)
+    UNION ALL
+    SELECT 'ended', destroyed_at FROM connections WHERE $__timeFilter(destroyed_at)
+)
 GROUP BY 1 ORDER BY 1
 """,
             interval="1m",
-            description="Started: a connection's first client report (Sora sends one a"
-            " minute, so one that reported in the two minutes before the range started"
-            " earlier); ended: Sora's connection log (connection.jsonl).",
+            description="Started: a connection's first client report (connection_spans'"
+            " starts); ended: Sora's connection log (connection.jsonl).",
             width=8,
         ),
         timeseries(
@@ -316,11 +310,20 @@ ORDER BY score NULLS LAST LIMIT 20
         ),
         table(
             "Top channels",
-            """
+            f"""
+-- each connection's first and last report in the range, then its channel and session
+-- from the spans (a few rows a connection) instead of every report's
 SELECT channel_id, count(DISTINCT session_id) AS sessions,
-    count(DISTINCT connection_id) AS connections, min(time) AS first_report,
-    max(time) AS last_report
-FROM connection_reports WHERE $__timeFilter(time)
+    count(DISTINCT connection_id) AS connections, min(first_report) AS first_report,
+    max(last_report) AS last_report
+FROM (
+    SELECT connection_id, min(time) AS first_report, max(time) AS last_report
+    FROM connection_reports WHERE $__timeFilter(time)
+    GROUP BY connection_id
+) JOIN (
+    SELECT DISTINCT connection_id, channel_id, session_id FROM connection_spans
+    WHERE {_OVERLAPS}
+) USING (connection_id)
 GROUP BY channel_id
 ORDER BY connections DESC LIMIT 20
 """,

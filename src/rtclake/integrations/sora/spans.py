@@ -1,7 +1,8 @@
 """``connection_spans`` computed from a batch of ``connection_reports``: per connection,
 the stretch of its reports in the batch (first and last report, how many), and whether
 that stretch opens a new span of activity (the connection's first report, or its first
-after a silence of more than :data:`GAP_SECONDS`).
+after a silence of more than :data:`GAP_SECONDS`), and whether it starts the connection
+(its first report).
 
 The overview's questions are about time, not about one connection: which connections
 were active in the last two minutes, which started in this minute, which channels and
@@ -14,11 +15,14 @@ rows a day.
 
 Within one row, and within one span, consecutive reports are at most :data:`GAP_SECONDS`
 apart. So a connection reported in a window of at least that length exactly when one of
-its rows overlaps the window (``time <= end AND last_time >= start``), and it started in
-the window when a row that opens lies in it.
+its rows overlaps the window (``time <= end AND last_time >= start``); it became active in
+the window when a row that opens lies in it, and it started in the window when the row
+that starts it lies in it.
 
 The state is every connection's last report time. A report not after it (a report's
-continuation in a later batch, ``part`` > 0, or a late one) is not counted again.
+continuation in a later batch, ``part`` > 0, or a late one) is not counted again. A
+connection the state does not know starts: one silent for six hours (:data:`HORIZON_US`)
+is forgotten, and starts again when it comes back.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ def derive(reports: pa.Table, state: pa.Table | None) -> tuple[pa.Table, pa.Tabl
         "last_time": reports["time"].take(pa.array(ends)),
         "reports": pa.array(ends - begins + 1, pa.int64()),
         "opens": pa.array(opens[begins]),
+        "starts": pa.array(~known[begins]),
     }
     for name in _LAST:
         columns[name] = reports[name].take(pa.array(ends))
@@ -137,7 +142,7 @@ SELECT min(time) AS time, max(received_at) AS received_at, arg_max(source, last_
     connection_id, arg_max(client_id, last_time) AS client_id,
     arg_max(role, last_time) AS role, arg_max(node_name, last_time) AS node_name,
     max(last_time) AS last_time, sum(reports)::BIGINT AS reports, arg_min(opens, time) AS opens,
-    NULL AS extra
+    arg_min_null(starts, time) AS starts, NULL AS extra
 FROM (
     SELECT *, sum(CASE WHEN opens THEN 1 ELSE 0 END)
         OVER (PARTITION BY connection_id ORDER BY time ROWS UNBOUNDED PRECEDING) AS span
@@ -167,7 +172,7 @@ def fold(rows: pa.Table) -> pa.Table:
     columns: dict[str, Any] = {}
     for field in rows.schema:
         name = field.name
-        if name in ("time", "opens", "connection_id"):
+        if name in ("time", "opens", "starts", "connection_id"):
             columns[name] = rows[name].take(firsts)
         elif name in ("last_time", "received_at"):
             most = np.maximum.reduceat(_micros(rows[name]), begins)

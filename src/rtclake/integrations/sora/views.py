@@ -231,11 +231,16 @@ SPANS_COLUMNS: tuple[tuple[str, str], ...] = (
         "the first report of the connection, or its first after a silence of more than"
         f" {spans.GAP_SECONDS} s; false: the stretch continues the connection's previous row",
     ),
+    (
+        "starts",
+        "the connection's first report (the row that opens its first span); NULL in rows"
+        " stored before the column existed",
+    ),
 )
 _SPAN_KINDS: dict[str, FieldKind] = {
     "channel_id": "id", "session_id": "id", "connection_id": "id", "client_id": "id",
     "role": "string", "node_name": "string", "last_time": "time", "reports": "int",
-    "opens": "bool",
+    "opens": "bool", "starts": "bool",
 }  # fmt: skip
 
 CONNECTION_SPANS = Table(
