@@ -144,6 +144,20 @@ def _write(root: Path, batches: list[pa.Table]) -> list[pa.Table]:
     return written
 
 
+def _store_reports(root: Path, batches: list[pa.Table]) -> None:
+    """The reports themselves, one stored batch each (beside their spans)."""
+    sink = LakeSink(root, default_registry())
+    for n, table in enumerate(batches, 1):
+        sink.write(Batch("node", "reports", n, {"connection_reports": table}))
+    sink.close()
+
+
+def _maintenance(sink: LakeSink) -> Maintenance:
+    return Maintenance(
+        sink.catalog, MaintenanceConfig(), node="n", metrics=Metrics(CollectorRegistry())
+    )
+
+
 def test_maintenance_folds_a_closed_day_into_one_row_per_span(tmp_path: Path) -> None:
     """Written batch by batch (one row per connection and batch), then folded: the same
     spans as one batch of the whole day gives, and a window of two minutes or more finds
@@ -170,10 +184,7 @@ def test_maintenance_folds_a_closed_day_into_one_row_per_span(tmp_path: Path) ->
     assert unfolded - sum(t.num_rows for t in written[-5:]) < before[0] < unfolded
     assert before[1] == sum(s[3] for s in expected) == len({(c, t) for c, t, _ in rows})
 
-    maintenance = Maintenance(
-        LakeSink(tmp_path, default_registry()).catalog, MaintenanceConfig(), node="n",
-        metrics=Metrics(CollectorRegistry()),
-    )  # fmt: skip
+    maintenance = _maintenance(LakeSink(tmp_path, default_registry()))
     # the day is not over: its spans are folded all the same (the table is small)
     report = maintenance.run(now=START + dt.timedelta(hours=12))
     assert report is not None and report.ok, report
@@ -272,9 +283,7 @@ def test_folding_today_beside_a_writer_loses_and_repeats_nothing(tmp_path: Path)
         batches.append(Batch("node", "derived", n, out))
     sink = LakeSink(tmp_path, default_registry())
     sink.write(batches[0])
-    maintenance = Maintenance(
-        sink.catalog, MaintenanceConfig(), node="n", metrics=Metrics(CollectorRegistry())
-    )
+    maintenance = _maintenance(sink)
     done = threading.Event()
     errors: list[BaseException] = []
 
@@ -338,10 +347,7 @@ def test_grafana_counts_active_sessions_and_connections_from_the_spans_as_report
     rows = _random_reports(np.random.default_rng(5))
     batches = [reports(rows[i : i + 40]) for i in range(0, len(rows), 40)]
     _write(tmp_path, batches)
-    sink = LakeSink(tmp_path, default_registry())
-    for n, table in enumerate(batches, 1):
-        sink.write(Batch("node", "reports", n, {"connection_reports": table}))
-    sink.close()
+    _store_reports(tmp_path, batches)
     engine = QueryEngine(tmp_path, default_registry())
     (stored,) = engine.run("SELECT count(*) FROM connection_reports").rows()[0]
     assert stored == len(rows)
@@ -402,10 +408,7 @@ def test_started_is_each_connections_first_report_in_grafana_and_the_overview(
     rows = _random_reports(np.random.default_rng(3))
     pieces = [reports(rows[i : i + 37]) for i in range(0, len(rows), 37)]
     written = _write(tmp_path, pieces)
-    sink = LakeSink(tmp_path, default_registry())
-    for n, table in enumerate(pieces, 1):
-        sink.write(Batch("node", "reports", n, {"connection_reports": table}))
-    sink.close()
+    _store_reports(tmp_path, pieces)
     first: dict[str, float] = {}
     last: dict[str, float] = {}
     for c, t, _ in rows:
@@ -461,10 +464,7 @@ def test_started_is_each_connections_first_report_in_grafana_and_the_overview(
         engine.close()
 
     check()
-    maintenance = Maintenance(
-        LakeSink(tmp_path, default_registry()).catalog, MaintenanceConfig(), node="n",
-        metrics=Metrics(CollectorRegistry()),
-    )  # fmt: skip
+    maintenance = _maintenance(LakeSink(tmp_path, default_registry()))
     report = maintenance.run(now=START + dt.timedelta(days=1))
     assert report is not None and report.ok, report
     assert report.steps[1].changes["days sorted"] >= 1, report.steps[1]
