@@ -105,6 +105,34 @@ def test_a_table_listed_without_files_after_having_some_is_listed_again(
     assert next(amiss, None) is None  # the amiss listing was made (and then not used)
 
 
+def test_a_commit_during_the_listing_is_listed_again(
+    lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer commits while the engine reads the catalog: the query reads the files of
+    the snapshot that is current once the listing is done, not of the one it began at."""
+    query = engine(lake)
+    assert query.run("SELECT count(*) FROM telemetry").rows() == [[30]]
+    sink = LakeSink(lake, default_registry())
+    sink.write(batch(2, b'{"time": "2026-11-01T10:00:00Z", "device_id": "new", "v": 1}'))
+    catalog = query.catalog
+    assert catalog is not None
+    real = catalog.live_files
+    commits = iter([3])
+
+    def live_files(con: object, table: str) -> list[str]:
+        found = real(con, table)
+        segment = next(commits, None) if table == "telemetry" else None
+        if segment is not None:  # the commit lands between this read and the next
+            body = b'{"time": "2026-11-01T10:00:01Z", "device_id": "newer", "v": 2}'
+            sink.write(batch(segment, body))
+        return found
+
+    monkeypatch.setattr(catalog, "live_files", live_files)
+    assert query.run("SELECT count(*) FROM telemetry").rows() == [[32]]
+    assert next(commits, None) is None
+    sink.close()
+
+
 def test_empty_lake_has_empty_typed_views(tmp_path: Path) -> None:
     result = engine(tmp_path / "nothing").run("SELECT count(*), max(time) FROM events")
     assert result.rows() == [[0, None]]
