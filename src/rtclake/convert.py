@@ -14,11 +14,11 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import TYPE_CHECKING
 
 import duckdb
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import structlog
@@ -49,13 +49,13 @@ def entries_to_header(run: str, segment: int, entries: Sequence[Entry]) -> pa.Ta
             "entry": pa.array([f"{run}:{segment}:{e.index}" for e in entries], pa.string()),
         }
     )
-    run_ends = pa.array(list(accumulate(counts)), pa.int32())
-    which = pc.run_end_decode(
-        pa.RunEndEncodedArray.from_arrays(run_ends, pa.array(range(len(entries)), pa.int32()))
-    )
-    starts = pa.array([0, *run_ends.to_pylist()[:-1]], pa.int32()).take(which)
-    line_no = pc.add(pc.subtract(pa.array(range(sum(counts)), pa.int32()), starts), 1)
-    return header.take(which).append_column("line_no", line_no.cast(pa.int32()))
+    # each line's entry and its number in the entry, in NumPy (Python ranges of the
+    # lines took ~9 ms a 30,000-line import block)
+    sizes = np.asarray(counts, dtype=np.int64)
+    which = np.repeat(np.arange(len(entries), dtype=np.int32), sizes)
+    starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    line_no = (np.arange(int(sizes.sum()), dtype=np.int64) - starts + 1).astype(np.int32)
+    return header.take(pa.array(which)).append_column("line_no", pa.array(line_no))
 
 
 def _array(kind_type: pa.DataType, rows: int, buffers: ColumnBuffers) -> pa.Array:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
-import io
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,9 +84,12 @@ def _copy(content: bytes, out: IO[bytes]) -> None:
 
 def partition_dates(table: pa.Table) -> list[tuple[str, pa.Table]]:
     """Split a table by the UTC date of its ``time`` column."""
+    lo, hi = pc.min_max(table["time"]).values()
+    if lo.is_valid and lo.as_py().date() == hi.as_py().date():  # the usual case: no copy
+        return [(lo.as_py().strftime("%Y-%m-%d"), table)]
     days = pc.floor_temporal(table["time"], unit="day")
     unique = pc.unique(days)
-    if len(unique) == 1:  # the usual case: no copy
+    if len(unique) == 1:
         return [(unique[0].as_py().strftime("%Y-%m-%d"), table)]
     out = []
     for day in unique:
@@ -101,6 +103,16 @@ def clustered(table: Table, rows: pa.Table) -> pa.Table:
     if not table.cluster_by or rows.num_rows < 2:
         return rows
     return rows.sort_by([(name, "ascending") for name in table.cluster_by])
+
+
+def _parquet_bytes(rows: pa.Table, **options: Any) -> bytes:
+    """``rows`` as a Parquet file in memory. Into Arrow's own buffer, not a Python file:
+    pyarrow writes a Python file object holding the GIL, once per page, beside the
+    threads that parse and derive."""
+    out = pa.BufferOutputStream()
+    pq.write_table(rows, out, **options)
+    content: bytes = out.getvalue().to_pybytes()
+    return content
 
 
 @functools.cache
@@ -179,9 +191,10 @@ class HiveLakeSink(Sink):
         return partition_dates(clustered(declared, table.select(declared.stored_schema.names)))
 
     def _encoded(self, table: pa.Table, declared: Table) -> bytes:
-        out = io.BytesIO()
-        self._parquet(table, declared, out)
-        return out.getvalue()
+        return _parquet_bytes(
+            table, compression=self.compression, compression_level=self.compression_level,
+            **_encodings(declared),
+        )  # fmt: skip
 
     def _parquet(self, table: pa.Table, declared: Table, out: IO[bytes]) -> None:
         pq.write_table(
@@ -282,12 +295,10 @@ class LakeSink(Sink):
         ]
 
     def _encoded(self, table: Table, rows: pa.Table) -> bytes:
-        out = io.BytesIO()
-        pq.write_table(
-            rows, out, compression=self.compression,
-            compression_level=self.compression_level, **_encodings(table),
+        return _parquet_bytes(
+            rows, compression=self.compression, compression_level=self.compression_level,
+            **_encodings(table),
         )  # fmt: skip
-        return out.getvalue()
 
     def write(self, batch: Batch) -> None:
         self.write_group([batch])

@@ -135,7 +135,13 @@ def derive(fresh: pa.Table, state: pa.Table | None) -> tuple[pa.Table, pa.Table]
     old_part = np.asarray(part_values, dtype=np.int64)
     both = both.set_column(both.schema.get_field_index("part"), "part",
                            pa.array(np.where(chosen, part, old_part), pa.int64()))  # fmt: skip
-    reports = _reports(rows_where(both, chosen)) if chosen.any() else pa.table({})
+    if not chosen.any():
+        reports = pa.table({})
+    elif chosen[:n].all():  # the usual case: the batch's items are taken as they are
+        tail = rows_where(both.slice(n), chosen[n:])
+        reports = _reports(pa.concat_tables([both.slice(0, n), tail]))
+    else:
+        reports = _reports(rows_where(both, chosen))
 
     # the new state: each connection's latest report, its objects marked with the part
     # stored for it
