@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -15,6 +16,7 @@ from rtclake.catalog import default_registry
 from rtclake.delivery import Delivery
 from rtclake.importer import Importer, ImportStats
 from rtclake.integrations.sora.logs import table_for
+from rtclake.integrations.sora.rates import _durations
 from rtclake.integrations.sora.views import (
     RATES_COLUMNS,
     REPORTS_COLUMNS,
@@ -266,3 +268,24 @@ def test_a_state_saved_by_an_earlier_version_is_carried_on(tmp_path: Path) -> No
     assert made["rtc_rates"]["track_identifier"].to_pylist() == ["p-audio", "p-audio"]
     reports_made, _ = reports_.derive({"rtc_stats": second, **made}, old_report_state)
     assert reports_made["connection_reports"].num_rows == 2
+
+
+def test_quality_limitation_durations_are_read_as_numbers_and_nothing_else() -> None:
+    """The durations' objects are read at once; an object with a value that is not a
+    number is read one by one, its numbers kept and the rest left out."""
+
+    def read(values: list[str], rows: int) -> dict[str, list[float | None]]:
+        found = _durations(values, np.arange(rows - len(values), rows), rows)
+        return {k: [None if np.isnan(x) else x for x in v] for k, v in found.items()}
+
+    clean = ['{"none": 2, "cpu": 1.5, "bandwidth": 0.0, "other": 0}', '{"cpu": 3, "extra": 1}']
+    assert read(clean, 3) == {
+        "none": [None, 2.0, None], "cpu": [None, 1.5, 3.0],
+        "bandwidth": [None, 0.0, None], "other": [None, 0.0, None],
+    }  # fmt: skip
+    mixed = ['{"cpu": true, "bandwidth": 4}', '{"other": "7", "none": 1e3}']
+    assert read(mixed, 2) == {
+        "none": [None, 1000.0], "cpu": [None, None],
+        "bandwidth": [4.0, None], "other": [None, None],
+    }  # fmt: skip
+    assert read([], 2) == {r: [None, None] for r in ("none", "cpu", "bandwidth", "other")}
