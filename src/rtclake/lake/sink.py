@@ -177,14 +177,11 @@ class HiveLakeSink(Sink):
             prepared = batch.prepared.get((self.name, table_name))
             if prepared is None:
                 declared = self.tables[table_name]
-                prepared = [(date, functools.partial(self._parquet, part, declared))
+                prepared = [(date, self._encoded(part, declared))
                             for date, part in self._parts(table_name, table)]  # fmt: skip
             for date, content in prepared:
                 relative = f"{layout.partition(table_name, date)}/{layout.file_name(batch.name)}"
-                produce = (
-                    functools.partial(_copy, content) if isinstance(content, bytes) else content
-                )
-                self.storage.write(relative, produce)
+                self.storage.write(relative, functools.partial(_copy, content))
 
     def _parts(self, name: str, table: pa.Table) -> list[tuple[str, pa.Table]]:
         declared = self.tables[name]
@@ -195,15 +192,6 @@ class HiveLakeSink(Sink):
             table, compression=self.compression, compression_level=self.compression_level,
             **_encodings(declared),
         )  # fmt: skip
-
-    def _parquet(self, table: pa.Table, declared: Table, out: IO[bytes]) -> None:
-        pq.write_table(
-            table,
-            out,
-            compression=self.compression,
-            compression_level=self.compression_level,
-            **_encodings(declared),
-        )
 
 
 class LakeSink(Sink):
