@@ -75,10 +75,10 @@ class _Part:
 
     date: str
     rows: pa.Table
-    content: bytes
+    content: pa.Buffer
 
 
-def _copy(content: bytes, out: IO[bytes]) -> None:
+def _copy(content: pa.Buffer, out: IO[bytes]) -> None:
     out.write(content)
 
 
@@ -105,14 +105,13 @@ def clustered(table: Table, rows: pa.Table) -> pa.Table:
     return rows.sort_by([(name, "ascending") for name in table.cluster_by])
 
 
-def _parquet_bytes(rows: pa.Table, **options: Any) -> bytes:
+def _parquet_file(rows: pa.Table, **options: Any) -> pa.Buffer:
     """``rows`` as a Parquet file in memory. Into Arrow's own buffer, not a Python file:
     pyarrow writes a Python file object holding the GIL, once per page, beside the
     threads that parse and derive."""
     out = pa.BufferOutputStream()
     pq.write_table(rows, out, **options)
-    content: bytes = out.getvalue().to_pybytes()
-    return content
+    return out.getvalue()
 
 
 @functools.cache
@@ -160,7 +159,7 @@ class HiveLakeSink(Sink):
     def start(self) -> None:
         self.storage.prepare()
 
-    def prepare(self, table: str, rows: pa.Table) -> list[tuple[str, bytes]] | None:
+    def prepare(self, table: str, rows: pa.Table) -> list[tuple[str, pa.Buffer]] | None:
         """The Parquet files of one table's rows, one per date (an import encodes its
         blocks on the converting threads, beside each other)."""
         if rows.num_rows == 0 or table not in self.tables:
@@ -187,8 +186,8 @@ class HiveLakeSink(Sink):
         declared = self.tables[name]
         return partition_dates(clustered(declared, table.select(declared.stored_schema.names)))
 
-    def _encoded(self, table: pa.Table, declared: Table) -> bytes:
-        return _parquet_bytes(
+    def _encoded(self, table: pa.Table, declared: Table) -> pa.Buffer:
+        return _parquet_file(
             table, compression=self.compression, compression_level=self.compression_level,
             **_encodings(declared),
         )  # fmt: skip
@@ -282,8 +281,8 @@ class LakeSink(Sink):
             _Part(date, part, self._encoded(table, part)) for date, part in partition_dates(stored)
         ]
 
-    def _encoded(self, table: Table, rows: pa.Table) -> bytes:
-        return _parquet_bytes(
+    def _encoded(self, table: Table, rows: pa.Table) -> pa.Buffer:
+        return _parquet_file(
             rows, compression=self.compression, compression_level=self.compression_level,
             **_encodings(table),
         )  # fmt: skip
@@ -418,8 +417,10 @@ class LakeSink(Sink):
             rows, content = part.rows, part.content
             if not table.unique_rows:
                 kept = self._new_rows(con, table, rows)
+                if not kept.num_rows:
+                    continue
                 if kept.num_rows != rows.num_rows:
-                    rows, content = kept, self._encoded(table, kept) if kept.num_rows else b""
+                    rows, content = kept, self._encoded(table, kept)
             if not rows.num_rows:
                 continue
             relative = (
