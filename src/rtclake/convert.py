@@ -50,7 +50,7 @@ def entries_to_header(run: str, segment: int, entries: Sequence[Entry]) -> pa.Ta
         }
     )
     # each line's entry and its number in the entry, in NumPy (Python ranges of the
-    # lines took ~9 ms a 30,000-line import block)
+    # lines took ~4 ms a 30,000-line import block on their own, ~9 beside the parsing)
     sizes = np.asarray(counts, dtype=np.int64)
     which = np.repeat(np.arange(len(entries), dtype=np.int32), sizes)
     starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
