@@ -336,10 +336,8 @@ class QueryEngine:
         for _ in range(2):
             snapshot, listed = self._list_once(con)
             if _snapshot_id(con) == snapshot:
-                break
-        else:
-            snapshot, listed = self._list_once(con)
-        return snapshot, listed
+                return snapshot, listed
+        return self._list_once(con)
 
     def _list_once(self, con: Any) -> tuple[int, dict[str, list[str]]]:
         assert self.catalog is not None
