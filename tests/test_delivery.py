@@ -131,3 +131,57 @@ def test_an_import_gives_up_with_a_clear_error_when_a_sink_stays_down(tmp_path: 
 def test_sink_names_must_differ() -> None:
     with pytest.raises(ValueError, match="must differ"):
         Delivery([FlakySink("a"), FlakySink("a")], Metrics())
+
+
+class SlowStartSink(FlakySink):
+    """A sink whose start takes until the test lets it finish (a catalog being attached),
+    noting whether a batch was converted meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__("slow", failures=0)
+        self.release = threading.Event()
+        self.parsed_meanwhile = threading.Event()
+        self.written_before_started = False
+        self.waited_in_vain = False
+
+    def start(self) -> None:
+        super().start()
+        self.waited_in_vain = not self.release.wait(5)
+
+    def write(self, batch: Batch) -> None:
+        self.written_before_started |= self.starts == 0
+        super().write(batch)
+
+
+def test_an_import_converts_while_a_sink_starts_and_writes_only_after(tmp_path: Path) -> None:
+    sink = SlowStartSink()
+    path = tmp_path / "rtc_stats.jsonl"
+    path.write_text("\n".join(stats_line("A", n) for n in range(100)) + "\n")
+    delivery = Delivery([sink], Metrics())
+    importer = Importer(
+        default_registry(), delivery, tmp_path / "state.json", node="n", table_for=table_for,
+        block_bytes=4096,
+    )  # fmt: skip
+    parse = importer._parse
+
+    def parse_and_note(*args: object) -> object:
+        done = parse(*args)  # type: ignore[arg-type]
+        sink.parsed_meanwhile.set()
+        return done
+
+    importer._parse = parse_and_note  # type: ignore[method-assign]
+    # the sink's start waits until a block was parsed: the import did not wait for it
+    letting_go = threading.Thread(
+        target=lambda: sink.release.set() if sink.parsed_meanwhile.wait(10) else None
+    )
+    letting_go.start()
+    try:
+        stats = importer.import_paths([path])
+    finally:
+        letting_go.join()
+        importer.close()
+        delivery.close()
+    assert not sink.waited_in_vain, "the import waited for the sink's start"
+    assert sink.parsed_meanwhile.is_set() and sink.starts == 1
+    assert not sink.written_before_started and stats.rows == 100
+    assert Counter(sink.column("rtc_stats", "stats_id")) == Counter(f"OT{n}" for n in range(100))

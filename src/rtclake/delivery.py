@@ -116,6 +116,15 @@ class Delivery:
         its next write); failures are logged and counted, not raised."""
         self._call(self._start_pending)
 
+    def start_soon(self) -> None:
+        """:meth:`start` on the delivery's thread without waiting for it: the batches
+        delivered after it wait their turn behind it. An import parses its first blocks
+        meanwhile (a lake's catalog takes ~0.3 s to attach and create its tables)."""
+        if threading.get_ident() == self._ident:
+            self._start_pending()
+        else:
+            self._thread.submit(self._start_pending)
+
     def _start_pending(self) -> None:
         for sink in self.sinks:
             if sink.name in self._started:

@@ -249,7 +249,7 @@ class Importer:
     def import_paths(self, paths: Iterable[Path], stats: ImportStats | None = None) -> ImportStats:
         stats = stats or ImportStats()
         started = time.perf_counter()
-        self.delivery.start()
+        self.delivery.start_soon()
         for path in expand(paths):
             name = path.name.removesuffix(".gz")
             table_name = self.table_for(name) or self.table_for(unrotated(name))
