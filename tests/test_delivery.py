@@ -141,15 +141,17 @@ class SlowStartSink(FlakySink):
         super().__init__("slow", failures=0)
         self.release = threading.Event()
         self.parsed_meanwhile = threading.Event()
+        self.started = False
         self.written_before_started = False
         self.waited_in_vain = False
 
     def start(self) -> None:
         super().start()
         self.waited_in_vain = not self.release.wait(5)
+        self.started = True
 
     def write(self, batch: Batch) -> None:
-        self.written_before_started |= self.starts == 0
+        self.written_before_started |= not self.started
         super().write(batch)
 
 
