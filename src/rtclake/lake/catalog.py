@@ -24,8 +24,6 @@ DuckDB connections are not shared between threads.
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib.util
 import os
 import threading
 import time
@@ -38,6 +36,7 @@ import duckdb
 import pyarrow as pa
 
 from rtclake.errors import ConfigError
+from rtclake.lake import extensions
 from rtclake.lake.storage import Storage
 from rtclake.tables import Table, TableRegistry
 
@@ -106,25 +105,8 @@ def default_url(root: str, data_dir: str | os.PathLike[str] | None = None) -> st
     return f"sqlite:{Path(root).absolute() / DEFAULT_FILE}"
 
 
-@functools.cache
-def extension_directory() -> str:
-    """Where the ``duckdb-ext-*`` packages keep DuckDB's extensions (nothing downloads)."""
-    spec = importlib.util.find_spec("duckdb_ext")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            "DuckDB's extensions are not installed (pip install duckdb-ext-ducklake"
-            " duckdb-ext-sqlite duckdb-ext-postgres duckdb-ext-httpfs)"
-        )
-    return os.path.join(next(iter(spec.submodule_search_locations)), "extensions")
-
-
-#: Extensions whose signature DuckDB checked in this process. DuckDB checks it by hashing
-#: the file at every load (~0.5 s for DuckLake's and SQLite's together); after the first
-#: load, the catalog's connections (which run rtclake's SQL only) load them with
-#: ``allow_unsigned_extensions``. Only what the catalog needs is loaded: each extension's
-#: code costs the process memory (all four: ~85 MB).
-_verified: set[str] = set()
-_verified_lock = threading.Lock()
+#: Where the ``duckdb-ext-*`` packages keep DuckDB's extensions.
+extension_directory = extensions.directory
 
 
 def data_path(storage: Storage) -> str:
@@ -163,8 +145,12 @@ class Catalog:
         """A DuckDB connection with the lake attached as ``lake`` (its tables not yet
         created: :meth:`ensure_tables`)."""
         needed = {"ducklake", self.url.extension} | ({"httpfs"} if self.storage.remote else set())
-        with _verified_lock:
-            verified = needed <= _verified
+        # Only what the catalog needs is loaded: each extension's code costs the process
+        # memory (all four: ~85 MB). Once DuckDB has checked their signatures (here, or
+        # in an earlier process: rtclake.lake.extensions), the catalog's connections,
+        # which run rtclake's SQL only, load them with ``allow_unsigned_extensions``.
+        with extensions.lock():
+            verified = extensions.checked(needed)
             config: dict[str, Any] = {
                 "extension_directory": extension_directory(),
                 "autoinstall_known_extensions": False,
@@ -180,7 +166,8 @@ class Catalog:
             except duckdb.Error as exc:
                 con.close()
                 raise ConfigError(f"DuckDB's extensions do not load: {exc}") from exc
-            _verified.update(needed)
+            if not verified:
+                extensions.remember(needed)
         try:
             con.execute("SET TimeZone = 'UTC'")
             if self.storage.remote:

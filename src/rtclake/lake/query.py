@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib.util
 import math
 import os
 import random
@@ -39,7 +38,15 @@ import pyarrow as pa
 import structlog
 
 from rtclake.config import QueryConfig, Settings
-from rtclake.errors import LakeUnreadable, QueryBusy, QueryError, QueryOverLimit, ResultTooLarge
+from rtclake.errors import (
+    ConfigError,
+    LakeUnreadable,
+    QueryBusy,
+    QueryError,
+    QueryOverLimit,
+    ResultTooLarge,
+)
+from rtclake.lake import extensions
 from rtclake.lake.catalog import Catalog, CatalogUrl, default_url, parse_url
 from rtclake.lake.storage import Storage, lake_storage, storage_for
 from rtclake.memory import release_memory
@@ -487,7 +494,7 @@ class QueryEngine:
                 # tables of DuckDB's own, made in one statement: a registered Arrow table
                 # is bound through Python at every query (~1 ms a reference, on the
                 # overview's empty webhook tables), a view over a table ~0.4 ms
-                con.execute(";\n".join(_empty_table_sql(t) for t in empty))
+                con.execute(_empty_tables_sql(empty))
             for view in self.tables.views.values():
                 try:
                     con.execute(f'CREATE OR REPLACE VIEW "{view.name}" AS {view.sql}')
@@ -746,27 +753,33 @@ def _extension_directory() -> str:
     has checked the extension's signature.
 
     DuckDB checks it by hashing the 25 MB file, about 0.1 s of CPU per load: it is checked
-    once per process here, and query connections then load it with
+    once (:mod:`rtclake.lake.extensions`), and query connections then load it with
     ``allow_unsigned_extensions`` (a query cannot load anything: one SELECT, file access
     off, configuration locked).
     """
-    spec = importlib.util.find_spec("duckdb_ext")
-    if spec is None or not spec.submodule_search_locations:
+    try:
+        directory = extensions.directory()
+    except ConfigError:
         raise QueryError(
             "no_httpfs",
             "DuckDB's httpfs extension, which encrypts spill files, is not installed"
             " (pip install duckdb-ext-httpfs)",
+        ) from None
+    with extensions.lock():
+        if extensions.checked({"httpfs"}):
+            return directory
+        con = duckdb.connect(
+            config={"extension_directory": directory, "autoinstall_known_extensions": False}
         )
-    directory = os.path.join(next(iter(spec.submodule_search_locations)), "extensions")
-    con = duckdb.connect(
-        config={"extension_directory": directory, "autoinstall_known_extensions": False}
-    )
-    try:
-        con.execute("LOAD httpfs")
-    except duckdb.Error as exc:
-        raise QueryError("no_httpfs", f"DuckDB's httpfs extension does not load: {exc}") from exc
-    finally:
-        con.close()
+        try:
+            con.execute("LOAD httpfs")
+        except duckdb.Error as exc:
+            raise QueryError(
+                "no_httpfs", f"DuckDB's httpfs extension does not load: {exc}"
+            ) from exc
+        finally:
+            con.close()
+        extensions.remember({"httpfs"})
     return directory
 
 
@@ -807,17 +820,26 @@ def _arrow_cast(position: int, duck_type: Any, name: str) -> str | None:
     return f'{expression} AS "{_quote(name)}"'
 
 
-@functools.cache
-def _empty_table_sql(table: Table) -> str:
-    """A table with no files: an empty temporary table of its name and columns
-    (``extra`` as JSON, and ``date``)."""
-    con = duckdb.connect()
-    try:
-        con.register("t", table.schema.empty_table())
-        described = con.execute(
-            "DESCRIBE SELECT * REPLACE (extra::JSON AS extra), NULL::DATE AS date FROM t"
-        ).fetchall()
-    finally:
-        con.close()
-    columns = ", ".join(f'"{name}" {kind}' for name, kind, *_ in described)
-    return f'CREATE OR REPLACE TEMP TABLE "{table.name}" ({columns})'
+_EMPTY_TABLES: dict[Table, str] = {}
+
+
+def _empty_tables_sql(tables: list[Table]) -> str:
+    """Tables with no files: an empty temporary table of each one's name and columns
+    (``extra`` as JSON, and ``date``), as SQL statements; the columns' types are found once
+    a process, on one connection (a connection each took ~12 ms: 0.2 s of a ``rtclake
+    query`` over a lake of one table)."""
+    missing = [table for table in tables if table not in _EMPTY_TABLES]
+    if missing:
+        con = duckdb.connect()
+        try:
+            for table in missing:
+                con.register("t", table.schema.empty_table())
+                described = con.execute(
+                    "DESCRIBE SELECT * REPLACE (extra::JSON AS extra), NULL::DATE AS date FROM t"
+                ).fetchall()
+                con.unregister("t")
+                columns = ", ".join(f'"{name}" {kind}' for name, kind, *_ in described)
+                _EMPTY_TABLES[table] = f'CREATE OR REPLACE TEMP TABLE "{table.name}" ({columns})'
+        finally:
+            con.close()
+    return ";\n".join(_EMPTY_TABLES[table] for table in tables)
