@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from rtclake.catalog import default_registry
+from rtclake.errors import ConfigError
 from rtclake.lake import extensions
 from rtclake.lake.catalog import Catalog
 from rtclake.lake.storage import storage_for
@@ -43,7 +44,7 @@ def test_a_check_is_remembered_for_a_later_process_while_the_files_are_unchanged
     fake_files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert not extensions.checked({"ducklake", "sqlite"})
-    extensions.remember({"ducklake", "sqlite"})
+    extensions.remember({"ducklake", "sqlite"}, extensions.identity())
     assert extensions.record_path().exists()
     _new_process(monkeypatch)
     assert extensions.checked({"ducklake", "sqlite"})
@@ -55,7 +56,7 @@ def test_a_check_is_remembered_for_a_later_process_while_the_files_are_unchanged
 def test_a_file_changed_since_the_check_is_checked_again(
     fake_files: Path, monkeypatch: pytest.MonkeyPatch, change: str
 ) -> None:
-    extensions.remember({"ducklake", "sqlite"})
+    extensions.remember({"ducklake", "sqlite"}, extensions.identity())
     _new_process(monkeypatch)
     target = fake_files / "ducklake.duckdb_extension"
     if change == "rewritten":  # same size, same modification time
@@ -76,7 +77,7 @@ def test_a_file_changed_since_the_check_is_checked_again(
 def test_a_record_of_another_duckdb_or_unreadable_is_not_trusted(
     fake_files: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    extensions.remember({"ducklake"})
+    extensions.remember({"ducklake"}, extensions.identity())
     record = extensions.record_path()
     saved = json.loads(record.read_text())
     record.write_text(json.dumps({**saved, "duckdb": "0.0.1"}))
@@ -85,7 +86,7 @@ def test_a_record_of_another_duckdb_or_unreadable_is_not_trusted(
     for text in ("{not json", '{"files": 3}', "[]", ""):
         record.write_text(text)
         assert not extensions.checked({"ducklake"})
-    extensions.remember({"ducklake"})  # written anew over a bad record
+    extensions.remember({"ducklake"}, extensions.identity())  # written anew over a bad record
     _new_process(monkeypatch)
     assert extensions.checked({"ducklake"})
 
@@ -94,9 +95,68 @@ def test_an_unwritable_record_only_costs_the_check(
     fake_files: Path, fresh: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (fresh / "cache").write_text("a file where the folder would be")
-    extensions.remember({"ducklake"})  # no error
+    extensions.remember({"ducklake"}, extensions.identity())  # no error
     assert extensions.checked({"ducklake"})  # this process still knows
     _new_process(monkeypatch)
+    assert not extensions.checked({"ducklake"})
+
+
+def test_a_record_vouches_only_for_what_was_checked_against_the_files_it_names(
+    fake_files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that trusted an extension from the record, and then checks another one
+    after the first was replaced, must not vouch for the replaced file."""
+    extensions.remember({"ducklake"}, extensions.identity())
+    _new_process(monkeypatch)
+    assert extensions.checked({"ducklake"})  # trusted from the record
+    replaced = fake_files / "ducklake.duckdb_extension"
+    (fake_files / "new").write_bytes(b"other code")
+    (fake_files / "new").replace(replaced)
+    extensions.remember({"sqlite"}, extensions.identity())  # checked now, beside it
+    _new_process(monkeypatch)
+    assert extensions.checked({"sqlite"})
+    assert not extensions.checked({"ducklake"})
+
+
+def test_nothing_is_remembered_when_the_files_change_during_the_load(
+    fake_files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = extensions.identity()
+    os.utime(fake_files / "ducklake.duckdb_extension")  # e.g. swapped after the hash
+    extensions.remember({"ducklake"}, before)
+    assert not extensions.record_path().exists()
+    assert not extensions.checked({"ducklake"})
+
+
+def test_a_record_others_may_write_is_not_trusted(
+    fake_files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extensions.remember({"ducklake"}, extensions.identity())
+    assert extensions.record_path().parent.stat().st_mode & 0o777 == 0o700
+    extensions.record_path().chmod(0o666)
+    _new_process(monkeypatch)
+    assert not extensions.checked({"ducklake"})
+    extensions.record_path().chmod(0o600)
+    assert extensions.checked({"ducklake"})
+
+
+def test_an_extension_that_fails_its_check_is_not_remembered(
+    fresh: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files in the extensions' places that are not DuckDB's signed extensions: the
+    catalog refuses to connect, and nothing is recorded."""
+    real = Path(extensions.directory())
+    fake = fresh / "extensions"
+    for path in real.rglob("*.duckdb_extension"):
+        target = fake / path.relative_to(real)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"\x7fELF not an extension" * 100)
+    monkeypatch.setattr(extensions, "directory", lambda: str(fake))
+    storage = storage_for(str(fresh / "lake"))
+    catalog = Catalog(f"sqlite:{fresh / 'lake' / 'catalog.sqlite'}", storage, default_registry())
+    with pytest.raises(ConfigError, match="do not load"):
+        catalog.connect()
+    assert not extensions.record_path().exists()
     assert not extensions.checked({"ducklake"})
 
 

@@ -105,10 +105,6 @@ def default_url(root: str, data_dir: str | os.PathLike[str] | None = None) -> st
     return f"sqlite:{Path(root).absolute() / DEFAULT_FILE}"
 
 
-#: Where the ``duckdb-ext-*`` packages keep DuckDB's extensions.
-extension_directory = extensions.directory
-
-
 def data_path(storage: Storage) -> str:
     """DuckLake's DATA_PATH for a lake root: an absolute folder or an s3:// prefix, ending
     in a slash."""
@@ -151,8 +147,9 @@ class Catalog:
         # which run rtclake's SQL only, load them with ``allow_unsigned_extensions``.
         with extensions.lock():
             verified = extensions.checked(needed)
+            before = None if verified else extensions.identity()
             config: dict[str, Any] = {
-                "extension_directory": extension_directory(),
+                "extension_directory": extensions.directory(),
                 "autoinstall_known_extensions": False,
                 "autoload_known_extensions": False,
                 "allow_unsigned_extensions": verified,  # else DuckDB checks them now
@@ -167,7 +164,7 @@ class Catalog:
                 con.close()
                 raise ConfigError(f"DuckDB's extensions do not load: {exc}") from exc
             if not verified:
-                extensions.remember(needed)
+                extensions.remember(needed, before)
         try:
             con.execute("SET TimeZone = 'UTC'")
             if self.storage.remote:

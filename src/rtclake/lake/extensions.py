@@ -11,17 +11,23 @@ So a check is remembered: within the process, and across processes in a small re
 names DuckDB checked and the identity of every extension file then (device, inode, size,
 modification and change times). While every file is unchanged, later connections load
 those extensions with ``allow_unsigned_extensions``; a file replaced, rewritten or touched
-since (its change time moves, and no user can set it back) is checked again. Whoever could
-swap a file unnoticed could as well change rtclake's own code beside it. The record is
-only a shortcut: when it cannot be read or written, DuckDB checks as before.
+since (its change time moves, and no user can set it back) is checked again. The identity
+is taken before the load DuckDB checks, and nothing is remembered if it differs after; a
+record vouches only for names checked against the files it names. A record that is not
+the user's own, or that others may write, is ignored (its folder is made 0700). Whoever
+could swap a file unnoticed could as well change rtclake's own code beside it. The record
+is only a shortcut: when it cannot be read or written, DuckDB checks as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
 import os
+import stat
+import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -62,8 +68,17 @@ def record_path() -> Path:
     return Path(base) / "rtclake" / RECORD
 
 
+def identity() -> dict[str, list[int]] | None:
+    """Each extension file's identity (device, inode, size, modification and change
+    time); None when the folder cannot be read. Taken before a load that DuckDB checks,
+    for :func:`remember`."""
+    try:
+        return _identity()
+    except OSError:
+        return None
+
+
 def _identity() -> dict[str, list[int]]:
-    """Each extension file's identity: device, inode, size, modification and change time."""
     found: dict[str, list[int]] = {}
     root = Path(directory())
     for path in sorted(root.rglob("*.duckdb_extension")):
@@ -77,7 +92,11 @@ def _identity() -> dict[str, list[int]]:
 def _read() -> tuple[dict[str, list[int]], set[str]]:
     """The record's file identities and checked names (empty when there is none)."""
     try:
-        saved = json.loads(record_path().read_text())
+        path = record_path()
+        st = path.stat()
+        if st.st_uid != os.getuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return {}, set()  # another user's, or one others may write: not trusted
+        saved = json.loads(path.read_text())
         if saved.get("duckdb") != duckdb.__version__ or saved.get("directory") != directory():
             return {}, set()
         return dict(saved["files"]), set(saved["checked"])
@@ -104,22 +123,33 @@ def checked(names: Iterable[str]) -> bool:
     return False
 
 
-def remember(names: Iterable[str]) -> None:
+def remember(names: Iterable[str], before: dict[str, list[int]] | None) -> None:
     """DuckDB checked ``names`` just now (a load without ``allow_unsigned_extensions``
-    succeeded): for this process, and in the record. Call with :func:`lock` held."""
-    _checked.update(names)
+    succeeded) with the files as :func:`identity` found them ``before`` the load: for
+    this process, and in the record. Nothing is remembered when the files changed
+    meanwhile, and the record vouches for the names checked against these very files
+    only. Call with :func:`lock` held."""
+    wanted = set(names)
+    files = identity()
+    if files is None or files != before:
+        log.info("duckdb extensions: the files changed while loading; not remembered")
+        return
+    _checked.update(wanted)
     try:
-        files = _identity()
         saved, vouched = _read()
-        if saved != files:
-            vouched = set()
-        vouched |= _checked
+        vouched = (vouched if saved == files else set()) | wanted
         body = {"duckdb": duckdb.__version__, "directory": directory(), "files": files,
                 "checked": sorted(vouched)}  # fmt: skip
         path = record_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(body))
-        os.replace(tmp, path)  # whole or not at all; a lost record only costs a check
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{RECORD}.")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(body))
+            os.replace(tmp, path)  # whole or not at all; a lost record only costs a check
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     except OSError as exc:
         log.debug("duckdb extensions: the check is not remembered", error=str(exc))

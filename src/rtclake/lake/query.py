@@ -768,6 +768,7 @@ def _extension_directory() -> str:
     with extensions.lock():
         if extensions.checked({"httpfs"}):
             return directory
+        before = extensions.identity()
         con = duckdb.connect(
             config={"extension_directory": directory, "autoinstall_known_extensions": False}
         )
@@ -779,7 +780,7 @@ def _extension_directory() -> str:
             ) from exc
         finally:
             con.close()
-        extensions.remember({"httpfs"})
+        extensions.remember({"httpfs"}, before)
     return directory
 
 
