@@ -7,6 +7,8 @@ renamed; a replayed batch overwrites its own file."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -456,3 +458,60 @@ def test_a_clustered_tables_day_once_over_is_sorted_again_as_one_run(tmp_path: P
     assert _sums(engine)[0][0] == before[0][0] + 100
     assert len(engine.snapshot()["rtc_rates"]) == 1
     engine.close()
+
+
+def _sorted_watching(root: Path, config: MaintenanceConfig) -> tuple[list[Any], set[str]]:
+    """A lake of 450,000 rtc_rates rows of one day in 3 files, its day sorted by a run
+    with ``config`` and ``root / "tmp"`` as its temp folder: the sums before and after,
+    and the names of the files that appeared in the temp folder meanwhile."""
+    sink = LakeSink(root / "lake", default_registry())
+    for segment in range(1, 4):
+        sink.write(_rates(segment, 150_000, seed=segment))
+    sink.close()
+    engine = QueryEngine(root / "lake", default_registry())
+    before = _sums(engine)
+    engine.close()
+    temp, seen, done = root / "tmp", set[str](), threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if temp.is_dir():
+                seen.update(p.name for p in temp.iterdir())
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        maintenance = Maintenance(sink.catalog, config, node="n", temp_directory=temp)
+        report = maintenance.run(now=DAY_OF_RATES + dt.timedelta(days=1))
+    finally:
+        done.set()
+        watcher.join()
+    assert report is not None and report.ok, report
+    assert report.steps[1].changes["days sorted"] == 1, report.steps[1]
+    engine = QueryEngine(root / "lake", default_registry())
+    after = _sums(engine)
+    (path,) = engine.snapshot()["rtc_rates"]
+    engine.close()
+    rows = pq.read_table(path.removeprefix("file://"), columns=["connection_id", "time"])
+    keys = list(zip(rows["connection_id"].to_pylist(), rows["time"].to_pylist(), strict=True))
+    assert keys == sorted(keys)
+    return [before, after], seen
+
+
+def test_maintenance_keeps_to_its_memory_limit_and_spills_into_its_own_folder(
+    tmp_path: Path,
+) -> None:
+    """Maintenance's DuckDB keeps to ``lake.maintenance.memory_limit`` (by default DuckDB
+    would take up to 80 % of the host's memory beside the node's ingest): a closed day's
+    sort larger than the limit spills into the folder it is given (DATA_DIR/maintenance-tmp
+    in ``rtclake run`` and ``rtclake maintain``), not into ``.tmp`` of the working folder,
+    and the day comes out whole and sorted. Under the default limit the same sort stays
+    in memory."""
+    (before, after), spilled = _sorted_watching(
+        tmp_path / "small", MaintenanceConfig(memory_limit=64 * 1024 * 1024)
+    )
+    assert after == before and before[0][0] == 450_000
+    assert any(name.startswith("duckdb_temp") for name in spilled), spilled
+    (before, after), kept = _sorted_watching(tmp_path / "default", MaintenanceConfig())
+    assert after == before and not kept, kept

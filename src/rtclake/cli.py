@@ -378,7 +378,7 @@ def maintain(config: ConfigOption = None) -> None:
     from rich.text import Text
 
     from rtclake.lake.catalog import Catalog
-    from rtclake.lake.maintenance import Maintenance
+    from rtclake.lake.maintenance import MAINTENANCE_TMP, Maintenance
     from rtclake.lake.storage import lake_storage
     from rtclake.logs import configure
 
@@ -391,7 +391,10 @@ def maintain(config: ConfigOption = None) -> None:
     options = settings.lake.maintenance
     try:
         catalog = Catalog(settings.lake_catalog, lake_storage(settings), registry.tables)
-        maintenance = Maintenance(catalog, options, node=settings.node, threads=None)
+        maintenance = Maintenance(
+            catalog, options, node=settings.node, threads=None,
+            temp_directory=settings.data_dir / MAINTENANCE_TMP,
+        )  # fmt: skip
         report = maintenance.run()
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)

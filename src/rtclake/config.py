@@ -162,6 +162,12 @@ class MaintenanceConfig(Section):
         ' name; "*": every table without its own entry; no entry: kept forever',
     )
     merge: bool = Field(default=True, description="merge each partition's small files")
+    memory_limit: ByteSize = Field(
+        default=ByteSize(2048 * MiB),
+        ge=64 * MiB,
+        description="DuckDB memory for a run; a closed day's sort beyond it spills to"
+        " DATA_DIR/maintenance-tmp (merging a table of 170 columns takes ~0.5 GiB a thread)",
+    )
     sort_closed_days: bool = Field(
         default=True,
         description="once a UTC day is over, write the day of each table read one connection"

@@ -17,7 +17,7 @@ from rtclake.delivery import Delivery
 from rtclake.errors import ConfigError
 from rtclake.intake import Intake
 from rtclake.lake.catalog import Catalog, parse_url
-from rtclake.lake.maintenance import Maintenance, Schedule
+from rtclake.lake.maintenance import MAINTENANCE_TMP, Maintenance, Schedule
 from rtclake.lake.query import QueryEngine
 from rtclake.lake.sink import lake_sink
 from rtclake.lake.storage import lake_storage
@@ -257,4 +257,7 @@ def _maintenance(settings: Settings, tables: TableRegistry, metrics: Metrics) ->
     if url.kind == "hive":
         return None
     catalog = Catalog(url, lake_storage(settings), tables)
-    return Schedule(Maintenance(catalog, lake.maintenance, node=settings.node, metrics=metrics))
+    temp = settings.data_dir / MAINTENANCE_TMP
+    maintenance = Maintenance(catalog, lake.maintenance, node=settings.node, metrics=metrics,
+                              temp_directory=temp)  # fmt: skip
+    return Schedule(maintenance)

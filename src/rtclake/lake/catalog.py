@@ -173,7 +173,7 @@ class Catalog:
                 Path(self.url.target).parent.mkdir(parents=True, exist_ok=True)
             if not self.storage.remote:
                 Path(self.storage.root).mkdir(parents=True, exist_ok=True)
-            options = [f"DATA_PATH {_literal(self.data_path)}"]
+            options = [f"DATA_PATH {literal(self.data_path)}"]
             if self.travels_with_root:
                 # The catalog lives inside the lake's folder and its files' paths are
                 # relative to it: a folder moved, renamed or restored elsewhere is still
@@ -192,7 +192,7 @@ class Catalog:
                     # I/O error", then "database disk image is malformed").
                     options.append("META_JOURNAL_MODE 'WAL'")
             con.execute(
-                f"ATTACH {_literal(self.url.attach_target)} AS {ALIAS} ({', '.join(options)})"
+                f"ATTACH {literal(self.url.attach_target)} AS {ALIAS} ({', '.join(options)})"
             )
             con.execute(f"SET ducklake_max_retry_count = {MAX_RETRIES}")
         except BaseException:
@@ -332,7 +332,8 @@ def _rollback(con: Any) -> None:
         con.execute("ROLLBACK")
 
 
-def _literal(text: str) -> str:
+def literal(text: str) -> str:
+    """``text`` as an SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
 
 
