@@ -515,3 +515,50 @@ def test_maintenance_keeps_to_its_memory_limit_and_spills_into_its_own_folder(
     assert any(name.startswith("duckdb_temp") for name in spilled), spilled
     (before, after), kept = _sorted_watching(tmp_path / "default", MaintenanceConfig())
     assert after == before and not kept, kept
+
+
+def _wide_stats(segment: int, n: int) -> Batch:
+    """``n`` rtc_stats rows with every one of its ~170 columns filled."""
+    schema = default_registry()["rtc_stats"].stored_schema
+    rng = np.random.default_rng(segment)
+    start = dt.datetime(2026, 11, 1, 10, tzinfo=dt.UTC)
+    times = [
+        start + dt.timedelta(milliseconds=int(ms)) for ms in range(segment * n, (segment + 1) * n)
+    ]
+    columns: dict[str, Any] = {}
+    for f in schema:
+        if pa.types.is_timestamp(f.type):
+            columns[f.name] = pa.array(times, f.type)
+        elif pa.types.is_string(f.type):
+            columns[f.name] = pa.array([f"{f.name}-{int(v)}" for v in rng.integers(0, 10**9, n)])
+        elif pa.types.is_boolean(f.type):
+            columns[f.name] = pa.array(rng.integers(0, 2, n).astype(bool))
+        else:
+            columns[f.name] = pa.array(rng.integers(0, 10**9, n)).cast(f.type)
+    return Batch("node", "wide", segment, {"rtc_stats": pa.table(columns, schema=schema)})
+
+
+def test_a_merge_beyond_maintenances_memory_limit_fails_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    """A wide table's merge needs memory whatever the limit (DuckDB's Parquet writer holds
+    a row group of every column); under a limit too small for it the step fails, says
+    which setting to raise, and leaves the lake as it was."""
+    sink = LakeSink(tmp_path / "lake", default_registry())
+    for segment in (1, 2):
+        sink.write(_wide_stats(segment, 15_000))
+    sink.close()
+    config = MaintenanceConfig(memory_limit=64 * 1024 * 1024)
+    maintenance = Maintenance(sink.catalog, config, node="n", temp_directory=tmp_path / "tmp")
+
+    report = maintenance.run()
+
+    assert report is not None and not report.ok
+    error = report.steps[1].error or ""
+    assert "Out of Memory" in error and error.endswith(
+        "(lake.maintenance.memory_limit is 64.0 MiB)"
+    )
+    engine = QueryEngine(tmp_path / "lake", default_registry())
+    assert engine.run("SELECT count(*) FROM rtc_stats").rows() == [[30_000]]
+    assert len(engine.snapshot()["rtc_stats"]) == 2
+    engine.close()

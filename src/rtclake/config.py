@@ -163,7 +163,7 @@ class MaintenanceConfig(Section):
     )
     merge: bool = Field(default=True, description="merge each partition's small files")
     memory_limit: ByteSize = Field(
-        default=ByteSize(2048 * MiB),
+        default=ByteSize(1024 * MiB),
         ge=64 * MiB,
         description="DuckDB memory for a run; a closed day's sort beyond it spills to"
         " DATA_DIR/maintenance-tmp (merging a table of 170 columns takes ~0.5 GiB a thread)",

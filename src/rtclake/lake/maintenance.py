@@ -478,6 +478,10 @@ class Maintenance:
                     step(con, now, result)
                 except Exception as exc:
                     result.error = _message(exc)
+                    if isinstance(exc, duckdb.OutOfMemoryException):
+                        limit = self.config.memory_limit.human_readable(separator=" ")
+                        result.error = (f"{result.error[:400]} (lake.maintenance.memory_limit"
+                                        f" is {limit})")  # fmt: skip
                     log.error("maintenance: step failed", step=name, error=result.error)
                     # its connection may be left mid-transaction: the next step gets a new one
                     con.close()
