@@ -285,7 +285,7 @@ def lake_count(
     env.update(settings or {})
     env.update(RTCLAKE_DATA_DIR=str(data_dir), RTCLAKE_QUERY__DEDUP=str(dedup).lower())
     # A check, not a measurement: a hive lake's de-duplicating view windows over every
-    # record id, which for the ~7M records of a batch phase outgrew the default 512 MiB
+    # record id, which for the ~8M records of a batch phase outgrew the default 512 MiB
     # ("the query needs more memory than query.memory_limit allows", 2026-12-04).
     env.setdefault("RTCLAKE_QUERY__MEMORY_LIMIT", "4GiB")
     done = subprocess.run(

@@ -476,7 +476,7 @@ def _sorted_watching(root: Path, config: MaintenanceConfig) -> tuple[list[Any], 
     def watch() -> None:
         while not done.is_set():
             if temp.is_dir():
-                seen.update(p.name for p in temp.iterdir())
+                seen.update(p.name for p in temp.rglob("*") if p.is_file())
             time.sleep(0.002)
 
     watcher = threading.Thread(target=watch)
@@ -489,6 +489,7 @@ def _sorted_watching(root: Path, config: MaintenanceConfig) -> tuple[list[Any], 
         watcher.join()
     assert report is not None and report.ok, report
     assert report.steps[1].changes["days sorted"] == 1, report.steps[1]
+    assert list(temp.iterdir()) == []  # the run's own folder removed after it
     engine = QueryEngine(root / "lake", default_registry())
     after = _sums(engine)
     (path,) = engine.snapshot()["rtc_rates"]

@@ -68,6 +68,8 @@ import fcntl
 import functools
 import hashlib
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -328,7 +330,8 @@ class Maintenance:
     ``threads``: DuckDB's threads for the run (1 leaves the other cores to ingest;
     None: all). ``busy_timeout``: seconds a statement that meets a busy catalog is tried
     again before the step fails. ``temp_directory``: where DuckDB spills what outgrows
-    ``config.memory_limit`` (DuckDB's default: ``.tmp`` in the process's working folder)."""
+    ``config.memory_limit``, in a folder of each run's own, removed after it (DuckDB's
+    default: ``.tmp`` in the process's working folder)."""
 
     def __init__(
         self,
@@ -343,6 +346,7 @@ class Maintenance:
     ) -> None:
         self.catalog = catalog
         self.temp_directory = temp_directory
+        self._temp: Path | None = None  # the run's own folder under temp_directory
         self.config = config or MaintenanceConfig()
         self.node = node
         self.metrics = metrics
@@ -425,16 +429,25 @@ class Maintenance:
             self.metrics.maintenance_runs.labels(self.node, outcome).inc()
 
     def _run(self, now: dt.datetime, *, due_only: bool = False) -> MaintenanceReport | None:
-        con = self._retrying(None, self._connect)
+        # a folder of the run's own for DuckDB's spill files, removed after it
+        if self.temp_directory is not None:
+            self.temp_directory.mkdir(parents=True, exist_ok=True)
+            self._temp = Path(tempfile.mkdtemp(prefix="run-", dir=self.temp_directory))
         try:
-            if due_only:
-                last = self._last_start(con)
-                slack = min(60.0, self.config.interval * 0.05)
-                if last is not None and now.timestamp() - last < self.config.interval - slack:
-                    return None
-            report = self._steps(con, now)
+            con = self._retrying(None, self._connect)
+            try:
+                if due_only:
+                    last = self._last_start(con)
+                    slack = min(60.0, self.config.interval * 0.05)
+                    if last is not None and now.timestamp() - last < self.config.interval - slack:
+                        return None
+                report = self._steps(con, now)
+            finally:
+                con.close()
         finally:
-            con.close()
+            if self._temp is not None:
+                shutil.rmtree(self._temp, ignore_errors=True)
+                self._temp = None
         return report
 
     def _last_start(self, con: Any) -> float | None:
@@ -457,7 +470,10 @@ class Maintenance:
         except duckdb.Error as exc:
             log.warning("maintenance: run not recorded", error=_message(exc))
 
-    def _steps(self, con: Any, now: dt.datetime) -> MaintenanceReport:
+    def _steps(self, first: Any, now: dt.datetime) -> MaintenanceReport:
+        """The steps in order on ``first`` (the caller closes it), or on a new connection
+        after a step failed (closed here)."""
+        con = first
         report = MaintenanceReport(self.node, now)
         started = time.perf_counter()
         steps: list[tuple[str, Callable[[Any, dt.datetime, StepReport], None]]] = [
@@ -493,6 +509,8 @@ class Maintenance:
             self._record(con, report)
         finally:
             self._step = None
+            if con is not first:
+                con.close()
         return report
 
     def _connect(self) -> Any:
@@ -504,8 +522,9 @@ class Maintenance:
         con = self.catalog.connect(threads=self.threads)
         try:
             con.execute(f"SET memory_limit = '{int(self.config.memory_limit)}B'")
-            if self.temp_directory is not None:
-                con.execute(f"SET temp_directory = {literal(str(self.temp_directory))}")
+            folder = self._temp or self.temp_directory
+            if folder is not None:
+                con.execute(f"SET temp_directory = {literal(str(folder))}")
         except BaseException:
             con.close()
             raise
