@@ -3,8 +3,8 @@ checked their signatures.
 
 DuckDB checks an extension's signature by hashing the whole file at every load, on short
 threads of its own: DuckLake's and SQLite's (50 MB each) took ~0.45 core-seconds and
-~100 threads, once per process, before anything else. That is most of what a catalog
-costs a short command (``rtclake import`` of one line: 1.2 s; ``rtclake query``).
+~100 threads, once per process, before anything else. Remembered, a one-line ``rtclake
+import`` took 0.80 s against 1.11 s (``python -m bench --only cli``, docs/BENCHMARKS.md).
 
 So a check is remembered: within the process, and across processes in a small record
 (``$XDG_CACHE_HOME/rtclake/duckdb-extensions.json``, else ``~/.cache/...``) holding the

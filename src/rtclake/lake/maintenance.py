@@ -514,17 +514,16 @@ class Maintenance:
         return report
 
     def _connect(self) -> Any:
-        """The run's connection. Without a memory limit DuckDB would take up to 80 % of
-        the host's memory before it spills, beside the node's ingest: sorting a closed
-        day of rtc_rates (519,410 rows) peaked at 679 MB; under 64 MiB it spilled and
-        peaked at 270 MB (1.9 s against 0.9). Merging rtc_stats, 170 columns, needs
-        ~0.5 GiB a thread whatever the limit: its Parquet row groups."""
+        """The run's connection, kept to ``config.memory_limit`` and spilling into the
+        run's folder. Without a limit DuckDB would take up to 80 % of the host's memory
+        before it spills, beside the node's ingest. Merging rtc_stats, 170 columns, needs
+        ~0.5 GiB a thread whatever the limit: its Parquet row groups. (Figures:
+        docs/BENCHMARKS.md, "The targets on 6a6eee9".)"""
         con = self.catalog.connect(threads=self.threads)
         try:
             con.execute(f"SET memory_limit = '{int(self.config.memory_limit)}B'")
-            folder = self._temp or self.temp_directory
-            if folder is not None:
-                con.execute(f"SET temp_directory = {literal(str(folder))}")
+            if self._temp is not None:
+                con.execute(f"SET temp_directory = {literal(str(self._temp))}")
         except BaseException:
             con.close()
             raise
