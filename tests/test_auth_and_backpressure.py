@@ -270,6 +270,11 @@ def test_sink_outage_keeps_records_spooled_until_the_sink_is_back(make_server: A
     wait_for(lambda: sample(server, "rtclake_sink_errors_total", sink="lake") >= 3)
     stuck = httpx.get(server.url + "/healthz").json()
     assert stuck["spool_segments"] > 0 and stuck["spool_bytes"] > 0, stuck
+    # the node takes records (200) but says its lake does not: since when, and why
+    assert stuck["status"] == "degraded" and stuck["writable"] is True, stuck
+    lake = stuck["sinks"]["lake"]
+    assert lake["ok"] is False and lake["since"] and lake["error"], lake
+    assert sample(server, "rtclake_sink_up", sink="lake") == 0
     assert server.query("SELECT count(*) FROM telemetry")["rows"] == [[0]]
     assert sample(server, "rtclake_sink_errors_total", sink="lake") >= 3
 
@@ -278,3 +283,5 @@ def test_sink_outage_keeps_records_spooled_until_the_sink_is_back(make_server: A
     assert stored_seqs(server) == list(range(500))
     drained = wait_health(server, lambda h: h["spool_segments"] == 0)
     assert drained["spool_bytes"] == 0, drained
+    assert drained["status"] == "ok" and drained["sinks"]["lake"] == {"ok": True}, drained
+    assert sample(server, "rtclake_sink_up", sink="lake") == 1

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import structlog
 
 from rtclake.config import load_settings, masked_dump
 from rtclake.errors import ConfigError
+from rtclake.logs import configure
+from rtclake.redact import redact
 
 
 def test_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,6 +63,67 @@ def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.server.ingest_token is not None
     assert settings.server.ingest_token.get_secret_value() == "hunter2"
     assert "hunter2" not in str(masked_dump(settings))
+
+
+def test_a_catalog_urls_password_is_masked_and_the_default_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RTCLAKE_LAKE__CATALOG", "postgres://lake:hunter2@db.internal:5432/lake")
+    shown = masked_dump(load_settings())
+    assert shown["lake"]["catalog"] == "postgres://lake:***@db.internal:5432/lake"
+    assert "hunter2" not in str(shown)
+    monkeypatch.setenv("RTCLAKE_LAKE__CATALOG", "postgres:host=db password='a b' dbname=lake")
+    shown = masked_dump(load_settings())
+    assert shown["lake"]["catalog"] == "postgres:host=db password=*** dbname=lake"
+    # not set: the catalog the lake resolves to, not null
+    monkeypatch.delenv("RTCLAKE_LAKE__CATALOG")
+    monkeypatch.setenv("RTCLAKE_DATA_DIR", str(tmp_path))
+    assert masked_dump(load_settings())["lake"]["catalog"] == (
+        f"sqlite:{tmp_path.absolute() / 'lake' / 'catalog.sqlite'}"
+    )
+
+
+def test_a_catalog_url_of_no_known_kind_is_refused_when_loaded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RTCLAKE_LAKE__CATALOG", "mysql://root:hunter2@127.0.0.1/x")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    text = str(caught.value)
+    assert "lake.catalog" in text and "RTCLAKE_LAKE__CATALOG" in text
+    assert "use sqlite:PATH, postgres://USER@HOST/DB or hive" in text
+    assert "mysql://root:***@127.0.0.1/x" in text and "hunter2" not in text
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("postgres://u:pw@h:5432/db", "postgres://u:***@h:5432/db"),
+        ('at "postgresql://u:p@ss@h/db": refused', 'at "postgresql://u:***@h/db": refused'),
+        ("nats://a:1@h1:4222,nats://b:2@h2:4222", "nats://a:***@h1:4222,nats://b:***@h2:4222"),
+        ("host=h password=pw dbname=d", "host=h password=*** dbname=d"),
+        ("PASSWORD = 'a b' user=u", "PASSWORD = *** user=u"),
+        ("postgres://u@h/db", "postgres://u@h/db"),
+        ("nats://token@h:4222", "nats://token@h:4222"),
+        ("http://127.0.0.1:8080/api/query", "http://127.0.0.1:8080/api/query"),
+    ],
+)
+def test_redact_masks_the_passwords_of_connection_strings(text: str, shown: str) -> None:
+    assert redact(text) == shown
+
+
+def test_log_lines_have_passwords_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    before, handlers = structlog.get_config(), logging.getLogger().handlers[:]
+    try:
+        configure("info", "json")
+        structlog.get_logger("test").error(
+            "sink failed", error='Unable to connect to Postgres at "postgres://u:hunter2@h/db"'
+        )
+        err = capsys.readouterr().err
+    finally:
+        structlog.configure(**before)
+        logging.getLogger().handlers = handlers
+    assert "postgres://u:***@h/db" in err and "hunter2" not in err
 
 
 def test_config_command_prints_effective_config_and_errors(tmp_path: Path) -> None:

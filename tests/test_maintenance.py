@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -217,6 +218,58 @@ class Writer(threading.Thread):
 
 
 # -- the settings ---------------------------------------------------------------------------
+
+
+def test_nodes_starting_together_on_a_new_postgresql_catalog_all_attach(
+    pg_catalog: Catalog,
+) -> None:
+    """The first attach of a new PostgreSQL catalog creates DuckLake's tables; three
+    nodes doing it at once all get a connection (before: two of three failed, every
+    time, with "relation ducklake_metadata already exists")."""
+    barrier = threading.Barrier(3)
+    errors: list[str] = []
+    made: list[set[str]] = []
+
+    def start() -> None:
+        node = Catalog(pg_catalog.url, pg_catalog.storage, TABLES)
+        barrier.wait()
+        try:
+            con = node.connect(threads=1)
+            try:
+                node.ensure_tables(con)
+                made.append(set(node.columns(con)))
+            finally:
+                con.close()
+        except Exception as exc:  # collected: the assertion names it
+            errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+
+    threads = [threading.Thread(target=start) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(made) == 3
+    assert all({"telemetry", "events", "rtclake_ledger"} <= tables for tables in made)
+
+
+def test_a_refused_catalog_connection_does_not_show_its_password(tmp_path: Path) -> None:
+    """PostgreSQL's refusal quotes the URL whole: the password is masked in the error
+    (and so in every log line and message made from it)."""
+    secret = "s3cret-" + uuid.uuid4().hex[:6]
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"postgres://postgres:{secret}@127.0.0.1:{port}/nowhere"
+    node = Catalog(url, LocalStorage(tmp_path / "lake"), TABLES)
+    assert secret not in str(node.url)
+    with pytest.raises(duckdb.Error) as caught:
+        node.connect(threads=1)
+    text = str(caught.value)
+    assert "Connection refused" in text or "connection" in text.lower()
+    assert secret not in text
+    assert "postgres:***@127.0.0.1" in text
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
 
 
 def test_the_cutoff_keeps_a_partition_until_its_whole_day_is_past_the_ttl() -> None:

@@ -159,6 +159,7 @@ def test_each_record_is_stored_once_and_a_second_run_changes_nothing(tmp_path: P
         (t, d, 100, True) for t in ("events", "rtc_stats") for d in DAYS
     ]
     assert report.files_removable == 8 and "can be removed" in report.next_step()
+    assert f"rtclake migrate --from {report.source} --delete" in report.next_step()
     assert len(list(root.glob("*/date=*/n1-run-*.parquet"))) == 8  # left in place
 
     again = migrate(root, catalog, node=NODE)

@@ -441,6 +441,7 @@ def query(
 ) -> None:
     """Run SQL over the lake, locally, and print the result."""
     from rtclake.lake.query import QueryEngine
+    from rtclake.lake.urls import parse_url
     from rtclake.results import JSON_OPTIONS, json_rows, text_rows, write_csv
 
     settings, registry = _settings(config)
@@ -454,6 +455,15 @@ def query(
             err=True,
         )
         raise typer.Exit(1)
+    url = parse_url(settings.lake_catalog)
+    if url.kind == "sqlite" and not Path(url.target).exists():
+        typer.echo(
+            f"note: the lake's catalog {url} does not exist: nothing was stored through it,"
+            " so every table is empty. A lake written by other hosts: set lake.catalog to"
+            " theirs (`rtclake config` shows the one in use); one written before the"
+            " catalog: lake.catalog: hive, or `rtclake migrate`",
+            err=True,
+        )
     engine = QueryEngine.for_settings(
         settings, registry.tables, max_rows=max(max_rows or 0, settings.query.max_rows)
     )

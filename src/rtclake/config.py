@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rtclake.errors import ConfigError
+from rtclake.redact import redact
 
 if TYPE_CHECKING:
     from rtclake.registry import Registry
@@ -233,6 +234,19 @@ class LakeConfig(Section):
         description="seconds: a record whose record_id the lake already holds within this"
         " much of its time is not stored again (records with their own time: any repeat)",
     )
+
+    @field_validator("catalog")
+    @classmethod
+    def _catalog_url(cls, value: str | None) -> str | None:
+        from rtclake.lake.urls import parse_url
+
+        if value is not None:
+            try:
+                parse_url(value)
+            except ConfigError as exc:
+                # the reason alone: the error's line shows the value (its password masked)
+                raise ValueError(str(exc).split(": ", 1)[-1]) from None
+        return value
 
 
 class QueryConfig(Section):
@@ -620,7 +634,7 @@ def describe_error(error: Any, prefix: tuple[str, ...] = ()) -> str:
     loc = ".".join(str(part) for part in where)
     env = "RTCLAKE_" + "__".join(str(p).upper() for p in where if not isinstance(p, int))
     got = error.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) else redact(f" (got {got!r})")
     return f"{loc}: {error['msg']}{shown} [key '{loc}' in the file, or {env}]"
 
 
@@ -649,13 +663,23 @@ def load_settings(
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
-    """The settings as plain data, secrets shown as ``**********``, with the folders as
-    the service resolves them (absolute)."""
+    """The settings as plain data, secrets shown as ``**********`` (a catalog URL's
+    password as ``***``), with the folders and the catalog as the service resolves them
+    (absolute)."""
     data = settings.model_dump(mode="json")
     data["data_dir"] = str(settings.data_dir.absolute())
     data["spool"]["dir"] = str(settings.spool_dir.absolute())
     root = settings.lake_root
     data["lake"]["root"] = root if "://" in root else str(Path(root).absolute())
+    from rtclake.lake.urls import parse_url
+
+    # the catalog the lake is read and written through (its default resolved), its
+    # password masked (a postgres:// URL may hold one)
+    data["lake"]["catalog"] = str(parse_url(settings.lake_catalog))
+    if data["spool"].get("jetstream"):
+        data["spool"]["jetstream"] = {
+            k: redact(v) if isinstance(v, str) else v for k, v in data["spool"]["jetstream"].items()
+        }
     return data
 
 

@@ -69,6 +69,8 @@ class Delivery:
         )
         self._ident: int | None = None
         self._started: set[str] = set()
+        # sink -> (since when, the last error) while its start or its writes fail
+        self._failing: dict[str, tuple[float, str]] = {}
         self._closed = False
         self.dead_letters = Counter(
             "rtclake_dead_letters",
@@ -133,9 +135,11 @@ class Delivery:
                 sink.start()
             except Exception as exc:  # the destination may come back; tried again later
                 self.metrics.sink_errors.labels(sink.name).inc()
+                self._fails(sink.name, exc)
                 log.error("delivery: sink failed to start", sink=sink.name, error=_text(exc))
                 continue
             self._started.add(sink.name)
+            self._works(sink.name)
 
     def deliver(
         self,
@@ -187,6 +191,7 @@ class Delivery:
                 done = False
                 data_error |= not isinstance(exc, OSError | SinkError)
                 self.metrics.sink_errors.labels(sink.name).inc()
+                self._fails(sink.name, exc)
                 log.error(
                     "delivery: sink failed; batch kept", sink=sink.name, batch=name,
                     error=_text(exc),
@@ -198,9 +203,34 @@ class Delivery:
                 for table_name, table in batch.tables.items():
                     stored = table.num_rows - refused.get(table_name, 0)
                     self.metrics.stored.labels(sink.name, table_name).inc(stored)
+            self._works(sink.name)
             confirm(sink.name)
             faults.check("writer.after_ack")
         return Outcome(done, data_error)
+
+    def _fails(self, name: str, exc: BaseException) -> None:
+        since = self._failing.get(name, (time.time(), ""))[0]
+        self._failing[name] = (since, _text(exc).splitlines()[0][:500])
+        self.metrics.sink_up.labels(name).set(0)
+
+    def _works(self, name: str) -> None:
+        if self._failing.pop(name, None) is not None:
+            log.info("delivery: sink works again", sink=name)
+        self.metrics.sink_up.labels(name).set(1)
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Each sink's state (``/healthz``): ``{"ok": true}``, or, since its last start or
+        write failed, ``{"ok": false, "since": ISO time, "error": ...}``."""
+        failing = dict(self._failing)  # written by the delivery's thread only
+        out: dict[str, dict[str, Any]] = {}
+        for sink in self.sinks:
+            if sink.name in failing:
+                since, error = failing[sink.name]
+                when = dt.datetime.fromtimestamp(since, dt.UTC).isoformat(timespec="seconds")
+                out[sink.name] = {"ok": False, "since": when, "error": error}
+            else:
+                out[sink.name] = {"ok": True}
+        return out
 
     def _dead_letter(self, refusing: Sink, batch: Batch, rejected: Rejected) -> None:
         """Write the rows ``refusing`` refused to the sinks that take dead letters (an

@@ -37,6 +37,13 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.sink_up = Gauge(
+            "rtclake_sink_up",
+            "1 while a sink starts and takes batches, 0 since its last start or write failed"
+            " (its batches stay spooled; /healthz says why).",
+            ["sink"],
+            registry=r,
+        )
         self.writer_errors = Counter(
             "rtclake_writer_errors",
             "Segments the writer could not take on yet, by stage (spool: reading the segment"

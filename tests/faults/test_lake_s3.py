@@ -3,6 +3,7 @@ batch and its confirmation: after the restart every acknowledged record is there
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,27 @@ def test_an_import_into_an_s3_lake_is_queried_from_it(tmp_path: Path, s3: str) -
     assert out.returncode == 0, out.stderr
     assert orjson.loads(out.stdout) == [{"n": 50, "ids": 50}]
     assert not (tmp_path / "rtclake-data" / "lake").exists()  # nothing went to a local folder
+
+    # the store out of reach (its endpoint wrong): said so, and no file called damaged
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    out = rtclake("query", sql, cwd=tmp_path, **{**env, "AWS_ENDPOINT_URL": closed})
+    assert out.returncode == 1
+    assert "the files of table rtc_stats cannot be reached" in out.stderr
+    assert "check lake.root, lake.endpoint_url and the S3 credentials" in out.stderr
+    assert "damaged" not in out.stderr
+
+
+def test_a_query_host_without_the_writers_catalog_is_told_so(tmp_path: Path, s3: str) -> None:
+    """On S3 the default catalog is each host's own file: a query host that names no
+    catalog finds none, and says so rather than showing an empty lake silently."""
+    from tests.test_cli import rtclake
+
+    out = rtclake("query", "SELECT count(*) AS n FROM telemetry", "--format", "json",
+                  cwd=tmp_path, **s3_env(s3))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert orjson.loads(out.stdout) == [{"n": 0}]
+    catalog = tmp_path / "rtclake-data" / "lake-catalog.sqlite"
+    assert f"note: the lake's catalog sqlite:{catalog} does not exist" in out.stderr
+    assert "set lake.catalog to theirs" in out.stderr

@@ -28,7 +28,6 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,11 @@ import pyarrow as pa
 from rtclake.errors import ConfigError
 from rtclake.lake import extensions
 from rtclake.lake.storage import Storage
+from rtclake.lake.urls import DEFAULT_FILE as DEFAULT_FILE
+from rtclake.lake.urls import CatalogUrl as CatalogUrl
+from rtclake.lake.urls import default_url as default_url
+from rtclake.lake.urls import parse_url as parse_url
+from rtclake.redact import redact
 from rtclake.tables import Table, TableRegistry
 
 #: The name the lake is attached under in every connection of this module.
@@ -52,57 +56,6 @@ PARTITION = "date"
 #: DuckLake retries a commit that conflicts with another writer's this often (with 0,
 #: 45 % of first attempts failed with two writers, also of different tables).
 MAX_RETRIES = 100
-#: The file a local lake's default catalog is kept in, inside ``lake.root``.
-DEFAULT_FILE = "catalog.sqlite"
-
-
-@dataclass(frozen=True)
-class CatalogUrl:
-    """A parsed ``lake.catalog``."""
-
-    kind: str  # "sqlite", "postgres" or "hive"
-    target: str  # the SQLite path or the PostgreSQL connection string
-
-    @property
-    def attach_target(self) -> str:
-        return f"ducklake:{self.kind}:{self.target}"
-
-    @property
-    def extension(self) -> str:
-        return "sqlite" if self.kind == "sqlite" else "postgres"
-
-    def __str__(self) -> str:
-        if self.kind == "hive":
-            return "hive"
-        return f"sqlite:{self.target}" if self.kind == "sqlite" else f"postgres:{self.target}"
-
-
-def parse_url(url: str) -> CatalogUrl:
-    """``sqlite:PATH``, ``postgres://...``, ``postgresql://...``, ``postgres:key=value ...``
-    or ``hive``; anything else is a :class:`ConfigError` naming the forms."""
-    text = url.strip()
-    if text == "hive":
-        return CatalogUrl("hive", "")
-    if text.startswith("sqlite:"):
-        path = text.removeprefix("sqlite:").removeprefix("//")
-        if not path:
-            raise ConfigError("lake.catalog: sqlite: needs a file path (sqlite:/var/lib/x.sqlite)")
-        return CatalogUrl("sqlite", str(Path(path).absolute()))
-    if text.startswith(("postgres://", "postgresql://")):
-        return CatalogUrl("postgres", text)
-    if text.startswith("postgres:"):
-        return CatalogUrl("postgres", text.removeprefix("postgres:"))
-    raise ConfigError(f"lake.catalog {url!r}: use sqlite:PATH, postgres://USER@HOST/DB or hive")
-
-
-def default_url(root: str, data_dir: str | os.PathLike[str] | None = None) -> str:
-    """The catalog of a lake whose ``lake.catalog`` is not set: a SQLite file inside a
-    local root, or in the data directory when the root is on S3."""
-    if root.startswith("s3://"):
-        if data_dir is None:
-            raise ConfigError("a lake on S3 needs lake.catalog (or a data directory)")
-        return f"sqlite:{Path(data_dir).absolute() / 'lake-catalog.sqlite'}"
-    return f"sqlite:{Path(root).absolute() / DEFAULT_FILE}"
 
 
 def data_path(storage: Storage) -> str:
@@ -191,14 +144,34 @@ class Catalog:
                     # the other then deletes the WAL index under the live writer ("disk
                     # I/O error", then "database disk image is malformed").
                     options.append("META_JOURNAL_MODE 'WAL'")
-            con.execute(
-                f"ATTACH {literal(self.url.attach_target)} AS {ALIAS} ({', '.join(options)})"
-            )
+            self._attach(con, f"ATTACH {literal(self.url.attach_target)} AS {ALIAS}"
+                               f" ({', '.join(options)})")  # fmt: skip
             con.execute(f"SET ducklake_max_retry_count = {MAX_RETRIES}")
         except BaseException:
             con.close()
             raise
         return con
+
+    @staticmethod
+    def _attach(con: Any, statement: str, attempts: int = 8) -> None:
+        """``ATTACH`` the lake. The first attach of a new PostgreSQL catalog creates
+        DuckLake's tables; nodes starting together race at it, and all but one fail
+        ("relation ... already exists", or PostgreSQL's "duplicate key value" on its own
+        catalog): tried again, each then finds the tables made. A refusal that quotes
+        the URL has its password masked."""
+        for attempt in range(attempts):
+            try:
+                con.execute(statement)
+                return
+            except duckdb.Error as exc:
+                text = str(exc)
+                if attempt < attempts - 1 and _created_by_another(text):
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                shown = redact(text)  # PostgreSQL's refusal quotes the whole URL
+                if shown == text:
+                    raise
+                raise type(exc)(shown) from None
 
     # -- tables -----------------------------------------------------------------------
 
@@ -317,6 +290,13 @@ def _duck_columns(con: Any, table: Table) -> dict[str, str]:
     empty = table.stored_schema.empty_table()
     relation = con.from_arrow(empty)
     return {name: str(t) for name, t in zip(relation.columns, relation.types, strict=True)}
+
+
+def _created_by_another(text: str) -> bool:
+    """Whether an attach failed creating DuckLake's tables that another node created."""
+    return "Failed to initialize DuckLake" in text and (
+        "already exists" in text or "duplicate key value" in text
+    )
 
 
 def conflict(exc: BaseException) -> bool:

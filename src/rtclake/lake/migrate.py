@@ -148,8 +148,8 @@ class MigrationReport:
         if self.files_removable:
             return (
                 f"the {self.files_removable:,} old files under {self.source} are all in the"
-                " catalog now and can be removed: rtclake migrate --delete (it copies"
-                " nothing twice)"
+                f" catalog now and can be removed: rtclake migrate --from {self.source}"
+                " --delete, with the same settings (it copies nothing twice)"
             )
         return f"no old files left under {self.source}"
 

@@ -483,10 +483,18 @@ class QueryEngine:
                         ).fetchall()
                         con.execute(self.view_sql(table, files, [row[0] for row in described]))
                     except duckdb.Error as exc:
+                        first = str(exc).splitlines()[0]
+                        if self.storage.remote and isinstance(exc, duckdb.IOException):
+                            # the store, not a file: no endpoint, a refused connection,
+                            # wrong credentials (HTTP errors are IOExceptions too)
+                            raise LakeUnreadable(
+                                f"the files of table {table.name} cannot be reached"
+                                f" ({first}); check lake.root, lake.endpoint_url and the"
+                                " S3 credentials"
+                            ) from exc
                         raise LakeUnreadable(
-                            f"the files of table {table.name} cannot be read"
-                            f" ({str(exc).splitlines()[0]}); move the damaged file out of"
-                            f" {self.root}"
+                            f"the files of table {table.name} cannot be read ({first});"
+                            f" move the damaged file out of {self.root}"
                         ) from exc
                 else:
                     empty.append(table)

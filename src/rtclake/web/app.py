@@ -48,21 +48,26 @@ class NodeEndpoints:
 
     async def healthz(self, request: Request) -> Response:
         """
-        summary: Liveness and spool state.
+        summary: Liveness, spool and sink state.
         responses:
           200:
             description: >
-              Body: {"status": "ok", "writable", "spool_bytes", "spool_segments",
-              "disk_free_bytes"}
+              The spool takes records. Body: {"status": "ok", "writable",
+              "spool_bytes", "spool_segments", "disk_free_bytes", "sinks"}; "sinks" has
+              each sink's {"ok": true}, or {"ok": false, "since", "error"} since its
+              start or its last write failed (its batches stay spooled, and are
+              retried), and then "status" is "degraded".
           503:
             description: >
               The spool cannot write (its disk is full or failing). Body: {"status":
               "failing", "writable": false, "reason", "message", "disk_free_bytes", ...}
         """
         state = self.service.spool.health()
+        sinks = self.service.delivery.health()
         if not state["writable"]:
-            return JSONResponse({"status": "failing", **state}, 503)
-        return JSONResponse({"status": "ok", **state})
+            return JSONResponse({"status": "failing", **state, "sinks": sinks}, 503)
+        status = "ok" if all(s["ok"] for s in sinks.values()) else "degraded"
+        return JSONResponse({"status": status, **state, "sinks": sinks})
 
     async def metrics(self, request: Request) -> Response:
         """
