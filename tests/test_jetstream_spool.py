@@ -33,7 +33,7 @@ from rtclake.config import SpoolConfig
 from rtclake.errors import ConfigError
 from rtclake.spool import EntryHeader, frame
 from rtclake.spool_jetstream import JetStreamSpool
-from rtclake.testing import TcpRelay
+from rtclake.testing import TcpRelay, free_port
 from tests.conftest import Server, wait_for
 from tests.faults.conftest import NO_DEDUP, post, stored_counts
 
@@ -256,6 +256,20 @@ def test_more_replicas_than_servers_is_refused_at_start(stream: Stream) -> None:
 
     with pytest.raises(ConfigError, match="replicas"):
         asyncio.run(start())
+
+
+def test_rtclake_run_that_cannot_start_says_why_in_one_line(tmp_path: Path, stream: Stream) -> None:
+    """`rtclake run` refused by NATS (a stream of more replicas than servers) exits 3
+    with the reason in one log line, not the server's traceback of its start."""
+    from tests.test_cli import rtclake
+
+    out = rtclake("run", cwd=tmp_path, RTCLAKE_SERVER__PORT=str(free_port()),
+                  **stream.env(RTCLAKE_SPOOL__JETSTREAM__REPLICAS="3"))  # fmt: skip
+    assert out.returncode == 3, out.stderr
+    lines = [line for line in out.stderr.splitlines() if "rtclake cannot start" in line]
+    assert len(lines) == 1 and "replicas > 1 not supported" in lines[0], out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "Application startup failed" in out.stderr
 
 
 def test_no_pub_ack_no_acknowledgement(make_server: Any, stream: Stream) -> None:

@@ -222,13 +222,22 @@ def _arrived(made: Batch, received: dt.datetime) -> Batch:
 def test_records_the_lake_or_the_batch_holds_already_are_not_stored_again(
     tmp_path: Path,
 ) -> None:
-    sink = LakeSink(tmp_path, default_registry(), dedupe_window=300)
+    metrics = Metrics()
+    sink = LakeSink(tmp_path, default_registry(), dedupe_window=300, metrics=metrics)
+
+    def repeats() -> float | None:
+        return metrics.registry.get_sample_value(
+            "rtclake_lake_repeats_total", {"table": "telemetry"}
+        )
+
     timed = b'{"time": "2026-11-01T10:00:00Z", "device_id": "a"}'
     other = b'{"time": "2026-11-01T10:00:01Z", "device_id": "b"}'
     sink.write(batch(1, timed + b"\n" + other))
+    assert repeats() is None
     # the same records again (a client's retry, a file uploaded twice), one twice in a batch
     sink.write(batch(2, b"\n".join([other, timed, other])))
     assert count(tmp_path) == [["2026-11-01", 2, 2]]
+    assert repeats() == 3  # what the lake left out is counted (the batch had 3 rows)
     # a record timed at its arrival: a repeat within the window is one, after it is not
     noon = dt.datetime(2026, 11, 3, 12, tzinfo=dt.UTC)
     first = _arrived(batch(3, b'{"device_id": "c"}'), noon)

@@ -296,7 +296,12 @@ class WriterConfig(Section):
 
     retry_initial: float = Field(default=0.5, gt=0, description="seconds")
     retry_max: float = Field(default=30.0, gt=0, description="seconds")
-    maintenance_interval: float = Field(default=300.0, gt=0, description="seconds")
+    maintenance_interval: float = Field(
+        default=300.0,
+        gt=0,
+        description="seconds between calls of each sink's own housekeeping (Sink.maintain, for"
+        " components that have some); the lake's maintenance is lake.maintenance.interval",
+    )
 
 
 class RouteConfig(Section):

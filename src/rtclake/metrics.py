@@ -37,6 +37,13 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.lake_repeats = Counter(
+            "rtclake_lake_repeats",
+            "Rows the lake left out because it, or their batch, held them already (a"
+            " client's retry, a line uploaded twice, a report by webhook and by log).",
+            ["table"],
+            registry=r,
+        )
         self.sink_up = Gauge(
             "rtclake_sink_up",
             "1 while a sink starts and takes batches, 0 since its last start or write failed"

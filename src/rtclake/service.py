@@ -68,6 +68,7 @@ def build_sinks(settings: Settings, registry: Registry, metrics: Metrics) -> lis
                 compression_level=settings.lake.compression_level,
                 storage=lake_storage(settings),
                 dedupe_window=settings.lake.dedupe_window,
+                metrics=metrics,
             )
         )
     sinks += build_components("sink", settings, registry, {"metrics": metrics})
@@ -204,8 +205,13 @@ class Service:
         log.info(
             "rtclake started",
             node=self.settings.node,
-            spool=str(self.settings.spool_dir),
+            spool=(
+                f"jetstream stream {self.settings.spool.jetstream.stream}"
+                if self.settings.spool.backend == "jetstream"
+                else str(self.settings.spool_dir)
+            ),
             lake=self.settings.lake_root,
+            catalog=str(parse_url(self.settings.lake_catalog)),
             sources=[s.name for s in self.sources],
             processors=[p.name for p in self.chain.processors] if self.chain else [],
             sinks=[s.name for s in self.sinks],

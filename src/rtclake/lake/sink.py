@@ -44,6 +44,7 @@ from rtclake.lake.catalog import (
     parse_url,
 )
 from rtclake.lake.storage import Storage, storage_for
+from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch, Sink, group_name
 from rtclake.tables import ENVELOPE, Table, TableRegistry
 
@@ -226,10 +227,12 @@ class LakeSink(Sink):
         compression_level: int | None = None,
         storage: Storage | None = None,
         dedupe_window: float = 300.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.storage = storage or storage_for(root)
         self.root = self.storage.root
         self.tables = tables
+        self.metrics = metrics
         url = catalog if catalog is not None else default_url(self.root)
         self.catalog = Catalog(url if isinstance(url, CatalogUrl) else parse_url(url),
                                self.storage, tables)  # fmt: skip
@@ -238,6 +241,7 @@ class LakeSink(Sink):
         self.dedupe_window = dt.timedelta(seconds=dedupe_window)
         self._con: Any = None
         self._last: dict[tuple[str, str], int | None] = {}
+        self._repeats: list[tuple[str, int]] = []  # (table, rows) of the open transaction
 
     def start(self) -> None:
         self.storage.prepare()
@@ -378,11 +382,19 @@ class LakeSink(Sink):
             faults.check("lake.before_commit")
             con.execute("COMMIT")
         except BaseException:
+            self._repeats.clear()
             self._last.pop(run, None)  # a failed COMMIT may have committed: ask the ledger
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
             raise
         self._last[run] = batches[-1].segment
+        for name, rows in self._repeats:
+            # counted once committed (a retried transaction finds them again)
+            log.info("lake: rows the lake held already were left out", table=name, rows=rows,
+                     batch=group_name(batches))  # fmt: skip
+            if self.metrics is not None:
+                self.metrics.lake_repeats.labels(name).inc(rows)
+        self._repeats.clear()
 
     def _group_parts(self, table: Table, batches: Sequence[Batch]) -> list[_Part]:
         """One table's files of a group: what the batch prepared, when it is one; else
@@ -413,10 +425,13 @@ class LakeSink(Sink):
         ``date`` as a column too."""
         paths: list[str] = []
         added = 0
+        repeats: dict[str, int] = {}  # date -> rows left out
         for part in parts:
             rows, content = part.rows, part.content
             if not table.unique_rows:
                 kept = self._new_rows(con, table, rows)
+                if kept.num_rows != rows.num_rows:
+                    repeats[part.date] = rows.num_rows - kept.num_rows
                 if not kept.num_rows:
                     continue
                 if kept.num_rows != rows.num_rows:
@@ -434,6 +449,8 @@ class LakeSink(Sink):
                 f"CALL ducklake_add_data_files('{ALIAS}', ?, ?, hive_partitioning => true)",
                 [table.name, path],
             )
+        if repeats:
+            self._repeats.append((table.name, sum(repeats.values())))
         return added
 
     def _new_rows(self, con: Any, table: Table, rows: pa.Table) -> pa.Table:
@@ -539,6 +556,7 @@ def lake_sink(
     compression_level: int | None = None,
     storage: Storage | None = None,
     dedupe_window: float = 300.0,
+    metrics: Metrics | None = None,
 ) -> Sink:
     """The lake sink of a catalog URL: :class:`LakeSink`, or :class:`HiveLakeSink` for
     ``hive``."""
@@ -547,4 +565,4 @@ def lake_sink(
                             compression_level=compression_level, storage=storage)  # fmt: skip
     return LakeSink(root, tables, catalog=catalog, compression=compression,
                     compression_level=compression_level, storage=storage,
-                    dedupe_window=dedupe_window)  # fmt: skip
+                    dedupe_window=dedupe_window, metrics=metrics)  # fmt: skip

@@ -3,11 +3,13 @@ sources' routes and the OpenAPI docs."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
+import structlog
 import swagger_ui_bundle
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -18,7 +20,7 @@ from starlette.schemas import SchemaGenerator
 from starlette.staticfiles import StaticFiles
 
 from rtclake import __version__
-from rtclake.errors import ConfigError, QueryError
+from rtclake.errors import ConfigError, QueryError, RtclakeError
 from rtclake.results import JSON_OPTIONS, json_rows
 from rtclake.service import Service
 from rtclake.web.connections import ConnectionEndpoints
@@ -32,6 +34,9 @@ _DOCS_PAGE = """<!doctype html>
 <body><div id="ui"></div><script src="/docs/static/swagger-ui-bundle.js"></script>
 <script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script></body></html>
 """
+
+
+log = structlog.get_logger("rtclake.web")
 
 
 class NodeEndpoints:
@@ -141,13 +146,29 @@ class NodeEndpoints:
         return HTMLResponse(_DOCS_PAGE)
 
 
+class StartFailed(Exception):
+    """The service did not start, for the reason logged just before (uvicorn exits 3)."""
+
+
+def _quiet_start_failure(record: logging.LogRecord) -> bool:
+    """Leave out uvicorn's copy of the lifespan's traceback of a :class:`StartFailed`."""
+    return "StartFailed" not in record.getMessage()
+
+
 def create_app(service: Service) -> Starlette:
     """The ASGI application of one :class:`Service`; its lifespan starts and stops it."""
     node = NodeEndpoints(service)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await service.start()
+        try:
+            await service.start()
+        except RtclakeError as exc:
+            # A reason the operator acts on (NATS out of reach, a refused stream, a port
+            # taken): one line, not the server's traceback of the lifespan.
+            log.error("rtclake cannot start", error=str(exc).splitlines()[0])
+            logging.getLogger("uvicorn.error").addFilter(_quiet_start_failure)
+            raise StartFailed(str(exc)) from None
         try:
             yield
         finally:
