@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,28 @@ def test_a_second_server_on_one_data_directory_is_refused(tmp_path: Path, server
     assert out.returncode == 2
     assert f"is in use by another rtclake (pid {server.proc.pid})" in out.stderr
     assert server.health().status_code == 200  # the first one is untouched
+
+
+def test_a_second_node_under_one_name_on_one_lake_is_told_so(
+    tmp_path: Path, make_server: Any
+) -> None:
+    """Two processes running as one node on one lake: the second logs it, naming the
+    first (its pid), and still serves; a node of another name logs nothing of it."""
+    lake = str(tmp_path / "shared-lake")
+    first = make_server(tmp_path / "a", RTCLAKE_LAKE__ROOT=lake, RTCLAKE_NODE="n1")
+    second = make_server(tmp_path / "b", RTCLAKE_LAKE__ROOT=lake, RTCLAKE_NODE="n1")
+    other = make_server(tmp_path / "c", RTCLAKE_LAKE__ROOT=lake, RTCLAKE_NODE="n2")
+    said = "another rtclake runs under this node's name on this lake"
+    assert wait_for(lambda: said in second.log(), 10), second.log()
+    assert f"pid {first.proc.pid}" in second.log()
+    assert said not in first.log() and said not in other.log()
+    assert second.health().status_code == 200
+    # the first one gone (killed), its name is free again: a new process takes it
+    first.stop(signal.SIGKILL)
+    second.stop()
+    again = make_server(tmp_path / "b", RTCLAKE_LAKE__ROOT=lake, RTCLAKE_NODE="n1")
+    assert again.health().status_code == 200
+    assert said not in again.log()
 
 
 def test_query_says_where_it_looked_for_the_lake(tmp_path: Path) -> None:

@@ -17,7 +17,13 @@ from rtclake.delivery import Delivery
 from rtclake.errors import ConfigError
 from rtclake.intake import Intake
 from rtclake.lake.catalog import Catalog, parse_url
-from rtclake.lake.maintenance import MAINTENANCE_TMP, Maintenance, Schedule
+from rtclake.lake.maintenance import (
+    MAINTENANCE_TMP,
+    LeaderLock,
+    Maintenance,
+    Schedule,
+    node_lock,
+)
 from rtclake.lake.query import QueryEngine
 from rtclake.lake.sink import lake_sink
 from rtclake.lake.storage import lake_storage
@@ -89,6 +95,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.lock = DataDirLock(settings.data_dir)
+        self._name_lock: LeaderLock | None = None
         self.registry = registry or load_registry()
         check_components(settings, self.registry)
         self.tables = self.registry.tables
@@ -179,8 +186,35 @@ class Service:
         raise KeyError(name)
 
     def claim(self) -> None:
-        """Lock the data directory (raises ConfigError naming the pid that holds it)."""
+        """Lock the data directory (raises ConfigError naming the pid that holds it), and
+        take the node's name on the lake (:meth:`_take_name`)."""
         self.lock.acquire()
+        self._take_name()
+
+    def _take_name(self) -> None:
+        """Hold the lake's lock of this node's name for the process's life; when another
+        process holds it, say so (once, at start) and go on. Two nodes under one name
+        keep their batches apart (each run has its own id), but an import of one file by
+        both races for the same file names, and their metrics and logs are one node's."""
+        if self._name_lock is not None or not self.settings.lake.enabled:
+            return
+        url = parse_url(self.settings.lake_catalog)
+        lock = node_lock(url, self.settings.node)
+        if lock is None:
+            return
+        try:
+            held = lock.acquire()
+        except Exception as exc:  # the catalog may come later; the sink says so then
+            log.warning("node: its name's lock on the lake not taken", error=str(exc))
+            return
+        if held:
+            self._name_lock = lock
+            return
+        log.error(
+            "node: another rtclake runs under this node's name on this lake; give each"
+            " node its own (node, RTCLAKE_NODE)",
+            node=self.settings.node, holder=lock.holder or "unknown",
+        )  # fmt: skip
 
     async def start(self) -> None:
         self.claim()
@@ -250,6 +284,9 @@ class Service:
         if self.chain is not None:
             self.chain.close()
         self.query.close()
+        if self._name_lock is not None:
+            self._name_lock.release()
+            self._name_lock = None
         self.lock.release()
 
 

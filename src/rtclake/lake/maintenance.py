@@ -190,10 +190,13 @@ class AdvisoryLock(LeaderLock):
     several nodes. PostgreSQL lets it go when the session ends, so a node that dies
     mid-run frees it for the next."""
 
-    def __init__(self, conninfo: str, node: str, key: int = ADVISORY_KEY) -> None:
+    def __init__(
+        self, conninfo: str, node: str, key: int = ADVISORY_KEY, purpose: str = "maintenance"
+    ) -> None:
         self.conninfo = conninfo
         self.node = node
         self.key = key
+        self.purpose = purpose
         self._conn: Any = None
 
     def acquire(self) -> bool:
@@ -205,9 +208,15 @@ class AdvisoryLock(LeaderLock):
             self.conninfo,
             autocommit=True,
             connect_timeout=10,
-            application_name=f"rtclake maintenance {self.node}"[:63],
-        )
+            application_name=f"rtclake {self.purpose} {self.node}"[:63],
+            # the client notices a server gone within ~25 s
+            keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+        )  # fmt: skip
         try:
+            # and the server a client host gone (its session, and so the lock, end):
+            # without, PostgreSQL waits for the system's keepalive, two hours by default
+            for setting, value in (("idle", 30), ("interval", 10), ("count", 3)):
+                conn.execute(f"SET tcp_keepalives_{setting} = {value}")
             row = conn.execute("SELECT pg_try_advisory_lock(%s)", [self.key]).fetchone()
             if not (row and row[0]):
                 self.holder = self._holder(conn)
@@ -250,6 +259,23 @@ class AdvisoryLock(LeaderLock):
             pass
         finally:
             conn.close()
+
+
+def node_lock(url: CatalogUrl, node: str) -> LeaderLock | None:
+    """The lock a node running as ``node`` holds on a lake for its life (``rtclake run``):
+    a second process under the same name finds it taken and says so. A file beside a
+    SQLite catalog, an advisory lock keyed by the name in a PostgreSQL catalog's
+    database; the kernel or PostgreSQL lets it go when the process ends."""
+    if url.kind == "sqlite":
+        tag = hashlib.blake2b(node.encode(), digest_size=6).hexdigest()
+        return FileLock(f"{url.target}.node-{tag}.lock", node)
+    if url.kind == "postgres":
+        key = int.from_bytes(
+            hashlib.blake2b(f"rtclake.node:{node}".encode(), digest_size=8).digest(),
+            "big", signed=True,
+        )  # fmt: skip
+        return AdvisoryLock(url.target, node, key=key, purpose="node")
+    return None
 
 
 def leader_lock(url: CatalogUrl, node: str) -> LeaderLock:
