@@ -75,6 +75,9 @@ def test_a_catalog_urls_password_is_masked_and_the_default_shown(
     monkeypatch.setenv("RTCLAKE_LAKE__CATALOG", "postgres:host=db password='a b' dbname=lake")
     shown = masked_dump(load_settings())
     assert shown["lake"]["catalog"] == "postgres:host=db password=*** dbname=lake"
+    # blank, as a compose file's ${CATALOG:-} gives it: the default, as before the check
+    monkeypatch.setenv("RTCLAKE_LAKE__CATALOG", "")
+    assert load_settings().lake.catalog is None
     # not set: the catalog the lake resolves to, not null
     monkeypatch.delenv("RTCLAKE_LAKE__CATALOG")
     monkeypatch.setenv("RTCLAKE_DATA_DIR", str(tmp_path))
@@ -104,7 +107,14 @@ def test_a_catalog_url_of_no_known_kind_is_refused_when_loaded(
         ("host=h password=pw dbname=d", "host=h password=*** dbname=d"),
         ("PASSWORD = 'a b' user=u", "PASSWORD = *** user=u"),
         ("postgres://u@h/db", "postgres://u@h/db"),
-        ("nats://token@h:4222", "nats://token@h:4222"),
+        ("nats://token@h:4222", "nats://***@h:4222"),
+        (
+            "postgres://u@h/db?password=x&sslmode=require",
+            "postgres://u@h/db?password=***&sslmode=require",
+        ),
+        ('password="a b" user=u', "password=*** user=u"),
+        ("https://host:443?q=a@b", "https://host:443?q=a@b"),
+        ('{"to": "x@y.org", "n": 1}', '{"to": "x@y.org", "n": 1}'),
         ("http://127.0.0.1:8080/api/query", "http://127.0.0.1:8080/api/query"),
     ],
 )

@@ -187,3 +187,32 @@ def test_an_import_converts_while_a_sink_starts_and_writes_only_after(tmp_path: 
     assert sink.parsed_meanwhile.is_set() and sink.starts == 1
     assert not sink.written_before_started and stats.rows == 100
     assert Counter(sink.column("rtc_stats", "stats_id")) == Counter(f"OT{n}" for n in range(100))
+
+
+class RefusingStartSink(MemorySink):
+    """A sink whose destination refuses its first ``refusals`` starts, quoting its URL."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__("lake")
+        self.refusals = refusals
+
+    def start(self) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise OSError('Unable to connect to Postgres at "postgres://u:hunter2@db/lake"')
+
+
+def test_a_failing_sinks_state_is_told_without_its_password_then_cleared() -> None:
+    metrics = Metrics()
+    delivery = Delivery([RefusingStartSink(refusals=1)], metrics)
+    try:
+        delivery.start()  # refused: logged, counted, and the state says since when and why
+        state = delivery.health()["lake"]
+        assert state["ok"] is False and state["since"], state
+        assert "postgres://u:***@db/lake" in state["error"] and "hunter2" not in state["error"]
+        assert metrics.registry.get_sample_value("rtclake_sink_up", {"sink": "lake"}) == 0
+        delivery.start()  # it starts now: the state is cleared
+        assert delivery.health() == {"lake": {"ok": True}}
+        assert metrics.registry.get_sample_value("rtclake_sink_up", {"sink": "lake"}) == 1
+    finally:
+        delivery.close()

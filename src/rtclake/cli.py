@@ -12,6 +12,7 @@ import orjson
 import typer
 
 from rtclake.errors import ConfigError, QueryError, SinkError
+from rtclake.redact import redact
 
 if TYPE_CHECKING:
     from rtclake.config import Settings
@@ -54,7 +55,7 @@ def _settings(config: Path | None) -> tuple[Settings, Registry]:
         registry = load_registry()
         return load_settings(config, registry=registry), registry
     except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(redact(f"error: {exc}"), err=True)
         raise typer.Exit(2) from exc
 
 
@@ -82,7 +83,7 @@ def run(
         app = create_app(service)
         service.claim()
     except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(redact(f"error: {exc}"), err=True)
         raise typer.Exit(2) from exc
     uvicorn.run(
         app,
@@ -221,7 +222,7 @@ def _import(
             text = (
                 str(exc)
                 if isinstance(exc, OSError | ValueError | SinkError)
-                else (f"{type(exc).__name__}: {exc}")
+                else redact(f"{type(exc).__name__}: {exc}")
             )
             typer.echo(f"error: {text.splitlines()[0] if text else type(exc).__name__}",
                        err=True)  # fmt: skip
@@ -397,11 +398,11 @@ def maintain(config: ConfigOption = None) -> None:
         )  # fmt: skip
         report = maintenance.run()
     except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(redact(f"error: {exc}"), err=True)
         raise typer.Exit(2) from exc
     except Exception as exc:  # the catalog or its lock unreachable: one line
         text = str(exc).strip().splitlines()
-        typer.echo(f"error: {type(exc).__name__}: {text[0] if text else ''}", err=True)
+        typer.echo(redact(f"error: {type(exc).__name__}: {text[0] if text else ''}"), err=True)
         raise typer.Exit(1) from exc
     if report is None:
         holder = f" ({maintenance.holder})" if maintenance.holder else ""
@@ -418,7 +419,7 @@ def maintain(config: ConfigOption = None) -> None:
     table.add_column("seconds", justify="right")
     table.add_column("changes")
     for step in report.steps:
-        table.add_row(step.step, f"{step.seconds:.2f}", Text(step.summary()))
+        table.add_row(step.step, f"{step.seconds:.2f}", Text(redact(step.summary())))
     Console().print(table)
     if not report.ok:
         raise typer.Exit(1)
@@ -456,14 +457,6 @@ def query(
         )
         raise typer.Exit(1)
     url = parse_url(settings.lake_catalog)
-    if url.kind == "sqlite" and not Path(url.target).exists():
-        typer.echo(
-            f"note: the lake's catalog {url} does not exist: nothing was stored through it,"
-            " so every table is empty. A lake written by other hosts: set lake.catalog to"
-            " theirs (`rtclake config` shows the one in use); one written before the"
-            " catalog: lake.catalog: hive, or `rtclake migrate`",
-            err=True,
-        )
     engine = QueryEngine.for_settings(
         settings, registry.tables, max_rows=max(max_rows or 0, settings.query.max_rows)
     )
@@ -474,6 +467,14 @@ def query(
         raise typer.Exit(1) from exc
     finally:
         engine.close()
+    if url.kind == "sqlite" and not Path(url.target).exists():
+        typer.echo(
+            f"note: the lake's catalog {url} does not exist: nothing was stored through it,"
+            " so every table is empty. A lake written by other hosts: set lake.catalog to"
+            " theirs (`rtclake config` shows the one in use); one written before the"
+            " catalog: lake.catalog: hive, or `rtclake migrate`",
+            err=True,
+        )
     if output is Format.csv:
         write_csv(result.table, result.types, sys.stdout)
     elif output is Format.json:
@@ -549,14 +550,14 @@ def migrate(
 
             report = run_migration(old, catalog, node=settings.node, delete=delete, progress=show)
     except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(redact(f"error: {exc}"), err=True)
         raise typer.Exit(2) from exc
     except MigrationError as exc:
         typer.echo(
-            f"error: {exc}; the dates before it are committed: run rtclake migrate again"
-            " to go on from there",
+            redact(f"error: {exc}; the dates before it are committed: run rtclake migrate"
+                   " again to go on from there"),
             err=True,
-        )
+        )  # fmt: skip
         raise typer.Exit(1) from exc
     print_report(report)
 

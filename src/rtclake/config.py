@@ -240,6 +240,8 @@ class LakeConfig(Section):
     def _catalog_url(cls, value: str | None) -> str | None:
         from rtclake.lake.urls import parse_url
 
+        if value is not None and not value.strip():
+            return None  # blank (RTCLAKE_LAKE__CATALOG=""): the default, as before
         if value is not None:
             try:
                 parse_url(value)

@@ -40,6 +40,7 @@ from prometheus_client import Counter
 from rtclake import faults
 from rtclake.errors import SinkError
 from rtclake.metrics import Metrics
+from rtclake.redact import redact
 from rtclake.sinks.base import Batch, Rejected, Sink, group_name
 from rtclake.tables import DEAD_LETTERS
 
@@ -210,7 +211,8 @@ class Delivery:
 
     def _fails(self, name: str, exc: BaseException) -> None:
         since = self._failing.get(name, (time.time(), ""))[0]
-        self._failing[name] = (since, _text(exc).splitlines()[0][:500])
+        shown = redact(_text(exc)).splitlines() or [type(exc).__name__]  # on /healthz
+        self._failing[name] = (since, shown[0][:500])
         self.metrics.sink_up.labels(name).set(0)
 
     def _works(self, name: str) -> None:

@@ -99,6 +99,9 @@ class QueryError(RtclakeError):
     status = 400
 
     def __init__(self, reason: str, message: str) -> None:
+        from rtclake.redact import redact
+
+        message = redact(message)  # DuckDB's errors may quote a catalog URL whole
         super().__init__(message)
         self.reason = reason
         self.message = message

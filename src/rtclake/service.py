@@ -96,6 +96,7 @@ class Service:
         self.settings = settings
         self.lock = DataDirLock(settings.data_dir)
         self._name_lock: LeaderLock | None = None
+        self._name_checked = False
         self.registry = registry or load_registry()
         check_components(settings, self.registry)
         self.tables = self.registry.tables
@@ -196,8 +197,9 @@ class Service:
         process holds it, say so (once, at start) and go on. Two nodes under one name
         keep their batches apart (each run has its own id), but an import of one file by
         both races for the same file names, and their metrics and logs are one node's."""
-        if self._name_lock is not None or not self.settings.lake.enabled:
+        if self._name_checked or not self.settings.lake.enabled:
             return
+        self._name_checked = True  # once: claim() runs before the server and in start()
         url = parse_url(self.settings.lake_catalog)
         lock = node_lock(url, self.settings.node)
         if lock is None:

@@ -104,7 +104,7 @@ def test_an_import_into_an_s3_lake_is_queried_from_it(tmp_path: Path, s3: str) -
         closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
     out = rtclake("query", sql, cwd=tmp_path, **{**env, "AWS_ENDPOINT_URL": closed})
     assert out.returncode == 1
-    assert "the files of table rtc_stats cannot be reached" in out.stderr
+    assert "the files of table rtc_stats cannot be read from the store" in out.stderr
     assert "check lake.root, lake.endpoint_url and the S3 credentials" in out.stderr
     assert "damaged" not in out.stderr
 

@@ -488,9 +488,10 @@ class QueryEngine:
                             # the store, not a file: no endpoint, a refused connection,
                             # wrong credentials (HTTP errors are IOExceptions too)
                             raise LakeUnreadable(
-                                f"the files of table {table.name} cannot be reached"
-                                f" ({first}); check lake.root, lake.endpoint_url and the"
-                                " S3 credentials"
+                                f"the files of table {table.name} cannot be read from the"
+                                f" store ({first}); check lake.root, lake.endpoint_url and"
+                                " the S3 credentials, or whether a file was removed outside"
+                                " rtclake"
                             ) from exc
                         raise LakeUnreadable(
                             f"the files of table {table.name} cannot be read ({first});"

@@ -29,6 +29,9 @@ class CatalogUrl:
     def extension(self) -> str:
         return "sqlite" if self.kind == "sqlite" else "postgres"
 
+    def __repr__(self) -> str:
+        return f"CatalogUrl({self.kind!r}, {str(self)!r})"  # a password masked, as in str
+
     def __str__(self) -> str:
         """The URL as shown to a user: a password in it masked."""
         if self.kind == "hive":

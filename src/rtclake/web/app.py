@@ -166,7 +166,7 @@ def create_app(service: Service) -> Starlette:
         except RtclakeError as exc:
             # A reason the operator acts on (NATS out of reach, a refused stream, a port
             # taken): one line, not the server's traceback of the lifespan.
-            log.error("rtclake cannot start", error=str(exc).splitlines()[0])
+            log.error("rtclake cannot start", error=str(exc) or type(exc).__name__)
             logging.getLogger("uvicorn.error").addFilter(_quiet_start_failure)
             raise StartFailed(str(exc)) from None
         try:
