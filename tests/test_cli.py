@@ -3,15 +3,18 @@ server per data directory, imports that fail loudly and find rotated files."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import pytest
 
 from rtclake.testing import free_port, wait_for
 
@@ -81,6 +84,38 @@ def test_a_second_node_under_one_name_on_one_lake_is_told_so(
     again = make_server(tmp_path / "b", RTCLAKE_LAKE__ROOT=lake, RTCLAKE_NODE="n1")
     assert again.health().status_code == 200
     assert said not in again.log()
+
+
+def test_a_node_name_lock_not_reachable_at_start_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The catalog down when the node starts: its name's lock is tried again until it
+    is taken, beside the start (never blocking it), and let go at stop."""
+    from rtclake import service as service_module
+    from rtclake.config import load_settings
+
+    class Flaky:
+        holder = None
+
+        def __init__(self) -> None:
+            self.tries, self.held = 0, False
+
+        def acquire(self) -> bool:
+            self.tries += 1
+            if self.tries < 3:
+                raise OSError("connection refused")
+            self.held = True
+            return True
+
+        def release(self) -> None:
+            self.held = False
+
+    lock = Flaky()
+    monkeypatch.setattr(service_module, "node_lock", lambda url, node: lock)
+    monkeypatch.setenv("RTCLAKE_DATA_DIR", str(tmp_path))
+    node = SimpleNamespace(settings=load_settings(), _name_lock=None)
+    asyncio.run(service_module.Service._hold_name(node, every=0.01))  # type: ignore[arg-type]
+    assert lock.tries == 3 and lock.held and node._name_lock is lock
 
 
 def test_query_says_where_it_looked_for_the_lake(tmp_path: Path) -> None:

@@ -96,7 +96,6 @@ class Service:
         self.settings = settings
         self.lock = DataDirLock(settings.data_dir)
         self._name_lock: LeaderLock | None = None
-        self._name_checked = False
         self.registry = registry or load_registry()
         check_components(settings, self.registry)
         self.tables = self.registry.tables
@@ -187,36 +186,39 @@ class Service:
         raise KeyError(name)
 
     def claim(self) -> None:
-        """Lock the data directory (raises ConfigError naming the pid that holds it), and
-        take the node's name on the lake (:meth:`_take_name`)."""
+        """Lock the data directory (raises ConfigError naming the pid that holds it)."""
         self.lock.acquire()
-        self._take_name()
 
-    def _take_name(self) -> None:
-        """Hold the lake's lock of this node's name for the process's life; when another
-        process holds it, say so (once, at start) and go on. Two nodes under one name
-        keep their batches apart (each run has its own id), but an import of one file by
+    async def _hold_name(self, every: float = 60.0) -> None:
+        """Hold the lake's lock of this node's name for the process's life (beside the
+        start, on a thread: a PostgreSQL catalog's connection may take its timeout);
+        when another process holds it, say so and go on. Tried again every ``every``
+        seconds while the catalog cannot be reached. Two nodes under one name keep
+        their batches apart (each run has its own id), but an import of one file by
         both races for the same file names, and their metrics and logs are one node's."""
-        if self._name_checked or not self.settings.lake.enabled:
-            return
-        self._name_checked = True  # once: claim() runs before the server and in start()
         url = parse_url(self.settings.lake_catalog)
         lock = node_lock(url, self.settings.node)
         if lock is None:
             return
-        try:
-            held = lock.acquire()
-        except Exception as exc:  # the catalog may come later; the sink says so then
-            log.warning("node: its name's lock on the lake not taken", error=str(exc))
+        self._name_lock = lock  # stop() lets it go (a lock not held: nothing to do)
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                held = await loop.run_in_executor(None, lock.acquire)
+            except Exception as exc:  # the catalog may come later: tried again
+                first = (str(exc).splitlines() or [type(exc).__name__])[0]
+                log.warning("node: its name's lock on the lake not taken; tried again",
+                            error=first, every=every)  # fmt: skip
+                await asyncio.sleep(every)
+                continue
+            if held:
+                return
+            log.error(
+                "node: another rtclake runs under this node's name on this lake; give each"
+                " node its own (node, RTCLAKE_NODE)",
+                node=self.settings.node, holder=lock.holder or "unknown",
+            )  # fmt: skip
             return
-        if held:
-            self._name_lock = lock
-            return
-        log.error(
-            "node: another rtclake runs under this node's name on this lake; give each"
-            " node its own (node, RTCLAKE_NODE)",
-            node=self.settings.node, holder=lock.holder or "unknown",
-        )  # fmt: skip
 
     async def start(self) -> None:
         self.claim()
@@ -228,6 +230,8 @@ class Service:
         self.throughput.start()
         for source in self.sources:
             await source.start()
+        if self.settings.lake.enabled:
+            self._background.append(asyncio.create_task(self._hold_name(), name="node-name"))
         if self.alerts is not None:
             await self.alerts.start()
         if self.maintenance is not None:
