@@ -96,6 +96,7 @@ class Service:
         self.settings = settings
         self.lock = DataDirLock(settings.data_dir)
         self._name_lock: LeaderLock | None = None
+        self._name_task: asyncio.Task[None] | None = None
         self.registry = registry or load_registry()
         check_components(settings, self.registry)
         self.tables = self.registry.tables
@@ -231,7 +232,7 @@ class Service:
         for source in self.sources:
             await source.start()
         if self.settings.lake.enabled:
-            self._background.append(asyncio.create_task(self._hold_name(), name="node-name"))
+            self._name_task = asyncio.create_task(self._hold_name(), name="node-name")
         if self.alerts is not None:
             await self.alerts.start()
         if self.maintenance is not None:
@@ -268,11 +269,13 @@ class Service:
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop accepting, store what the spool holds (within ``drain_timeout``), close."""
         await self.throughput.stop()
-        tasks = [*self._background, *([self._idle_sweep] if self._idle_sweep else [])]
+        tasks = [*self._background, *([self._idle_sweep] if self._idle_sweep else []),
+                 *([self._name_task] if self._name_task else [])]  # fmt: skip
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._background.clear()
+        self._name_task = None
         self._idle_sweep = None
         if self.alerts is not None:
             await self.alerts.stop()
