@@ -683,10 +683,6 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
     # the catalog the lake is read and written through (its default resolved), its
     # password masked (a postgres:// URL may hold one)
     data["lake"]["catalog"] = str(parse_url(settings.lake_catalog))
-    if data["spool"].get("jetstream"):
-        data["spool"]["jetstream"] = {
-            k: redact(v) if isinstance(v, str) else v for k, v in data["spool"]["jetstream"].items()
-        }
     return data
 
 

@@ -425,13 +425,12 @@ class LakeSink(Sink):
         ``date`` as a column too."""
         paths: list[str] = []
         added = 0
-        repeats: dict[str, int] = {}  # date -> rows left out
+        left_out = 0  # rows the batch or the lake held already
         for part in parts:
             rows, content = part.rows, part.content
             if not table.unique_rows:
                 kept = self._new_rows(con, table, rows)
-                if kept.num_rows != rows.num_rows:
-                    repeats[part.date] = rows.num_rows - kept.num_rows
+                left_out += rows.num_rows - kept.num_rows
                 if not kept.num_rows:
                     continue
                 if kept.num_rows != rows.num_rows:
@@ -449,8 +448,8 @@ class LakeSink(Sink):
                 f"CALL ducklake_add_data_files('{ALIAS}', ?, ?, hive_partitioning => true)",
                 [table.name, path],
             )
-        if repeats:
-            self._repeats.append((table.name, sum(repeats.values())))
+        if left_out:
+            self._repeats.append((table.name, left_out))
         return added
 
     def _new_rows(self, con: Any, table: Table, rows: pa.Table) -> pa.Table:
