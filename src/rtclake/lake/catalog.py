@@ -203,7 +203,7 @@ class Catalog:
             if LEDGER not in existing:
                 con.execute(f"CREATE TABLE IF NOT EXISTS {ALIAS}.{LEDGER} ({LEDGER_COLUMNS})")
             for table in todo:
-                wanted = _duck_columns(con, table)
+                wanted = duck_columns(con, table)
                 have = existing.get(table.name)
                 if have is None:
                     body = ", ".join(f'"{n}" {t}' for n, t in wanted.items())
@@ -285,7 +285,7 @@ class Catalog:
         return None if row is None or row[0] is None else int(row[0])
 
 
-def _duck_columns(con: Any, table: Table) -> dict[str, str]:
+def duck_columns(con: Any, table: Table) -> dict[str, str]:
     """The table's stored columns with their DuckDB types (as DuckDB reads the Arrow)."""
     empty = table.stored_schema.empty_table()
     relation = con.from_arrow(empty)

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -36,13 +35,13 @@ from rtclake.lake import layout
 from rtclake.lake.catalog import (
     ALIAS,
     LEDGER,
-    PARTITION,
     Catalog,
     CatalogUrl,
     conflict,
     default_url,
     parse_url,
 )
+from rtclake.lake.repeats import RepeatCheck
 from rtclake.lake.storage import Storage, storage_for
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch, Sink, group_name
@@ -60,8 +59,6 @@ DATA_ERRORS = (
     duckdb.OutOfRangeException,
 )
 _UNKNOWN = object()
-#: At most this many of the lake's keys are read into memory to find a batch's repeats.
-LAKE_KEYS = 200_000
 #: DuckDB threads of the writer's catalog connection. Its work is small per commit (the
 #: repeat check over one group, the catalog's writes), and the converting threads keep
 #: the cores busy meanwhile: with DuckDB's default (one a core) a Sora import took 6.55-
@@ -210,7 +207,7 @@ class LakeSink(Sink):
     report by webhook and by log) are removed here: a record is not stored when the
     batch holds it already or when the lake holds its key (``Table.record_key``) at the
     same time, or within ``dedupe_window`` seconds for a record whose time is its arrival
-    (:meth:`_new_rows`). So queries need no de-duplication.
+    (:mod:`rtclake.lake.repeats`). So queries need no de-duplication.
     """
 
     name = "lake"
@@ -239,6 +236,7 @@ class LakeSink(Sink):
         self.compression = compression
         self.compression_level = compression_level
         self.dedupe_window = dt.timedelta(seconds=dedupe_window)
+        self._check = RepeatCheck(self.dedupe_window)
         self._con: Any = None
         self._last: dict[tuple[str, str], int | None] = {}
         self._repeats: list[tuple[str, int]] = []  # (table, rows) of the open transaction
@@ -340,6 +338,7 @@ class LakeSink(Sink):
         """After a failure the outcome of the last commit is unknown and the connection's
         state too: start afresh and read the ledger again."""
         self._last.clear()
+        self._check.forget()
         if self._con is not None:
             try:
                 self._con.close()
@@ -368,6 +367,7 @@ class LakeSink(Sink):
         if not todo:
             return
         self.catalog.ensure_tables(con, [table.name for table in todo])
+        self._check.begin()
         con.execute("BEGIN")
         try:
             stored = 0
@@ -383,11 +383,13 @@ class LakeSink(Sink):
             con.execute("COMMIT")
         except BaseException:
             self._repeats.clear()
+            self._check.forget()
             self._last.pop(run, None)  # a failed COMMIT may have committed: ask the ledger
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
             raise
         self._last[run] = batches[-1].segment
+        self._check.committed()
         for name, rows in self._repeats:
             # counted once committed (a retried transaction finds them again)
             log.info("lake: rows the lake held already were left out", table=name, rows=rows,
@@ -429,7 +431,7 @@ class LakeSink(Sink):
         for part in parts:
             rows, content = part.rows, part.content
             if not table.unique_rows:
-                kept = self._new_rows(con, table, rows)
+                kept = self._check.new_rows(con, table, rows)
                 left_out += rows.num_rows - kept.num_rows
                 if not kept.num_rows:
                     continue
@@ -451,90 +453,6 @@ class LakeSink(Sink):
         if left_out:
             self._repeats.append((table.name, left_out))
         return added
-
-    def _new_rows(self, con: Any, table: Table, rows: pa.Table) -> pa.Table:
-        """``rows`` without a repeat of a row before it in the batch, nor of a record the
-        lake holds: at the same time, or, for a record whose time is its arrival (it had
-        none of its own, so a sender's retry arrives later), within ``dedupe_window``.
-
-        The repeats are found on the key columns alone and dropped from the Arrow table,
-        which keeps the rows in their order (a window over the whole batch cost twice the
-        insert and shuffled the rows: files 1.9x larger). Looking only at the rows' own
-        times lets the lake's side skip every file of other times (a Sora import: 0.44 ->
-        0.2 s per 300k rows, one measurement)."""
-        lo, hi = (v.as_py() for v in pc.min_max(rows["time"]).values())
-        if lo is None:  # (every row has a time)
-            return rows
-        keys = table.record_key
-        arrived = pc.equal(rows["time"], rows["received_at"]).fill_null(False)
-        window = self.dedupe_window if pc.any(arrived).as_py() else dt.timedelta(0)
-        start, end = lo - window, hi + window
-        columns = pa.table(
-            {
-                **{k: rows[k] for k in keys},
-                "_i": pa.array(np.arange(rows.num_rows, dtype=np.int64)),
-                "_t": rows["time"],
-                "_arrived": arrived,
-            }
-        )
-        names = ", ".join(f'"{k}"' for k in keys)
-        wanted = names if "time" in keys else f"{names}, time"
-        same = " AND ".join(f'x."{k}" IS NOT DISTINCT FROM b."{k}"' for k in keys)
-        repeats = (
-            f"SELECT unnest(list_sort(list(_i))[2:]) FROM _keys GROUP BY {names}"
-            " HAVING count(*) > 1"
-        )
-        con.register("_keys", columns)
-        try:
-            # repeats inside the batch: rare, so first a count of distinct key hashes (7x
-            # cheaper than grouping the keys; a collision only costs the exact check)
-            distinct = con.execute(f"SELECT count(DISTINCT hash({names})) FROM _keys").fetchone()
-            inner = distinct is None or distinct[0] != rows.num_rows
-            # The lake's rows at the batch's times, read once: usually few (an import's
-            # blocks follow each other in time, a batch of live records meets the last
-            # seconds' only), and then the match is an in-memory join, not a join through
-            # DuckLake's scan (a 30k-row Sora block: ~45 -> ~20 ms). Beyond LAKE_KEYS of
-            # them, the join stays in DuckLake's scan (memory bounded).
-            lake = con.execute(
-                f'SELECT {wanted} FROM {ALIAS}."{table.name}" x'
-                f" WHERE x.{PARTITION} BETWEEN ?::DATE AND ?::DATE AND x.time BETWEEN ? AND ?"
-                f" LIMIT {LAKE_KEYS + 1}",
-                [start.date(), end.date(), start, end],
-            ).fetch_arrow_table()
-            queries, params = [repeats] if inner else [], []
-            if lake.num_rows > LAKE_KEYS:
-                queries.append(
-                    f'SELECT _i FROM _keys b WHERE EXISTS (SELECT 1 FROM {ALIAS}."{table.name}" x'
-                    f" WHERE x.{PARTITION} BETWEEN ?::DATE AND ?::DATE AND x.time BETWEEN ? AND ?"
-                    f" AND {same} AND (x.time = b._t OR b._arrived))"
-                )
-                params = [start.date(), end.date(), start, end]
-            elif lake.num_rows:
-                # semi joins on equalities alone, 4x cheaper than the EXISTS in memory
-                # (an OR in the condition makes DuckDB join by nested loops: 40 s for
-                # 144k rows on either side). Through DuckLake's scan it stays an EXISTS:
-                # a semi join there failed on files other nodes had just added
-                # ("Unknown name map id", tests/test_three_nodes.py).
-                con.register("_lake", lake)
-                queries.append(
-                    f"SELECT _i FROM _keys b SEMI JOIN _lake x ON {same} AND x.time = b._t"
-                    " WHERE NOT b._arrived"
-                )
-                if window:
-                    queries.append(
-                        f"SELECT _i FROM _keys b SEMI JOIN _lake x ON {same} WHERE b._arrived"
-                    )
-            if not queries:
-                return rows
-            repeated = con.execute(" UNION ALL ".join(queries), params).fetch_arrow_table()
-        finally:
-            con.unregister("_keys")
-            con.unregister("_lake")
-        if repeated.num_rows == 0:
-            return rows
-        drop = np.zeros(rows.num_rows, dtype=bool)
-        drop[repeated.column(0).to_numpy()] = True
-        return rows.filter(pa.array(~drop))
 
     def live_files(self, table: str) -> list[str]:
         """The data files of one table in the current snapshot (``rtclake files``)."""

@@ -1,0 +1,122 @@
+"""The lake sink's repeat check (rtclake.lake.repeats): hashes of the keys kept from one
+commit to the next, forgotten when anything else committed meanwhile, and only an exact
+check ever leaving a row out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rtclake import faults
+from rtclake.catalog import default_registry
+from rtclake.lake import repeats
+from rtclake.lake.catalog import ALIAS
+from rtclake.lake.sink import LakeSink
+from rtclake.sinks.base import Batch
+from tests.test_lake_sink import count
+from tests.test_query import batch
+
+
+def reading(second: int, device: str) -> bytes:
+    return b'{"time": "2026-11-01T10:00:%02dZ", "device_id": "%s"}' % (second, device.encode())
+
+
+def readings(*pairs: tuple[int, str]) -> bytes:
+    return b"\n".join(reading(s, d) for s, d in pairs)
+
+
+class Spy:
+    """A DuckDB connection that remembers the SQL it ran."""
+
+    def __init__(self, con: Any) -> None:
+        self.con = con
+        self.sql: list[str] = []
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        self.sql.append(sql)
+        return self.con.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.con, name)
+
+
+def lake_reads(spy: Spy) -> list[str]:
+    return [s for s in spy.sql if f'FROM {ALIAS}."telemetry"' in s]
+
+
+def test_the_last_commits_rows_are_checked_from_memory_and_repeats_left_out(
+    tmp_path: Path,
+) -> None:
+    sink = LakeSink(tmp_path, default_registry())
+    sink.write(batch(1, readings((1, "a"), (2, "b"), (3, "c"))))
+    spy = Spy(sink._connection())
+    sink._con = spy
+    # within the times the last commit covered: a repeat and a new record, nothing read
+    sink.write(batch(2, readings((2, "b"), (2, "d"))))
+    (read,) = lake_reads(spy)  # the exact check of the one row whose hash was met
+    assert read.startswith('SELECT "record_id", time FROM')
+    spy.sql.clear()
+    # later times: only those are read (none of them in the lake), no exact check
+    sink.write(batch(3, readings((2, "e"), (9, "f"))))
+    (read,) = lake_reads(spy)
+    assert "x.time > ?" in read
+    sink.close()
+    assert count(tmp_path) == [["2026-11-01", 6, 6]]
+
+
+def test_another_writers_commit_meanwhile_is_read_not_missed(tmp_path: Path) -> None:
+    """What the sink kept holds only while every commit since is its own: another node's
+    record (or maintenance's rewrite) between two of its commits is read from the lake."""
+    tables = default_registry()
+    sink = LakeSink(tmp_path, tables)
+    other = LakeSink(tmp_path, tables)
+    sink.write(batch(1, readings((1, "a"), (5, "b"))))
+    made = batch(1, readings((3, "c")))
+    other.write(Batch("other-node", "other-run", 1, made.tables))
+    sink.write(batch(2, readings((3, "c"), (4, "d"))))  # "c" is the other node's
+    other.close()
+    sink.close()
+    assert count(tmp_path) == [["2026-11-01", 4, 4]]
+
+
+def test_a_hash_met_by_another_key_leaves_no_row_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hash only nominates a row: with every key hashed alike, only the exact check's
+    repeats are left out."""
+    monkeypatch.setattr(repeats.RepeatCheck, "_hash_sql", lambda *_args, **_kw: "hash(0)")
+    sink = LakeSink(tmp_path, default_registry())
+    sink.write(batch(1, readings((1, "a"), (2, "b"), (2, "b"))))
+    sink.write(batch(2, readings((1, "a"), (2, "c"), (3, "d"))))
+    sink.close()
+    assert count(tmp_path) == [["2026-11-01", 4, 4]]
+
+
+def test_beyond_what_is_kept_every_row_is_checked_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(repeats, "SEEN_ROWS", 1)
+    sink = LakeSink(tmp_path, default_registry())
+    sink.write(batch(1, readings((1, "a"), (2, "b"))))
+    assert not sink._check._seen  # two rows: more than it keeps
+    sink.write(batch(2, readings((1, "a"), (2, "b"), (2, "b"), (3, "c"))))
+    sink.close()
+    assert count(tmp_path) == [["2026-11-01", 3, 3]]
+
+
+def test_a_failed_commit_forgets_what_was_kept(tmp_path: Path) -> None:
+    sink = LakeSink(tmp_path, default_registry())
+    sink.write(batch(1, readings((1, "a"))))
+    assert sink._check._seen
+    faults.arm("lake.before_commit", "eio", times=1)
+    try:
+        with pytest.raises(OSError):
+            sink.write(batch(2, readings((1, "a"), (2, "b"))))
+    finally:
+        faults.disarm()
+    assert not sink._check._seen
+    sink.write(batch(2, readings((1, "a"), (2, "b"))))
+    sink.close()
+    assert count(tmp_path) == [["2026-11-01", 2, 2]]
