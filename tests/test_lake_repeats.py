@@ -4,9 +4,11 @@ check ever leaving a row out."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from rtclake import faults
@@ -120,3 +122,24 @@ def test_a_failed_commit_forgets_what_was_kept(tmp_path: Path) -> None:
     sink.write(batch(2, readings((1, "a"), (2, "b"))))
     sink.close()
     assert count(tmp_path) == [["2026-11-01", 2, 2]]
+
+
+def test_a_retry_timed_at_its_arrival_is_found_within_the_window_beside_timed_rows(
+    tmp_path: Path,
+) -> None:
+    """Rows timed at their arrival go to the exact check (what is kept covers only the
+    times of timed rows), which looks within the window."""
+    from tests.test_lake_sink import _arrived
+
+    sink = LakeSink(tmp_path, default_registry())
+    noon = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
+    first = _arrived(batch(1, b'{"device_id": "untimed"}'), noon)
+    sink.write(first)
+    sink.write(batch(2, readings((1, "a"))))  # timed: what is kept covers 10:00:01
+    retry = _arrived(Batch("node", "sp", 3, first.tables), noon + dt.timedelta(minutes=1))
+    timed = batch(3, readings((1, "b"))).tables["telemetry"]
+    both = [retry.tables["telemetry"], timed]
+    rows = pa.concat_tables(both, promote_options="permissive")
+    sink.write(Batch("node", "sp", 3, {"telemetry": rows}))
+    sink.close()
+    assert count(tmp_path) == [["2026-11-01", 3, 3]]
