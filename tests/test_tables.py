@@ -74,6 +74,17 @@ def test_missing_time_falls_back_to_received_at() -> None:
     assert row["time"] == dt.datetime(2025, 11, 23, 12, tzinfo=dt.UTC)
 
 
+def test_a_time_of_its_own_equal_to_the_arrival_is_not_taken_for_the_arrival() -> None:
+    """A row whose time equals its arrival was timed at its arrival (the lake's repeat
+    check gives it a window); an own time equal to the arrival moves the arrival on."""
+    same = b'{"time": "2025-11-23T12:00:00Z", "v": 1}'
+    rows = convert(entry(same + b'\n{"v": 2}'))["telemetry"]
+    arrival = dt.datetime(2025, 11, 23, 12, tzinfo=dt.UTC)
+    assert [r["time"] for r in rows] == [arrival, arrival]
+    assert rows[0]["received_at"] == arrival + dt.timedelta(microseconds=1)
+    assert rows[1]["received_at"] == arrival
+
+
 def test_record_ids_follow_the_documented_rule() -> None:
     rows = convert(
         entry(b'{"time": 1, "v": 1}', index=0),

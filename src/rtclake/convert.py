@@ -182,9 +182,20 @@ class Converter:
         header = parsed.header
         values = self._payload(parsed)
         own_time = _first([parsed.keys[k] for k in TIME_KEYS])
+        received = header["received_at"]
+        if own_time.null_count < len(own_time):
+            # A row whose time equals its arrival was timed at its arrival (it had no time
+            # of its own): the lake's repeat check gives such a row a window. A record's
+            # own time equal to its arrival to the microsecond (one in ~10^6 at a second's
+            # precision, so one a group at 100,000 records) would widen it needlessly:
+            # its arrival is counted a microsecond later.
+            clash = pc.equal(own_time, received).fill_null(False)
+            if pc.any(clash).as_py():
+                received = pc.if_else(clash, pc.add(received, pa.scalar(1, pa.duration("us"))),
+                                      received)  # fmt: skip
         envelope = {
-            "time": pc.coalesce(own_time, header["received_at"]),
-            "received_at": header["received_at"],
+            "time": pc.coalesce(own_time, received),
+            "received_at": received,
             "source": header["source"],
             "stream": header["stream"],
             "kind": header["kind"],

@@ -138,8 +138,8 @@ class RepeatCheck:
 
         Rows timed at their arrival are compared with the lake's rows within the window
         either side, which what is kept does not cover: they always go to the exact check
-        (rare: records without a time of their own, or whose own time equals their arrival
-        by chance, about one in 10^6 at a second's precision)."""
+        (records without a time of their own; one whose own time equals its arrival by
+        chance has its arrival moved on by the converter)."""
         if pc.min_max(rows["time"])["min"].as_py() is None:  # (every row has a time)
             return rows
         arrived = (

@@ -63,7 +63,6 @@ served by Hypercorn (which speaks h2c) it answers an h2c request 204. Sora's web
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -170,11 +169,6 @@ def _idem(value: str | None) -> str | None:
     return value if value is not None and 0 < len(value) <= 256 else None
 
 
-def _rfc3339(micros: int) -> bytes:
-    when = dt.datetime.fromtimestamp(micros / 1e6, dt.UTC)
-    return b'"' + when.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode() + b'"'
-
-
 def _check(table: Table, line: bytes, what: str) -> bool:
     try:
         return table.checker()(line)
@@ -184,11 +178,12 @@ def _check(table: Table, line: bytes, what: str) -> bool:
         raise InputError("invalid_record", f"{what}: {exc}") from exc
 
 
-def webhook_line(body: bytes, table: Table, received_us: int) -> Parsed:
+def webhook_line(body: bytes, table: Table) -> Parsed:
     """A session, event or auth webhook body as one line of the shape Sora logs it.
 
     The record's identity must not depend on when it arrived: the wrapper's ``timestamp``
-    is the body's, and the body's ``id`` is the entry's idempotency key.
+    is the body's (a body without one is timed at its arrival by the converter), and the
+    body's ``id`` is the entry's idempotency key.
     """
     fields = parse_object(body)
     item = _compact(body.strip())
@@ -200,8 +195,10 @@ def webhook_line(body: bytes, table: Table, received_us: int) -> Parsed:
         bare = False
     else:
         stamp = fields.get("timestamp")
-        when = bytes(stamp) if stamp is not None else _rfc3339(received_us)
-        line = b'{"timestamp":' + when + b',"req":' + item + b"}"
+        # without a timestamp of its own the record is timed at its arrival (received_at)
+        # by the converter; its time stays out of the line, so a retry's line is the same
+        when = b'"timestamp":' + bytes(stamp) + b"," if stamp is not None else b""
+        line = b"{" + when + b'"req":' + item + b"}"
         idem = _idem(_string(fields.get("id")))
         bare = True
     try:
@@ -347,7 +344,7 @@ class SoraWebhooks(Source):
             request,
             self.sessions,
             "session_webhook",
-            lambda body, at: webhook_line(body, self.sessions, at),
+            lambda body: webhook_line(body, self.sessions),
             lambda: Response(b"{}", 200, media_type=JSON),
         )
 
@@ -369,7 +366,7 @@ class SoraWebhooks(Source):
             request,
             self.events,
             "event_webhook",
-            lambda body, at: webhook_line(body, self.events, at),
+            lambda body: webhook_line(body, self.events),
             lambda: Response(b"{}", 200, media_type=JSON),
         )
 
@@ -392,7 +389,7 @@ class SoraWebhooks(Source):
             request,
             self.events,
             "auth_webhook",
-            lambda body, at: webhook_line(body, self.events, at),
+            lambda body: webhook_line(body, self.events),
             lambda: Response(_AUTH_ANSWER, 200, media_type=JSON),
         )
 
@@ -417,7 +414,7 @@ class SoraWebhooks(Source):
             request,
             self.rtc_stats,
             "stats_webhook",
-            lambda body, _at: stats_lines(body, self.rtc_stats, self.max_body),
+            lambda body: stats_lines(body, self.rtc_stats, self.max_body),
             lambda: Response(b"{}", 200, media_type=JSON),
             expect=(STATS_WEBHOOK_HEADER, STATS_WEBHOOK_TYPE),
         )
@@ -444,7 +441,7 @@ class SoraWebhooks(Source):
             request,
             self.rtc_stats,
             "stats_exporter",
-            lambda body, _at: stats_lines(body, self.rtc_stats, self.max_body),
+            lambda body: stats_lines(body, self.rtc_stats, self.max_body),
             lambda: Response(status_code=204),
             expect=(STATS_EXPORTER_HEADER, STATS_EXPORTER_TYPE),
         )
@@ -458,7 +455,7 @@ class SoraWebhooks(Source):
         request: Request,
         table: Table,
         stream: str,
-        parse: Callable[[bytes, int], Parsed],
+        parse: Callable[[bytes], Parsed],
         answer: Callable[[], Response],
         *,
         expect: tuple[str, str] | None = None,
@@ -483,7 +480,7 @@ class SoraWebhooks(Source):
             body = await read_body(request, self.max_body)
             body = decode_content(body, request.headers.get("content-encoding"), self.max_body)
             received_us = time.time_ns() // 1000
-            parsed = parse(body, received_us)
+            parsed = parse(body)
             await self.intake.take(
                 self.source, stream, table, parsed.records, idem=parsed.idem,
                 received_us=received_us,
