@@ -185,10 +185,10 @@ class Converter:
         received = header["received_at"]
         if own_time.null_count < len(own_time):
             # A row whose time equals its arrival was timed at its arrival (it had no time
-            # of its own): the lake's repeat check gives such a row a window. A record's
-            # own time equal to its arrival to the microsecond (one in ~10^6 at a second's
-            # precision, so one a group at 100,000 records) would widen it needlessly:
-            # its arrival is counted a microsecond later.
+            # of its own): the lake's repeat check looks for its repeats within a window
+            # either side, a scan. A record's own time equal to its arrival to the
+            # microsecond (one in ~10^6 near real time: a group in ten at 100,000 records)
+            # would cost that scan needlessly: its arrival is counted a microsecond later.
             clash = pc.equal(own_time, received).fill_null(False)
             if pc.any(clash).as_py():
                 received = pc.if_else(clash, pc.add(received, pa.scalar(1, pa.duration("us"))),
