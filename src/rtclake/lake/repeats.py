@@ -48,6 +48,20 @@ def _micros(at: dt.datetime) -> int:
     return (at - _EPOCH) // _US
 
 
+def _lake_rows(table: Table, above: str = ">=", below: str = "<=") -> str:
+    """``FROM`` and ``WHERE`` of the lake's rows of ``table`` (as ``x``) between two times,
+    by date partition first (:func:`_between` gives the parameters)."""
+    return (
+        f'{ALIAS}."{table.name}" x WHERE x.{PARTITION} BETWEEN ?::DATE AND ?::DATE'
+        f" AND x.time {above} ? AND x.time {below} ?"
+    )
+
+
+def _between(first: dt.datetime, last: dt.datetime) -> list[Any]:
+    """The parameters of :func:`_lake_rows`."""
+    return [first.date(), last.date(), first, last]
+
+
 @dataclass
 class Seen:
     """The hashes of the keys of every row one table of the lake holds from ``lo`` to
@@ -210,9 +224,8 @@ class RepeatCheck:
             first, last = _EPOCH + a * _US, _EPOCH + b * _US
             got = con.execute(
                 f"SELECT {self._hash_sql(con, table, 'x.')}, epoch_us(x.time)"
-                f' FROM {ALIAS}."{table.name}" x WHERE x.{PARTITION} BETWEEN ?::DATE AND ?::DATE'
-                f" AND x.time {above} ? AND x.time {below} ? LIMIT {SEEN_ROWS + 1}",
-                [first.date(), last.date(), first, last],
+                f" FROM {_lake_rows(table, above, below)} LIMIT {SEEN_ROWS + 1}",
+                _between(first, last),
             ).fetch_arrow_table()
             total += got.num_rows
             if total > SEEN_ROWS:
@@ -262,19 +275,16 @@ class RepeatCheck:
             # Sora block: ~45 -> ~20 ms). Beyond LAKE_KEYS of them, the join stays in
             # DuckLake's scan (memory bounded).
             lake = con.execute(
-                f'SELECT {wanted} FROM {ALIAS}."{table.name}" x'
-                f" WHERE x.{PARTITION} BETWEEN ?::DATE AND ?::DATE AND x.time BETWEEN ? AND ?"
-                f" LIMIT {LAKE_KEYS + 1}",
-                [start.date(), end.date(), start, end],
+                f"SELECT {wanted} FROM {_lake_rows(table)} LIMIT {LAKE_KEYS + 1}",
+                _between(start, end),
             ).fetch_arrow_table()
             queries, params = [repeats] if inner else [], []
             if lake.num_rows > LAKE_KEYS:
                 queries.append(
-                    f'SELECT _i FROM _keys b WHERE EXISTS (SELECT 1 FROM {ALIAS}."{table.name}" x'
-                    f" WHERE x.{PARTITION} BETWEEN ?::DATE AND ?::DATE AND x.time BETWEEN ? AND ?"
+                    f"SELECT _i FROM _keys b WHERE EXISTS (SELECT 1 FROM {_lake_rows(table)}"
                     f" AND {same} AND (x.time = b._t OR b._arrived))"
                 )
-                params = [start.date(), end.date(), start, end]
+                params = _between(start, end)
             elif lake.num_rows:
                 # semi joins on equalities alone, 4x cheaper than the EXISTS in memory
                 # (an OR in the condition makes DuckDB join by nested loops: 40 s for
