@@ -523,7 +523,14 @@ def migrate(
     from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
     from rtclake.lake.catalog import Catalog, parse_url
-    from rtclake.lake.migrate import MigrationError, PartitionResult, print_report, source_storage
+    from rtclake.lake.maintenance import MAINTENANCE_TMP
+    from rtclake.lake.migrate import (
+        MigrationError,
+        PartitionResult,
+        print_report,
+        source_storage,
+        threads_within,
+    )
     from rtclake.lake.migrate import migrate as run_migration
     from rtclake.lake.storage import lake_storage
 
@@ -548,7 +555,12 @@ def migrate(
                 done = f"{result.table} {result.day}: {result.rows:,} rows"
                 progress.update(task, done=done if result.migrated else f"{done} (skipped)")
 
-            report = run_migration(old, catalog, node=settings.node, delete=delete, progress=show)
+            limit = int(settings.lake.maintenance.memory_limit)
+            report = run_migration(
+                old, catalog, node=settings.node, delete=delete, progress=show,
+                memory_limit=limit, threads=threads_within(limit),
+                temp_directory=settings.data_dir / MAINTENANCE_TMP,
+            )  # fmt: skip
     except ConfigError as exc:
         typer.echo(redact(f"error: {exc}"), err=True)
         raise typer.Exit(2) from exc

@@ -166,8 +166,9 @@ class MaintenanceConfig(Section):
     memory_limit: ByteSize = Field(
         default=ByteSize(1024 * MiB),
         ge=64 * MiB,
-        description="DuckDB memory for a run; a closed day's sort beyond it spills to"
-        " DATA_DIR/maintenance-tmp (merging a table of 170 columns takes ~0.5 GiB a thread)",
+        description="DuckDB memory for a run and for rtclake migrate; a closed day's sort, or"
+        " a migrated day's repeats, beyond it spill to DATA_DIR/maintenance-tmp (merging a"
+        " table of 170 columns takes ~0.5 GiB a thread)",
     )
     sort_closed_days: bool = Field(
         default=True,

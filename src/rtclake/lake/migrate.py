@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -34,7 +36,7 @@ from rtclake import faults
 from rtclake.config import Settings
 from rtclake.errors import ConfigError
 from rtclake.lake import layout
-from rtclake.lake.catalog import ALIAS, LEDGER, PARTITION, Catalog
+from rtclake.lake.catalog import ALIAS, LEDGER, PARTITION, Catalog, literal
 from rtclake.lake.storage import LocalStorage, S3Options, S3Storage, Storage, storage_for
 from rtclake.tables import Table
 
@@ -154,6 +156,19 @@ class MigrationReport:
         return f"no old files left under {self.source}"
 
 
+#: What a migration that ran out of memory says about it.
+MEMORY_HINT = "DuckDB's memory for rtclake migrate is lake.maintenance.memory_limit"
+#: DuckDB writes a table's Parquet row groups in memory, ~0.5 GiB a thread for the ~170
+#: columns of rtc_stats, whatever the limit: a migration takes a thread per this much of
+#: its limit (at least one, at most one a core).
+MEMORY_PER_THREAD = 512 * 1024 * 1024
+
+
+def threads_within(memory_limit: int) -> int:
+    """DuckDB's threads for a migration within ``memory_limit`` bytes."""
+    return max(1, min(os.cpu_count() or 1, memory_limit // MEMORY_PER_THREAD))
+
+
 ProgressCallback = Callable[[PartitionResult], None]
 
 
@@ -165,21 +180,41 @@ def migrate(
     delete: bool = False,
     progress: ProgressCallback | None = None,
     threads: int | None = None,
+    memory_limit: int | None = None,
+    temp_directory: Path | None = None,
 ) -> MigrationReport:
     """Copy every partition of the old layout under ``source_root`` that the ledger does
     not hold into ``catalog`` (see the module's doc); with ``delete``, then remove the old
     files of every partition the catalog holds. ``progress`` is called after each
     partition. A partition that cannot be copied raises a :class:`MigrationError` (an S3
     source the lake's connection cannot read, a ``ConfigError``): the partitions committed
-    before stay committed, and the next run goes on from there."""
+    before stay committed, and the next run goes on from there.
+
+    ``memory_limit`` (bytes) keeps DuckDB's memory within it: without one it would take up
+    to 80 % of the host's before spilling, and a day of a busy table is large (its repeats
+    are found by grouping it). What outgrows the limit spills into a folder of the run's
+    own under ``temp_directory``, removed after it."""
     source = (
         source_root if isinstance(source_root, Storage) else storage_for(os.fspath(source_root))
     )
     started = time.perf_counter()
     report = MigrationReport(source=source.root)
     removable: list[Partition] = []
-    con = catalog.connect(threads=threads)
+    spill: Path | None = None
+    if temp_directory is not None:
+        temp_directory.mkdir(parents=True, exist_ok=True)
+        spill = Path(tempfile.mkdtemp(prefix="migrate-", dir=temp_directory))
     try:
+        con = catalog.connect(threads=threads)
+    except BaseException:
+        if spill is not None:
+            shutil.rmtree(spill, ignore_errors=True)
+        raise
+    try:
+        if memory_limit is not None:
+            con.execute(f"SET memory_limit = '{int(memory_limit)}B'")
+        if spill is not None:
+            con.execute(f"SET temp_directory = {literal(str(spill))}")
         _read_setup(con, source, catalog.storage)
         catalog.ensure_tables(con)
         lake_columns = catalog.columns(con)
@@ -207,6 +242,8 @@ def migrate(
             report.files_removable = sum(len(p.files) for p in removable)
     finally:
         con.close()
+        if spill is not None:
+            shutil.rmtree(spill, ignore_errors=True)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -338,6 +375,8 @@ def _copy(con: Any, table: Table, part: Partition, lake: set[str], node: str) ->
             raise
     except (duckdb.Error, OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            first += f" ({MEMORY_HINT})"
         raise MigrationError(f"{part.folder}: {first}") from exc
     return PartitionResult(
         table.name,
