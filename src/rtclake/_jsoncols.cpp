@@ -855,7 +855,7 @@ struct Outcome {
   std::vector<uint8_t> status;  // per line: 0 stored, 1 bad, 2 blank
   std::vector<std::pair<int64_t, std::string>> bad;
   std::vector<std::pair<int64_t, std::string>> notes;  // values kept in extra for their type
-  Column extra{JSON, "$"};
+  Column extra{JSON, false, "$"};
   std::string error;  // a failure of the whole block (too large)
 };
 
