@@ -306,3 +306,26 @@ def test_the_server_closes_instances_idle_past_the_timeout(
     while folder.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not folder.exists()  # the server's sweep closed it, with no query asked
+
+
+@pytest.mark.parametrize("temp", [False, True])
+def test_a_query_installs_and_loads_no_extension(lake: Path, tmp_path: Path, temp: bool) -> None:
+    # DuckDB would otherwise download sqlite_scanner from the internet for this query
+    # (autoinstall_known_extensions): it names the extension instead, in the reason.
+    queries = engine(lake, tmp_path / "tmp") if temp else QueryEngine(lake, default_registry())
+    with pytest.raises(QueryError) as raised:
+        queries.run("SELECT * FROM sqlite_scan('/etc/passwd', 'x')")
+    assert raised.value.reason == "query_failed"
+    assert "exists in the sqlite_scanner extension" in str(raised.value)
+    assert "install" not in str(raised.value).split("extension")[0].lower()
+    assert count(queries) == 10
+
+
+def test_a_reason_announced_on_its_first_line_is_given_with_the_next() -> None:
+    from rtclake.lake.query import reason
+
+    announced = duckdb.IOException("An error occurred while trying to load it:\n\nno file\nmore")
+    assert reason(announced) == "An error occurred while trying to load it: no file"
+    assert reason(duckdb.CatalogException("Catalog Error: no table t\n\nLINE 1")) == (
+        "Catalog Error: no table t"
+    )

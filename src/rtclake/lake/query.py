@@ -438,12 +438,17 @@ class QueryEngine:
     ) -> tuple[duckdb.DuckDBPyConnection, frozenset[str]]:
         """:meth:`connect`'s connection, and the tables without files it sees (empty):
         over ``listed`` (a :meth:`snapshot`), or the current snapshot."""
-        config: dict[str, Any] = {"temp_directory": str(temp_directory or "")}
+        # Nothing is installed or loaded on a query's demand: a function of an extension
+        # rtclake does not load (sqlite_scan, ...) is an error, not a download.
+        config: dict[str, Any] = {
+            "temp_directory": str(temp_directory or ""),
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+        }
         if temp_directory or self.storage.remote:
             config["temp_file_encryption"] = True
             config["extension_directory"] = _extension_directory()
             config["allow_unsigned_extensions"] = True  # checked once: _extension_directory
-            config["autoinstall_known_extensions"] = False
         if self.threads:
             config["threads"] = self.threads
         con = duckdb.connect(config=config)
@@ -676,7 +681,7 @@ class QueryEngine:
         except duckdb.OutOfMemoryException as exc:
             raise self._over_limit(exc) from exc
         except duckdb.Error as exc:
-            raise QueryError("query_failed", str(exc).splitlines()[0]) from exc
+            raise QueryError("query_failed", reason(exc)) from exc
         finally:
             timer.cancel()
         truncated = table.num_rows > limit
@@ -791,6 +796,17 @@ def _extension_directory() -> str:
             con.close()
         extensions.remember({"httpfs"}, before)
     return directory
+
+
+def reason(exc: BaseException) -> str:
+    """DuckDB's message for a failed query, in one line: its first line, and the next
+    one when the first only announces it (ends with a colon)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
 
 
 def _snapshot_id(con: Any) -> int:
