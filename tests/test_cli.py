@@ -124,6 +124,18 @@ def test_query_says_where_it_looked_for_the_lake(tmp_path: Path) -> None:
     assert f"no lake at {tmp_path / 'rtclake-data' / 'lake'}" in out.stderr
 
 
+def test_files_says_where_it_looked_for_the_lake_and_what_a_view_is(tmp_path: Path) -> None:
+    # a script handing the list to Spark must not take "no lake" for "no files"
+    out = rtclake("files", "telemetry", cwd=tmp_path)
+    assert out.returncode == 1 and out.stdout == ""
+    assert f"no lake at {tmp_path / 'rtclake-data' / 'lake'}" in out.stderr
+    out = rtclake("files", "connection_quality", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "'connection_quality' is a view, with no files of its own; tables:" in out.stderr
+    out = rtclake("files", "nosuch", cwd=tmp_path)
+    assert out.returncode == 2 and "no table 'nosuch'; tables:" in out.stderr
+
+
 def test_import_of_a_missing_path_fails(tmp_path: Path) -> None:
     out = rtclake("import", str(tmp_path / "no" / "such"), cwd=tmp_path)
     assert out.returncode == 1

@@ -314,6 +314,22 @@ def demo(
     )
 
 
+def _require_lake(settings: Settings) -> None:
+    """Exit with an error naming where the lake was looked for, when a local lake has no
+    folder: nothing was stored there (a command run from another folder, most often)."""
+    root = settings.lake_root
+    if "://" in root or Path(root).is_dir():
+        return
+    typer.echo(
+        f"error: no lake at {Path(root).absolute()}: nothing was stored there (the data"
+        f" directory is {settings.data_dir.absolute()}, relative to the current folder"
+        " unless absolute); run from the folder of `rtclake run`, or set"
+        " RTCLAKE_DATA_DIR, lake.root or --config",
+        err=True,
+    )
+    raise typer.Exit(1)
+
+
 @app.command()
 def files(
     table: Annotated[str, typer.Argument(help="a lake table, e.g. rtc_stats")],
@@ -326,8 +342,14 @@ def files(
 
     settings, registry = _settings(config)
     if table not in registry.tables:
-        typer.echo(f"no table {table!r}; tables: {', '.join(registry.tables.names())}", err=True)
+        tables = ", ".join(registry.tables.names())
+        if table in registry.tables.views:  # a view reads tables: it has no files
+            typer.echo(f"{table!r} is a view, with no files of its own; tables: {tables}",
+                       err=True)  # fmt: skip
+        else:
+            typer.echo(f"no table {table!r}; tables: {tables}", err=True)
         raise typer.Exit(2)
+    _require_lake(settings)  # else an empty list, as if the table had no files
     engine = QueryEngine.for_settings(settings, registry.tables)
     try:
         for path in engine.lake_files(registry.tables[table]):
@@ -446,16 +468,7 @@ def query(
     from rtclake.results import JSON_OPTIONS, json_rows, text_rows, write_csv
 
     settings, registry = _settings(config)
-    root = settings.lake_root
-    if "://" not in root and not Path(root).is_dir():
-        typer.echo(
-            f"error: no lake at {Path(root).absolute()}: nothing was stored there (the data"
-            f" directory is {settings.data_dir.absolute()}, relative to the current folder"
-            " unless absolute); run from the folder of `rtclake run`, or set"
-            " RTCLAKE_DATA_DIR, lake.root or --config",
-            err=True,
-        )
-        raise typer.Exit(1)
+    _require_lake(settings)
     url = parse_url(settings.lake_catalog)
     engine = QueryEngine.for_settings(
         settings, registry.tables, max_rows=max(max_rows or 0, settings.query.max_rows)
