@@ -132,6 +132,61 @@ def test_a_line_whose_time_breaks_the_rule_is_a_bad_line_named_by_file_and_line(
     assert count(tmp_path, "SELECT count(*) FROM rtc_stats WHERE year(time) <> 2026") == 0
 
 
+def test_a_damaged_gzip_file_is_named_its_whole_lines_before_kept_and_the_others_imported(
+    tmp_path: Path,
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "session_webhook.jsonl").write_bytes((SORA / "session_webhook.jsonl").read_bytes())
+    (logs / "rtc_stats.jsonl.1.gz").write_bytes(b"notgzip")  # not even a gzip header
+    # an upload cut short: the first ~half of a gzip stream of 4,000 distinct lines
+    whole = gzip.compress(("\n".join(stats_line("A", n) for n in range(4000)) + "\n").encode())
+    cut = logs / "rtc_stats.jsonl.2.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    importer = make_importer(tmp_path)
+
+    with structlog.testing.capture_logs() as logs_seen:
+        stats = importer.import_paths([logs])
+
+    assert stats.files == 1  # the webhook file
+    assert len(stats.unreadable) == 2
+    assert str(logs / "rtc_stats.jsonl.1.gz") + ": not a valid gzip file" in stats.unreadable[0]
+    assert str(cut) + ": not a valid gzip file" in stats.unreadable[1]
+    named = [e["file"] for e in logs_seen if e["event"].startswith("import: file unreadable")]
+    assert named == [str(logs / "rtc_stats.jsonl.1.gz"), str(cut)]
+    assert count(tmp_path, "SELECT count(DISTINCT event) FROM sessions") == 2
+    kept = count(tmp_path, "SELECT count(*) FROM rtc_stats")
+    assert isinstance(kept, int) and 1000 < kept < 4000  # whole lines, before the damage
+    assert count(tmp_path, "SELECT count(*) FROM rtc_stats WHERE bytes_sent IS NULL") == 0
+    # again: nothing stored twice, and the damage reported again
+    again = make_importer(tmp_path).import_paths([logs])
+    assert (again.rows, len(again.unreadable)) == (0, 2)
+    assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == kept
+    # the upload completed (the same file, whole): the rest of it is imported, once
+    cut.write_bytes(whole)
+    rest = make_importer(tmp_path).import_paths([cut])
+    assert rest.unreadable == []
+    assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == 4000
+
+
+def test_import_names_an_unreadable_file_and_exits_1_after_importing_the_others(
+    tmp_path: Path,
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "rtc_stats.jsonl").write_bytes((SORA / "rtc_stats.jsonl").read_bytes())
+    (logs / "rtc_stats.jsonl.1.gz").write_bytes(b"notgzip")
+    env = {"RTCLAKE_DATA_DIR": str(tmp_path / "data"), "PATH": ""}
+    out = subprocess.run(
+        [sys.executable, "-m", "rtclake", "import", str(logs)], env=env, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "imported 3 rows from 1 files" in out.stdout and "1 files unreadable" in out.stdout
+    assert f"error: {logs / 'rtc_stats.jsonl.1.gz'}: not a valid gzip file" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_blocks_keep_lines_whole_across_buffers_gzip_members_and_read_only_streams() -> None:
     lines = [f'{{"n": {i}, "pad": "{"x" * (i * 37 % 9000)}"}}'.encode() for i in range(300)]
     text = b"\n".join(lines) + b"\n"
@@ -236,6 +291,18 @@ def test_kohaku_s3_layout_imports_incrementally(tmp_path: Path, s3_endpoint: str
     third = run()
     assert (third.files, third.rows) == (1, 3)
     assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == 12
+    # a damaged object is named and left for a later run; the objects after it are read
+    raw.put_object(Bucket="logs", Key="kohaku/rtc_stats/2026/11/21/host-b-5.gz", Body=b"nogz")
+    put("kohaku/rtc_stats/2026/11/21/host-c-6.gz", [stats_line("H", n) for n in range(12, 14)])
+    fourth = run()
+    assert (fourth.files, fourth.rows) == (1, 2)
+    assert fourth.unreadable == [
+        "s3://logs/kohaku/rtc_stats/2026/11/21/host-b-5.gz: not a valid gzip file (Compressed"
+        " file ended before the end-of-stream marker was reached); its lines before the damage"
+        " were imported"
+    ]
+    assert len(run().unreadable) == 1  # not marked as read: a fixed upload is read later
+    assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == 14
 
 
 def test_import_and_query_commands(tmp_path: Path) -> None:

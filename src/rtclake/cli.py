@@ -235,7 +235,12 @@ def _import(
         f"imported {stats.rows:,} rows from {stats.files} files in {stats.seconds:.1f} s"
         f" ({stats.rows_per_second:,.0f} rows/s); {stats.bad_lines} bad lines skipped,"
         f" {stats.skipped_files} files not recognised"
+        + (f", {len(stats.unreadable)} files unreadable" if stats.unreadable else "")
     )
+    if stats.unreadable:  # the others were imported; a script must still hear of these
+        for why in stats.unreadable:
+            typer.echo(f"error: {why}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

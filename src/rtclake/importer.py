@@ -17,20 +17,23 @@ read again from the start.
 from __future__ import annotations
 
 import collections
+import gzip
 import hashlib
 import io
 import queue
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import msgspec
 import pyarrow as pa
 import structlog
+from isal import isal_zlib
 from isal.isal_zlib import _GzipReader  # gzip inflated 2-3x faster than zlib (Intel ISA-L)
 
 from rtclake import _jsoncols
@@ -58,6 +61,21 @@ SOURCE = "import"
 # file per table, the commit) took more time than the blocks' own data at one block
 # (~30,000 Sora lines) a commit.
 GROUP_ROWS = 120_000
+
+
+#: What inflating a gzip stream that is cut short or damaged raises (ISA-L's, zlib's and
+#: gzip's own errors).
+GZIP_ERRORS: tuple[type[BaseException], ...] = (
+    EOFError,
+    gzip.BadGzipFile,
+    cast("type[BaseException]", isal_zlib.error),  # a class; isal's stubs say an instance
+    zlib.error,
+)
+
+
+class UnreadableFile(Exception):
+    """A file or object that cannot be read as what its name says (a gzip stream cut short
+    or damaged); its whole lines before the damage were imported."""
 
 
 class FileState(msgspec.Struct):
@@ -96,6 +114,7 @@ class ImportStats:
     bad_lines: int = 0
     bytes_read: int = 0
     seconds: float = 0.0
+    unreadable: list[str] = field(default_factory=list)  # why each unreadable file was left
     on_progress: Callable[[int, int], None] | None = field(default=None, repr=False)
 
     @property
@@ -185,14 +204,25 @@ class BlockReader:
             buf[: len(carry)] = carry
             n = len(carry)
             eof = False
+            damage: BaseException | None = None
             with memoryview(buf) as view:
                 while n < len(buf):
-                    got = source.readinto(view[n:])
+                    try:
+                        got = source.readinto(view[n:])
+                    except GZIP_ERRORS as exc:
+                        damage = exc
+                        break
                     if not got:
                         eof = True
                         break
                     n += got
             cut = buf.rfind(b"\n", 0, n) + 1
+            if damage is not None:  # the whole lines before it, then the error
+                if cut:
+                    yield offset, buf, cut
+                else:
+                    self.release(buf)
+                raise damage
             if eof:
                 if buf[:n].strip():
                     yield offset, buf, n
@@ -257,7 +287,13 @@ class Importer:
                 log.info("import: not a known log file; skipped", file=str(path))
                 stats.skipped_files += 1
                 continue
-            self.import_file(path, self.tables[table_name], stats)
+            try:
+                self.import_file(path, self.tables[table_name], stats)
+            except UnreadableFile as exc:  # the other files are still imported
+                log.error("import: file unreadable; the rest of it skipped", file=str(path),
+                          error=str(exc))  # fmt: skip
+                stats.unreadable.append(str(exc))
+                continue
             stats.files += 1
         stats.seconds = time.perf_counter() - started
         return stats
@@ -308,10 +344,19 @@ class Importer:
             daemon=True,
         )  # fmt: skip
         writer.start()
+        damage: BaseException | None = None
         try:
             base = 0 if gz else done.offset
             skipped = done.line if not gz else 0
-            for offset, buf, length in self._reader.blocks(fh, gz):
+            blocks = self._reader.blocks(fh, gz)
+            while True:
+                try:
+                    offset, buf, length = next(blocks)
+                except StopIteration:
+                    break
+                except GZIP_ERRORS as exc:
+                    damage = exc
+                    break
                 start = base + offset
                 stats.bytes_read += length
                 if gz and start + length <= done.offset:  # imported before (gzip cannot seek)
@@ -330,6 +375,11 @@ class Importer:
             writer.join()
         if failure:
             raise failure[0]
+        if damage is not None:
+            raise UnreadableFile(
+                f"{label}: not a valid gzip file ({damage}); its lines before the damage"
+                " were imported"
+            ) from damage
 
     def _parse(
         self, table: Table, header: EntryHeader, run: str, end: int, buf: bytearray, length: int
