@@ -184,6 +184,25 @@ def test_invalid_stream_name_is_refused(server: Server, name: str, stream: str) 
     assert_still_serving_and_nothing_stored(server, f"after-bad-stream-{name}")
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status", "error"),
+    [
+        ("GET", "/nope", 404, "not_found"),
+        ("POST", "/ingest/", 404, "not_found"),
+        ("POST", "/ingest/..%2Fetc", 404, "not_found"),
+        ("GET", "/ingest/sensors", 405, "method_not_allowed"),
+        ("GET", "/api/query?sql=SELECT%201", 405, "method_not_allowed"),
+    ],
+)
+def test_a_wrong_path_or_method_is_a_json_refusal(
+    server: Server, method: str, path: str, status: int, error: str
+) -> None:
+    response = httpx.request(method, f"{server.url}{path}", timeout=30)
+    body = assert_refused(response, status, error)
+    if status == 405:
+        assert "POST" in response.headers["allow"] and "POST" in body["message"]
+
+
 def chunks(total: int, size: int = 64 * 1024) -> Iterator[bytes]:
     """A streamed body (sent chunked, without Content-Length) of ``total`` bytes."""
     line = GOOD_LINE + b"\n"

@@ -13,6 +13,7 @@ import structlog
 import swagger_ui_bundle
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -155,6 +156,28 @@ def _quiet_start_failure(record: logging.LogRecord) -> bool:
     return "StartFailed" not in record.getMessage()
 
 
+#: The reason of Starlette's own refusals (no route, a method a route does not take).
+_HTTP_REASONS = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals as JSON with a reason, like every other error of the API."""
+    if not isinstance(exc, HTTPException):  # (registered for HTTPException only)
+        raise exc
+    path = request.url.path
+    if exc.status_code == 404:
+        message = f"nothing at {path}; /docs lists the API"
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed at {path} (allowed: {allowed})"
+    else:
+        message = str(exc.detail)
+    response = json_error(exc.status_code, _HTTP_REASONS.get(exc.status_code, "http_error"),
+                          message)  # fmt: skip
+    response.headers.update(exc.headers or {})
+    return response
+
+
 def create_app(service: Service) -> Starlette:
     """The ASGI application of one :class:`Service`; its lifespan starts and stops it."""
     node = NodeEndpoints(service)
@@ -198,4 +221,5 @@ def create_app(service: Service) -> Starlette:
         Route("/docs", node.docs, methods=["GET"], include_in_schema=False),
         Mount("/docs/static", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path)),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers={HTTPException: _http_error})  # fmt: skip
