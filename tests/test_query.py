@@ -156,6 +156,21 @@ def test_only_one_select_is_allowed(lake: Path, sql: str) -> None:
     assert not Path("/tmp/rtclake-should-not-exist.csv").exists()
 
 
+@pytest.mark.parametrize(
+    ("sql", "kind"),
+    [
+        ("INSTALL httpfs", "INSTALL"),
+        ("/* -- */ load httpfs", "LOAD"),
+        ("USE memory", "USE"),
+        ("SET threads = 1", "SET"),
+        ("ATTACH '/tmp/other.db'", "ATTACH"),
+    ],
+)
+def test_a_refused_statement_is_named_as_written(lake: Path, sql: str, kind: str) -> None:
+    with pytest.raises(QueryError, match=rf"only SELECT queries are allowed \(got {kind}\)$"):
+        engine(lake).run(sql)
+
+
 def test_files_outside_the_lake_cannot_be_read(lake: Path) -> None:
     with pytest.raises(QueryError, match=r"(?i)permission|access|disabled"):
         engine(lake).run("SELECT * FROM read_csv('/etc/passwd')")

@@ -21,6 +21,7 @@ import functools
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 import threading
@@ -747,8 +748,19 @@ def _check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise QueryError("bad_sql", f"send exactly one statement (got {len(statements)})")
     if statements[0].type.name not in _ALLOWED:
         raise QueryError(
-            "read_only", f"only SELECT queries are allowed (got {statements[0].type.name})"
+            "read_only", f"only SELECT queries are allowed (got {_kind(statements[0])})"
         )
+
+
+def _kind(statement: Any) -> str:
+    """What a statement is, as its writer would say it: DuckDB's type files INSTALL under
+    LOAD and USE under SET, so for those the statement's own first word."""
+    kind: str = statement.type.name
+    if kind in ("LOAD", "SET"):
+        text = re.sub(r"/\*.*?\*/|--[^\n]*", " ", statement.query, flags=re.S)
+        if word := re.match(r"\s*([A-Za-z]+)", text):
+            return word.group(1).upper()
+    return kind
 
 
 def _mib(size: int) -> str:
