@@ -335,7 +335,12 @@ def test_delete_removes_the_old_files_once_committed_and_not_the_catalogs(
     assert not (root / "rtc_stats").exists()  # empty folders go too
     assert (root / "events" / "date=2026-07-24").is_dir()  # not empty: a temporary file
     assert_exactly_once(catalog, expected)  # the catalog's files are untouched
-    assert migrate(root, catalog, node=NODE, delete=True).files_deleted == 0
+    again = migrate(root, catalog, node=NODE, delete=True)
+    assert again.files_deleted == 0
+    assert again.next_step() == (
+        f"no files of the old layout (TABLE/date=YYYY-MM-DD/*.parquet) under {root}:"
+        " nothing (left) to migrate"
+    )
 
 
 def test_folders_that_are_not_partitions_or_tables_are_left_with_a_warning(

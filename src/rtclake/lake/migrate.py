@@ -153,7 +153,11 @@ class MigrationReport:
                 f" catalog now and can be removed: rtclake migrate --from {self.source}"
                 " --delete, with the same settings (it copies nothing twice)"
             )
-        return f"no old files left under {self.source}"
+        # (every partition found is removable once in the catalog: none was found)
+        return (
+            f"no files of the old layout (TABLE/date=YYYY-MM-DD/*.parquet) under {self.source}:"
+            " nothing (left) to migrate"
+        )
 
 
 #: What a migration that ran out of memory says about it.
