@@ -197,3 +197,15 @@ def test_every_event_type_of_the_brief_lands_with_its_ids(app: App) -> None:
     assert rows["egress_ended"][6] == "disk"
     assert rows["ingress_ended"][4:6] == ["IN_all", "ENDPOINT_PUBLISHING"]
     assert rows["ingress_started"][7] == "all-events"
+
+
+def test_the_route_documents_itself_for_openapi(app: App) -> None:
+    # (the shared refusals had been appended at the depth of the 401's second line:
+    # /openapi.json answered 500 once a livekit_webhook source was configured)
+    import httpx
+
+    answer = httpx.get(f"http://127.0.0.1:{app.port}/openapi.json", timeout=30)
+    assert answer.status_code == 200, answer.text
+    responses = answer.json()["paths"][PATH]["post"]["responses"]
+    assert {"200", "401", "413", "503", "507"} <= set(responses)
+    assert "Not signed by a configured key" in responses["401"]["description"]

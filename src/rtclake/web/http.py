@@ -162,11 +162,19 @@ _REFUSALS = (
 
 def refusals_documented(handler: F) -> F:
     """Append the shared refusals to the ``responses:`` that end ``handler``'s docstring
-    (its OpenAPI description)."""
+    (its OpenAPI description), at the indentation of its entries (the last line may
+    continue one), leaving out the codes it describes itself."""
     lines = (handler.__doc__ or "").rstrip().splitlines()
-    last = lines[-1]
-    indent = last[: len(last) - len(last.lstrip())]
-    handler.__doc__ = "\n".join([*lines, *(indent + line for line in _REFUSALS)]) + "\n"
+    at = max(i for i, line in enumerate(lines) if line.strip() == "responses:")
+    entries = [line for line in lines[at + 1 :] if line.strip()]
+    indent = entries[0][: len(entries[0]) - len(entries[0].lstrip())]
+    own = {
+        line.strip().split(":")[0]
+        for line in entries
+        if len(line) > len(indent) and not line[len(indent)].isspace()
+    }
+    shared = [indent + line for line in _REFUSALS if line.split(":")[0] not in own]
+    handler.__doc__ = "\n".join([*lines, *shared]) + "\n"
     return handler
 
 
