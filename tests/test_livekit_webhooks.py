@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,7 @@ import jwt
 import orjson
 import pytest
 
+from rtclake.errors import ConfigError
 from rtclake.integrations.livekit.keys import SignatureError, body_hash, load_keys, verify
 from tests.conftest import FIXTURES
 from tests.test_sora_webhooks import App
@@ -136,9 +140,24 @@ def test_keys_come_from_the_key_file_the_environment_and_the_configuration(
         load_keys({}, key_file, {})
 
 
-def test_a_source_without_any_key_is_refused_at_start(tmp_path: Path) -> None:
-    with pytest.raises(Exception, match="no LiveKit API key"):
+def test_a_source_without_any_key_is_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LIVEKIT_API_KEY", raising=False)
+    monkeypatch.delenv("LIVEKIT_API_SECRET", raising=False)
+    with pytest.raises(ConfigError, match=r"sources\.lk: no LiveKit API key"):
         App(tmp_path, sources={"lk": {"type": "livekit_webhook"}})
+    # `rtclake run`: one line and exit 2, as any configuration it refuses (no traceback)
+    (tmp_path / "c.yaml").write_text("sources: {lk: {type: livekit_webhook}}\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("RTCLAKE_", "LIVEKIT_"))}
+    out = subprocess.run(
+        [sys.executable, "-m", "rtclake", "run", "-c", str(tmp_path / "c.yaml"), "--port", "0"],
+        env={**base, "RTCLAKE_DATA_DIR": str(tmp_path / "data")}, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "error: sources.lk: no LiveKit API key" in out.stderr
+    assert "Traceback" not in out.stderr and "ValueError" not in out.stderr
 
 
 def test_the_clock_tolerance_accepts_a_token_a_few_seconds_early(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import Field, SecretStr
 
+from rtclake.errors import ConfigError
 from rtclake.registry import BuildContext, Registry, SourceConfig
 
 
@@ -72,11 +73,14 @@ def register(registry: Registry) -> None:
 
         assert ctx.intake is not None
         configured = {k: v.get_secret_value() for k, v in config.keys.items()}
-        keys = load_keys(configured, config.key_file)
-        if not keys:
-            raise ValueError(
-                "no LiveKit API key: set keys: {KEY: SECRET}, key_file:, or"
-                " LIVEKIT_API_KEY and LIVEKIT_API_SECRET"
+        try:
+            keys = load_keys(configured, config.key_file)
+        except ValueError as exc:  # a key file that cannot be read or parsed
+            raise ConfigError(f"sources.{ctx.name}: {exc}") from exc
+        if not keys:  # (the environment may hold them: known only now, not by `config`)
+            raise ConfigError(
+                f"sources.{ctx.name}: no LiveKit API key: set keys: {{KEY: SECRET}}, key_file:,"
+                " or LIVEKIT_API_KEY and LIVEKIT_API_SECRET"
             )
         return LiveKitWebhook(
             ctx.intake, ctx.tables["livekit_events"], keys=keys, clock_skew=config.clock_skew,
