@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import threading
 import time
@@ -452,3 +453,33 @@ def test_a_thousand_messages_survive_kill_9_mid_stream_each_stored_once(
         f"SELECT count(*) FROM read_parquet('{files}') WHERE topic = '{topic}/seq'"
     ).fetchall()[0][0]
     print(f"{copies} rows in the files for {total} messages (redeliveries: {copies - total})")
+
+
+@pytest.mark.parametrize(
+    ("topic", "why"),
+    [
+        ("a/#/b", "'#' must be a whole level, and the last"),
+        ("sensors#", "'#' must be a whole level, and the last"),
+        ("a/b+", "'+' must be a whole level"),
+        ("", "an empty topic filter"),
+        ("a\0b", "a NUL character"),
+    ],
+)
+def test_a_topic_filter_the_broker_would_refuse_is_refused_in_the_configuration(
+    tmp_path: Path, topic: str, why: str
+) -> None:
+    # paho's network thread had stopped on "a/#/b" once connected, and nothing came after
+    from rtclake.config import load_settings
+    from rtclake.errors import ConfigError
+
+    sources = {"m": {"type": "mqtt", "topics": ["sensors/#", topic]}}
+    with pytest.raises(ConfigError, match=rf"sources\.m\.topics: .*: {re.escape(why)}"):
+        load_settings(data_dir=tmp_path, sources=sources)
+
+
+def test_topic_filters_by_the_rules_are_taken(tmp_path: Path) -> None:
+    from rtclake.config import load_settings
+
+    topics = ["sensors/#", "#", "+", "+/x/+", "$share/g/sensors/#", "a//b", "sport/+/player1"]
+    settings = load_settings(data_dir=tmp_path, sources={"m": {"type": "mqtt", "topics": topics}})
+    assert settings.sources["m"]["topics"] == topics

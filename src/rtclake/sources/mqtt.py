@@ -184,6 +184,33 @@ class MqttConfig(SourceConfig):
     def _version_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int | float) else value
 
+    @field_validator("topics")
+    @classmethod
+    def _topic_filters(cls, topics: list[str]) -> list[str]:
+        for topic in topics:
+            if why := filter_error(topic):
+                raise ValueError(f"{topic!r}: {why}")
+        return topics
+
+
+def filter_error(topic: str) -> str | None:
+    """Why ``topic`` is not an MQTT topic filter (MQTT 5.0, 4.7), or None. The broker
+    would refuse it only once connected, and paho's thread stops on it: refused here, in
+    the configuration."""
+    if not topic:
+        return "an empty topic filter"
+    if "\0" in topic:
+        return "a NUL character"
+    if len(topic.encode()) > 65535:
+        return "longer than 65,535 bytes"
+    levels = topic.split("/")
+    for at, level in enumerate(levels):
+        if "#" in level and (level != "#" or at != len(levels) - 1):
+            return "'#' must be a whole level, and the last (e.g. sensors/#)"
+        if "+" in level and level != "+":
+            return "'+' must be a whole level (e.g. sensors/+/temperature)"
+    return None
+
 
 @dataclass(eq=False)
 class _Delivery:
