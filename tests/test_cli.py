@@ -118,6 +118,21 @@ def test_a_node_name_lock_not_reachable_at_start_is_tried_again(
     assert lock.tries == 3 and lock.held and node._name_lock is lock
 
 
+def test_config_checks_the_alert_rules_as_run_does(tmp_path: Path) -> None:
+    rule = (
+        "alerts:\n  rules:\n    r: {source: SOURCE, metric: loss_pct, condition: '> 5',"
+        " for: 2m, scope: connection_id, notify: [NOTIFY]}\n"
+    )
+    path = tmp_path / "rtclake.yaml"
+    path.write_text(rule.replace("SOURCE", "rtc_rates").replace("NOTIFY", "log"))
+    assert rtclake("config", "-c", str(path), cwd=tmp_path).returncode == 0
+    path.write_text(rule.replace("SOURCE", "nosuch").replace("NOTIFY", "slack"))
+    out = rtclake("config", "-c", str(path), cwd=tmp_path)
+    assert out.returncode == 2, out.stdout
+    assert "alerts.rules.r.source: no table or view 'nosuch'" in out.stderr
+    assert "alerts.rules.r.notify: no sink named 'slack' (sinks: lake;" in out.stderr
+
+
 def test_query_says_where_it_looked_for_the_lake(tmp_path: Path) -> None:
     out = rtclake("query", "SELECT 1", cwd=tmp_path)
     assert out.returncode == 1

@@ -112,7 +112,18 @@ def show_config(config: ConfigOption = None) -> None:
 
     settings, registry = _settings(config)
     shown = masked_dump(settings)
-    shown.update(effective_components(settings, registry))
+    components = effective_components(settings, registry)
+    shown.update(components)
+    if any(rule.enabled for rule in settings.alerts.rules.values()):
+        # the rules as `rtclake run` checks them: tables, views, columns and sinks named
+        from rtclake.alerts import check_rules
+
+        sinks = [*(["lake"] if settings.lake.enabled else []), *components.get("sinks", {})]
+        try:
+            check_rules(settings.alerts, registry.tables, sinks)
+        except ConfigError as exc:
+            typer.echo(redact(f"error: {exc}"), err=True)
+            raise typer.Exit(2) from exc
     typer.echo(yaml.safe_dump(shown, sort_keys=False), nl=False)
 
 
