@@ -326,7 +326,7 @@ def test_a_rule_the_registry_refutes_is_refused_at_start_naming_its_key(
     ("rule", "expected"),
     [
         ({"condition": "above 5"}, "alerts.rules.r.condition: Value error, 'above 5' is not a"),
-        ({"for": "2 weeks"}, "alerts.rules.r.for' in the file, or RTCLAKE_ALERTS__RULES__R__FOR]"),
+        ({"for": "2 weeks"}, "r.for' in a config file, or RTCLAKE_ALERTS__RULES__R__FOR]"),
         ({"metric": "count", "condition": "< 1", "for": "5m"}, "a scope by column knows only"),
         ({"metric": "loss_pct; DROP"}, "alerts.rules.r.metric: Value error, give a column name"),
         ({"nottify": ["log"]}, "alerts.rules.r.nottify: Extra inputs are not permitted"),

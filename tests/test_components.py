@@ -296,7 +296,7 @@ def test_components_are_configured_by_environment_variables(
         ({"sinks": {"s": {}}}, "sinks.s: give its type"),
         (
             {"sources": {"t": {"type": "file_tail", "table": "events"}}},
-            "sources.t.dirs: Field required [key 'sources.t.dirs' in the file,"
+            "sources.t.dirs: Field required [key 'sources.t.dirs' in a config file,"
             " or RTCLAKE_SOURCES__T__DIRS]",
         ),
         (

@@ -228,3 +228,12 @@ def test_the_route_documents_itself_for_openapi(app: App) -> None:
     responses = answer.json()["paths"][PATH]["post"]["responses"]
     assert {"200", "401", "413", "503", "507"} <= set(responses)
     assert "Not signed by a configured key" in responses["401"]["description"]
+
+
+def test_the_start_names_the_source_as_configured(app: App) -> None:
+    # (the "rtclake started" line had named it livekit_webhook, its type, not lk)
+    assert "lk" in app.service.source_names
+    assert "livekit_webhook" not in app.service.source_names
+    assert app.service.source_names.index("lk") == [
+        s.name for s in app.service.sources
+    ].index("livekit_webhook")

@@ -643,7 +643,7 @@ def describe_error(error: Any, prefix: tuple[str, ...] = ()) -> str:
     env = "RTCLAKE_" + "__".join(str(p).upper() for p in where if not isinstance(p, int))
     got = error.get("input")
     shown = "" if isinstance(got, dict) else redact(f" (got {got!r})")
-    return f"{loc}: {error['msg']}{shown} [key '{loc}' in the file, or {env}]"
+    return f"{loc}: {error['msg']}{shown} [key '{loc}' in a config file, or {env}]"
 
 
 def load_settings(

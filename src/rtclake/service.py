@@ -178,6 +178,12 @@ class Service:
             if sources is None
             else sources
         )
+        # as configured: some sources (Sora's, LiveKit's) keep their type as their name
+        self.source_names = (
+            [name for name, _, _ in self.registry.configured("source", settings.sources)]
+            if sources is None
+            else [s.name for s in sources]
+        )
 
     def source(self, name: str) -> Source:
         """The source of that name (``http``, ``sora_webhooks``, ...)."""
@@ -253,7 +259,7 @@ class Service:
             ),
             lake=self.settings.lake_root,
             catalog=str(parse_url(self.settings.lake_catalog)),
-            sources=[s.name for s in self.sources],
+            sources=self.source_names,
             processors=[p.name for p in self.chain.processors] if self.chain else [],
             sinks=[s.name for s in self.sinks],
         )

@@ -234,7 +234,12 @@ class DashboardEndpoints:
           - {name: range, in: query, schema: {type: string, enum: [15m, 1h, 6h, 24h, 7d]}}
           - {name: from, in: query, schema: {type: string}, description: ISO 8601 or epoch ms}
           - {name: to, in: query, schema: {type: string}}
-          - {name: channel, in: query, schema: {type: string}}
+          - name: channel
+            in: query
+            schema: {type: string}
+            description: >
+              Narrows the lists of one channel's connections (worst, sessions); the
+              counts (active, flow), the top channels and the Sora nodes stay overall.
         responses:
           200:
             description: >

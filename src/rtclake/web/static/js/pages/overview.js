@@ -58,7 +58,8 @@ export function create(main, args, context) {
     fill(el.title,
       h("h1", {}, "Overview"),
       h("span", { class: "sub" }, `${r.range ? "last " + r.range + " · " : ""}${f.timeText(r.from)} – ${f.timeText(r.to)}`),
-      channel ? h("span", {}, "channel ", h("code", {}, channel), " ",
+      channel ? h("span", { title: "the counts, the top channels and the nodes stay overall" },
+        "channel ", h("code", {}, channel), " (worst connections and sessions) ",
         h("a", { href: link("/", { channel: null }), title: "all channels" }, "✕")) : null);
     cards(data);
     flowChart(data);
