@@ -234,6 +234,6 @@ def test_the_start_names_the_source_as_configured(app: App) -> None:
     # (the "rtclake started" line had named it livekit_webhook, its type, not lk)
     assert "lk" in app.service.source_names
     assert "livekit_webhook" not in app.service.source_names
-    assert app.service.source_names.index("lk") == [
-        s.name for s in app.service.sources
-    ].index("livekit_webhook")
+    assert app.service.source_names.index("lk") == [s.name for s in app.service.sources].index(
+        "livekit_webhook"
+    )
