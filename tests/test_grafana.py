@@ -30,6 +30,7 @@ from rtclake.grafana import (
     queries,
     render,
     stale_empty_files,
+    write,
 )
 from rtclake.importer import Importer, ImportStats
 from rtclake.integrations.sora.api import stats_report_record, with_derived_fields
@@ -354,3 +355,14 @@ def test_an_empty_lake_gives_every_view_and_later_files_appear(tmp_path: Path) -
     fill_lake(tmp_path / "rtclake" / "lake", tmp_path / "import")
     assert con.sql("SELECT count(*) FROM rtc_rates").fetchone() > (0,)
     con.close()
+
+
+def test_the_generator_writes_every_file_of_deploy_grafana(tmp_path: Path) -> None:
+    # (the dashboards' provider file had been written by hand: a regenerated folder
+    # lacked provisioning/dashboards/rtclake.yaml)
+    write(tmp_path, load_registry())
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    assert files(tmp_path) == files(GRAFANA)
