@@ -67,7 +67,11 @@ def test_sigterm_stores_what_the_spool_holds(server: Server) -> None:
 
 def test_health_metrics_and_openapi_are_served(server: Server) -> None:
     assert httpx.get(server.url + "/healthz").json()["status"] == "ok"
-    assert "rtclake_spool_bytes" in httpx.get(server.url + "/metrics").text
+    metrics = httpx.get(server.url + "/metrics").text
+    assert "rtclake_spool_bytes" in metrics
+    # at 0 before any failure (they had appeared at their first: a rate() missed it)
+    assert 'rtclake_sink_errors_total{sink="lake"} 0.0' in metrics
+    assert 'rtclake_writer_errors_total{stage="spool"} 0.0' in metrics
     spec = httpx.get(server.url + "/openapi.json").json()
     assert {"/ingest/{stream}", "/api/query", "/healthz"} <= set(spec["paths"])
     assert httpx.get(server.url + "/docs").status_code == 200

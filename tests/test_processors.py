@@ -157,3 +157,18 @@ def test_a_reply_that_is_not_json_is_dropped_not_sent() -> None:
 
     done, chain = run_one(RecordProcessor(reply, name="r"), b'{"n": 1}')
     assert done.reply is None and errors(chain, "r", "bad_output") == 1
+
+
+def test_each_processor_error_series_is_there_at_zero_from_the_start() -> None:
+    # (they had appeared at their first error: a rate() alert misses that one)
+    from prometheus_client import generate_latest
+
+    from rtclake.processors.chain import ERROR_REASONS
+
+    metrics = Metrics()
+    chain = Chain([RecordProcessor(lambda r, c: None, name="p")], metrics)
+    text = generate_latest(metrics.registry).decode()
+    for reason in ERROR_REASONS:
+        assert f'rtclake_processor_errors_total{{processor="p",reason="{reason}"}} 0.0' in text
+    assert 'rtclake_writer_errors_total{stage="convert"} 0.0' in text
+    chain.close()

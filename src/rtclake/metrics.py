@@ -59,6 +59,8 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        for stage in ("spool", "convert"):  # at 0 from the start, so rate() sees the first
+            self.writer_errors.labels(stage)
         self.source_errors = Counter(
             "rtclake_source_errors",
             "Rounds of a background source that failed and are tried again, by source.",

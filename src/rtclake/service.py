@@ -143,6 +143,8 @@ class Service:
         )
         self.sinks = build_sinks(settings, self.registry, self.metrics) if sinks is None else sinks
         self.delivery = Delivery(self.sinks, self.metrics)
+        for sink in self.sinks:  # at 0 from the start, so rate() sees the first failure
+            self.metrics.sink_errors.labels(sink.name)
         w = settings.writer
         self.writer = writer_type(
             self.spool,

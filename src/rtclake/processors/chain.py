@@ -99,6 +99,11 @@ class _Runner:
         return result
 
 
+# the reasons of rtclake_processor_errors_total
+ERROR_REASONS = ("error", "timeout", "busy", "undecodable", "invalid_output", "invalid_emit",
+                 "bad_output")  # fmt: skip
+
+
 class Chain:
     """The configured processors; ``run`` is called from any thread."""
 
@@ -117,6 +122,9 @@ class Chain:
             ["processor", "reason"],
             registry=metrics.registry,
         )
+        for processor in processors:  # at 0 from the start, so rate() sees the first one
+            for reason in ERROR_REASONS:
+                self.errors.labels(processor.name, reason)
         self.emitted = Counter(
             "rtclake_processor_emitted_records",
             "Records processors emitted, by processor.",
