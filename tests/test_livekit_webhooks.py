@@ -237,3 +237,47 @@ def test_the_start_names_the_source_as_configured(app: App) -> None:
     assert app.service.source_names.index("lk") == [s.name for s in app.service.sources].index(
         "livekit_webhook"
     )
+
+
+def test_a_rooms_life_from_webhooks_shows_on_its_session_and_connection_pages(
+    app: App,
+) -> None:
+    # (the pages had read Sora's session and connection logs only: a finished LiveKit
+    # room showed as live, a participant who left as connected)
+    import httpx
+
+    def event(name: str, created: int, **more: Any) -> bytes:
+        room = {"sid": "RM_life0001", "name": "LifeRoom", "creationTime": "1718093120"}
+        body = {"event": name, "room": room, "id": f"EV_life_{name}", "createdAt": str(created)}
+        return orjson.dumps({**body, **more})
+
+    alice = {"sid": "PA_life_alice", "identity": "alice", "state": "ACTIVE"}
+    bob = {"sid": "PA_life_bob", "identity": "bob"}
+    gone = {**alice, "state": "DISCONNECTED", "disconnectReason": "CLIENT_INITIATED"}
+    bodies = [
+        event("room_started", 1718093120),
+        event("participant_joined", 1718093125, participant=alice),
+        event("participant_connection_aborted", 1718093300, participant=bob),
+        event("participant_left", 1718093400, participant=gone),
+        event("room_finished", 1718093700),
+    ]  # fmt: skip
+    for body in bodies:
+        assert post(app, body, token(body)).status_code == 200
+    assert app.wait_rows(
+        "SELECT count(*) FROM livekit_events WHERE room_sid = 'RM_life0001'", 5) == 5  # fmt: skip
+
+    url = f"http://127.0.0.1:{app.port}/api/dashboard"
+    page = httpx.get(f"{url}/sessions/RM_life0001", timeout=30).json()
+    session = page["session"]
+    assert session["channel_id"] == "LifeRoom"
+    assert session["created_at"].startswith("2024-06-11T08:05:20")  # room_started
+    assert session["destroyed_at"].startswith("2024-06-11T08:15:00")  # room_finished
+    who = {p["connection_id"]: p for p in page["participants"]}
+    assert who["PA_life_alice"]["joined"].startswith("2024-06-11T08:05:25")
+    assert who["PA_life_alice"]["left_at"].startswith("2024-06-11T08:10:00")
+    assert who["PA_life_alice"]["reason"] == "CLIENT_INITIATED"
+    assert who["PA_life_alice"]["client_id"] == "alice"
+    assert who["PA_life_bob"]["left_at"].startswith("2024-06-11T08:08:20")
+    assert who["PA_life_bob"]["reason"] == "CONNECTION_ABORTED"
+    connection = httpx.get(f"{url}/connections/PA_life_alice", timeout=30).json()
+    assert connection["connection"]["left_at"].startswith("2024-06-11T08:10:00")

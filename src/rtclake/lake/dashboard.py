@@ -55,7 +55,7 @@ NEEDS = frozenset(
     ("rtc_stats", "sessions", "connections", "sora_events", "sora_stats_report",
      "sora_connection_counters", "rtc_rates", "connection_reports", "connection_spans",
      "connection_quality",
-     "livekit_rates")
+     "livekit_rates", "livekit_events", "livekit_analytics_events")
 )  # fmt: skip
 """The tables and views these queries read: an integration (Sora's) provides them."""
 
@@ -86,6 +86,43 @@ _REPORTED = (
     " FROM connection_spans UNION ALL SELECT connection_id, channel_id, session_id, NULL, NULL,"
     " time, time FROM livekit_rates"
 )
+
+# A LiveKit room's life as rows of Sora's ``sessions`` (a room as a session, as above):
+# room_started / ROOM_CREATED and room_finished / ROOM_ENDED, from the webhooks and the
+# analytics events. A room_finished webhook carries the room's creationTime (seconds).
+_LIVEKIT_ROOMS = """SELECT room_sid AS session_id, room_name AS channel_id,
+        CASE WHEN event = 'room_started' THEN time
+            ELSE to_timestamp(TRY_CAST(json_extract_string(extra, '$.room.creationTime')
+                AS BIGINT)) END AS created_at,
+        CASE WHEN event = 'room_finished' THEN time END AS destroyed_at,
+        NULL::BIGINT AS total_connections, NULL::BIGINT AS max_connections, time
+    FROM livekit_events
+    WHERE event IN ('room_started', 'room_finished') AND room_sid IS NOT NULL
+    UNION ALL
+    SELECT room_id, room_name, CASE WHEN event_type = 'ROOM_CREATED' THEN time END,
+        CASE WHEN event_type = 'ROOM_ENDED' THEN time END, NULL, NULL, time
+    FROM livekit_analytics_events
+    WHERE event_type IN ('ROOM_CREATED', 'ROOM_ENDED') AND room_id IS NOT NULL"""
+_SESSION_LIFE = (
+    "SELECT session_id, channel_id, created_at, destroyed_at, total_connections,"
+    f" max_connections, time FROM sessions UNION ALL SELECT * FROM ({_LIVEKIT_ROOMS})"
+)
+# A LiveKit participant's joins and leaves as a connection's created and destroyed (a
+# participant as a connection), with LiveKit's disconnectReason as the reason.
+_LIVEKIT_PARTICIPANTS = """SELECT participant_sid AS connection_id, room_name AS channel_id,
+        room_sid AS session_id, participant_identity AS client_id,
+        CASE WHEN event = 'participant_joined' THEN time END AS created_at,
+        CASE WHEN event <> 'participant_joined' THEN time END AS destroyed_at,
+        CASE WHEN event = 'participant_connection_aborted' THEN 'CONNECTION_ABORTED'
+            ELSE json_extract_string(extra, '$.participant.disconnectReason') END AS reason
+    FROM livekit_events WHERE participant_sid IS NOT NULL
+        AND event IN ('participant_joined', 'participant_left', 'participant_connection_aborted')
+    UNION ALL
+    SELECT participant_id, room_name, room_id, participant_identity,
+        CASE WHEN event_type = 'PARTICIPANT_JOINED' THEN time END,
+        CASE WHEN event_type = 'PARTICIPANT_LEFT' THEN time END, NULL
+    FROM livekit_analytics_events WHERE participant_id IS NOT NULL
+        AND event_type IN ('PARTICIPANT_JOINED', 'PARTICIPANT_LEFT')"""
 
 
 # -- binding values -------------------------------------------------------------------------
@@ -410,7 +447,7 @@ h AS (
     SELECT session_id, any_value(channel_id) AS channel_id,
         min(coalesce(created_at, time)) AS created_at, max(destroyed_at) AS destroyed_at,
         max(total_connections) AS total_connections, max(time) AS last_event
-    FROM sessions WHERE session_id IS NOT NULL{channel_where} GROUP BY session_id
+    FROM ({_SESSION_LIFE}) WHERE session_id IS NOT NULL{channel_where} GROUP BY session_id
 )
 SELECT coalesce(h.session_id, qs.session_id) AS session_id,
     coalesce(h.channel_id, qs.channel_id) AS channel_id,
@@ -506,7 +543,7 @@ WITH h AS (
     SELECT any_value(channel_id) AS channel_id, min(coalesce(created_at, time)) AS created_at,
         max(destroyed_at) AS destroyed_at, max(total_connections) AS total_connections,
         max(max_connections) AS max_connections, max(time) AS last_event
-    FROM sessions WHERE session_id = {key}
+    FROM ({_SESSION_LIFE}) WHERE session_id = {key}
 ), s AS (
     SELECT any_value(channel_id) AS channel_id, min(time) AS first_seen,
         max(last_time) AS last_seen, count(DISTINCT connection_id) AS connections
@@ -532,7 +569,10 @@ WITH st AS (
         any_value(client_id) AS client_id, any_value(role) AS role,
         min(created_at) AS created_at, max(destroyed_at) AS destroyed_at,
         any_value(reason) AS reason
-    FROM connections WHERE {where} GROUP BY connection_id
+    FROM (SELECT connection_id, channel_id, session_id, client_id, role, created_at,
+            destroyed_at, reason FROM connections
+        UNION ALL BY NAME SELECT * FROM ({_LIVEKIT_PARTICIPANTS}))
+    WHERE {where} GROUP BY connection_id
 ), ev AS (
     SELECT connection_id, any_value(channel_id) AS channel_id, any_value(session_id) AS session_id,
         any_value(client_id) AS client_id,
