@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,9 @@ def test_livekit_webhooks_start_and_end_rooms_participants_tracks_and_egresses(
     assert participant is not None and participant.parent == "RM_hGqXn6fS9dFx"
     assert participant.name == "TestParticipant1" and participant.started == 1718093125
     tracker.process([webhook("webhook_participant_left.json")], context("livekit_events"))
-    assert ("participant", "PA_Xq7kLm2NpQ9r") not in live(tracker)
+    assert live(tracker) == {("room", "RM_hGqXn6fS9dFx")}  # its track left with it
+    track = tracker.entities.get("livekit:track:TR_VCa8hB3kPz5w")
+    assert track is not None and track.ended == 1718093400
     # a replay of the join (older than the leave) does not bring it back
     tracker.process([webhook("webhook_participant_joined.json")], context("livekit_events"))
     assert ("participant", "PA_Xq7kLm2NpQ9r") not in live(tracker)
@@ -54,7 +57,98 @@ def test_livekit_webhooks_start_and_end_rooms_participants_tracks_and_egresses(
     assert ("room", "RM_hGqXn6fS9dFx") not in live(tracker)
     # the state survives a restart
     again = EntityTracker(tmp_path / "entities.json")
-    assert live(again) == live(tracker) == {("track", "TR_VCa8hB3kPz5w")}
+    assert live(again) == live(tracker) == set()
+    assert again.entities.get("livekit:track:TR_VCa8hB3kPz5w") == track
+
+
+def test_a_finished_room_ends_what_it_had_and_late_events_of_it_stay_ended() -> None:
+    tracker = EntityTracker(None)
+    room = {"sid": "RM_hGqXn6fS9dFx", "name": "TestRoom"}
+    names = ("webhook_room_started.json", "webhook_participant_joined.json",
+             "webhook_track_published.json")  # fmt: skip
+    egress = {"event": "egress_started", "time": 1718093200,
+              "egressInfo": {"egressId": "EG_room", "roomId": room["sid"]}}  # fmt: skip
+    web = {"event": "egress_started", "time": 1718093200,
+           "egressInfo": {"egressId": "EG_web"}}  # a web page's: of no room  # fmt: skip
+    ingress = {"event": "ingress_started", "time": 1718093210,
+               "ingressInfo": {"ingressId": "IN_room", "roomName": "TestRoom",
+                               "state": {"status": "ENDPOINT_PUBLISHING",
+                                         "roomId": room["sid"]}}}  # fmt: skip
+    tracker.process([*(webhook(n) for n in names), egress, web, ingress],
+                    context("livekit_events"))  # fmt: skip
+    assert len(live(tracker)) == 6
+    # the room finishes; no participant_left, track_unpublished, egress or ingress end came
+    tracker.process([webhook("webhook_room_finished.json")], context("livekit_events"))
+    assert live(tracker) == {("egress", "EG_web")}
+    for key in ("participant:PA_Xq7kLm2NpQ9r", "track:TR_VCa8hB3kPz5w", "egress:EG_room",
+                "ingress:IN_room"):  # fmt: skip
+        entity = tracker.entities.get(f"livekit:{key}")
+        assert entity is not None and entity.ended == 1718093700, key
+    # late events from before the room's end, of what it had or of what was never seen
+    late = [
+        webhook("webhook_participant_joined.json"),
+        {"event": "participant_joined", "time": 1718093600, "room": room,
+         "participant": {"sid": "PA_late", "identity": "late"}},
+        {"event": "track_published", "time": 1718093650, "room": room,
+         "participant": {"sid": "PA_late"}, "track": {"sid": "TR_late"}},
+    ]  # fmt: skip
+    tracker.process(late, context("livekit_events"))
+    assert live(tracker) == {("egress", "EG_web")}
+
+
+def test_an_end_that_comes_first_leaves_out_its_childrens_older_events() -> None:
+    entities = Entities(None)
+    entities.apply(Change("end", Entity("room", "R", "livekit"), 100.0))
+    child = Entity("participant", "P", "livekit", parent="R", info={"room_sid": "R"})
+    assert not entities.apply(Change("start", child, 50.0))
+    track = Entity("track", "T", "livekit", parent="P", info={"room_sid": "R"})
+    assert not entities.apply(Change("start", track, 60.0))
+    assert entities.live() == []
+    # seen after the room's end: a life of its own, which its own end closes
+    later = Entity("participant", "P", "livekit", parent="R", info={"room_sid": "R"})
+    assert entities.apply(Change("start", later, 150.0))
+    assert [e.id for e in entities.live()] == ["P"]
+
+
+def test_a_destroyed_sora_session_ends_its_connections() -> None:
+    tracker = EntityTracker(None)
+    session = {"session_id": "S1", "channel_id": "ch"}
+    tracker.process([{"timestamp": "2026-11-20T00:00:00Z",
+                      "req": {"type": "session.created", **session}}],
+                    context("sessions"))  # fmt: skip
+    events = [{"timestamp": f"2026-11-20T00:00:0{n}Z",
+               "req": {"type": "connection.created", "connection_id": f"C{n}", **session}}
+              for n in (1, 2)]  # fmt: skip
+    tracker.process(events, context("sora_events"))
+    assert live(tracker) == {("session", "S1"), ("connection", "C1"), ("connection", "C2")}
+    # the connections' connection.destroyed were lost
+    tracker.process([{"timestamp": "2026-11-20T00:05:00Z",
+                      "req": {"type": "session.destroyed", **session}}],
+                    context("sessions"))  # fmt: skip
+    assert live(tracker) == set()
+    connection = tracker.entities.get("sora:connection:C1")
+    assert connection is not None and connection.ended == 1795132800 + 300
+    late = [{"timestamp": "2026-11-20T00:04:00Z",
+             "req": {"type": "connection.updated", "connection_id": "C1", **session}},
+            {"timestamp": "2026-11-20T00:04:30Z",
+             "req": {"type": "connection.created", "connection_id": "C3", **session}}]  # fmt: skip
+    tracker.process(late, context("sora_events"))
+    assert live(tracker) == set()
+
+
+def test_a_state_saved_with_live_children_of_what_ended_is_mended_at_start(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "entities.json"
+    saved = [
+        Entity("participant", "P", "livekit", parent="R", started=10, last_seen=10, ended=50),
+        Entity("track", "T", "livekit", parent="P", started=20, last_seen=20,
+               info={"room_sid": "R"}),
+    ]  # fmt: skip
+    state.write_text(json.dumps({"entities": [asdict(e) for e in saved]}))
+    entities = Entities(state)
+    track = entities.get("livekit:track:T")
+    assert entities.live() == [] and track is not None and track.ended == 50
 
 
 def test_analytics_and_sora_events_feed_the_same_table(tmp_path: Path) -> None:

@@ -223,3 +223,30 @@ def test_an_unconfigured_tracker_runs_no_reconciler(tmp_path: Path) -> None:
         assert Entity("room", "x", "livekit").key == "livekit:room:x"
     finally:
         app.stop()
+
+
+def test_what_a_vanished_room_had_ends_with_it(tmp_path: Path, livekit: RoomService) -> None:
+    livekit.rooms["TestRoom"] = (ROOM, {PARTICIPANT})
+    app = App(tmp_path, **settings(livekit)).start()
+    try:
+        for name in ("webhook_room_started.json", "webhook_participant_joined.json",
+                     "webhook_track_published.json"):  # fmt: skip
+            send(app, (LIVEKIT / name).read_bytes())
+        send(app, {"event": "egress_started", "id": "EV_egress", "createdAt": "1718093200",
+                   "egressInfo": {"egressId": "EG_room", "roomId": ROOM,
+                                  "roomName": "TestRoom"}})  # fmt: skip
+        track, egress = "livekit:track:TR_VCa8hB3kPz5w", "livekit:egress:EG_room"
+        wait_live(app, track, True)
+        wait_live(app, egress, True)
+        # the room vanishes from LiveKit with all it had; no end event comes
+        del livekit.rooms["TestRoom"]
+        assert round_of(app) == []
+        closed = round_of(app)
+        assert sorted(closed) == [f"livekit:participant:{PARTICIPANT}", f"livekit:room:{ROOM}"]
+        # the room's last sign of life was the egress's start: its track and egress end then
+        assert tracker_of(app).entities.live() == []
+        for key in (track, egress):
+            entity = tracker_of(app).entities.get(key)
+            assert entity is not None and entity.ended == 1718093200, key
+    finally:
+        app.stop()

@@ -18,12 +18,19 @@ keeps a table of what has started and not ended. The events it reads:
   ``connection.updated``, ``connection.destroyed``; and the connection log
   (``connections``), whose line tells both ends of a connection.
 
+An entity ends with its parent, at the parent's end, if it was not seen alive after it:
+what a room had (its participants, their tracks, the egresses and ingresses of that room)
+ends when the room ends, a participant's tracks when the participant leaves, and a Sora
+session's connections when the session is destroyed (Sora destroys a session once its
+last connection is gone: a connection still open then lost its end event).
+
 It runs at the store stage, on the writer's thread, so it sees every record that is
 stored, from every source, and leaves the records as they are. A replayed batch is
 applied again without effect: an event older than what the tracker knows of its entity
 changes nothing (an ended entity is remembered for a day, so a late start does not bring
-it back). The state is written to ``DATA_DIR/entities.json`` after each batch that
-changed it, atomically, and read at start: it survives a restart.
+it back), and neither does a start or a sign of life no later than its parent's end. The
+state is written to ``DATA_DIR/entities.json`` after each batch that changed it,
+atomically, and read at start: it survives a restart.
 
 ``GET /api/entities`` (``web/entities.py``) lists what is live.
 """
@@ -159,7 +166,9 @@ _LK_ANALYTICS = {
 
 
 def _livekit(record: Record, what: str, kind: str, at: float) -> Iterator[Change]:
-    room = _text(record, "room.sid", "roomId", "egressInfo.roomId", "ingressInfo.roomId")
+    # an ingress's room is in its state (IngressInfo.state.room_id)
+    room = _text(record, "room.sid", "roomId", "egressInfo.roomId", "ingressInfo.roomId",
+                 "ingressInfo.state.roomId")  # fmt: skip
     room_name = _text(record, "room.name", "egressInfo.roomName", "ingressInfo.roomName")
     participant = _text(record, "participant.sid", "participantId")
     if kind == "room" and room:
@@ -188,7 +197,16 @@ def _livekit(record: Record, what: str, kind: str, at: float) -> Iterator[Change
     else:
         return
     yield Change(what, entity, at)
-    if kind == "participant" and room:  # its room was alive then, whatever it says
+    # what it belongs to was alive then (a participant's room, whatever it says; the
+    # participant and the room of a track, an egress or an ingress, but for an end, which
+    # may come after the room's): the reconciler closes a room or a participant at its
+    # last sign of life, and what was seen alive after that would not end with it
+    if kind == "track" and what != "end" and participant:
+        identity = _text(record, "participant.identity")
+        info = {"room_sid": room, "room_name": room_name, "identity": identity}
+        yield Change("alive", Entity("participant", participant, "livekit", parent=room,
+                                     name=identity, info=info), at)  # fmt: skip
+    if room and (kind == "participant" or (kind != "room" and what != "end")):
         yield Change("alive", Entity("room", room, "livekit", name=room_name,
                                      info={"room_name": room_name}), at)  # fmt: skip
 
@@ -266,6 +284,24 @@ def sora_connection_log(record: Record) -> Iterator[Change]:
         yield Change("end", entity, destroyed)
 
 
+def _parent_keys(entity: Entity) -> list[str]:
+    """The keys of the entities whose end ends ``entity``: the room of a participant, of
+    an egress or of an ingress; the participant and the room of a track (a track ends
+    with its room even when its participant's events were lost); a connection's session."""
+    keys = []
+    if entity.source == "livekit":
+        if entity.kind in ("participant", "egress", "ingress") and entity.parent:
+            keys.append(f"livekit:room:{entity.parent}")
+        elif entity.kind == "track":
+            if entity.parent:
+                keys.append(f"livekit:participant:{entity.parent}")
+            if entity.info.get("room_sid"):
+                keys.append(f"livekit:room:{entity.info['room_sid']}")
+    elif entity.kind == "connection" and entity.parent:
+        keys.append(f"sora:session:{entity.parent}")
+    return keys
+
+
 RULES: dict[str, Callable[[Record], Iterable[Change]]] = {
     "livekit_events": livekit_webhook,
     "livekit_analytics_events": livekit_analytics,
@@ -283,29 +319,77 @@ class Entities:
         self.path = path
         self._lock = threading.Lock()
         self._all: dict[str, Entity] = {}
+        self._children: dict[str, set[str]] = {}  # a parent's key: its children's keys
         if path is not None and path.exists():
             try:
                 for raw in orjson.loads(path.read_bytes()).get("entities", []):
-                    entity = Entity(**raw)
-                    self._all[entity.key] = entity
+                    self._add(Entity(**raw))
             except (OSError, orjson.JSONDecodeError, TypeError) as exc:
                 log.error("entities: state unreadable; starting empty", path=str(path),
                           error=str(exc))  # fmt: skip
+        # a state saved before children ended with their parents may hold live children
+        # of what has ended: they end now as they would have then
+        for entity in sorted((e for e in self._all.values() if e.ended is not None),
+                             key=lambda e: e.ended or 0):  # fmt: skip
+            self._end_children(entity)
+
+    def _add(self, entity: Entity) -> None:
+        self._all[entity.key] = entity
+        for parent in _parent_keys(entity):
+            self._children.setdefault(parent, set()).add(entity.key)
+
+    def _remove(self, entity: Entity) -> None:
+        del self._all[entity.key]
+        self._unlink(entity.key, _parent_keys(entity))
+
+    def _unlink(self, key: str, parents: Iterable[str]) -> None:
+        for parent in parents:
+            children = self._children.get(parent)
+            if children is not None:
+                children.discard(key)
+                if not children:
+                    del self._children[parent]
+
+    def _end_children(self, parent: Entity) -> None:
+        """End, at ``parent``'s end, its live children (and theirs) last seen no later than
+        it: a child seen alive after its parent's end had a life of its own."""
+        ended = parent.ended
+        assert ended is not None
+        for key in list(self._children.get(parent.key, ())):
+            child = self._all.get(key)
+            if child is not None and child.live and (child.last_seen or 0) <= ended:
+                child.ended = ended
+                self._end_children(child)
+
+    def _outlived(self, change: Change, known: Entity | None) -> bool:
+        """Whether ``change`` (a start or a sign of life) comes no later than the end of
+        its entity's parent: a late event of what ended with it, to be left out."""
+        parents = set(_parent_keys(change.entity))
+        if known is not None:
+            parents.update(_parent_keys(known))
+        for key in parents:
+            parent = self._all.get(key)
+            if parent is not None and parent.ended is not None and change.at <= parent.ended:
+                return True
+        return False
 
     def apply(self, change: Change) -> bool:
         """Apply one change; True if the state changed."""
         with self._lock:
             known = self._all.get(change.entity.key)
+            if change.what != "end" and self._outlived(change, known):
+                return False
             if known is None:
                 if change.what == "end":
                     entity = change.entity
                     entity.started, entity.ended, entity.last_seen = None, change.at, change.at
-                    self._all[entity.key] = entity  # remembered against a late start
+                    self._add(entity)  # remembered against a late start
+                    self._end_children(entity)  # children known before it
                     return True
                 entity = change.entity
                 entity.started = change.at if change.what == "start" else None
                 entity.last_seen = change.at
-                self._all[entity.key] = entity
+                self._add(entity)
                 return True
             changed = False
             if known.ended is not None:
@@ -314,14 +398,19 @@ class Entities:
                 known.ended, known.started, changed = None, change.at, True  # started again
             if change.what == "end":
                 known.ended, known.last_seen = change.at, max(known.last_seen or 0, change.at)
+                self._end_children(known)
                 return True
             if known.last_seen is None or change.at > known.last_seen:
                 known.last_seen, known.gone_since, changed = change.at, None, True
             if change.what == "start" and (known.started is None or change.at < known.started):
                 known.started, changed = change.at, True
+            parents = _parent_keys(known)
             for name, value in change.entity.info.items():
                 if value is not None and known.info.get(name) != value:
                     known.info[name], changed = value, True
+            if _parent_keys(known) != parents:  # a track's room may be told late
+                self._unlink(known.key, parents)
+                self._add(known)
             if change.entity.name and known.name != change.entity.name:
                 known.name, changed = change.entity.name, True
             return changed
@@ -334,7 +423,7 @@ class Entities:
                 if e.ended is not None and e.ended < now - FORGET_ENDED_S
             ]
             for key in old:
-                del self._all[key]
+                self._remove(self._all[key])
             return bool(old)
 
     def mark_gone(self, keys: set[str], now: float) -> tuple[list[Entity], bool]:
