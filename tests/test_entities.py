@@ -246,3 +246,45 @@ def test_a_heartbeat_after_the_end_does_not_reopen() -> None:
     entities.apply(Change("end", Entity("room", "R", "livekit"), 20.0))
     assert not entities.apply(Change("alive", Entity("room", "R", "livekit"), 30.0))
     assert entities.live() == []
+
+
+def test_a_late_event_of_what_ended_and_was_forgotten_changes_nothing(tmp_path: Path) -> None:
+    tracker = EntityTracker(tmp_path / "entities.json")
+    names = ("webhook_room_started.json", "webhook_participant_joined.json",
+             "webhook_participant_left.json", "webhook_room_finished.json")  # fmt: skip
+    tracker.process([webhook(n) for n in names], context("livekit_events"))
+    now, room = int(time.time()), {"sid": "RM_now", "name": "now"}
+    tracker.process([{"event": "room_started", "time": now, "room": room}],
+                    context("livekit_events"))  # fmt: skip
+    # what ended more than a day before is forgotten: the state stays bounded
+    assert tracker.entities.get("livekit:room:RM_hGqXn6fS9dFx") is None
+    assert tracker.entities.get("livekit:participant:PA_Xq7kLm2NpQ9r") is None
+    # the participant's analytics event, from before it left, comes late
+    active = json.loads((LIVEKIT / "analytics_event_participant_active.json").read_text())
+    late = [{"message": active, "time": active["timestamp"]}]
+    tracker.process(late, context("livekit_analytics_events"))
+    assert live(tracker) == {("room", "RM_now")}
+    again = EntityTracker(tmp_path / "entities.json")  # also after a restart
+    again.process(late, context("livekit_analytics_events"))
+    assert live(again) == {("room", "RM_now")}
+    # what is newer than the ends forgotten counts
+    joined = {"event": "participant_joined", "time": now, "room": room,
+              "participant": {"sid": "PA_now", "identity": "now"}}  # fmt: skip
+    again.process([joined], context("livekit_events"))
+    assert live(again) == {("room", "RM_now"), ("participant", "PA_now")}
+
+
+def test_an_event_stamped_in_the_future_does_not_make_ends_forgotten_early() -> None:
+    tracker = EntityTracker(None)
+    now = int(time.time())
+    events = [
+        {"event": "room_started", "time": now - 3600, "room": {"sid": "RM_a"}},
+        {"event": "room_finished", "time": now - 60, "room": {"sid": "RM_a"}},
+        {"event": "room_started", "time": now + 365 * 86_400, "room": {"sid": "RM_ahead"}},
+    ]  # fmt: skip
+    tracker.process(events, context("livekit_events"))
+    assert tracker.entities.get("livekit:room:RM_a") is not None  # remembered
+    # another room's start, told a little late, is not taken for history
+    tracker.process([{"event": "room_started", "time": now - 120, "room": {"sid": "RM_b"}}],
+                    context("livekit_events"))  # fmt: skip
+    assert live(tracker) == {("room", "RM_ahead"), ("room", "RM_b")}

@@ -27,9 +27,13 @@ last connection is gone: a connection still open then lost its end event).
 It runs at the store stage, on the writer's thread, so it sees every record that is
 stored, from every source, and leaves the records as they are. A replayed batch is
 applied again without effect: an event older than what the tracker knows of its entity
-changes nothing (an ended entity is remembered for a day, so a late start does not bring
-it back), and neither does a start or a sign of life no later than its parent's end. The
-state is written to ``DATA_DIR/entities.json`` after each batch that changed it,
+changes nothing, and neither does a start or a sign of life no later than its parent's
+end. An ended entity is forgotten once it ended more than a day before the newest live
+entity's last sign of life (or before now, if that is ahead); the newest end forgotten is
+kept, and a start or a sign of life of an entity not known that is no later than it
+changes nothing: it may be a late event of one forgotten, and anything that old is
+history, not live. So a late event never brings back what ended, within bounded memory.
+The state is written to ``DATA_DIR/entities.json`` after each batch that changed it,
 atomically, and read at start: it survives a restart.
 
 ``GET /api/entities`` (``web/entities.py``) lists what is live.
@@ -59,7 +63,7 @@ from rtclake.tables import TableRegistry
 log = structlog.get_logger(__name__)
 
 STATE_FILE = "entities.json"
-FORGET_ENDED_S = 86_400.0  # how long an ended entity is remembered against late events
+FORGET_ENDED_S = 86_400.0  # how long an ended entity is remembered by itself
 
 
 @dataclass
@@ -313,17 +317,23 @@ RULES: dict[str, Callable[[Record], Iterable[Change]]] = {
 
 
 class Entities:
-    """The tracker's state: every entity known, live or recently ended."""
+    """The tracker's state: every entity known, live or recently ended, and the newest
+    end forgotten."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._all: dict[str, Entity] = {}
         self._children: dict[str, set[str]] = {}  # a parent's key: its children's keys
+        self._forgotten_until: float | None = None  # the newest end of what was forgotten
         if path is not None and path.exists():
             try:
-                for raw in orjson.loads(path.read_bytes()).get("entities", []):
+                state = orjson.loads(path.read_bytes())
+                for raw in state.get("entities", []):
                     self._add(Entity(**raw))
+                forgotten = state.get("forgotten_until")
+                if isinstance(forgotten, int | float) and not isinstance(forgotten, bool):
+                    self._forgotten_until = float(forgotten)
             except (OSError, orjson.JSONDecodeError, TypeError) as exc:
                 log.error("entities: state unreadable; starting empty", path=str(path),
                           error=str(exc))  # fmt: skip
@@ -363,7 +373,12 @@ class Entities:
 
     def _outlived(self, change: Change, known: Entity | None) -> bool:
         """Whether ``change`` (a start or a sign of life) comes no later than the end of
-        its entity's parent: a late event of what ended with it, to be left out."""
+        its entity's parent, or, for an entity not known, than the newest end forgotten: a
+        late event of what ended (with its parent, or itself and then forgotten), to be
+        left out."""
+        forgotten = self._forgotten_until
+        if known is None and forgotten is not None and change.at <= forgotten:
+            return True
         parents = set(_parent_keys(change.entity))
         if known is not None:
             parents.update(_parent_keys(known))
@@ -416,14 +431,19 @@ class Entities:
             return changed
 
     def forget_ended(self, now: float) -> bool:
+        """Forget what ended more than a day before ``now``, keeping the newest end
+        forgotten: a late event of a forgotten entity is no later than it."""
         with self._lock:
             old = [
-                k
-                for k, e in self._all.items()
+                e
+                for e in self._all.values()
                 if e.ended is not None and e.ended < now - FORGET_ENDED_S
             ]
-            for key in old:
-                self._remove(self._all[key])
+            for entity in old:
+                self._remove(entity)
+                forgotten = self._forgotten_until
+                if entity.ended is not None and (forgotten is None or entity.ended > forgotten):
+                    self._forgotten_until = entity.ended
             return bool(old)
 
     def mark_gone(self, keys: set[str], now: float) -> tuple[list[Entity], bool]:
@@ -459,7 +479,8 @@ class Entities:
         if self.path is None:
             return
         with self._lock:
-            data = orjson.dumps({"entities": [asdict(e) for e in self._all.values()]})
+            data = orjson.dumps({"entities": [asdict(e) for e in self._all.values()],
+                                 "forgotten_until": self._forgotten_until})  # fmt: skip
         try:
             write_atomic(self.path, data)
         except OSError as exc:  # the next batch writes it again
@@ -503,8 +524,10 @@ class EntityTracker(Processor):
             for change in rule(record):
                 changed |= self.entities.apply(change)
         if changed:
+            # never later than now: an event stamped in the future (an SFU's clock ahead)
+            # would make it forget ends a late event must still meet
             latest = max((e.last_seen or 0 for e in self.entities.live()), default=0.0)
-            self.entities.forget_ended(latest)
+            self.entities.forget_ended(min(latest, time.time()))
             self.entities.save()
         return None
 
