@@ -178,7 +178,7 @@ def test_every_event_type_of_the_brief_lands_with_its_ids(app: App) -> None:
         "ingressId": "IN_all",
         "roomName": "all-events",
         "participantIdentity": "streamer",
-        "state": {"status": "ENDPOINT_PUBLISHING"},
+        "state": {"status": "ENDPOINT_PUBLISHING", "roomId": "RM_all"},
     }
     bodies = {
         "room_started": {"room": room},
@@ -215,6 +215,7 @@ def test_every_event_type_of_the_brief_lands_with_its_ids(app: App) -> None:
     assert rows["egress_updated"][:4] == ["RM_all", None, None, "EG_all"]
     assert rows["egress_ended"][6] == "disk"
     assert rows["ingress_ended"][4:6] == ["IN_all", "ENDPOINT_PUBLISHING"]
+    assert rows["ingress_ended"][0] == "RM_all"  # IngressInfo.state.roomId
     assert rows["ingress_started"][7] == "all-events"
 
 

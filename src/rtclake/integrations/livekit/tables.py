@@ -19,7 +19,7 @@ LIVEKIT_EVENTS = Table(
     columns=(
         Column("event", "string", ("event",)),
         Column("event_id", "id", ("id",)),
-        Column("room_sid", "id", ("room.sid", "egressInfo.roomId", "ingressInfo.roomId")),
+        Column("room_sid", "id", ("room.sid", "egressInfo.roomId", "ingressInfo.state.roomId")),
         Column("room_name", "string", ("room.name", "egressInfo.roomName", "ingressInfo.roomName")),
         Column("num_participants", "int", ("room.numParticipants",)),
         Column("participant_sid", "id", ("participant.sid",)),
