@@ -302,3 +302,32 @@ def test_batches_are_logged_at_info_and_requests_when_asked(make_server: Any) ->
     log = server.log()
     assert "rows={'telemetry': 1}" in log or '"telemetry": 1' in log, log
     assert "POST /ingest/logged" in log
+
+
+def test_run_refuses_a_catalog_that_is_not_its_lakes_in_one_line(tmp_path: Path) -> None:
+    """A catalog left out (a new one of its own over a lake's files) and a lake.root
+    that is not the catalog's: `rtclake run` exits 3 naming the settings. It had
+    started, taken records it could not store (or stored them where no other node saw
+    them), and its cleanup had deleted the lake's files as orphans."""
+    from rtclake.lake.catalog import Catalog
+    from rtclake.lake.storage import LocalStorage
+    from tests.conftest import free_port
+    from tests.test_maintenance import TABLES, fill, open_lake
+
+    lake = tmp_path / "rtclake-data" / "lake"
+    theirs = f"sqlite:{tmp_path / 'theirs.sqlite'}"
+    con = open_lake(Catalog(theirs, LocalStorage(lake), TABLES))
+    fill(con, "telemetry", range(1), commits=1, size=2)
+    con.close()
+
+    cases = [
+        ({}, "holds no table, but lake.root"),  # lake.catalog left out
+        ({"RTCLAKE_LAKE__ROOT": str(tmp_path / "elsewhere"), "RTCLAKE_LAKE__CATALOG": theirs},
+         "lake.root: the catalog (lake.catalog) keeps its lake"),
+    ]  # fmt: skip
+    for env, reason in cases:
+        out = rtclake("run", cwd=tmp_path, RTCLAKE_SERVER__PORT=str(free_port()), **env)
+        assert out.returncode == 3, out.stderr
+        lines = [line for line in out.stderr.splitlines() if "rtclake cannot start" in line]
+        assert len(lines) == 1 and reason in lines[0], out.stderr
+        assert "Traceback" not in out.stderr, out.stderr

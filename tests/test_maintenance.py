@@ -484,6 +484,46 @@ def test_expire_and_cleanup_delete_replaced_files_and_only_ducklakes_orphans(
     con.close()
 
 
+def test_a_catalog_left_out_neither_takes_a_lakes_files_for_orphans_nor_writes_beside(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    """A node or a host where lake.catalog was left out gets a SQLite catalog of its own
+    over the lake's data path. Its cleanup had deleted every file of the lake as an
+    orphan, and its node had stored batches no other node saw."""
+    creds = {"aws_access_key_id": "k", "aws_secret_access_key": "s"}
+    raw = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **creds)
+    bucket = f"lake-{uuid.uuid4().hex[:8]}"
+    raw.create_bucket(Bucket=bucket)
+    options = S3Options(endpoint_url=s3_endpoint, access_key_id="k", secret_access_key="s",
+                        region="us-east-1")  # fmt: skip
+    for root in (str(tmp_path / "lake"), f"s3://{bucket}/x"):
+        theirs = Catalog(f"sqlite:{tmp_path / uuid.uuid4().hex}.sqlite",
+                         storage_for(root, options), TABLES)  # fmt: skip
+        con = open_lake(theirs)
+        fill(con, "telemetry", range(2), commits=2, size=3)
+        before = checksum(con, "telemetry")
+        con.close()
+        stray = Catalog(f"sqlite:{tmp_path / 'stray.sqlite'}", storage_for(root, options),
+                        TABLES)  # fmt: skip
+        Path(stray.url.target).unlink(missing_ok=True)
+
+        config = MaintenanceConfig(expire_after=0, cleanup_after=0)
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+        report = Maintenance(stray, config, node="stray").run(later)
+
+        assert report is not None and report.ok
+        assert changes(report, "cleanup") == {"files deleted": 0, "orphans deleted": 0}
+        cleanup = report.step("cleanup")
+        assert cleanup is not None and "another catalog's" in " ".join(cleanup.details)
+        con = theirs.connect()
+        assert checksum(con, "telemetry") == before  # every file still there
+        con.close()
+        con = stray.connect()
+        with pytest.raises(ConfigError, match=r"lake.catalog .* holds no table, but lake.root"):
+            stray.ensure_tables(con)  # a node's lake sink: refused at its start
+        con.close()
+
+
 def test_nothing_is_deleted_before_cleanup_after(catalog: Catalog) -> None:
     con = open_lake(catalog)
     fill(con, "telemetry", range(1), commits=4, size=3)

@@ -25,6 +25,7 @@ Metrics, labelled with each sink's name: ``rtclake_records_stored_total``,
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import threading
 import time
@@ -38,7 +39,7 @@ import structlog
 from prometheus_client import Counter
 
 from rtclake import faults
-from rtclake.errors import SinkError
+from rtclake.errors import ConfigError, SinkError
 from rtclake.metrics import Metrics
 from rtclake.redact import redact
 from rtclake.sinks.base import Batch, Rejected, Sink, group_name
@@ -114,10 +115,13 @@ class Delivery:
                 prepared[(sink.name, table)] = made
         return prepared
 
-    def start(self) -> None:
+    def start(self, *, refuse_misconfigured: bool = False) -> None:
         """Start the sinks not started yet (a sink whose start failed is tried again before
-        its next write); failures are logged and counted, not raised."""
-        self._call(self._start_pending)
+        its next write); failures are logged and counted, not raised, but for a
+        :class:`ConfigError` when ``refuse_misconfigured`` (the service's start): no
+        retry mends a configuration, and a node that took records it cannot store would
+        only pile them up."""
+        self._call(functools.partial(self._start_pending, refuse_misconfigured))
 
     def start_soon(self) -> None:
         """:meth:`start` on the delivery's thread without waiting for it: the batches
@@ -128,13 +132,15 @@ class Delivery:
         else:
             self._thread.submit(self._start_pending)
 
-    def _start_pending(self) -> None:
+    def _start_pending(self, refuse_misconfigured: bool = False) -> None:
         for sink in self.sinks:
             if sink.name in self._started:
                 continue
             try:
                 sink.start()
             except Exception as exc:  # the destination may come back; tried again later
+                if refuse_misconfigured and isinstance(exc, ConfigError):
+                    raise
                 self.metrics.sink_errors.labels(sink.name).inc()
                 self._fails(sink.name, exc)
                 log.error("delivery: sink failed to start", sink=sink.name, error=_text(exc))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -87,7 +88,8 @@ class Writer:
         self._last_maintenance = time.monotonic()
 
     async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.delivery.start)
+        start = functools.partial(self.delivery.start, refuse_misconfigured=True)
+        await asyncio.get_running_loop().run_in_executor(None, start)
         self._task = asyncio.create_task(self._run(), name="writer")
 
     @property

@@ -168,6 +168,12 @@ class Catalog:
                 if attempt < attempts - 1 and _created_by_another(text):
                     time.sleep(0.05 * (attempt + 1))
                     continue
+                if "does not match existing data path" in text:
+                    raise ConfigError(
+                        f"lake.root: the catalog (lake.catalog) keeps its lake's files under"
+                        f" another path ({redact(text.splitlines()[0])}): set lake.root to"
+                        " that path, or lake.catalog to the catalog of this root"
+                    ) from None
                 shown = redact(text)  # PostgreSQL's refusal quotes the whole URL
                 if shown == text:
                     raise
@@ -198,6 +204,8 @@ class Catalog:
 
     def _ensure(self, con: Any, todo: list[Table]) -> None:
         existing = self.columns(con)
+        if not self.holds_data(existing):
+            self.refuse_foreign_files(con)
         con.execute("BEGIN")
         try:
             if LEDGER not in existing:
@@ -221,6 +229,27 @@ class Catalog:
         except BaseException:
             _rollback(con)
             raise
+
+    def refuse_foreign_files(self, con: Any) -> None:
+        """Refuse a catalog that holds no table yet over a data path that holds a
+        catalogued lake's files (``main/``): another catalog's, most likely a node or a
+        host where ``lake.catalog`` was left out (its default, a SQLite file of its own).
+        Its cleanup would take every one of those files for an orphan and delete it, and
+        its node would store its batches where no other node sees them."""
+        if not self.storage.holds_parquet("main") or self.holds_data(self.columns(con)):
+            return  # (another node may have created the tables meanwhile: then it is ours)
+        raise ConfigError(
+            f"lake.catalog {self.url}: this catalog holds no table, but lake.root"
+            f" {self.storage.root} already holds a catalogued lake's files (under main/):"
+            " set lake.catalog to the catalog they were written with (every node and host"
+            " of a lake uses the same one); a new catalog there would take them for"
+            " orphans and delete them"
+        )
+
+    def holds_data(self, columns: dict[str, set[str]]) -> bool:
+        """Whether a catalog with these tables (:meth:`columns`) has any table data
+        files can belong to: a lake table or the ledger (not maintenance's own log)."""
+        return any(name == LEDGER or name in self.tables for name in columns)
 
     def columns(self, con: Any) -> dict[str, set[str]]:
         """The lake's tables and their columns, as the catalog has them now."""

@@ -819,6 +819,16 @@ class Maintenance:
             "SELECT count(*) FROM ducklake_cleanup_old_files(?, older_than => ?::TIMESTAMPTZ)",
             [ALIAS, older],
         )
+        if not self.catalog.holds_data(self.catalog.columns(con)):
+            # a catalog without tables wrote no file: what is under the root is another
+            # catalog's (see Catalog.refuse_foreign_files), never an orphan of this one
+            result.changes.update({"files deleted": deleted, "orphans deleted": 0})
+            if self.catalog.storage.holds_parquet("main"):
+                result.details.append(
+                    "the catalog holds no table: the files under the lake's root are"
+                    " another catalog's and were left alone (is lake.catalog theirs?)"
+                )
+            return
         # orphans are aged by their files' times
         cutoff = now - dt.timedelta(seconds=self.config.cleanup_after)
         if self.catalog.storage.remote:

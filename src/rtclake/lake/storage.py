@@ -60,6 +60,10 @@ class Storage:
     def files(self, table: str) -> list[str]:
         raise NotImplementedError
 
+    def holds_parquet(self, folder: str) -> bool:
+        """Whether any Parquet file is under ``folder`` (relative to the root)."""
+        raise NotImplementedError
+
     def prepare(self) -> None:
         """Make the root usable (create the folder; check the bucket)."""
 
@@ -106,6 +110,12 @@ class LocalStorage(Storage):
 
     def files(self, table: str) -> list[str]:
         return layout.local_files(self.root, table)
+
+    def holds_parquet(self, folder: str) -> bool:
+        for _dirs, _subdirs, names in os.walk(self.path / folder):
+            if any(name.endswith(".parquet") for name in names):
+                return True
+        return False
 
 
 class S3Storage(Storage):
@@ -161,6 +171,13 @@ class S3Storage(Storage):
             ):
                 found.append(f"s3://{info.path}")
         return sorted(found)
+
+    def holds_parquet(self, folder: str) -> bool:
+        selector = pafs.FileSelector(self._key(folder), recursive=True, allow_not_found=True)
+        return any(
+            info.type == pafs.FileType.File and info.path.endswith(".parquet")
+            for info in self.fs.get_file_info(selector)
+        )
 
     def duckdb_setup(self, con: Any) -> None:
         o = self.options
