@@ -25,7 +25,11 @@ PROTO_TYPE = {"content-type": "application/x-protobuf"}
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
-    app = App(tmp_path_factory.mktemp("analytics"), sources={"lka": {"type": "livekit_analytics"}})
+    app = App(
+        tmp_path_factory.mktemp("analytics"),
+        sources={"lka": {"type": "livekit_analytics"}},
+        processors={"entities": {"type": "entity_tracker"}},
+    )
     app.start()
     yield app
     app.stop()
@@ -105,6 +109,51 @@ def test_protojson_and_protobuf_events_single_and_batch_land_typed(app: App) -> 
     ]  # fmt: skip
     assert by_id["AE_left"][0] == "PARTICIPANT_LEFT"
     assert by_id["AE_single"][0] == "ROOM_ENDED"
+
+
+def test_zero_enums_that_protojson_omits_are_stored_by_name(app: App) -> None:
+    # (protojson leaves out a field at its zero value: ROOM_CREATED is type 0, AUDIO is
+    # track type 0, JOINING participant state 0; they had been stored as NULL, and the
+    # entity tracker never saw a room created)
+    created = {"id": "AE_created", "type": "ROOM_CREATED", "timestamp": "2026-11-20T00:00:00Z",
+               "roomId": "RM_zero", "room": {"sid": "RM_zero", "name": "zero-room"}}  # fmt: skip
+    answer = app.post(EVENTS, json.dumps(created).encode(), **JSON_TYPE)
+    assert answer.json() == {"stored": 1}, answer.text
+    track = {"id": "AE_audio", "type": "TRACK_PUBLISHED", "timestamp": "2026-11-20T00:00:05Z",
+             "roomId": "RM_zero", "participantId": "PA_zero", "trackId": "TR_audio",
+             "participant": {"sid": "PA_zero", "identity": "zoe"},
+             "track": {"sid": "TR_audio", "source": "MICROPHONE",
+                       "mimeType": "audio/opus"}}  # fmt: skip
+    binary = json_format.ParseDict(
+        {"events": [{**created, "id": "AE_created_pb", "roomId": "RM_zero_pb",
+                     "room": {"sid": "RM_zero_pb"}}, track]},
+        analytics.AnalyticsEvents(),
+    ).SerializeToString()  # fmt: skip
+    assert app.post(EVENTS, binary, **PROTO_TYPE).json() == {"stored": 2}
+    sql = "SELECT count(*) FROM livekit_analytics_events WHERE room_id LIKE 'RM_zero%'"
+    assert app.wait_rows(sql, 3) == 3
+    rows = app.rows(
+        "SELECT event_id, event_type, track_type, participant_state, video_layer,"
+        " message->>'$.type', message->>'$.track.type'"
+        " FROM livekit_analytics_events WHERE room_id LIKE 'RM_zero%' ORDER BY event_id"
+    )
+    assert rows == [
+        ["AE_audio", "TRACK_PUBLISHED", "AUDIO", "JOINING", 0, "TRACK_PUBLISHED", "AUDIO"],
+        ["AE_created", "ROOM_CREATED", None, None, 0, "ROOM_CREATED", None],
+        ["AE_created_pb", "ROOM_CREATED", None, None, 0, "ROOM_CREATED", None],
+    ]
+    # a number no typed column reads stays out (the room's emptyTimeout is not made 0)
+    (message,) = app.rows(
+        "SELECT message FROM livekit_analytics_events WHERE event_id = 'AE_created'"
+    )[0]
+    assert json.loads(message)["room"] == {"sid": "RM_zero", "name": "zero-room"}
+    # the entity tracker sees both rooms created
+    deadline, rooms = time.monotonic() + 20, set()
+    while time.monotonic() < deadline and len(rooms) < 2:
+        answer = httpx.get(app.url + "/api/entities?kind=room", timeout=10).json()
+        rooms = {e["id"] for e in answer["entities"] if e["id"].startswith("RM_zero")}
+        time.sleep(0.1)
+    assert rooms == {"RM_zero", "RM_zero_pb"}
 
 
 def test_a_redelivered_message_is_stored_once(app: App) -> None:

@@ -219,6 +219,55 @@ def test_every_event_type_of_the_brief_lands_with_its_ids(app: App) -> None:
     assert rows["ingress_started"][7] == "all-events"
 
 
+def test_zero_values_that_protojson_omits_land_in_their_columns(app: App) -> None:
+    # (LiveKit's notifier omits a field at its zero value: an audio track has no "type",
+    # EGRESS_STARTING no "status", an empty room no "numParticipants"; each had been NULL)
+    audio = {"sid": "TR_zero", "source": "MICROPHONE", "mimeType": "audio/opus"}
+    bodies = {
+        "EV_zero_track": {"event": "track_published", "participant": {"sid": "PA_zero"},
+                          "room": {"sid": "RM_zero", "name": "zero"}, "track": audio},
+        "EV_zero_room": {"event": "room_finished", "room": {"sid": "RM_zero", "name": "zero"}},
+        "EV_zero_egress": {"event": "egress_started",
+                           "egressInfo": {"egressId": "EG_zero", "roomId": "RM_zero"}},
+        # not a WebhookEvent (numDropped is a number): stored as it was sent
+        "EV_zero_odd": {"event": "room_finished", "room": {"sid": "RM_zero"},
+                        "numDropped": "many"},
+    }  # fmt: skip
+    for n, (event_id, fields) in enumerate(bodies.items()):
+        body = orjson.dumps({**fields, "id": event_id, "createdAt": str(1_800_000_100 + n)})
+        assert post(app, body, token(body)).status_code == 200, event_id
+    sql = "SELECT count(*) FROM livekit_events WHERE event_id LIKE 'EV_zero_%'"
+    assert app.wait_rows(sql, 4) == 4
+    rows = app.rows(
+        "SELECT event_id, track_type, track_source, participant_state, num_participants,"
+        " egress_status FROM livekit_events WHERE event_id LIKE 'EV_zero_%' ORDER BY event_id"
+    )
+    assert rows == [
+        ["EV_zero_egress", None, None, None, None, "EGRESS_STARTING"],
+        ["EV_zero_odd", None, None, None, None, None],
+        ["EV_zero_room", None, None, None, 0, None],
+        ["EV_zero_track", "AUDIO", "MICROPHONE", "JOINING", 0, None],
+    ]
+
+
+def test_an_audio_track_gains_its_type_and_keeps_the_rest_as_sent(app: App) -> None:
+    sent = orjson.loads((LIVEKIT / "webhook_track_published.json").read_bytes())
+    del sent["track"]["type"]  # as LiveKit sends an audio track
+    sent["id"] = "EV_audio_fx"
+    body = orjson.dumps(sent)
+    assert post(app, body, token(body)).status_code == 200
+    sql = "SELECT count(*) FROM livekit_events WHERE event_id = 'EV_audio_fx'"
+    assert app.wait_rows(sql, 1) == 1
+    ((track_type, participants, extra),) = app.rows(
+        "SELECT track_type, num_participants, extra FROM livekit_events"
+        " WHERE event_id = 'EV_audio_fx'"
+    )
+    assert (track_type, participants) == ("AUDIO", 0)
+    # what was sent is kept as sent; a number no column reads is not added
+    assert extra["track"]["layers"] == sent["track"]["layers"]
+    assert extra["track"]["width"] == 1280 and "emptyTimeout" not in extra.get("room", {})
+
+
 def test_the_route_documents_itself_for_openapi(app: App) -> None:
     # (the shared refusals had been appended at the depth of the 401's second line:
     # /openapi.json answered 500 once a livekit_webhook source was configured)

@@ -14,10 +14,12 @@ A body is protojson (``Content-Type: application/json``: a batch is an object wi
 (binary protobuf does not say which). The whole body is parsed by the generated classes
 before anything is stored: a body they refuse is answered 400 with the parser's reason,
 and nothing of it is kept. An event is stored as protojson (camelCase), whole again in
-``message``, one row each; a stat becomes one row per stream, with the stat's envelope,
-the stream's counters (``int64`` as integers), its interval (``start_time``..``end_time``,
-``interval_s``) and its highest video layer. LiveKit's ``AnalyticsRecorderService`` is a
-gRPC/twirp service that ``livekit-protocol`` does not generate, so it is not served.
+``message``, one row each, with the zero enums protojson omits put back by name
+(``ROOM_CREATED`` is type 0: :mod:`.defaults`); a stat becomes one row per stream, with
+the stat's envelope, the stream's counters (``int64`` as integers), its interval
+(``start_time``..``end_time``, ``interval_s``) and its highest video layer. LiveKit's
+``AnalyticsRecorderService`` is a gRPC/twirp service that ``livekit-protocol`` does not
+generate, so it is not served.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from starlette.routing import BaseRoute, Route
 
 from rtclake.errors import InputError, SpoolUnavailable
 from rtclake.intake import Intake
+from rtclake.integrations.livekit.defaults import Path, fill_defaults, number_paths
+from rtclake.integrations.livekit.tables import LIVEKIT_ANALYTICS_EVENTS
 from rtclake.sources.base import Records, Source
 from rtclake.tables import Table
 from rtclake.web.http import (
@@ -88,8 +92,12 @@ def _batch_or_single(body: bytes, batch: type[Message], single: type[Message], f
         raise InputError("invalid_record", f"not a {name} or its batch: {exc}") from exc
 
 
-def _protojson(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message)
+def _protojson(message: Message, numbers: frozenset[Path] = frozenset()) -> dict[str, Any]:
+    """``message`` as protojson with the zero enums (and the zero numbers at ``numbers``)
+    that protojson omits: a ROOM_CREATED event says so (see :mod:`.defaults`)."""
+    out = json_format.MessageToDict(message)
+    fill_defaults(out, message.DESCRIPTOR, numbers)
+    return out
 
 
 def _rfc3339(ts: Any) -> str | None:
@@ -99,12 +107,14 @@ def _rfc3339(ts: Any) -> str | None:
     return str(ts.ToJsonString())
 
 
-def event_lines(events: Sequence[Message]) -> list[bytes]:
-    """Each AnalyticsEvent as the line stored: its protojson (read by the typed columns),
-    again whole as ``message``, and its time."""
+def event_lines(events: Sequence[Message], table: Table = LIVEKIT_ANALYTICS_EVENTS) -> list[bytes]:
+    """Each AnalyticsEvent as the line stored: its protojson (read by the typed columns of
+    ``table``, whose numbers are 0 rather than absent), again whole as ``message``, and its
+    time."""
     lines = []
+    numbers = number_paths(analytics.AnalyticsEvent.DESCRIPTOR, table)
     for event in events:
-        message = _protojson(event)
+        message = _protojson(event, numbers)
         line: dict[str, Any] = {**message, "message": message}
         when = _rfc3339(event.timestamp)  # type: ignore[attr-defined]
         if when is not None:
@@ -209,7 +219,7 @@ class LiveKitAnalytics(Source):
             request, self.events, "events",
             lambda body, ctype, single: event_lines(_batch_or_single(
                 body, analytics.AnalyticsEvents, analytics.AnalyticsEvent, "events", ctype,
-                single)),
+                single), self.events),
         )  # fmt: skip
 
     @refusals_documented

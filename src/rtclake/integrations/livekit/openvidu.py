@@ -46,6 +46,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from livekit.protocol import analytics
 
+from rtclake.integrations.livekit.defaults import zero_enum
 from rtclake.sinks.base import Batch
 from rtclake.sinks.mongodb import Document, Indexes, Layout, MongoSinkConfig
 from rtclake.sinks.webhook import records
@@ -93,8 +94,9 @@ def go_json(
     # at their zero value (ROOM_CREATED, UPSTREAM, JOINING), which omitempty had dropped
     for name in {p[len(path)] for p in named if len(p) == len(path) + 1 and p[:-1] == path}:
         declared = message.DESCRIPTOR.fields_by_name.get(name)
-        if name not in out and declared is not None and declared.enum_type is not None:
-            out[name] = declared.enum_type.values_by_number[0].name
+        zero = zero_enum(declared) if declared is not None else None
+        if name not in out and zero is not None:
+            out[name] = zero
     return out
 
 

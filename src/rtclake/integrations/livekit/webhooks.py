@@ -8,7 +8,9 @@ body, and an ``Authorization`` header holding a JWT signed with an API key's sec
 before anything is parsed; a failure is answered 401 with ``{"error", "message"}`` and
 nothing is stored. A verified event is stored once per ``id`` (LiveKit redelivers on
 failure): its ``createdAt`` becomes the record's time, and the key that signed it is kept
-as ``api_key``. It is answered 200 ``{}`` once durable in the spool.
+as ``api_key``; the zero values LiveKit's protojson omits are put back where the lake
+reads them (an audio track's type, :mod:`.defaults`), the body kept as sent otherwise.
+It is answered 200 ``{}`` once durable in the spool.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import time
 from collections.abc import Mapping
 
 import msgspec
+from google.protobuf import json_format
+from livekit.protocol import webhook
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from rtclake.errors import InputError, SpoolUnavailable
 from rtclake.intake import Intake
+from rtclake.integrations.livekit.defaults import fill_defaults, number_paths
 from rtclake.integrations.livekit.keys import SignatureError, verify
 from rtclake.sources.base import Records, Source, parse_object
 from rtclake.tables import Table
@@ -32,6 +37,9 @@ SOURCE = "livekit_webhook"
 _decode_str = msgspec.json.Decoder(str).decode
 _decode_int = msgspec.json.Decoder(int).decode
 _OURS = ("time", "_api_key")  # keys the stored line sets
+_WEBHOOK = webhook.WebhookEvent.DESCRIPTOR
+_OBJECTS = frozenset(name for field in _WEBHOOK.fields if field.message_type is not None
+                     for name in (field.json_name, field.name))  # fmt: skip
 
 
 def _text(raw: msgspec.Raw | None) -> str | None:
@@ -55,6 +63,22 @@ def _seconds(raw: msgspec.Raw | None) -> int | None:
     return value if 0 < value < 2**40 else None
 
 
+def _with_defaults(body: bytes, fields: dict[str, msgspec.Raw], table: Table) -> dict[str, object]:
+    """``fields`` with the zero values LiveKit's protojson omits (see :mod:`.defaults`):
+    an audio track's type is AUDIO, a room of no one has 0 participants. Only the
+    top-level objects that gain a value are decoded and merged; the rest stay as sent.
+    A body that is not a WebhookEvent is kept as it is."""
+    try:
+        json_format.Parse(body, webhook.WebhookEvent(), ignore_unknown_fields=True)
+    except (json_format.ParseError, RecursionError):
+        return dict(fields)
+    values: dict[str, object] = {
+        key: msgspec.json.decode(raw) if key in _OBJECTS else raw for key, raw in fields.items()
+    }
+    changed = fill_defaults(values, _WEBHOOK, number_paths(_WEBHOOK, table), lists=False)
+    return {**fields, **{key: values[key] for key in changed}}
+
+
 def event_line(body: bytes, table: Table, api_key: str) -> tuple[Records, str]:
     """A verified webhook body as the line stored, and its event id."""
     fields = parse_object(body)
@@ -68,7 +92,8 @@ def event_line(body: bytes, table: Table, api_key: str) -> tuple[Records, str]:
     if created is not None:
         line["time"] = created
     line["_api_key"] = api_key
-    line.update((k, v) for k, v in fields.items() if k not in _OURS)
+    values = _with_defaults(body, fields, table)
+    line.update((k, v) for k, v in values.items() if k not in _OURS)
     # the raw values keep the sender's layout: one line for the spool
     encoded = msgspec.json.format(msgspec.json.encode(line), indent=-1)
     try:
