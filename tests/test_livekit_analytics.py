@@ -186,6 +186,59 @@ def test_a_body_the_classes_refuse_is_answered_400_and_nothing_stored(
     assert app.rows("SELECT count(*) FROM livekit_stats")[0][0] == before
 
 
+@pytest.mark.parametrize(
+    ("body", "error", "says"),
+    [
+        (b"{}", "empty", "message 0 is empty (no field set): an AnalyticsEvent needs at least"),
+        (b'{"events": [{"id": "AE_ok"}, {}]}', "empty", "message 1 is empty"),
+        (b"[]", "invalid_record", "body is an array, not a JSON object: send one AnalyticsEvent"
+                                  ' as a JSON object, or {"events": [...]}'),
+        (b'[{"id": "AE_1", "type": "ROOM_ENDED"}]', "invalid_record", "body is an array"),
+        (b"null", "invalid_record", "body is null, not a JSON object"),
+        (b"42", "invalid_record", "body is a number, not a JSON object"),
+        (b"", "empty", 'body is empty: send one AnalyticsEvent as a JSON object, or {"events"'),
+        (b" \n", "empty", "body is empty"),
+    ],
+)  # fmt: skip
+def test_an_empty_or_non_object_event_body_is_refused_saying_what_to_send(
+    app: App, body: bytes, error: str, says: str
+) -> None:
+    # (`{}` and `[]` had each been stored as one all-NULL row; a bare array, null and a
+    # number had been refused with the parser's TypeError, an empty body as "truncated")
+    before = app.rows("SELECT count(*) FROM livekit_analytics_events")[0][0]
+    answer = app.post(EVENTS, body, **JSON_TYPE)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == error and says in answer.json()["message"], answer.json()
+    time.sleep(0.3)
+    assert app.rows("SELECT count(*) FROM livekit_analytics_events")[0][0] == before
+
+
+def test_an_empty_stat_or_body_is_refused_and_an_empty_batch_stores_nothing(app: App) -> None:
+    answer = app.post(STATS, b"{}", **JSON_TYPE)
+    assert answer.status_code == 400 and answer.json() == {
+        "error": "empty",
+        "message": "message 0 is empty (no field set): an AnalyticsStat needs at least its id"
+        " or a stream",
+    }
+    answer = app.post(STATS, b'[{"id": "AS_1"}]', **JSON_TYPE)
+    assert answer.status_code == 400
+    assert answer.json()["message"] == (
+        'body is an array, not a JSON object: send one AnalyticsStat as a JSON object, or'
+        ' {"stats": [...]}'
+    )  # fmt: skip
+    answer = app.post(STATS, b"", **PROTO_TYPE)
+    assert answer.status_code == 400 and answer.json()["message"] == (
+        "body is empty: send one AnalyticsStats (or one AnalyticsStat with ?message=single)"
+    )
+    # type 0 (ROOM_CREATED) written out and nothing else: no field differs from its default
+    answer = app.post(EVENTS + "?message=single", b"\x08\x00", **PROTO_TYPE)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["message"].startswith("message 0 is empty")
+    # an empty batch is no mistake: nothing to store
+    assert app.post(STATS, b'{"stats": []}', **JSON_TYPE).json() == {"stored": 0}
+    assert app.post(EVENTS, b'{"events": []}', **JSON_TYPE).json() == {"stored": 0}
+
+
 def test_a_livekit_participant_has_a_connection_page_with_rates(app: App) -> None:
     """livekit_rates maps LiveKit's stats onto rtc_rates' columns: the dashboard's
     connection page of a participant charts its streams' rates, each counter over its

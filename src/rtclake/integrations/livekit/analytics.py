@@ -13,13 +13,15 @@ A body is protojson (``Content-Type: application/json``: a batch is an object wi
 ``application/protobuf``): a batch, unless ``?message=single`` says it is one message
 (binary protobuf does not say which). The whole body is parsed by the generated classes
 before anything is stored: a body they refuse is answered 400 with the parser's reason,
-and nothing of it is kept. An event is stored as protojson (camelCase), whole again in
-``message``, one row each, with the zero enums protojson omits put back by name
-(``ROOM_CREATED`` is type 0: :mod:`.defaults`); a stat becomes one row per stream, with
-the stat's envelope, the stream's counters (``int64`` as integers), its interval
-(``start_time``..``end_time``, ``interval_s``) and its highest video layer. LiveKit's
-``AnalyticsRecorderService`` is a gRPC/twirp service that ``livekit-protocol`` does not
-generate, so it is not served.
+and nothing of it is kept; so are an empty body, a JSON body that is not one object, and
+a message with no field set (``{}``: it says nothing; a lone ROOM_CREATED is one too, as
+binary protobuf cannot tell it from nothing). An event is stored as protojson
+(camelCase), whole again in ``message``, one row each, with the zero enums protojson
+omits put back by name (``ROOM_CREATED`` is type 0: :mod:`.defaults`); a stat becomes one
+row per stream, with the stat's envelope, the stream's counters (``int64`` as integers),
+its interval (``start_time``..``end_time``, ``interval_s``) and its highest video layer.
+LiveKit's ``AnalyticsRecorderService`` is a gRPC/twirp service that ``livekit-protocol``
+does not generate, so it is not served.
 """
 
 from __future__ import annotations
@@ -54,42 +56,74 @@ from rtclake.web.http import (
 
 SOURCE = "livekit_analytics"
 _BINARY = ("application/x-protobuf", "application/protobuf", "application/octet-stream")
+_NEEDS = {"events": "its id or type", "stats": "its id or a stream"}  # what an empty one lacks
 
 
 def _batch_or_single(body: bytes, batch: type[Message], single: type[Message], field: str,
                      content_type: str, single_asked: bool) -> list[Message]:  # fmt: skip
-    """The messages of a body: a batch's items, or the one message."""
+    """The messages of a body: a batch's items, or the one message; none of them empty."""
     kind = content_type.split(";")[0].strip().lower()
+    name = single.DESCRIPTOR.name
+    binary = kind in _BINARY
+    if kind not in (*_BINARY, "application/json", ""):
+        raise InputError(
+            "unsupported_media_type",
+            f"Content-Type {kind!r}: send application/json (protojson) or application/x-protobuf",
+        )
+    if binary:
+        what = f"one {batch.DESCRIPTOR.name} (or one {name} with ?message=single)"
+    else:
+        what = f'one {name} as a JSON object, or {{"{field}": [...]}}'
+    if not (body if binary else body.strip()):
+        raise InputError("empty", f"body is empty: send {what}")
     try:
-        if kind in _BINARY:
+        if binary:
             if single_asked:
                 one = single()
                 one.ParseFromString(body)
-                return [one]
-            many = batch()
-            many.ParseFromString(body)
-            return list(getattr(many, field))
-        if kind not in ("application/json", ""):
-            raise InputError(
-                "unsupported_media_type",
-                f"Content-Type {kind!r}: send application/json (protojson) or"
-                " application/x-protobuf",
-            )
-        text = body.decode("utf-8")
-        parsed = msgspec.json.decode(body)
-        if isinstance(parsed, dict) and isinstance(parsed.get(field), list) and not single_asked:
-            many = batch()
-            json_format.Parse(text, many)
-            return list(getattr(many, field))
-        one = single()
-        json_format.Parse(text, one)
-        return [one]
-    except InputError:
-        raise
+                messages = [one]
+            else:
+                many = batch()
+                many.ParseFromString(body)
+                messages = list(getattr(many, field))
+        else:
+            text = body.decode("utf-8")
+            parsed = msgspec.json.decode(body)
+            if not isinstance(parsed, dict):
+                raise InputError("invalid_record", f"body is {_json_kind(parsed)}, not a JSON"
+                                                   f" object: send {what}")  # fmt: skip
+            if field in parsed and not single_asked:
+                many = batch()
+                json_format.Parse(text, many)
+                messages = list(getattr(many, field))
+            else:
+                one = single()
+                json_format.Parse(text, one)
+                messages = [one]
     except (DecodeError, json_format.ParseError, msgspec.DecodeError, UnicodeDecodeError,
             RecursionError) as exc:  # fmt: skip
-        name = single.DESCRIPTOR.full_name
-        raise InputError("invalid_record", f"not a {name} or its batch: {exc}") from exc
+        full_name = single.DESCRIPTOR.full_name
+        raise InputError("invalid_record", f"not a {full_name} or its batch: {exc}") from exc
+    for index, message in enumerate(messages):
+        # every field at its default: nothing said (binary protobuf cannot tell it from a
+        # message that sets only zeros, such as a lone ROOM_CREATED, which is type 0)
+        if message.ByteSize() == 0:
+            raise InputError("empty", f"message {index} is empty (no field set): an {name}"
+                                      f" needs at least {_NEEDS[field]}")  # fmt: skip
+    return messages
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value that is not an object is, as a refusal names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
 
 
 def _protojson(message: Message, numbers: frozenset[Path] = frozenset()) -> dict[str, Any]:
@@ -213,7 +247,8 @@ class LiveKitAnalytics(Source):
           batch unless ?message=single). One livekit_analytics_events row per event.
         responses:
           200: {description: 'Durable. Body: {"stored": N}'}
-          400: {description: 'Not an AnalyticsEvent. Body: {"error", "message"}'}
+          400: {description: 'Not an AnalyticsEvent, an empty one, or no JSON object. Body:
+            {"error", "message"}'}
         """
         return await self._receive(
             request, self.events, "events",
@@ -231,7 +266,8 @@ class LiveKitAnalytics(Source):
           batch unless ?message=single). One livekit_stats row per stream of each stat.
         responses:
           200: {description: 'Durable. Body: {"stored": N}'}
-          400: {description: 'Not an AnalyticsStat. Body: {"error", "message"}'}
+          400: {description: 'Not an AnalyticsStat, an empty one, or no JSON object. Body:
+            {"error", "message"}'}
         """
         return await self._receive(
             request, self.stats, "stats",
