@@ -274,6 +274,46 @@ def test_a_livekit_participant_has_a_connection_page_with_rates(app: App) -> Non
     assert stream["stats_type"] == "outbound-rtp"
 
 
+def test_livekit_rates_is_read_by_time_on_the_tables_page(app: App) -> None:
+    # (the view declared no columns, so the page took it for one without a time: it
+    # showed any rows, ignoring the range and the order)
+    minutes = [f"2024-06-{14 + n // 4}T10:0{n % 4}" for n in range(6)]  # 4 on the 14th
+    stats = [{
+        "id": f"AS_tables_{n}", "kind": "DOWNSTREAM", "roomId": "RM_tables",
+        "timeStamp": f"{minute}:30Z", "participantId": "PA_tables", "trackId": "TR_tables",
+        "mime": "audio/opus",
+        "streams": [{"primaryPackets": 1000, "startTime": f"{minute}:00Z",
+                     "endTime": f"{minute}:30Z"}],
+    } for n, minute in enumerate(minutes)]  # fmt: skip
+    assert app.post(STATS, json.dumps({"stats": stats}).encode(), **JSON_TYPE).status_code == 200
+    sql = "SELECT count(*) FROM livekit_rates WHERE connection_id = 'PA_tables'"
+    assert app.wait_rows(sql, 6) == 6
+    answer = httpx.get(
+        app.url + "/api/dashboard/tables/livekit_rates",
+        params={"from": "2024-06-14T00:00:00Z", "to": "2024-06-15T00:00:00Z", "limit": 3},
+        timeout=30,
+    ).json()
+    assert answer["timed"] is True
+    result = answer["result"]
+    assert [c["name"] for c in answer["columns"]] == result["columns"]
+    at = result["columns"].index("time")
+    times = [row[at] for row in result["rows"]]
+    assert times == ["2024-06-14T10:03:30Z", "2024-06-14T10:02:30Z", "2024-06-14T10:01:30Z"]
+    assert result["truncated"] is True  # 10:00:30 is in the range too; the 15th's are not
+
+
+def test_every_view_declares_the_columns_its_rows_have(app: App) -> None:
+    listed = httpx.get(app.url + "/api/dashboard/tables", timeout=30).json()["views"]
+    assert {view["name"] for view in listed} >= {"livekit_rates", "connection_quality"}
+    for view in listed:
+        declared = [column["name"] for column in view["columns"]]
+        answer = httpx.get(
+            app.url + f"/api/dashboard/tables/{view['name']}", params={"limit": 1}, timeout=30
+        ).json()
+        assert declared == answer["result"]["columns"], view["name"]
+        assert answer["timed"] is ("time" in declared), view["name"]
+
+
 def test_a_lossy_livekit_participant_is_diagnosed_from_its_stats(app: App) -> None:
     stats = [{
         "id": f"AS_lossy_{n}", "kind": "DOWNSTREAM", "timeStamp": f"2024-06-13T10:0{n}:30Z",

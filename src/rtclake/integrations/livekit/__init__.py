@@ -42,7 +42,11 @@ class LiveKitAnalyticsConfig(SourceConfig):
 
 
 def register(registry: Registry) -> None:
-    from rtclake.integrations.livekit.tables import LIVEKIT_RATES_SQL, LIVEKIT_TABLES
+    from rtclake.integrations.livekit.tables import (
+        LIVEKIT_RATES_COLUMNS,
+        LIVEKIT_RATES_SQL,
+        LIVEKIT_TABLES,
+    )
     from rtclake.sinks.mongodb import Layout, register_layout
     from rtclake.tables import View
 
@@ -55,6 +59,7 @@ def register(registry: Registry) -> None:
             " connection, a track's stream a stream): each counter over its stat's interval;"
             " the dashboard's connection pages read it beside rtc_rates."
         ),
+        columns=LIVEKIT_RATES_COLUMNS,
     ))  # fmt: skip
 
     def openvidu_layout() -> Layout:

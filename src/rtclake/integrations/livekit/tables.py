@@ -170,3 +170,38 @@ SELECT time, room_name AS channel_id, room_id AS session_id, participant_id AS c
     score
 FROM livekit_stats WHERE interval_s > 0
 """
+
+_NOT_REPORTED = "NULL: LiveKit's stats do not carry it"
+
+# livekit_rates' columns (rtc_rates' names, LiveKit's meanings), in the view's order: the
+# API's table list shows them, and a view that declares "time" is read by time range
+LIVEKIT_RATES_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("time", "the stat's time_stamp"),
+    ("channel_id", "LiveKit room name"),
+    ("session_id", "LiveKit room sid"),
+    ("connection_id", "LiveKit participant sid"),
+    ("stats_type", "outbound-rtp for an UPSTREAM stream (what the participant sends),"
+                   " inbound-rtp for DOWNSTREAM (what it receives)"),
+    ("stats_id", "track_id:stream_kind:stream_index"),
+    ("media_kind", "audio or video (the mime type's first part)"),
+    ("track_identifier", "the track sid"),
+    ("interval_s", "the stream's end_time - start_time, seconds"),
+    ("bitrate_bps", "8 × primary_bytes / interval_s, bits/s"),
+    ("packets_per_s", "primary_packets / interval_s"),
+    ("loss_pct", "packets_lost / (primary_packets + packets_lost) × 100"),
+    ("jitter_ms", "the stream's jitter, ms"),
+    ("rtt_ms", "the stream's rtt, ms"),
+    ("jitter_buffer_ms", _NOT_REPORTED),
+    ("fps", "video: frames / interval_s"),
+    ("frame_width", _NOT_REPORTED),
+    ("frame_height", _NOT_REPORTED),
+    ("freezes_per_min", _NOT_REPORTED),
+    ("concealment_pct", _NOT_REPORTED),
+    ("nack_per_min", "nacks / interval_s × 60"),
+    ("pli_per_min", "plis / interval_s × 60"),
+    ("fir_per_min", "firs / interval_s × 60"),
+    ("quality_limitation_reason", _NOT_REPORTED),
+    *((f"quality_limitation_{r}_share", _NOT_REPORTED)
+      for r in ("none", "cpu", "bandwidth", "other")),
+    ("score", "the stat's connection quality score"),
+)  # fmt: skip
