@@ -139,6 +139,13 @@ class Tab:
         )
         return {h.split("?")[0].removeprefix(prefix) for h in hrefs}
 
+    def fact(self, label: str) -> str:
+        """The value of a page's fact (its ``dt``/``dd`` pair) as shown."""
+        facts = self.page.locator("dl.facts > div").filter(
+            has=self.page.locator("dt", has_text=label)
+        )
+        return str(facts.locator("dd").inner_text())
+
     def rows(self, table: str) -> int:
         return int(self.page.locator(f'table[data-table="{table}"] tbody tr').count())
 
@@ -212,7 +219,13 @@ def test_a_session_shows_its_participants_on_a_timeline(
     assert points["chart-timeline"] == len(expected)  # one bar per participant
     assert points["chart-scores"] > 0
     assert t.links("participants", "/connections/") == expected
+    assert float(t.fact("Worst score")) > 0
     t.shoot("session")
+    # a session of no scored participant (only its webhook) has no worst score: a dash
+    # (it had shown "Infinity", Math.min of nothing)
+    t = tab().open(f"/sessions/{LIVE_SESSION}")
+    assert t.state == "ready"
+    assert t.fact("Connections") == "0" and t.fact("Worst score") == "–"
 
 
 def test_the_lossy_connection_charts_every_metric_and_shows_high_loss(

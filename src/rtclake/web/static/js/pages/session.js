@@ -43,6 +43,8 @@ export function create(main, [sessionId], context) {
       h("span", { class: `pill ${live ? "live" : "ended"}` }, end ? "ended" : live ? "live" : "no end logged"));
     const started = s.created_at || s.first_seen;
     const fact = (label, value) => h("div", {}, h("dt", {}, label), h("dd", {}, value ?? "–"));
+    // no participant with a score: no worst one (Math.min of nothing is Infinity)
+    const scores = people.map((p) => p.score).filter(Number.isFinite);
     fill(el.facts,
       fact("Channel", s.channel_id),
       fact("Started", f.time(started)),
@@ -50,7 +52,7 @@ export function create(main, [sessionId], context) {
       fact("Duration", f.duration(f.between(started, end || lastSeen))),
       fact("Connections", f.num(people.length)),
       fact("Most at once", f.num(s.max_connections)),
-      fact("Worst score", f.score(Math.min(...people.map((p) => p.score ?? Infinity).filter(Number.isFinite)))));
+      fact("Worst score", f.score(scores.length ? Math.min(...scores) : null)));
     timeline(people, data);
     scoreChart(data);
     participantsTable(people);
