@@ -251,6 +251,34 @@ def test_the_lossy_connection_charts_every_metric_and_shows_high_loss(
     t.shoot("connection-high-loss")
 
 
+def test_a_livekit_participant_charts_the_round_trip_of_its_streams(
+    tab: Callable[..., Tab], make_server: Any
+) -> None:
+    # (LiveKit's rtt is on its streams, inbound-rtp and outbound-rtp in livekit_rates: the
+    # chart had read only remote-inbound-rtp and candidate-pair rows, and said no stream
+    # reports a round-trip time)
+    server = make_server(RTCLAKE_SOURCES__LKA__TYPE="livekit_analytics")
+    stats = [{
+        "id": f"AS_rtt_{n}", "kind": kind, "timeStamp": f"2024-06-16T10:0{n}:30Z",
+        "roomId": "RM_rtt", "participantId": "PA_rtt", "trackId": "TR_rtt", "mime": "audio/opus",
+        "streams": [{"primaryPackets": 1500, "primaryBytes": "120000", "rtt": 450,
+                     "startTime": f"2024-06-16T10:0{n}:00Z", "endTime": f"2024-06-16T10:0{n}:30Z"}],
+    } for n in range(4) for kind in ("UPSTREAM", "DOWNSTREAM")]  # fmt: skip
+    posted = httpx.post(server.url + "/livekit/analytics/stats", json={"stats": stats}, timeout=30)
+    assert posted.json() == {"stored": 8}, posted.text
+    deadline = time.monotonic() + 30
+    sql = "SELECT count(*) AS n FROM livekit_rates WHERE connection_id = 'PA_rtt'"
+    while server.query(sql)["rows"][0][0] < 8:
+        assert time.monotonic() < deadline, "the stats were never stored"
+        time.sleep(0.1)
+    t = tab(server.url).open(
+        "/connections/PA_rtt?from=2024-06-16T10:00:00Z&to=2024-06-16T10:05:00Z"
+    )
+    assert t.points().get("chart-rtt", 0) == 8  # both streams, four stats each
+    finding = t.page.locator('#diagnosis li[data-code="high_rtt"]')
+    assert finding.count() == 2 and "long round trip" in finding.first.inner_text()
+
+
 def test_a_clean_connection_has_charts_and_no_finding(tab: Callable[..., Tab], site: Site) -> None:
     clean = next(c for c, v in site.manifest["connections"].items() if not v["expect"])
     t = tab().open(f"/connections/{clean}")

@@ -333,3 +333,29 @@ def test_a_lossy_livekit_participant_is_diagnosed_from_its_stats(app: App) -> No
     assert set(codes) == {"high_loss"}, answer["findings"]
     assert codes["high_loss"]["stats_id"] == "TR_lossy:DOWNSTREAM:0"
     assert codes["high_loss"]["evidence"]["worst"] == pytest.approx(10.0)
+
+
+def test_a_livekit_participant_with_a_long_round_trip_is_diagnosed_high_rtt(app: App) -> None:
+    # (LiveKit's rtt is on its streams, which livekit_rates gives as inbound-rtp and
+    # outbound-rtp; the diagnosis had looked for it only on remote-inbound-rtp and
+    # candidate-pair rows, so 450 ms never made a high_rtt)
+    stats = [{
+        "id": f"AS_slow_{n}", "kind": "DOWNSTREAM", "timeStamp": f"2024-06-16T10:0{n}:30Z",
+        "roomId": "RM_slow", "roomName": "slow-room", "participantId": "PA_slow",
+        "trackId": "TR_slow", "mime": "audio/opus",
+        "streams": [{"primaryPackets": 1500, "primaryBytes": "120000", "rtt": 450,
+                     "jitter": 5, "startTime": f"2024-06-16T10:0{n}:00Z",
+                     "endTime": f"2024-06-16T10:0{n}:30Z"}],
+    } for n in range(4)]  # fmt: skip
+    assert app.post(STATS, json.dumps({"stats": stats}).encode(), **JSON_TYPE).status_code == 200
+    sql = "SELECT count(*) FROM livekit_rates WHERE connection_id = 'PA_slow'"
+    assert app.wait_rows(sql, 4) == 4
+    answer = httpx.get(app.url + "/api/connections/PA_slow/diagnosis", timeout=30).json()
+    assert answer["found"], answer
+    codes = {f["code"]: f for f in answer["findings"]}
+    assert set(codes) == {"high_rtt"}, answer["findings"]
+    finding = codes["high_rtt"]
+    assert finding["stats_id"] == "TR_slow:DOWNSTREAM:0"
+    assert finding["evidence"]["worst"] == pytest.approx(450.0)
+    assert finding["evidence"]["stats_type"] == "inbound-rtp"
+    assert "had a long round trip" in finding["message"]

@@ -6,6 +6,8 @@ It reads three query-time views an integration provides (Sora's, in
 ``connection_quality`` (scores) and ``connection_transport`` (the selected candidate pair
 and the ICE state). A finding is a stretch of consecutive samples of one stream beyond a
 threshold of the ``diagnosis:`` settings lasting at least ``min_duration`` seconds.
+The round trip is read where the connection reports it: its ``remote-inbound-rtp`` and
+``candidate-pair`` rows (Sora's), else its streams' (LiveKit's stats carry an rtt each).
 """
 
 from __future__ import annotations
@@ -156,6 +158,9 @@ class _Rule:
     unit: str
     what: str  # "lost {worst} % of packets" style, the words of the message
     flowing: bool = False  # only while media flows (a stalled stream is no_media's)
+    # the stats types read instead when no row of the connection that ``applies`` to
+    # carries the metric (LiveKit's stats have their rtt on the streams themselves)
+    otherwise: tuple[str, ...] = ()
 
 
 def _is(*types: str, kind: str | None = None) -> Callable[[dict[str, Any]], bool]:
@@ -166,7 +171,7 @@ _RULES = (
     _Rule("high_loss", "loss_pct", _is("inbound-rtp", "remote-inbound-rtp"),
           lambda c: c.loss_pct, True, "%", "lost packets"),
     _Rule("high_rtt", "rtt_ms", _is("remote-inbound-rtp", "candidate-pair"),
-          lambda c: c.rtt_ms, True, "ms", "had a long round trip"),
+          lambda c: c.rtt_ms, True, "ms", "had a long round trip", otherwise=_MEDIA_TYPES),
     _Rule("high_jitter", "jitter_ms", _is("inbound-rtp", "remote-inbound-rtp"),
           lambda c: c.jitter_ms, True, "ms", "had high jitter"),
     _Rule("bandwidth_limited", "quality_limitation_bandwidth_share",
@@ -196,15 +201,24 @@ def _severity(rule: _Rule, worst: float, threshold: float) -> str:
     return "critical" if worst < threshold / 2 else "warning"
 
 
+def _applies(rule: _Rule, rates: Sequence[dict[str, Any]]) -> Callable[[dict[str, Any]], bool]:
+    """Which streams of the connection ``rule`` reads: its own types, or its ``otherwise``
+    types when none of its own carries the metric."""
+    if rule.otherwise and not any(rule.applies(r) and r[rule.metric] is not None for r in rates):
+        return _is(*rule.otherwise)
+    return rule.applies
+
+
 def _rate_findings(rates: Sequence[dict[str, Any]], config: DiagnosisConfig) -> list[Finding]:
     streams: dict[str, list[dict[str, Any]]] = {}
     for row in rates:
         streams.setdefault(row["stats_id"], []).append(row)
+    applies = {rule.code: _applies(rule, rates) for rule in _RULES}
     findings: list[Finding] = []
     for stats_id, samples in streams.items():
         first = samples[0]
         for rule in _RULES:
-            if not rule.applies(first):
+            if not applies[rule.code](first):
                 continue
             limit = rule.threshold(config)
 

@@ -15,7 +15,9 @@ const CHARTS = [
   { id: "loss", title: "Packet loss", unit: "%", metric: "loss_pct", types: ["inbound-rtp", "remote-inbound-rtp"], digits: 2,
     hint: "received: lost on the way here; sent: as the receiver reports" },
   { id: "jitter", title: "Jitter", unit: "ms", metric: "jitter_ms", types: ["inbound-rtp", "remote-inbound-rtp"], digits: 1 },
-  { id: "rtt", title: "Round-trip time", unit: "ms", metric: "rtt_ms", types: ["remote-inbound-rtp", "candidate-pair"], digits: 0 },
+  // otherwise: the streams read when none of the types has the metric (LiveKit's stats
+  // carry their rtt on the streams themselves), as the diagnosis does
+  { id: "rtt", title: "Round-trip time", unit: "ms", metric: "rtt_ms", types: ["remote-inbound-rtp", "candidate-pair"], otherwise: MEDIA, digits: 0 },
   { id: "jitter-buffer", title: "Jitter buffer delay", unit: "ms", metric: "jitter_buffer_ms", types: ["inbound-rtp"], digits: 0 },
   { id: "fps", title: "Frame rate", unit: "fps", metric: "fps", types: MEDIA, kind: "video", digits: 1 },
   { id: "resolution", title: "Resolution", unit: "px (frame height)", metric: "frame_height", types: MEDIA, kind: "video", digits: 0 },
@@ -178,8 +180,11 @@ export function create(main, [connectionId], context) {
       { name: "video score", t: s.time, y: s.video_score, color: COLORS.series[1], dash: "dash", width: 1.2 },
     ], { ...base, unit: "score", digits: 2, yRange: [1, 5.05], shapes: [...scoreBands(), ...(shapes.score || [])],
       empty: "No score in this range: a score needs two stats reports of the connection." });
+    const having = (metric) => (r) => r[metric].some((v) => v !== null);
     for (const c of CHARTS) {
-      const rows = data.rates.filter((r) => c.types.includes(r.stats_type) && (!c.kind || r.media_kind === c.kind));
+      const of = (types) => data.rates.filter((r) => types.includes(r.stats_type) && (!c.kind || r.media_kind === c.kind));
+      let rows = of(c.types);
+      if (c.otherwise && !rows.some(having(c.metric))) rows = of(c.otherwise).filter(having(c.metric));
       const metrics = c.metrics || [c.metric];
       const traces = [];
       for (const r of rows) {
