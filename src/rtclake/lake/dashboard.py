@@ -114,7 +114,8 @@ _LIVEKIT_PARTICIPANTS = """SELECT participant_sid AS connection_id, room_name AS
         CASE WHEN event = 'participant_joined' THEN time END AS created_at,
         CASE WHEN event <> 'participant_joined' THEN time END AS destroyed_at,
         CASE WHEN event = 'participant_connection_aborted' THEN 'CONNECTION_ABORTED'
-            ELSE json_extract_string(extra, '$.participant.disconnectReason') END AS reason
+            WHEN event = 'participant_left'
+            THEN json_extract_string(extra, '$.participant.disconnectReason') END AS reason
     FROM livekit_events WHERE participant_sid IS NOT NULL
         AND event IN ('participant_joined', 'participant_left', 'participant_connection_aborted')
     UNION ALL
