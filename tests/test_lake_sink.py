@@ -575,3 +575,60 @@ def test_a_merge_beyond_maintenances_memory_limit_fails_naming_the_setting(
     assert engine.run("SELECT count(*) FROM rtc_stats").rows() == [[30_000]]
     assert len(engine.snapshot()["rtc_stats"]) == 2
     engine.close()
+
+
+@pytest.fixture
+def pg_catalog_url() -> Iterator[str]:
+    """A PostgreSQL catalog in a database of the test's own, dropped afterwards."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    from tests.test_maintenance import ADMIN
+
+    name = f"rtclake_sink_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield ADMIN.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(ADMIN, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_one_record_committed_by_two_nodes_at_once_is_stored_once(
+    tmp_path: Path, pg_catalog_url: str
+) -> None:
+    """Two nodes on one PostgreSQL catalog each hold the same record (a client's retry
+    against another node, a report by webhook to one and by log to the other) and
+    commit it at the same moment. Each transaction's repeat check had read the lake
+    before the other's commit, and both had stored it."""
+    registry = default_registry()
+    sinks = [LakeSink(tmp_path / "lake", registry, catalog=pg_catalog_url) for _ in range(2)]
+    for sink in sinks:
+        sink.start()
+    rounds = 12
+    errors: list[BaseException] = []
+    for n in range(rounds):
+        record = b'{"time": "2026-11-01T10:00:%02dZ", "device_id": "race"}' % n
+        made = batch(n + 1, record)
+        gate = threading.Barrier(2)
+
+        def commit(i: int, made: Batch = made, gate: threading.Barrier = gate) -> None:
+            try:
+                gate.wait()
+                sinks[i].write(Batch(f"node{i}", "r", made.segment, made.tables))
+            except BaseException as exc:  # pragma: no cover - shown by the assert
+                errors.append(exc)
+
+        threads = [threading.Thread(target=commit, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+    for sink in sinks:
+        sink.close()
+    engine = QueryEngine(tmp_path / "lake", registry, catalog=pg_catalog_url)
+    rows = engine.run("SELECT count(*), count(DISTINCT time) FROM telemetry").rows()
+    engine.close()
+    assert rows == [[rounds, rounds]]

@@ -24,17 +24,18 @@ DuckDB connections are not shared between threads.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from rtclake.errors import ConfigError
+from rtclake.errors import ConfigError, SinkError
 from rtclake.lake import extensions
 from rtclake.lake.storage import Storage
 from rtclake.lake.urls import DEFAULT_FILE as DEFAULT_FILE
@@ -312,6 +313,73 @@ class Catalog:
             f"SELECT max(seq) FROM {ALIAS}.{LEDGER} WHERE node = ? AND run = ?", [node, run]
         ).fetchone()
         return None if row is None or row[0] is None else int(row[0])
+
+
+class CommitLock:
+    """Serialises the nodes' transactions on one table of a PostgreSQL catalog, from
+    before the repeat check to the commit: a session advisory lock per table, on a
+    connection of the sink's own, waited for (up to ``wait`` seconds).
+
+    DuckLake commits two appends to one table side by side without a conflict, so two
+    nodes holding the same record (a client's retry against another node, a report by
+    webhook to one and by log to the other) had each checked the lake before the other
+    committed, and both had stored it. A SQLite catalog needs none: it refuses a commit
+    when another committed since the transaction began, and the sink then checks again.
+    PostgreSQL lets the locks go when the session ends (a node killed)."""
+
+    def __init__(self, conninfo: str, node: str, wait: float = 60.0) -> None:
+        self.conninfo = conninfo
+        self.node = node
+        self.wait = wait
+        self._conn: Any = None
+
+    @staticmethod
+    def key(table: str) -> int:
+        digest = hashlib.blake2b(f"rtclake.commit:{table}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+    @contextlib.contextmanager
+    def holding(self, tables: Iterable[str]) -> Iterator[None]:
+        """Hold the locks of ``tables`` (in one order: no two nodes wait for each other)."""
+        import psycopg
+
+        keys = sorted({self.key(t) for t in tables})
+        try:
+            conn = self._connection()
+            for key in keys:
+                conn.execute("SELECT pg_advisory_lock(%s)", [key])
+        except BaseException as exc:
+            self.close()  # the locks it holds go with the session
+            if isinstance(exc, psycopg.Error):  # the batch stays spooled and is retried
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise SinkError(f"lake: the catalog's commit lock: {redact(first)}") from exc
+            raise
+        try:
+            yield
+        finally:
+            try:
+                conn.execute("SELECT pg_advisory_unlock_all()")
+            except BaseException:
+                self.close()
+                raise
+
+    def _connection(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                self.conninfo, autocommit=True, connect_timeout=10,
+                application_name=f"rtclake commit {self.node}"[:63],
+                keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+            )  # fmt: skip
+            self._conn.execute(f"SET lock_timeout = '{int(self.wait * 1000)}ms'")
+        return self._conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 def duck_columns(con: Any, table: Table) -> dict[str, str]:

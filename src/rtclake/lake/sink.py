@@ -37,6 +37,7 @@ from rtclake.lake.catalog import (
     LEDGER,
     Catalog,
     CatalogUrl,
+    CommitLock,
     conflict,
     default_url,
     parse_url,
@@ -240,6 +241,7 @@ class LakeSink(Sink):
         self._con: Any = None
         self._last: dict[tuple[str, str], int | None] = {}
         self._repeats: list[tuple[str, int]] = []  # (table, rows) of the open transaction
+        self._lock: CommitLock | None = None
 
     def start(self) -> None:
         self.storage.prepare()
@@ -367,6 +369,20 @@ class LakeSink(Sink):
         if not todo:
             return
         self.catalog.ensure_tables(con, [table.name for table in todo])
+        checked = [table.name for table in todo if not table.unique_rows]
+        with self._commit_lock(first.node, checked):
+            self._commit(con, batches, todo, run)
+
+    def _commit_lock(self, node: str, tables: list[str]) -> contextlib.AbstractContextManager[None]:
+        """The catalog's :class:`CommitLock` of ``tables`` (PostgreSQL), else nothing."""
+        if self.catalog.url.kind != "postgres" or not tables:
+            return contextlib.nullcontext()
+        if self._lock is None:
+            self._lock = CommitLock(self.catalog.url.target, node)
+        return self._lock.holding(tables)
+
+    def _commit(self, con: Any, batches: Sequence[Batch], todo: list[Table],
+                run: tuple[str, str]) -> None:  # fmt: skip
         self._check.begin()
         con.execute("BEGIN")
         try:
@@ -459,6 +475,8 @@ class LakeSink(Sink):
         return self.catalog.live_files(self._connection(), table)
 
     def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
         if self._con is not None:
             self._con.close()
             self._con = None
