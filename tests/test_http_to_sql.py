@@ -9,6 +9,7 @@ import httpx
 
 from rtclake.catalog import default_registry
 from rtclake.lake.query import QueryEngine
+from rtclake.records import record_id
 from tests.conftest import Server
 
 
@@ -54,6 +55,35 @@ def test_a_record_sent_twice_is_stored_once(server: Server) -> None:
         assert response.status_code == 200
     # 1 timed record + 2 distinct timeless lines (the retry with the same key adds none).
     assert server.wait_rows("SELECT count(*) FROM telemetry", 3) == 3
+
+
+def test_keys_a_column_passes_over_are_kept_in_extra_as_sent(server: Server) -> None:
+    """A column (or the envelope's time) takes the first of its keys that has a value; the
+    others a record carries stay in ``extra`` with their values, and a record with one of
+    them keeps its record id (the hash of its line, not of ``extra``) and is stored once."""
+    times = (
+        '{"device_id":"t1","time":"2026-01-01T00:00:01Z","timestamp":"2026-01-01T00:00:02Z",'
+        '"ts":3,"temp":1}'
+    )
+    ids = '{"device_id":"A","deviceId":"B","device":"C","temp":1,"time":"2026-01-01T00:00:04Z"}'
+    unmapped_first = '{"deviceId":"B","device":"C","time":"2026-01-01T00:00:05Z"}'
+    single = '{"device_id":"one","time":"2026-01-01T00:00:06Z","temp":2}'
+    for line in (times, ids, unmapped_first, single, single):
+        response = httpx.post(server.url + "/ingest/y2", content=line)
+        assert response.json() == {"accepted": 1}
+
+    assert server.wait_rows("SELECT count(*) FROM telemetry", 4) == 4
+    result = server.query("SELECT device_id, time, extra, record_id FROM telemetry ORDER BY time")
+    got = [row[:3] for row in result["rows"]]
+    assert got == [
+        ["t1", "2026-01-01T00:00:01Z", {"timestamp": "2026-01-01T00:00:02Z", "ts": 3, "temp": 1}],
+        ["A", "2026-01-01T00:00:04Z", {"deviceId": "B", "device": "C", "temp": 1}],
+        ["B", "2026-01-01T00:00:05Z", {"device": "C"}],
+        ["one", "2026-01-01T00:00:06Z", {"temp": 2}],
+    ]
+    # the record id rule is the line's own text, whatever went to extra
+    sent = (times, ids, unmapped_first, single)
+    assert [row[3] for row in result["rows"]] == [record_id("http", "y2", line) for line in sent]
 
 
 def test_sigterm_stores_what_the_spool_holds(server: Server) -> None:

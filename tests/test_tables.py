@@ -138,6 +138,44 @@ def test_nested_keys_become_columns_and_leave_the_rest_in_extra() -> None:
         table.validator().decode(b'{"data": {"bytes": "n/a"}}')
 
 
+def test_keys_a_column_passes_over_stay_in_extra_nested_or_not() -> None:
+    """A column takes the first of its keys that has a value (null is none); another one
+    holding another value stays in extra as it was sent, inside its objects; a copy of
+    the value taken (Sora's rtc_id beside rtc_data.id) is not repeated there, nor a key
+    another column takes alone."""
+    table = Table(
+        "aliases",
+        "k",
+        columns=(
+            Column("room", "id", ("room.sid", "egress.roomId", "roomId")),
+            Column("stamp", "time", ("timestamp",)),
+        ),
+    )
+    lines = [
+        b'{"room": {"sid": "R1", "name": "n"}, "egress": {"roomId": "R2", "status": 1}}',
+        b'{"room": {"sid": null}, "egress": {"roomId": "R2"}, "roomId": "R\\u0034"}',
+        b'{"roomId": "R3", "time": 1, "timestamp": 2, "ts": 1.50}',
+        b'{"room": {"sid": "R1"}, "roomId": "R1", "time": "1970-01-01T00:00:01Z", "ts": 1}',
+    ]
+    converter = Converter(TableRegistry([table]))
+    try:
+        head = EntryHeader(table="aliases", source="a", stream="s", kind="k",
+                           received_us=RECEIVED_US, records=len(lines))  # fmt: skip
+        rows = converter.convert("r", 1, [Entry(head, b"\n".join(lines), 0)])["aliases"]
+    finally:
+        converter.close()
+    assert rows["room"].to_pylist() == ["R1", "R2", "R3", "R1"]
+    assert rows["extra"].to_pylist() == [
+        '{"room":{"name":"n"},"egress":{"roomId":"R2","status":1}}',
+        '{"roomId":"R\\u0034"}',  # as sent
+        '{"ts":1.50}',  # timestamp is the stamp column's
+        None,  # the same room and the same time twice
+    ]
+    seconds = [t.timestamp() for t in rows["time"].to_pylist()]
+    assert seconds[2:] == [1.0, 1.0]
+    assert rows["stamp"][2].as_py() == dt.datetime(1970, 1, 1, 0, 0, 2, tzinfo=dt.UTC)
+
+
 def test_same_entries_give_the_same_rows() -> None:
     body = b'{"v": 1}\n{"time": "2026-01-01T00:00:00Z", "v": 2}'
     first, second = convert(entry(body))["telemetry"], convert(entry(body))["telemetry"]

@@ -4,11 +4,13 @@
 // rtclake/tables.py). Spec.parse(block) reads every line of a block of JSON Lines once
 // and fills, per mapped key path, the buffers of one Arrow array (validity bitmap,
 // values or offsets + data), and writes the keys no column takes into an `extra` JSON
-// object per line (NULL when there are none). A value of the wrong type for its column
-// (a string where a number belongs) is kept in `extra` and noted with its JSON path; a
-// line that is not a JSON object is reported and left out. Times (RFC 3339 text, or
-// seconds / milliseconds / microseconds / nanoseconds since the epoch, told apart by
-// magnitude) become microseconds since the epoch, UTC.
+// object per line (NULL when there are none): the keys a table does not map, and those a
+// column passed over for another of its keys holding another value (see Parser::line).
+// A value of the wrong
+// type for its column (a string where a number belongs) is kept in `extra` and noted
+// with its JSON path; a line that is not a JSON object is reported and left out. Times
+// (RFC 3339 text, or seconds / milliseconds / microseconds / nanoseconds since the epoch,
+// told apart by magnitude) become microseconds since the epoch, UTC.
 //
 // Why On-Demand and std::from_chars: Sora prints every float with 21 significant digits
 // (Erlang's `1.75342361155652490234e+12`), which simdjson's eager number parser sends to
@@ -180,6 +182,24 @@ struct Column {
   bool active = false;  // has finished buffers
 
   bool is_text() const { return kind == STRING || kind == ID || kind == JSON; }
+
+  // Whether `row` (the line being parsed: the last one appended) has a value here.
+  bool has(int64_t row) const {
+    return !sparse->rows.empty() && sparse->rows.back() == static_cast<uint32_t>(row);
+  }
+
+  // Whether the last values appended here and in `other` are the same value.
+  bool same_last(const Column &other) const {
+    if (kind != other.kind) return false;
+    if (!is_text()) return sparse->fixed.back() == other.sparse->fixed.back();
+    return last_text() == other.last_text();
+  }
+
+  std::string_view last_text() const {
+    const std::vector<uint32_t> &e = sparse->ends;
+    size_t start = e.size() >= 2 ? e[e.size() - 2] : 0;
+    return std::string_view(reinterpret_cast<const char *>(text.data()) + start, e.back() - start);
+  }
 
   void reset(Sparse *s, int64_t rows) {
     sparse = s;
@@ -506,17 +526,80 @@ int64_t epoch_integer_us(int64_t x) {
 constexpr double kEpochMax = 9223372036854775807.0;  // 2**63 - 1, as rtclake.tables
 
 // ---------------------------------------------------------------------------------
+// Choices among keys.
+
+// A key that a reader of the payload may pass over: a reader (a column, the envelope's
+// time) takes the first of its keys that has a value, so a key that comes after another
+// in every reader that has it goes unread when one before it has a value. `places`: each
+// reader that has it, as (reader, the key's position in it).
+struct Rival {
+  int leaf;
+  std::vector<std::pair<int, int>> places;
+};
+
+struct Choices {
+  std::vector<std::vector<int>> readers;  // leaf indices, in order of preference
+  std::vector<Rival> rivals;
+};
+
+// ---------------------------------------------------------------------------------
 // The walker.
 
 class Parser {
  public:
-  Parser(Node *root, std::vector<Column> *columns, int nodes) : root_(root), cols_(columns) {
+  Parser(Node *root, std::vector<Column> *columns, int nodes, const Choices *choices)
+      : root_(root), cols_(columns), choices_(choices) {
     guess_.resize(static_cast<size_t>(nodes));
+    passed_over_.assign(columns->size(), 0);
   }
 
   // Parse one line into `row`; on a bad line, raise Failure (the caller rolls back).
+  //
+  // A key no reader takes because another key of the same reader has a value (a line
+  // with `device_id` and `deviceId`, `time` and `ts`) belongs in `extra`: nothing a
+  // source sends is dropped. Not when it holds the value taken: Sora repeats
+  // `rtc_data.id` as `rtc_id` on every line. Which key a reader takes is only known at the
+  // line's end, so such a line (rare) is walked a second time, those keys written into
+  // `extra` as they were sent and not into their columns.
   void line(od::document &doc, int64_t row, std::string &extra) {
     row_ = row;  // first: a rollback after a failure below must not touch the last line
+    walk_line(doc, extra);
+    if (!mark_passed_over()) return;
+    rollback();
+    extra.clear();
+    doc.rewind();
+    second_pass_ = true;
+    try {
+      walk_line(doc, extra);
+    } catch (...) {
+      end_second_pass();
+      throw;
+    }
+    end_second_pass();
+  }
+
+  void rollback() {
+    for (int i : touched_) (*cols_)[static_cast<size_t>(i)].clear(row_);
+  }
+
+  std::string note;  // the first misfit of the current line
+
+ private:
+  Node *root_;
+  std::vector<Column> *cols_;
+  const Choices *choices_;
+  int64_t row_ = 0;
+  std::vector<int> touched_;
+  std::string text_;
+  // Per object node: after child i (slot i + 1; slot 0 is the start), the child that
+  // came next last time. Lines of one kind repeat their key order, so most keys are
+  // matched by one comparison of raw bytes instead of unescaping and hashing.
+  std::vector<std::vector<int>> guess_;
+  // Per column: its key has a value on this line that no reader takes (second pass).
+  std::vector<uint8_t> passed_over_;
+  bool second_pass_ = false;
+
+  void walk_line(od::document &doc, std::string &extra) {
     touched_.clear();
     note.clear();
     json_type type;
@@ -535,22 +618,38 @@ class Parser {
     if (doc.current_location().error() == simdjson::SUCCESS) invalid("more after the object");
   }
 
-  void rollback() {
-    for (int i : touched_) (*cols_)[static_cast<size_t>(i)].clear(row_);
+  // Marks the keys with a value on this line that no reader takes, and that no reader
+  // took from another key either; true if there is one.
+  bool mark_passed_over() {
+    bool any = false;
+    for (const Rival &rival : choices_->rivals) {
+      const Column &col = (*cols_)[static_cast<size_t>(rival.leaf)];
+      if (!col.has(row_)) continue;
+      bool taken = false;  // or its value, from a key the reader prefers
+      for (const auto &[reader, position] : rival.places) {
+        const std::vector<int> &keys = choices_->readers[static_cast<size_t>(reader)];
+        const Column *first = nullptr;  // the reader's value
+        for (int k = 0; k < position && first == nullptr; ++k) {
+          const Column &before = (*cols_)[static_cast<size_t>(keys[static_cast<size_t>(k)])];
+          if (before.has(row_)) first = &before;
+        }
+        if (first == nullptr || first->same_last(col)) {
+          taken = true;
+          break;
+        }
+      }
+      if (!taken) {
+        passed_over_[static_cast<size_t>(rival.leaf)] = 1;
+        any = true;
+      }
+    }
+    return any;
   }
 
-  std::string note;  // the first misfit of the current line
-
- private:
-  Node *root_;
-  std::vector<Column> *cols_;
-  int64_t row_ = 0;
-  std::vector<int> touched_;
-  std::string text_;
-  // Per object node: after child i (slot i + 1; slot 0 is the start), the child that
-  // came next last time. Lines of one kind repeat their key order, so most keys are
-  // matched by one comparison of raw bytes instead of unescaping and hashing.
-  std::vector<std::vector<int>> guess_;
+  void end_second_pass() {
+    second_pass_ = false;
+    for (const Rival &rival : choices_->rivals) passed_over_[static_cast<size_t>(rival.leaf)] = 0;
+  }
 
   // The child `field` names (its index), or -1; `key` is set to the key's text.
   int find(Node *node, int &prev, od::field &field, std::string_view &key) {
@@ -604,6 +703,11 @@ class Parser {
       }
       Node *child = node->children[static_cast<size_t>(at)].get();
       if (child->leaf >= 0) {
+        if (second_pass_ && passed_over_[static_cast<size_t>(child->leaf)]) {
+          member(extra, key);
+          copy_value(extra, value);
+          continue;
+        }
         Column &col = (*cols_)[static_cast<size_t>(child->leaf)];
         touched_.push_back(child->leaf);
         if (const char *why = put(col, value)) {
@@ -744,6 +848,7 @@ struct SpecObject {
   Node *root;
   int nodes;
   std::vector<Column> *columns;  // empty columns: the template each parse copies
+  Choices *choices;
 };
 
 bool plain_key(std::string_view k) {
@@ -799,20 +904,92 @@ bool build(PyObject *tree, Node *node, std::vector<Column> &columns, const std::
   return true;
 }
 
+// The column of the key path `path` (its parts joined by '.'), or -1.
+int leaf_of(const Node *root, std::string_view path) {
+  const Node *node = root;
+  while (true) {
+    size_t dot = path.find('.');
+    auto found = node->index.find(path.substr(0, dot));
+    if (found == node->index.end()) return -1;
+    node = node->children[static_cast<size_t>(found->second)].get();
+    if (dot == std::string_view::npos) return node->leaf;
+    if (node->leaf >= 0) return -1;
+    path.remove_prefix(dot + 1);
+  }
+}
+
+// The readers of `readers` (a sequence of sequences of key paths) as leaf indices, and
+// the keys a reader may pass over.
+bool build_choices(PyObject *readers, const Node *root, size_t columns, Choices &choices) {
+  PyObject *outer = PySequence_Fast(readers, "readers: a sequence of sequences of key paths");
+  if (outer == nullptr) return false;
+  bool ok = true;
+  for (Py_ssize_t i = 0; ok && i < PySequence_Fast_GET_SIZE(outer); ++i) {
+    PyObject *inner = PySequence_Fast(PySequence_Fast_GET_ITEM(outer, i),
+                                      "a reader: a sequence of key paths");
+    if (inner == nullptr) {
+      ok = false;
+      break;
+    }
+    std::vector<int> leaves;
+    for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(inner); ++j) {
+      PyObject *key = PySequence_Fast_GET_ITEM(inner, j);
+      Py_ssize_t size;
+      const char *text = PyUnicode_Check(key) ? PyUnicode_AsUTF8AndSize(key, &size) : nullptr;
+      int leaf = text ? leaf_of(root, std::string_view(text, static_cast<size_t>(size))) : -1;
+      if (leaf < 0) {
+        if (!PyErr_Occurred())
+          PyErr_Format(PyExc_ValueError, "a reader's key is not a mapped key path: %R", key);
+        ok = false;
+        break;
+      }
+      leaves.push_back(leaf);
+    }
+    Py_DECREF(inner);
+    choices.readers.push_back(std::move(leaves));
+  }
+  Py_DECREF(outer);
+  if (!ok) return false;
+  // A key first in some reader is always taken when it has a value; the others are rivals.
+  std::vector<uint8_t> first(columns, 0);
+  for (const std::vector<int> &keys : choices.readers)
+    if (!keys.empty()) first[static_cast<size_t>(keys[0])] = 1;
+  std::unordered_map<int, size_t> rival_of;
+  for (size_t r = 0; r < choices.readers.size(); ++r) {
+    const std::vector<int> &keys = choices.readers[r];
+    for (size_t k = 1; k < keys.size(); ++k) {
+      int leaf = keys[k];
+      if (first[static_cast<size_t>(leaf)]) continue;
+      auto [at, added] = rival_of.emplace(leaf, choices.rivals.size());
+      if (added) choices.rivals.push_back(Rival{leaf, {}});
+      choices.rivals[at->second].places.emplace_back(static_cast<int>(r), static_cast<int>(k));
+    }
+  }
+  return true;
+}
+
 int Spec_init(SpecObject *self, PyObject *args, PyObject *kwds) {
-  static const char *kwlist[] = {"tree", nullptr};
+  static const char *kwlist[] = {"tree", "readers", nullptr};
   PyObject *tree;
-  if (!PyArg_ParseTupleAndKeywords(args, kwds, "O", const_cast<char **>(kwlist), &tree))
+  PyObject *readers = nullptr;
+  if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O", const_cast<char **>(kwlist), &tree,
+                                   &readers))
     return -1;
   self->root = new Node();
   self->columns = new std::vector<Column>();
+  self->choices = new Choices();
   self->nodes = 0;
-  return build(tree, self->root, *self->columns, "$", self->nodes) ? 0 : -1;
+  if (!build(tree, self->root, *self->columns, "$", self->nodes)) return -1;
+  if (readers != nullptr &&
+      !build_choices(readers, self->root, self->columns->size(), *self->choices))
+    return -1;
+  return 0;
 }
 
 void Spec_dealloc(SpecObject *self) {
   delete self->root;
   delete self->columns;
+  delete self->choices;
   Py_TYPE(self)->tp_free(reinterpret_cast<PyObject *>(self));
 }
 
@@ -878,7 +1055,7 @@ void parse_block(SpecObject *self, const char *text, size_t size, Outcome &out) 
   out.extra.reset(&scratch[cols.size()], n);
   out.status.assign(static_cast<size_t>(n), 0);
   od::parser parser;
-  Parser walker(self->root, &cols, self->nodes);
+  Parser walker(self->root, &cols, self->nodes, self->choices);
   std::string extra;
   Bytes tail;
   int64_t row = 0;
@@ -1066,7 +1243,9 @@ PyMODINIT_FUNC PyInit__jsoncols(void) {
   SpecType.tp_name = "rtclake._jsoncols.Spec";
   SpecType.tp_basicsize = sizeof(SpecObject);
   SpecType.tp_flags = Py_TPFLAGS_DEFAULT;
-  SpecType.tp_doc = "Spec(tree): the mapped key paths of a table and their kinds.";
+  SpecType.tp_doc =
+      "Spec(tree, readers=()): the mapped key paths of a table and their kinds; readers: "
+      "the key paths each reader (a column) takes the first present of, in order";
   SpecType.tp_new = PyType_GenericNew;
   SpecType.tp_init = reinterpret_cast<initproc>(Spec_init);
   SpecType.tp_dealloc = reinterpret_cast<destructor>(Spec_dealloc);

@@ -1,12 +1,17 @@
 """Type stubs of the C++ extension ``_jsoncols.cpp``."""
 
+from collections.abc import Sequence
 from typing import Any
 
 # (validity, offsets, values, null count); the buffers are None when no line had a value.
 ColumnBuffers = tuple[Any, Any, Any, int]
 
 class Spec:
-    def __init__(self, tree: dict[str, Any]) -> None: ...
+    def __init__(self, tree: dict[str, Any], readers: Sequence[Sequence[str]] = ()) -> None:
+        """``tree``: each mapped key path and its kind; ``readers``: the key paths each
+        reader (a column, the envelope's time) takes the first present of; a key with a
+        value that no reader takes goes into ``extra`` as sent, unless the reader took
+        the same value from another key."""
     def parse(
         self, block: bytes | bytearray | memoryview, /
     ) -> tuple[

@@ -4,11 +4,12 @@ comes from.
 A table row is a record's envelope (record id, time, source, stream, kind, type, the
 identifiers of its source) plus its payload. Payload keys that a table maps to a typed
 column become that column; every other key goes into the JSON ``extra`` column, so nothing
-a source sends is dropped. The same declaration drives four things, so they cannot
-disagree: the validator that rejects a wrongly typed record before it is acknowledged
-(:meth:`Table.validator`), the parser that turns JSON lines into Arrow columns
-(:meth:`Table.native_spec`), the record id rule (:meth:`Table.record_id_sql`), and the
-per-record envelope of :mod:`rtclake.records`.
+a source sends is dropped (a column reading one of several keys takes the first present;
+another of them holding another value goes into ``extra`` too). The same declaration
+drives four things, so they cannot disagree: the validator that rejects a wrongly typed
+record before it is acknowledged (:meth:`Table.validator`), the parser that turns JSON
+lines into Arrow columns (:meth:`Table.native_spec`), the record id rule
+(:meth:`Table.record_id_sql`), and the per-record envelope of :mod:`rtclake.records`.
 """
 
 from __future__ import annotations
@@ -131,7 +132,11 @@ TYPE_KEYS = ("type",)
 
 @dataclass(frozen=True)
 class Column:
-    """A typed column read from the first present of ``keys`` in the payload.
+    """A typed column read from the first present of ``keys`` in the payload (a key
+    holding null is not present). Another of them a record carries stays in ``extra``, as
+    sent, unless it holds the value the column took: Sora repeats ``rtc_data.id`` as
+    ``rtc_id``, LiveKit ``room.sid`` as ``roomId``, and such copies would double every row's
+    ``extra``; ``deviceId`` beside a different ``device_id`` is kept.
 
     A key may be a path into nested objects, its parts joined by ``.``
     (``rtc_data.bytesSent``).
@@ -260,6 +265,15 @@ class Table:
         return kinds
 
     @property
+    def readers(self) -> tuple[tuple[str, ...], ...]:
+        """The key paths of each value read from a payload, in order of preference: the
+        envelope's time and type, then each column. Each takes the first of its keys that
+        has a value; a key that none takes (``ts`` beside ``time``) stays in ``extra``
+        unless it holds the value taken (see :class:`Column`). The parser and the
+        converter both follow this order, so they agree on which key was taken."""
+        return (TIME_KEYS, TYPE_KEYS, *(column.keys for column in self.columns))
+
+    @property
     def mapped_keys(self) -> tuple[str, ...]:
         """Key paths stored in typed columns (so not repeated in ``extra``)."""
         return tuple(self._kinds())
@@ -278,7 +292,8 @@ class Table:
 
     def checker(self) -> Callable[[bytes], bool]:
         """A function validating one JSON object; it returns whether the object has keys
-        no column takes (and so needs an ``extra``).
+        the table does not map (and so needs an ``extra``; a key a column passed over,
+        ``deviceId`` beside ``device_id``, is mapped: the parser decides on those).
 
         Tables with ``sparse_extra`` (most records have only mapped keys) first try a
         decoder that forbids unknown keys, so the common case costs one decode and the
@@ -327,7 +342,7 @@ class Table:
             # (logged with its place), never stored under its arrival time instead.
             for key in TIME_KEYS:
                 spec[key] |= NATIVE_STRICT
-            object.__setattr__(self, "_spec", _jsoncols.Spec(spec))
+            object.__setattr__(self, "_spec", _jsoncols.Spec(spec, self.readers))
         return self._spec  # type: ignore[no-any-return]
 
     def record_id_sql(self, relation: str) -> str:
