@@ -224,6 +224,24 @@ def test_import_refuses_a_line_without_the_tables_identity(tmp_path: Path) -> No
     assert counted.stdout.split()[-1] == "0"
 
 
+def test_import_to_a_table_skips_a_line_that_is_not_utf8_naming_file_and_line(
+    tmp_path: Path,
+) -> None:
+    """As a line that is not JSON: skipped and logged with its place, the others imported
+    (the record ids of telemetry hash each line's text, which had stopped the import)."""
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(b'{"device_id":"ok1"}\n\xff\xfe bad\n{"device_id":"ok2"}\n')
+    out = rtclake("import", "--table", "telemetry", str(mixed), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "imported 2 rows" in out.stdout and "1 bad lines skipped" in out.stdout
+    said = out.stdout + out.stderr
+    assert "import: bad line skipped" in said and "not valid UTF-8" in said
+    assert "mixed.jsonl" in said and "line=2" in said
+    stored = rtclake("query", "SELECT device_id FROM telemetry ORDER BY 1", "--format", "csv",
+                     cwd=tmp_path)  # fmt: skip
+    assert stored.stdout.split() == ["device_id", "ok1", "ok2"]
+
+
 def test_version_and_help_load_none_of_the_heavy_modules(tmp_path: Path) -> None:
     heavy = ["pyarrow", "duckdb", "starlette", "uvicorn", "boto3", "httpx", "prometheus_client"]
     # rtclake's settings (pydantic, yaml) too, except where typer's own help needs pydantic

@@ -27,14 +27,15 @@ TABLE = Table(
 )
 
 
-def parse(*lines: str) -> tuple[list[dict[str, object]], list[tuple[int, str]]]:
+def parse(*lines: str | bytes) -> tuple[list[dict[str, object]], list[tuple[int, str]]]:
     converter = Converter(TableRegistry([TABLE]))
     try:
         head = EntryHeader(
             table="nasty", source="t", stream="s", kind="k", received_us=1, records=len(lines)
         )
         header = entries_to_header("r", 1, [Entry(head, b"", 0)])
-        parsed = converter.parse(TABLE, "\n".join(lines).encode(), header)
+        text = b"\n".join(line if isinstance(line, bytes) else line.encode() for line in lines)
+        parsed = converter.parse(TABLE, text, header)
         rows: pa.Table = converter.finish(parsed)
     finally:
         converter.close()
@@ -127,6 +128,16 @@ def test_invalid_json_anywhere_in_a_line_makes_it_bad() -> None:
     assert [r["n"] for r in rows] == [7]
     assert [index for index, _ in bad] == [0, 1, 2, 3, 4, 5]
     assert all("invalid JSON" in message for _, message in bad)
+
+
+def test_a_line_refused_before_it_is_read_leaves_the_line_before_it_whole() -> None:
+    """Text that is not UTF-8, a string never closed or a raw control character is
+    refused by simdjson before the line is walked; the line before it keeps its values
+    (its rollback had cleared them)."""
+    for bad in (b"\xff\xfe bad", b'{"s": "never closed', b'{"s": "a\x01"}'):
+        rows, found = parse('{"n": 1, "s": "one"}', bad, '{"n": 2, "s": "two"}')
+        assert [(r["n"], r["s"]) for r in rows] == [(1, "one"), (2, "two")], bad
+        assert [index for index, _ in found] == [1]
 
 
 def test_unusable_times_stay_in_extra_and_precision_past_microseconds_is_cut() -> None:

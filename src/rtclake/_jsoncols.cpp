@@ -553,7 +553,16 @@ class Parser {
     passed_over_.assign(columns->size(), 0);
   }
 
-  // Parse one line into `row`; on a bad line, raise Failure (the caller rolls back).
+  // The next line goes into `row`. First, before the line is even read: a line that
+  // simdjson refuses at once (not UTF-8, a string never closed) is rolled back too, and
+  // its rollback must not touch the line before it.
+  void begin(int64_t row) {
+    row_ = row;
+    touched_.clear();
+  }
+
+  // Parse one line into the row of begin(); on a bad line, raise Failure (the caller
+  // rolls back).
   //
   // A key no reader takes because another key of the same reader has a value (a line
   // with `device_id` and `deviceId`, `time` and `ts`) belongs in `extra`: nothing a
@@ -561,8 +570,7 @@ class Parser {
   // `rtc_data.id` as `rtc_id` on every line. Which key a reader takes is only known at the
   // line's end, so such a line (rare) is walked a second time, those keys written into
   // `extra` as they were sent and not into their columns.
-  void line(od::document &doc, int64_t row, std::string &extra) {
-    row_ = row;  // first: a rollback after a failure below must not touch the last line
+  void line(od::document &doc, std::string &extra) {
     walk_line(doc, extra);
     if (!mark_passed_over()) return;
     rollback();
@@ -1083,11 +1091,12 @@ void parse_block(SpecObject *self, const char *text, size_t size, Outcome &out) 
       continue;
     }
     extra.clear();
+    walker.begin(row);
     try {
       od::document doc;
       auto err = parser.iterate(p, len, room).get(doc);
       if (err != simdjson::SUCCESS) invalid(simdjson::error_message(err));
-      walker.line(doc, row, extra);
+      walker.line(doc, extra);
     } catch (const Failure &f) {
       walker.rollback();
       out.status[static_cast<size_t>(i)] = 1;

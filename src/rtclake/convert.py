@@ -166,13 +166,16 @@ class Converter:
         keys = {
             p: _array(ARROW_TYPES[kinds[p]], rows, b) for p, b in zip(paths, buffers, strict=True)
         }
-        if not table.identity:  # the record id of other tables hashes the line
-            lines = pc.split_pattern(pa.array([bytes(text)], pa.large_binary()), "\n").flatten()
-            header = header.append_column("line", lines.cast(pa.large_string()))
+        stored = None
         if rows != header.num_rows:
             codes = pa.Array.from_buffers(pa.uint8(), len(status), [None, pa.py_buffer(status)])
             stored = pc.equal(codes, 0)
             header = header.filter(stored)
+        if not table.identity:  # the record id of other tables hashes the line
+            lines = pc.split_pattern(pa.array([bytes(text)], pa.large_binary()), "\n").flatten()
+            if stored is not None:  # a bad line may not even be UTF-8 (the parser said so)
+                lines = lines.filter(stored)
+            header = header.append_column("line", lines.cast(pa.large_string()))
         extra_array = _array(pa.string(), rows, extra)
         return Parsed(table, header, keys, extra_array, bad, notes, len(status), bytes(status))
 
