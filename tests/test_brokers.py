@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pyarrow as pa
 import pytest
+import structlog
 
 from rtclake.brokers import Broker, BrokerConfig, BrokerContext, Message, topic_matches
 from rtclake.catalog import default_registry
@@ -202,6 +203,47 @@ def test_a_raising_and_a_hanging_broker_cost_only_their_own_output(tmp_path: Pat
     assert sorted(rows["events"]["id"].to_pylist()) == ["seen-1", "seen-2"]
     assert errors(intake, "raises", "error") == 2
     assert errors(intake, "hangs", "timeout") == 1 and errors(intake, "hangs", "busy") == 1
+
+
+def test_a_broker_emitting_what_its_table_refuses_loses_its_output_logged_with_the_record_id(
+    tmp_path: Path,
+) -> None:
+    """Its own output for the record: its reply and what it emitted, the good records too
+    (as a broker that raises); the other brokers reply and emit. The failure is counted
+    as the broker's call and logged with the record id, as every broker failure."""
+
+    def bademit(message: Message, ctx: BrokerContext) -> Any:
+        ctx.emit({"id": "kept-apart"}, table="events")
+        ctx.emit({"time": "yesterday"}, table="events")  # not a time: refused
+        return {"from": "bademit"}
+
+    def good(message: Message, ctx: BrokerContext) -> Any:
+        ctx.emit({"id": "from-good"}, table="events")
+        return {"from": "good"}
+
+    async def main() -> tuple[Any, dict[str, Any], Intake]:
+        intake = make_intake(
+            tmp_path, broker("bademit", bademit, priority=10), broker("good", good, priority=1)
+        )
+        await intake.spool.start()
+        taken = await take(intake, b'{"n": 1}')
+        rows = await stored(intake)
+        await intake.spool.close()
+        return taken, rows, intake
+
+    with structlog.testing.capture_logs() as logs:
+        taken, rows, intake = asyncio.run(main())
+    assert taken.reply.json_value() == {"from": "good"}
+    assert rows["events"]["id"].to_pylist() == ["from-good"]
+    assert errors(intake, "bademit", "invalid_emit") == 1
+    assert intake.chain is not None and intake.chain.brokers is not None
+    calls = intake.chain.brokers.calls
+    assert calls.labels("bademit", "invalid_emit")._value.get() == 1
+    assert calls.labels("bademit", "replied")._value.get() == 0
+    (failure,) = [e for e in logs if e.get("broker") == "bademit"]
+    assert failure["reason"] == "invalid_emit" and "$.time" in failure["error"]
+    (record_id,) = taken.record_ids
+    assert failure["record_id"] == record_id == rows["telemetry"]["record_id"][0].as_py()
 
 
 def test_what_brokers_emit_keeps_its_ids_on_a_retry(tmp_path: Path) -> None:

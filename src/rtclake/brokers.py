@@ -33,8 +33,9 @@ The guide is ``docs/BROKERS.md``. How it runs (:class:`BrokerSet`, called by
 - **Isolation.** All matched brokers run at once, each call (one hand-over's records)
   on a thread of its own, their ``timeout``s counted from the same start; async handlers
   run on an event loop the broker keeps. A broker that raises, hangs, returns what cannot
-  be sent or emits what its table refuses loses only its own output for that message:
-  the record is stored already, the other brokers reply. Counted in
+  be sent or emits what its table refuses loses only its own output for that message
+  (its reply and every record it emitted for it): the record is stored already, the
+  other brokers reply. Counted in
   ``rtclake_processor_errors_total{processor, reason}`` and logged with the record id. A
   broker with ``concurrency`` calls still running past their timeout (hung) is skipped
   (``busy``) until one ends; calls in time are not limited.
@@ -50,7 +51,7 @@ import importlib
 import inspect
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -410,11 +411,18 @@ class BrokerSet:
         )
 
     async def run(
-        self, brokers: Sequence[Broker], messages: list[Message], *, within: float | None = None
+        self,
+        brokers: Sequence[Broker],
+        messages: list[Message],
+        *,
+        within: float | None = None,
+        refusal: Refusal | None = None,
     ) -> list[Outcome]:
         """One :class:`Outcome` per message, after every matched broker answered or ran
         out of time: its ``timeout``, or ``within`` seconds if that is sooner, all counted
-        from the same start (the brokers run at once)."""
+        from the same start (the brokers run at once). ``refusal`` says why a record a
+        broker emitted cannot be stored (None: it can); a broker that emitted one loses
+        its reply and its other records for that message, as if it had raised."""
         outcomes = [Outcome() for _ in messages]
         calls: list[tuple[_Call, list[int], asyncio.Future[None], float]] = []
         loop = asyncio.get_running_loop()
@@ -456,6 +464,10 @@ class BrokerSet:
                 self._failed(broker, "error", error, [call.messages[i]])
             for i, (reply, ctx) in results.items():
                 at = wanted[i]
+                why = _refused(ctx.emitted, messages[at], refusal)
+                if why is not None:
+                    self._failed(broker, "invalid_emit", why, [messages[at]])
+                    continue
                 outcomes[at].emitted += [(broker.name, t, s, r) for t, s, r in ctx.emitted]
                 if reply is not None:
                     replies[at].append((-broker.priority, self.order[broker.name], reply))
@@ -499,6 +511,27 @@ class BrokerSet:
             log.error("broker failed; the record is stored, its output for it is dropped",
                       broker=broker.name, reason=reason, error=text,
                       record_id=message.record_id, source=message.source)  # fmt: skip
+
+
+#: Why a record a broker emitted for a message cannot be stored (None: it can), given the
+#: message, the record's table and stream (None: the router's, the message's stream) and
+#: the record.
+Refusal = Callable[[Message, str | None, str | None, Record], str | None]
+
+
+def _refused(
+    emitted: Sequence[tuple[str | None, str | None, Record]],
+    message: Message,
+    refusal: Refusal | None,
+) -> str | None:
+    """Why the first of ``emitted`` that cannot be stored is refused, or None."""
+    if refusal is None:
+        return None
+    for table, stream, record in emitted:
+        why = refusal(message, table, stream, record)
+        if why is not None:
+            return why
+    return None
 
 
 def _settle(future: asyncio.Future[None]) -> None:

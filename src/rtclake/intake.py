@@ -32,6 +32,7 @@ from rtclake.spool import Entry, EntryHeader, Spool
 from rtclake.tables import TIME_KEYS, Table, TableRegistry
 
 if TYPE_CHECKING:
+    from rtclake.brokers import Message
     from rtclake.processors.base import Processor
     from rtclake.processors.chain import Chain
 
@@ -213,7 +214,9 @@ class Intake:
             for line, record_id in zip(records.body.split(b"\n"), ids, strict=True)
         ]  # fmt: skip
         matched = [b for b in brokers if isinstance(b, Broker)]
-        outcomes = await self.chain.brokers.run(matched, messages, within=within)
+        outcomes = await self.chain.brokers.run(
+            matched, messages, within=within, refusal=self._emit_refusal
+        )
         for number, (message, outcome) in enumerate(zip(messages, outcomes, strict=True), 1):
             if not outcome.emitted:
                 continue
@@ -239,6 +242,31 @@ class Intake:
         """End the threads of intake-stage processing."""
         self._processing.shutdown(wait=False, cancel_futures=True)
 
+    def _emit_refusal(
+        self, message: Message, table_name: str | None, to_stream: str | None, record: Any
+    ) -> str | None:
+        """Why a record a broker emitted for ``message`` cannot be stored, or None."""
+        try:
+            self._emitted_line(table_name, to_stream or message.stream, record)
+        except _REFUSED as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _emitted_line(
+        self, table_name: str | None, stream: str, record: dict[str, Any]
+    ) -> tuple[Table, bytes]:
+        """The table an emitted record goes to (the one named, or the router's for
+        ``stream``) and its JSON line; raises one of ``_REFUSED`` if it cannot be stored."""
+        if table_name is None:
+            table = self.table_for(stream)
+        elif self.tables is not None and table_name in self.tables:
+            table = self.tables[table_name]
+        else:
+            raise InputError("unknown_table", f"no table {table_name!r}")
+        line = msgspec.json.encode(record)
+        split_lines(line, table)
+        return table, line
+
     def emitted_entries(
         self,
         emitted: Sequence[tuple[str, str | None, str | None, dict[str, Any]]],
@@ -254,15 +282,8 @@ class Intake:
         for processor, table_name, to_stream, record in emitted:
             target = to_stream or stream
             try:
-                if table_name is None:
-                    table = self.table_for(target)
-                elif self.tables is not None and table_name in self.tables:
-                    table = self.tables[table_name]
-                else:
-                    raise InputError("unknown_table", f"no table {table_name!r}")
-                line = msgspec.json.encode(record)
-                split_lines(line, table)
-            except (TypeError, ValueError, msgspec.EncodeError, InputError) as exc:
+                table, line = self._emitted_line(table_name, target, record)
+            except _REFUSED as exc:
                 if self.chain is not None:
                     self.chain.errors.labels(processor, "invalid_emit").inc()
                 log.error("processor emitted a record its table refuses; left out",
@@ -346,6 +367,10 @@ class Intake:
 
         future.add_done_callback(count)
         return future
+
+
+# What refusing an emitted record raises (encoding it, routing it, validating it).
+_REFUSED = (TypeError, ValueError, msgspec.EncodeError, InputError)
 
 
 async def _none(taken: Any) -> None:
