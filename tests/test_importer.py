@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +27,11 @@ from rtclake.lake.catalog import LEDGER
 from rtclake.lake.query import QueryEngine
 from rtclake.lake.sink import LakeSink
 from rtclake.metrics import Metrics
+from rtclake.records import record_id
+from rtclake.sinks.base import Batch, Sink
+from rtclake.spool import EntryHeader, Spool
+from rtclake.testing import MemorySink
+from rtclake.writer import Writer
 from tests.conftest import FIXTURES
 
 SORA = FIXTURES / "sora"
@@ -345,3 +352,110 @@ def test_rtclake_run_imports_new_s3_objects_on_an_interval(
     body = gzip.compress(("\n".join(stats_line("L", n) for n in range(7)) + "\n").encode())
     raw.put_object(Bucket="live", Key="fluentbit/rtc_stats/2026/11/20/h-1.gz", Body=body)
     assert server.wait_rows("SELECT count(*) FROM rtc_stats", 7) == 7
+
+
+class RefusingSink(MemorySink):
+    """Refuses every batch for its data (a value it cannot take), as a sink that makes the
+    writer set a segment aside."""
+
+    def write(self, batch: Batch) -> None:
+        raise OverflowError("date value out of range")
+
+
+def quarantined_segment(spool_dir: Path, sinks: list[Sink], body: bytes) -> tuple[Path, Any]:
+    """One entry of telemetry records through a writer whose sinks refuse it: the segment
+    it set aside in ``spool/quarantine/`` and the writer's log event saying so."""
+
+    async def main() -> None:
+        spool = Spool(spool_dir, max_bytes=1 << 20, segment_max_bytes=1 << 20,
+                      segment_max_records=100, flush_interval=60)  # fmt: skip
+        await spool.start()
+        metrics = Metrics()
+        delivery = Delivery(sinks, metrics)
+        writer = Writer(spool, delivery, default_registry(), metrics, node="n",
+                        retry_initial=0.01, retry_max=0.02)  # fmt: skip
+        await writer.start()
+        lines = body.count(b"\n") + 1
+        head = EntryHeader(table="telemetry", source="t", stream="s", kind="telemetry",
+                           received_us=1_800_000_000_000_000, records=lines)  # fmt: skip
+        await spool.append(head, body)
+        assert await writer.drain(10)
+        await spool.close()
+        await writer.stop()
+        delivery.close()
+
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(main())
+    (segment,) = (spool_dir / "quarantine").glob("*.wal")
+    (said,) = [e for e in logs if e["event"].startswith("writer: segment quarantined")]
+    return segment, said
+
+
+def test_a_quarantined_segment_is_stored_by_the_command_the_writer_names_once(
+    tmp_path: Path,
+) -> None:
+    """``rtclake import`` of a segment the writer set aside stores its records with the
+    ids the writer gives them; importing it again, even after the import state is lost or
+    from a copy, stores nothing twice."""
+    data = tmp_path / "data"
+    timed = b'{"device_id":"d2","time":"2026-01-01T00:00:00Z"}'
+    body = b'{"device_id":"d1","v":1}\n' + timed
+    segment, said = quarantined_segment(data / "spool", [RefusingSink("lake")], body)
+    assert said["command"] == f"rtclake import {segment}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTCLAKE_")}
+    env["RTCLAKE_DATA_DIR"] = str(data)
+
+    def rtclake_import(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "rtclake", "import", str(path)], env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    def stored() -> list[list[Any]]:
+        engine = QueryEngine(data / "lake", default_registry(), dedup=False)
+        return engine.run("SELECT device_id, record_id FROM telemetry ORDER BY 1").rows()
+
+    assert "imported 2 rows from 1 files" in rtclake_import(segment).stdout
+    run, seq = segment.stem.rsplit("-", 1)
+    expected = [
+        ["d1", record_id("t", "s", f"{run}:{int(seq)}:0:1")],  # its place in the spool
+        ["d2", record_id("t", "s", timed.decode())],  # its own time: its text
+    ]
+    assert stored() == expected
+    assert "imported 0 rows from 1 files" in rtclake_import(segment).stdout
+    (data / "import-state.json").unlink()
+    assert rtclake_import(segment).returncode == 0  # the lake's ledger holds it
+    copy = tmp_path / segment.name
+    copy.write_bytes(segment.read_bytes())
+    assert rtclake_import(copy).returncode == 0  # another file: the lake finds its record ids
+    assert stored() == expected
+    # the name gives the ids of records without a time: a segment renamed is refused
+    renamed = tmp_path / "renamed.wal"
+    renamed.write_bytes(segment.read_bytes())
+    out = rtclake_import(renamed)
+    assert out.returncode == 1 and "not named as a spool segment" in out.stderr
+
+
+def test_a_quarantined_segment_skips_the_sinks_that_stored_it(tmp_path: Path) -> None:
+    """The sinks that confirmed a segment before another refused it are named beside it
+    in quarantine; its import delivers it to the others only."""
+    other = MemorySink("other")
+    segment, _ = quarantined_segment(
+        tmp_path / "spool", [other, RefusingSink("lake")], b'{"device_id":"d1"}'
+    )
+    assert len(other.batches) == 1
+    assert segment.with_suffix(".acks").read_text().split() == ["other"]
+    later = MemorySink("other")
+    tables = default_registry()
+    importer = Importer(
+        tables,
+        Delivery([LakeSink(tmp_path / "lake", tables), later], Metrics()),
+        tmp_path / "import-state.json",
+        node="test",
+        table_for=table_for,
+    )
+    try:
+        stats = importer.import_paths([segment.parent])  # the folder: .wal and .acks
+    finally:
+        importer.close()
+    assert (stats.files, stats.skipped_files, stats.rows) == (1, 0, 1)
+    assert later.batches == {}
+    assert count(tmp_path, "SELECT device_id FROM telemetry") == "d1"

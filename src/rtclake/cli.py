@@ -130,7 +130,10 @@ def show_config(config: ConfigOption = None) -> None:
 @app.command("import")
 def import_(
     paths: Annotated[
-        list[str], typer.Argument(help="Files or folders (plain or .gz), or s3://BUCKET/PREFIX.")
+        list[str],
+        typer.Argument(
+            help="Files or folders (plain or .gz), spool segments (.wal), or s3://BUCKET/PREFIX."
+        ),
     ],
     endpoint_url: Annotated[
         str | None, typer.Option(help="S3 endpoint (MinIO, RustFS, R2, ...).")
@@ -143,7 +146,10 @@ def import_(
     path_style: Annotated[bool, typer.Option(help="Path-style S3 addressing.")] = False,
     table: Annotated[
         str | None,
-        typer.Option(help="Store every file in this table (default: by the file's name)."),
+        typer.Option(
+            help="Store every file in this table (default: by the file's name; a spool"
+            " segment's records go to the tables they were spooled for)."
+        ),
     ] = None,
     debug: Annotated[bool, typer.Option(help="On an error, print the traceback too.")] = False,
     config: ConfigOption = None,
@@ -152,6 +158,9 @@ def import_(
 
     Incremental: run it again and only what is new is read. Rotated copies
     (rtc_stats.jsonl.1, .2.gz, -20250725) are recognised by their names.
+    A spool segment the writer set aside (DATA_DIR/spool/quarantine/*.wal)
+    is stored with the record ids the writer gives, in the sinks that do
+    not hold it yet: import it once its cause is fixed.
     """
     from rtclake.logs import configure
 

@@ -273,13 +273,15 @@ class Delivery:
         attempts: int = 6,
         retry_initial: float = 0.5,
         retry_max: float = 8.0,
+        already: Collection[str] = (),
     ) -> None:
-        """Deliver ``batch`` (or a group, as :meth:`deliver`) to every sink, retrying with
-        backoff; raise :class:`~rtclake.errors.SinkError` if some sink still lacks it
-        after ``attempts`` (what imports use: their checkpoint must not pass a batch a
-        sink lacks). A group that fails is delivered one batch at a time."""
+        """Deliver ``batch`` (or a group, as :meth:`deliver`) to every sink (but those
+        named in ``already``, which hold it), retrying with backoff; raise
+        :class:`~rtclake.errors.SinkError` if some sink still lacks it after ``attempts``
+        (what imports use: their checkpoint must not pass a batch a sink lacks). A group
+        that fails is delivered one batch at a time."""
         batches = [batch] if isinstance(batch, Batch) else list(batch)
-        took: set[str] = set()  # the sinks that took the whole group
+        took: set[str] = set(already)  # the sinks that took the whole group
         if len(batches) > 1 and self.deliver(batches, took, took.add).done:
             return
         for one in batches:

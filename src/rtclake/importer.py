@@ -12,6 +12,11 @@ imported is remembered per file (identity, byte offset, line number) in
 ``DATA_DIR/import-state.json``, written after the sinks confirmed; a file that grew is
 continued where it stopped, a file that was replaced (another identity) or truncated is
 read again from the start.
+
+A spool segment (``RUN-SEQ.wal``: entries framed as :mod:`rtclake.spool` writes them) is
+recognised by its first bytes, whatever its name says of a table: one the writer set
+aside in ``spool/quarantine/`` is imported with :meth:`Importer.import_segment`, converted
+as the writer converts it.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from rtclake.intake import make_entry
 from rtclake.logfiles import unrotated
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch
-from rtclake.spool import EntryHeader
+from rtclake.spool import EntryHeader, is_segment, read_entries, segment_name
 from rtclake.tables import Table, TableRegistry
 
 log = structlog.get_logger(__name__)
@@ -281,6 +286,12 @@ class Importer:
         started = time.perf_counter()
         self.delivery.start_soon()
         for path in expand(paths):
+            if path.suffix == ".acks" and path.with_suffix(".wal").exists():
+                continue  # the sinks that hold a segment: read with it
+            if is_segment(path):
+                self.import_segment(path, stats)
+                stats.files += 1
+                continue
             name = path.name.removesuffix(".gz")
             table_name = self.table_for(name) or self.table_for(unrotated(name))
             if table_name is None:
@@ -317,6 +328,45 @@ class Importer:
                 fh.seek(done.offset)
             self.import_stream(key, str(path), fh, gz, table, done, stats)
 
+    def import_segment(self, path: Path, stats: ImportStats) -> None:
+        """Import a spool segment the writer set aside (``spool/quarantine/RUN-SEQ.wal``),
+        once its cause is fixed: its records are converted as the writer converts them,
+        with the record ids the writer gives them (their entries' places in the segment
+        its name gives, or their own time), so a record a sink holds already is not stored
+        again; it goes to the sinks its ``.acks`` file beside it does not name (those
+        confirmed it before it was set aside). As every import, it skips the processors:
+        the records of a table a store-stage processor works on (Sora's API tables) miss
+        what it adds, and those with a time of their own get the id of their text, not of
+        their place as the writer then gives. A segment imported before is not read
+        again; raises ``ValueError`` for entries of a table this node does not know."""
+        key = str(path.absolute())
+        identity = file_identity(path)
+        size = path.stat().st_size
+        done = self.state.files.get(key)
+        if done is not None and done.identity == identity and done.offset >= size:
+            return
+        run, seq = segment_name(path)
+        entries, _ = read_entries(path)
+        unknown = sorted({e.header.table for e in entries if e.header.table not in self.tables})
+        if unknown:
+            raise ValueError(f"{path}: records of tables this node does not have: {unknown}")
+        tables = self._converter.convert(run, seq, entries)
+        derived, pending = self.derivations.derive(tables)
+        batch = Batch(self.node, _import_run(key, identity), size, {**tables, **derived},
+                      origin=str(path))  # fmt: skip
+        try:
+            acked = set(path.with_suffix(".acks").read_text().split())
+        except FileNotFoundError:
+            acked = set()
+        self.delivery.deliver_retrying(batch, already=acked)
+        self.derivations.commit(pending)
+        stats.rows += sum(table.num_rows for table in tables.values())
+        stats.bytes_read += size
+        self.state.files[key] = FileState(identity, size, sum(e.header.records for e in entries))
+        self.state.save()
+        if stats.on_progress is not None:
+            stats.on_progress(stats.rows, stats.bytes_read)
+
     def import_stream(
         self,
         key: str,
@@ -330,8 +380,7 @@ class Importer:
         """Import one stream of JSON Lines; ``done`` says what of it was imported before
         (a plain stream is already positioned there; a gzip stream is read from the start
         and the imported part skipped). ``key`` names it in the import state."""
-        digest = hashlib.sha1(f"{key}:{done.identity}".encode(), usedforsecurity=False)
-        run = "i" + digest.hexdigest()[:10]
+        run = _import_run(key, done.identity)
         stream = Path(label).name.removesuffix(".gz").removesuffix(".jsonl")
         header = make_entry(SOURCE, stream, table, 0)
         # This thread reads (and inflates); the pool converts (the C++ parser, Arrow and
@@ -509,6 +558,13 @@ class Importer:
                 "import: value of the wrong type for its column kept in extra",
                 file=label, line=first_line + index + 1, error=why[:200],
             )  # fmt: skip
+
+
+def _import_run(key: str, identity: str) -> str:
+    """The run of the lake's ledger an import of one file (or object) writes: the same
+    for the same file, so the ledger finds what an earlier import of it stored."""
+    digest = hashlib.sha1(f"{key}:{identity}".encode(), usedforsecurity=False)
+    return "i" + digest.hexdigest()[:10]
 
 
 @dataclass

@@ -263,7 +263,7 @@ class Spool:
         ]
 
     def _recover(self, path: Path) -> Segment | None:
-        run, seq = path.stem.rsplit("-", 1)[0], _seq_of(path)
+        run, seq = segment_name(path)
         self._next_seq = max(self._next_seq, seq + 1)
         entries, valid_end = read_entries(path)
         size = path.stat().st_size
@@ -553,12 +553,15 @@ class Spool:
                 os.fsync(fh.fileno())
 
     def quarantine(self, seg: Segment) -> Path:
-        """Move a segment that cannot be converted to ``quarantine/``, out of the queue."""
+        """Move a segment that cannot be converted to ``quarantine/``, out of the queue,
+        with its acknowledgements beside it: ``rtclake import`` stores it from there once
+        its cause is fixed, in the sinks that do not hold it yet."""
         folder = self.directory / "quarantine"
         folder.mkdir(exist_ok=True)
         target = folder / seg.path.name
         os.replace(seg.path, target)
-        seg.acks_path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(seg.acks_path, target.with_suffix(".acks"))
         self._forget(seg)
         return target
 
@@ -578,3 +581,18 @@ class Spool:
 
 def _seq_of(path: Path) -> int:
     return int(path.stem.rsplit("-", 1)[-1])
+
+
+def segment_name(path: Path) -> tuple[str, int]:
+    """The run and the sequence number a segment file is named after (``RUN-SEQ.wal``):
+    with the entries' places, what the record ids of records without a time hash."""
+    run, _, seq = path.stem.rpartition("-")
+    if not run or not seq.isdigit():
+        raise ValueError(f"{path}: not named as a spool segment (RUN-SEQUENCE.wal)")
+    return run, int(seq)
+
+
+def is_segment(path: Path) -> bool:
+    """Whether the file ``path`` is a spool segment (it starts with an entry's frame)."""
+    with open(path, "rb") as fh:
+        return fh.read(len(MAGIC)) == MAGIC

@@ -10,7 +10,8 @@ on disk, so an outage loses nothing (the spool fills, and ingest answers 503 onc
 full). A segment that cannot be converted, or that a sink refuses for its data rather
 than for an outage (any error but ``OSError`` and :class:`~rtclake.errors.SinkError`),
 is tried five times, then moved to ``spool/quarantine/`` (counted and logged), so one
-poisoned batch cannot hold up the batches behind it.
+poisoned batch cannot hold up the batches behind it; ``rtclake import`` stores it from
+there once its cause is fixed (:meth:`rtclake.importer.Importer.import_segment`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -288,4 +290,8 @@ class Writer:
         self._data_failures.pop(seg.path, None)
         target = self.spool.quarantine(seg)
         self.metrics.quarantined.inc()
-        log.error("writer: segment quarantined; inspect it and re-import", path=str(target))
+        log.error(
+            "writer: segment quarantined; once its cause is fixed, store it with `command`"
+            " (with this node's configuration): each record once, in the sinks that lack it",
+            path=str(target), command=f"rtclake import {shlex.quote(str(target))}",
+        )  # fmt: skip

@@ -20,7 +20,8 @@ a 400 for that document) must not block the batch: the sink stores the rest and 
 :class:`Rejected` naming the refused rows. The delivery writes them to the
 ``dead_letters`` table (with the sink, the reason and the time) and counts the batch as
 confirmed by that sink. Any other exception is the batch's data: retried a few times, then
-the spool segment is set aside (``spool/quarantine/``).
+the spool segment is set aside (``spool/quarantine/``), for ``rtclake import`` to deliver
+later to the sinks that lack it.
 """
 
 from __future__ import annotations
