@@ -48,6 +48,7 @@ from rtclake.sinks.elasticsearch import (
 from rtclake.tables import OUTBOX
 from rtclake.testing import free_port, wait_for
 from tests.test_query import batch
+from tests.test_redis_sink import BEYOND_FLOATS
 from tests.test_sora_webhooks import App
 
 REAL = os.environ.get("RTCLAKE_TEST_ELASTICSEARCH_URL")
@@ -404,6 +405,14 @@ def test_documents_go_to_daily_indices_with_the_record_id_as_id() -> None:
         [pairs] = server.bulks
         assert [next(iter(action)) for action, _ in pairs] == ["index"] * 3
         es.close()
+
+
+def test_numbers_beyond_a_float_go_into_the_documents_as_written() -> None:
+    items = list(sink("http://127.0.0.1:9").items(batch(1, BEYOND_FLOATS)))
+    assert len(items) == 3  # whether the cluster takes them is its answer, per document
+    assert b'"extra":{"big":1e400}' in items[0].lines
+    assert b'"extra":{"env":{"low":-1e400}}' in items[1].lines
+    assert b'"extra":{"digits":' + b"9" * 400 + b"}" in items[2].lines
 
 
 def test_a_replayed_batch_overwrites_the_same_ids_and_stores_nothing_twice() -> None:

@@ -42,6 +42,7 @@ from rtclake.spool import Entry, EntryHeader
 from rtclake.tables import OUTBOX
 from rtclake.testing import HttpReceiver, free_port, wait_for
 from tests.conftest import FIXTURES
+from tests.test_redis_sink import BEYOND_FLOATS
 from tests.test_sora_webhooks import App
 
 INFLUXD = shutil.which("influxd")
@@ -238,6 +239,18 @@ def test_default_points_of_telemetry_and_rtc_stats() -> None:
     assert values["ssrc"] == "3802399598i" and "mid" not in values  # text is not a field
     assert int(ns) == int(dt.datetime(2025, 7, 25, 6, 6, 56, 93265, tzinfo=dt.UTC).timestamp()
                           * 1_000_000) * 1000  # fmt: skip
+
+
+def test_numbers_beyond_a_float_are_not_fields_and_their_rows_are_written() -> None:
+    writer = InfluxDBSink(InfluxDBConfig(type="influxdb"), default_registry(), "influx")
+    body = BEYOND_FLOATS.replace(b'"big": 1e400', b'"big": 1e400, "temp": 20')
+    lines, refused = writer.lines(convert("telemetry", body))
+    assert refused == {}  # nothing to refuse: a number as NaN or infinity is not written
+    [(index, text)] = lines["telemetry"]
+    assert index == 0 and text.startswith("telemetry,device_id=h2,source=http,stream=s temp=20.0 ")
+    point = b'{"_sinks": ["influx"], "measurement": "m", "fields": {"a": 1e400, "b": 2}}'
+    lines, refused = writer.lines(convert("outbox", point))
+    assert refused == {} and lines["outbox"][0][1].startswith("m b=2.0 ")
 
 
 def test_points_mapped_in_the_configuration() -> None:

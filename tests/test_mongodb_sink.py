@@ -9,16 +9,19 @@ import os
 import uuid
 from typing import Any
 
+import bson
 import pymongo
 import pymongo.errors
 import pytest
+from bson.decimal128 import Decimal128
 
 from rtclake.catalog import default_registry
 from rtclake.errors import SinkError
 from rtclake.sinks.base import Rejected
-from rtclake.sinks.mongodb import Document, MongoSink, MongoSinkConfig, insert_once
+from rtclake.sinks.mongodb import Document, MongoSink, MongoSinkConfig, codec_options, insert_once
 from tests.conftest import free_port
 from tests.test_query import batch
+from tests.test_redis_sink import BEYOND_FLOATS
 
 REAL = os.environ.get("RTCLAKE_TEST_MONGODB_URL")
 NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
@@ -79,6 +82,39 @@ def test_duplicate_keys_count_as_written_and_other_refusals_are_returned() -> No
     assert insert_once(FakeCollection(None), docs(2)) == []
     with pytest.raises(SinkError, match="AutoReconnect"):
         insert_once(FakeCollection(pymongo.errors.AutoReconnect("gone")), docs(1))
+
+
+class EncodingCollection:
+    """insert_many encoding each document as pymongo does before it sends (stopping at
+    the first it cannot encode), keeping what it inserted."""
+
+    def __init__(self) -> None:
+        self.inserted: dict[str, dict[str, Any]] = {}
+
+    def insert_many(self, bodies: list[dict[str, Any]], ordered: bool) -> None:
+        encoded = [bson.encode(body, codec_options=codec_options()) for body in bodies]
+        for data in encoded:
+            document = bson.decode(data, codec_options=codec_options())
+            self.inserted[document["_id"]] = document
+
+
+def test_numbers_beyond_a_double_are_decimals_and_what_bson_cannot_hold_is_refused() -> None:
+    sink = MongoSink(MongoSinkConfig(), default_registry(), "m")
+    made = batch(
+        1, lines(2) + b"\n" + BEYOND_FLOATS + b'\n{"device_id": "u", "n": 9223372036854775808}'
+    )
+    documents = list(sink._documents(made, NOW))
+    collection = EncodingCollection()
+    refused = insert_once(collection, documents)
+    [(document, reason)] = refused  # no BSON number holds 400 digits
+    assert document.row == 4 and reason.startswith("mongodb: not written: Invalid document: the")
+    assert reason.endswith("(400 characters) is beyond a Decimal128's 34 digits and exponent")
+    by_device = {d["device_id"]: d["extra"] for d in collection.inserted.values()}
+    assert by_device == {
+        "d0": {"temp": 20}, "d1": {"temp": 21},
+        "h2": {"big": Decimal128("1E+400")}, "h3": {"env": {"low": Decimal128("-1E+400")}},
+        "u": {"n": Decimal128("9223372036854775808")},
+    }  # fmt: skip
 
 
 def test_an_unreachable_server_is_an_outage() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from rtclake.sinks.base import Rejected
 from rtclake.sinks.nats import NATSConfig, NATSSink
 from rtclake.testing import free_port
 from tests.test_query import batch
+from tests.test_redis_sink import BEYOND_FLOATS
 from tests.test_sora_webhooks import App
 
 URL = "nats://127.0.0.1:4222"
@@ -91,14 +93,18 @@ class Names:
 
     def stored(self, url: str = URL) -> list[tuple[dict[str, str], dict[str, Any]]]:
         """The stream's messages: headers and record."""
+        return [(headers, orjson.loads(data)) for headers, data in self.payloads(url)]
 
-        async def read(nc: Any) -> list[tuple[dict[str, str], dict[str, Any]]]:
+    def payloads(self, url: str = URL) -> list[tuple[dict[str, str], bytes]]:
+        """The stream's messages: headers and payload, as published."""
+
+        async def read(nc: Any) -> list[tuple[dict[str, str], bytes]]:
             js = nc.jetstream()
             info = await js.stream_info(self.stream)
             out = []
             for seq in range(info.state.first_seq, info.state.last_seq + 1):
                 msg = await js.get_msg(self.stream, seq)
-                out.append((dict(msg.headers or {}), orjson.loads(msg.data)))
+                out.append((dict(msg.headers or {}), msg.data))
             return out
 
         return list(run(read, url))
@@ -186,6 +192,23 @@ def test_without_a_stream_records_go_out_as_core_nats_messages_with_their_ids(
     ids = [msg.headers["Nats-Msg-Id"] for msg in got]
     assert len(set(ids)) == 3 and ids[:3] == ids[3:]  # a subscriber drops the replay by id
     assert orjson.loads(got[0].data)["record_id"] == ids[0]
+
+
+def test_numbers_beyond_a_float_are_published_as_written_with_the_rest_of_the_batch(
+    names: Names,
+) -> None:
+    writer = sink(names)
+    made = batch(1, lines(2) + b"\n" + BEYOND_FLOATS)
+    writer.write(made)  # no refusal: each record is well-formed
+    writer.close()
+    stored = names.payloads()
+    ids = made.tables["telemetry"]["record_id"].to_pylist()
+    assert [headers["Nats-Msg-Id"] for headers, _ in stored] == ids
+    payloads = [payload for _, payload in stored]
+    assert b'"extra":{"big":1e400}' in payloads[2]
+    assert b'"extra":{"env":{"low":-1e400}}' in payloads[3]
+    assert b'"extra":{"digits":' + b"9" * 400 + b"}" in payloads[4]
+    assert json.loads(payloads[4])["extra"]["digits"] == 10**400 - 1  # still JSON
 
 
 def test_always_jetstream_without_a_stream_is_an_outage(names: Names) -> None:

@@ -4,6 +4,7 @@ and end to end behind the writer."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,6 +41,14 @@ def lines(n: int) -> bytes:
         b'{"time": "2026-11-20T00:00:%02dZ", "device_id": "d%d", "temp": %d}' % (i, i, 20 + i)
         for i in range(n)
     )
+
+
+# Well-formed JSON whose numbers no float holds: the lake keeps them as written
+BEYOND_FLOATS = (
+    b'{"time": "2026-11-20T00:01:00Z", "device_id": "h2", "big": 1e400}\n'
+    b'{"time": "2026-11-20T00:01:01Z", "device_id": "h3", "env": {"low": -1e400}}\n'
+    b'{"time": "2026-11-20T00:01:02Z", "device_id": "h4", "digits": ' + b"9" * 400 + b"}"
+)
 
 
 def sink(prefix: str, **settings: object) -> RedisSink:
@@ -83,6 +92,22 @@ def test_json_mode_writes_a_key_per_record_that_expires(prefix: str) -> None:
     client.close()
 
 
+def test_numbers_beyond_a_float_are_stored_as_written_with_the_rest_of_the_batch(
+    prefix: str,
+) -> None:
+    writer = sink(prefix)
+    writer.write(batch(1, lines(2) + b"\n" + BEYOND_FLOATS))
+    writer.close()
+    client = redis.Redis.from_url(URL)
+    stored = [fields[b"record"] for _, fields in client.xrange(f"{prefix}telemetry")]
+    client.close()
+    assert len(stored) == 5  # the rest of the batch too
+    assert b'"extra":{"big":1e400}' in stored[2]
+    assert b'"extra":{"env":{"low":-1e400}}' in stored[3]
+    assert b'"extra":{"digits":' + b"9" * 400 + b"}" in stored[4]
+    assert json.loads(stored[4])["extra"]["digits"] == 10**400 - 1  # still JSON
+
+
 def test_an_unreachable_redis_is_an_outage_the_batch_waits_for() -> None:
     config = RedisSinkConfig(url=f"redis://127.0.0.1:{free_port()}/0", timeout=1)
     writer = RedisSink(config, default_registry(), "r")
@@ -108,5 +133,25 @@ def test_behind_the_writer_every_acknowledged_record_reaches_the_stream(
             time.sleep(0.05)
         assert client.xlen(f"{prefix}telemetry") == 15
         client.close()
+    finally:
+        app.stop()
+
+
+def test_behind_the_writer_numbers_beyond_a_float_reach_the_stream_not_dead_letters(
+    tmp_path: Path, prefix: str
+) -> None:
+    sinks = {"r": {"type": "redis", "url": URL, "prefix": prefix, "tables": ["telemetry"]}}
+    app = App(tmp_path, sinks=sinks, writer={"retry_initial": 0.05, "retry_max": 0.2}).start()
+    try:
+        assert app.post("/ingest/sensors", lines(2) + b"\n" + BEYOND_FLOATS).status_code == 200
+        assert app.wait_rows("SELECT count(*) FROM telemetry", 5) == 5
+        client = redis.Redis.from_url(URL)
+        deadline = time.monotonic() + 10
+        while client.xlen(f"{prefix}telemetry") < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.xlen(f"{prefix}telemetry") == 5
+        client.close()
+        assert app.rows("SELECT count(*) FROM dead_letters") == [[0]]
+        assert app.service.delivery.health()["r"] == {"ok": True}
     finally:
         app.stop()

@@ -75,6 +75,16 @@ def test_rows_of_the_tables_listed_are_sent_in_parts_of_max_records() -> None:
         assert {b["table"] for b in bodies} == {"telemetry"}  # alerts were not listed
 
 
+def test_numbers_beyond_a_float_are_posted_as_written() -> None:
+    readings = [row(TELEMETRY.schema, record_id="t1", device_id="d1",
+                    extra='{"big":1e400,"low":-1e400,"digits":' + "9" * 400 + "}")]  # fmt: skip
+    with HttpReceiver() as receiver:
+        sink = webhook(receiver.url + "/hook", tables=["telemetry"])
+        sink.write(batch(telemetry=readings))
+        [got] = receiver.received("/hook")
+        assert b'"extra":{"big":1e400,"low":-1e400,"digits":' + b"9" * 400 + b"}" in got.body
+
+
 def test_a_5xx_is_an_outage_and_the_retry_sends_only_what_was_not_answered() -> None:
     with HttpReceiver() as receiver:
         receiver.answer("/hook", 200, 503)

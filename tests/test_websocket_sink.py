@@ -26,6 +26,7 @@ from rtclake.sinks.websocket import WebSocketConfig, WebSocketSink
 from rtclake.sinks.websocket import build as build_sink
 from rtclake.testing import free_port
 from tests.test_query import batch
+from tests.test_redis_sink import BEYOND_FLOATS
 from tests.test_sora_webhooks import App
 
 
@@ -154,6 +155,16 @@ def test_chunks_hold_up_to_chunk_records_and_stay_under_max_message_bytes() -> N
         assert sum(len(m["records"]) for m in receiver.messages) == 7
         writer.close()
         small.close()
+
+
+def test_numbers_beyond_a_float_are_sent_as_written() -> None:
+    for chunk in (1, 10):
+        writer = WebSocketSink(WebSocketConfig(url="ws://127.0.0.1:9", chunk=chunk),
+                               default_registry(), "ws")  # fmt: skip
+        body = b"\n".join(m.body for m in writer._messages(batch(1, BEYOND_FLOATS)))
+        assert b'"extra":{"big":1e400}' in body
+        assert b'"extra":{"env":{"low":-1e400}}' in body
+        assert b'"extra":{"digits":' + b"9" * 400 + b"}" in body
 
 
 def test_a_record_larger_than_max_message_bytes_is_refused_and_the_rest_sent() -> None:

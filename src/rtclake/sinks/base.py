@@ -26,6 +26,8 @@ later to the sinks that lack it.
 
 from __future__ import annotations
 
+import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -132,9 +134,85 @@ class Rejected(Exception):
 
 
 def json_bytes(value: Any) -> bytes:
-    """A row as the JSON sinks send it: times in RFC 3339 with ``Z``, anything else
-    JSON cannot hold as its text."""
-    return orjson.dumps(value, default=str, option=orjson.OPT_UTC_Z)
+    """A row as the JSON sinks send it: times in RFC 3339 with ``Z``, a :class:`BigNumber`
+    as written, anything else JSON cannot hold as its text."""
+    return orjson.dumps(value, default=_json_default, option=orjson.OPT_UTC_Z)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, BigNumber):
+        return orjson.Fragment(value.text)
+    return str(value)
+
+
+class BigNumber:
+    """A JSON number a float or a 64-bit integer cannot hold (``1e400``, 400 digits), as
+    written. Such a record is well-formed (the lake and PostgreSQL keep it as it came), so
+    a sink must not fail on it: :func:`json_bytes` writes it back unchanged, and a sink
+    that needs values sees this instead of a number (an infinity would be a different
+    number, and orjson refuses to read one at all)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"BigNumber({self.text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BigNumber) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+def json_value(text: str | bytes) -> Any:
+    """The value of a JSON column's text (``extra``, ``notify``, ...), with every number
+    kept: one beyond a float's or a 64-bit integer's range is a :class:`BigNumber`.
+    Raises ``json.JSONDecodeError`` (a ``ValueError``) for text that is not JSON."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # orjson reads no number past a double's range ("number is infinity when parsed
+        # as double"); Python's parser, slower, only for such a text, hands each over
+        return json.loads(text, parse_float=_float, parse_int=_int, parse_constant=_not_json)
+
+
+def json_as_written(text: str | bytes) -> orjson.Fragment:
+    """A JSON column's text for a sink that sends JSON: put into its JSON as it is (each
+    number as written, none read into a float and back), once checked to be JSON."""
+    json_value(text)
+    return orjson.Fragment(text)
+
+
+def _float(text: str) -> float | BigNumber:
+    number = float(text)
+    return number if math.isfinite(number) else BigNumber(text)
+
+
+def _int(text: str) -> int | BigNumber:
+    # (int() of a long enough text is refused by Python itself: 4300 digits)
+    if len(text) > 20:
+        return BigNumber(text)
+    number = int(text)
+    return number if -(2**63) <= number < 2**64 else BigNumber(text)
+
+
+def _not_json(text: str) -> Any:
+    raise ValueError(f"{text} is not JSON")
+
+
+def addressed(sinks: str | None, sink: str) -> bool:
+    """Whether an ``outbox`` row's ``sinks`` (its JSON text), or an alert's ``notify``,
+    names ``sink``."""
+    if not sinks:
+        return False
+    names = json_value(sinks)
+    return isinstance(names, list) and sink in names
 
 
 def check_tables(names: Iterable[str] | None, ctx: BuildContext) -> None:

@@ -379,7 +379,7 @@ class ElasticsearchSink(Sink):
         for name in self.table_names:
             if name not in batch.tables:
                 continue
-            for row, record in records(batch, self.tables, name, self.name):
+            for row, record in records(batch, self.tables, name, self.name, as_written=True):
                 record_id = record["record_id"]
                 index = index_name(pattern, name, record["time"])
                 action = json_bytes({verb: {"_index": index, "_id": record_id}})

@@ -65,14 +65,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import orjson
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from rtclake.config import Duration
 from rtclake.errors import ConfigError, SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink, gave_up
+from rtclake.sinks.base import Batch, Rejected, Sink, addressed, gave_up, json_value
 from rtclake.tables import OUTBOX, Table, TableRegistry
 
 if TYPE_CHECKING:
@@ -235,8 +234,9 @@ def tag_text(key: str, value: str) -> str:
 
 def field_value(value: object, *, floats: bool = False) -> str | None:
     """A field's value in line protocol; None for one that is not written (null, NaN,
-    infinite, a list or object). ``floats``: a number is a float (JSON numbers); an integer
-    beyond 64 bits is one anyway."""
+    infinite, a JSON number beyond a float's range: a
+    :class:`~rtclake.sinks.base.BigNumber`, a list or object). ``floats``: a number is a
+    float (JSON numbers); an integer beyond 64 bits is one anyway."""
     if type(value) is float:
         return repr(value) if math.isfinite(value) else None
     if value is None:
@@ -343,7 +343,7 @@ def table_lines(
     wanted = set(mapping.tags) | set(mapping.fields) | set(template)
     extras: list[Any] = [None] * rows.num_rows
     if (mapping.extra_fields or wanted - names) and "extra" in rows.column_names:
-        extras = [orjson.loads(e) if e else None for e in rows["extra"].to_pylist()]
+        extras = [json_value(e) if e else None for e in rows["extra"].to_pylist()]
     columns = {n: rows[n].to_pylist() for n in wanted & names}
     # (escaped key, the column's values or None: a key of extra, numbers as floats)
     fields = [
@@ -401,15 +401,15 @@ def outbox_lines(
 ) -> tuple[Lines, list[tuple[int, str]]]:
     """The points of the ``outbox`` rows addressed to ``sink``, and those that are not
     points (index, reason)."""
-    addressed = rows["sinks"].to_pylist()
+    names = rows["sinks"].to_pylist()
     extras = rows["extra"].to_pylist()
     times = _nanoseconds(rows)
     lines: Lines = []
     refused: list[tuple[int, str]] = []
-    for index, sinks in enumerate(addressed):
-        if not sinks or sink not in orjson.loads(sinks):
+    for index, sinks in enumerate(names):
+        if not addressed(sinks, sink):
             continue
-        extra = orjson.loads(extras[index]) if extras[index] else {}
+        extra = json_value(extras[index]) if extras[index] else {}
         try:
             lines.append((index, outbox_point(extra, times[index], json_floats)))
         except Unwritable as exc:

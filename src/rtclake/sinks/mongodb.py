@@ -9,13 +9,15 @@ and shapes openvidu-livekit writes, so OpenVidu's tooling reads them).
 ``layout: rtclake``: one collection per table (``{prefix}{table}``), one document per
 row: the row's columns (times as BSON dates, JSON columns and ``extra`` as documents),
 ``_id`` the record id; with ``expire_after`` set, an ``expire_at`` date and a TTL index.
+A number beyond a double's range (``1e400``) or a 64-bit integer's is a ``Decimal128``.
 
 What it guarantees: at least once into MongoDB, once per ``_id``: documents go in with
 unordered ``insert_many``, and a duplicate-key error (code 11000: the same ``_id``, a
 replayed batch) counts as written. Any other refusal of a document (too large, a
-validation rule) sends that row to ``dead_letters``; a network error, a timeout or no
-primary is an outage: :class:`~rtclake.errors.SinkError`, the batch stays in the spool and
-is retried (what went in already is then a duplicate key).
+validation rule), or a value BSON cannot hold (an integer beyond 64 bits, a number with
+more digits than a ``Decimal128``), sends that row to ``dead_letters``; a network error,
+a timeout or no primary is an outage: :class:`~rtclake.errors.SinkError`, the batch
+stays in the spool and is retried (what went in already is then a duplicate key).
 
 What it reports: the delivery's metrics under the sink's name.
 """
@@ -31,7 +33,7 @@ from pydantic import Field, SecretStr
 
 from rtclake.errors import ConfigError, SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink, check_tables
+from rtclake.sinks.base import Batch, BigNumber, Rejected, Sink, check_tables
 from rtclake.sinks.webhook import records
 from rtclake.tables import DEAD_LETTERS, TableRegistry
 
@@ -157,7 +159,8 @@ class MongoSink(Sink):
             self.config.url.get_secret_value(), serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms, socketTimeoutMS=timeout_ms, tz_aware=True,
         )  # fmt: skip
-        self._database = self._client[self.config.database]
+        self._database = self._client.get_database(self.config.database,
+                                                   codec_options=codec_options())  # fmt: skip
         self._ensure_indexes()
 
     def close(self) -> None:
@@ -199,9 +202,37 @@ class MongoSink(Sink):
             raise Rejected(refused)
 
 
+def codec_options() -> Any:
+    """How documents become BSON: dates with their zone, and a number BSON has no type
+    for (an integer beyond 64 bits, a :class:`BigNumber` of JSON beyond a double's range)
+    as a ``Decimal128``."""
+    from bson.codec_options import CodecOptions, TypeRegistry
+
+    return CodecOptions(tz_aware=True, type_registry=TypeRegistry(fallback_encoder=_bson))
+
+
+def _bson(value: Any) -> Any:
+    from bson.decimal128 import Decimal128
+    from bson.errors import InvalidDocument
+
+    if not isinstance(value, BigNumber | int):
+        raise InvalidDocument(f"cannot encode {type(value).__name__}")
+    text = str(value)
+    try:
+        return Decimal128(text)  # refuses to round: the number as it came, or none
+    except ArithmeticError:
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise InvalidDocument(
+            f"the number {shown} ({len(text)} characters) is beyond a Decimal128's 34 digits"
+            " and exponent"
+        ) from None
+
+
 def insert_once(collection: Any, documents: Iterable[Document]) -> list[tuple[Document, str]]:
     """Insert ``documents`` unordered; a duplicate ``_id`` counts as written. Returns the
     documents refused for good with the reason; raises SinkError on an outage."""
+    import bson
+    import bson.errors
     import pymongo.errors
 
     documents = list(documents)
@@ -209,6 +240,21 @@ def insert_once(collection: Any, documents: Iterable[Document]) -> list[tuple[Do
         return []
     try:
         collection.insert_many([d.body for d in documents], ordered=False)
+    except (bson.errors.InvalidDocument, OverflowError):
+        # a value BSON cannot hold; pymongo encodes before it sends, and stops at the
+        # first: each document is encoded alone to find them, and the others inserted
+        # (those sent before count as written: duplicate keys)
+        refused, rest = [], []
+        for document in documents:
+            try:
+                bson.encode(document.body, codec_options=codec_options())
+            except (bson.errors.InvalidDocument, OverflowError) as exc:
+                refused.append((document, f"mongodb: not written: {exc}"[:500]))
+            else:
+                rest.append(document)
+        if not refused:
+            raise
+        return refused + insert_once(collection, rest)
     except pymongo.errors.BulkWriteError as exc:
         refused = []
         for error in exc.details.get("writeErrors", ()):

@@ -321,7 +321,7 @@ class NATSSink(Sink):
             if name not in batch.tables or batch.tables[name].num_rows == 0:
                 continue
             subject = self.config.prefix + name
-            for index, row in records(batch, self.tables, name, self.name):
+            for index, row in records(batch, self.tables, name, self.name, as_written=True):
                 messages.append(
                     Message(name, index, subject, str(row["record_id"]), json_bytes(row))
                 )

@@ -46,7 +46,7 @@ from pydantic import Field, SecretStr
 
 from rtclake.errors import SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink, check_tables
+from rtclake.sinks.base import Batch, Rejected, Sink, addressed, check_tables
 from rtclake.tables import DEAD_LETTERS, OUTBOX, TableRegistry
 
 if TYPE_CHECKING:
@@ -381,10 +381,7 @@ class PostgreSQLSink(Sink):
         indices = list(range(table.num_rows))
         if name != OUTBOX.name or "sinks" not in table.schema.names:
             return table, indices
-        keep = [
-            isinstance(text, str) and self.name in (orjson.loads(text) or ())
-            for text in table.column("sinks").to_pylist()
-        ]
+        keep = [addressed(text, self.name) for text in table.column("sinks").to_pylist()]
         return table.filter(pa.array(keep, pa.bool_())), [i for i in indices if keep[i]]
 
     def _stage(self, conn: psycopg.Connection[Any], target: Target, columns: list[str]) -> None:

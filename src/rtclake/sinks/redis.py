@@ -118,7 +118,7 @@ class RedisSink(Sink):
         for name in self.table_names:
             if name not in batch.tables or batch.tables[name].num_rows == 0:
                 continue
-            rows = [row for _, row in records(batch, self.tables, name, self.name)]
+            rows = [row for _, row in records(batch, self.tables, name, self.name, as_written=True)]
             if not rows:
                 continue
             for start in range(0, len(rows), size):

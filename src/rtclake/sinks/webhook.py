@@ -29,14 +29,23 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import pyarrow as pa
 from pydantic import Field, SecretStr
 
 from rtclake.config import Duration
 from rtclake.errors import SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink, check_tables, gave_up, json_bytes
+from rtclake.sinks.base import (
+    Batch,
+    Rejected,
+    Sink,
+    addressed,
+    check_tables,
+    gave_up,
+    json_as_written,
+    json_bytes,
+    json_value,
+)
 from rtclake.tables import ALERTS, OUTBOX, TableRegistry
 
 if TYPE_CHECKING:
@@ -153,35 +162,45 @@ class Poster:
 
 
 def records(
-    batch: Batch, tables: TableRegistry, name: str, sink: str | None = None
-) -> Iterator[tuple[int, dict[str, Any]]]:
+    batch: Batch, tables: TableRegistry, name: str, sink: str | None = None,
+    *, as_written: bool = False,
+) -> Iterator[tuple[int, dict[str, Any]]]:  # fmt: skip
     """``(row index, record)`` pairs of ``batch.tables[name]``: each row as JSON-ready
-    values, the table's JSON columns and ``extra`` parsed. Of the ``outbox`` table, a
-    ``sink`` gets only the rows addressed to it (its name in ``sinks``)."""
+    values, the table's JSON columns and ``extra`` read (:func:`json_value`: every number
+    kept, one beyond a float's range too) or, ``as_written``, kept as their JSON text
+    for a sink that sends JSON (:func:`json_as_written`: nothing read into a float and
+    back). Of the ``outbox`` table, a ``sink`` gets only the rows addressed to it (its
+    name in ``sinks``)."""
     table: pa.Table = batch.tables[name]
     parsed = {"extra"}
     binary: set[str] = set()
     if name in tables:
         parsed |= {c.name for c in tables[name].columns if c.kind == "json"}
         binary = {c.name for c in tables[name].columns if c.kind == "binary"}
+    read = json_as_written if as_written else json_value
     for index, row in enumerate(table.to_pylist()):
+        if sink is not None and name == OUTBOX.name and not addressed(row.get("sinks"), sink):
+            continue
         for column in parsed & row.keys():
             if isinstance(row[column], str):
-                row[column] = orjson.loads(row[column])
+                row[column] = read(row[column])
         for column in binary & row.keys():  # bytes as JSON: base64
             if isinstance(row[column], bytes):
                 row[column] = base64.b64encode(row[column]).decode("ascii")
-        if sink is not None and name == OUTBOX.name and sink not in (row.get("sinks") or ()):
-            continue
         yield index, row
 
 
-def alerts_for(batch: Batch, tables: TableRegistry, sink: str) -> list[tuple[int, dict[str, Any]]]:
+def alerts_for(
+    batch: Batch, tables: TableRegistry, sink: str, *, as_written: bool = False
+) -> list[tuple[int, dict[str, Any]]]:
     """The rows of the ``alerts`` table in ``batch`` whose ``notify`` names ``sink``."""
     if ALERTS.name not in batch.tables:
         return []
-    rows = records(batch, tables, ALERTS.name)
-    return [(index, row) for index, row in rows if sink in (row.get("notify") or ())]
+    table = batch.tables[ALERTS.name]
+    notify = table["notify"].to_pylist() if "notify" in table.column_names else []
+    named = {index for index, text in enumerate(notify) if addressed(text, sink)}
+    rows = records(batch, tables, ALERTS.name, as_written=as_written)
+    return [(index, row) for index, row in rows if index in named]
 
 
 def outbox_for(batch: Batch, tables: TableRegistry, sink: str) -> list[tuple[int, dict[str, Any]]]:
@@ -218,9 +237,9 @@ class Webhook(Sink):
             if name not in batch.tables:
                 continue
             if name == ALERTS.name:
-                rows = alerts_for(batch, self.tables, self.name)
+                rows = alerts_for(batch, self.tables, self.name, as_written=True)
             else:
-                rows = list(records(batch, self.tables, name, self.name))
+                rows = list(records(batch, self.tables, name, self.name, as_written=True))
             size = self.config.max_records
             for start in range(0, len(rows), size):
                 part = rows[start : start + size]

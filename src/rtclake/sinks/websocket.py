@@ -250,7 +250,7 @@ class WebSocketSink(Sink):
         for name in self.table_names:
             if name not in batch.tables or batch.tables[name].num_rows == 0:
                 continue
-            rows = list(records(batch, self.tables, name, self.name))
+            rows = list(records(batch, self.tables, name, self.name, as_written=True))
             if self.config.chunk == 1:
                 for index, row in rows:
                     record_id = str(row["record_id"])
