@@ -18,11 +18,12 @@ from rtclake.errors import SinkError
 from rtclake.importer import Importer
 from rtclake.integrations.sora.logs import table_for
 from rtclake.metrics import Metrics
-from rtclake.sinks.base import Batch
+from rtclake.sinks.base import Batch, Rejected
 from rtclake.spool import EntryHeader, Spool
 from rtclake.testing import MemorySink
 from rtclake.writer import Writer
 from tests.test_importer import stats_line
+from tests.test_query import batch
 
 
 class FlakySink(MemorySink):
@@ -214,5 +215,54 @@ def test_a_failing_sinks_state_is_told_without_its_password_then_cleared() -> No
         delivery.start()  # it starts now: the state is cleared
         assert delivery.health() == {"lake": {"ok": True}}
         assert metrics.registry.get_sample_value("rtclake_sink_up", {"sink": "lake"}) == 1
+    finally:
+        delivery.close()
+
+
+class AnsweringSink(MemorySink):
+    """A sink whose writes answer, in turn, as ``answers`` say: raise that exception, or
+    (None) store the batch."""
+
+    def __init__(self, name: str, answers: list[Exception | None]) -> None:
+        super().__init__(name)
+        self.answers = answers
+
+    def write(self, batch: Batch) -> None:
+        answer = self.answers.pop(0)
+        if answer is not None:
+            raise answer
+        super().write(batch)
+
+
+def test_records_given_up_on_an_outage_leave_the_sink_down_a_refused_record_does_not() -> None:
+    metrics = Metrics()
+    lake = MemorySink("lake")
+    lake.takes_dead_letters = True
+    reason = "gave up after 5 s of outage: nats: cannot connect: Connect call failed"
+    gave_up = Rejected({"telemetry": [(0, reason)]}, outage=reason)
+    refused = Rejected({"telemetry": [(0, "nats: the message is over the server's max_payload")]})
+    nats = AnsweringSink("nats", [gave_up, gave_up, refused, None])
+    delivery = Delivery([lake, nats], metrics)
+
+    def sample(name: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"sink": "nats"})
+
+    line = b'{"time": "2026-11-20T00:00:00Z", "device_id": "d", "temp": 1}'
+    try:
+        delivery.start()
+        for segment in (1, 2):  # the server is out: each batch goes to dead letters
+            assert delivery.deliver(batch(segment, line), set(), lambda name: None).done
+            state = delivery.health()["nats"]
+            assert state["ok"] is False and state["error"] == reason
+            assert sample("rtclake_sink_up") == 0 and sample("rtclake_sink_errors_total") == segment
+        assert len(lake.column("dead_letters", "reason")) == 2
+        # a record the server refuses: it answers, so the sink works again
+        assert delivery.deliver(batch(3, line), set(), lambda name: None).done
+        assert delivery.health()["nats"] == {"ok": True} and sample("rtclake_sink_up") == 1
+        assert delivery.deliver(batch(4, line), set(), lambda name: None).done
+        assert (
+            delivery.health()["nats"] == {"ok": True} and sample("rtclake_sink_errors_total") == 2
+        )
+        assert len(lake.column("dead_letters", "reason")) == 3
     finally:
         delivery.close()

@@ -638,6 +638,7 @@ def test_an_outage_longer_than_give_up_after_sends_the_rows_to_dead_letters() ->
         writer.write(made)
     rows = refused.value.rows["telemetry"]
     assert [i for i, _ in rows] == [0, 1, 2] and rows[0][1].startswith("gave up after 60 s")
+    assert refused.value.outage == rows[0][1]  # InfluxDB is out: the sink counts as down
 
 
 def test_rows_without_fields_are_not_points() -> None:

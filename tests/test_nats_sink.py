@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 import orjson
 import pytest
@@ -242,6 +243,7 @@ def test_messages_refused_for_good_are_returned_and_the_rest_stored(names: Names
     assert refused.value.rows == {
         "telemetry": [(2, "nats: the message is over the server's max_payload")]
     }
+    assert refused.value.outage is None  # the server answered: the sink is up
     assert names.count() == 2
     writer.close()
 
@@ -265,6 +267,7 @@ def test_an_outage_longer_than_give_up_after_sends_the_batch_to_dead_letters(
     [(first, reason), (second, _)] = refused.value.rows["telemetry"]
     assert (first, second) == (0, 1)
     assert reason.startswith("gave up after 60 s of outage: nats: cannot connect")
+    assert refused.value.outage == reason  # the server is out: the sink counts as down
     writer.close()
 
 
@@ -288,6 +291,29 @@ def test_behind_the_writer_a_record_the_stream_refuses_is_a_dead_letter_with_its
         assert (sink_name, table, device) == ("n", "telemetry", "big")
         assert reason.startswith("nats: the stream refused it: 400 message size exceeds maximum")
         assert names.count() == 3
+        assert app.service.delivery.health()["n"] == {"ok": True}  # the server answers
+    finally:
+        app.stop()
+
+
+def test_behind_the_writer_a_sink_that_gave_up_on_its_server_is_down_not_healthy(
+    tmp_path: Path,
+) -> None:
+    sinks = {"n": {"type": "nats", "url": f"nats://127.0.0.1:{free_port()}", "timeout": 1,
+                   "tables": ["telemetry"], "give_up_after": 1}}  # fmt: skip
+    app = App(tmp_path, sinks=sinks, writer={"retry_initial": 0.05, "retry_max": 0.2}).start()
+    try:
+        assert app.post("/ingest/sensors", lines(1, "a")).status_code == 200
+        assert app.wait_rows("SELECT count(*) FROM dead_letters", 1) == 1
+        assert app.post("/ingest/sensors", lines(1, "b")).status_code == 200
+        assert app.wait_rows("SELECT count(*) FROM dead_letters", 2) == 2
+        health = httpx.get(app.url + "/healthz").json()
+        assert health["status"] == "degraded", health
+        state = health["sinks"]["n"]
+        assert state["ok"] is False
+        assert state["error"].startswith("gave up after 1 s of outage: nats: cannot connect")
+        up = app.service.metrics.registry.get_sample_value("rtclake_sink_up", {"sink": "n"})
+        assert up == 0
     finally:
         app.stop()
 

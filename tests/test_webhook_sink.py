@@ -138,10 +138,12 @@ def test_an_outage_longer_than_give_up_after_sends_the_batch_to_dead_letters() -
             sink.write(alerts)
         [(index, reason)] = refused.value.rows["alerts"]
         assert index == 0 and reason.startswith("gave up after 60 s of outage: POST answered 503")
+        assert refused.value.outage == reason  # the receiver is out: the sink counts as down
         # the outage goes on: the next batch is given up at its first try
         later = Batch("t", "run", 2, alerts.tables)
-        with pytest.raises(Rejected):
+        with pytest.raises(Rejected) as refused:
             sink.write(later)
+        assert refused.value.outage is not None
         sink.write(Batch("t", "run", 3, alerts.tables))  # the receiver is back (200)
         clock[0] += 600
         receiver.answer("/hook", 503)

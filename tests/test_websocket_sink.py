@@ -264,8 +264,10 @@ def test_an_outage_longer_than_give_up_after_sends_the_batch_to_dead_letters() -
     [(first, reason), (second, _)] = refused.value.rows["telemetry"]
     assert (first, second) == (0, 1)
     assert reason.startswith("gave up after 60 s of outage: websocket: cannot connect")
-    with pytest.raises(Rejected):  # the outage goes on: the next batch at its first try
+    assert refused.value.outage == reason  # the receiver is out: the sink counts as down
+    with pytest.raises(Rejected) as refused:  # the outage goes on: the next batch at once
         writer.write(batch(2, lines(1, device="e")))
+    assert refused.value.outage is not None
     with receiver:
         writer.write(batch(3, lines(1, device="f")))  # back: delivered, the clock stops
         assert until(lambda: len(receiver.records) == 1)

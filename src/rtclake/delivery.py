@@ -8,7 +8,10 @@ sink (``start``, ``write``, ``maintain``, ``close``) runs on the delivery's one 
 A record a sink refuses for good (it raises :class:`~rtclake.sinks.base.Rejected` after
 storing the rest) goes to the ``dead_letters`` table, through every other sink that takes
 dead letters (the lake), with the sink, the reason and the time; then the batch counts as
-confirmed by that sink, so one bad record never blocks the ones behind it.
+confirmed by that sink, so one bad record never blocks the ones behind it. Records given
+up on because the destination is out (a sink's ``give_up_after``) go the same way, but
+that write counts as failed: the sink is down (``rtclake_sink_up`` 0, ``/healthz``
+degraded) until a write reaches its destination again.
 
 A batch goes to each sink that has not confirmed it yet; the caller records each
 confirmation (the writer next to its spool segment, an import in memory for its block),
@@ -180,6 +183,7 @@ class Delivery:
                 continue
             started = time.perf_counter()
             refused: dict[str, int] = {}
+            outage: str | None = None  # the destination is out; its records were given up on
             try:
                 if len(batches) > 1:
                     sink.write_group(batches)
@@ -189,6 +193,7 @@ class Delivery:
                     except Rejected as rejected:
                         self._dead_letter(sink, batches[0], rejected)
                         refused = {name: len(rows) for name, rows in rejected.rows.items()}
+                        outage = rejected.outage
             except Rejected:  # only from a group: its batches then go one at a time
                 done = False
                 log.info("delivery: a record refused in a group; its batches go one at a time",
@@ -210,14 +215,19 @@ class Delivery:
                 for table_name, table in batch.tables.items():
                     stored = table.num_rows - refused.get(table_name, 0)
                     self.metrics.stored.labels(sink.name, table_name).inc(stored)
-            self._works(sink.name)
+            if outage is None:
+                self._works(sink.name)
+            else:
+                self.metrics.sink_errors.labels(sink.name).inc()
+                self._fails(sink.name, outage)
             confirm(sink.name)
             faults.check("writer.after_ack")
         return Outcome(done, data_error)
 
-    def _fails(self, name: str, exc: BaseException) -> None:
+    def _fails(self, name: str, error: BaseException | str) -> None:
         since = self._failing.get(name, (time.time(), ""))[0]
-        shown = redact(_text(exc)).splitlines() or [type(exc).__name__]  # on /healthz
+        text = error if isinstance(error, str) else _text(error)
+        shown = redact(text).splitlines() or [type(error).__name__]  # on /healthz
         self._failing[name] = (since, shown[0][:500])
         self.metrics.sink_up.labels(name).set(0)
 

@@ -47,7 +47,8 @@ class Metrics:
         self.sink_up = Gauge(
             "rtclake_sink_up",
             "1 while a sink starts and takes batches, 0 since its last start or write failed"
-            " (its batches stay spooled; /healthz says why).",
+            " (its batches stay spooled, or go to dead_letters once it gave up on its"
+            " destination; /healthz says why).",
             ["sink"],
             registry=r,
         )

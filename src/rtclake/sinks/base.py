@@ -118,10 +118,17 @@ class Sink(ABC):
 
 class Rejected(Exception):
     """Raised by :meth:`Sink.write` once every other row of the batch is stored: ``rows``
-    maps a table to the refused rows, each ``(row index in batch.tables[table], reason)``."""
+    maps a table to the refused rows, each ``(row index in batch.tables[table], reason)``.
 
-    def __init__(self, rows: Mapping[str, Sequence[tuple[int, str]]]) -> None:
+    ``outage``, the reason, when rows were given up on because the destination is out
+    (``give_up_after``) rather than refused by it: the delivery then counts the write as
+    failed (``rtclake_sink_up`` 0, ``/healthz`` degraded), though the batch is done."""
+
+    def __init__(
+        self, rows: Mapping[str, Sequence[tuple[int, str]]], *, outage: str | None = None
+    ) -> None:
         self.rows = {table: list(refused) for table, refused in rows.items() if refused}
+        self.outage = outage
         count = sum(len(refused) for refused in self.rows.values())
         super().__init__(f"{count} records refused for good")
 

@@ -570,6 +570,7 @@ class InfluxDBSink(Sink):
         size = self.config.max_lines
         pending: dict[str, Lines] = {}  # not sent: InfluxDB is out
         outage: SinkError | None = None
+        given_up: str | None = None
         if lines and not self._database_ready:
             try:
                 self._create_database()
@@ -593,15 +594,15 @@ class InfluxDBSink(Sink):
             now = self.clock()
             if self._outage_since is None:
                 self._outage_since = now
-            reason = gave_up(outage, self._outage_since, now, self.config.give_up_after)
-            if reason is None:
+            given_up = gave_up(outage, self._outage_since, now, self.config.give_up_after)
+            if given_up is None:
                 raise outage
             for name, part in pending.items():
-                refused.setdefault(name, []).extend((index, reason) for index, _ in part)
+                refused.setdefault(name, []).extend((index, given_up) for index, _ in part)
         elif lines:
             self._outage_since = None  # it answered
         if refused:
-            raise Rejected(refused)
+            raise Rejected(refused, outage=given_up)
 
 
 def _influxql(name: str) -> str:

@@ -291,6 +291,7 @@ class NATSSink(Sink):
             self._batch, self._done, self._refused = batch.name, set(), {}
         messages = self._messages(batch)
         pending = [i for i in range(len(messages)) if i not in self._done]
+        given_up: str | None = None
         try:
             timeout = self.config.timeout * (3 + len(pending) / self.config.in_flight) + 5
             duplicates = self._run(self._publish(messages, pending), timeout)
@@ -298,12 +299,12 @@ class NATSSink(Sink):
             now = self.clock()
             if self._outage_since is None:
                 self._outage_since = now
-            reason = gave_up(outage, self._outage_since, now, self.config.give_up_after)
-            if reason is None:
+            given_up = gave_up(outage, self._outage_since, now, self.config.give_up_after)
+            if given_up is None:
                 raise
             for index in pending:
                 if index not in self._done:
-                    self._refuse(messages[index], reason)
+                    self._refuse(messages[index], given_up)
         else:
             self._outage_since = None
             self.duplicates += duplicates
@@ -313,7 +314,7 @@ class NATSSink(Sink):
         refused = {t: sorted(rows.items()) for t, rows in self._refused.items()}
         self._batch = ""  # done: a replay of this batch is published again (and dropped)
         if refused:
-            raise Rejected(refused)
+            raise Rejected(refused, outage=given_up)
 
     def _messages(self, batch: Batch) -> list[Message]:
         messages = []

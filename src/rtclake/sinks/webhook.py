@@ -148,17 +148,18 @@ class Poster:
         less than ``give_up_after``), or :class:`Rejected` naming what was refused (and,
         once given up, what is still ``pending``), or return: all delivered."""
         refused = {table: list(rows) for table, rows in self._refused.items()}
+        given_up: str | None = None
         if outage is not None:
             now = self.clock()
             if self._outage_since is None:
                 self._outage_since = now
-            reason = gave_up(outage, self._outage_since, now, self.config.give_up_after)
-            if reason is None:
+            given_up = gave_up(outage, self._outage_since, now, self.config.give_up_after)
+            if given_up is None:
                 raise outage
             for table, rows in pending.items():
-                refused.setdefault(table, []).extend((row, reason) for row in rows)
+                refused.setdefault(table, []).extend((row, given_up) for row in rows)
         if refused:
-            raise Rejected(refused)
+            raise Rejected(refused, outage=given_up)
 
 
 def records(

@@ -197,22 +197,23 @@ class WebSocketSink(Sink):
             self._batch, self._confirmed, self._refused = batch.name, set(), {}
             self._careful = False
         messages = self._messages(batch)
+        given_up: str | None = None
         try:
             self._deliver(messages)
         except SinkError as outage:
             now = self.clock()
             if self._outage_since is None:
                 self._outage_since = now
-            reason = gave_up(outage, self._outage_since, now, self.config.give_up_after)
-            if reason is None:
+            given_up = gave_up(outage, self._outage_since, now, self.config.give_up_after)
+            if given_up is None:
                 raise
             for index, message in enumerate(messages):
                 if index not in self._confirmed:
-                    self._refuse(message, reason)
+                    self._refuse(message, given_up)
         refused = {t: sorted(rows.items()) for t, rows in self._refused.items()}
         self._batch = ""  # done: a replay of this batch is sent again (receivers drop it)
         if refused:
-            raise Rejected(refused)
+            raise Rejected(refused, outage=given_up)
 
     def _deliver(self, messages: list[Message]) -> None:
         """Send what of ``messages`` was not confirmed yet, a group at a time."""

@@ -62,7 +62,8 @@ class NodeEndpoints:
               "spool_bytes", "spool_segments", "disk_free_bytes", "sinks"}; "sinks" has
               each sink's {"ok": true}, or {"ok": false, "since", "error"} since its
               start or its last write failed (its batches stay spooled, and are
-              retried), and then "status" is "degraded".
+              retried, or go to dead_letters once it gave up on its destination), and
+              then "status" is "degraded".
           503:
             description: >
               The spool cannot write (its disk is full or failing). Body: {"status":
