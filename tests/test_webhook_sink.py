@@ -19,7 +19,9 @@ from rtclake.service import Service
 from rtclake.sinks.base import Batch, Rejected
 from rtclake.sinks.webhook import Webhook, WebhookConfig
 from rtclake.tables import ALERTS, TELEMETRY
-from rtclake.testing import HttpReceiver, free_port
+from rtclake.testing import HttpReceiver, free_port, wait_for
+from tests.test_influxdb_sink import EXAMPLES
+from tests.test_sora_webhooks import App
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 
@@ -161,3 +163,51 @@ def test_a_table_it_does_not_know_is_refused_at_start(tmp_path: Path) -> None:
 def test_record_ids_of_tables_with_an_identity_are_asked_for_only_when_sent() -> None:
     assert webhook("http://127.0.0.1:9/").needs_record_id is False  # alerts have their own
     assert webhook("http://127.0.0.1:9/", tables=["alerts", "rtc_stats"]).needs_record_id
+
+
+def test_behind_the_writer_the_outbox_rows_addressed_to_it_are_posted_whatever_its_tables(
+    tmp_path: Path,
+) -> None:
+    alarm = {"type": "broker", "handler": "threshold_alarm:ThresholdAlarm",
+             "path": str(EXAMPLES), "match": {"stream": "sensors*"},
+             "options": {"field": "temp", "threshold": 30, "sinks": ["hook", "slk"]}}  # fmt: skip
+    with HttpReceiver() as receiver:
+        sinks = {
+            "hook": {"type": "webhook", "url": receiver.url + "/hook"},  # tables: [alerts]
+            "slk": {"type": "slack", "url": receiver.url + "/slack"},
+            "other": {"type": "webhook", "url": receiver.url + "/other"},  # not addressed
+        }
+        app = App(tmp_path, sinks=sinks, processors={"alarm": alarm}).start()
+        try:
+            for temp in (31, 20, 32, 33):
+                reading = orjson.dumps({"device_id": "s1", "temp": temp})
+                assert app.post("/ingest/sensors-a", reading).status_code == 200
+
+            def posted() -> list[dict[str, Any]]:
+                bodies = [got.json() for got in receiver.received("/hook")]
+                assert {body["table"] for body in bodies} <= {"outbox"}
+                return [record for body in bodies for record in body["records"]]
+
+            assert wait_for(lambda: len(posted()) == 3) is True
+            assert sorted(record["text"] for record in posted()) == [
+                "s1: temp 31 is above 30", "s1: temp 32 is above 30", "s1: temp 33 is above 30",
+            ]  # fmt: skip
+            assert all(record["sinks"] == ["hook", "slk"] for record in posted())
+            assert wait_for(lambda: len(receiver.received("/slack")) == 3) is True
+            assert receiver.received("/other") == []
+            assert app.wait_rows("SELECT count(*) FROM outbox", 3) == 3
+
+            def stored(sink: str, table: str) -> float:
+                labels = {"sink": sink, "table": table}
+                value = app.service.metrics.registry.get_sample_value(
+                    "rtclake_records_stored_total", labels
+                )
+                return value or 0.0
+
+            # (counted once each write returns, just after its POSTs were answered)
+            assert wait_for(lambda: stored("slk", "outbox") == 3) is True
+            assert stored("hook", "outbox") == 3 and stored("lake", "telemetry") == 4
+            assert stored("other", "outbox") == 0  # only what it posted counts
+            assert stored("hook", "telemetry") == 0
+        finally:
+            app.stop()

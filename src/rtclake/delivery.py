@@ -212,8 +212,8 @@ class Delivery:
             faults.check("writer.after_sink_write")
             self.metrics.batch_seconds.labels(sink.name).observe(time.perf_counter() - started)
             for batch in batches:
-                for table_name, table in batch.tables.items():
-                    stored = table.num_rows - refused.get(table_name, 0)
+                for table_name, rows in sink.taken(batch).items():
+                    stored = max(rows - refused.get(table_name, 0), 0)
                     self.metrics.stored.labels(sink.name, table_name).inc(stored)
             if outage is None:
                 self._works(sink.name)

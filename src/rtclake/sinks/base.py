@@ -37,6 +37,7 @@ import orjson
 import pyarrow as pa
 
 from rtclake.errors import ConfigError
+from rtclake.tables import OUTBOX
 
 if TYPE_CHECKING:
     from rtclake.registry import BuildContext
@@ -108,6 +109,13 @@ class Sink(ABC):
         fails the group, and the batches are then delivered one at a time."""
         for batch in batches:
             self.write(batch)
+
+    def taken(self, batch: Batch) -> dict[str, int]:
+        """How many rows of each table of ``batch`` this sink takes: what
+        ``rtclake_records_stored_total{sink,table}`` counts once it holds the batch (less
+        the rows it refused). Every row by default; a sink that takes some tables, or only
+        the ``outbox`` rows addressed to it, counts those (:func:`rows_taken`)."""
+        return {name: table.num_rows for name, table in batch.tables.items()}
 
     def maintain(self) -> None:  # noqa: B027 - maintenance is optional
         """Periodic housekeeping (compaction, expiry, fixing stale entities)."""
@@ -220,6 +228,21 @@ def addressed(sinks: str | None, sink: str) -> bool:
         return False
     names = json_value(sinks)
     return isinstance(names, list) and sink in names
+
+
+def rows_taken(batch: Batch, names: Iterable[str], sink: str) -> dict[str, int]:
+    """:meth:`Sink.taken` of a sink that takes every row of the tables ``names`` but, of
+    ``outbox``, the rows addressed to it."""
+    counts = {}
+    for name in names:
+        if name not in batch.tables:
+            continue
+        table = batch.tables[name]
+        if name == OUTBOX.name and "sinks" in table.column_names:
+            counts[name] = sum(addressed(text, sink) for text in table["sinks"].to_pylist())
+        else:
+            counts[name] = table.num_rows
+    return counts
 
 
 def check_tables(names: Iterable[str] | None, ctx: BuildContext) -> None:

@@ -48,7 +48,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from rtclake.errors import ConfigError, SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink, json_bytes
+from rtclake.sinks.base import Batch, Rejected, Sink, json_bytes, rows_taken
 from rtclake.sinks.webhook import records
 from rtclake.tables import DEAD_LETTERS, Table, TableRegistry
 
@@ -399,6 +399,9 @@ class ElasticsearchSink(Sink):
             yield chunk
 
     # writing
+
+    def taken(self, batch: Batch) -> dict[str, int]:
+        return rows_taken(batch, self.table_names, self.name)
 
     def write(self, batch: Batch) -> None:
         if self._client is None:

@@ -71,7 +71,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from rtclake.config import Duration
 from rtclake.errors import ConfigError, SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink, addressed, gave_up, json_value
+from rtclake.sinks.base import Batch, Rejected, Sink, addressed, gave_up, json_value, rows_taken
 from rtclake.tables import OUTBOX, Table, TableRegistry
 
 if TYPE_CHECKING:
@@ -564,6 +564,9 @@ class InfluxDBSink(Sink):
             if bad:
                 refused[name] = bad
         return out, refused
+
+    def taken(self, batch: Batch) -> dict[str, int]:
+        return rows_taken(batch, self.config.tables, self.name)
 
     def write(self, batch: Batch) -> None:
         lines, refused = self.lines(batch)

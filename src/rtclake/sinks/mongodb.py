@@ -33,7 +33,7 @@ from pydantic import Field, SecretStr
 
 from rtclake.errors import ConfigError, SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, BigNumber, Rejected, Sink, check_tables
+from rtclake.sinks.base import Batch, BigNumber, Rejected, Sink, check_tables, rows_taken
 from rtclake.sinks.webhook import records
 from rtclake.tables import DEAD_LETTERS, TableRegistry
 
@@ -150,6 +150,13 @@ class MongoSink(Sink):
         if self.layout is None:
             return _rtclake_indexes(self.config, _rtclake_tables(self.config, self.tables))
         return self.layout.indexes(self.config, self.layout.tables(self.tables))
+
+    def taken(self, batch: Batch) -> dict[str, int]:
+        if self.layout is None:
+            names = _rtclake_tables(self.config, self.tables)
+        else:
+            names = self.layout.tables(self.tables)
+        return rows_taken(batch, names, self.name)
 
     def start(self) -> None:
         import pymongo

@@ -59,7 +59,7 @@ from pydantic import Field, SecretStr
 from rtclake.config import Duration
 from rtclake.errors import SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink, check_tables, gave_up, json_bytes
+from rtclake.sinks.base import Batch, Rejected, Sink, check_tables, gave_up, json_bytes, rows_taken
 from rtclake.sinks.webhook import records
 from rtclake.tables import DEAD_LETTERS, TableRegistry
 
@@ -285,6 +285,9 @@ class NATSSink(Sink):
         log.debug("nats: connection error", sink=self.name, error=_text(exc))
 
     # -- writing ----------------------------------------------------------------------------
+
+    def taken(self, batch: Batch) -> dict[str, int]:
+        return rows_taken(batch, self.table_names, self.name)
 
     def write(self, batch: Batch) -> None:
         if batch.name != self._batch:

@@ -46,7 +46,7 @@ from pydantic import Field, SecretStr
 
 from rtclake.errors import SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink, addressed, check_tables
+from rtclake.sinks.base import Batch, Rejected, Sink, addressed, check_tables, rows_taken
 from rtclake.tables import DEAD_LETTERS, OUTBOX, TableRegistry
 
 if TYPE_CHECKING:
@@ -333,6 +333,9 @@ class PostgreSQLSink(Sink):
         )
 
     # -- writing ----------------------------------------------------------------------------
+
+    def taken(self, batch: Batch) -> dict[str, int]:
+        return rows_taken(batch, self.names, self.name)
 
     def write(self, batch: Batch) -> None:
         import psycopg

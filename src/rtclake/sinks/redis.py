@@ -33,7 +33,7 @@ from pydantic import Field, SecretStr
 
 from rtclake.errors import SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Sink, check_tables, json_bytes
+from rtclake.sinks.base import Batch, Sink, check_tables, json_bytes, rows_taken
 from rtclake.sinks.webhook import records
 from rtclake.tables import DEAD_LETTERS, TableRegistry
 
@@ -110,6 +110,9 @@ class RedisSink(Sink):
             return fn(*args, **kwargs)
         except redis.RedisError as exc:
             raise SinkError(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    def taken(self, batch: Batch) -> dict[str, int]:
+        return rows_taken(batch, self.table_names, self.name)
 
     def write(self, batch: Batch) -> None:
         if self._client is None:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from rtclake.errors import SinkError
 from rtclake.registry import BuildContext, ComponentType
-from rtclake.sinks.base import Batch, Sink
-from rtclake.sinks.webhook import HttpSinkConfig, Poster, alerts_for, outbox_for
+from rtclake.sinks.base import Batch, Sink, rows_taken
+from rtclake.sinks.webhook import HttpSinkConfig, Poster, alerts_for, alerts_naming, outbox_for
 from rtclake.tables import ALERTS, OUTBOX, TableRegistry
 
 ICONS = {"firing": ":rotating_light:", "resolved": ":white_check_mark:"}
@@ -55,6 +55,12 @@ class Slack(Sink):
 
     def close(self) -> None:
         self.poster.close()
+
+    def taken(self, batch: Batch) -> dict[str, int]:
+        counts = rows_taken(batch, [OUTBOX.name], self.name)
+        if ALERTS.name in batch.tables:
+            counts[ALERTS.name] = len(alerts_naming(batch, self.name))
+        return counts
 
     def write(self, batch: Batch) -> None:
         self.poster.begin(batch)

@@ -1,7 +1,9 @@
 """The webhook sink: records as JSON, POSTed to a URL.
 
-What it accepts: the rows of the ``alerts`` table whose ``notify`` names this sink, and
-every row of the other tables listed in ``tables``. One POST carries rows of one table of
+What it accepts: the rows of the ``alerts`` table whose ``notify`` names this sink, the
+rows of the ``outbox`` table addressed to it (a broker's ``ctx.emit(record,
+sinks=[name])``, whatever ``tables`` says), and every row of the other tables listed in
+``tables``. One POST carries rows of one table of
 one batch, at most ``max_records`` of them: ``{"table": ..., "batch": ..., "records":
 [...]}``; a record is the row as JSON (times in RFC 3339, JSON columns and ``extra`` as
 objects, BLOB columns as base64 text) with its ``record_id`` (an alert also has its
@@ -45,6 +47,7 @@ from rtclake.sinks.base import (
     json_as_written,
     json_bytes,
     json_value,
+    rows_taken,
 )
 from rtclake.tables import ALERTS, OUTBOX, TableRegistry
 
@@ -78,7 +81,7 @@ class WebhookConfig(HttpSinkConfig):
     tables: list[str] = Field(
         default=["alerts"],
         description="the tables whose rows are sent; of alerts, the rows whose notify"
-        " names this sink",
+        " names this sink (the outbox rows addressed to it are sent in any case)",
     )
     max_records: int = Field(default=500, gt=0, description="records per POST at most")
 
@@ -195,13 +198,22 @@ def alerts_for(
     batch: Batch, tables: TableRegistry, sink: str, *, as_written: bool = False
 ) -> list[tuple[int, dict[str, Any]]]:
     """The rows of the ``alerts`` table in ``batch`` whose ``notify`` names ``sink``."""
-    if ALERTS.name not in batch.tables:
+    named = alerts_naming(batch, sink)
+    if not named:
         return []
-    table = batch.tables[ALERTS.name]
-    notify = table["notify"].to_pylist() if "notify" in table.column_names else []
-    named = {index for index, text in enumerate(notify) if addressed(text, sink)}
     rows = records(batch, tables, ALERTS.name, as_written=as_written)
     return [(index, row) for index, row in rows if index in named]
+
+
+def alerts_naming(batch: Batch, sink: str) -> set[int]:
+    """The indices of the rows of the ``alerts`` table in ``batch`` whose ``notify``
+    names ``sink``."""
+    table = batch.tables.get(ALERTS.name)
+    if table is None or "notify" not in table.column_names:
+        return set()
+    return {
+        index for index, text in enumerate(table["notify"].to_pylist()) if addressed(text, sink)
+    }
 
 
 def outbox_for(batch: Batch, tables: TableRegistry, sink: str) -> list[tuple[int, dict[str, Any]]]:
@@ -213,7 +225,8 @@ def outbox_for(batch: Batch, tables: TableRegistry, sink: str) -> list[tuple[int
 
 
 class Webhook(Sink):
-    """POSTs the rows of some tables (and the alerts naming it) as JSON to a URL."""
+    """POSTs the rows of some tables (the alerts naming it, the outbox rows addressed to
+    it) as JSON to a URL."""
 
     def __init__(self, config: WebhookConfig, tables: TableRegistry, name: str) -> None:
         self.name = name
@@ -230,11 +243,25 @@ class Webhook(Sink):
     def close(self) -> None:
         self.poster.close()
 
+    @property
+    def table_names(self) -> list[str]:
+        """The tables it posts rows of: those of ``tables``, and ``outbox`` for the rows
+        a broker addressed to it."""
+        names = list(self.config.tables)
+        return names if OUTBOX.name in names else [*names, OUTBOX.name]
+
+    def taken(self, batch: Batch) -> dict[str, int]:
+        others = [name for name in self.table_names if name != ALERTS.name]
+        counts = rows_taken(batch, others, self.name)
+        if ALERTS.name in self.config.tables and ALERTS.name in batch.tables:
+            counts[ALERTS.name] = len(alerts_naming(batch, self.name))
+        return counts
+
     def write(self, batch: Batch) -> None:
         self.poster.begin(batch)
         pending: dict[str, list[int]] = {}
         outage: SinkError | None = None
-        for name in self.config.tables:
+        for name in self.table_names:
             if name not in batch.tables:
                 continue
             if name == ALERTS.name:

@@ -52,7 +52,7 @@ from pydantic import Field, SecretStr
 from rtclake.config import Duration
 from rtclake.errors import ConfigError, SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
-from rtclake.sinks.base import Batch, Rejected, Sink, check_tables, gave_up, json_bytes
+from rtclake.sinks.base import Batch, Rejected, Sink, check_tables, gave_up, json_bytes, rows_taken
 from rtclake.sinks.webhook import records
 from rtclake.tables import DEAD_LETTERS, TableRegistry
 
@@ -191,6 +191,9 @@ class WebSocketSink(Sink):
                 log.debug("websocket: close failed", sink=self.name, error=str(exc))
 
     # -- writing ----------------------------------------------------------------------------
+
+    def taken(self, batch: Batch) -> dict[str, int]:
+        return rows_taken(batch, self.table_names, self.name)
 
     def write(self, batch: Batch) -> None:
         if batch.name != self._batch:
