@@ -6,12 +6,15 @@ parser, the envelope in Arrow, record ids in DuckDB), and handed through the
 :class:`~rtclake.delivery.Delivery` to each sink that has not yet confirmed the segment.
 A sink's confirmation is recorded in the spool; once every sink confirmed, the segment
 is deleted. A failing sink is retried with exponential backoff while the segment stays
-on disk, so an outage loses nothing (the spool fills, and ingest answers 503 once it is
-full). A segment that cannot be converted, or that a sink refuses for its data rather
-than for an outage (any error but ``OSError`` and :class:`~rtclake.errors.SinkError`),
-is tried five times, then moved to ``spool/quarantine/`` (counted and logged), so one
-poisoned batch cannot hold up the batches behind it; ``rtclake import`` stores it from
-there once its cause is fixed (:meth:`rtclake.importer.Importer.import_segment`).
+on disk, so an outage loses nothing. Segments are taken in order, so the ones behind it
+wait, for every sink (the lake's too), until the sink takes it or gives up on its
+destination (``give_up_after``: its records go to ``dead_letters``); the spool fills
+meanwhile, and ingest answers 503 once it is full. A segment that cannot be converted,
+or that a sink refuses for its data rather than for an outage (any error but
+``OSError`` and :class:`~rtclake.errors.SinkError`), is tried five times, then moved to
+``spool/quarantine/`` (counted and logged), so one poisoned batch cannot hold up the
+batches behind it; ``rtclake import`` stores it from there once its cause is fixed
+(:meth:`rtclake.importer.Importer.import_segment`).
 """
 
 from __future__ import annotations
