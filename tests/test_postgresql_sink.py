@@ -22,7 +22,9 @@ import pytest
 from psycopg import sql
 
 from rtclake.catalog import default_registry
+from rtclake.config import load_settings
 from rtclake.errors import SinkError
+from rtclake.registry import load_registry
 from rtclake.sinks.base import Batch, Rejected
 from rtclake.sinks.postgresql import PostgreSQLConfig, PostgreSQLSink
 from rtclake.tables import OUTBOX
@@ -268,6 +270,30 @@ def test_timescaledb_on_without_the_extension_is_an_outage_and_auto_makes_plain_
     writer.close()
     assert not writer.timescale and "timescaledb" in writer.timescale_reason
     assert count(schema) == 0
+
+
+def test_timescaledb_off_or_on_unquoted_in_yaml_is_taken_as_written(
+    tmp_path: Path, schema: str
+) -> None:
+    path = tmp_path / "rtclake.yaml"  # YAML reads these unquoted as booleans
+    path.write_text(
+        "sinks:\n"
+        f"  plain: {{type: postgresql, url: '{URL}', schema: {schema}, timescaledb: off}}\n"
+        f"  hyper: {{type: postgresql, url: '{URL}', timescaledb: on}}\n"
+        f"  hyper2: {{type: postgresql, url: '{URL}', timescaledb: yes}}\n"
+    )
+    configs = {}
+    for name, _, config in load_registry().configured("sink", load_settings(path).sinks):
+        assert isinstance(config, PostgreSQLConfig)
+        configs[name] = config
+    assert {name: config.timescaledb for name, config in configs.items()} == {
+        "plain": "off", "hyper": "on", "hyper2": "on",
+    }  # fmt: skip
+    plain = configs["plain"]
+    writer = PostgreSQLSink(plain, default_registry(), "plain")
+    writer.start()
+    writer.close()
+    assert (writer.timescale, writer.timescale_reason) == (False, "timescaledb: off")
 
 
 def test_with_timescaledb_tables_are_hypertables_on_time(schema: str) -> None:

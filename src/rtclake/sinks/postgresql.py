@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import structlog
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from rtclake.errors import SinkError
 from rtclake.registry import BuildContext, ComponentType, SinkConfig
@@ -92,6 +92,14 @@ with warnings.catch_warnings():
         timeout: float = Field(
             default=30.0, gt=0, description="seconds to connect, and for each statement"
         )
+
+        @field_validator("timescaledb", mode="before")
+        @classmethod
+        def _yaml_boolean(cls, value: Any) -> Any:
+            # YAML reads an unquoted off/on (no/yes) as a boolean
+            if isinstance(value, bool):
+                return "on" if value else "off"
+            return value
 
 
 def pg_type(arrow: pa.DataType, json: bool = False) -> str:
