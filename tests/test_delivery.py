@@ -9,6 +9,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pyarrow as pa
 import pytest
 
@@ -266,3 +267,21 @@ def test_records_given_up_on_an_outage_leave_the_sink_down_a_refused_record_does
         assert len(lake.column("dead_letters", "reason")) == 3
     finally:
         delivery.close()
+
+
+def test_a_dead_letters_record_holds_extra_and_the_json_columns_as_json_not_text() -> None:
+    lake = MemorySink("lake")
+    lake.takes_dead_letters = True
+    refused = Rejected({"telemetry": [(0, "refused"), (1, "refused")]})
+    delivery = Delivery([lake, AnsweringSink("s", [refused])], Metrics(), default_registry())
+    body = (b'{"time": "2026-11-20T00:00:00Z", "device_id": "d", "i": 1, "env": {"hum": 40}}\n'
+            b'{"time": "2026-11-20T00:00:01Z", "device_id": "e", "big": 1e400,'
+            b' "_metadata": {"site": "x"}}')  # fmt: skip
+    try:
+        assert delivery.deliver(batch(1, body), set(), lambda name: None).done
+    finally:
+        delivery.close()
+    first, second = lake.column("dead_letters", "record")
+    assert orjson.loads(first)["extra"] == {"i": 1, "env": {"hum": 40}}
+    assert '"extra":{"big":1e400}' in second  # as written: no float holds it
+    assert '"metadata":{"site":"x"}' in second  # a JSON column of the table

@@ -201,7 +201,7 @@ def _import(
             typer.echo(f"error: {target}: no such file or folder", err=True)
             raise typer.Exit(1)
     metrics = Metrics()
-    delivery = Delivery(build_sinks(settings, registry, metrics), metrics)
+    delivery = Delivery(build_sinks(settings, registry, metrics), metrics, registry.tables)
     importer = Importer(
         registry.tables,
         delivery,

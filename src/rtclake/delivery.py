@@ -45,8 +45,8 @@ from rtclake import faults
 from rtclake.errors import ConfigError, SinkError
 from rtclake.metrics import Metrics
 from rtclake.redact import redact
-from rtclake.sinks.base import Batch, Rejected, Sink, group_name
-from rtclake.tables import DEAD_LETTERS
+from rtclake.sinks.base import Batch, Rejected, Sink, group_name, json_as_written
+from rtclake.tables import DEAD_LETTERS, TableRegistry
 
 log = structlog.get_logger(__name__)
 
@@ -61,14 +61,18 @@ class Outcome(NamedTuple):
 
 
 class Delivery:
-    """Takes batches to ``sinks`` on one thread of its own."""
+    """Takes batches to ``sinks`` on one thread of its own. ``tables``: which columns
+    hold JSON, for the dead letters' ``record`` (without it, ``extra`` only)."""
 
-    def __init__(self, sinks: Sequence[Sink], metrics: Metrics) -> None:
+    def __init__(
+        self, sinks: Sequence[Sink], metrics: Metrics, tables: TableRegistry | None = None
+    ) -> None:
         names = [sink.name for sink in sinks]
         if len(set(names)) != len(names):
             raise ValueError(f"sink names must differ (confirmations are kept by name): {names}")
         self.sinks = list(sinks)
         self.metrics = metrics
+        self.tables = tables
         self._thread = ThreadPoolExecutor(
             1, thread_name_prefix="rtclake-sinks", initializer=self._note_thread
         )
@@ -253,7 +257,7 @@ class Delivery:
     def _dead_letter(self, refusing: Sink, batch: Batch, rejected: Rejected) -> None:
         """Write the rows ``refusing`` refused to the sinks that take dead letters (an
         error here leaves the batch unconfirmed by ``refusing``: retried)."""
-        table = dead_letter_table(refusing.name, batch, rejected)
+        table = dead_letter_table(refusing.name, batch, rejected, self.tables)
         targets = [s for s in self.sinks if s.takes_dead_letters and s is not refusing]
         for name, refused in rejected.rows.items():
             self.dead_letters.labels(refusing.name, name).inc(len(refused))
@@ -358,6 +362,17 @@ def _text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _as_json(text: Any) -> Any:
+    """A JSON column's text, to be put into the record's JSON as it is; text that is not
+    JSON (none a sink refused should be) stays text."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json_as_written(text)
+    except ValueError:
+        return text
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
@@ -366,14 +381,24 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def dead_letter_table(sink: str, batch: Batch, rejected: Rejected) -> pa.Table:
-    """The ``dead_letters`` rows of ``rejected`` (record ids stable across replays)."""
+def dead_letter_table(
+    sink: str, batch: Batch, rejected: Rejected, tables: TableRegistry | None = None
+) -> pa.Table:
+    """The ``dead_letters`` rows of ``rejected`` (record ids stable across replays). Each
+    ``record`` is the row as JSON, its ``extra`` and the JSON columns ``tables`` names
+    as the JSON they hold (``record->'extra'->>'temp'``), not as text."""
     now = dt.datetime.now(dt.UTC)
     rows = []
     for name, refused in rejected.rows.items():
         source = batch.tables[name]
+        json_columns = {"extra"}
+        if tables is not None and name in tables:
+            json_columns |= {c.name for c in tables[name].columns if c.kind == "json"}
+        json_columns &= set(source.column_names)
         for index, reason in refused:
             record = source.slice(index, 1).to_pylist()[0]
+            for column in json_columns:
+                record[column] = _as_json(record[column])
             own_id = record.get("record_id")
             key = f"{sink}\x1f{name}\x1f{own_id or f'{batch.name}:{index}'}"
             rows.append({

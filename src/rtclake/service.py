@@ -142,7 +142,7 @@ class Service:
             lambda: float(self.spool.failure is None),
         )
         self.sinks = build_sinks(settings, self.registry, self.metrics) if sinks is None else sinks
-        self.delivery = Delivery(self.sinks, self.metrics)
+        self.delivery = Delivery(self.sinks, self.metrics, self.registry.tables)
         for sink in self.sinks:  # at 0 from the start, so rate() sees the first failure
             self.metrics.sink_errors.labels(sink.name)
         w = settings.writer
