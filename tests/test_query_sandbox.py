@@ -128,7 +128,7 @@ def test_each_instance_spills_into_its_own_folder_removed_after(lake: Path, tmp_
     # a query that spills, its result cut at max_rows: its spill files do not wait with
     # the kept instance (DuckDB keeps a cut query open until the next one starts)
     spilling = QueryEngine(
-        lake, default_registry(), temp_root=temp_root, memory_limit=64 * 1024 * 1024, max_rows=5
+        lake, default_registry(), temp_root=temp_root, memory_limit=128 * 1024 * 1024, max_rows=5
     )
     spilled = spilling.run(
         "SELECT md5(i::VARCHAR) AS m, current_setting('temp_directory') AS folder"
