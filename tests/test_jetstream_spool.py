@@ -17,8 +17,11 @@ import secrets
 import shutil
 import signal
 import socket
+import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,11 +32,15 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from rtclake.catalog import default_registry
 from rtclake.config import SpoolConfig
+from rtclake.delivery import Delivery
 from rtclake.errors import ConfigError
+from rtclake.metrics import Metrics
+from rtclake.sinks.base import Batch
 from rtclake.spool import EntryHeader, frame
-from rtclake.spool_jetstream import JetStreamSpool
-from rtclake.testing import TcpRelay, free_port
+from rtclake.spool_jetstream import JetStreamSpool, JetStreamWriter
+from rtclake.testing import MemorySink, TcpRelay, free_port
 from tests.conftest import Server, wait_for
 from tests.faults.conftest import NO_DEDUP, post, stored_counts
 
@@ -88,9 +95,36 @@ class Stream:
             **extra,
         }
 
+    def config(self, **jetstream: Any) -> SpoolConfig:
+        """A spool's settings for this stream (ack_wait 2 s, as :meth:`env`'s)."""
+        return SpoolConfig.model_validate(
+            {
+                "backend": "jetstream",
+                "flush_interval": 0.5,
+                "jetstream": {
+                    "url": NATS_URL,
+                    "stream": self.name,
+                    "subject_prefix": self.prefix,
+                    "ack_wait": 2,
+                    **jetstream,
+                },
+            }
+        )
+
     def state(self) -> Any:
         async def call(nc: Client, js: JetStreamContext) -> Any:
             return (await js.stream_info(self.name)).state
+
+        return on_nats(call)
+
+    def shared(self) -> tuple[int, float]:
+        """The stream's max_bytes and the consumer's ack_wait, as the server has them."""
+
+        async def call(nc: Client, js: JetStreamContext) -> tuple[int, float]:
+            stream = (await js.stream_info(self.name)).config
+            consumer = (await js.consumer_info(self.name, "rtclake-writer")).config
+            assert stream.max_bytes is not None and consumer.ack_wait is not None
+            return stream.max_bytes, consumer.ack_wait
 
         return on_nats(call)
 
@@ -345,3 +379,118 @@ def test_a_batch_that_cannot_be_stored_is_quarantined_after_five_tries(
     assert post(server, "k", batch(0, 100)).json() == {"accepted": 100}
     assert stored(server, "k", 100)
     assert wait_for(lambda: stream.state().messages == 0, 10)
+
+
+GiB = 1024 * 1024 * 1024  # spool.max_bytes' default, the stream's max_bytes
+
+
+def test_a_node_with_other_shared_settings_is_refused_and_changes_nothing(
+    make_server: Any, tmp_path: Path, stream: Stream
+) -> None:
+    """The stream and the consumer are shared: a node started with another max_bytes or
+    ack_wait exits 3 naming the setting and both values, and the stream and consumer
+    keep theirs (it had applied its own to them, under the nodes running)."""
+    from tests.test_cli import rtclake
+
+    server: Server = make_server(**stream.env())
+    assert stream.shared() == (GiB, 2.0)
+    for setting, value, expected in [
+        ("MAX_BYTES", "50000000", f"max_bytes {GiB} (this node: 50000000)"),
+        ("ACK_WAIT", "30", "ack_wait 2 (this node: 30)"),
+    ]:
+        out = rtclake("run", cwd=tmp_path, timeout=30, RTCLAKE_SERVER__PORT=str(free_port()),
+                      **stream.env(**{f"RTCLAKE_SPOOL__JETSTREAM__{setting}": value}))  # fmt: skip
+        assert out.returncode == 3, out.stderr
+        lines = [line for line in out.stderr.splitlines() if "rtclake cannot start" in line]
+        assert len(lines) == 1 and expected in lines[0], out.stderr
+        assert "nothing was changed" in lines[0]
+        assert stream.shared() == (GiB, 2.0)
+    assert server.health().status_code == 200
+
+
+def header() -> EntryHeader:
+    return EntryHeader(
+        table="telemetry", source="t", stream="k", kind="telemetry", received_us=1, records=1
+    )
+
+
+class SlowSink(MemorySink):
+    """A sink whose write takes ``seconds`` (a slow commit); ``writing`` is set once a
+    write began."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__("lake")
+        self.seconds = seconds
+        self.writing = threading.Event()
+
+    def write(self, batch: Batch) -> None:
+        self.writing.set()
+        time.sleep(self.seconds)
+        super().write(batch)
+
+
+def test_a_writer_renews_by_the_consumers_ack_wait_not_its_own(stream: Stream) -> None:
+    """The consumer's ack_wait is lowered to 2 s under a writer configured with 30 (as
+    an operator's `nats consumer edit --wait 2s` does): a batch it holds 5 s while
+    committing is not redelivered to another writer (it had renewed every 10 s, by its
+    own setting)."""
+    sink = SlowSink(5)
+
+    async def scenario() -> tuple[list[Any], int]:
+        spool = JetStreamSpool(stream.config(ack_wait=30), node="a")
+        await spool.start()
+        metrics = Metrics()
+        delivery = Delivery([sink], metrics)
+        writer = JetStreamWriter(spool, delivery, default_registry(), metrics, node="a")
+        await writer.start()
+        nc = await nats.connect(NATS_URL)
+        try:
+            js = nc.jetstream()
+            have = (await js.consumer_info(stream.name, "rtclake-writer")).config
+            await js.add_consumer(stream.name, replace(have, ack_wait=2.0))
+            await spool.append(header(), b'{"seq": 1}')
+            assert await asyncio.to_thread(sink.writing.wait, 10)
+            # another writer of the same consumer, asking while the batch is committed
+            other = await js.pull_subscribe_bind("rtclake-writer", stream.name)
+            try:
+                redelivered = await other.fetch(1, timeout=6)
+            except TimeoutError:
+                redelivered = []
+            assert await writer.drain(10)
+            info = await js.stream_info(stream.name)
+            return redelivered, info.state.messages
+        finally:
+            await nc.close()
+            await writer.stop()
+            await spool.close()
+            delivery.close()
+
+    redelivered, left = asyncio.run(scenario())
+    assert redelivered == []
+    assert left == 0  # acknowledged after the commit
+    assert sink.column("telemetry", "stream") == ["k"]  # stored once
+
+
+def test_without_manage_stream_the_stream_and_consumer_are_used_as_they_are(
+    stream: Stream,
+) -> None:
+    """``manage_stream: false``: a node of other settings neither changes nor is refused
+    by the existing stream and consumer; it works by their values."""
+
+    async def scenario() -> tuple[int, float]:
+        first = JetStreamSpool(stream.config(), node="a")
+        await first.start()
+        await first.subscribe()
+        await first.close()
+        other = JetStreamSpool(
+            stream.config(manage_stream=False, ack_wait=30, max_bytes=50_000_000), node="b"
+        )
+        await other.start()
+        try:
+            await other.subscribe()
+            return other.max_bytes, await other.read_ack_wait()
+        finally:
+            await other.close()
+
+    assert asyncio.run(scenario()) == (GiB, 2.0)
+    assert stream.shared() == (GiB, 2.0)

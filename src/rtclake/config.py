@@ -112,7 +112,9 @@ class JetStreamSpoolConfig(Section):
         default=600.0, gt=0, description="seconds a retried Idempotency-Key is dropped by JetStream"
     )
     manage_stream: bool = Field(
-        default=True, description="create the stream if missing and set its limits at start"
+        default=True,
+        description="create the streams and the consumer if missing; refuse to start if they"
+        " exist with other settings than these (false: use them as they are)",
     )
     consume: bool = Field(
         default=True, description="run a writer on this node (false: an ingest-only node)"

@@ -30,6 +30,13 @@ in ``Rtclake-Reason``) and then acknowledged. A crash before the acknowledgement
 redelivers the messages after ``ack_wait`` seconds; the lake then finds their record ids
 and stores nothing twice.
 
+The stream and the consumer are shared by every node: a node creates them when missing
+and never changes them. With ``manage_stream``, a node whose settings differ from theirs
+is refused at start, naming both values; a shared setting is changed on the server
+(docs/SPOOL-JETSTREAM.md, "Changing a shared setting"). A writer renews what it holds by
+the consumer's own ``ack_wait``, read from the server while it holds messages, so a
+smaller value set by anyone does not redeliver a batch being committed.
+
 The lake's ledger names each batch ``(node, js-STREAM-RUN, n)``: the writer process's own
 run, whose batches it commits in order, so the ledger's "skip what a run committed" rule
 holds; a redelivered entry comes in a later batch (or another writer's) and is caught by
@@ -46,6 +53,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +97,9 @@ HEADROOM = 1024
 RETRY_AFTER = 2
 # JetStream's error codes for a stream at its limits.
 FULL_CODES = {10077, 10078}  # maximum bytes / messages exceeded
+# Seconds at most between two reads of the consumer's ack_wait by a writer holding
+# messages: a smaller ack_wait set meanwhile is followed within this.
+ACK_WAIT_CHECK = 1.0
 
 _decode_header = msgspec.json.Decoder(EntryHeader).decode
 
@@ -149,6 +160,40 @@ def _text(exc: BaseException) -> str:
     return f"{name}: {text}" if text and name not in text else text or name
 
 
+def _shown(value: object) -> str:
+    """A stream's or consumer's setting as an operator writes it."""
+    if isinstance(value, Enum):
+        value = value.value
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _differences(*settings: tuple[str, object, object]) -> list[str]:
+    """``name HAVE (this node: WANTED)`` for each setting whose values differ; seconds
+    are compared to the microsecond (the server keeps nanoseconds)."""
+    found = []
+    for name, have, wanted in settings:
+        if isinstance(have, float | int) and isinstance(wanted, float | int):
+            same = abs(have - wanted) < 1e-6
+        else:
+            same = have == wanted
+        if not same:
+            found.append(f"{name} {_shown(have)} (this node: {_shown(wanted)})")
+    return found
+
+
+def _refusal(what: str, differences: list[str]) -> str:
+    return (
+        f"spool.jetstream: the shared {what} has other settings than this node's:"
+        f" {'; '.join(differences)}; nothing was changed: give this node the shared"
+        " values, or change them on the server for every node (docs/SPOOL-JETSTREAM.md,"
+        ' "Changing a shared setting")'
+    )
+
+
 def _header_value(text: str) -> str:
     """A NATS header value: one line, bounded."""
     return " ".join(text.split())[:1000]
@@ -176,6 +221,7 @@ class JetStreamSpool(Spool):
         self.last_position = ""
         self.on_sync: Callable[[float], None] | None = None
         self.max_payload = 1024 * 1024  # the server's, read at connect
+        self.ack_wait = js.ack_wait  # the consumer's, read at subscribe and while holding
         self._entries = 0
         self._in_flight: set[asyncio.Task[None]] = set()
         self._in_flight_records = 0
@@ -239,7 +285,8 @@ class JetStreamSpool(Spool):
     # -- life cycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect, and create (or update) the stream unless ``manage_stream`` is off."""
+        """Connect, and check the stream (:meth:`_ensure_stream`; created if missing
+        unless ``manage_stream`` is off)."""
         servers = [s.strip() for s in self.config.url.get_secret_value().split(",") if s.strip()]
         nc = Client()
         try:
@@ -281,11 +328,17 @@ class JetStreamSpool(Spool):
             stream=self.stream,
             subjects=f"{self.prefix}.>",
             replicas=self.config.replicas,
+            max_bytes=self.max_bytes,
         )
 
     async def _ensure_stream(
         self, name: str, subjects: str, retention: RetentionPolicy, max_age: float
     ) -> None:
+        """Create the stream if it is missing; refuse to start (:class:`ConfigError`) if
+        it exists with other limits than this node's. The stream is shared by every
+        node: changing it at one node's start had changed it under all the others (the
+        last node started won), so a deliberate change is made on the stream itself
+        (docs/SPOOL-JETSTREAM.md, "Changing a shared setting")."""
         assert self._js is not None
         wanted = StreamConfig(
             name=name,
@@ -310,29 +363,27 @@ class JetStreamSpool(Spool):
                 await self._js.add_stream(wanted)
                 log.info("spool: JetStream stream created", stream=name, subjects=subjects)
                 return
-            have = info.config
-            if have.retention != retention:
-                found = getattr(have.retention, "value", have.retention)
-                raise ConfigError(
-                    f"spool.jetstream: stream {name} has {found} retention;"
-                    f" rtclake needs {retention.value}"
-                )
-            if not self.config.manage_stream:
-                return
-            differs = (
-                have.subjects != wanted.subjects
-                or have.max_bytes != wanted.max_bytes
-                or (have.max_age or 0) != (max_age or 0)
-                or have.num_replicas != wanted.num_replicas
-                or have.duplicate_window != wanted.duplicate_window
-                or have.discard != wanted.discard
-                or have.storage != wanted.storage
-            )
-            if differs:
-                await self._js.update_stream(wanted)
-                log.info("spool: JetStream stream updated", stream=name)
         except APIError as exc:
             raise ConfigError(f"spool.jetstream: stream {name}: {_text(exc)}") from exc
+        have = info.config
+        if have.retention != retention:
+            raise ConfigError(
+                f"spool.jetstream: stream {name} has {_shown(have.retention)} retention;"
+                f" rtclake needs {retention.value}"
+            )
+        if not self.config.manage_stream:
+            return  # the operator's stream, as it is
+        differences = _differences(
+            ("subjects", have.subjects, wanted.subjects),
+            ("max_bytes", have.max_bytes, wanted.max_bytes),
+            ("max_age", have.max_age or 0.0, max_age),
+            ("replicas", have.num_replicas, wanted.num_replicas),
+            ("duplicate_window", have.duplicate_window, wanted.duplicate_window),
+            ("discard", have.discard, wanted.discard),
+            ("storage", have.storage, wanted.storage),
+        )
+        if differences:
+            raise ConfigError(_refusal(f"stream {name}", differences))
 
     async def close(self) -> None:
         """Wait for the publishes in flight, then close the connection."""
@@ -367,7 +418,7 @@ class JetStreamSpool(Spool):
             await self._refresh()
 
     async def _refresh(self) -> None:
-        """Read the stream's size (for ``/healthz`` and the metrics)."""
+        """Read the stream's size (for ``/healthz`` and the metrics) and its limit."""
         if self._js is None or not self.connected:
             return
         try:
@@ -377,6 +428,9 @@ class JetStreamSpool(Spool):
             return
         self._stream_bytes = info.state.bytes
         self._stream_messages = info.state.messages
+        if info.config.max_bytes and info.config.max_bytes > 0:
+            # the stream's limit is what refuses entries, whoever set it
+            self.max_bytes = info.config.max_bytes
         self._recovered()  # the stream answers: /healthz may send senders here again
 
     def _recovered(self) -> None:
@@ -516,14 +570,18 @@ class JetStreamSpool(Spool):
     # -- the consumer (JetStreamWriter's) ----------------------------------------------
 
     async def subscribe(self) -> None:
-        """Create (or update) the quarantine stream and the durable pull consumer, and
-        bind to it."""
+        """Create the quarantine stream and the durable pull consumer if they are
+        missing, and bind to the consumer. An existing consumer is not changed: with
+        ``manage_stream``, one whose settings are not this node's is refused (as a
+        stream is); without it, it is used as it is. Either way the writer renews by the
+        consumer's own ``ack_wait`` (:meth:`read_ack_wait`)."""
         assert self._js is not None
         await self._ensure_stream(
             self.quarantine_stream, f"{self.quarantine_prefix}.>", RetentionPolicy.LIMITS, 0.0
         )
-        consumer = ConsumerConfig(
-            durable_name=self.config.consumer,
+        name = self.config.consumer
+        wanted = ConsumerConfig(
+            durable_name=name,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.config.ack_wait,
             max_deliver=-1,  # never give up on an entry: a redelivery is harmless
@@ -531,12 +589,56 @@ class JetStreamSpool(Spool):
             filter_subject=f"{self.prefix}.>",
         )
         try:
-            await self._js.add_consumer(self.stream, consumer)
-            self._sub = await self._js.pull_subscribe_bind(self.config.consumer, self.stream)
+            try:
+                info = await self._js.consumer_info(self.stream, name)
+            except NotFoundError:
+                info = await self._js.add_consumer(self.stream, wanted)
+                log.info("spool: JetStream consumer created", consumer=name, stream=self.stream)
+            have = info.config
+            if have.ack_policy != AckPolicy.EXPLICIT:
+                raise ConfigError(
+                    f"spool.jetstream: consumer {name} of {self.stream} has"
+                    f" {_shown(have.ack_policy)} acknowledgements; rtclake needs explicit"
+                )
+            if self.config.manage_stream:
+                differences = _differences(
+                    ("ack_wait", have.ack_wait, wanted.ack_wait),
+                    ("filter_subject", have.filter_subject, wanted.filter_subject),
+                )
+                if differences:
+                    raise ConfigError(_refusal(f"consumer {name} of {self.stream}", differences))
+            self.ack_wait = have.ack_wait or self.config.ack_wait
+            self._sub = await self._js.pull_subscribe_bind(name, self.stream)
         except APIError as exc:
             raise ConfigError(
-                f"spool.jetstream: consumer {self.config.consumer} of {self.stream}: {_text(exc)}"
+                f"spool.jetstream: consumer {name} of {self.stream}: {_text(exc)}"
             ) from exc
+        log.info("spool: JetStream consumer ready", consumer=name, ack_wait=self.ack_wait)
+
+    async def read_ack_wait(self) -> float:
+        """The consumer's ``ack_wait`` as the server has it now (the last one read when
+        the server does not answer). The consumer is shared: an operator may change it
+        while this node runs, and it is the consumer's value, not this node's setting,
+        that decides when JetStream redelivers what this node holds."""
+        if self._js is None or not self.connected:
+            return self.ack_wait
+        try:
+            info = await self._js.consumer_info(
+                self.stream, self.config.consumer, timeout=min(self.config.timeout, ACK_WAIT_CHECK)
+            )
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            log.debug("spool: cannot read the consumer's ack_wait", error=_text(exc))
+            return self.ack_wait
+        found = info.config.ack_wait
+        if found and abs(found - self.ack_wait) >= 1e-6:
+            log.warning(
+                "spool: the consumer's ack_wait changed; renewing by it",
+                consumer=self.config.consumer,
+                ack_wait=found,
+                was=self.ack_wait,
+            )
+            self.ack_wait = found
+        return self.ack_wait
 
     async def fetch(self, want: int, timeout: float) -> list[Msg]:
         """Up to ``want`` messages, waiting at most ``timeout`` seconds for the first."""
@@ -666,11 +768,20 @@ class JetStreamWriter(Writer):
         await super().stop()
 
     async def _touch_loop(self) -> None:
-        every = max(self.js.config.ack_wait / 3, 0.2)
+        """Renew the held messages every third of the consumer's ``ack_wait``, read
+        from the server every round while messages are held (a round: that third, at
+        most :data:`ACK_WAIT_CHECK`). The period had come from this node's own setting:
+        a consumer whose ``ack_wait`` another node or an operator had made smaller
+        redelivered batches while they were being committed, to other writers."""
+        renewed = float("-inf")  # what is taken after an idle spell is renewed at once
         while True:
-            await asyncio.sleep(every)
-            if self._current:
+            await asyncio.sleep(min(max(self.js.ack_wait / 3, 0.2), ACK_WAIT_CHECK))
+            if not self._current:
+                continue
+            every = max(await self.js.read_ack_wait() / 3, 0.2)
+            if time.monotonic() - renewed >= every:
                 await self.js.touch(list(self._current))
+                renewed = time.monotonic()
 
     async def _run(self) -> None:
         while not self._stopping:
