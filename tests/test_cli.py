@@ -133,6 +133,15 @@ def test_config_checks_the_alert_rules_as_run_does(tmp_path: Path) -> None:
     assert "alerts.rules.r.notify: no sink named 'slack' (sinks: lake;" in out.stderr
 
 
+def test_config_checks_the_retention_as_run_does(tmp_path: Path) -> None:
+    # (it had printed the configuration, which run then refused)
+    out = rtclake("config", cwd=tmp_path, RTCLAKE_LAKE__MAINTENANCE__RETENTION='{"rtc_stats": 30}')
+    assert out.returncode == 0, out.stderr
+    out = rtclake("config", cwd=tmp_path, RTCLAKE_LAKE__MAINTENANCE__RETENTION='{"sensors": 30}')
+    assert out.returncode == 2, out.stdout
+    assert "lake.maintenance.retention: no table sensors (known:" in out.stderr
+
+
 def test_query_says_where_it_looked_for_the_lake(tmp_path: Path) -> None:
     out = rtclake("query", "SELECT 1", cwd=tmp_path)
     assert out.returncode == 1

@@ -114,6 +114,13 @@ def show_config(config: ConfigOption = None) -> None:
     shown = masked_dump(settings)
     components = effective_components(settings, registry)
     shown.update(components)
+    from rtclake.lake.maintenance import check_retention
+
+    try:  # as rtclake run checks it
+        check_retention(settings.lake.maintenance.retention, registry.tables)
+    except ConfigError as exc:
+        typer.echo(redact(f"error: {exc}"), err=True)
+        raise typer.Exit(2) from exc
     if any(rule.enabled for rule in settings.alerts.rules.values()):
         # the rules as `rtclake run` checks them: tables, views, columns and sinks named
         from rtclake.alerts import check_rules

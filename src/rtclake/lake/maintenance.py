@@ -72,7 +72,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +86,7 @@ from rtclake.errors import ConfigError
 from rtclake.lake.catalog import ALIAS, LEDGER, PARTITION, Catalog, CatalogUrl, literal
 from rtclake.lake.storage import S3Storage, Storage
 from rtclake.metrics import Metrics
-from rtclake.tables import Table
+from rtclake.tables import Table, TableRegistry
 
 log = structlog.get_logger("rtclake.lake.maintenance")
 
@@ -261,6 +261,17 @@ class AdvisoryLock(LeaderLock):
             conn.close()
 
 
+def check_retention(retention: Mapping[str, Any], tables: TableRegistry) -> None:
+    """Refuse a retention of a table the lake does not have (``rtclake run``, ``maintain``
+    and ``config`` alike)."""
+    unknown = sorted(n for n in retention if n != ALL_TABLES and n not in tables)
+    if unknown:
+        known = ", ".join(tables.names())
+        raise ConfigError(
+            f"lake.maintenance.retention: no table {', '.join(unknown)} (known: {known})"
+        )
+
+
 def node_lock(url: CatalogUrl, node: str) -> LeaderLock | None:
     """The lock a node running as ``node`` holds on a lake for its life (``rtclake run``):
     a second process under the same name finds it taken and says so. A file beside a
@@ -378,14 +389,7 @@ class Maintenance:
         self.metrics = metrics
         self.threads = threads
         self.busy_timeout = busy_timeout
-        unknown = sorted(
-            n for n in self.config.retention if n != ALL_TABLES and n not in catalog.tables
-        )
-        if unknown:
-            known = ", ".join(catalog.tables.names())
-            raise ConfigError(
-                f"lake.maintenance.retention: no table {', '.join(unknown)} (known: {known})"
-            )
+        check_retention(self.config.retention, catalog.tables)
         self._running = threading.Lock()
         #: Who held the leader lock when the last run was refused it, as far as known.
         self.holder: str | None = None
