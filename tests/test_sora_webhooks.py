@@ -343,6 +343,26 @@ def test_auth_webhook_is_recorded_and_never_granted(app: App) -> None:
     assert orjson.loads(rows[1][3]) == {"allowed": True, "metadata": {"plan": "pro"}}
 
 
+def test_a_log_shaped_body_without_an_id_of_its_own_is_stored_on_every_route(app: App) -> None:
+    # ({id?, timestamp, req, res?}: the id is optional. Without it every route had
+    # answered 500: the req's id was read from a Raw, not bytes)
+    bodies = {
+        AUTH: {"timestamp": "2026-04-17T02:38:00Z", "res": {"allowed": True},
+               "req": {"id": "NOID-auth", "channel_id": "noid-room", "client_id": "a"}},
+        EVENT: {"timestamp": "2026-04-17T02:38:01Z",
+                "req": {"id": "NOID-event", "type": "connection.created",
+                        "channel_id": "noid-room", "client_id": "b"}},
+    }  # fmt: skip
+    for path, body in bodies.items():
+        for _ in range(2):  # its req's id is its identity: a retry stores nothing
+            response = app.post(path, orjson.dumps(body))
+            assert response.status_code == 200, (path, response.text)
+    sql = "SELECT count(*) FROM sora_events WHERE channel_id = 'noid-room'"
+    assert app.wait_rows(sql, 2) == 2
+    time.sleep(1.0)
+    assert app.rows(sql)[0][0] == 2
+
+
 def test_wrapped_webhook_takes_its_identity_from_the_body_not_the_arrival() -> None:
     sessions = default_registry()["sessions"]
     body = session_bodies()[0]

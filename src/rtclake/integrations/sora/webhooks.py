@@ -191,7 +191,7 @@ def webhook_line(body: bytes, table: Table) -> Parsed:
     if req is not None and _first(req) == b"{":
         # Already log-shaped ({id?, timestamp, req, res?}): stored as sent.
         line = item
-        idem = _idem(_string(fields.get("id")) or _string(parse_object(req).get("id")))
+        idem = _idem(_string(fields.get("id")) or _string(parse_object(bytes(req)).get("id")))
         bare = False
     else:
         stamp = fields.get("timestamp")
