@@ -169,6 +169,50 @@ class _ReadInto(io.RawIOBase):
         return len(data)
 
 
+def _salvaged(
+    fh: IO[bytes], reopen: Callable[[], IO[bytes]] | None, skip: int, limit: int
+) -> bytes:
+    """The inflated bytes of a damaged gzip stream from ``skip`` on, up to the damage (at
+    most ``limit`` of them), read anew from its start with zlib, which gives what it
+    inflated before an error or the end of the input; empty when the stream cannot be
+    read again."""
+    try:
+        if reopen is not None:
+            again = reopen()
+        elif fh.seekable():
+            fh.seek(0)
+            again = fh
+        else:
+            return b""
+    except Exception:  # (a second fetch failing: the error of the first stands)
+        return b""
+    inflate = zlib.decompressobj(31)
+    done = 0
+    kept: list[bytes] = []
+    size = 0
+    try:
+        while size < limit:
+            chunk = again.read(1 << 20)
+            if not chunk:
+                break
+            while chunk and size < limit:
+                out = inflate.decompress(chunk)
+                if done + len(out) > skip:
+                    piece = out[max(0, skip - done) :]
+                    kept.append(piece)
+                    size += len(piece)
+                done += len(out)
+                chunk = b""
+                if inflate.eof:  # the next member, if any
+                    chunk = inflate.unused_data
+                    inflate = zlib.decompressobj(31)
+    except zlib.error:
+        pass  # the damage: what came before it is kept
+    except Exception:
+        return b""
+    return b"".join(kept)[:limit]
+
+
 class BlockReader:
     """Reads a stream as blocks of whole lines, into a few buffers used again and again.
 
@@ -195,10 +239,18 @@ class BlockReader:
                 self._unmade -= make
             return bytearray(self._block) if make else self._free.get()
 
-    def blocks(self, fh: IO[bytes], gz: bool) -> Iterator[tuple[int, bytearray, int]]:
+    def blocks(
+        self, fh: IO[bytes], gz: bool, reopen: Callable[[], IO[bytes]] | None = None
+    ) -> Iterator[tuple[int, bytearray, int]]:
         """(offset in the uncompressed stream, buffer, length) per block: the buffer's
         first ``length`` bytes are whole lines (the last block may end without a newline).
-        The caller releases each buffer."""
+        The caller releases each buffer.
+
+        A gzip stream cut short or damaged raises its error after the block of its whole
+        lines before the damage. ISA-L's reader gives nothing of the read that meets the
+        damage (a small file: nothing at all), so those bytes are inflated again, with
+        zlib, from the stream read anew: ``fh`` sought back to its start, or ``reopen``'s
+        stream (an S3 object fetched again)."""
         source: Any = _inflated(fh) if gz else fh
         carry = b""  # the start of a line cut by the end of the previous block
         offset = 0
@@ -221,13 +273,18 @@ class BlockReader:
                         eof = True
                         break
                     n += got
-            cut = buf.rfind(b"\n", 0, n) + 1
             if damage is not None:  # the whole lines before it, then the error
+                rest = _salvaged(fh, reopen, offset + n, limit=len(buf) - n)
+                if rest:
+                    buf[n : n + len(rest)] = rest
+                    n += len(rest)
+                cut = buf.rfind(b"\n", 0, n) + 1
                 if cut:
                     yield offset, buf, cut
                 else:
                     self.release(buf)
                 raise damage
+            cut = buf.rfind(b"\n", 0, n) + 1
             if eof:
                 if buf[:n].strip():
                     yield offset, buf, n
@@ -376,10 +433,12 @@ class Importer:
         table: Table,
         done: FileState,
         stats: ImportStats,
+        reopen: Callable[[], IO[bytes]] | None = None,
     ) -> None:
         """Import one stream of JSON Lines; ``done`` says what of it was imported before
         (a plain stream is already positioned there; a gzip stream is read from the start
-        and the imported part skipped). ``key`` names it in the import state."""
+        and the imported part skipped). ``key`` names it in the import state; ``reopen``
+        gives the stream anew when it cannot seek (see :meth:`BlockReader.blocks`)."""
         run = _import_run(key, done.identity)
         stream = Path(label).name.removesuffix(".gz").removesuffix(".jsonl")
         header = make_entry(SOURCE, stream, table, 0)
@@ -397,7 +456,7 @@ class Importer:
         try:
             base = 0 if gz else done.offset
             skipped = done.line if not gz else 0
-            blocks = self._reader.blocks(fh, gz)
+            blocks = self._reader.blocks(fh, gz, reopen)
             while True:
                 try:
                     offset, buf, length = next(blocks)

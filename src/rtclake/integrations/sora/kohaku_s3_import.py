@@ -11,6 +11,7 @@ record id both times and is stored once.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,6 +95,10 @@ class S3Importer:
         self.importer.state.extra[self._state_key(tag)] = msgspec.to_builtins(state)
         self.importer.state.save()
 
+    def _body(self, key: str) -> Any:
+        """The object's content, as a stream (fetched again to salvage a damaged one)."""
+        return self.client.get_object(Bucket=self.location.bucket, Key=key)["Body"]
+
     def objects(self, tag: str, since: str) -> Iterator[dict[str, Any]]:
         """Objects under TAG/ from the day folder ``since`` on, page by page."""
         base = f"{self.location.prefix}{tag}/"
@@ -120,11 +125,18 @@ class S3Importer:
                 newest = max(newest, day.group(0))
                 if state.keys.get(key) == etag:
                     continue
-                body = self.client.get_object(Bucket=self.location.bucket, Key=key)["Body"]
+                body = self._body(key)
                 label = f"s3://{self.location.bucket}/{key}"
                 try:
                     self.importer.import_stream(
-                        label, label, body, key.endswith(".gz"), table, FileState(etag), stats
+                        label,
+                        label,
+                        body,
+                        key.endswith(".gz"),
+                        table,
+                        FileState(etag),
+                        stats,
+                        reopen=functools.partial(self._body, key),
                     )
                 except UnreadableFile as exc:  # left for a later run (a new ETag, fixed)
                     log.error("s3 import: object unreadable; the rest of it skipped", key=key,
