@@ -400,8 +400,8 @@ def connection_flow_series_sql(r: TimeRange, bucket: int, empty: Collection[str]
 def _per_connection_quality(r: TimeRange, where: str = "") -> str:
     return f"""
 SELECT connection_id, any_value(channel_id) AS channel_id, any_value(session_id) AS session_id,
-    avg(score) AS score, min(score) AS worst_score, avg(mos_audio) AS mos_audio,
-    avg(video_score) AS video_score, count(*) AS reports, min(time) AS first_seen,
+    round(avg(score), 3) AS score, min(score) AS worst_score, round(avg(mos_audio), 3) AS mos_audio,
+    round(avg(video_score), 3) AS video_score, count(*) AS reports, min(time) AS first_seen,
     max(time) AS last_seen
 FROM connection_quality WHERE {r.where()}{where}
 GROUP BY connection_id
@@ -423,7 +423,7 @@ def top_channels_sql(r: TimeRange, limit: int = 10) -> str:
     scores (the average and the worst of their connections' averages)."""
     return f"""
 SELECT channel_id, count(*) AS connections, count(DISTINCT session_id) AS sessions,
-    avg(score) AS score, min(score) AS worst_score, max(last_seen) AS last_seen
+    round(avg(score), 3) AS score, min(score) AS worst_score, max(last_seen) AS last_seen
 FROM ({_per_connection_quality(r)})
 GROUP BY channel_id ORDER BY connections DESC, channel_id LIMIT {int(limit)}
 """
@@ -439,7 +439,7 @@ def sessions_sql(
 WITH q AS ({_per_connection_quality(r, channel_where)}),
 qs AS (
     SELECT session_id, any_value(channel_id) AS channel_id, count(*) AS connections,
-        min(score) AS worst_score, median(score) AS median_score,
+        min(score) AS worst_score, round(median(score), 3) AS median_score,
         arg_min(connection_id, score) AS worst_connection_id, min(first_seen) AS first_seen,
         max(last_seen) AS last_seen
     FROM q GROUP BY session_id
@@ -606,8 +606,8 @@ def session_participants_sql(session_id: str) -> str:
     return f"""
 WITH p AS ({_participants(f"session_id = {key}")}),
 q AS (
-    SELECT connection_id, avg(score) AS score, min(score) AS worst_score,
-        avg(mos_audio) AS mos_audio, avg(video_score) AS video_score
+    SELECT connection_id, round(avg(score), 3) AS score, min(score) AS worst_score,
+        round(avg(mos_audio), 3) AS mos_audio, round(avg(video_score), 3) AS video_score
     FROM connection_quality WHERE session_id = {key} GROUP BY connection_id
 )
 SELECT p.*, q.score, q.worst_score, q.mos_audio, q.video_score
@@ -648,8 +648,8 @@ extra AS (
     FROM connection_spans WHERE connection_id = {key}
 ),
 q AS (
-    SELECT avg(score) AS score, min(score) AS worst_score, avg(mos_audio) AS mos_audio,
-        avg(video_score) AS video_score
+    SELECT round(avg(score), 3) AS score, min(score) AS worst_score,
+        round(avg(mos_audio), 3) AS mos_audio, round(avg(video_score), 3) AS video_score
     FROM connection_quality WHERE connection_id = {key}
 )
 SELECT p.*, extra.node_name, extra.reports, q.score, q.worst_score, q.mos_audio,
