@@ -331,3 +331,13 @@ def test_a_rooms_life_from_webhooks_shows_on_its_session_and_connection_pages(
     assert who["PA_life_bob"]["reason"] == "CONNECTION_ABORTED"
     connection = httpx.get(f"{url}/connections/PA_life_alice", timeout=30).json()
     assert connection["connection"]["left_at"].startswith("2024-06-11T08:10:00")
+
+
+def test_a_gzipped_body_is_refused_saying_it_is_gzip(app: App) -> None:
+    # (it had been "body is not valid UTF-8 at byte 1")
+    import gzip
+
+    body = gzip.compress((LIVEKIT / "webhook_room_started.json").read_bytes())
+    response = post(app, body, token(body))
+    assert response.status_code == 400
+    assert "body is gzip data, not JSON text" in response.json()["message"]

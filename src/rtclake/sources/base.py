@@ -38,6 +38,12 @@ def check_utf8(body: bytes) -> None:
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as exc:
+        if body[:2] == b"\x1f\x8b":  # gzip's magic number
+            raise InputError(
+                "invalid_utf8",
+                "body is gzip data, not JSON text: where an endpoint takes it compressed,"
+                " say so with Content-Encoding: gzip",
+            ) from exc
         raise InputError(
             "invalid_utf8",
             f"body is not valid UTF-8 at byte {exc.start}",
