@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import signal
+import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -341,3 +342,24 @@ def test_body_larger_than_the_whole_spool_is_413_not_503(make_server: Any) -> No
         body_json = assert_refused(post(fresh, "huge", body), 413, "too_large")
         assert "spool.max_bytes" in body_json["message"]
     assert post(fresh, "small", b'{"v": 1}').status_code == 200
+
+
+def test_a_client_leaving_mid_body_is_counted_not_logged_with_a_traceback(
+    make_server: Any,
+) -> None:
+    # (each had logged "Exception in ASGI application" with a traceback: any client could
+    # flood the log)
+    import socket
+
+    server = make_server()
+    host, port = "127.0.0.1", server.port
+    for path in ("/ingest/gone", "/api/query", "/sora/webhooks/session"):
+        with socket.create_connection((host, port)) as sock:
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{".encode()
+            )
+        time.sleep(0.3)
+    assert httpx.get(server.url + "/healthz").status_code == 200
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'reason="client_disconnected"' in metrics
+    assert "Traceback" not in server.log() and "ClientDisconnect" not in server.log()

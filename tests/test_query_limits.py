@@ -9,7 +9,7 @@ import gc
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +223,24 @@ def test_a_busy_server_answers_429_with_retry_after(make_server: Callable[..., S
         assert int(answer.headers["Retry-After"]) >= 1
     finally:
         slow.join(30)
+
+
+def test_a_query_body_over_a_mebibyte_is_refused_before_it_is_read_whole(
+    make_server: Callable[..., Server],
+) -> None:
+    # (it had been read whole, whatever its size: 300 MB took the server past 2 GB)
+    server = make_server()
+    big = b'{"sql": "SELECT 1 --' + b"x" * (2 * 1024 * 1024) + b'"}'
+    answer = httpx.post(server.url + "/api/query", content=big, timeout=60)
+    assert answer.status_code == 413 and answer.json()["error"] == "too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: refused once it has read 1 MiB
+        for i in range(0, len(big), 65536):
+            yield big[i : i + 65536]
+
+    answer = httpx.post(server.url + "/api/query", content=chunks(), timeout=60)
+    assert answer.status_code == 413 and answer.json()["error"] == "too_large"
+    assert post(server, "SELECT 42 AS x").json()["rows"] == [[42]]
 
 
 def test_refused_results_do_not_pile_up_in_memory(tmp_path: Path) -> None:

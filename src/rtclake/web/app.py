@@ -21,13 +21,13 @@ from starlette.schemas import SchemaGenerator
 from starlette.staticfiles import StaticFiles
 
 from rtclake import __version__
-from rtclake.errors import ConfigError, QueryError, RtclakeError
+from rtclake.errors import ConfigError, InputError, QueryError, RtclakeError
 from rtclake.results import JSON_OPTIONS, json_rows
 from rtclake.service import Service
 from rtclake.web.connections import ConnectionEndpoints
 from rtclake.web.dashboard import DashboardEndpoints
 from rtclake.web.entities import EntityEndpoints
-from rtclake.web.http import JSON, json_error, query_allowed, query_error
+from rtclake.web.http import JSON, json_error, query_allowed, query_error, read_body
 
 _DOCS_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>rtclake API</title>
@@ -103,7 +103,10 @@ class NodeEndpoints:
             description: 'Body: {columns, types, rows, row_count, truncated, elapsed_ms}'
           400: {description: 'Refused or failed. Body: {"error", "message"}'}
           401: {description: A bearer token is required.}
-          413: {description: 'The result is larger than query.max_result_bytes (result_too_large).'}
+          413:
+            description: >
+              The result is larger than query.max_result_bytes (result_too_large), or the
+              body than 1 MiB (too_large).
           422:
             description: >
               The query needs more memory than query.memory_limit (memory_limit) or more
@@ -116,7 +119,9 @@ class NodeEndpoints:
         if not query_allowed(request, self.query_token):
             return json_error(401, "unauthorized", "a valid bearer token is required")
         try:
-            body: Any = orjson.loads(await request.body())
+            body: Any = orjson.loads(await read_body(request, QUERY_BODY_BYTES))
+        except InputError as exc:
+            return json_error(exc.status, exc.reason, str(exc))
         except orjson.JSONDecodeError as exc:
             return json_error(400, "bad_json", f"body is not JSON: {exc}")
         if not isinstance(body, dict) or not isinstance(body.get("sql"), str):
@@ -146,6 +151,11 @@ class NodeEndpoints:
 
     async def docs(self, request: Request) -> Response:
         return HTMLResponse(_DOCS_PAGE)
+
+
+#: The most a ``POST /api/query`` body may hold: a query's text, not data (it had been
+#: read whole, whatever its size: 300 MB took the server's memory past 2 GB).
+QUERY_BODY_BYTES = 1024 * 1024
 
 
 class StartFailed(Exception):

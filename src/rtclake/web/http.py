@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from rtclake.errors import (
@@ -87,11 +87,14 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLarge("too_large", f"body of {declared} bytes exceeds {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge("too_large", f"body exceeds {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge("too_large", f"body exceeds {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody to answer: counted, not logged with a traceback each
+        raise InputError("client_disconnected", "the client left before its body ended") from None
     return b"".join(chunks)
 
 
