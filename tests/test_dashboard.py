@@ -471,6 +471,14 @@ def test_a_bad_range_is_a_400_that_says_why(served: Any, query: str) -> None:
     assert response.status_code == 400 and response.json()["error"] == "bad_range"
 
 
+def test_a_range_from_the_first_day_there_is_answers(served: Any) -> None:
+    # (the look back before it had overflowed: a 500)
+    server, _ = served
+    for query in ("from=0001-01-01T00:00:00Z", "from=0001-01-01T00:00:00Z&to=0001-01-02T00:00:00Z"):
+        response = get(server, f"/api/dashboard/overview?{query}")
+        assert response.status_code == 200, response.text
+
+
 def test_a_session_and_a_connection_answer_for_their_whole_life(served: Any) -> None:
     server, manifest = served
     lossy = showing(manifest, "high_loss")

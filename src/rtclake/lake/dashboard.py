@@ -148,6 +148,13 @@ def timestamp(t: datetime) -> str:
     return f"TIMESTAMPTZ '{t.astimezone(UTC).isoformat()}'"
 
 
+def _back(t: datetime, seconds: float) -> datetime:
+    """``seconds`` before ``t``, or the first time there is (a range from year 1: a look
+    back before it had raised OverflowError, a 500)."""
+    first = datetime(1, 1, 1, tzinfo=UTC)
+    return first if t - first <= timedelta(seconds=seconds) else t - timedelta(seconds=seconds)
+
+
 def parse_time(text: str) -> datetime:
     """A time from a URL: ISO 8601 (``2026-12-01T10:00:00Z``, an offset, or none: UTC) or
     milliseconds since the epoch. Raises ValueError with the reason."""
@@ -333,7 +340,7 @@ def connection_flow_sql(r: TimeRange, bucket: int, empty: Collection[str] = ()) 
     ``empty``: tables without files in the snapshot the query reads, left out as in
     :func:`active_now_sql`.
     """
-    since = timestamp(r.start - timedelta(seconds=LOOKBACK_SECONDS))
+    since = timestamp(_back(r.start, LOOKBACK_SECONDS))
     # each table read once: what each says of a connection, then per connection, then
     # each connection's events (created, destroyed, failed) side by side
     facts = []
@@ -473,7 +480,7 @@ def _counter_rates(
     partition = ", ".join(keys)
     lagged = ", ".join(f"lag({c}) OVER w AS prev_{c}" for c in counters)
     rates = ", ".join(f"{_delta(c)} / interval_s AS {c}_per_s" for c in counters)
-    since = timestamp(r.start - timedelta(seconds=lookback))
+    since = timestamp(_back(r.start, lookback))
     gauge_list = "".join(f", {g}" for g in gauges)
     return f"""
 SELECT {partition}, time, interval_s{gauge_list}, {rates} FROM (
