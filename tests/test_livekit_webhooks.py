@@ -341,3 +341,18 @@ def test_a_gzipped_body_is_refused_saying_it_is_gzip(app: App) -> None:
     response = post(app, body, token(body))
     assert response.status_code == 400
     assert "body is gzip data, not JSON text" in response.json()["message"]
+
+
+def test_a_created_at_that_is_not_a_time_is_refused_not_timed_at_its_arrival(app: App) -> None:
+    # (it had been stored under its arrival time, createdAt left in extra)
+    for n, created in enumerate(['"yesterday"', '"99999999999999999999"', '"-5"', "true"]):
+        body = b'{"event": "room_started", "id": "EV_bad_time_%d", "createdAt": %s}' % (
+            n,
+            created.encode(),
+        )
+        response = post(app, body, token(body))
+        assert response.status_code == 400, (created, response.text)
+        assert "is not a time" in response.json()["message"]
+    assert app.rows("SELECT count(*) FROM livekit_events WHERE event_id LIKE 'EV_bad_time_%'") == [
+        [0]
+    ]

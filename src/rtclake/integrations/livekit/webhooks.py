@@ -91,6 +91,13 @@ def event_line(body: bytes, table: Table, api_key: str) -> tuple[Records, str]:
     created = _seconds(fields.get("createdAt"))
     if created is not None:
         line["time"] = created
+    elif fields.get("createdAt") is not None:  # never timed at its arrival instead
+        shown = bytes(fields["createdAt"]).decode(errors="replace")[:40]
+        raise InputError(
+            "invalid_record",
+            f"createdAt {shown} is not a time: give seconds since the epoch (protojson's"
+            ' int64, "1718093120")',
+        )
     line["_api_key"] = api_key
     values = _with_defaults(body, fields, table)
     line.update((k, v) for k, v in values.items() if k not in _OURS)
