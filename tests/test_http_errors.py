@@ -363,3 +363,47 @@ def test_a_client_leaving_mid_body_is_counted_not_logged_with_a_traceback(
     metrics = httpx.get(server.url + "/metrics").text
     assert 'reason="client_disconnected"' in metrics
     assert "Traceback" not in server.log() and "ClientDisconnect" not in server.log()
+
+
+def test_a_body_trickling_in_past_the_timeout_is_refused_408() -> None:
+    # (a client sending a byte every few seconds had held its connection for good)
+    import asyncio
+
+    from starlette.requests import Request
+
+    from rtclake.errors import RequestTimeout
+    from rtclake.web.http import read_body
+
+    async def trickle() -> dict[str, Any]:
+        await asyncio.sleep(0.1)
+        return {"type": "http.request", "body": b"{", "more_body": True}
+
+    scope = {"type": "http", "method": "POST", "path": "/ingest/x", "headers": []}
+
+    async def read() -> None:
+        await read_body(Request(scope, trickle), 1000, timeout=0.5)
+
+    with pytest.raises(RequestTimeout, match=r"did not arrive within 0\.5 s") as refused:
+        asyncio.run(read())
+    assert refused.value.status == 408
+
+
+def test_connections_beyond_max_connections_are_answered_503_at_once(make_server: Any) -> None:
+    # (20,000 slow clients had taken every file the process may open: no answer at all,
+    # /healthz included, and maintenance failing with "Too many open files")
+    import socket
+
+    server = make_server(RTCLAKE_SERVER__MAX_CONNECTIONS="4")
+    slow = []
+    for _ in range(4):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(b"POST /ingest/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        slow.append(sock)
+    time.sleep(0.5)
+    try:
+        assert httpx.get(server.url + "/healthz", timeout=10).status_code == 503
+    finally:
+        for sock in slow:
+            sock.close()
+    time.sleep(0.5)
+    assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200

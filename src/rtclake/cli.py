@@ -95,6 +95,7 @@ def run(
         log_config=None,  # uvicorn's lines go through rtclake's renderer (logs.configure)
         access_log=settings.server.access_log,
         timeout_graceful_shutdown=30,
+        limit_concurrency=settings.server.max_connections,
     )
 
 

@@ -69,6 +69,11 @@ class ServerConfig(Section):
     query_token: SecretStr | None = Field(
         default=None, description="bearer token required by /api/query when set"
     )
+    max_connections: int = Field(
+        default=2048, gt=0,
+        description="connections and requests at once; beyond, a new one is answered 503"
+        " at once and closed (many slow clients cannot take all of the process's files)",
+    )  # fmt: skip
     access_log: bool = Field(default=False, description="log every request (uvicorn's log)")
     public_url: str | None = Field(
         default=None,

@@ -34,6 +34,12 @@ class InputError(RtclakeError):
         return out
 
 
+class RequestTimeout(InputError):
+    """The request's body did not arrive in time."""
+
+    status = 408
+
+
 class PayloadTooLarge(InputError):
     """The body (or its decompressed form) is larger than the configured maximum."""
 

@@ -3,6 +3,7 @@ decoding bodies within limits, and the OpenAPI text of the refusals, written onc
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import zlib
@@ -18,6 +19,7 @@ from rtclake.errors import (
     PayloadTooLarge,
     QueryBusy,
     QueryError,
+    RequestTimeout,
     SpoolUnavailable,
     UnsupportedEncoding,
 )
@@ -80,8 +82,24 @@ def query_allowed(request: Request, token: str | None) -> bool:
     )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing more than ``limit`` bytes before reading all of it."""
+#: Seconds a request's body may take to arrive (then 408 ``request_timeout``): a client
+#: trickling its body a byte at a time had held its connection as long as it liked.
+BODY_TIMEOUT = 60.0
+
+
+async def read_body(request: Request, limit: int, timeout: float = BODY_TIMEOUT) -> bytes:
+    """The raw body, refusing more than ``limit`` bytes before reading all of it, or a
+    body that takes longer than ``timeout`` seconds to arrive."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise RequestTimeout(
+            "request_timeout", f"the body did not arrive within {timeout:g} s"
+        ) from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge("too_large", f"body of {declared} bytes exceeds {limit} bytes")
