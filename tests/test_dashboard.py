@@ -637,3 +637,18 @@ def test_a_token_guards_the_data_and_the_login_form_sets_a_cookie(make_server: A
         assert out.status_code == 303
         browser.cookies.clear()  # what the browser does with the expired cookie
         assert browser.get("/api/dashboard/overview").status_code == 401
+
+    # the server checks the login's time itself: a copied cookie ends with it (it had
+    # been the same value for every login, valid as long as the token)
+    from rtclake.web.http import SESSION_COOKIE, session_value
+
+    late = session_value("s3cret", int(time.time()) - 1)
+    assert get(server, "/api/dashboard/overview", cookies={SESSION_COOKIE: late}).status_code == 401
+    later = session_value("s3cret", int(time.time()) + 3600)
+    assert (
+        get(server, "/api/dashboard/overview", cookies={SESSION_COOKIE: later}).status_code == 200
+    )
+    forged = later.split(".")[0] + "9." + later.split(".")[1]  # a later time, the same MAC
+    assert (
+        get(server, "/api/dashboard/overview", cookies={SESSION_COOKIE: forged}).status_code == 401
+    )

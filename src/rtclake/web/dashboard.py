@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import importlib.metadata
 import importlib.util
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -180,13 +181,16 @@ class DashboardEndpoints:
         if self.token is None:
             return RedirectResponse(target, 303)
         given = form.get("token", [""])[0].strip()
-        if not given or not hmac.compare_digest(session_value(given), session_value(self.token)):
+        expires = int(time.time()) + _COOKIE_DAYS * 86_400
+        if not given or not hmac.compare_digest(
+            session_value(given, expires), session_value(self.token, expires)
+        ):
             log.info("dashboard login refused", client=request.client and request.client.host)
             return RedirectResponse("/login?" + urlencode({"error": "1", "next": target}), 303)
         response = RedirectResponse(target, 303)
         response.set_cookie(
             SESSION_COOKIE,
-            session_value(self.token),
+            session_value(self.token, expires),
             max_age=_COOKIE_DAYS * 86_400,
             path="/",
             secure=request.url.scheme == "https",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import time
 import zlib
 from collections.abc import Callable
 from typing import TypeVar
@@ -63,23 +64,32 @@ SESSION_COOKIE = "rtclake_session"
 """The dashboard's login cookie (``POST /api/dashboard/login``)."""
 
 
-def session_value(token: str) -> str:
-    """What the login cookie holds for ``token``: an HMAC of it, never the token itself;
-    a new token ends every session."""
-    return hmac.new(token.encode("utf-8"), b"rtclake dashboard session", hashlib.sha256).hexdigest()
+def session_value(token: str, expires: int) -> str:
+    """What the login cookie holds for ``token`` until ``expires`` (seconds since the
+    epoch): that time and an HMAC of it keyed by the token, never the token itself. The
+    server checks the time (a copied cookie ends with it, not only the browser's), and a
+    new token ends every session."""
+    mac = hmac.new(token.encode("utf-8"), f"rtclake dashboard session {expires}".encode(),
+                   hashlib.sha256)  # fmt: skip
+    return f"{expires}.{mac.hexdigest()}"
+
+
+def session_ok(cookie: str, token: str, now: float) -> bool:
+    """Whether ``cookie`` is a login of ``token`` that has not expired at ``now``."""
+    expires, _, _ = cookie.partition(".")
+    if not expires.isdigit() or int(expires) <= now:
+        return False
+    wanted = session_value(token, int(expires))
+    return hmac.compare_digest(cookie.encode("utf-8", "replace"), wanted.encode("ascii"))
 
 
 def query_allowed(request: Request, token: str | None) -> bool:
     """True if no token is configured, or the request carries it as a bearer token or
-    holds the dashboard's login cookie for it."""
+    holds an unexpired dashboard login cookie for it."""
     if bearer_ok(request, token):
         return True
     cookie = request.cookies.get(SESSION_COOKIE)
-    return (
-        token is not None
-        and cookie is not None
-        and hmac.compare_digest(cookie.encode("utf-8"), session_value(token).encode("ascii"))
-    )
+    return token is not None and cookie is not None and session_ok(cookie, token, time.time())
 
 
 #: Seconds a request's body may take to arrive (then 408 ``request_timeout``): a client
