@@ -484,18 +484,24 @@ def test_expire_and_cleanup_delete_replaced_files_and_only_ducklakes_orphans(
     con.close()
 
 
-def test_a_catalog_left_out_neither_takes_a_lakes_files_for_orphans_nor_writes_beside(
-    tmp_path: Path, s3_endpoint: str
-) -> None:
-    """A node or a host where lake.catalog was left out gets a SQLite catalog of its own
-    over the lake's data path. Its cleanup had deleted every file of the lake as an
-    orphan, and its node had stored batches no other node saw."""
+def new_bucket(s3_endpoint: str) -> tuple[Any, str, S3Options]:
+    """A bucket of the test's own on the S3 server: a client, its name, the lake's options."""
     creds = {"aws_access_key_id": "k", "aws_secret_access_key": "s"}
     raw = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **creds)
     bucket = f"lake-{uuid.uuid4().hex[:8]}"
     raw.create_bucket(Bucket=bucket)
     options = S3Options(endpoint_url=s3_endpoint, access_key_id="k", secret_access_key="s",
                         region="us-east-1")  # fmt: skip
+    return raw, bucket, options
+
+
+def test_a_catalog_left_out_neither_takes_a_lakes_files_for_orphans_nor_writes_beside(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    """A node or a host where lake.catalog was left out gets a SQLite catalog of its own
+    over the lake's data path. Its cleanup had deleted every file of the lake as an
+    orphan, and its node had stored batches no other node saw."""
+    _, bucket, options = new_bucket(s3_endpoint)
     for root in (str(tmp_path / "lake"), f"s3://{bucket}/x"):
         theirs = Catalog(f"sqlite:{tmp_path / uuid.uuid4().hex}.sqlite",
                          storage_for(root, options), TABLES)  # fmt: skip
@@ -545,12 +551,7 @@ def test_nothing_is_deleted_before_cleanup_after(catalog: Catalog) -> None:
 
 
 def test_a_lake_on_s3_is_merged_and_cleaned_up_too(tmp_path: Path, s3_endpoint: str) -> None:
-    creds = {"aws_access_key_id": "k", "aws_secret_access_key": "s"}
-    raw = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", **creds)
-    bucket = f"lake-{uuid.uuid4().hex[:8]}"
-    raw.create_bucket(Bucket=bucket)
-    options = S3Options(endpoint_url=s3_endpoint, access_key_id="k", secret_access_key="s",
-                        region="us-east-1")  # fmt: skip
+    raw, bucket, options = new_bucket(s3_endpoint)
     storage = storage_for(f"s3://{bucket}/x", options)
     lake = Catalog(f"sqlite:{tmp_path / 'catalog.sqlite'}", storage, TABLES)
     con = open_lake(lake)
