@@ -434,6 +434,35 @@ def test_over_long_line_is_skipped(logs: Path, tmp_path: Path) -> None:
     run(main)
 
 
+def test_line_over_the_limit_within_one_read_is_skipped(logs: Path, tmp_path: Path) -> None:
+    """A line longer than max_line_bytes but shorter than a read (max_batch_bytes) comes
+    with its newline: it is skipped, logged and counted all the same, while one exactly
+    at the limit is stored."""
+    path = logs / "rtc_stats.jsonl"
+
+    def padded(n: int, size: int) -> str:  # a good rtc_stats line of ``size`` bytes
+        line = stats_line("P", n)
+        return line[:-1] + ',"pad":"' + "x" * (size - len(line) - 9) + '"}'
+
+    lines = [stats_line("P", 0), padded(1, 2000), padded(2, 1000), padded(3, 3000)]
+    assert [len(line) for line in lines[1:]] == [2000, 1000, 3000]
+
+    async def main() -> None:
+        async with harness(tmp_path / "data", [logs], max_line_bytes=1000) as h:
+            write(path, [*lines, stats_line("P", 4)])
+            with capture_logs() as logged:
+                await h.drain()
+            bad = [(e["file"], e["line"], e["reason"]) for e in logged if "line" in e]
+            assert bad == [(str(path), 2, "line_too_long"), (str(path), 4, "line_too_long")]
+            assert h.rejected("line_too_long") == 2
+            assert h.counts("rtc_stats") == (3, 3)
+            kept = "SELECT count(*) FROM rtc_stats WHERE stats_id IN ('OT0', 'OT2', 'OT4')"
+            assert h.count(kept) == 3
+            assert [f.line for f in h.tail.files()] == [5]
+
+    run(main)
+
+
 def test_resume_after_stop_and_changes_while_stopped(logs: Path, tmp_path: Path) -> None:
     stats, sessions, signaling = (
         logs / "rtc_stats.jsonl",

@@ -7,9 +7,10 @@ each file its ``table_for`` rule knows (for Sora: ``rtc_stats.jsonl``,
 except the rotated copies of those files (``rtc_stats.jsonl.1``,
 ``rtc_stats.jsonl-20261120``: the file's name and a suffix; compressed ones are left to
 ``rtclake import``). Only complete lines are taken; a line still being written waits for
-its newline. Each line is validated against its table; a bad one is logged with its file
-and line number, counted (``rtclake_records_rejected{source=...}``) and skipped, and never
-stops the tail. The good lines of one read become one spool entry.
+its newline. Each line is validated against its table; a bad one (a line longer than
+``max_line_bytes`` is one, whatever it holds) is logged with its file and line number,
+counted (``rtclake_records_rejected{source=...}``) and skipped, and never stops the tail.
+The good lines of one read become one spool entry.
 
 Where each file was read to is kept in a checkpoint (per file: device and inode, byte
 offset, line number, a fingerprint of its first bytes), advanced only after the spool
@@ -85,7 +86,9 @@ class FileTailConfig(SourceConfig):
         default=4 * MiB, gt=0, description="most bytes of one file per spool entry"
     )
     max_line_bytes: int = Field(
-        default=16 * MiB, gt=0, description="longer lines are skipped and counted"
+        default=16 * MiB,
+        gt=0,
+        description="longer lines are skipped, logged (file, line) and counted",
     )
     start_at: Literal["beginning", "end"] = Field(
         default="beginning",
@@ -845,8 +848,13 @@ class FileTail(Source):
         record ids come from their content. Each line without a time is an entry of its
         own whose idempotency key is its place in the file (``UID:BYTE_OFFSET``), so its
         record id is the same however the file is cut into reads (after a crash too).
+
+        A line longer than ``max_line_bytes`` is a bad line here too: a read holds up to
+        ``max_batch_bytes``, so a line under that but over the limit arrives whole, with
+        its newline, and only its length tells (``_take`` catches those longer than a read).
         """
         table = self.tables[self.table_for(f.name) or ""]
+        max_line = self.config.max_line_bytes
         lines = body.split(b"\n")
         if not lines[-1]:
             lines.pop()  # the final newline
@@ -860,9 +868,21 @@ class FileTail(Source):
         timed_extra: list[int] = []
         untimed: list[tuple[int, bool, bytes]] = []  # (offset, has extra, line)
         bad = 0
+
+        def reject(number: int, reason: str, error: str) -> None:
+            nonlocal bad
+            bad += 1
+            if bad <= _MAX_LOGGED_BAD_LINES:
+                self._bad(f, number, reason, error)
+            else:
+                self.metrics.rejected.labels(self.source, reason).inc()
+
         position = f.offset
         for number, line in enumerate(lines, f.line + 1):
             at, position = position, position + len(line) + 1
+            if len(line) > max_line:
+                reject(number, "line_too_long", f"longer than {max_line} bytes")
+                continue
             if not line.strip():
                 continue
             try:
@@ -871,11 +891,7 @@ class FileTail(Source):
                 has_extra = check(line)
                 has_time = bool(table.identity) or _has_time(line)
             except (UnicodeDecodeError, msgspec.MsgspecError, RecursionError) as exc:
-                bad += 1
-                if bad <= _MAX_LOGGED_BAD_LINES:
-                    self._bad(f, number, reason_of(exc), str(exc)[:300])
-                else:
-                    self.metrics.rejected.labels(self.source, reason_of(exc)).inc()
+                reject(number, reason_of(exc), str(exc)[:300])
                 continue
             if not has_time:
                 untimed.append((at, has_extra, line))
