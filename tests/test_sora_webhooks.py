@@ -723,6 +723,26 @@ def test_bad_input_is_refused_with_a_reason(app: App, bad: Bad) -> None:
     assert app.rejected(bad.error) == before + 1
 
 
+@pytest.mark.parametrize(
+    ("path", "headers"), [(SESSION, {}), (EVENT, {}), (AUTH, {}), (STATS, STATS_HEADERS)]
+)
+def test_a_lone_surrogate_is_named_as_such_not_as_truncation(
+    app: App, path: str, headers: dict[str, str]
+) -> None:
+    """As /ingest names it: msgspec reports a lone surrogate as truncated input."""
+    before = app.rejected("bad_json")
+    body = b'{"id":"U1","type":"x","channel_id":"\\ud800"}'
+    response = app.post(path, body, **headers)
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "bad_json",
+        "message": "invalid JSON: the string escape \\ud800 at byte 36 is a lone UTF-16"
+        " surrogate (a high surrogate must be followed by a low one, \\udc00-\\udfff)",
+        "line": 1,
+    }
+    assert app.rejected("bad_json") == before + 1
+
+
 def test_refusal_messages_name_the_key_as_sent(app: App) -> None:
     body = orjson.dumps(event("bad-room", max_connections="3"))
     message = app.post(SESSION, body).json()["message"]

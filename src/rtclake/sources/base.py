@@ -83,7 +83,10 @@ def parse_object(body: bytes) -> dict[str, msgspec.Raw]:
     except msgspec.ValidationError as exc:
         raise InputError("invalid_record", "body must be one JSON object") from exc
     except msgspec.DecodeError as exc:
-        raise InputError("bad_json", f"invalid JSON: {exc}") from exc
+        # a lone surrogate is named as /ingest names it, not as msgspec's "truncated"
+        raise _lone_surrogate(exc, "invalid JSON", None, body) or InputError(
+            "bad_json", f"invalid JSON: {exc}"
+        ) from exc
 
 
 def reason_of(exc: BaseException) -> str:
