@@ -418,6 +418,40 @@ def test_bad_lines_are_logged_counted_and_skipped(logs: Path, tmp_path: Path) ->
     run(main)
 
 
+def test_a_stats_line_without_its_identity_is_a_bad_line(logs: Path, tmp_path: Path) -> None:
+    """As `rtclake import` skips it: an rtc_stats row without connection_id could not be
+    told from another connection's, and rtc_rates would read a sample of no stream."""
+    path = logs / "rtc_stats.jsonl"
+    stat = '"rtc_data":{"id":"y","type":"outbound-rtp","timestamp":1764924000000}'
+    lines = [
+        stats_line("I", 0),
+        '{"timestamp":"2026-12-05T08:40:00.000000Z","rtc_id":"y","rtc_timestamp":1764924000000,'
+        '"rtc_type":"outbound-rtp",' + stat + "}",
+        '{"rtc_id":"y","rtc_timestamp":1764924000000,"rtc_type":"outbound-rtp",' + stat + "}",
+        stats_line("I", 1).replace('"rtc_id":"OT1",', "").replace('"id":"OT1",', ""),
+        stats_line("I", 2),
+    ]
+
+    async def main() -> None:
+        async with harness(tmp_path / "data", [logs]) as h:
+            write(path, lines)
+            with capture_logs() as logged:
+                await h.drain()
+            bad = [(e["file"], e["line"], e["error"]) for e in logged if "line" in e]
+            assert bad == [
+                (str(path), 2, "no connection_id: the table's identity needs it"),
+                (str(path), 3, "no connection_id: the table's identity needs it"),
+                (str(path), 4, "no stats_id: the table's identity needs it"),
+            ]
+            assert h.rejected("invalid_record") == 3
+            assert h.counts("rtc_stats") == (2, 2)
+            gaps = "SELECT count(*) FROM rtc_stats WHERE connection_id IS NULL OR stats_id IS NULL"
+            assert h.count(gaps, dedup=False) == 0
+            assert [f.line for f in h.tail.files()] == [5]
+
+    run(main)
+
+
 def test_over_long_line_is_skipped(logs: Path, tmp_path: Path) -> None:
     path = logs / "rtc_stats.jsonl"
     write(path, [stats_line("L", 0), '{"pad":"' + "x" * 5000 + '"}', stats_line("L", 1)])

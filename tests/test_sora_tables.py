@@ -5,12 +5,16 @@ from __future__ import annotations
 import datetime as dt
 
 import msgspec
+import pytest
+from structlog.testing import capture_logs
 
 from rtclake.catalog import default_registry
 from rtclake.convert import Converter
+from rtclake.errors import InputError
 from rtclake.integrations.sora.tables import RTC_STATS, SESSIONS
 from rtclake.sources.base import split_lines
 from rtclake.spool import Entry, EntryHeader
+from rtclake.tables import identity_gap
 from tests.conftest import FIXTURES
 
 SORA = FIXTURES / "sora"
@@ -67,6 +71,30 @@ def test_the_same_stats_line_has_the_same_record_id_from_any_source() -> None:
     converter = Converter(default_registry())
     (b,) = converter.convert("z", 9, [Entry(head, line, 3)])["rtc_stats"].to_pylist()
     assert a["record_id"] == b["record_id"]
+
+
+def test_a_stats_line_without_its_identity_is_refused_at_the_edge_and_by_the_writer() -> None:
+    """As `rtclake import` skips it: an edge refuses it (HTTP, webhooks, the log tail all
+    check lines with Table.checker), and the writer leaves out one a spool holds from an
+    older rtclake, storing the others of its batch."""
+    first, second, third = (SORA / "rtc_stats.jsonl").read_bytes().splitlines()
+    orphan = second.replace(b'"connection_id":"JXW8K4FG6H7TZ2F63T38ZHSJQG",', b"")
+    assert b'"connection_id"' not in orphan
+    with pytest.raises(InputError) as refused:
+        split_lines(b"\n".join([first, orphan, third]), RTC_STATS)
+    assert refused.value.to_dict() == {
+        "error": "invalid_record",
+        "message": "line 2: no connection_id: the table's identity needs it",
+        "line": 2,
+    }
+    with capture_logs() as logged:
+        rows = convert("rtc_stats", b"\n".join([first, orphan, third]), None)
+    assert [r["connection_id"] for r in rows] == [
+        "FJB24N65RS1D3CRXMVC4Y32FCM",
+        "JXW8K4FG6H7TZ2F63T38ZHSJQG",
+    ]
+    (skipped,) = [e for e in logged if e["event"] == "writer: bad lines skipped"]
+    assert skipped["lines"] == 1 and skipped["first"] == identity_gap(["connection_id"])
 
 
 def test_session_webhook_lines_become_session_rows() -> None:

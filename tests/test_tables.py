@@ -9,6 +9,9 @@ import pytest
 
 from rtclake.catalog import default_registry
 from rtclake.convert import Converter
+from rtclake.intake import make_entry
+from rtclake.integrations.livekit.tables import LIVEKIT_ANALYTICS_EVENTS
+from rtclake.integrations.sora.tables import RTC_STATS
 from rtclake.records import Record, record_id, records
 from rtclake.spool import Entry, EntryHeader
 from rtclake.tables import EVENTS, TELEMETRY, Column, Table, TableRegistry
@@ -116,6 +119,7 @@ def test_nested_keys_become_columns_and_leave_the_rest_in_extra() -> None:
             Column("ok", "bool", ("ok",)),
         ),
         identity=("rtt", "bytes"),
+        identity_required=False,  # the second line has neither: its nulls identify it
     )
     converter = Converter(TableRegistry([table]))
     try:
@@ -189,6 +193,34 @@ def test_validator_rejects_wrong_types_of_mapped_keys() -> None:
     for bad in (b'{"time": "yesterday"}', b'{"time": true}', b'{"type": 5}', b"[1]"):
         with pytest.raises(msgspec.ValidationError):
             decode(bad)
+
+
+def test_a_required_identity_is_checked_alike_at_the_edge_and_in_imports() -> None:
+    """rtc_stats needs its whole identity; LiveKit's analytics identities hold nulls (a
+    room's event names no participant or track), so such an event is taken by the edge
+    and by an import alike (an import had skipped it as a bad line)."""
+    assert RTC_STATS.required_identity == ("connection_id", "stats_id", "rtc_timestamp")
+    assert LIVEKIT_ANALYTICS_EVENTS.required_identity == ()
+    room = b'{"id":"AE_1","type":"ROOM_CREATED","timestamp":"2026-01-01T00:00:00Z","roomId":"R"}'
+    no_room = b'{"type":"ROOM_CREATED","timestamp":"2026-01-01T00:00:00Z"}'
+    stat = b'{"rtc_id":"s","rtc_timestamp":1764924000000,"rtc_type":"codec"}'
+    converter = Converter(default_registry())
+    try:
+        for table, line, bad in (
+            (LIVEKIT_ANALYTICS_EVENTS, room, []),
+            (LIVEKIT_ANALYTICS_EVENTS, no_room, []),
+            (RTC_STATS, stat, [(0, "no connection_id: the table's identity needs it")]),
+        ):
+            header = make_entry("file", "s", table, 1)
+            parsed = converter.parse_block(table, line, "import", 1, header)
+            assert (parsed.rows, parsed.bad) == (1 - len(bad), bad)
+            if bad:
+                with pytest.raises(msgspec.ValidationError, match=bad[0][1]):
+                    table.checker()(line)
+            else:
+                table.checker()(line)
+    finally:
+        converter.close()
 
 
 def test_events_table_maps_source_identifiers() -> None:

@@ -25,7 +25,15 @@ import structlog
 
 from rtclake.errors import SpoolCorrupt
 from rtclake.spool import Entry, EntryHeader
-from rtclake.tables import ARROW_TYPES, TIME_KEYS, TYPE_KEYS, UTC_US, Table, TableRegistry
+from rtclake.tables import (
+    ARROW_TYPES,
+    TIME_KEYS,
+    TYPE_KEYS,
+    UTC_US,
+    Table,
+    TableRegistry,
+    identity_gap,
+)
 
 if TYPE_CHECKING:
     from rtclake._jsoncols import ColumnBuffers
@@ -92,8 +100,9 @@ class Converter:
 
     :meth:`parse` runs the C++ parser (``_jsoncols``) over a batch's lines: one pass per
     line, the typed payload columns (times as timestamps) and ``extra`` built directly as
-    Arrow buffers; a line that is not a JSON object is reported and left out, a value of
-    the wrong type for its column is noted and kept in ``extra``. It holds no lock and
+    Arrow buffers; a line that is not a JSON object, or without its table's required
+    identity (:attr:`rtclake.tables.Table.required_identity`), is reported and left out,
+    a value of the wrong type for its column is noted and kept in ``extra``. It holds no lock and
     releases the GIL, so several threads may parse at once. :meth:`finish` adds the
     envelope with Arrow's compute functions, and the record ids (an MD5 per row) in
     DuckDB, with a DuckDB connection per thread.
@@ -139,17 +148,14 @@ class Converter:
         self, table: Table, text: bytes | memoryview, run: str, segment: int, header: EntryHeader
     ) -> Parsed:
         """Parse ``text``, lines that share one ``header`` (an import block): the rows'
-        header is made for as many lines as the parser found. A line without a value for
-        each of the table's ``identity`` columns is a bad line (a file is not checked at
-        an edge, and a row with NULL ids cannot be told from another)."""
-        parsed = self._parse(
+        header is made for as many lines as the parser found."""
+        return self._parse(
             table,
             text,
             lambda lines: entries_to_header(
                 run, segment, [Entry(msgspec.structs.replace(header, records=lines), b"", 0)]
             ),
         )
-        return _without_identity_gaps(parsed) if table.identity else parsed
 
     def _parse(
         self, table: Table, text: bytes | memoryview, header_for: Callable[[int], pa.Table]
@@ -177,7 +183,11 @@ class Converter:
                 lines = lines.filter(stored)
             header = header.append_column("line", lines.cast(pa.large_string()))
         extra_array = _array(pa.string(), rows, extra)
-        return Parsed(table, header, keys, extra_array, bad, notes, len(status), bytes(status))
+        parsed = Parsed(table, header, keys, extra_array, bad, notes, len(status), bytes(status))
+        # A line without a value for a column of the table's required identity is a bad
+        # line, as at the edges (Table.checker): an import reads files no edge checked,
+        # and a spool may hold lines an older rtclake took.
+        return _without_identity_gaps(parsed) if table.required_identity else parsed
 
     def finish(self, parsed: Parsed) -> pa.Table:
         """The table's rows: the envelope, then the columns as parsed."""
@@ -260,7 +270,7 @@ class Converter:
             text = b"\n".join(e.body for e in group)
             parsed = self.parse(table, text, entries_to_header(run, segment, group))
             for found, emit, event in (
-                (parsed.bad, log.error, "writer: lines that are not JSON objects were skipped"),
+                (parsed.bad, log.error, "writer: bad lines skipped"),
                 (parsed.notes, log.warning, "writer: values of the wrong type kept in extra"),
             ):
                 if found:
@@ -296,20 +306,14 @@ def _first(arrays: list[pa.Array]) -> pa.Array:
 
 
 def _without_identity_gaps(parsed: Parsed) -> Parsed:
-    """``parsed`` without the rows lacking a value for an identity column; those lines
-    join ``bad``, naming the columns."""
+    """``parsed`` without the rows lacking a value for a column of the table's required
+    identity; those lines join ``bad``, naming the columns."""
     table = parsed.table
     by_name = {c.name: c for c in table.columns}
     missing: list[tuple[str, pa.Array]] = []
-    for name in table.identity:
-        column = by_name.get(name)
-        arrays = [parsed.keys[k] for k in column.keys if k in parsed.keys] if column else []
-        if not arrays:
-            continue
-        values = _first(arrays)
+    for name in table.required_identity:
+        values = _first([parsed.keys[k] for k in by_name[name].keys])
         missing.append((name, values.is_null()))
-    if not missing:
-        return parsed
     gaps = missing[0][1]
     for _, nulls in missing[1:]:
         gaps = pc.or_(gaps, nulls)
@@ -319,7 +323,7 @@ def _without_identity_gaps(parsed: Parsed) -> Parsed:
     bad = list(parsed.bad)
     for row in pc.indices_nonzero(gaps).to_pylist():
         names = [name for name, nulls in missing if nulls[row].as_py()]
-        bad.append((stored_lines[row], f"no {', '.join(names)}: the table's identity needs it"))
+        bad.append((stored_lines[row], identity_gap(names)))
     keep = pc.invert(gaps)
     return Parsed(
         table,

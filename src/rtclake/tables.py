@@ -15,6 +15,7 @@ lines into Arrow columns (:meth:`Table.native_spec`), the record id rule
 from __future__ import annotations
 
 import binascii
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -188,6 +189,10 @@ class Table:
     kind: str
     columns: tuple[Column, ...] = ()
     identity: tuple[str, ...] = ()
+    #: Whether a record needs a value in each of its ``identity`` columns (see
+    #: :attr:`required_identity`); off where a null belongs to the identity (a LiveKit
+    #: room's analytics event names no participant and no track).
+    identity_required: bool = True
     sparse_extra: bool = False
     description: str = ""
     #: Rows never repeat (a derived table, written once per batch): queries need not hide
@@ -225,6 +230,18 @@ class Table:
         """The columns a lake file holds (the record id is derived when it can be)."""
         schema = self.schema
         return schema.remove(schema.get_field_index("record_id")) if self.identity else schema
+
+    @property
+    def required_identity(self) -> tuple[str, ...]:
+        """The identity columns a record must have a value in: a line without one (an
+        rtc_stats line without ``connection_id``) is a bad line wherever it arrives, at
+        an edge (:meth:`checker`), in the writer and in imports
+        (:meth:`rtclake.convert.Converter.parse`): its row could not be told from
+        another's, and derivations (rtc_rates) would read a sample of no stream."""
+        if not self.identity_required:
+            return ()
+        names = {c.name for c in self.columns}
+        return tuple(name for name in self.identity if name in names)
 
     @property
     def record_key(self) -> tuple[str, ...]:
@@ -279,7 +296,8 @@ class Table:
         return tuple(self._kinds())
 
     def validator(self) -> msgspec.json.Decoder[Any]:
-        """A decoder that checks a JSON object's mapped keys have usable types.
+        """A decoder that checks a JSON object's mapped keys have usable types (not
+        that its identity is there: :meth:`checker` checks both).
 
         Unknown keys are skipped without being built into Python objects, which is what
         makes validation of large batches cheap.
@@ -298,9 +316,13 @@ class Table:
         Tables with ``sparse_extra`` (most records have only mapped keys) first try a
         decoder that forbids unknown keys, so the common case costs one decode and the
         writer builds ``extra`` only for the lines that need it.
+
+        An object without a value in one of the :attr:`required_identity` columns is
+        refused (``msgspec.ValidationError``) as the writer and imports refuse it.
         """
         if self._checker is None:
-            decode = self.validator().decode
+            tree = _tree(self._kinds())
+            decode = self._requiring_identity(self.validator().decode, tree)
             if not self.sparse_extra:
 
                 def check(line: bytes) -> bool:
@@ -308,11 +330,10 @@ class Table:
                     return True
 
             else:
-                tree = _tree(self._kinds())
                 closed = msgspec.json.Decoder(
                     _validator_struct(self.name, tree, closed=True), dec_hook=_dec_hook
                 )
-                decode_closed = closed.decode
+                decode_closed = self._requiring_identity(closed.decode, tree)
 
                 def check(line: bytes) -> bool:
                     try:
@@ -326,6 +347,36 @@ class Table:
 
             object.__setattr__(self, "_checker", check)
         return self._checker  # type: ignore[no-any-return]
+
+    def _requiring_identity(
+        self, decode: Callable[[bytes], Any], tree: Tree
+    ) -> Callable[[bytes], Any]:
+        """``decode`` (a decoder of the validator's structs, built from ``tree``) refusing
+        an object that has no value for a :attr:`required_identity` column: each column
+        has one if any of its keys holds one, as the parser takes the first present."""
+        columns = [c for c in self.columns if c.name in self.required_identity]
+        if not columns:
+            return decode
+        needs = [
+            (c.name, tuple(operator.attrgetter(_attribute(tree, key)) for key in c.keys))
+            for c in columns
+        ]
+        # the common case in one call: the first key of each column holds its value
+        firsts = _values([_attribute(tree, c.keys[0]) for c in columns])
+
+        def decode_whole(line: bytes) -> Any:
+            record = decode(line)
+            try:
+                if None not in firsts(record):
+                    return record
+            except AttributeError:  # an object on the way is absent (None)
+                pass
+            missing = [name for name, getters in needs if not _present(record, getters)]
+            if missing:
+                raise msgspec.ValidationError(identity_gap(missing))
+            return record
+
+        return decode_whole
 
     def native_spec(self) -> _jsoncols.Spec:
         """The parser of this table's lines (see :mod:`rtclake._jsoncols`): every mapped
@@ -404,6 +455,38 @@ def _tree(kinds: dict[str, str]) -> Tree:
             raise ValueError(f"key {path!r} is both a value and an object")
         node.setdefault(leaf, kind)
     return tree
+
+
+def identity_gap(names: Iterable[str]) -> str:
+    """Why a record without a value in the identity columns ``names`` is a bad line."""
+    return f"no {', '.join(names)}: the table's identity needs it"
+
+
+def _attribute(tree: Tree, path: str) -> str:
+    """The attribute path of key ``path`` in a struct :func:`_validator_struct` built
+    from ``tree`` (its fields are ``f0``, ``f1``, ... in the tree's order)."""
+    node, names = tree, []
+    for part in path.split("."):
+        names.append(f"f{list(node).index(part)}")
+        node = node[part]
+    return ".".join(names)
+
+
+def _values(paths: list[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """A getter of the attributes at ``paths``, as a tuple (attrgetter's of one is not)."""
+    get = operator.attrgetter(*paths)
+    return get if len(paths) > 1 else lambda record: (get(record),)
+
+
+def _present(record: Any, getters: tuple[Callable[[Any], Any], ...]) -> bool:
+    """True if one of ``getters`` finds a value (not null) in ``record``."""
+    for get in getters:
+        try:
+            if get(record) is not None:
+                return True
+        except AttributeError:  # an object on the way is absent (None)
+            continue
+    return False
 
 
 def _validator_struct(name: str, tree: Tree, *, closed: bool = False) -> Any:

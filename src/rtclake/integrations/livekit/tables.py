@@ -86,6 +86,9 @@ LIVEKIT_ANALYTICS_EVENTS = Table(
         Column("message", "json", ("message",)),
     ),
     identity=("event_id", "event_type", "room_id", "participant_id", "track_id", "time"),
+    # a room's event names no participant or track, and an event may come without an id:
+    # its nulls are part of its identity
+    identity_required=False,
 )
 
 _STREAM_COUNTS = (
@@ -136,6 +139,7 @@ LIVEKIT_STATS = Table(
         "time",
         "stream_index",
     ),
+    identity_required=False,  # a stat's unset fields are null, and part of its identity
 )
 
 LIVEKIT_TABLES = (LIVEKIT_EVENTS, LIVEKIT_ANALYTICS_EVENTS, LIVEKIT_STATS)
