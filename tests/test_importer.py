@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ from rtclake.sinks.base import Batch, Sink
 from rtclake.spool import EntryHeader, Spool
 from rtclake.testing import MemorySink
 from rtclake.writer import Writer
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, ROOT
+from tests.test_rtc_rates import sample
 
 SORA = FIXTURES / "sora"
 
@@ -157,11 +159,11 @@ def test_a_damaged_gzip_file_is_named_its_whole_lines_before_kept_and_the_others
         stats = importer.import_paths([logs])
 
     assert stats.files == 1  # the webhook file
-    assert len(stats.unreadable) == 2
-    assert str(logs / "rtc_stats.jsonl.1.gz") + ": not a valid gzip file" in stats.unreadable[0]
-    assert str(cut) + ": not a valid gzip file" in stats.unreadable[1]
+    assert len(stats.unreadable) == 2  # (the older copy first)
+    assert str(cut) + ": not a valid gzip file" in stats.unreadable[0]
+    assert str(logs / "rtc_stats.jsonl.1.gz") + ": not a valid gzip file" in stats.unreadable[1]
     named = [e["file"] for e in logs_seen if e["event"].startswith("import: file unreadable")]
-    assert named == [str(logs / "rtc_stats.jsonl.1.gz"), str(cut)]
+    assert named == [str(cut), str(logs / "rtc_stats.jsonl.1.gz")]
     assert count(tmp_path, "SELECT count(DISTINCT event) FROM sessions") == 2
     kept = count(tmp_path, "SELECT count(*) FROM rtc_stats")
     assert kept == whole_lines(cut.read_bytes())  # every whole line before the damage
@@ -335,6 +337,162 @@ def test_kohaku_s3_layout_imports_incrementally(tmp_path: Path, s3_endpoint: str
     fifth = run()
     assert fifth.rows == whole_lines(cut) > 100 and len(fifth.unreadable) == 2
     assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == 14 + fifth.rows
+
+
+# -- what is derived from a log (rtc_rates, connection_reports, connection_spans) needs its
+# lines in order, each once
+
+
+def report_lines(first: int, last: int) -> list[str]:
+    """Reports ``first`` to ``last - 1`` of one connection, 10 s apart, as Sora logs them:
+    8 objects each, 5 of them streams that have rates (audio and video received and sent,
+    the candidate pair), each rate other in every interval."""
+    lines = []
+    for i in range(first, last):
+        t, more = 10 * i, i * i
+        lines += [
+            sample("K1", "inbound-rtp", "IA", t, "audio", bytesReceived=4_000 * i + 30 * more,
+                   packetsReceived=50 * i + more, packetsLost=i * (i % 3), jitter=0.001 * i),
+            sample("K1", "inbound-rtp", "IV", t, "video", bytesReceived=90_000 * i + 500 * more,
+                   packetsReceived=100 * i, packetsLost=0, framesPerSecond=20 + i % 7,
+                   frameWidth=640, frameHeight=360, freezeCount=i // 4),
+            sample("K1", "outbound-rtp", "OA", t, "audio", bytesSent=3_000 * i + 20 * more,
+                   packetsSent=50 * i),
+            sample("K1", "outbound-rtp", "OV", t, "video", bytesSent=80_000 * i + 700 * more,
+                   packetsSent=100 * i, framesPerSecond=30 - i % 5),
+            sample("K1", "candidate-pair", "CP", t, bytesSent=100_000 * i + more,
+                   bytesReceived=100_000 * i, currentRoundTripTime=0.05 + 0.001 * i,
+                   nominated=True, state="succeeded", localCandidateId="L1",
+                   remoteCandidateId="R1"),
+            sample("K1", "transport", "T1", t, selectedCandidatePairId="CP",
+                   iceState="connected", dtlsState="connected"),
+            sample("K1", "local-candidate", "L1", t, candidateType="host", protocol="udp"),
+            sample("K1", "remote-candidate", "R1", t, candidateType="srflx", protocol="udp"),
+        ]  # fmt: skip
+    return [json.dumps(line) for line in lines]
+
+
+def text(lines: list[str]) -> bytes:
+    return ("\n".join(lines) + "\n").encode()
+
+
+VIEWS = (
+    "SELECT * EXCLUDE (received_at, source, stream) FROM rtc_rates ORDER BY stats_id, time",
+    "SELECT * FROM connection_quality ORDER BY time",
+    "SELECT * FROM connection_transport ORDER BY time",
+)
+
+
+def views(lake: Path) -> list[list[list[Any]]]:
+    engine = QueryEngine(lake, default_registry())
+    try:
+        return [engine.run(sql).rows() for sql in VIEWS]
+    finally:
+        engine.close()
+
+
+@pytest.fixture
+def in_order(tmp_path: Path) -> list[list[list[Any]]]:
+    """The views of reports 0-29 of report_lines imported from one file, in order."""
+    (tmp_path / "in-order").mkdir()
+    log = tmp_path / "in-order" / "rtc_stats.jsonl"
+    log.write_bytes(text(report_lines(0, 30)))
+    importer = make_importer(tmp_path / "in-order")
+    importer.import_paths([log])
+    importer.close()
+    return views(tmp_path / "in-order" / "lake")
+
+
+def assert_derived_whole(lake: Path, in_order: list[list[list[Any]]]) -> None:
+    """The lake holds reports 0-29 of report_lines, each derived row once: 29 rates per
+    stream, 30 reports (29 scored: the first has no rates), one span of activity from the
+    first report to the last; and the views say what they say of the lines in order."""
+    engine = QueryEngine(lake, default_registry())
+
+    def rows(sql: str) -> list[list[Any]]:
+        return engine.run(sql).rows()  # type: ignore[no-any-return]
+
+    assert rows("SELECT count(*), count(DISTINCT record_id) FROM rtc_stats") == [[240, 240]]
+    assert rows("SELECT count(*), count(DISTINCT record_id) FROM rtc_rates") == [[145, 145]]
+    per_stream = rows("SELECT stats_id, count(*) FROM rtc_rates GROUP BY 1 ORDER BY 1")
+    assert per_stream == [[s, 29] for s in ("CP", "IA", "IV", "OA", "OV")]
+    # (blocks of 4 KiB split most reports: a part 1 of those, whole, is what the views read)
+    reports = "SELECT count(DISTINCT record_id) = count(*), count(DISTINCT time)"
+    assert rows(reports + " FROM connection_reports") == [[True, 30]]
+    assert rows("SELECT count(*) FROM connection_quality") == [[29]]
+    assert rows("SELECT count(*) FROM connection_transport") == [[30]]
+    first, last = rows("SELECT min(time), max(time) FROM rtc_stats")[0]
+    spans = rows(
+        "SELECT min(time), max(last_time), sum(reports), count(*) FILTER (WHERE starts),"
+        " count(*) FILTER (WHERE opens) FROM connection_spans"
+    )
+    assert spans == [[first, last, 30, 1, 1]]
+    engine.close()
+    assert views(lake) == in_order
+
+
+def test_a_logs_rotated_copies_are_read_oldest_first_however_they_are_named(
+    tmp_path: Path, in_order: list[list[list[Any]]]
+) -> None:
+    """The files of one log are read oldest first, rotated copies by their number, then
+    the log itself: read in name order (the log first), each older file's reports had
+    been dropped as late and its streams' first samples had no rate."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "rtc_stats.jsonl.2.gz").write_bytes(gzip.compress(text(report_lines(0, 10))))
+    (logs / "rtc_stats.jsonl.1").write_bytes(text(report_lines(10, 20)))
+    (logs / "rtc_stats.jsonl").write_bytes(text(report_lines(20, 30)))
+    importer = make_importer(tmp_path / "folder")
+    importer.import_paths([logs])
+    importer.close()
+    assert_derived_whole(tmp_path / "folder" / "lake", in_order)
+    # named newest first, as a shell's rtc_stats.jsonl* names them
+    named = [
+        str(logs / n) for n in ("rtc_stats.jsonl", "rtc_stats.jsonl.1", "rtc_stats.jsonl.2.gz")
+    ]
+    data = tmp_path / "named"
+    env = {"RTCLAKE_DATA_DIR": str(data), "PATH": "", "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run([sys.executable, "-m", "rtclake", "import", *named], env=env,
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "imported 240 rows from 3 files" in out.stdout
+    assert_derived_whole(data / "lake", in_order)
+
+
+def upload(s3_endpoint: str, bucket: str, objects: list[tuple[str, list[str]]]) -> None:
+    """Fluent Bit's uploads of ``objects`` (UUID, lines) of one host and day to a new
+    bucket, one a second (S3's last-modified time has a second's precision)."""
+    raw = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                       aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
+    raw.create_bucket(Bucket=bucket)
+    for uuid, lines in objects:
+        key = f"kohaku/rtc_stats/2026/12/05/sora-host1-{uuid}.gz"
+        raw.put_object(Bucket=bucket, Key=key, Body=gzip.compress(text(lines)))
+        time.sleep(1.1)
+
+
+def s3_import(tmp_path: Path, s3_endpoint: str, bucket: str) -> ImportStats:
+    client = s3_client(endpoint_url=s3_endpoint, access_key_id="test",
+                       secret_access_key="test", path_style=True)  # fmt: skip
+    importer = make_importer(tmp_path)
+    try:
+        return S3Importer(importer, client, S3Location.parse(f"s3://{bucket}/kohaku")).run()
+    finally:
+        importer.close()
+
+
+def test_kohaku_s3_objects_are_read_in_the_order_they_were_written(
+    tmp_path: Path, s3_endpoint: str, in_order: list[list[list[Any]]]
+) -> None:
+    """Fluent Bit's $UUID keys are random: the objects are read by their last-modified
+    time (S3 gives it to the second), then key; in key order, the newer objects' reports
+    had dropped the older ones' as late."""
+    objects = [("c3d4", report_lines(0, 10)), ("a1b2", report_lines(10, 20)),
+               ("b2c3", report_lines(20, 30))]  # fmt: skip
+    upload(s3_endpoint, "written", objects)  # key order: the second, the third, the first
+    stats = s3_import(tmp_path, s3_endpoint, "written")
+    assert (stats.files, stats.rows) == (3, 240)
+    assert_derived_whole(tmp_path / "lake", in_order)
 
 
 def test_import_and_query_commands(tmp_path: Path) -> None:

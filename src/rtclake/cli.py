@@ -165,7 +165,8 @@ def import_(
     """Import Sora log files, or Kohaku's S3 layout, into the lake.
 
     Incremental: run it again and only what is new is read. Rotated copies
-    (rtc_stats.jsonl.1, .2.gz, -20250725) are recognised by their names.
+    (rtc_stats.jsonl.1, .2.gz, -20250725) are recognised by their names and
+    read oldest first, S3 objects in the order they were written.
     A spool segment the writer set aside (DATA_DIR/spool/quarantine/*.wal)
     is stored with the record ids the writer gives, in the sinks that do
     not hold it yet: import it once its cause is fixed.
@@ -234,16 +235,23 @@ def _import(
 
         stats.on_progress = show
         try:
+            remote = []
             for target in paths:
-                scheme = target.partition("://")[0] if "://" in target else None
-                if scheme is not None:
+                if "://" in target:
+                    scheme = target.partition("://")[0]
                     run_import = registry.importers.get(scheme)
                     if run_import is None:
                         known = ", ".join(f"{s}://" for s in sorted(registry.importers))
                         raise ValueError(f"{target}: no importer for {scheme}:// (known: {known})")
-                    run_import(target, importer, stats, **(s3 or {}))
-                else:
-                    importer.import_paths([Path(target)], stats)
+                    remote.append((target, run_import))
+            # the files and folders named are read together, so each log's files are read
+            # oldest first whatever order they were named in (a shell's rtc_stats.jsonl*
+            # names rtc_stats.jsonl first)
+            local = [Path(target) for target in paths if "://" not in target]
+            if local:
+                importer.import_paths(local, stats)
+            for target, run_import in remote:
+                run_import(target, importer, stats, **(s3 or {}))
         except Exception as exc:  # one line with the cause; the traceback with --debug
             if debug:
                 raise

@@ -1,6 +1,8 @@
 """Import: Sora log files (plain or gzip) into the lake, incrementally.
 
-Files are read in blocks of whole lines; each block is parsed by the writer's
+A log's files are read oldest first (:func:`~rtclake.logfiles.oldest_first`): what is
+derived as they are stored (rates from consecutive samples, reports) needs its lines in
+order. Files are read in blocks of whole lines; each block is parsed by the writer's
 :class:`~rtclake.convert.Converter` (a line that is not a JSON object is logged with its
 file and line number, counted, and skipped; a value of the wrong type for its column is
 logged and kept in ``extra``) and written to the sinks directly: the file itself is the
@@ -47,7 +49,7 @@ from rtclake.delivery import Delivery
 from rtclake.derive import Derivations, Pending, concat
 from rtclake.durable import write_atomic
 from rtclake.intake import make_entry
-from rtclake.logfiles import unrotated
+from rtclake.logfiles import oldest_first, unrotated
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch
 from rtclake.spool import EntryHeader, is_segment, read_entries, segment_name
@@ -135,15 +137,19 @@ def file_identity(path: Path) -> str:
     return f"{st.st_dev}:{st.st_ino}:{head}"
 
 
-def expand(paths: Iterable[Path]) -> Iterator[Path]:
-    """Files named, and the files under folders named, in name order."""
+def expand(paths: Iterable[Path]) -> list[Path]:
+    """Files named, and the files under folders named, each log's files oldest first
+    (:func:`~rtclake.logfiles.oldest_first`: ``rtc_stats.jsonl.2.gz``, ``.1``, then
+    ``rtc_stats.jsonl``), as the derivations need them."""
+    found: list[Path] = []
     for path in paths:
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file())
+            found.extend(p for p in path.rglob("*") if p.is_file())
         else:
-            yield path
+            found.append(path)
+    return oldest_first(found)
 
 
 def _inflated(fh: IO[bytes]) -> Any:

@@ -1,10 +1,13 @@
 """Import of the S3 layout Kohaku's Fluent Bit writes: ``PREFIX/TAG/YYYY/MM/DD/HOST-UUID.gz``.
 
 Works with any S3-compatible store (AWS, MinIO, RustFS, R2): endpoint, credentials and
-path-style addressing are options. Keys are listed page by page (never all in memory) and
-only from the day folders not yet finished. What was imported is remembered per key and
-ETag, not as a last-modified cursor, so objects from several hosts that share a
-last-modified time are all imported; a line that Fluent Bit uploaded twice gets the same
+path-style addressing are options. Keys are listed page by page and only from the day
+folders not yet finished; one day folder's objects are held at a time and read in the
+order they were written, by last-modified time, then key: Fluent Bit's ``$UUID`` keys are
+random, and what is derived as the lines are read (rates from consecutive samples, one
+row per report, spans of activity) needs them in order. What was imported is remembered
+per key and ETag, not as a last-modified cursor, so objects from several hosts that share
+a last-modified time are all imported; a line that Fluent Bit uploaded twice gets the same
 record id both times and is stored once.
 """
 
@@ -22,12 +25,14 @@ import msgspec
 import structlog
 
 from rtclake.importer import FileState, Importer, ImportStats, UnreadableFile
+from rtclake.tables import Table
 
 log = structlog.get_logger(__name__)
 
 TAGS = ("rtc_stats", "session_webhook")
 _DAY = re.compile(r"^(\d{4})/(\d{2})/(\d{2})/")
 KEEP_DAYS = 2  # day folders listed again on the next run (late uploads land there)
+_NEVER = dt.datetime.min.replace(tzinfo=dt.UTC)  # an object listed without its time
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,31 @@ class S3Importer:
         for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
             yield from page.get("Contents", ())
 
+    def days(
+        self, tag: str, state: TagState
+    ) -> Iterator[tuple[str, list[tuple[dt.datetime, str, str]]]]:
+        """Each day folder (``YYYY/MM/DD/``) under TAG/ from ``state.since`` on, with its
+        objects not imported yet (last-modified time, key, ETag) in the order they were
+        written: by last-modified time (a second's precision), then key. A key outside
+        the layout is logged and passed over."""
+        base = f"{self.location.prefix}{tag}/"
+        day = ""
+        objects: list[tuple[dt.datetime, str, str]] = []
+        for obj in self.objects(tag, state.since):
+            key, etag = obj["Key"], obj.get("ETag", "")
+            found = _DAY.match(key[len(base) :])
+            if found is None:
+                log.info("s3 import: key outside the TAG/YYYY/MM/DD/ layout", key=key)
+                continue
+            if found.group(0) != day:  # listed in key order: a day's objects together
+                if day:
+                    yield day, sorted(objects)
+                day, objects = found.group(0), []
+            if state.keys.get(key) != etag:
+                objects.append((obj.get("LastModified") or _NEVER, key, etag))
+        if day:
+            yield day, sorted(objects)
+
     def run(self, stats: ImportStats | None = None) -> ImportStats:
         stats = stats or ImportStats()
         self.importer.delivery.start()
@@ -116,40 +146,34 @@ class S3Importer:
             state = self._load(tag)
             newest = state.since
             base = f"{self.location.prefix}{tag}/"
-            for obj in self.objects(tag, state.since):
-                key, etag = obj["Key"], obj.get("ETag", "")
-                day = _DAY.match(key[len(base) :])
-                if day is None:
-                    log.info("s3 import: key outside the TAG/YYYY/MM/DD/ layout", key=key)
-                    continue
-                newest = max(newest, day.group(0))
-                if state.keys.get(key) == etag:
-                    continue
-                body = self._body(key)
-                label = f"s3://{self.location.bucket}/{key}"
-                try:
-                    self.importer.import_stream(
-                        label,
-                        label,
-                        body,
-                        key.endswith(".gz"),
-                        table,
-                        FileState(etag),
-                        stats,
-                        reopen=functools.partial(self._body, key),
-                    )
-                except UnreadableFile as exc:  # left for a later run (a new ETag, fixed)
-                    log.error("s3 import: object unreadable; the rest of it skipped", key=key,
-                              error=str(exc))  # fmt: skip
-                    stats.unreadable.append(str(exc))
-                    continue
-                stats.files += 1
-                state.keys[key] = etag
-                self._save(tag, state)
+            for day, objects in self.days(tag, state):
+                newest = max(newest, day)
+                for _, key, etag in objects:
+                    self._import(key, etag, table, tag, state, stats)
             state.since = _days_before(newest, KEEP_DAYS)
             state.keys = {k: v for k, v in state.keys.items() if k[len(base) :] >= state.since}
             self._save(tag, state)
         return stats
+
+    def _import(
+        self, key: str, etag: str, table: Table, tag: str, state: TagState, stats: ImportStats
+    ) -> None:
+        """Import one object and remember it (unless it is unreadable)."""
+        body = self._body(key)
+        label = f"s3://{self.location.bucket}/{key}"
+        try:
+            self.importer.import_stream(
+                label, label, body, key.endswith(".gz"), table, FileState(etag), stats,
+                reopen=functools.partial(self._body, key),
+            )
+        except UnreadableFile as exc:  # left for a later run (a new ETag, fixed)
+            log.error("s3 import: object unreadable; the rest of it skipped", key=key,
+                      error=str(exc))  # fmt: skip
+            stats.unreadable.append(str(exc))
+            return
+        stats.files += 1
+        state.keys[key] = etag
+        self._save(tag, state)
 
 
 def _days_before(day_folder: str, days: int) -> str:
