@@ -333,12 +333,14 @@ def test_a_failed_group_commit_leaves_nothing_and_its_batches_then_commit_one_by
 
 
 def _rates(first_segment: int, n: int, seed: int) -> Batch:
-    """``rtc_rates`` rows of 40 connections in the order of their samples' times."""
+    """``rtc_rates`` rows of 40 connections in the order of their samples' times, each a
+    rate of its own (its stream and time: the record id the lake's repeat check reads)."""
     schema = default_registry()["rtc_rates"].stored_schema
     rng = np.random.default_rng(seed)
     start = dt.datetime(2026, 11, 1, 10, tzinfo=dt.UTC)
     times = [
-        start + dt.timedelta(milliseconds=int(ms)) for ms in sorted(rng.integers(0, 3_600_000, n))
+        start + dt.timedelta(milliseconds=int(ms))
+        for ms in sorted(rng.choice(3_600_000, n, replace=False))
     ]
     connections = [f"C{int(c):03d}" for c in rng.integers(0, 40, n)]
     columns: dict[str, Any] = {
@@ -347,7 +349,7 @@ def _rates(first_segment: int, n: int, seed: int) -> Batch:
         "connection_id": connections,
         "session_id": [f"S{c[1:]}" for c in connections],
         "channel_id": ["room"] * n,
-        "stats_id": [f"s{int(s)}" for s in rng.integers(0, 6, n)],
+        "stats_id": [f"s{first_segment}-{int(s)}" for s in rng.integers(0, 6, n)],
         "bitrate_bps": rng.random(n) * 1e6,
         "kind": ["rtc_rates"] * n,
         "source": ["derived"] * n,

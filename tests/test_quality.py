@@ -7,9 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from rtclake.integrations.sora.views import RatesDerivation, ReportsDerivation
 from rtclake.lake.query import QueryEngine
 from tests.test_rtc_rates import import_lines, sample
 
@@ -144,7 +147,8 @@ def test_a_report_split_between_batches_is_scored_whole(tmp_path: Path) -> None:
 
 
 def test_a_late_report_is_not_stored_again(tmp_path: Path) -> None:
-    """A report older than the connection's latest one (a repeated log line) adds no row."""
+    """A report older than the connection's latest one (a repeated log line) adds no row:
+    derived again, it has the record id of the row stored, which the lake keeps."""
     lines = connection("clean")
     engine = import_lines(tmp_path, [*lines, *lines[:3]], block_bytes=1_200)
     counts = engine.run(
@@ -152,6 +156,32 @@ def test_a_late_report_is_not_stored_again(tmp_path: Path) -> None:
     ).rows()
     assert sorted(n for _, n in counts) == [1, 1]
     assert engine.run("SELECT count(*) FROM connection_quality").rows() == [[1]]
+
+
+def test_the_objects_of_the_latest_report_read_again_add_no_part(tmp_path: Path) -> None:
+    """Objects the state holds already (lines read again: overlapping rotated copies, an
+    upload repeated) are left out, so a repeat adds no part to the report: each repeat
+    of a connection's latest report had been stored again, one part higher."""
+    import_lines(tmp_path, connection("clean"))
+    (path,) = (tmp_path / "lake" / "main" / "rtc_stats").rglob("*.parquet")
+    stats = pq.read_table(path).sort_by("rtc_timestamp")
+    rates, reports = RatesDerivation(), ReportsDerivation()
+    made, rate_state = rates.derive({"rtc_stats": stats}, None)
+    first, state = reports.derive({"rtc_stats": stats, **made}, None)
+    assert first["connection_reports"]["part"].to_pylist() == [0, 0]
+    latest = stats.slice(3)  # the second report's three objects
+    made, _ = rates.derive({"rtc_stats": latest}, rate_state)
+    again, kept = reports.derive({"rtc_stats": latest, **made}, state)
+    assert again == {}
+    assert kept is not None and state is not None and kept.equals(state)
+    # with one object more, the report is continued: part 1, from all of its objects
+    more = sample("clean", "transport", "T1", 30, selectedCandidatePairId="CP")
+    extra = import_lines(tmp_path / "more", [*connection("clean"), more])
+    extra.close()
+    (path,) = (tmp_path / "more" / "lake" / "main" / "rtc_stats").rglob("*.parquet")
+    transport = pq.read_table(path).filter(pc.equal(pc.field("stats_type"), "transport"))
+    continued, _ = reports.derive({"rtc_stats": pa.concat_tables([latest, transport])}, state)
+    assert continued["connection_reports"]["part"].to_pylist() == [1]
 
 
 def test_report_files_have_statistics_for_the_part(tmp_path: Path) -> None:

@@ -14,6 +14,12 @@ derived again from the same state, so it produces the same rows. The writer keep
 state on disk (``DATA_DIR/derived/NAME.arrow``) across restarts; an import keeps it in
 memory for the run, so the first sample of each stream of an import makes no rate.
 
+Lines read twice (rotated copies that overlap, an upload repeated, a log tailed and
+imported) are derived again: a state keeps the latest of each stream or connection, and
+cannot tell an older line read again from one never read. A derived table whose record
+id comes from its identity (``rtc_rates``, ``connection_reports``) is therefore declared
+``derived_again``: the lake's repeat check keeps a row derived again once.
+
 Derivations run in registration order, and a source may be an earlier derivation's
 output: per-report rows are derived from the batch's stats and the rates just derived
 from them.

@@ -198,6 +198,10 @@ class Table:
     #: Rows never repeat (a derived table, written once per batch): queries need not hide
     #: repeated record ids, which costs a window over the whole table.
     unique_rows: bool = False
+    #: With ``unique_rows``: a row can be derived again, with the same record id, from
+    #: lines that come again (a re-upload, a second import); the lake's repeat check,
+    #: which passes the other ``unique_rows`` tables over, keeps it once.
+    derived_again: bool = False
     #: Columns besides the envelope, ids and times that get min/max statistics.
     statistics: tuple[str, ...] = ()
     #: The order of the rows within each lake file, and the rows of its row groups: a
@@ -242,6 +246,11 @@ class Table:
             return ()
         names = {c.name for c in self.columns}
         return tuple(name for name in self.identity if name in names)
+
+    @property
+    def checks_repeats(self) -> bool:
+        """Whether the lake's repeat check (:mod:`rtclake.lake.repeats`) runs on its rows."""
+        return not self.unique_rows or self.derived_again
 
     @property
     def record_key(self) -> tuple[str, ...]:

@@ -369,7 +369,7 @@ class LakeSink(Sink):
         if not todo:
             return
         self.catalog.ensure_tables(con, [table.name for table in todo])
-        checked = [table.name for table in todo if not table.unique_rows]
+        checked = [table.name for table in todo if table.checks_repeats]
         with self._commit_lock(first.node, checked):
             self._commit(con, batches, todo, run)
 
@@ -446,7 +446,7 @@ class LakeSink(Sink):
         left_out = 0  # rows the batch or the lake held already
         for part in parts:
             rows, content = part.rows, part.content
-            if not table.unique_rows:
+            if table.checks_repeats:
                 kept = self._check.new_rows(con, table, rows)
                 left_out += rows.num_rows - kept.num_rows
                 if not kept.num_rows:

@@ -146,7 +146,13 @@ def _arrow(values: Floats) -> pa.Array:
 
 def derive(fresh: pa.Table, state: pa.Table | None) -> tuple[pa.Table, pa.Table]:
     """The rates of ``fresh`` samples (:func:`samples`) whose previous sample is in
-    ``fresh`` or in ``state``, and the new state (the last sample of every stream)."""
+    ``fresh`` or in ``state``, and the new state (the last sample of every stream, and
+    its last in ``fresh``'s order when older).
+
+    A sample older than its stream's last one may be new (a rotated copy or an upload read
+    after newer lines) or read again; neither state tells, so it is rated from the sample
+    before it, as any other. A rate's record id is its stream and time, and the lake's
+    repeat check stores a rate made again once."""
     flag = np.ones(fresh.num_rows, dtype=bool)
     table = fresh
     if state is not None and state.num_rows:
@@ -261,10 +267,19 @@ def derive(fresh: pa.Table, state: pa.Table | None) -> tuple[pa.Table, pa.Table]
     }
     rates = pa.table(columns)
 
+    # the new state: each stream's last sample, and its last one in ``fresh``'s order when
+    # that is older (lines out of order, or read again): the next batch's samples of the
+    # same stretch follow it, so they are rated as they would be in one batch (and a
+    # sample read again makes the same row again)
     last = np.ones(len(key), dtype=bool)
     last[:-1] = key[1:] != key[:-1]
+    group = np.cumsum(~same) - 1
+    place = np.where(flag, order, -1)  # (fresh's rows come first: ``order`` is their place)
+    latest_place = np.full(group[-1] + 1, -1)
+    np.maximum.at(latest_place, group, place)
+    ended = flag & (place == latest_place[group]) & (ts < ts[last][group])
     recent = ts >= ts.max() - HORIZON_US
-    state_out = rows_at(table.select(list(SAMPLE_COLUMNS)), order[last & recent])
+    state_out = rows_at(table.select(list(SAMPLE_COLUMNS)), order[(last | ended) & recent])
     return rates, state_out
 
 

@@ -9,13 +9,20 @@ repeated ones with a window over the whole table) for each answer row; this tabl
 the answer row itself.
 
 A report's objects are written together, but a batch can end between two of them. The
-state keeps the objects (as :data:`ITEM_COLUMNS`) of every connection's latest report;
-when a later batch brings more objects of that report, the report is computed again from
-all of them and stored with ``part`` one higher. The views read a report's highest part
-only (``LATEST_REPORTS_SQL``): a continuation is rare (at most one report per connection
-and batch boundary), so the anti-join that hides the lower parts reads almost nothing.
-A report older than a connection's latest one in the state is late: it is not stored
-again.
+state keeps the objects (as :data:`ITEM_COLUMNS`) of every connection's latest report, and
+of the report of its last object in the batch when that is older (the batch's lines came
+out of order); when a later batch brings more objects of such a report, the report is
+computed again from all of them and stored with ``part`` one higher. The views read a
+report's highest part only (``LATEST_REPORTS_SQL``): a continuation is rare (at most one
+report per connection and batch boundary), so the anti-join that hides the lower parts
+reads almost nothing.
+
+Objects the state holds already (lines read twice: overlapping rotated copies, an upload
+repeated) are left out, so they add no part. A report older than the ones the state keeps
+is stored as it comes, part 0: the state cannot tell a report never seen (a rotated copy
+or an upload read after newer lines) from one stored before, and the record id of a
+report is its connection, time and part, so the lake's repeat check stores a report
+read again once.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rtclake.integrations.sora.rates import aligned, rows_where
+from rtclake.integrations.sora.rates import aligned, rows_at, rows_where
 
 Floats = npt.NDArray[np.float64]
 
@@ -108,48 +115,89 @@ def _keys(
     return codes, ts, codes * (len(times) + 1) + ts_codes.astype(np.int64)
 
 
-def derive(fresh: pa.Table, state: pa.Table | None) -> tuple[pa.Table, pa.Table]:
+def last_reports(stats: pa.Table) -> pa.Table:
+    """Each connection's report (``connection_id``, ``time``) of its last object in a batch
+    of ``rtc_stats`` rows: the report the next batch may continue."""
+    rows = stats.select(["connection_id", "rtc_timestamp"])
+    if rows["connection_id"].null_count or rows["rtc_timestamp"].null_count:
+        rows = rows.drop_null()  # (rows without them make no report)
+    # without threads, the groups keep the rows' order: "last" is the batch's last row
+    last = rows.group_by("connection_id", use_threads=False).aggregate([("rtc_timestamp", "last")])
+    return last.select(["connection_id", "rtc_timestamp_last"]).rename_columns(list(KEYS))
+
+
+def derive(
+    fresh: pa.Table, state: pa.Table | None, last: pa.Table | None = None
+) -> tuple[pa.Table, pa.Table]:
     """The reports of ``fresh`` items (:func:`items`), with the objects of the same
-    reports kept in ``state``, and the new state (every connection's latest report)."""
+    reports kept in ``state``, and the new state: every connection's latest report, and
+    the report of its last object in the batch (``last``: :func:`last_reports`) when that
+    is older."""
     old = fresh.slice(0, 0)
     if state is not None and state.num_rows:
         old = aligned(state, fresh.schema, fresh.schema.names)
     if fresh.num_rows == 0:
         return pa.table({}), old
     both = pa.concat_tables([fresh, old])
-    n = fresh.num_rows
-    codes, ts, report = _keys(both)
-    lowest = np.iinfo(np.int64).min
-    # each connection's latest report in the state: fresh objects of an older one are late
-    latest_old = np.full(int(codes.max(initial=0)) + 1, lowest)
-    np.maximum.at(latest_old, codes[n:], ts[n:])
-    on_time = ts[:n] >= latest_old[codes[:n]]
+    n, m = fresh.num_rows, both.num_rows
+    keys = both.select(list(KEYS))
+    if last is not None:
+        keys = pa.concat_tables([keys, last.select(list(KEYS)).cast(keys.schema)])
+    codes, ts, report = _keys(keys)
+    _, slot = np.unique(report, return_inverse=True)  # each row's report, numbered
+    size = int(slot.max()) + 1
+    continued = _marks(size, slot[m:])[slot[:m]]  # the reports of the batch's last objects
+    codes, ts, slot = codes[:m], ts[:m], slot[:m]
+    seen = _seen(both, n, slot, size)
+    if seen.any():  # lines read again: the state's objects are those
+        both, n = rows_where(both, ~seen), n - int(seen.sum())
+        if n == 0:
+            return pa.table({}), old
+        codes, ts, slot, continued = codes[~seen], ts[~seen], slot[~seen], continued[~seen]
     # the reports this batch touches: its own objects, and the kept ones of the same reports
-    chosen = np.concatenate([on_time, np.isin(report[n:], report[:n][on_time])])
+    chosen = np.concatenate([np.ones(n, dtype=bool), _marks(size, slot[:n])[slot[n:]]])
     # a report's part: 0, or one more than the part stored from the state's objects
-    _, slot = np.unique(report, return_inverse=True)
-    kept_part = np.full(int(slot.max(initial=0)) + 1, -1, dtype=np.int64)
+    kept_part = np.full(size, -1, dtype=np.int64)
     part_values = pc.fill_null(both["part"], -1).to_numpy(zero_copy_only=False)
     np.maximum.at(kept_part, slot, np.asarray(part_values, dtype=np.int64))
     part = kept_part[slot] + 1  # -1 (no stored part) gives 0
     old_part = np.asarray(part_values, dtype=np.int64)
     both = both.set_column(both.schema.get_field_index("part"), "part",
                            pa.array(np.where(chosen, part, old_part), pa.int64()))  # fmt: skip
-    if not chosen.any():
-        reports = pa.table({})
-    elif chosen[:n].all():  # the usual case: the batch's items are taken as they are
-        tail = rows_where(both.slice(n), chosen[n:])
-        reports = _reports(pa.concat_tables([both.slice(0, n), tail]))
-    else:
-        reports = _reports(rows_where(both, chosen))
+    tail = rows_where(both.slice(n), chosen[n:])  # the batch's items are taken as they are
+    reports = _reports(pa.concat_tables([both.slice(0, n), tail]))
 
-    # the new state: each connection's latest report, its objects marked with the part
-    # stored for it
-    latest = np.full(len(latest_old), lowest)
+    # the new state: each connection's latest report, and the report of its last object
+    # in the batch (the one the next batch may continue: older when the lines came out of
+    # order), their objects marked with the part stored for them
+    latest = np.full(int(codes.max(initial=0)) + 1, np.iinfo(np.int64).min)
     np.maximum.at(latest, codes, ts)
-    keep = (ts == latest[codes]) & (ts >= ts.max() - HORIZON_US)
-    keep[:n] &= on_time
+    keep = ((ts == latest[codes]) | continued) & (ts >= ts.max() - HORIZON_US)
     return reports, rows_where(both, keep)
+
+
+def _marks(size: int, at: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """``size`` flags, set at ``at``."""
+    marks = np.zeros(size, dtype=bool)
+    marks[at] = True
+    return marks
+
+
+def _seen(both: pa.Table, n: int, slot: npt.NDArray[np.int64], size: int) -> npt.NDArray[np.bool_]:
+    """Which of ``both``'s rows are fresh items (the first ``n``) that the state's (the
+    rest) holds already: the same report (``slot``, of ``size``), stats id and kind."""
+    seen = np.zeros(len(slot), dtype=bool)
+    known = np.flatnonzero(_marks(size, slot[n:])[slot[:n]])
+    if not len(known):  # (usually only a report continued from the state has any)
+        return seen
+    rows = np.concatenate([known, n + np.flatnonzero(_marks(size, slot[known])[slot[n:]])])
+    taken = rows_at(both.select(["stats_id", "is_rate"]), rows)
+    ids = pc.dictionary_encode(taken["stats_id"].combine_chunks())
+    id_codes = np.asarray(pc.fill_null(ids.indices, -1).to_numpy(zero_copy_only=False), np.int64)
+    is_rate = np.asarray(pc.fill_null(taken["is_rate"], False).to_numpy(zero_copy_only=False))
+    item = (slot[rows] * (len(ids.dictionary) + 1) + id_codes + 1) * 2 + is_rate
+    seen[known] = np.isin(item[: len(known)], item[len(known) :])
+    return seen
 
 
 def _masked(table: pa.Table, name: str, mask: pa.Array) -> pa.Array:

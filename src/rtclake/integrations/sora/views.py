@@ -93,6 +93,12 @@ RTC_RATES = Table(
     columns=tuple(Column(name, _KINDS.get(name, "float"), ()) for name, _ in RATES_COLUMNS[1:]),
     identity=("connection_id", "stats_id", "time"),
     unique_rows=True,
+    # The same samples come twice (a re-upload, overlapping rotated copies, two imports,
+    # a log tailed and imported from S3), and each derivation that reads them rates them
+    # again: which samples were stored before, neither an import's state nor the writer's
+    # knows. A rate's record id is its stream and time, so the lake's repeat check keeps
+    # it once.
+    derived_again=True,
     cluster_by=("connection_id", "time"),
     row_group_rows=CLUSTERED_ROW_GROUP,
 )
@@ -187,6 +193,9 @@ CONNECTION_REPORTS = Table(
     ),
     identity=("connection_id", "time", "part"),
     unique_rows=True,
+    # as rtc_rates: a report read again is derived again (part 0 when older than the
+    # reports the state keeps), and the lake's repeat check keeps it once
+    derived_again=True,
     statistics=("part",),
     cluster_by=("connection_id", "time", "part"),
     row_group_rows=CLUSTERED_ROW_GROUP,
@@ -204,8 +213,9 @@ class ReportsDerivation(Derivation):
     def derive(
         self, tables: Mapping[str, pa.Table], state: pa.Table | None
     ) -> tuple[dict[str, pa.Table], pa.Table | None]:
-        fresh = reports.items(tables["rtc_stats"], tables.get("rtc_rates"))
-        computed, kept = reports.derive(fresh, state)
+        stats = tables["rtc_stats"]
+        fresh = reports.items(stats, tables.get("rtc_rates"))
+        computed, kept = reports.derive(fresh, state, reports.last_reports(stats))
         if computed.num_rows == 0:
             return {}, kept
         names = [name for name, _ in REPORTS_COLUMNS]
