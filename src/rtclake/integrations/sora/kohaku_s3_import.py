@@ -163,7 +163,13 @@ class S3Importer:
         label = f"s3://{self.location.bucket}/{key}"
         try:
             self.importer.import_stream(
-                label, label, body, key.endswith(".gz"), table, FileState(etag), stats,
+                label,
+                label,
+                body,
+                key.endswith(".gz"),
+                table,
+                FileState(etag),
+                stats,
                 reopen=functools.partial(self._body, key),
             )
         except UnreadableFile as exc:  # left for a later run (a new ETag, fixed)
