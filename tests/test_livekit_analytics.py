@@ -314,15 +314,20 @@ def test_every_view_declares_the_columns_its_rows_have(app: App) -> None:
         assert answer["timed"] is ("time" in declared), view["name"]
 
 
-def test_a_lossy_livekit_participant_is_diagnosed_from_its_stats(app: App) -> None:
-    stats = [{
-        "id": f"AS_lossy_{n}", "kind": "DOWNSTREAM", "timeStamp": f"2024-06-13T10:0{n}:30Z",
-        "roomId": "RM_lossy", "roomName": "lossy-room", "participantId": "PA_lossy",
-        "trackId": "TR_lossy", "mime": "audio/opus",
-        "streams": [{"primaryPackets": 1350, "primaryBytes": "120000", "packetsLost": 150,
-                     "rtt": 30, "jitter": 5, "startTime": f"2024-06-13T10:0{n}:00Z",
-                     "endTime": f"2024-06-13T10:0{n}:30Z"}],
+def downstream_stats(name: str, day: str, **stream: Any) -> list[dict[str, Any]]:
+    """Four 30-second DOWNSTREAM AnalyticsStats of one audio track, a minute apart, in
+    room RM_NAME by participant PA_NAME, with ``stream``'s counters (and jitter 5 ms)."""
+    return [{
+        "id": f"AS_{name}_{n}", "kind": "DOWNSTREAM", "timeStamp": f"{day}T10:0{n}:30Z",
+        "roomId": f"RM_{name}", "roomName": f"{name}-room", "participantId": f"PA_{name}",
+        "trackId": f"TR_{name}", "mime": "audio/opus",
+        "streams": [{"primaryBytes": "120000", "jitter": 5, **stream,
+                     "startTime": f"{day}T10:0{n}:00Z", "endTime": f"{day}T10:0{n}:30Z"}],
     } for n in range(4)]  # fmt: skip
+
+
+def test_a_lossy_livekit_participant_is_diagnosed_from_its_stats(app: App) -> None:
+    stats = downstream_stats("lossy", "2024-06-13", primaryPackets=1350, packetsLost=150, rtt=30)
     assert app.post(STATS, json.dumps({"stats": stats}).encode(), **JSON_TYPE).status_code == 200
     assert (
         app.wait_rows("SELECT count(*) FROM livekit_rates WHERE connection_id = 'PA_lossy'", 4) == 4
@@ -339,14 +344,7 @@ def test_a_livekit_participant_with_a_long_round_trip_is_diagnosed_high_rtt(app:
     # (LiveKit's rtt is on its streams, which livekit_rates gives as inbound-rtp and
     # outbound-rtp; the diagnosis had looked for it only on remote-inbound-rtp and
     # candidate-pair rows, so 450 ms never made a high_rtt)
-    stats = [{
-        "id": f"AS_slow_{n}", "kind": "DOWNSTREAM", "timeStamp": f"2024-06-16T10:0{n}:30Z",
-        "roomId": "RM_slow", "roomName": "slow-room", "participantId": "PA_slow",
-        "trackId": "TR_slow", "mime": "audio/opus",
-        "streams": [{"primaryPackets": 1500, "primaryBytes": "120000", "rtt": 450,
-                     "jitter": 5, "startTime": f"2024-06-16T10:0{n}:00Z",
-                     "endTime": f"2024-06-16T10:0{n}:30Z"}],
-    } for n in range(4)]  # fmt: skip
+    stats = downstream_stats("slow", "2024-06-16", primaryPackets=1500, rtt=450)
     assert app.post(STATS, json.dumps({"stats": stats}).encode(), **JSON_TYPE).status_code == 200
     sql = "SELECT count(*) FROM livekit_rates WHERE connection_id = 'PA_slow'"
     assert app.wait_rows(sql, 4) == 4

@@ -58,6 +58,18 @@ def sink(prefix: str, **settings: object) -> RedisSink:
     return made
 
 
+def stream_length(key: str, expected: int, timeout: float = 10.0) -> int:
+    """The length of the stream ``key`` once it reaches ``expected`` (or the timeout)."""
+    client = redis.Redis.from_url(URL)
+    try:
+        deadline = time.monotonic() + timeout
+        while client.xlen(key) < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return int(client.xlen(key))
+    finally:
+        client.close()
+
+
 def test_a_stream_per_table_with_each_record_once_across_replays(prefix: str) -> None:
     writer = sink(prefix)
     made = batch(1, lines(7))
@@ -127,12 +139,7 @@ def test_behind_the_writer_every_acknowledged_record_reaches_the_stream(
             body = lines(5).replace(b'"d', b'"p%d-' % part)
             assert app.post("/ingest/sensors", body).status_code == 200
         assert app.wait_rows("SELECT count(*) FROM telemetry", 15) == 15
-        client = redis.Redis.from_url(URL)
-        deadline = time.monotonic() + 10
-        while client.xlen(f"{prefix}telemetry") < 15 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert client.xlen(f"{prefix}telemetry") == 15
-        client.close()
+        assert stream_length(f"{prefix}telemetry", 15) == 15
     finally:
         app.stop()
 
@@ -145,12 +152,7 @@ def test_behind_the_writer_numbers_beyond_a_float_reach_the_stream_not_dead_lett
     try:
         assert app.post("/ingest/sensors", lines(2) + b"\n" + BEYOND_FLOATS).status_code == 200
         assert app.wait_rows("SELECT count(*) FROM telemetry", 5) == 5
-        client = redis.Redis.from_url(URL)
-        deadline = time.monotonic() + 10
-        while client.xlen(f"{prefix}telemetry") < 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert client.xlen(f"{prefix}telemetry") == 5
-        client.close()
+        assert stream_length(f"{prefix}telemetry", 5) == 5
         assert app.rows("SELECT count(*) FROM dead_letters") == [[0]]
         assert app.service.delivery.health()["r"] == {"ok": True}
     finally:
