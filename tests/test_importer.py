@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import gzip
 import io
 import json
@@ -17,6 +18,7 @@ from typing import Any
 import boto3
 import pytest
 import structlog
+from prometheus_client import CollectorRegistry
 
 from rtclake import faults
 from rtclake.catalog import default_registry
@@ -26,6 +28,7 @@ from rtclake.importer import BlockReader, Importer, ImportStats
 from rtclake.integrations.sora.kohaku_s3_import import S3Importer, S3Location, s3_client
 from rtclake.integrations.sora.logs import table_for
 from rtclake.lake.catalog import LEDGER
+from rtclake.lake.maintenance import Maintenance, MaintenanceConfig
 from rtclake.lake.query import QueryEngine
 from rtclake.lake.sink import LakeSink
 from rtclake.metrics import Metrics
@@ -541,8 +544,50 @@ def test_lines_read_twice_derive_each_row_once(
     assert engine.run(reports + " FROM connection_reports").rows() == [[True, 30]]
     engine.close()
     assert views(again / "lake") == in_order
-    # (connection_spans is derived per run: the second one counts reports 10-29 again;
-    # docs/METRICS.md)
+    # (connection_spans is derived per run: the second one counts reports 10-29 again
+    # until maintenance folds them; test_spans_of_lines_read_twice_start_a_connection_once)
+
+
+def test_spans_of_lines_read_twice_start_a_connection_once(tmp_path: Path) -> None:
+    """connection_spans' state is each run's own. A run that reads a connection from the
+    same first report as an earlier one derives the row stored already (its record id is
+    the connection and that report), which the lake's repeat check leaves out; a run that
+    begins later in the connection (a second import of an overlapping file) starts it
+    again until maintenance folds the day: the rows overlap, and fold into one span that
+    starts once. Each run's row had stayed, and the connection had started twice after
+    maintenance too."""
+    sql = (
+        "SELECT epoch(time - TIMESTAMPTZ '2026-11-20 00:00:00+00')::INT,"
+        " epoch(last_time - TIMESTAMPTZ '2026-11-20 00:00:00+00')::INT, reports, opens,"
+        " starts FROM connection_spans ORDER BY ALL"
+    )
+
+    def spans() -> list[list[Any]]:
+        engine = QueryEngine(tmp_path / "lake", default_registry())
+        try:
+            return engine.run(sql).rows()
+        finally:
+            engine.close()
+
+    for name, first, last in (("a", 0, 15), ("a-copy", 0, 15), ("b", 10, 30)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "rtc_stats.jsonl").write_bytes(text(report_lines(first, last)))
+        importer = make_importer(tmp_path)
+        importer.import_paths([tmp_path / name])
+        importer.close()
+        if name == "a-copy":  # the same lines again: the same row, left out
+            assert spans() == [[0, 140, 15, True, True]]
+    # reports 10-29 by a run that knew nothing of 0-14
+    assert spans() == [[0, 140, 15, True, True], [100, 290, 20, True, True]]
+    sink = LakeSink(tmp_path / "lake", default_registry())
+    maintenance = Maintenance(
+        sink.catalog, MaintenanceConfig(), node="n", metrics=Metrics(CollectorRegistry())
+    )
+    report = maintenance.run(now=dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC))
+    sink.close()
+    assert report is not None and report.ok, report
+    # one span from the first report to the last; reports 10-14 counted by both runs
+    assert spans() == [[0, 290, 35, True, True]]
 
 
 def test_lines_read_out_of_order_store_each_report_whole(

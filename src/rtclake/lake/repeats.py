@@ -181,7 +181,9 @@ class RepeatCheck:
         finally:
             con.unregister(name)
         times = rows["time"].cast(pa.int64()).to_numpy()
-        order = np.argsort(hashes, kind="stable")
+        # equal hashes may come in any order (all of them are met): NumPy's default sort,
+        # vectorised, took a fifth of the stable one's time (15 -> 3 ms a 120,000-row group)
+        order = np.argsort(hashes)
         ordered = hashes[order]
         met = arrived.copy()
         twice = ordered[1:] == ordered[:-1]  # within the batch
@@ -231,7 +233,7 @@ class RepeatCheck:
             if total > SEEN_ROWS:
                 return None
             hashes, times = got.column(0).to_numpy(), got.column(1).to_numpy()
-            order = np.argsort(hashes, kind="stable")
+            order = np.argsort(hashes)
             parts.append((hashes[order], times[order]))
         return _merged(snapshot, start, end, parts)
 

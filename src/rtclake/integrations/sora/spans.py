@@ -135,23 +135,33 @@ def _starts(ids: pa.ChunkedArray) -> np.ndarray:
     return starts
 
 
-ROLLUP_SQL = """
+ROLLUP_SQL = f"""
 SELECT min(time) AS time, max(received_at) AS received_at, arg_max(source, last_time) AS source,
     arg_max(stream, last_time) AS stream, any_value(kind) AS kind, NULL AS type,
     arg_max(channel_id, last_time) AS channel_id, arg_max(session_id, last_time) AS session_id,
     connection_id, arg_max(client_id, last_time) AS client_id,
     arg_max(role, last_time) AS role, arg_max(node_name, last_time) AS node_name,
     max(last_time) AS last_time, sum(reports)::BIGINT AS reports, arg_min(opens, time) AS opens,
-    arg_min_null(starts, time) AS starts, NULL AS extra
+    CASE WHEN span > 1 THEN false ELSE arg_min_null(starts, time) END AS starts, NULL AS extra
 FROM (
-    SELECT *, sum(CASE WHEN opens THEN 1 ELSE 0 END)
-        OVER (PARTITION BY connection_id ORDER BY time ROWS UNBOUNDED PRECEDING) AS span
-    FROM {rows}
+    SELECT *, sum(CASE WHEN gap THEN 1 ELSE 0 END)
+        OVER (PARTITION BY connection_id ORDER BY time, last_time ROWS UNBOUNDED PRECEDING) AS span
+    FROM (
+        SELECT *, coalesce(time - max(last_time) OVER (
+            PARTITION BY connection_id ORDER BY time, last_time
+            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+        ) > INTERVAL {GAP_SECONDS} SECOND, true) AS gap
+        FROM {{rows}}
+    )
 )
 GROUP BY connection_id, span
 """
-"""A closed day's rows folded into one row per span: a row that does not open continues
-the row before it (consecutive reports at most :data:`GAP_SECONDS` apart)."""
+"""A day's rows folded into one row per span: a row within :data:`GAP_SECONDS` of the
+connection's rows before it (its last report, or an earlier row that overlaps it)
+continues their span. Rows derived twice from lines read twice (a second import, a log
+tailed and imported: each run's derivation has its own state) overlap, and fold into the
+one span they share; only the connection's first span of the day keeps ``starts``. Their
+``reports`` are summed as stored (a report read twice counts twice)."""
 
 
 def fold(rows: pa.Table) -> pa.Table:

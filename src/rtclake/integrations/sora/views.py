@@ -266,6 +266,9 @@ CONNECTION_SPANS = Table(
     columns=tuple(Column(name, _SPAN_KINDS[name], ()) for name, _ in SPANS_COLUMNS[1:]),
     identity=("connection_id", "time"),
     unique_rows=True,
+    # a stretch derived again from lines read twice (a second import, a log tailed and
+    # imported) that begins at the same report is the row stored already
+    derived_again=True,
     cluster_by=("time", "connection_id"),
     rollup=Rollup(spans.ROLLUP_SQL, keeps="reports", fold=spans.fold),
 )
