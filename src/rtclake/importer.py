@@ -68,6 +68,8 @@ SOURCE = "import"
 # file per table, the commit) took more time than the blocks' own data at one block
 # (~30,000 Sora lines) a commit.
 GROUP_ROWS = 120_000
+# Blocks parsed or being parsed, waiting for the writer thread.
+QUEUED_BLOCKS = 2
 
 
 #: What inflating a gzip stream that is cut short or damaged raises (ISA-L's, zlib's and
@@ -451,10 +453,12 @@ class Importer:
         # This thread reads (and inflates); the pool converts (the C++ parser, Arrow and
         # DuckDB work without the GIL, so both cores work); the writer thread writes the
         # blocks to the sinks in file order and advances the checkpoint.
-        work: queue.Queue[_Block | None] = queue.Queue(maxsize=2)
+        work: queue.Queue[_Block | None] = queue.Queue(maxsize=QUEUED_BLOCKS)
+        read_all = threading.Event()  # the last block is queued
         failure: list[BaseException] = []
         writer = threading.Thread(
-            target=self._write_blocks, args=(work, table, run, key, label, done, stats, failure),
+            target=self._write_blocks,
+            args=(work, read_all, table, run, key, label, done, stats, failure),
             daemon=True,
         )  # fmt: skip
         writer.start()
@@ -485,6 +489,7 @@ class Importer:
                 work.put(_Block(end, skipped, parsed))
                 skipped = 0
         finally:
+            read_all.set()
             work.put(None)
             writer.join()
         if failure:
@@ -511,6 +516,7 @@ class Importer:
     def _write_blocks(
         self,
         work: queue.Queue[_Block | None],
+        read_all: threading.Event,
         table: Table,
         run: str,
         key: str,
@@ -550,7 +556,11 @@ class Importer:
                 line += parsed.lines
                 del parsed
                 group.end, group.line, group.pending = item.end, line, pending
-                if group.rows >= self.group_rows or not group.blocks:
+                # Once the last block is read, the group takes the few left (at most
+                # QUEUED_BLOCKS) rather than closing: a last small group was stored after
+                # this one, their two commits after the last block, one core idle.
+                full = group.rows >= self.group_rows and not read_all.is_set()
+                if full or not group.blocks:
                     close(group)
                     group = _Group()
             except BaseException as exc:  # reported by import_file on the caller's thread
