@@ -37,7 +37,7 @@ from rtclake.lake.sink import lake_sink
 from rtclake.metrics import Metrics
 
 LINES = 1_000_000
-ROUNDS = 3  # each side runs this many times, alternating; the medians are compared
+ROUNDS = 5  # each side runs this many times, alternating; the medians are compared
 
 _KOHAKU_COLUMNS = {
     "connection_id": "VARCHAR", "id": "VARCHAR", "label": "VARCHAR", "timestamp": "TIMESTAMP",
