@@ -358,3 +358,11 @@ def test_run_refuses_a_catalog_that_is_not_its_lakes_in_one_line(tmp_path: Path)
         lines = [line for line in out.stderr.splitlines() if "rtclake cannot start" in line]
         assert len(lines) == 1 and reason in lines[0], out.stderr
         assert "Traceback" not in out.stderr, out.stderr
+
+
+def test_query_refuses_a_row_limit_below_one_as_a_usage_error(tmp_path: Path) -> None:
+    # -3 had crashed with DuckDB's traceback, 0 had been taken for "the default"
+    for value in ("0", "-3"):
+        out = rtclake("query", "SELECT 1", "--max-rows", value, cwd=tmp_path)
+        assert out.returncode == 2, (value, out.stderr)
+        assert "--max-rows" in out.stderr and "Traceback" not in out.stderr

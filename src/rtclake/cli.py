@@ -499,7 +499,7 @@ def query(
     sql: Annotated[str, typer.Argument(help="One SELECT over the lake's tables.")],
     output: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
     max_rows: Annotated[
-        int | None, typer.Option(help="Row limit (default: query.max_rows).")
+        int | None, typer.Option(min=1, help="Row limit (default: query.max_rows).")
     ] = None,
     config: ConfigOption = None,
 ) -> None:
