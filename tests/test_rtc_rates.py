@@ -289,3 +289,25 @@ def test_quality_limitation_durations_are_read_as_numbers_and_nothing_else() -> 
         "bandwidth": [4.0, None], "other": [None, None],
     }  # fmt: skip
     assert read([], 2) == {r: [None, None] for r in ("none", "cpu", "bandwidth", "other")}
+
+
+def test_the_bitrate_example_of_metrics_md_adds_up_the_streams_received(tmp_path: Path) -> None:
+    """docs/METRICS.md's first example, run as written (on its connection id): a connection
+    receiving two video streams of 1,000 and 3,000 kbit/s receives 4,000 kbit/s, not their
+    average."""
+    conn = "FJB24N65RS1D3CRXMVC4Y32FCM"
+    lines = [
+        sample(conn, "inbound-rtp", f"IV{n}", 5 * i, "video", bytesReceived=rate * 625 * i,
+               packetsReceived=100 * i, packetsLost=0)
+        for i in range(6) for n, rate in ((1, 1000), (2, 3000))
+    ] + [
+        sample(conn, "outbound-rtp", "OV", 5 * i, "video", bytesSent=500 * 625 * i,
+               packetsSent=50 * i)
+        for i in range(6)
+    ]  # fmt: skip
+    engine = import_lines(tmp_path, lines)
+    text = (Path(__file__).resolve().parent.parent / "docs" / "METRICS.md").read_text()
+    example = text.split("```sql\n", 1)[1].split("\n\n", 1)[0]
+    assert "video bitrate per minute of one connection" in example
+    rows = {(kind, round(kbps)) for _, kind, kbps in engine.run(example).rows()}
+    assert rows == {("inbound-rtp", 4000), ("outbound-rtp", 500)}
