@@ -366,3 +366,17 @@ def test_query_refuses_a_row_limit_below_one_as_a_usage_error(tmp_path: Path) ->
         out = rtclake("query", "SELECT 1", "--max-rows", value, cwd=tmp_path)
         assert out.returncode == 2, (value, out.stderr)
         assert "--max-rows" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_run_and_demo_name_a_data_directory_they_cannot_write_in_one_line(
+    tmp_path: Path,
+) -> None:
+    # a file where the data directory belongs (as a read-only one, or one of another user)
+    (tmp_path / "data").write_text("")
+    out = rtclake("run", "--port", str(free_port()), cwd=tmp_path, RTCLAKE_DATA_DIR="data")
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.startswith(f"error: cannot write the data directory {tmp_path / 'data'}")
+    assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) == 1
+    out = rtclake("demo", "--no-import", cwd=tmp_path, RTCLAKE_DATA_DIR="data")
+    assert out.returncode == 1, out.stderr
+    assert "error: cannot write the demo's folder" in out.stderr and "Traceback" not in out.stderr

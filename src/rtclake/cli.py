@@ -45,6 +45,16 @@ ConfigOption = Annotated[
 ]
 
 
+def _unusable(exc: OSError, what: str, path: Path) -> None:
+    """Exit 1 with one line naming the folder a command cannot write and why (a read-only
+    file system, a file in its place, no permission), instead of a traceback."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    typer.echo(
+        f"error: cannot write {what} {path.absolute()}{where}: {exc.strerror or exc}", err=True
+    )
+    raise typer.Exit(1) from exc
+
+
 def _settings(config: Path | None) -> tuple[Settings, Registry]:
     """The settings, checked against the registry of installed components (loaded once:
     the entry-point scan is a good part of a short command's start-up)."""
@@ -85,6 +95,8 @@ def run(
     except ConfigError as exc:
         typer.echo(redact(f"error: {exc}"), err=True)
         raise typer.Exit(2) from exc
+    except OSError as exc:  # a data directory read-only, a file, not ours
+        _unusable(exc, "the data directory", settings.data_dir)
     uvicorn.run(
         app,
         host=settings.server.host,
@@ -331,8 +343,12 @@ def demo(
     written: list[str] = []
     for name, write in registry.demos.items():
         target = root / name
-        manifest = write(target, now=end, seed=seed, minutes=minutes)
-        (target / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        try:
+            manifest = write(target, now=end, seed=seed, minutes=minutes)
+            manifest_json = orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+            (target / "manifest.json").write_bytes(manifest_json)
+        except OSError as exc:
+            _unusable(exc, "the demo's folder", target)
         files: dict[str, int] = manifest["files"]
         written += [str(target / file) for file in files]
         listed = ", ".join(f"{file} ({lines:,} lines)" for file, lines in files.items())
