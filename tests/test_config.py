@@ -154,3 +154,22 @@ def test_config_command_prints_effective_config_and_errors(tmp_path: Path) -> No
     )
     assert out.returncode == 2
     assert "lake.compression" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RTCLAKE_ROUTER__ROUTES", "[{stream: a-*, table: events}]"),  # YAML, not JSON
+        ("RTCLAKE_LAKE__MAINTENANCE__RETENTION", '{"*": 90'),
+        ("RTCLAKE_SERVER", "{port: 9000}"),
+    ],
+)
+def test_a_list_or_map_variable_that_is_not_json_is_named(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # it had escaped as pydantic-settings' SettingsError ("error parsing value for field
+    # 'router'"), a traceback naming no variable
+    monkeypatch.delenv("RTCLAKE_CONFIG", raising=False)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=f"{variable}: not JSON"):
+        load_settings()

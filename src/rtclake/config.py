@@ -8,11 +8,13 @@ The file is named by ``--config`` or ``RTCLAKE_CONFIG``.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import re
 import socket
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -29,7 +31,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from rtclake.errors import ConfigError
 from rtclake.redact import redact
@@ -671,6 +678,9 @@ def load_settings(
     except ValidationError as exc:
         lines = [describe_error(err) for err in exc.errors()]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from exc
+    except SettingsError as exc:  # a list, a map or a section's variable that is not JSON
+        lines = undecodable_variables(os.environ) or [str(exc)]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from exc
     from rtclake.registry import check_components, load_registry
 
     check_components(settings, registry or load_registry())
@@ -719,6 +729,45 @@ def setting_variables() -> tuple[set[str], tuple[str, ...]]:
     walk(Settings, "RTCLAKE_")
     names.add("RTCLAKE_DEFAULT_TABLE")  # the earlier spelling of router.default_table
     return names, tuple(prefixes)
+
+
+def json_variables() -> set[str]:
+    """The variables of settings that are lists, maps or sections: their values are JSON
+    text (the component maps' keys are not among them: their types check them)."""
+    names: set[str] = set()
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for field, info in model.model_fields.items():
+            name = f"{prefix}{field.upper()}"
+            kinds = [k for k in typing.get_args(info.annotation) if k is not type(None)]
+            kind = kinds[0] if len(kinds) == 1 else info.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                names.add(name)
+                walk(kind, name + "__")
+            elif typing.get_origin(kind) in (list, dict, tuple, set):
+                names.add(name)
+
+    walk(Settings, "RTCLAKE_")
+    return names
+
+
+def undecodable_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``RTCLAKE_*`` variable of a list, a map or a section whose value is not
+    JSON, naming it and why."""
+    structured = json_variables()
+    lines = []
+    for variable in sorted(environ):
+        if variable.upper() not in structured:
+            continue
+        try:
+            json.loads(environ[variable])
+        except ValueError as exc:
+            lines.append(
+                f"{variable}: not JSON ({exc}); lists and maps are JSON text in the"
+                " environment, e.g. RTCLAKE_ROUTER__ROUTES="
+                """'[{"stream": "a-*", "table": "events"}]'"""
+            )
+    return lines
 
 
 def check_environment(environ: Mapping[str, str]) -> None:
