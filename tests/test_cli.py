@@ -380,3 +380,11 @@ def test_run_and_demo_name_a_data_directory_they_cannot_write_in_one_line(
     out = rtclake("demo", "--no-import", cwd=tmp_path, RTCLAKE_DATA_DIR="data")
     assert out.returncode == 1, out.stderr
     assert "error: cannot write the demo's folder" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_run_refuses_a_port_out_of_range(tmp_path: Path) -> None:
+    # 99999 had been logged as "running on http://127.0.0.1:99999" while the server
+    # listened on 99999 - 65536
+    out = rtclake("run", "--port", "99999", cwd=tmp_path, timeout=20)
+    assert out.returncode == 2 and "--port" in out.stderr
+    assert not (tmp_path / "rtclake-data").exists()

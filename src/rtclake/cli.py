@@ -73,7 +73,9 @@ def _settings(config: Path | None) -> tuple[Settings, Registry]:
 def run(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Listen address (server.host).")] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port (server.port).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Listen port (server.port).")
+    ] = None,
 ) -> None:
     """Start rtclake: HTTP ingest, spool, writer, lake and SQL API in one process."""
     import uvicorn
