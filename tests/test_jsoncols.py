@@ -176,3 +176,16 @@ def test_column_memory_is_kept_for_the_next_block_and_released_on_request() -> N
     assert _jsoncols.pool_bytes() > 20000 * 8  # the int and float buffers came back
     _jsoncols.release_pool()
     assert _jsoncols.pool_bytes() == 0
+
+
+def test_text_that_starts_like_a_literal_is_invalid_json_not_that_literal() -> None:
+    # "not json" had been reported as "Expected `object`, got `null`" (its first letter)
+    rows, bad = parse("not json", "trux", '"open', "null", "true", '"s"', '{"n": 3}')
+    assert [r["n"] for r in rows] == [3]
+    assert [message for _, message in bad[:2]] == ["invalid JSON: not a JSON value"] * 2
+    assert bad[2][1].startswith("invalid JSON")
+    assert [message for _, message in bad[3:]] == [
+        "Expected `object`, got `null`",
+        "Expected `object`, got `bool`",
+        "Expected `object`, got `str`",
+    ]

@@ -613,6 +613,19 @@ class Parser {
     json_type type;
     if (doc.type().get(type) != simdjson::SUCCESS) invalid("not a JSON value");
     if (type != json_type::object) {
+      // the type is read from the first character: "not json" starts as null would
+      bool literal = true;
+      if (type == json_type::null) {
+        bool is = false;
+        literal = doc.is_null().get(is) == simdjson::SUCCESS && is;
+      } else if (type == json_type::boolean) {
+        bool unused;
+        literal = doc.get_bool().get(unused) == simdjson::SUCCESS;
+      } else if (type == json_type::string) {
+        std::string_view unused;
+        literal = doc.get_string().get(unused) == simdjson::SUCCESS;
+      }
+      if (!literal) invalid("not a JSON value");
       int number = 0;
       if (type == json_type::number) {
         std::string_view raw;
