@@ -388,3 +388,28 @@ def test_run_refuses_a_port_out_of_range(tmp_path: Path) -> None:
     out = rtclake("run", "--port", "99999", cwd=tmp_path, timeout=20)
     assert out.returncode == 2 and "--port" in out.stderr
     assert not (tmp_path / "rtclake-data").exists()
+
+
+def test_a_hive_lake_says_it_has_no_maintenance(tmp_path: Path) -> None:
+    # rtclake run had kept quiet about retention it never applies to a hive lake, and
+    # rtclake maintain had said only "a hive lake has no catalog"
+    from structlog.testing import capture_logs
+
+    from rtclake.catalog import default_registry
+    from rtclake.config import load_settings
+    from rtclake.metrics import Metrics
+    from rtclake.service import _maintenance
+
+    settings = load_settings(
+        data_dir=str(tmp_path / "data"),
+        lake={"catalog": "hive", "maintenance": {"retention": {"*": 30}}},
+    )
+    with capture_logs() as logged:
+        assert _maintenance(settings, default_registry(), Metrics()) is None
+    (line,) = [e for e in logged if e["event"] == "maintenance: off"]
+    assert line["log_level"] == "warning" and line["retention"] == {"*": 30}
+    assert "no retention" in line["reason"] and "rtclake migrate" in line["reason"]
+    (tmp_path / "rtclake-data" / "lake").mkdir(parents=True)
+    out = rtclake("maintain", cwd=tmp_path, RTCLAKE_LAKE__CATALOG="hive")
+    assert out.returncode == 2
+    assert "has no maintenance: no retention" in out.stderr and "rtclake migrate" in out.stderr

@@ -462,6 +462,7 @@ def maintain(config: ConfigOption = None) -> None:
     from rtclake.lake.catalog import Catalog
     from rtclake.lake.maintenance import MAINTENANCE_TMP, Maintenance
     from rtclake.lake.storage import lake_storage
+    from rtclake.lake.urls import parse_url
     from rtclake.logs import configure
 
     settings, registry = _settings(config)
@@ -470,6 +471,11 @@ def maintain(config: ConfigOption = None) -> None:
     if "://" not in root and not Path(root).is_dir():
         typer.echo(f"error: no lake at {Path(root).absolute()}: nothing to maintain", err=True)
         raise typer.Exit(1)
+    if parse_url(settings.lake_catalog).kind == "hive":
+        from rtclake.service import HIVE_NO_MAINTENANCE
+
+        typer.echo(f"error: {HIVE_NO_MAINTENANCE}", err=True)
+        raise typer.Exit(2)
     options = settings.lake.maintenance
     try:
         catalog = Catalog(settings.lake_catalog, lake_storage(settings), registry.tables)

@@ -42,6 +42,12 @@ from rtclake.writer import Writer
 
 log = structlog.get_logger(__name__)
 
+#: Why a lake of the old layout is not maintained, for the log and ``rtclake maintain``.
+HIVE_NO_MAINTENANCE = (
+    "a lake of the old layout (lake.catalog: hive) has no maintenance: no retention,"
+    " merging or cleanup; `rtclake migrate` moves it into a catalog"
+)
+
 
 def build_components(
     kind: Kind, settings: Settings, registry: Registry, context: dict[str, Any]
@@ -315,6 +321,8 @@ def _maintenance(settings: Settings, tables: TableRegistry, metrics: Metrics) ->
         return None
     url = parse_url(settings.lake_catalog)
     if url.kind == "hive":
+        log.warning("maintenance: off", reason=HIVE_NO_MAINTENANCE,
+                    retention=lake.maintenance.retention or None)  # fmt: skip
         return None
     catalog = Catalog(url, lake_storage(settings), tables)
     temp = settings.data_dir / MAINTENANCE_TMP
