@@ -241,6 +241,27 @@ def test_refused_input_is_invalid_argument_and_not_stored(
     assert count["rows"] == [[0]]
 
 
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [
+        ("/kraken.KrakenService/ProcessKrakenRequest", b"\x1a\x02\xff\xfe"),  # metadata
+        ("/kraken.KrakenMessage/Send", b"\x1a\x02\xff\xfe"),  # payload: not UTF-8
+        ("/kraken.KrakenMessage/Send", b"\xff\xff\xff"),  # not protobuf
+    ],
+)
+def test_a_request_that_is_not_the_contracts_message_is_invalid_argument(
+    lake: tuple[Server, str], method: str, body: bytes
+) -> None:
+    server, target = lake
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as refused:
+            call(body, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "bad_request: not a kraken." in refused.value.details()
+    assert server.metric("rtclake_records_rejected_total", source="kraken", reason="bad_request")
+
+
 def test_a_new_connection_per_message_and_a_reused_one_are_both_served(
     kraken: SimpleNamespace, lake: tuple[Server, str]
 ) -> None:

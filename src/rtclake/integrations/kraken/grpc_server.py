@@ -15,7 +15,8 @@ event loop):
 **Guarantee.** A call is answered only once its record is durable in the spool (and the
 brokers that match it answered or ran out of time): an answer means stored. Refusals
 are gRPC statuses, and nothing of a refused call is stored: ``INVALID_ARGUMENT``
-(metadata that is not a JSON object, a record its table refuses, a bad stream name),
+(a request that is not the contract's message, such as a ``string`` field that is not
+UTF-8; metadata that is not a JSON object; a record its table refuses; a bad stream name),
 ``UNAVAILABLE`` (the spool is full or its disk fails; trailing metadata ``retry-after``
 in seconds), ``RESOURCE_EXHAUSTED`` (a message larger than the whole spool; one larger
 than ``max_message_bytes`` is refused by gRPC itself, with the same status).
@@ -56,6 +57,7 @@ from typing import Any, NoReturn
 import grpc
 import orjson
 import structlog
+from google.protobuf.message import DecodeError
 
 from rtclake.errors import ConfigError, InputError, PayloadTooLarge, SpoolUnavailable
 from rtclake.intake import Intake
@@ -165,24 +167,23 @@ class KrakenGrpc(Source):
             self._server = None
 
     def _handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
-        current = grpc.unary_unary_rpc_method_handler(
-            self.process,
-            request_deserializer=contract.KrakenRequest.FromString,
-            response_serializer=contract.KrakenResponse.SerializeToString,
+        # Requests arrive as bytes and are parsed by the handlers, so a request that is
+        # not the contract's message is refused as bad input (not an UNKNOWN error).
+        current: grpc.RpcMethodHandler[bytes, Any] = grpc.unary_unary_rpc_method_handler(
+            self.process, response_serializer=contract.KrakenResponse.SerializeToString
         )
-        older = grpc.unary_unary_rpc_method_handler(
-            self.send,
-            request_deserializer=contract.KrakenMessageRequest.FromString,
-            response_serializer=contract.KrakenMessageResponse.SerializeToString,
+        older: grpc.RpcMethodHandler[bytes, Any] = grpc.unary_unary_rpc_method_handler(
+            self.send, response_serializer=contract.KrakenMessageResponse.SerializeToString
         )
         return (
             grpc.method_handlers_generic_handler(contract.SERVICE, {contract.PROCESS: current}),
             grpc.method_handlers_generic_handler(contract.OLD_SERVICE, {contract.SEND: older}),
         )
 
-    async def process(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def process(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         """``ProcessKrakenRequest``: store the message, then answer the brokers' reply or
         the default."""
+        request = await self._parse(context, contract.KrakenRequest, raw)
         collector: str = request.collector_name
         try:
             metadata = parse_metadata(request.metadata)
@@ -216,8 +217,9 @@ class KrakenGrpc(Source):
             payload=reply.payload,
         )
 
-    async def send(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def send(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         """``Send`` (the older contract): store the payload, then answer status 1."""
+        request = await self._parse(context, contract.KrakenMessageRequest, raw)
         provider: str = request.provider
         try:
             stream = self.stream or stream_name(provider)
@@ -232,6 +234,17 @@ class KrakenGrpc(Source):
             await self._refuse(context, exc)
         taken = await self._take(context, stream, table, records, None)
         return contract.KrakenMessageResponse(status=send_status(taken.reply))
+
+    async def _parse(
+        self, context: grpc.aio.ServicerContext[Any, Any], message: Any, raw: bytes
+    ) -> Any:
+        """``raw`` as the contract's ``message``; a request that is not one (corrupt, or a
+        ``string`` field that is not UTF-8) is refused with ``INVALID_ARGUMENT``."""
+        try:
+            return message.FromString(raw)
+        except DecodeError as exc:
+            name = message.DESCRIPTOR.full_name
+            await self._refuse(context, InputError("bad_request", f"not a {name}: {exc}"))
 
     def _idem(self, collector: str, metadata: dict[str, Any]) -> str | None:
         """The call's idempotency key: the sender's message id; without one, None (the
