@@ -298,6 +298,32 @@ def test_message_payloads_reach_brokers_as_sent(tmp_path: Path) -> None:
     assert payloads == {"dev/7/raw": b"\x00\xffraw", "dev/7/other": None}
 
 
+def test_a_record_python_cannot_hold_keeps_its_topic_for_brokers(tmp_path: Path) -> None:
+    got: list[Message] = []
+
+    def handle(message: Message, ctx: BrokerContext) -> str:
+        got.append(message)
+        return "seen"
+
+    async def main() -> Any:
+        intake = make_intake(tmp_path, broker("m", handle, match={"topic": "dev/+/big"}))
+        await intake.spool.start()
+        table = intake.table_for("sensors")
+        line = message_line(b'{"reading": 1e999, "n": 1}', topic="dev/7/big",
+                            metadata={"k": "v"}, collector="gw")  # fmt: skip
+        taken = await intake.take("mqtt", "sensors", table, intake.validate(line, table))
+        await intake.spool.close()
+        return taken
+
+    taken = asyncio.run(main())
+    assert taken.reply == Reply(b"seen", "text/plain; charset=utf-8") and len(got) == 1
+    message = got[0]
+    assert (message.data, message.topic, message.collector, message.metadata) == (
+        None, "dev/7/big", "gw", {"k": "v"},
+    )  # fmt: skip
+    assert message.payload == b'{"reading":1e999,"n":1}'
+
+
 def test_a_handler_that_cannot_be_loaded_is_a_configuration_error(tmp_path: Path) -> None:
     from rtclake.brokers import build_broker
 
@@ -463,7 +489,7 @@ def test_payloads_python_cannot_hold_are_stored_and_given_as_bytes(tmp_path: Pat
 
     rows = asyncio.run(main())
     assert len(got) == 3
-    assert got[0].data is None and got[0].payload == b'{"v":1e400,"_topic":"t/1"}'
+    assert got[0].data is None and got[0].payload == b'{"v":1e400}' and got[0].topic == "t/1"
     assert got[1].data == {"v": 123456789012345678901234567890}
     assert got[2].data is None and got[2].payload == b'{"name": "\xff\xfe"}'  # not UTF-8
     assert rows["telemetry"]["payload"].to_pylist()[2] == b'{"name": "\xff\xfe"}'

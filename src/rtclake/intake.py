@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import time
@@ -23,7 +24,7 @@ import msgspec
 import structlog
 
 from rtclake.errors import InputError
-from rtclake.messages import Reply
+from rtclake.messages import PAYLOAD, RESERVED, Reply
 from rtclake.metrics import Metrics
 from rtclake.records import record_id
 from rtclake.router import Router
@@ -378,6 +379,7 @@ async def _none(taken: Any) -> None:
 
 
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
+_decode_keys = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 
 
 # The keys of a record's own time; the rest of a line is skipped, not built.
@@ -401,8 +403,27 @@ def _message(line: bytes, **context: Any) -> Any:
     try:
         record = _decode(line)
     except (msgspec.DecodeError, RecursionError):
-        record = {"_payload_base64": base64.b64encode(line).decode("ascii")}
+        record = _as_bytes(line)
     return Message.of(record, **context)
+
+
+def _as_bytes(line: bytes) -> dict[str, Any]:
+    """A line Python cannot hold as values, for a broker: its own keys as the payload's
+    bytes, what the transport said (topic, content type, collector, metadata) as values,
+    so a broker still matches it by topic or content type."""
+    try:
+        keys = _decode_keys(line)
+    except (msgspec.DecodeError, RecursionError):
+        return {PAYLOAD: base64.b64encode(line).decode("ascii")}
+    record: dict[str, Any] = {}
+    for key in RESERVED:
+        if key in keys:
+            with contextlib.suppress(msgspec.DecodeError, RecursionError):
+                record[key] = msgspec.json.decode(keys[key])
+    if not isinstance(record.get(PAYLOAD), str):
+        own = {k: v for k, v in keys.items() if k not in RESERVED}
+        record[PAYLOAD] = base64.b64encode(msgspec.json.encode(own)).decode("ascii")
+    return record
 
 
 def record_ids(
