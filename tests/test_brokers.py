@@ -468,6 +468,39 @@ def test_brokers_time_out_together_within_the_callers_deadline(tmp_path: Path) -
     assert elapsed < 1.2, f"two hung brokers held the answer {elapsed:.2f} s"
 
 
+def test_the_callers_deadline_counts_the_time_the_spool_took(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def hangs(message: Message, ctx: BrokerContext) -> Any:
+        release.wait(30)
+
+    async def main() -> float:
+        intake = make_intake(tmp_path, broker("a", hangs, timeout=5))
+        await intake.spool.start()
+        append = intake.spool.append_nowait
+
+        def slow_disk(header: Any, body: bytes) -> asyncio.Future[None]:
+            durable = append(header, body)
+            later: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            durable.add_done_callback(
+                lambda _: asyncio.get_running_loop().call_later(0.6, later.set_result, None)
+            )
+            return later
+
+        intake.spool.append_nowait = slow_disk  # type: ignore[method-assign]
+        started = time.monotonic()
+        await take(intake, b'{"n": 1}', within=0.8)
+        elapsed = time.monotonic() - started
+        await intake.spool.close()
+        return elapsed
+
+    try:
+        elapsed = asyncio.run(main())
+    finally:
+        release.set()
+    assert 0.6 <= elapsed < 1.1, f"answered {elapsed:.2f} s after a deadline of 0.8 s"
+
+
 def test_payloads_python_cannot_hold_are_stored_and_given_as_bytes(tmp_path: Path) -> None:
     got: list[Message] = []
 

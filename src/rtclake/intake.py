@@ -130,13 +130,16 @@ class Intake:
         """Run the intake-stage processors over validated ``records``, spool what they
         return (and emit), and return once it is durable; then give the records to the
         brokers that match them (:mod:`rtclake.brokers`), for at most their timeout or
-        ``within`` seconds (a caller's deadline), and spool what they emit. With ``ids``
+        ``within`` seconds from the call (a caller's deadline: the time the spool and the
+        intake-stage processors took counts), and spool what they emit. With ``ids``
         (or brokers), :attr:`Taken.record_ids` holds the lake's id of each record.
 
         Raises :class:`~rtclake.errors.SpoolUnavailable` (full, disk full, failing) or
         :class:`~rtclake.errors.PayloadTooLarge` (larger than the whole spool)."""
         if not records.n:
             return Taken(0)
+        loop = asyncio.get_running_loop()
+        deadline = None if within is None else loop.time() + within
         lines = records.body.count(b"\n") + 1
         if lines != records.n:
             # A source's bug (a record over several lines) must not become an
@@ -187,8 +190,9 @@ class Intake:
         found = record_ids(source, stream, table, records.body, idem=keyed, position=position)
         if not brokers:
             return Taken(records.n, own, record_ids=tuple(found))
+        left = None if deadline is None else max(0.0, deadline - loop.time())
         return await self._brokers(
-            brokers, source, stream, table, records, found, position, received_us, own, within
+            brokers, source, stream, table, records, found, position, received_us, own, left
         )
 
     async def _brokers(
