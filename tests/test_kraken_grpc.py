@@ -293,6 +293,20 @@ def test_a_retry_with_the_same_message_id_is_stored_once(
     assert sorted(r["record_id"] for r in rows) == sorted(ids[1:])
 
 
+@pytest.mark.parametrize("listen", [":50051", "127.0.0.1:99999", "[::]:65536", "host"])
+def test_a_listen_address_grpc_would_not_serve_is_refused_in_the_configuration(
+    listen: str,
+) -> None:
+    from pydantic import ValidationError
+
+    from rtclake.integrations.kraken import KrakenGrpcConfig
+
+    with pytest.raises(ValidationError, match="is not host:port with a port up to 65535"):
+        KrakenGrpcConfig(type="kraken_grpc", listen=listen)
+    for good in ("127.0.0.1:50051", "[::]:50051", "localhost:65535", "0.0.0.0:0"):
+        assert KrakenGrpcConfig(type="kraken_grpc", listen=good).listen == good
+
+
 def test_krakenb_grpc_host_alone_starts_the_server(
     kraken: SimpleNamespace, make_server: Any
 ) -> None:

@@ -26,8 +26,9 @@ from rtclake.integrations.kraken.environment import sink_defaults
 from rtclake.registry import BuildContext, Registry, SourceConfig
 
 ENV_HOST = "KRAKENB_GRPC_HOST"
-# host:port, as grpc takes it: 127.0.0.1:50051, [::]:50051, localhost:50051, :50051
-_LISTEN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]*):[0-9]{1,5}")
+# host:port, as grpc takes it: 127.0.0.1:50051, [::]:50051, localhost:50051 (grpc refuses
+# an empty host, ":50051", and binds a port above 65535 as if it were 0: any free port)
+_LISTEN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):([0-9]{1,5})")
 
 
 class KrakenGrpcConfig(SourceConfig):
@@ -65,10 +66,12 @@ class KrakenGrpcConfig(SourceConfig):
     @field_validator("listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        if not _LISTEN.fullmatch(value):
+        found = _LISTEN.fullmatch(value)
+        if not found or int(found[2]) > 65535:
             raise ValueError(
-                f"{value!r} is not host:port (127.0.0.1:50051, [::]:50051; KRAKENB_GRPC_HOST"
-                " has the same form)"
+                f"{value!r} is not host:port with a port up to 65535 (127.0.0.1:50051;"
+                " [::]:50051 or 0.0.0.0:50051 for every address; KRAKENB_GRPC_HOST has the"
+                " same form)"
             )
         return value
 
