@@ -61,6 +61,10 @@ def hang(message, ctx):
 
 def status(message, ctx):
     return {"status": 7, "seen": message.data}
+
+
+def text(message, ctx):
+    return "hello " + message.payload.decode()
 """
 
 
@@ -82,7 +86,8 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str
            "RTCLAKE_SOURCES__KRAKEN__LISTEN": target,
            **_broker("echo", "echo", "websocket", folder),
            **_broker("hang", "hang", "hang", folder),
-           **_broker("status", "status", "old-status", folder)}  # fmt: skip
+           **_broker("status", "status", "old-status", folder),
+           **_broker("text", "text", "text-reply", folder)}  # fmt: skip
     server = Server(folder / "data", env=env)
     server.data_dir.mkdir(parents=True)
     server.start()
@@ -165,6 +170,15 @@ def test_a_brokers_reply_goes_back_addressed_to_the_collector_that_sent(
     assert metadata["broker"] == "echo"
     rows = _rows(server, "collector = 'websocket'", 1)
     assert rows[0]["record_id"] == metadata["record_id"]
+
+
+def test_a_text_reply_is_text_plain_which_krakens_websocket_collector_sends_as_text(
+    kraken: SimpleNamespace, lake: tuple[Server, str]
+) -> None:
+    _, target = lake
+    answer = _process(kraken, target, collector_name="text-reply", content_type="text/plain",
+                      payload=b"frame")  # fmt: skip
+    assert (answer.content_type, answer.payload) == ("text/plain", b"hello frame")
 
 
 def test_a_callers_deadline_is_met_with_the_default_reply_while_a_broker_hangs(

@@ -37,6 +37,9 @@ RESERVED = (TOPIC, CONTENT_TYPE, COLLECTOR, METADATA, PAYLOAD)
 
 JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
+# A text reply's: Kraken's WebSocket collector sends a reply of exactly "text/plain" (or
+# "application/json", "text/html") to its client as a text frame, anything else as binary.
+PLAIN_TYPE = "text/plain"
 BYTES_TYPE = "application/octet-stream"
 
 _decode_object = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
@@ -143,7 +146,7 @@ class Reply:
         if isinstance(value, bytes | bytearray | memoryview):
             return cls(bytes(value), BYTES_TYPE)
         if isinstance(value, str):
-            return cls(value.encode(), TEXT_TYPE)
+            return cls(value.encode(), PLAIN_TYPE)
         return cls(orjson.dumps(value))
 
     def json_value(self) -> Any:
