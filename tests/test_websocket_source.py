@@ -106,3 +106,26 @@ def test_a_socket_without_the_token_is_refused_and_the_query_token_works(ws_serv
         assert orjson.loads(ws.recv(timeout=20))["ack"] == 1
     with pytest.raises(InvalidStatus):
         connect(ws_url(ws_server, "/ws/bad%20stream?token=s3cret"))
+
+
+def test_a_token_beyond_ascii_works_as_a_header_and_as_the_query_token(tmp_path: Path) -> None:
+    from urllib.parse import quote
+
+    token = "sécret-トークン"
+    data = tmp_path / "data"
+    data.mkdir()
+    env = {"RTCLAKE_SOURCES__WS__TYPE": "websocket", "RTCLAKE_SERVER__INGEST_TOKEN": token}
+    server = RunningServer(data, env=env).start()
+    try:
+        header = {"Authorization": "Bearer " + token.encode().decode("latin-1")}
+        for url, headers in (
+            (ws_url(server, "/ws/s"), header),  # the token's UTF-8 bytes in the header
+            (ws_url(server, f"/ws/s?token={quote(token)}"), None),  # percent-encoded UTF-8
+        ):
+            with connect(url, additional_headers=headers) as ws:
+                ws.send('{"n": 1}')
+                assert orjson.loads(ws.recv(timeout=20))["ack"] == 1
+        with pytest.raises(InvalidStatus):
+            connect(ws_url(server, f"/ws/s?token={quote(token[:-1])}"))
+    finally:
+        server.stop()

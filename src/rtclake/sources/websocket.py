@@ -86,10 +86,14 @@ class WebSocketSource(Source):
         if self.token is None:
             return True
         scheme, _, value = websocket.headers.get("authorization", "").partition(" ")
-        sent = value.strip() if scheme.lower() == "bearer" else websocket.query_params.get("token")
-        return sent is not None and hmac.compare_digest(
-            sent.encode("latin-1", "replace"), self.token.encode()
-        )
+        # As bytes: a header's come back from Latin-1 (Starlette's decoding), the query's
+        # from its percent-decoded UTF-8 text.
+        if scheme.lower() == "bearer":
+            sent: bytes | None = value.strip().encode("latin-1", "replace")
+        else:
+            query = websocket.query_params.get("token")
+            sent = None if query is None else query.encode("utf-8", "replace")
+        return sent is not None and hmac.compare_digest(sent, self.token.encode())
 
     async def handle(self, websocket: WebSocket) -> None:
         if not self._authorized(websocket):
