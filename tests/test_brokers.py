@@ -586,3 +586,25 @@ def test_an_async_broker_keeps_its_event_loop_between_calls(tmp_path: Path) -> N
         return replies
 
     assert asyncio.run(main()) == [{"same_loop": True}] * 3
+
+
+def test_a_message_that_raised_is_not_also_counted_as_timed_out(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def handle(message: Message, ctx: BrokerContext) -> Any:
+        if message.data == {"n": 1}:
+            raise ValueError("bad reading")
+        release.wait(30)  # the second record: no answer in time
+
+    async def main() -> Intake:
+        intake = make_intake(tmp_path, broker("b", handle, timeout=0.3))
+        await intake.spool.start()
+        await take(intake, b'[{"n": 1}, {"n": 2}]')
+        await intake.spool.close()
+        return intake
+
+    try:
+        intake = asyncio.run(main())
+    finally:
+        release.set()
+    assert (errors(intake, "b", "error"), errors(intake, "b", "timeout")) == (1, 1)

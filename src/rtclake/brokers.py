@@ -458,7 +458,9 @@ class BrokerSet:
                     with self._lock:
                         self._hung[broker.name] += 1
             if timed_out:
-                late = [call.messages[i] for i in range(len(wanted)) if i not in results]
+                failed = {i for i, _ in errors}  # answered in time, with an exception
+                late = [call.messages[i] for i in range(len(wanted))
+                        if i not in results and i not in failed]  # fmt: skip
                 self._failed(broker, "timeout", f"no answer within {limit:g} s", late)
             for i, error in errors:
                 self._failed(broker, "error", error, [call.messages[i]])
