@@ -608,3 +608,29 @@ def test_a_message_that_raised_is_not_also_counted_as_timed_out(tmp_path: Path) 
     finally:
         release.set()
     assert (errors(intake, "b", "error"), errors(intake, "b", "timeout")) == (1, 1)
+
+
+def test_a_call_that_timed_out_stops_at_the_record_it_was_on(tmp_path: Path) -> None:
+    release = threading.Event()
+    seen: list[Any] = []
+
+    def handle(message: Message, ctx: BrokerContext) -> Any:
+        seen.append(message.data)
+        if message.data == {"n": 1}:
+            release.wait(30)
+            raise TimeoutError("its own client gave up, after rtclake did")
+        return "ok"
+
+    async def main() -> None:
+        intake = make_intake(tmp_path, broker("b", handle, timeout=0.2))
+        await intake.spool.start()
+        await take(intake, b'[{"n": 1}, {"n": 2}, {"n": 3}]')
+        release.set()
+        await asyncio.sleep(0.3)  # the call's thread returns
+        await intake.spool.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+    assert seen == [{"n": 1}], "records after the timeout were handed to the broker anyway"

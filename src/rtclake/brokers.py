@@ -385,8 +385,9 @@ class _Call:
                 reply = None if value is None else Reply.of(value)
             except BaseException as exc:  # isolation: reported, never raised
                 with self.lock:
-                    if not self.abandoned:
-                        self.errors.append((i, exc))
+                    if self.abandoned:
+                        break  # nobody waits: the records left are not handed over
+                    self.errors.append((i, exc))
                 continue
             with self.lock:
                 if self.abandoned:
