@@ -12,7 +12,10 @@ Configuration::
         type: broker
         handler: "influx_points:handle"
         path: examples/brokers
-        match: {source: sensors, content_type: application/json}
+        match: {source: sensors, topic: "sensors/#"}
+
+(Not ``content_type: application/json``: most MQTT publishers send no content type, and
+a broker that matches one never sees their messages.)
 """
 
 from __future__ import annotations

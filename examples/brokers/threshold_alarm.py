@@ -1,6 +1,6 @@
 """A threshold alarm: a sensor reading above its threshold becomes a Slack message.
 
-Configuration (``examples/brokers/config.yaml`` has it whole)::
+Configuration (README.md's "IoT" section has it whole, with the MQTT source)::
 
     processors:
       alarm:
