@@ -4,6 +4,7 @@ a broker's reply; against a running server."""
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,27 @@ def test_a_token_beyond_ascii_works_as_a_header_and_as_the_query_token(tmp_path:
             connect(ws_url(server, f"/ws/s?token={quote(token[:-1])}"))
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"path": "/iot"}, "sources.ws: a path without {stream} needs `stream`"),
+        ({"path": "iot/{stream}"}, "sources.ws.path: 'iot/{stream}' must start with '/'"),
+        ({"path": "/iot", "stream": "bad stream"}, "sources.ws.stream: stream name"),
+    ],
+)
+def test_a_websocket_source_that_could_not_serve_is_a_configuration_error(
+    tmp_path: Path, settings: dict[str, str], says: str
+) -> None:
+    from rtclake.config import load_settings
+    from rtclake.errors import ConfigError
+    from rtclake.service import Service
+
+    env = {"RTCLAKE_SOURCES__WS__TYPE": "websocket", "RTCLAKE_DATA_DIR": str(tmp_path)}
+    env |= {f"RTCLAKE_SOURCES__WS__{k.upper()}": v for k, v in settings.items()}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            Service(load_settings())

@@ -40,7 +40,7 @@ from pydantic import Field
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from rtclake.errors import InputError, SpoolUnavailable
+from rtclake.errors import ConfigError, InputError, SpoolUnavailable
 from rtclake.intake import Intake, Taken
 from rtclake.messages import BYTES_TYPE, TEXT_TYPE, json_object, message_line
 from rtclake.registry import BuildContext, ComponentType, SourceConfig
@@ -71,8 +71,15 @@ class WebSocketSource(Source):
     """The WebSocket endpoint."""
 
     def __init__(self, config: WebSocketConfig, intake: Intake, token: str | None, name: str):
+        if not config.path.startswith("/"):
+            raise ConfigError(f"sources.{name}.path: {config.path!r} must start with '/'")
         if "{stream}" not in config.path and not config.stream:
-            raise ValueError(f"sources.{name}: a path without {{stream}} needs `stream`")
+            raise ConfigError(f"sources.{name}: a path without {{stream}} needs `stream`")
+        if config.stream is not None:
+            try:
+                intake.table_for(config.stream)
+            except InputError as exc:
+                raise ConfigError(f"sources.{name}.stream: {exc}") from exc
         self.name = self.source = name
         self.config = config
         self.intake = intake
