@@ -634,3 +634,18 @@ def test_a_call_that_timed_out_stops_at_the_record_it_was_on(tmp_path: Path) -> 
     finally:
         release.set()
     assert seen == [{"n": 1}], "records after the timeout were handed to the broker anyway"
+
+
+def test_two_brokers_modules_of_one_name_in_two_folders_are_not_confused(tmp_path: Path) -> None:
+    from rtclake.brokers import build_broker
+
+    for folder, answer in (("a", "A"), ("b", "B")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "same_name_brokers.py").write_text(
+            f"def handle(message, ctx):\n    return {answer!r}\n"
+        )
+    first = build_broker(BrokerConfig(handler="same_name_brokers:handle", path=tmp_path / "a"), "a")
+    assert first.handler(None, None) == "A"
+    says = re.escape("processors.b.handler: module 'same_name_brokers' is")
+    with pytest.raises(ConfigError, match=says):
+        build_broker(BrokerConfig(handler="same_name_brokers:handle", path=tmp_path / "b"), "b")

@@ -317,12 +317,12 @@ def load_handler(config: BrokerConfig, name: str) -> Any:
             f"processors.{name}.handler: {config.handler!r} is not module:attribute"
             " (e.g. mybrokers.alarm:handle)"
         )
-    if config.path is not None:
-        folder = str(config.path.resolve())
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
+    folder = None if config.path is None else config.path.resolve()
+    if folder is not None and str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
     try:
-        target: Any = importlib.import_module(module_name)
+        module = importlib.import_module(module_name)
+        target: Any = module
         for part in attribute.split("."):
             target = getattr(target, part)
     except Exception as exc:  # a user's module: any error is a configuration error
@@ -330,6 +330,15 @@ def load_handler(config: BrokerConfig, name: str) -> Any:
             f"processors.{name}.handler: cannot load {config.handler!r}:"
             f" {type(exc).__name__}: {exc}"
         ) from exc
+    found = getattr(module, "__file__", None)
+    if folder is not None and (found is None or not Path(found).resolve().is_relative_to(folder)):
+        # Another folder's (or the standard library's) module of the same name, imported
+        # first: the broker would silently run someone else's code.
+        raise ConfigError(
+            f"processors.{name}.handler: module {module_name!r} is {found or 'built in'},"
+            f" not in {folder} (path): a module of that name was imported first; give"
+            " yours a name of its own"
+        )
     if inspect.isclass(target):
         try:
             instance = target(**config.options)
