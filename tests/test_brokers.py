@@ -649,3 +649,12 @@ def test_two_brokers_modules_of_one_name_in_two_folders_are_not_confused(tmp_pat
     says = re.escape("processors.b.handler: module 'same_name_brokers' is")
     with pytest.raises(ConfigError, match=says):
         build_broker(BrokerConfig(handler="same_name_brokers:handle", path=tmp_path / "b"), "b")
+
+
+@pytest.mark.parametrize("topic", ["sensors/#/temp", "sensors/t+", ""])
+def test_a_topic_filter_mqtt_would_not_take_is_refused_in_the_configuration(topic: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"match\.topic"):
+        BrokerConfig(handler="m:h", match={"topic": ["sensors/+/temp", topic]})
+    assert BrokerConfig(handler="m:h", match={"topic": "sensors/#"}).match.topic == "sensors/#"

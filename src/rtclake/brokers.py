@@ -59,7 +59,7 @@ from typing import Any
 import msgspec
 import structlog
 from prometheus_client import Counter
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rtclake.config import Section
 from rtclake.errors import ConfigError
@@ -95,6 +95,16 @@ class BrokerMatch(Section):
     content_type: Patterns = Field(
         default=None, description="content types, shell patterns (application/json, image/*)"
     )
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_filters(cls, value: Patterns) -> Patterns:
+        from rtclake.sources.mqtt import filter_error
+
+        for topic in _patterns(value) or ():
+            if why := filter_error(topic):
+                raise ValueError(f"{topic!r}: {why}")
+        return value
 
 
 class BrokerConfig(ProcessorConfig):
