@@ -658,3 +658,25 @@ def test_a_topic_filter_mqtt_would_not_take_is_refused_in_the_configuration(topi
     with pytest.raises(ValidationError, match=r"match\.topic"):
         BrokerConfig(handler="m:h", match={"topic": ["sensors/+/temp", topic]})
     assert BrokerConfig(handler="m:h", match={"topic": "sensors/#"}).match.topic == "sensors/#"
+
+
+def test_a_record_too_deep_to_encode_costs_the_broker_its_output_not_the_answer(
+    tmp_path: Path,
+) -> None:
+    def handle(message: Message, ctx: BrokerContext) -> str:
+        deep: list[Any] = []
+        for _ in range(5000):
+            deep = [deep]
+        ctx.emit({"v": deep}, table="events")
+        return "never sent"
+
+    async def main() -> tuple[Any, Intake]:
+        intake = make_intake(tmp_path, broker("deep", handle))
+        await intake.spool.start()
+        taken = await take(intake, b'{"n": 1}')
+        await intake.spool.close()
+        return taken, intake
+
+    taken, intake = asyncio.run(main())
+    assert taken.records == 1 and taken.reply is None
+    assert errors(intake, "deep", "invalid_emit") == 1

@@ -172,3 +172,36 @@ def test_each_processor_error_series_is_there_at_zero_from_the_start() -> None:
         assert f'rtclake_processor_errors_total{{processor="p",reason="{reason}"}} 0.0' in text
     assert 'rtclake_writer_errors_total{stage="convert"} 0.0' in text
     chain.close()
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_record_too_deep_to_encode_is_the_processors_fault_not_the_batchs(
+    tmp_path: Path,
+) -> None:
+    """A processor that returns or emits a record nested deeper than the encoder goes
+    (RecursionError) loses its output; the chain, the intake and the writer go on."""
+    returns = RecordProcessor(lambda r, c: {"v": nested(5000)}, name="returns")
+    done, chain = run_one(returns, b'{"n": 1}')
+    assert records(done.records.body) == [{"n": 1}] and errors(chain, "returns", "bad_output")
+
+    def emits(record: Record, ctx: Context) -> None:
+        ctx.emit({"v": nested(5000)}, table="events")
+        ctx.emit({"id": "fine"}, table="events")
+
+    chain = Chain([RecordProcessor(emits, name="emits")], Metrics())
+    router = Router([], "telemetry", TABLES)
+    spool = Spool(tmp_path, max_bytes=1 << 20, segment_max_bytes=1 << 20,
+                  segment_max_records=100, flush_interval=60)  # fmt: skip
+    intake = Intake(spool, Metrics(), router, tables=TABLES, chain=chain)
+    table = TABLES["telemetry"]
+    entry = Entry(make_entry("http", "s", table, 1, received_us=5), b'{"n": 1}', 0)
+    out = intake.process_entries([entry], "run", 1)  # the writer's thread: must not raise
+    assert [records(e.body) for e in out] == [[{"n": 1}], [{"id": "fine"}]]
+    assert errors(chain, "emits", "invalid_emit") == 1
+    chain.close()

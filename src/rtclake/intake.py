@@ -374,8 +374,9 @@ class Intake:
         return future
 
 
-# What refusing an emitted record raises (encoding it, routing it, validating it).
-_REFUSED = (TypeError, ValueError, msgspec.EncodeError, InputError)
+# What refusing an emitted record raises (encoding it, routing it, validating it; a
+# record nested deeper than the encoder goes raises RecursionError).
+_REFUSED = (TypeError, ValueError, msgspec.EncodeError, InputError, RecursionError)
 
 
 async def _none(taken: Any) -> None:

@@ -186,7 +186,7 @@ class Chain:
             except InputError as exc:
                 self._failed(processor, "invalid_output", exc)
                 continue
-            except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            except (TypeError, ValueError, msgspec.EncodeError, RecursionError) as exc:
                 self._failed(processor, "bad_output", exc)
                 continue
             if result is not None:
