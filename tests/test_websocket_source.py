@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect
 
 from rtclake.testing import RunningServer
@@ -154,3 +154,23 @@ def test_a_websocket_source_that_could_not_serve_is_a_configuration_error(
             patch.setenv(key, value)
         with pytest.raises(ConfigError, match=re.escape(says)):
             Service(load_settings())
+
+
+def test_a_max_frame_bytes_above_16_mib_lets_such_frames_through(tmp_path: Path) -> None:
+    """uvicorn closes a socket on a frame above its ws_max_size (16 MiB by default): the
+    server is told the source's limit."""
+    data = tmp_path / "data"
+    data.mkdir()
+    env = {"RTCLAKE_SOURCES__WS__TYPE": "websocket",
+           "RTCLAKE_SOURCES__WS__MAX_FRAME_BYTES": str(24 << 20)}  # fmt: skip
+    server = RunningServer(data, env=env).start()
+    try:
+        with connect(ws_url(server, "/ws/big"), max_size=None) as ws:
+            ws.send('{"x": "' + "y" * (20 << 20) + '"}')
+            assert orjson.loads(ws.recv(timeout=30))["ack"] == 1
+            ws.send(b"z" * ((24 << 20) + 1))  # beyond the source's limit: 1009
+            with pytest.raises(ConnectionClosedError) as closed:
+                ws.recv(timeout=30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    finally:
+        server.stop()

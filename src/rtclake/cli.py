@@ -99,10 +99,13 @@ def run(
         raise typer.Exit(2) from exc
     except OSError as exc:  # a data directory read-only, a file, not ours
         _unusable(exc, "the data directory", settings.data_dir)
+    from rtclake.sources.websocket import server_frame_limit
+
     uvicorn.run(
         app,
         host=settings.server.host,
         port=settings.server.port,
+        ws_max_size=server_frame_limit(service.sources),  # sources.*.max_frame_bytes
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -201,6 +202,17 @@ class WebSocketSource(Source):
             except Exception as exc:  # a reply that cannot be sent: the ack still goes
                 log.error("websocket: a reply could not be sent", frame=number, error=str(exc))
         return answer
+
+
+SERVER_FRAME_LIMIT = 16 * 1024 * 1024  # uvicorn's own ws_max_size when not told otherwise
+
+
+def server_frame_limit(sources: Iterable[Source]) -> int:
+    """The largest frame the HTTP server (uvicorn's ``ws_max_size``) must let through:
+    beyond each source's ``max_frame_bytes``, so the source refuses it itself (1009,
+    once the frames before are answered); never below uvicorn's default."""
+    frames = [s.config.max_frame_bytes + 1 for s in sources if isinstance(s, WebSocketSource)]
+    return max([SERVER_FRAME_LIMIT, *frames])
 
 
 def build(config: WebSocketConfig, ctx: BuildContext) -> WebSocketSource:
