@@ -680,3 +680,21 @@ def test_a_record_too_deep_to_encode_costs_the_broker_its_output_not_the_answer(
     taken, intake = asyncio.run(main())
     assert taken.records == 1 and taken.reply is None
     assert errors(intake, "deep", "invalid_emit") == 1
+
+
+def test_the_example_brokers_pass_over_a_payload_that_is_not_json() -> None:
+    import datetime as dt
+    import sys
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from influx_points import point
+        from threshold_alarm import ThresholdAlarm
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    binary = Message(data=None, payload=b"\x00\xffraw", source="sensors", stream="sensors",
+                     table="telemetry", record_id="r", received_at=dt.datetime.now(dt.UTC),
+                     topic="sensors/s1/temp")  # fmt: skip
+    ctx = BrokerContext("alarm", binary)
+    assert ThresholdAlarm().handle(binary, ctx) is None and ctx.emitted == []
+    assert point(binary) is None

@@ -27,7 +27,10 @@ SINKS = ["influxdb"]
 
 def point(message: Message) -> dict[str, object] | None:
     """The point of one reading, or None when it carries no number."""
-    data = message.json()
+    try:
+        data = message.json()
+    except ValueError:  # not JSON (a binary or text payload): not a reading
+        return None
     if not isinstance(data, dict):
         return None
     fields = {

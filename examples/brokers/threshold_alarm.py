@@ -33,7 +33,10 @@ class ThresholdAlarm:
         self.sinks = sinks or ["slack"]
 
     def handle(self, message: Message, ctx: BrokerContext) -> dict[str, Any] | None:
-        data = message.json()
+        try:
+            data = message.json()
+        except ValueError:  # not JSON (a binary or text payload): not a reading
+            return None
         value = data.get(self.field) if isinstance(data, dict) else None
         if not isinstance(value, int | float) or isinstance(value, bool):
             return None  # not a reading of ours: no reply, another broker may answer
