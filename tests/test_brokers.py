@@ -698,3 +698,24 @@ def test_the_example_brokers_pass_over_a_payload_that_is_not_json() -> None:
     ctx = BrokerContext("alarm", binary)
     assert ThresholdAlarm().handle(binary, ctx) is None and ctx.emitted == []
     assert point(binary) is None
+
+
+def test_a_call_past_a_callers_deadline_but_in_its_timeout_does_not_make_the_broker_busy(
+    tmp_path: Path,
+) -> None:
+    def slow(message: Message, ctx: BrokerContext) -> str:
+        time.sleep(0.5)  # well within its timeout, longer than the first caller waits
+        return "done"
+
+    async def main() -> tuple[Any, Any, Intake]:
+        intake = make_intake(tmp_path, broker("slow", slow, timeout=5, concurrency=1))
+        await intake.spool.start()
+        hurried = await take(intake, b'{"n": 1}', within=0.1)  # a gRPC caller's deadline
+        patient = await take(intake, b'{"n": 2}')  # HTTP: waits for the broker's timeout
+        await intake.spool.close()
+        return hurried, patient, intake
+
+    hurried, patient, intake = asyncio.run(main())
+    assert hurried.reply is None
+    assert patient.reply == Reply(b"done", "text/plain"), "the broker was skipped as busy"
+    assert errors(intake, "slow", "busy") == 0

@@ -474,9 +474,10 @@ class BrokerSet:
                 call.abandoned = True
                 results, errors = dict(call.results), list(call.errors)
                 if timed_out and not call.finished:
-                    call.hung = True  # counted until its thread returns
-                    with self._lock:
-                        self._hung[broker.name] += 1
+                    if limit >= broker.timeout:
+                        self._hang(call)
+                    else:  # the caller's deadline, not the broker's: hung only past its own
+                        loop.call_at(start + broker.timeout, self._hang_if_running, call)
             if timed_out:
                 failed = {i for i, _ in errors}  # answered in time, with an exception
                 late = [call.messages[i] for i in range(len(wanted))
@@ -498,6 +499,17 @@ class BrokerSet:
             if offered:
                 outcome.reply = min(offered, key=lambda o: (o[0], o[1]))[2]
         return outcomes
+
+    def _hang(self, call: _Call) -> None:
+        """Count ``call`` (its lock held) as hung until its thread returns."""
+        call.hung = True
+        with self._lock:
+            self._hung[call.broker.name] += 1
+
+    def _hang_if_running(self, call: _Call) -> None:
+        with call.lock:
+            if not call.finished and not call.hung:
+                self._hang(call)
 
     def _hung_calls(self, broker: Broker) -> int:
         with self._lock:
