@@ -719,3 +719,40 @@ def test_a_call_past_a_callers_deadline_but_in_its_timeout_does_not_make_the_bro
     assert hurried.reply is None
     assert patient.reply == Reply(b"done", "text/plain"), "the broker was skipped as busy"
     assert errors(intake, "slow", "busy") == 0
+
+
+def test_an_async_broker_past_its_timeout_is_cancelled_and_does_not_stay_busy(
+    tmp_path: Path,
+) -> None:
+    """A coroutine past the broker's timeout is cancelled (its ``await`` sees
+    CancelledError), so it does not hold one of the broker's ``concurrency`` calls: with
+    ``concurrency: 1``, one that never returned had made the broker skip every later
+    record as busy, for good."""
+    cancelled = threading.Event()
+
+    async def handle(message: Message, ctx: BrokerContext) -> Any:
+        if message.data == {"hang": 1}:
+            try:
+                await asyncio.sleep(100)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        return {"n": message.data.get("n")}  # type: ignore[union-attr]
+
+    async def main() -> tuple[Any, Any, Intake]:
+        made = broker("async", handle, timeout=0.3, concurrency=1)
+        intake = make_intake(tmp_path, made)
+        await intake.spool.start()
+        hung = await take(intake, b'{"hang": 1}')
+        await asyncio.sleep(0.3)  # (the call's thread sees the cancellation and ends)
+        later = await take(intake, b'{"n": 2}')
+        await intake.spool.close()
+        made.close()
+        return hung, later, intake
+
+    hung, later, intake = asyncio.run(main())
+    assert hung.reply is None
+    assert cancelled.wait(5), "the coroutine was not cancelled"
+    assert later.reply is not None and later.reply.json_value() == {"n": 2}
+    assert errors(intake, "async", "timeout") == 1
+    assert errors(intake, "async", "busy") == 0

@@ -32,8 +32,9 @@ The guide is ``docs/BROKERS.md``. How it runs (:class:`BrokerSet`, called by
   named sinks through the ``outbox`` table. Brokers never call sinks themselves.
 - **Isolation.** All matched brokers run at once, each call (one hand-over's records)
   on a thread of its own, their ``timeout``s counted from the same start; async handlers
-  run on an event loop the broker keeps. A broker that raises, hangs, returns what cannot
-  be sent or emits what its table refuses loses only its own output for that message
+  run on an event loop the broker keeps (one past its ``timeout`` is cancelled: the
+  ``asyncio.CancelledError`` reaches its ``await``). A broker that raises, hangs, returns
+  what cannot be sent or emits what its table refuses loses only its own output for that message
   (its reply and every record it emitted for it): the record is stored already, the
   other brokers reply. Counted in
   ``rtclake_processor_errors_total{processor, reason}`` and logged with the record id. A
@@ -44,6 +45,7 @@ The guide is ``docs/BROKERS.md``. How it runs (:class:`BrokerSet`, called by
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
 import fnmatch
@@ -292,13 +294,22 @@ class Broker(Processor):
                 return False
         return True
 
-    def call(self, message: Message, ctx: BrokerContext) -> Any:
+    def call(
+        self,
+        message: Message,
+        ctx: BrokerContext,
+        awaiting: Callable[[concurrent.futures.Future[Any]], None] | None = None,
+    ) -> Any:
         """The handler's answer for one message (run on the call's thread). An async
         handler runs on the broker's own event loop, which lives as long as the broker,
-        so it may keep async clients between calls."""
+        so it may keep async clients between calls; ``awaiting`` is given its future
+        (cancelling it cancels the coroutine)."""
         result = self.handler(message, ctx)
         if inspect.isawaitable(result):
-            return asyncio.run_coroutine_threadsafe(_awaited(result), self._async_loop()).result()
+            future = asyncio.run_coroutine_threadsafe(_awaited(result), self._async_loop())
+            if awaiting is not None:
+                awaiting(future)
+            return future.result()
         return result
 
     def _async_loop(self) -> asyncio.AbstractEventLoop:
@@ -395,12 +406,28 @@ class _Call:
         self.abandoned = False  # the loop stopped waiting: later results are not used
         self.finished = False
         self.hung = False  # abandoned while still running
+        self.awaited: concurrent.futures.Future[Any] | None = None  # an async handler's
+
+    def awaiting(self, future: concurrent.futures.Future[Any]) -> None:
+        """An async handler's coroutine runs: cancelled when the call is (or was) hung."""
+        with self.lock:
+            self.awaited = future
+            hung = self.hung
+        if hung:
+            future.cancel()
+
+    def cancel(self) -> None:
+        """The call is hung (its lock held): an async handler's coroutine is cancelled, so
+        it does not hold one of the broker's ``concurrency`` calls for good. A plain
+        function cannot be stopped: its thread runs on until it returns."""
+        if self.awaited is not None:
+            self.awaited.cancel()
 
     def run(self) -> None:
         for i, message in enumerate(self.messages):
             ctx = BrokerContext(self.broker.name, message)
             try:
-                value = self.broker.call(message, ctx)
+                value = self.broker.call(message, ctx, self.awaiting)
                 reply = None if value is None else Reply.of(value)
             except BaseException as exc:  # isolation: reported, never raised
                 with self.lock:
@@ -505,6 +532,7 @@ class BrokerSet:
         call.hung = True
         with self._lock:
             self._hung[call.broker.name] += 1
+        call.cancel()
 
     def _hang_if_running(self, call: _Call) -> None:
         with call.lock:
