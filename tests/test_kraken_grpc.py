@@ -3,6 +3,7 @@ grpc_tools.protoc, as Kraken's collector is, against a real ``rtclake run``."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import importlib
 import json
@@ -404,3 +405,44 @@ def test_kraken_variables_alone_serve_grpc_and_feed_an_example_brokers_sinks(
         finally:
             server.stop()
             client.delete("rtclake:outbox")
+
+
+def test_the_default_reply_counts_a_record_an_intake_processor_dropped_as_0_accepted(
+    kraken: SimpleNamespace, tmp_path: Path
+) -> None:
+    """As HTTP ingest's ``{"accepted": N}``: a record an intake-stage processor dropped is
+    not stored, and the default reply says 0 (it had said 1)."""
+    from rtclake.integrations.kraken.grpc_server import KrakenGrpc
+    from rtclake.processors.base import RecordProcessor
+    from tests.test_brokers import make_intake
+
+    def dropper(record: dict[str, Any], ctx: Any) -> Any:
+        return [] if record.get("drop") else None
+
+    async def main() -> list[Any]:
+        intake = make_intake(tmp_path, RecordProcessor(dropper, name="drop", stage="intake"))  # type: ignore[arg-type]
+        await intake.spool.start()
+        source = KrakenGrpc(intake, listen=f"127.0.0.1:{free_port()}", max_message_bytes=1 << 20)
+        await source.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{source.port}") as channel:
+                stub = kraken.grpc.KrakenServiceStub(channel)
+                return [
+                    await stub.ProcessKrakenRequest(
+                        kraken.pb.KrakenRequest(
+                            collector_name="webhook",
+                            metadata="{}",
+                            content_type="application/json",
+                            payload=body,
+                        ),
+                        timeout=10,
+                    )
+                    for body in (b'{"drop": true}', b'{"n": 1}')
+                ]
+        finally:
+            await source.stop()
+            await intake.spool.close()
+
+    dropped, kept = asyncio.run(main())
+    assert json.loads(dropped.payload) == {"accepted": 0}
+    assert json.loads(kept.payload)["accepted"] == 1

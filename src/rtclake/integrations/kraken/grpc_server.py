@@ -26,7 +26,8 @@ than ``max_message_bytes`` is refused by gRPC itself, with the same status).
 do (``collector_name`` of the request, so Kraken's WebSocket collector passes it to its
 client); with no reply, the default: ``collector_name`` ``"rtclake"``, ``content_type``
 ``application/json``, ``metadata`` ``{"record_id": ID}`` and ``payload``
-``{"accepted":1,"record_id":ID}`` (a collector does not forward it: Kraken's WebSocket
+``{"accepted":1,"record_id":ID}`` (``{"accepted":0}`` when an intake-stage processor
+dropped the record; a collector does not forward it: Kraken's WebSocket
 collector forwards only answers addressed to ``"websocket"``). ``Send`` answers
 ``status`` 1, as Kraken's broker does, unless a broker replied a status (an integer, or a
 JSON object with an integer ``"status"``). ``record_id`` is the record's id in the lake.
@@ -207,7 +208,8 @@ class KrakenGrpc(Source):
                 collector_name=DEFAULT_COLLECTOR,
                 content_type=JSON_TYPE,
                 metadata=orjson.dumps(ids).decode(),
-                payload=orjson.dumps({"accepted": 1, **ids}),
+                # 0 when an intake-stage processor dropped the record (HTTP says so too)
+                payload=orjson.dumps({"accepted": taken.records, **ids}),
             )
         meta = {"record_id": rid, **reply.metadata} if rid else reply.metadata
         return contract.KrakenResponse(
