@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from rtclake.catalog import default_registry
 from rtclake.config import RouteConfig
+from rtclake.errors import ConfigError
 from rtclake.intake import Intake, make_entry
 from rtclake.metrics import Metrics
 from rtclake.processors.base import Context, Processor, Record, RecordProcessor
@@ -204,4 +206,31 @@ def test_a_record_too_deep_to_encode_is_the_processors_fault_not_the_batchs(
     out = intake.process_entries([entry], "run", 1)  # the writer's thread: must not raise
     assert [records(e.body) for e in out] == [[{"n": 1}], [{"id": "fine"}]]
     assert errors(chain, "emits", "invalid_emit") == 1
+    chain.close()
+
+
+def test_a_processor_that_cannot_start_is_a_configuration_error_naming_it() -> None:
+    """A broker or processor whose ``start`` raises (its database out of reach) stops
+    ``rtclake run`` with one line naming it (a ConfigError), not the lifespan's
+    traceback; the processors before it had started."""
+    started: list[str] = []
+
+    class Starts(RecordProcessor):
+        def start(self) -> None:
+            started.append(self.name)
+
+    class CannotStart(RecordProcessor):
+        def start(self) -> None:
+            raise RuntimeError("cannot reach my database")
+
+    chain = Chain(
+        [Starts(lambda r, c: None, name="first"), CannotStart(lambda r, c: None, name="alarm")],
+        Metrics(),
+    )
+    with pytest.raises(ConfigError) as refused:
+        chain.start()
+    assert str(refused.value) == (
+        "processors.alarm: cannot start: RuntimeError: cannot reach my database"
+    )
+    assert started == ["first"]
     chain.close()

@@ -27,7 +27,7 @@ import orjson
 import structlog
 from prometheus_client import Counter
 
-from rtclake.errors import InputError
+from rtclake.errors import ConfigError, InputError
 from rtclake.metrics import Metrics
 from rtclake.processors.base import Context, Processor, Record, Stage
 from rtclake.sources.base import Records, split_lines
@@ -155,8 +155,16 @@ class Chain:
         return found
 
     def start(self) -> None:
+        """Start each processor; one that cannot (its database out of reach, a bad
+        option) is a :class:`ConfigError` naming it: ``rtclake run`` says so in one line
+        instead of a traceback."""
         for processor in self.processors:
-            processor.start()
+            try:
+                processor.start()
+            except Exception as exc:
+                raise ConfigError(
+                    f"processors.{processor.name}: cannot start: {type(exc).__name__}: {exc}"
+                ) from exc
 
     def close(self) -> None:
         for processor in self.processors:
