@@ -63,6 +63,22 @@ def test_bad_records_are_refused_before_anything_is_spooled(tmp_path: Path) -> N
     assert (info.value.reason, info.value.line) == ("invalid_record", 2)
 
 
+def test_a_body_that_begins_with_a_byte_order_mark_is_taken(tmp_path: Path) -> None:
+    """Windows tools (PowerShell's Out-File) write a UTF-8 byte order mark; RFC 8259 lets a
+    parser pass over it. An object, an array and JSON Lines after one are taken; it had
+    been refused as "body must be a JSON object, an array of objects, or JSON Lines"."""
+    i = intake(tmp_path)
+    table = i.table_for("s")
+    bom = b"\xef\xbb\xbf"
+    assert i.validate(bom + b'{"id": "a"}', table).n == 1
+    assert i.validate(bom + b'[{"id": "a"}, {"id": "b"}]', table).n == 2
+    lines = i.validate(bom + b'{"id": "a"}\n{"id": "b"}\n', table)
+    assert lines.n == 2 and not lines.body.startswith(bom)
+    with pytest.raises(InputError) as info:  # only at the start: elsewhere it is not JSON
+        i.validate(b'{"id": "a"}\n' + bom + b'{"id": "b"}\n', table)
+    assert info.value.line == 2
+
+
 def test_records_a_full_spool_refuses_are_not_counted(tmp_path: Path) -> None:
     async def main() -> None:
         i = intake(tmp_path, max_bytes=400)

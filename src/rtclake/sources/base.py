@@ -145,6 +145,9 @@ class Records(NamedTuple):
     extra: list[int] | None
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def split_records(body: bytes, table: Table) -> Records:
     """Validate a body holding one JSON object, an array of objects, or JSON Lines.
 
@@ -152,6 +155,9 @@ def split_records(body: bytes, table: Table) -> Records:
     naming the line (JSON Lines) or record (array) at fault.
     """
     check_utf8(body)
+    # a byte order mark (Windows tools, PowerShell's Out-File) is not JSON, and RFC 8259
+    # lets a parser pass over it: it is no reason to refuse the body
+    body = body.removeprefix(UTF8_BOM)
     stripped = body.lstrip()
     if not stripped:
         raise InputError("empty", "body is empty: send a JSON object, an array or JSON Lines")
