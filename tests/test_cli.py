@@ -382,6 +382,17 @@ def test_run_and_demo_name_a_data_directory_they_cannot_write_in_one_line(
     assert "error: cannot write the demo's folder" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_run_names_a_spool_folder_it_cannot_use_in_one_line(tmp_path: Path) -> None:
+    # a file where the spool's folder belongs (as a read-only mount): the lifespan's
+    # traceback had ended "Application startup failed"
+    (tmp_path / "spool").write_text("")
+    out = rtclake("run", "--port", str(free_port()), cwd=tmp_path, timeout=60,
+                  RTCLAKE_DATA_DIR="data", RTCLAKE_SPOOL__DIR="spool")  # fmt: skip
+    assert out.returncode == 3, out.stderr
+    assert "spool.dir spool: cannot use it (not a folder)" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_run_refuses_a_port_out_of_range(tmp_path: Path) -> None:
     # 99999 had been logged as "running on http://127.0.0.1:99999" while the server
     # listened on 99999 - 65536

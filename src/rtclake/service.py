@@ -7,6 +7,7 @@ processors, converter) -> delivery -> sinks, and the query engine over the lake.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -238,7 +239,15 @@ class Service:
     async def start(self) -> None:
         self.claim()
         self.query.remove_stale_temp()
-        await self.spool.start()
+        try:
+            await self.spool.start()
+        except OSError as exc:  # read-only, full, a file in its place, another user's
+            where = Path(getattr(self.spool, "directory", self.settings.spool_dir))
+            why = "not a folder" if where.exists() and not where.is_dir() else exc.strerror
+            raise ConfigError(
+                f"spool.dir {where}: cannot use it ({why or exc}); give rtclake a folder it"
+                " can write"
+            ) from exc
         if self.chain is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.chain.start)
         await self.writer.start()
