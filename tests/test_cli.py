@@ -393,6 +393,16 @@ def test_run_names_a_spool_folder_it_cannot_use_in_one_line(tmp_path: Path) -> N
     assert "Traceback" not in out.stderr
 
 
+def test_migrate_names_a_data_directory_it_cannot_write_in_one_line(tmp_path: Path) -> None:
+    # it had ended in a traceback (NotADirectoryError, or a read-only file system's)
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "old").mkdir()
+    out = rtclake("migrate", "--from", "old", cwd=tmp_path, RTCLAKE_DATA_DIR="afile/x")
+    assert out.returncode == 1, out.stderr
+    assert f"error: cannot write the data directory {tmp_path / 'afile' / 'x'}" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_run_refuses_a_port_out_of_range(tmp_path: Path) -> None:
     # 99999 had been logged as "running on http://127.0.0.1:99999" while the server
     # listened on 99999 - 65536

@@ -652,6 +652,12 @@ def migrate(
             err=True,
         )  # fmt: skip
         raise typer.Exit(1) from exc
+    except OSError as exc:  # a data directory read-only or a file; a folder not readable
+        data = settings.data_dir.absolute()
+        if exc.filename is None or Path(exc.filename).absolute().is_relative_to(data):
+            _unusable(exc, "the data directory", settings.data_dir)
+        typer.echo(redact(f"error: {exc.filename}: {exc.strerror or exc}"), err=True)
+        raise typer.Exit(1) from exc
     print_report(report)
 
 
