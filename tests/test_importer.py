@@ -273,6 +273,36 @@ def test_blocks_are_stored_in_groups_and_a_failed_group_is_imported_again_once(
     assert len(ledger) <= blocks // 4  # a group: at least 60 lines, four blocks or more
 
 
+def test_a_file_imported_into_one_table_is_imported_whole_into_another(tmp_path: Path) -> None:
+    """``rtclake import FILE --table X``, then the same file ``--table Y`` (the first table
+    was a mistake): each table gets the whole file, and each import again reads nothing
+    new. The second had read nothing, the file's checkpoint being at its end whatever the
+    table ("imported 0 rows")."""
+    path = tmp_path / "app.jsonl"
+    path.write_text("\n".join(stats_line("T", n) for n in range(25)) + "\n")
+
+    def imported(table: str) -> int:
+        tables = default_registry()
+        importer = Importer(
+            tables,
+            Delivery([LakeSink(tmp_path / "lake", tables)], Metrics()),
+            tmp_path / "import-state.json",
+            node="test",
+            table_for=lambda _name: table,
+            block_bytes=4096,
+        )
+        try:
+            return importer.import_paths([path]).rows
+        finally:
+            importer.close()
+
+    assert imported("telemetry") == 25
+    assert imported("rtc_stats") == 25
+    assert (imported("telemetry"), imported("rtc_stats")) == (0, 0)
+    assert count(tmp_path, "SELECT count(*) FROM telemetry") == 25
+    assert count(tmp_path, "SELECT count(*) FROM rtc_stats") == 25
+
+
 def test_a_line_imported_twice_is_stored_once(tmp_path: Path) -> None:
     one = tmp_path / "a" / "rtc_stats.jsonl"
     two = tmp_path / "b" / "rtc_stats.jsonl"

@@ -181,7 +181,8 @@ def import_(
 ) -> None:
     """Import Sora log files, or Kohaku's S3 layout, into the lake.
 
-    Incremental: run it again and only what is new is read. Rotated copies
+    Incremental: run it again and only what is new is read (per file and table:
+    a file imported before with another --table is read whole). Rotated copies
     (rtc_stats.jsonl.1, .2.gz, -20250725) are recognised by their names and
     read oldest first, S3 objects in the order they were written.
     A spool segment the writer set aside (DATA_DIR/spool/quarantine/*.wal)

@@ -10,7 +10,7 @@ durable copy, so the spool is not needed. Blocks go to the sinks in groups (one 
 the lake for several blocks); a group's batch name is derived from the file and the byte
 offset after its last block, so importing the same group again (after a crash, or twice)
 finds it in the lake's ledger (a Hive-layout lake: overwrites its own files). What was
-imported is remembered per file (identity, byte offset, line number) in
+imported is remembered per file and table (identity, byte offset, line number) in
 ``DATA_DIR/import-state.json``, written after the sinks confirmed; a file that grew is
 continued where it stopped, a file that was replaced (another identity) or truncated is
 read again from the start.
@@ -93,6 +93,7 @@ class FileState(msgspec.Struct):
     identity: str
     offset: int = 0
     line: int = 0
+    table: str | None = None  # the table it went to (None: a state saved before it was kept)
 
 
 class _SavedState(msgspec.Struct):
@@ -375,10 +376,15 @@ class Importer:
         return stats
 
     def import_file(self, path: Path, table: Table, stats: ImportStats) -> None:
-        """Import what is new in one local file."""
+        """Import what is new in one local file, for ``table``: a file imported before into
+        another table (``--table`` of another run) is read from its start for this one, as
+        a file of its own (its own checkpoint and ledger run)."""
         key = str(path.absolute())
-        identity = file_identity(path)
         done = self.state.files.get(key)
+        if done is not None and done.table not in (None, table.name):
+            key = f"{key}#{table.name}"
+            done = self.state.files.get(key)
+        identity = file_identity(path)
         gz = path.suffix == ".gz"
         if (
             done is None
@@ -387,7 +393,7 @@ class Importer:
                 not gz and path.stat().st_size < done.offset  # truncated: read it again
             )
         ):
-            done = FileState(identity)
+            done = FileState(identity, table=table.name)
         with open(path, "rb") as fh:
             if not gz:
                 fh.seek(done.offset)
