@@ -403,6 +403,21 @@ def test_migrate_names_a_data_directory_it_cannot_write_in_one_line(tmp_path: Pa
     assert "Traceback" not in out.stderr
 
 
+def test_run_names_a_port_in_use_in_one_line_before_it_starts(tmp_path: Path) -> None:
+    # uvicorn's bind error had come after "rtclake started" and "Application startup
+    # complete"
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        out = rtclake("run", "--port", str(port), cwd=tmp_path, timeout=60)
+    assert out.returncode == 3, out.stderr
+    assert out.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port} (")
+    assert len(out.stderr.splitlines()) == 1 and "started" not in out.stderr
+
+
 def test_run_refuses_a_port_out_of_range(tmp_path: Path) -> None:
     # 99999 had been logged as "running on http://127.0.0.1:99999" while the server
     # listened on 99999 - 65536

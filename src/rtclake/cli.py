@@ -55,6 +55,30 @@ def _unusable(exc: OSError, what: str, path: Path) -> None:
     raise typer.Exit(1) from exc
 
 
+def _check_listen(host: str, port: int) -> None:
+    """Exit 3 with one line when the server's address cannot be bound (another program
+    holds the port; not an address of this host): uvicorn would say so only after
+    rtclake had logged that it started."""
+    import socket
+
+    if port == 0:
+        return
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _name, address in found:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn
+                probe.bind(address)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        typer.echo(
+            f"error: cannot listen on {host}:{port} ({why}); set server.port (--port) or"
+            " server.host (--host), or stop what holds it",
+            err=True,
+        )
+        raise typer.Exit(3) from exc
+
+
 def _settings(config: Path | None) -> tuple[Settings, Registry]:
     """The settings, checked against the registry of installed components (loaded once:
     the entry-point scan is a good part of a short command's start-up)."""
@@ -99,6 +123,7 @@ def run(
         raise typer.Exit(2) from exc
     except OSError as exc:  # a data directory read-only, a file, not ours
         _unusable(exc, "the data directory", settings.data_dir)
+    _check_listen(settings.server.host, settings.server.port)
     from rtclake.sources.websocket import server_frame_limit
 
     uvicorn.run(
