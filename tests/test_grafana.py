@@ -366,29 +366,3 @@ def test_the_generator_writes_every_file_of_deploy_grafana(tmp_path: Path) -> No
         return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
     assert files(tmp_path) == files(GRAFANA)
-
-
-def test_files_a_merge_replaced_show_no_row_twice(tmp_path: Path) -> None:
-    """Until cleanup deletes them, the files a merge (or a day's sort) replaced stay beside
-    the new ones with the same rows: every table and view, the derived ones too, still
-    counts each row once. The derived tables had shown every rate and report twice after
-    each maintenance run (a session's bitrates doubled)."""
-    root = tmp_path / "var-lib"
-    fill_lake(root / "rtclake" / "lake", tmp_path / "import")
-    tables = load_registry().tables
-    engine = QueryEngine(root / "rtclake" / "lake", tables)
-    own = engine.connect(read_only=False)
-    expected = {
-        name: own.sql(f'SELECT count(*) FROM "{name}"').fetchone()
-        for name in [*tables.names(), *tables.views]
-    }
-    own.close()
-    for path in (root / "rtclake" / "lake" / "main").rglob("*.parquet"):
-        shutil.copy(path, path.with_name(f"ducklake-replaced-{path.name}"))
-    con = grafana_duckdb(root)
-    try:
-        counted = {name: con.sql(f'SELECT count(*) FROM "{name}"').fetchone() for name in expected}
-    finally:
-        con.close()
-    assert counted == expected
-    assert expected["rtc_rates"] > (0,) and expected["connection_reports"] > (0,)

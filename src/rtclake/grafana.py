@@ -28,9 +28,8 @@ The plugin's DuckDB cannot read the lake's catalog (that needs the DuckLake and 
 extensions, which it would download), so it reads the folders: a merge leaves the files
 it replaced until maintenance cleans them up (``lake.maintenance.cleanup_after``), and the
 views hide those repeated rows by record id, as rtclake's views did before the catalog
-(:meth:`QueryEngine.view_sql` of a ``hive`` engine), the derived tables' too (a merge and
-a day's sort replace their files as well); a partition that retention deleted shows until
-its files are cleaned up.
+(:meth:`QueryEngine.view_sql` of a ``hive`` engine); a partition that retention deleted
+shows until its files are cleaned up.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ import re
 import shutil
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -84,12 +82,8 @@ def init_sql(tables: TableRegistry) -> str:
         # view_sql reads a list of paths; a glob in it is expanded at each query. The
         # columns are named: the empty lake's file holds each one (write_empty_lake).
         columns = [*table.stored_schema.names, "date"]
-        # Every table hides repeated rows here, the derived ones too: their rows are unique
-        # in the catalog's snapshot, but the files a merge or a day's sort replaced stay
-        # in the folders until cleanup, and a glob reads those rows twice.
-        deduped = replace(table, unique_rows=False)
         statements.append(
-            f"-- {table.name}\n{engine.view_sql(deduped, [table_glob(table)], columns)}"
+            f"-- {table.name}\n{engine.view_sql(table, [table_glob(table)], columns)}"
         )
     for view in tables.views.values():
         statements.append(f'-- {view.name}\nCREATE OR REPLACE VIEW "{view.name}" AS {view.sql}')
