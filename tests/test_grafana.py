@@ -5,6 +5,7 @@ data, answering rows of the types its panel needs."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 from collections.abc import Iterator
@@ -14,8 +15,10 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from rtclake.delivery import Delivery
 from rtclake.grafana import (
@@ -35,6 +38,8 @@ from rtclake.grafana import (
 from rtclake.importer import Importer, ImportStats
 from rtclake.integrations.sora.api import stats_report_record, with_derived_fields
 from rtclake.integrations.sora.logs import table_for
+from rtclake.lake import layout
+from rtclake.lake.maintenance import Maintenance, MaintenanceConfig
 from rtclake.lake.query import QueryEngine
 from rtclake.lake.sink import LakeSink
 from rtclake.metrics import Metrics
@@ -366,3 +371,43 @@ def test_the_generator_writes_every_file_of_deploy_grafana(tmp_path: Path) -> No
         return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
     assert files(tmp_path) == files(GRAFANA)
+
+
+def test_files_maintenance_replaced_show_no_row_twice(tmp_path: Path) -> None:
+    """The files a merge or a day's sort replaced stay in the folders, with the same rows,
+    until their snapshots expire and cleanup deletes them (a day or two by default).
+    Maintenance lists them (ROOT/rtclake_replaced.parquet) and the data source's views
+    leave them out: every table and view counts each row once, the derived ones too.
+    Those had shown every rate and report twice after each maintenance run (a session's
+    bitrates doubled, connections started per minute doubled)."""
+    root = tmp_path / "var-lib"
+    lake = root / "rtclake" / "lake"
+    fill_lake(lake, tmp_path / "import")
+    tables = load_registry().tables
+    sink = LakeSink(lake, tables)
+    maintenance = Maintenance(
+        sink.catalog,
+        MaintenanceConfig(expire_after=30 * 86400, cleanup_after=30 * 86400),  # kept
+        node="n",
+        metrics=Metrics(CollectorRegistry()),
+    )
+    report = maintenance.run(now=dt.datetime.now(dt.UTC) + dt.timedelta(days=3))  # days over
+    sink.close()
+    assert report is not None and report.ok, report
+    listed = set(pq.read_table(lake / layout.REPLACED)["path"].to_pylist())
+    on_disk = {str(p.relative_to(lake)) for p in (lake / "main").rglob("*.parquet")}
+    assert listed and listed <= on_disk  # replaced files, still there
+    engine = QueryEngine(lake, tables)
+    own = engine.connect(read_only=False)
+    expected = {
+        name: own.sql(f'SELECT count(*) FROM "{name}"').fetchone()
+        for name in [*tables.names(), *tables.views]
+    }
+    own.close()
+    con = grafana_duckdb(root)
+    try:
+        counted = {name: con.sql(f'SELECT count(*) FROM "{name}"').fetchone() for name in expected}
+    finally:
+        con.close()
+    assert counted == expected
+    assert expected["rtc_rates"] > (0,) and expected["connection_reports"] > (0,)

@@ -25,11 +25,17 @@ which always matches the empty file, so every view exists, has every declared co
 sees new files at each query.
 
 The plugin's DuckDB cannot read the lake's catalog (that needs the DuckLake and SQLite
-extensions, which it would download), so it reads the folders: a merge leaves the files
-it replaced until maintenance cleans them up (``lake.maintenance.cleanup_after``), and the
-views hide those repeated rows by record id, as rtclake's views did before the catalog
-(:meth:`QueryEngine.view_sql` of a ``hive`` engine); a partition that retention deleted
-shows until its files are cleaned up.
+extensions, which it would download), so it reads the folders. A merge, a day's sort and
+retention leave the files they replaced there until the snapshots that knew them expire
+and cleanup deletes them (``lake.maintenance.expire_after`` and ``cleanup_after``: a day
+or two by default); maintenance lists them after each of its steps
+(``ROOT/rtclake_replaced.parquet``, :data:`layout.REPLACED`), and the derived tables'
+views, whose rows are unique, leave the listed files out (they had counted such rows
+twice). The other views hide repeated rows by record id, a replaced file's among them,
+as rtclake's views did before the catalog (:meth:`QueryEngine.view_sql` of a ``hive``
+engine); a partition that retention deleted shows in those until its files are cleaned
+up. Between a merge's commit and its list being written (moments), the derived tables'
+replaced rows show twice.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rtclake.lake import layout
@@ -65,6 +72,13 @@ DASHBOARDS = "dashboards"
 # -- the data source ------------------------------------------------------------------------
 
 
+#: The files a merge, a sort or retention replaced, still in the folders until cleanup
+#: (written by maintenance; the empty lake's list is empty): the views leave them out.
+REPLACED_FILES = (
+    f"SELECT '{DATA_DIR}/lake/' || path FROM read_parquet('{DATA_DIR}*/lake/{layout.REPLACED}')"
+)
+
+
 def table_glob(table: Table) -> str:
     """The files of ``table`` in the lake and in the empty lake (see the module's doc)."""
     return f"{DATA_DIR}*/lake/main/{layout.partition(table.name, '*')}/*{layout.SUFFIX}"
@@ -82,9 +96,12 @@ def init_sql(tables: TableRegistry) -> str:
         # view_sql reads a list of paths; a glob in it is expanded at each query. The
         # columns are named: the empty lake's file holds each one (write_empty_lake).
         columns = [*table.stored_schema.names, "date"]
-        statements.append(
-            f"-- {table.name}\n{engine.view_sql(table, [table_glob(table)], columns)}"
-        )
+        # the derived tables' rows are unique, so a replaced file's rows would count twice:
+        # their views leave the listed files out (the others hide repeated record ids,
+        # the replaced files' too; leaving those out as well cost every panel ~1 ms)
+        replaced = REPLACED_FILES if table.unique_rows else None
+        sql = engine.view_sql(table, [table_glob(table)], columns, left_out=replaced)
+        statements.append(f"-- {table.name}\n{sql}")
     for view in tables.views.values():
         statements.append(f'-- {view.name}\nCREATE OR REPLACE VIEW "{view.name}" AS {view.sql}')
     text = ";\n\n".join(s.strip() for s in statements) + ";\n"
@@ -133,8 +150,12 @@ def stale_empty_files(root: Path, tables: TableRegistry) -> list[str]:
         for table in tables
         if not _is_current(empty_file(root, table), table)
     ]
+    if not (root / layout.REPLACED).is_file():
+        problems.append(f"{root / layout.REPLACED} is missing")
     if root.is_dir():
-        problems += [f"{p} is not main/" for p in root.iterdir() if p.name != "main"]
+        problems += [
+            f"{p} is not main/" for p in root.iterdir() if p.name not in ("main", layout.REPLACED)
+        ]
     if (root / "main").is_dir():
         problems += [
             f"{p} is no table's" for p in (root / "main").iterdir() if p.name not in tables
@@ -150,8 +171,11 @@ def write_empty_lake(root: Path, tables: TableRegistry) -> None:
         if not _is_current(path, table):
             path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(table.stored_schema.empty_table(), path)
+    replaced = root / layout.REPLACED
+    if not replaced.is_file():
+        pq.write_table(pa.table({"path": pa.array([], pa.string())}), replaced)
     for folder in root.iterdir():
-        if folder.name != "main":
+        if folder.name not in ("main", layout.REPLACED):
             shutil.rmtree(folder)
     for folder in (root / "main").iterdir():
         if folder.name not in tables:

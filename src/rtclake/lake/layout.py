@@ -12,6 +12,14 @@ import os
 
 PARTITION = "date"
 SUFFIX = ".parquet"
+#: At the lake's root (beside ``main/``): the names of the data files still in the folders
+#: that the current snapshot no longer holds (replaced by a merge or a day's sort,
+#: deleted by retention), until cleanup removes them; one column ``path``, relative to the
+#: root (``main/TABLE/date=D/NAME.parquet``: a file's name alone is not unique, the
+#: writer names a batch's files of every table alike). Maintenance
+#: writes it after each step. Readers of the folders (Grafana's data source) leave
+#: these files out: their rows are in the files that replaced them.
+REPLACED = "rtclake_replaced.parquet"
 
 
 def partition(table: str, date: str) -> str:

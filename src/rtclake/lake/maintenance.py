@@ -76,13 +76,16 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 import structlog
 
 from rtclake.config import MaintenanceConfig as MaintenanceConfig
 from rtclake.errors import ConfigError
+from rtclake.lake import layout
 from rtclake.lake.catalog import ALIAS, LEDGER, PARTITION, Catalog, CatalogUrl, literal
 from rtclake.lake.storage import S3Storage, Storage
 from rtclake.metrics import Metrics
@@ -480,6 +483,24 @@ class Maintenance:
                 self._temp = None
         return report
 
+    def _write_replaced(self, con: Any) -> None:
+        """Write :data:`layout.REPLACED`: the paths of the files the folders still hold
+        that the current snapshot does not (a merge's, a sort's, retention's), for the
+        readers of the folders. A list that cannot be written is only logged (the run
+        goes on; those readers count such files' rows twice until the next run)."""
+        meta = f"__ducklake_metadata_{ALIAS}"
+        root = self.catalog.data_path
+        try:
+            rows = self._query(con, REPLACED_SQL.format(meta=meta), [root, root])
+            paths = sorted({r[0][len(root) :] for r in rows if r[0].startswith(root)})
+            table = pa.table({"path": pa.array(paths, pa.string())})
+            buffer = pa.BufferOutputStream()
+            pq.write_table(table, buffer)
+            content = buffer.getvalue()
+            self.catalog.storage.write(layout.REPLACED, functools.partial(_put, content))
+        except (duckdb.Error, OSError, pa.ArrowException) as exc:
+            log.warning("maintenance: list of replaced files not written", error=str(exc))
+
     def _last_start(self, con: Any) -> float | None:
         """When the last recorded run started (Unix time), by any node; None: never."""
         if RUNS_TABLE not in self._retrying(con, lambda: self.catalog.columns(con)):
@@ -535,6 +556,7 @@ class Maintenance:
                 finally:
                     result.seconds = time.perf_counter() - begun
                     self._observe(result)
+                self._write_replaced(con)
             report.seconds = time.perf_counter() - started
             self._record(con, report)
         finally:
@@ -908,6 +930,22 @@ class Maintenance:
 #: files a cleanup must not take for orphans (paths resolved against the data path, as
 #: DuckLake resolves them; ``{meta}`` is the catalog's metadata database, the two
 #: parameters the data path).
+REPLACED_SQL = """
+SELECT CASE WHEN NOT f.path_is_relative THEN f.path
+            WHEN NOT t.path_is_relative THEN t.path || f.path
+            WHEN NOT s.path_is_relative THEN s.path || t.path || f.path
+            ELSE ? || s.path || t.path || f.path END
+FROM {meta}.ducklake_data_file f
+JOIN {meta}.ducklake_table t ON f.table_id = t.table_id
+JOIN {meta}.ducklake_schema s ON t.schema_id = s.schema_id
+WHERE f.end_snapshot IS NOT NULL
+UNION ALL
+SELECT CASE WHEN path_is_relative THEN ? || path ELSE path END
+FROM {meta}.ducklake_files_scheduled_for_deletion
+"""
+"""The paths of the data files the current snapshot no longer holds and cleanup has not
+deleted yet (the parameters: the data path, twice)."""
+
 KNOWN_FILES_SQL = """
 SELECT CASE WHEN NOT f.path_is_relative THEN f.path
             WHEN NOT t.path_is_relative THEN t.path || f.path
@@ -925,6 +963,10 @@ FROM {meta}.ducklake_files_scheduled_for_deletion
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _put(content: pa.Buffer, out: IO[bytes]) -> None:
+    out.write(content)
 
 
 def _partition_day(path: str) -> dt.date | None:

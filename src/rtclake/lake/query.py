@@ -371,14 +371,21 @@ class QueryEngine:
             self._catalog_con = self.catalog.connect(threads=1, read_only=True)
         return self._catalog_con
 
-    def view_sql(self, table: Table, files: list[str], columns: Sequence[str] | None = None) -> str:
+    def view_sql(
+        self,
+        table: Table,
+        files: list[str],
+        columns: Sequence[str] | None = None,
+        left_out: str | None = None,
+    ) -> str:
         """The ``CREATE VIEW`` for one table, reading exactly ``files``.
 
         ``columns``: the names the files hold (a DESCRIBE of :meth:`source_sql`), each
         named in the view; without them, the view takes every column but DuckLake's own,
         which DuckDB works out again each time a query binds the view (~0.5 ms per table
-        and query on this project's machine)."""
-        source = self.source_sql(files)
+        and query on this project's machine). ``left_out``: a query of the paths of files
+        whose rows the view leaves out (a reader of the folders: :data:`layout.REPLACED`)."""
+        source = self.source_sql(files, filename=left_out is not None)
         if columns is None:
             # DuckLake's merged files also hold its row ids and snapshot ids: not columns
             source = (
@@ -392,6 +399,8 @@ class QueryEngine:
                 if not name.startswith("_ducklake_internal_")
             )
         derived = f"{table.identity_sql()} AS record_id, " if table.identity else ""
+        if left_out is not None:
+            source += f" WHERE filename NOT IN ({left_out})"
         if self.catalog is not None:  # the catalog's rows are unique
             return (
                 f'CREATE OR REPLACE VIEW "{table.name}" AS SELECT {derived}{selected} FROM {source}'
@@ -410,12 +419,14 @@ class QueryEngine:
         )
 
     @staticmethod
-    def source_sql(files: list[str]) -> str:
+    def source_sql(files: list[str], filename: bool = False) -> str:
         """``read_parquet`` of ``files`` by column name, ``date`` from the folder's name
-        (rtclake's files do not hold it; DuckLake's merged do)."""
+        (rtclake's files do not hold it; DuckLake's merged do); ``filename``: with each
+        row's file's path as column ``filename``."""
+        more = ", filename = true" if filename else ""
         return (
             f"read_parquet({_sql_list(files)}, hive_partitioning = true,"
-            " hive_types = {'date': DATE}, union_by_name = true)"
+            f" hive_types = {{'date': DATE}}, union_by_name = true{more})"
         )
 
     def connect(
