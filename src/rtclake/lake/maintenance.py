@@ -926,10 +926,6 @@ class Maintenance:
         raise AssertionError("unreachable")
 
 
-#: Every file the catalog knows, in any snapshot, or has scheduled for deletion: the
-#: files a cleanup must not take for orphans (paths resolved against the data path, as
-#: DuckLake resolves them; ``{meta}`` is the catalog's metadata database, the two
-#: parameters the data path).
 REPLACED_SQL = """
 SELECT CASE WHEN NOT f.path_is_relative THEN f.path
             WHEN NOT t.path_is_relative THEN t.path || f.path
@@ -946,6 +942,10 @@ FROM {meta}.ducklake_files_scheduled_for_deletion
 """The paths of the data files the current snapshot no longer holds and cleanup has not
 deleted yet (the parameters: the data path, twice)."""
 
+#: Every file the catalog knows, in any snapshot, or has scheduled for deletion: the
+#: files a cleanup must not take for orphans (paths resolved against the data path, as
+#: DuckLake resolves them; ``{meta}`` is the catalog's metadata database, the two
+#: parameters the data path).
 KNOWN_FILES_SQL = """
 SELECT CASE WHEN NOT f.path_is_relative THEN f.path
             WHEN NOT t.path_is_relative THEN t.path || f.path
