@@ -242,7 +242,10 @@ class Service:
         try:
             await self.spool.start()
         except OSError as exc:  # read-only, full, a file in its place, another user's
-            where = Path(getattr(self.spool, "directory", self.settings.spool_dir))
+            folder = getattr(self.spool, "directory", None)  # (not JetStream's: NATS)
+            if folder is None:
+                raise
+            where = Path(folder)
             why = "not a folder" if where.exists() and not where.is_dir() else exc.strerror
             raise ConfigError(
                 f"spool.dir {where}: cannot use it ({why or exc}); give rtclake a folder it"
