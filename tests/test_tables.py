@@ -104,6 +104,19 @@ def test_record_ids_follow_the_documented_rule() -> None:
     assert by_v[3] == [record_id("http", "s", "req-9:1")]
 
 
+def test_the_record_id_hashes_the_line_without_the_spaces_around_it() -> None:
+    # the rule (records.record_id, which intake.py mirrors for the edges) strips spaces
+    # only: a tab is JSON whitespace too, and stays part of the text hashed
+    lines = [b'   {"time": 1, "v": 4}  ', b'\t{"time": 1, "v": 5} ', b'{"time": 1, "v": 6}']
+    rows = convert(entry(b"\n".join(lines)))["telemetry"]
+    by_v = {msgspec.json.decode(row["extra"])["v"]: row["record_id"] for row in rows}
+    assert by_v == {
+        4: record_id("http", "s", '{"time": 1, "v": 4}'),
+        5: record_id("http", "s", '\t{"time": 1, "v": 5}'),
+        6: record_id("http", "s", '{"time": 1, "v": 6}'),
+    }
+
+
 def test_a_record_twice_in_one_batch_gets_one_record_id() -> None:
     rows = convert(entry(b'{"time": 5, "v": 1}\n{"time": 5, "v": 1}\n{"time": 6, "v": 1}'))
     assert len({row["record_id"] for row in rows["telemetry"]}) == 2

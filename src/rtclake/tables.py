@@ -416,14 +416,14 @@ class Table:
         - else (nothing tells a retry from a new reading): source, stream and its position
           in the spool, which a replay after a crash reproduces.
 
-        Without an identity, ``relation`` holds ``INPUT_SCHEMA`` and ``own_time`` (whether
-        the line had a usable time of its own).
+        Without an identity, ``relation`` holds ``INPUT_SCHEMA`` (``line`` without the
+        spaces around it) and ``own_time`` (whether the line had a usable time of its own).
         """
         if self.identity:
             return f"SELECT {self.identity_sql()} AS record_id FROM {relation}"
         key = (
             "CASE WHEN idem IS NOT NULL THEN idem || ':' || line_no::VARCHAR"
-            " WHEN own_time THEN trim(line)"
+            " WHEN own_time THEN line"
             " ELSE entry || ':' || line_no::VARCHAR END"
         )
         return f"SELECT md5(concat_ws(chr(31), source, stream, {key})) AS record_id FROM {relation}"
