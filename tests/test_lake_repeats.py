@@ -60,10 +60,35 @@ def test_the_last_commits_rows_are_checked_from_memory_and_repeats_left_out(
     (read,) = lake_reads(spy)  # the exact check of the one row whose hash was met
     assert read.startswith('SELECT "record_id", time FROM')
     spy.sql.clear()
-    # later times: only those are read (none of them in the lake), no exact check
+    # later times: nothing read (the first check read every row after its first time,
+    # and what is kept covers them since), no exact check
     sink.write(batch(3, readings((2, "e"), (9, "f"))))
-    (read,) = lake_reads(spy)
-    assert "x.time > ?" in read
+    assert lake_reads(spy) == []
+    # earlier times than it keeps: those alone are read; a repeat there is left out
+    sink.write(batch(4, readings((0, "z"), (1, "a"), (9, "g"))))
+    (read,) = [r for r in lake_reads(spy) if "epoch_us(x.time)" in r]
+    assert "x.time >= ?" in read and "x.time < ?" in read
+    sink.close()
+    assert count(tmp_path) == [["2026-11-01", 8, 8]]
+
+
+def test_a_check_with_nothing_kept_reads_the_batchs_times_when_later_ones_are_many(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first check reads every row after the batch's first time only when they are few:
+    beyond OPEN_ROWS of them it reads the batch's times, and still finds the repeats."""
+    monkeypatch.setattr(repeats, "OPEN_ROWS", 2)
+    tables = default_registry()
+    first = LakeSink(tmp_path, tables)
+    first.write(batch(1, readings((1, "a"), (2, "b"), (30, "c"), (40, "d"))))
+    first.close()
+    sink = LakeSink(tmp_path, tables)  # a restart: nothing kept
+    spy = Spy(sink._connection())
+    sink._con = spy
+    sink.write(batch(2, readings((1, "a"), (3, "e"))))
+    hashes = [r for r in lake_reads(spy) if "epoch_us(x.time)" in r]
+    assert len(hashes) == 2 and "x.time <= ?" in hashes[1]  # the open read, then the range
+    sink.write(batch(3, readings((2, "b"), (30, "c"), (50, "f"))))
     sink.close()
     assert count(tmp_path) == [["2026-11-01", 6, 6]]
 

@@ -12,8 +12,10 @@ those seconds back and joined them (60-135 ms a group of 100,000 records, measur
 docs/BENCHMARKS.md). So the check first compares 64-bit hashes of the keys: the batch's
 with each other, and with the hashes of the lake's rows at the batch's times. Those are
 kept in memory from one transaction to the next (:class:`Seen`), so only the times the
-last one did not cover are read. Only rows whose hash is met (a repeat, or very rarely
-two keys with one hash) go through the exact check, which decides.
+last one did not cover are read; and the first reads every row after the batch's first
+time when there are few, so that later batches, which follow it in time, read nothing.
+Only rows whose hash is met (a repeat, or very rarely two keys with one hash) go through
+the exact check, which decides.
 
 What is kept holds while every commit to the lake since it was made is this sink's own:
 each transaction compares DuckLake's snapshot with the one the sink's last commit made,
@@ -40,6 +42,11 @@ LAKE_KEYS = 200_000
 #: At most this many hashes of the lake's keys (with their times: 16 bytes each) are kept
 #: in memory, over all tables; beyond it a table's batches are checked exactly.
 SEEN_ROWS = 2_000_000
+#: A check with nothing kept reads every row of the lake after the batch's first time when
+#: there are at most this many (else those at the batch's times only).
+OPEN_ROWS = 200_000
+#: ``Seen.hi`` of what holds every row of the lake after ``Seen.lo``.
+OPEN = np.iinfo(np.int64).max
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _US = dt.timedelta(microseconds=1)
 
@@ -208,34 +215,64 @@ class RepeatCheck:
 
     def _lake(self, con: Any, table: Table, start: int, end: int) -> Seen | None:
         """The hashes of the lake's rows from ``start`` to ``end``: what is kept of them,
-        and the rest read; None when there are more than :data:`SEEN_ROWS`."""
+        and the rest read; None when there are more than :data:`SEEN_ROWS`.
+
+        Without what is kept, every row of the lake from ``start`` on is read when there
+        are at most :data:`OPEN_ROWS` (the usual case: a writer's or an import's groups
+        follow each other in time): what is kept then covers every later time (``hi`` is
+        :data:`OPEN`), and the next groups read the lake only if they reach back before
+        it. (Each group read its own range, one query of DuckLake's scan a table and
+        group, which found nothing but this sink's own last rows.)"""
         snapshot = self._transaction_snapshot(con)
         base = self._pending.get(table.name) or self._seen.get(table.name)
         reads: list[tuple[int, str, int, str]] = []
         parts = []
+        hi = end
         if base is None or base.snapshot != snapshot or base.hi < start or base.lo > end:
-            reads.append((start, ">=", end, "<="))
+            opened = self._read(con, table, start, ">=", OPEN, "", OPEN_ROWS)
+            if opened is not None:
+                parts.append(opened)
+                hi = OPEN
+            else:
+                reads.append((start, ">=", end, "<="))
         else:
-            parts.append(base.within(start, end))
+            hi = OPEN if base.hi == OPEN else end
+            parts.append(base.within(start, hi))
             if start < base.lo:
                 reads.append((start, ">=", base.lo, "<"))
             if end > base.hi:
                 reads.append((base.hi, ">", end, "<="))
         total = sum(len(h) for h, _ in parts)
         for a, above, b, below in reads:
-            first, last = _EPOCH + a * _US, _EPOCH + b * _US
-            got = con.execute(
-                f"SELECT {self._hash_sql(con, table, 'x.')}, epoch_us(x.time)"
-                f" FROM {_lake_rows(table, above, below)} LIMIT {SEEN_ROWS + 1}",
-                _between(first, last),
-            ).fetch_arrow_table()
-            total += got.num_rows
-            if total > SEEN_ROWS:
+            got = self._read(con, table, a, above, b, below, SEEN_ROWS - total)
+            if got is None:
                 return None
-            hashes, times = got.column(0).to_numpy(), got.column(1).to_numpy()
-            order = np.argsort(hashes)
-            parts.append((hashes[order], times[order]))
-        return _merged(snapshot, start, end, parts)
+            total += len(got[0])
+            parts.append(got)
+        return _merged(snapshot, start, hi, parts)
+
+    def _read(
+        self, con: Any, table: Table, a: int, above: str, b: int, below: str, most: int
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]] | None:
+        """The hashes of the lake's rows between two times (microseconds; ``above`` and
+        ``below`` compare), sorted, with their times; None if there are more than
+        ``most``."""
+        first = _EPOCH + a * _US
+        if b == OPEN:  # every row from ``a`` on
+            where = f'{ALIAS}."{table.name}" x WHERE x.{PARTITION} >= ?::DATE AND x.time {above} ?'
+            params: list[Any] = [first.date(), first]
+        else:
+            where, params = _lake_rows(table, above, below), _between(first, _EPOCH + b * _US)
+        got = con.execute(
+            f"SELECT {self._hash_sql(con, table, 'x.')}, epoch_us(x.time)"
+            f" FROM {where} LIMIT {max(most, 0) + 1}",
+            params,
+        ).fetch_arrow_table()
+        if got.num_rows > most:
+            return None
+        hashes, times = got.column(0).to_numpy(), got.column(1).to_numpy()
+        order = np.argsort(hashes)
+        return hashes[order], times[order]
 
     def exact(self, con: Any, table: Table, rows: pa.Table, positions: np.ndarray[Any, Any]) -> Any:
         """Of ``rows`` (at ``positions`` of their batch), the positions of the repeats:
