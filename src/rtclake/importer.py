@@ -572,15 +572,26 @@ class Importer:
             except BaseException as exc:  # reported by import_file on the caller's thread
                 failure.append(exc)
         if group.end is not None and not failure:
-            merging.append((self._pool.submit(self._merge, run, label, group), group))
+            # the last group: every block is parsed, and this thread would only wait for
+            # its merge; it encodes the smaller tables itself while the pool does the
+            # largest (one pool thread had encoded all of them, the other core idle)
+            last: Future[Batch | None] = Future()
+            try:
+                last.set_result(self._merge(run, label, group, self._pool))
+            except BaseException as exc:
+                last.set_exception(exc)
+            merging.append((last, group))
         for waiting in merging:
             self._store(*waiting, key, state, stats, failure)
 
-    def _merge(self, run: str, label: str, group: _Group) -> Batch | None:
+    def _merge(
+        self, run: str, label: str, group: _Group, pool: ThreadPoolExecutor | None = None
+    ) -> Batch | None:
         """A group's blocks as one batch (named after the offset after its last block),
         with what the sinks prepare of it (the lake's Parquet: one file per table and
         date for the group, not per block; each file costs the lake's commit its column
-        statistics and a read of its footer)."""
+        statistics and a read of its footer). With a ``pool``, the largest table is
+        prepared there, beside the others here."""
         if not group.blocks:
             return None
         names = dict.fromkeys(name for block in group.blocks for name in block)
@@ -591,8 +602,15 @@ class Importer:
             rollup = self.tables[name].rollup if name in self.tables else None
             tables[name] = rollup.fold(merged) if rollup and rollup.fold else merged
         prepared: dict[tuple[str, str], Any] = {}
-        for name, rows in tables.items():
-            prepared.update(self.delivery.prepare(name, rows))
+        order = sorted(tables, key=lambda name: tables[name].num_rows, reverse=True)
+        largest = None
+        if pool is not None and len(order) > 1:
+            largest = pool.submit(self.delivery.prepare, order[0], tables[order[0]])
+            order = order[1:]
+        for name in order:
+            prepared.update(self.delivery.prepare(name, tables[name]))
+        if largest is not None:
+            prepared.update(largest.result())
         assert group.end is not None
         return Batch(self.node, run, group.end, tables, prepared, origin=label)
 
