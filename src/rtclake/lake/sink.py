@@ -19,6 +19,7 @@ import datetime as dt
 import functools
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -70,11 +71,14 @@ WRITER_THREADS = 1
 
 @dataclass(frozen=True)
 class _Part:
-    """One table's rows of one date, and their Parquet file."""
+    """One table's rows of one date, and their Parquet file (or its encoding under way)."""
 
     date: str
     rows: pa.Table
-    content: pa.Buffer
+    content: pa.Buffer | Future[pa.Buffer]
+
+    def file(self) -> pa.Buffer:
+        return self.content.result() if isinstance(self.content, Future) else self.content
 
 
 def _copy(content: pa.Buffer, out: IO[bytes]) -> None:
@@ -242,6 +246,7 @@ class LakeSink(Sink):
         self._last: dict[tuple[str, str], int | None] = {}
         self._repeats: list[tuple[str, int]] = []  # (table, rows) of the open transaction
         self._lock: CommitLock | None = None
+        self._encoder: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
         self.storage.prepare()
@@ -279,11 +284,15 @@ class LakeSink(Sink):
             return None
         return self._parts(self.tables[table], rows)
 
-    def _parts(self, table: Table, rows: pa.Table) -> list[_Part]:
+    def _parts(self, table: Table, rows: pa.Table, encoder: ThreadPoolExecutor | None = None
+               ) -> list[_Part]:  # fmt: skip
+        """The files of ``rows``, one per date; encoded on ``encoder`` if given."""
         stored = clustered(table, rows.select(table.stored_schema.names))
-        return [
-            _Part(date, part, self._encoded(table, part)) for date, part in partition_dates(stored)
-        ]
+        parts = []
+        for date, part in partition_dates(stored):
+            encoded = encoder.submit(self._encoded, table, part) if encoder else None
+            parts.append(_Part(date, part, encoded or self._encoded(table, part)))
+        return parts
 
     def _encoded(self, table: Table, rows: pa.Table) -> pa.Buffer:
         return _parquet_file(
@@ -383,12 +392,18 @@ class LakeSink(Sink):
 
     def _commit(self, con: Any, batches: Sequence[Batch], todo: list[Table],
                 run: tuple[str, str]) -> None:  # fmt: skip
+        # The files a writer's group needs are encoded on a thread of their own while the
+        # transaction checks the rows for repeats (both mostly outside the GIL): the
+        # writer's batches wait for this commit, and a core was left idle meanwhile.
+        if self._encoder is None:
+            self._encoder = ThreadPoolExecutor(1, thread_name_prefix="rtclake-lake-encode")
+        parts = {table.name: self._group_parts(table, batches, self._encoder) for table in todo}
         self._check.begin()
         con.execute("BEGIN")
         try:
             stored = 0
             for table in todo:
-                stored += self._add(con, batches[0].name, table, self._group_parts(table, batches))
+                stored += self._add(con, batches[0].name, table, parts[table.name])
             final = batches[-1]
             con.execute(
                 f"INSERT INTO {ALIAS}.{LEDGER} VALUES (?, ?, ?, ?, ?, ?, now())",
@@ -414,7 +429,9 @@ class LakeSink(Sink):
                 self.metrics.lake_repeats.labels(name).inc(rows)
         self._repeats.clear()
 
-    def _group_parts(self, table: Table, batches: Sequence[Batch]) -> list[_Part]:
+    def _group_parts(
+        self, table: Table, batches: Sequence[Batch], encoder: ThreadPoolExecutor | None = None
+    ) -> list[_Part]:
         """One table's files of a group: what the batch prepared, when it is one; else
         the rows of all of them, encoded together (one file, not one per batch: each
         file costs the commit its column statistics and ``ducklake_add_data_files`` a
@@ -422,14 +439,14 @@ class LakeSink(Sink):
         having = [b for b in batches if table.name in b.tables and b.tables[table.name].num_rows]
         if len(having) == 1:
             prepared = having[0].prepared.get((self.name, table.name))
-            return prepared or self._parts(table, having[0].tables[table.name])
+            return prepared or self._parts(table, having[0].tables[table.name], encoder)
         names = table.stored_schema.names
         rows = pa.concat_tables(
             [b.tables[table.name].select(names) for b in having], promote_options="permissive"
         )
         if table.rollup and table.rollup.fold:  # consecutive batches: rows that continue
             rows = table.rollup.fold(rows)
-        return self._parts(table, rows)
+        return self._parts(table, rows, encoder)
 
     def _add(self, con: Any, batch_name: str, table: Table, parts: list[_Part]) -> int:
         """Upload one table's files (without the rows the batch or the lake holds
@@ -445,22 +462,20 @@ class LakeSink(Sink):
         added = 0
         left_out = 0  # rows the batch or the lake held already
         for part in parts:
-            rows, content = part.rows, part.content
+            kept = part.rows
             if table.checks_repeats:
-                kept = self._check.new_rows(con, table, rows)
-                left_out += rows.num_rows - kept.num_rows
-                if not kept.num_rows:
-                    continue
-                if kept.num_rows != rows.num_rows:
-                    rows, content = kept, self._encoded(table, kept)
-            if not rows.num_rows:
+                kept = self._check.new_rows(con, table, part.rows)
+                left_out += part.rows.num_rows - kept.num_rows
+            if not kept.num_rows:
                 continue
+            same = kept.num_rows == part.rows.num_rows
+            content = part.file() if same else self._encoded(table, kept)
             relative = (
                 f"main/{layout.partition(table.name, part.date)}/{layout.file_name(batch_name)}"
             )
             self.storage.write(relative, functools.partial(_copy, content))
             paths.append(self.catalog.data_path + relative)
-            added += rows.num_rows
+            added += kept.num_rows
         for path in paths:
             con.execute(
                 f"CALL ducklake_add_data_files('{ALIAS}', ?, ?, hive_partitioning => true)",
@@ -475,6 +490,9 @@ class LakeSink(Sink):
         return self.catalog.live_files(self._connection(), table)
 
     def close(self) -> None:
+        if self._encoder is not None:
+            self._encoder.shutdown()
+            self._encoder = None
         if self._lock is not None:
             self._lock.close()
         if self._con is not None:
