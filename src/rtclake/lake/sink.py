@@ -290,8 +290,10 @@ class LakeSink(Sink):
         stored = clustered(table, rows.select(table.stored_schema.names))
         parts = []
         for date, part in partition_dates(stored):
-            encoded = encoder.submit(self._encoded, table, part) if encoder else None
-            parts.append(_Part(date, part, encoded or self._encoded(table, part)))
+            if encoder is not None:
+                parts.append(_Part(date, part, encoder.submit(self._encoded, table, part)))
+            else:
+                parts.append(_Part(date, part, self._encoded(table, part)))
         return parts
 
     def _encoded(self, table: Table, rows: pa.Table) -> pa.Buffer:
