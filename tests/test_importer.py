@@ -574,18 +574,41 @@ def test_lines_read_twice_derive_each_row_once(
     assert engine.run(reports + " FROM connection_reports").rows() == [[True, 30]]
     engine.close()
     assert views(again / "lake") == in_order
-    # (connection_spans is derived per run: the second one counts reports 10-29 again
+    # (connection_spans is derived per run: the second one counts reports 10-14 again
     # until maintenance folds them; test_spans_of_lines_read_twice_start_a_connection_once)
+
+
+def test_a_connection_imported_file_by_file_starts_once(tmp_path: Path) -> None:
+    """A day's uploads imported one by one, each by a run of its own (its derivation's
+    state empty): the connection's reports in the second file continue the span of the
+    first's, stored before (10 s after its last report); after a silence longer than
+    GAP_SECONDS, the third file's open a new span, and none starts the connection again.
+    The second file's first row had started the connection again until maintenance."""
+    for name, first, last in (("1", 0, 15), ("2", 15, 30), ("3", 50, 60)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "rtc_stats.jsonl").write_bytes(text(report_lines(first, last)))
+        importer = make_importer(tmp_path)
+        importer.import_paths([tmp_path / name])
+        importer.close()
+    engine = QueryEngine(tmp_path / "lake", default_registry())
+    try:
+        rows = engine.run(
+            "SELECT epoch(time - TIMESTAMPTZ '2026-11-20 00:00:00+00')::INT, reports, opens,"
+            " starts FROM connection_spans ORDER BY ALL"
+        ).rows()
+    finally:
+        engine.close()
+    assert rows == [[0, 15, True, True], [150, 15, False, False], [500, 10, True, False]]
 
 
 def test_spans_of_lines_read_twice_start_a_connection_once(tmp_path: Path) -> None:
     """connection_spans' state is each run's own. A run that reads a connection from the
     same first report as an earlier one derives the row stored already (its record id is
     the connection and that report), which the lake's repeat check leaves out; a run that
-    begins later in the connection (a second import of an overlapping file) starts it
-    again until maintenance folds the day: the rows overlap, and fold into one span that
-    starts once. Each run's row had stayed, and the connection had started twice after
-    maintenance too."""
+    begins later in the connection (a second import of an overlapping file) continues the
+    span the lake holds (the lake sink's ``Rollup.continues``): it neither opens nor
+    starts. Maintenance folds the day's rows into one span that starts once. Each run's
+    row had stayed, and the connection had started twice after maintenance too."""
     sql = (
         "SELECT epoch(time - TIMESTAMPTZ '2026-11-20 00:00:00+00')::INT,"
         " epoch(last_time - TIMESTAMPTZ '2026-11-20 00:00:00+00')::INT, reports, opens,"
@@ -607,8 +630,8 @@ def test_spans_of_lines_read_twice_start_a_connection_once(tmp_path: Path) -> No
         importer.close()
         if name == "a-copy":  # the same lines again: the same row, left out
             assert spans() == [[0, 140, 15, True, True]]
-    # reports 10-29 by a run that knew nothing of 0-14
-    assert spans() == [[0, 140, 15, True, True], [100, 290, 20, True, True]]
+    # reports 10-29 by a run that knew nothing of 0-14: they continue the stored span
+    assert spans() == [[0, 140, 15, True, True], [100, 290, 20, False, False]]
     sink = LakeSink(tmp_path / "lake", default_registry())
     maintenance = Maintenance(
         sink.catalog, MaintenanceConfig(), node="n", metrics=Metrics(CollectorRegistry())

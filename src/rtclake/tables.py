@@ -168,11 +168,21 @@ class Rollup:
     table is small): ``sql`` selects the table's stored columns from ``{rows}``, the
     day's rows; the sum of the column ``keeps`` must not change (else the day stays as it
     was). ``fold``: the same in Arrow, for the rows of consecutive batches stored together
-    (an import's group, a writer's group)."""
+    (an import's group, a writer's group). ``continues``: a batch's rows as they continue
+    the lake's, in the lake sink's transaction; it is given a reader of the table's rows
+    in the lake (:data:`LakeRows`) and the batch's rows, and returns those rows (a
+    derivation's state is its run's own, and cannot tell that another run stored what
+    comes before)."""
 
     sql: str
     keeps: str
     fold: Callable[[pa.Table], pa.Table] | None = None
+    continues: Callable[[LakeRows, pa.Table], pa.Table] | None = None
+
+
+#: Reads a table's rows in the lake, within the open transaction: ``(columns, where,
+#: params)``, the lake's rows as ``x`` (``x.date``, the partition, prunes files).
+LakeRows = Callable[[str, str, list[Any]], pa.Table]
 
 
 @dataclass(frozen=True)

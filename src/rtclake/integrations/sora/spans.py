@@ -22,16 +22,22 @@ that starts it lies in it.
 The state is every connection's last report time. A report not after it (a report's
 continuation in a later batch, ``part`` > 0, or a late one) is not counted again. A
 connection the state does not know starts: one silent for six hours (:data:`HORIZON_US`)
-is forgotten, and starts again when it comes back.
+is forgotten, and starts again when it comes back. An import's state is its run's own:
+the lake sink gives an import's rows to :func:`continues`, which reads what the lake
+holds of their connections before them, so a day's uploads imported one by one start a
+connection once (the writer keeps its state on disk).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from rtclake.tables import LakeRows
 
 GAP_SECONDS = 120
 """A silence longer than this ends a span (the dashboard's "active": a report in the last
@@ -123,6 +129,61 @@ def derive(reports: pa.Table, state: pa.Table | None) -> tuple[pa.Table, pa.Tabl
     recent = _micros(kept["last_time"]) >= newest - HORIZON_US
     kept = kept.filter(pa.array(recent))
     return spans, kept
+
+
+def continues(lake: LakeRows, rows: pa.Table) -> pa.Table:
+    """``rows`` (an import's, stored columns) as they continue the lake's: a row whose
+    connection has a row in the lake that began before it and reached within
+    :data:`GAP_SECONDS` of it continues that span (``opens`` and ``starts`` off); one
+    whose connection reported within :data:`HORIZON_US` before it does not start the
+    connection. An import's state knows only what its run read, so a run that begins in
+    the middle of a connection (a day's next upload, a second file) had started it again
+    until maintenance folded the day. (A row stored before the run's rows that in fact
+    begin earlier, read first, still starts the connection until then.)"""
+    opening = np.asarray(pc.fill_null(rows["opens"], True).to_numpy(zero_copy_only=False))
+    opening |= np.asarray(pc.fill_null(rows["starts"], False).to_numpy(zero_copy_only=False))
+    at = np.flatnonzero(opening)
+    if len(at) == 0:
+        return rows
+    times = _micros(rows["time"])[at]
+    ids = rows["connection_id"].take(pa.array(at))
+    first = dt.datetime.fromtimestamp((int(times.min()) - HORIZON_US) / 1e6, dt.UTC)
+    last = dt.datetime.fromtimestamp(int(times.max()) / 1e6, dt.UTC)
+    found = lake(
+        "x.connection_id, x.time, x.last_time",
+        # a row's partition is its first report's day: one that reaches ``first`` began
+        # at most a batch before it (a day before, for any batch of up to a day)
+        "x.date BETWEEN ?::DATE AND ?::DATE AND x.last_time >= ? AND x.time <= ?"
+        " AND x.connection_id IN (SELECT unnest(?::VARCHAR[]))",
+        [(first - dt.timedelta(days=1)).date(), last.date(), first, last,
+         pc.unique(ids).to_pylist()],
+    )  # fmt: skip
+    if found.num_rows == 0:
+        return rows
+    batch = pa.table({"connection_id": ids, "_t": times, "_i": at})
+    earlier = pa.table(
+        {
+            "connection_id": found["connection_id"],
+            "_lt": _micros(found["time"]),
+            "_le": _micros(found["last_time"]),
+        }
+    )
+    pairs = batch.join(earlier, "connection_id", join_type="inner")
+    t, began, reached, index = (pairs[n].to_numpy() for n in ("_t", "_lt", "_le", "_i"))
+    before = began < t
+    changes = {
+        "opens": index[before & (reached >= t - GAP_US)],
+        "starts": index[before & (reached >= t - HORIZON_US)],
+    }
+    if not any(len(v) for v in changes.values()):
+        return rows
+    for name, where in changes.items():
+        off = np.zeros(rows.num_rows, dtype=bool)
+        off[where] = True
+        position = rows.schema.get_field_index(name)
+        values = pc.if_else(pa.array(off), False, rows[name])
+        rows = rows.set_column(position, rows.schema.field(position), values)
+    return rows
 
 
 def _starts(ids: pa.ChunkedArray) -> np.ndarray:

@@ -270,7 +270,7 @@ CONNECTION_SPANS = Table(
     # imported) that begins at the same report is the row stored already
     derived_again=True,
     cluster_by=("time", "connection_id"),
-    rollup=Rollup(spans.ROLLUP_SQL, keeps="reports", fold=spans.fold),
+    rollup=Rollup(spans.ROLLUP_SQL, keeps="reports", fold=spans.fold, continues=spans.continues),
 )
 
 
