@@ -634,3 +634,35 @@ def test_one_record_committed_by_two_nodes_at_once_is_stored_once(
     rows = engine.run("SELECT count(*), count(DISTINCT time) FROM telemetry").rows()
     engine.close()
     assert rows == [[rounds, rounds]]
+
+
+def test_a_read_before_an_imports_rows_that_fails_leaves_them_as_derived(tmp_path: Path) -> None:
+    """``Rollup.continues`` only advises (maintenance folds the day regardless): a failed
+    read of the lake leaves the rows as they were derived, and no transaction fails."""
+    import dataclasses
+
+    from rtclake.tables import LakeRows
+
+    asked: list[str] = []
+
+    def continues(read: LakeRows, rows: pa.Table) -> pa.Table:
+        asked.append("read")
+        read("no_such_column", "true", [])  # a binder error
+        raise AssertionError("not reached")
+
+    tables = default_registry()
+    spans = tables["connection_spans"]
+    assert spans.rollup is not None
+    rollup = dataclasses.replace(spans.rollup, continues=continues)
+    table = dataclasses.replace(spans, rollup=rollup)
+    sink = LakeSink(tmp_path, tables)
+    at = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    row = {"connection_id": "c", "time": at, "last_time": at, "received_at": at,
+           "source": "import", "stream": "s", "kind": "connection_spans", "opens": True,
+           "starts": True}  # fmt: skip
+    (part,) = sink._parts(table, pa.Table.from_pylist([row], schema=table.stored_schema))
+    (kept,) = sink._continued(sink._connection(), table, [part])
+    assert asked == ["read"] and kept is part
+    sink.write(batch(1, lines(1)))  # the connection still takes a transaction
+    sink.close()
+    assert count(tmp_path) == [["2026-11-01", 1, 1]]

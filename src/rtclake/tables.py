@@ -168,11 +168,11 @@ class Rollup:
     table is small): ``sql`` selects the table's stored columns from ``{rows}``, the
     day's rows; the sum of the column ``keeps`` must not change (else the day stays as it
     was). ``fold``: the same in Arrow, for the rows of consecutive batches stored together
-    (an import's group, a writer's group). ``continues``: a batch's rows as they continue
-    the lake's, in the lake sink's transaction; it is given a reader of the table's rows
-    in the lake (:data:`LakeRows`) and the batch's rows, and returns those rows (a
-    derivation's state is its run's own, and cannot tell that another run stored what
-    comes before)."""
+    (an import's group, a writer's group). ``continues``: an import's rows as they
+    continue the lake's, before the lake sink stores them; it is given a reader of the
+    table's rows in the lake (:data:`LakeRows`) and the rows, and returns them (an
+    import's derivation state is its run's own, and cannot tell that another run stored
+    what comes before; a writer's is kept on disk)."""
 
     sql: str
     keeps: str
@@ -180,8 +180,8 @@ class Rollup:
     continues: Callable[[LakeRows, pa.Table], pa.Table] | None = None
 
 
-#: Reads a table's rows in the lake, within the open transaction: ``(columns, where,
-#: params)``, the lake's rows as ``x`` (``x.date``, the partition, prunes files).
+#: Reads a table's rows in the lake: ``(columns, where, params)``, the lake's rows as
+#: ``x`` (``x.date``, the partition, prunes files).
 LakeRows = Callable[[str, str, list[Any]], pa.Table]
 
 

@@ -400,13 +400,16 @@ class LakeSink(Sink):
         if self._encoder is None:
             self._encoder = ThreadPoolExecutor(1, thread_name_prefix="rtclake-lake-encode")
         parts = {table.name: self._group_parts(table, batches, self._encoder) for table in todo}
-        imported = batches[0].origin is not None  # (a run's batches all come from one)
+        if batches[0].origin is not None:  # an import's (a run's batches come from one)
+            for table in todo:
+                if table.rollup is not None and table.rollup.continues is not None:
+                    parts[table.name] = self._continued(con, table, parts[table.name])
         self._check.begin()
         con.execute("BEGIN")
         try:
             stored = 0
             for table in todo:
-                stored += self._add(con, batches[0].name, table, parts[table.name], imported)
+                stored += self._add(con, batches[0].name, table, parts[table.name])
             final = batches[-1]
             con.execute(
                 f"INSERT INTO {ALIAS}.{LEDGER} VALUES (?, ?, ?, ?, ?, ?, now())",
@@ -451,13 +454,9 @@ class LakeSink(Sink):
             rows = table.rollup.fold(rows)
         return self._parts(table, rows, encoder)
 
-    def _add(
-        self, con: Any, batch_name: str, table: Table, parts: list[_Part], imported: bool
-    ) -> int:
+    def _add(self, con: Any, batch_name: str, table: Table, parts: list[_Part]) -> int:
         """Upload one table's files (without the rows the batch or the lake holds
-        already) and add them to the transaction; returns the rows added. An import's
-        rows (``imported``) go through the table's ``Rollup.continues`` (a writer's
-        derivations keep their state on disk: what they derive continues the lake's).
+        already) and add them to the transaction; returns the rows added.
 
         A file is named after its batch, so a retry of a batch whose commit failed
         overwrites its own earlier upload rather than leaving it behind. The files are
@@ -476,10 +475,6 @@ class LakeSink(Sink):
             if not kept.num_rows:
                 continue
             same = kept.num_rows == part.rows.num_rows
-            if imported and table.rollup is not None and table.rollup.continues is not None:
-                read = functools.partial(self._lake_rows, con, table)
-                before, kept = kept, table.rollup.continues(read, kept)
-                same = same and kept is before
             content = part.file() if same else self._encoded(table, kept)
             relative = (
                 f"main/{layout.partition(table.name, part.date)}/{layout.file_name(batch_name)}"
@@ -496,11 +491,31 @@ class LakeSink(Sink):
             self._repeats.append((table.name, left_out))
         return added
 
-    @staticmethod
-    def _lake_rows(con: Any, table: Table, columns: str, where: str, params: list[Any]) -> pa.Table:
-        """``table``'s rows in the lake as the open transaction sees them (``LakeRows``)."""
-        sql = f'SELECT {columns} FROM {ALIAS}."{table.name}" x WHERE {where}'
-        return con.execute(sql, params).fetch_arrow_table()
+    def _continued(self, con: Any, table: Table, parts: list[_Part]) -> list[_Part]:
+        """An import's ``parts`` of ``table`` as they continue the lake's rows
+        (``Rollup.continues``), read before the transaction: what they change is advice
+        (maintenance folds the day regardless), so a read that fails leaves the rows as
+        derived, and cannot fail the transaction."""
+        assert table.rollup is not None and table.rollup.continues is not None
+
+        def read(columns: str, where: str, params: list[Any]) -> pa.Table:
+            sql = f'SELECT {columns} FROM {ALIAS}."{table.name}" x WHERE {where}'
+            return con.execute(sql, params).fetch_arrow_table()
+
+        out = []
+        for part in parts:
+            try:
+                rows = table.rollup.continues(read, part.rows)
+            except duckdb.Error as exc:
+                log.warning(
+                    "lake: the rows the lake holds before an import's were not read;"
+                    " stored as derived", table=table.name, error=str(exc)[:200],
+                )  # fmt: skip
+                rows = part.rows
+            if rows is not part.rows:
+                part = _Part(part.date, rows, self._encoded(table, rows))
+            out.append(part)
+        return out
 
     def live_files(self, table: str) -> list[str]:
         """The data files of one table in the current snapshot (``rtclake files``)."""
