@@ -76,7 +76,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -497,7 +497,7 @@ class Maintenance:
             buffer = pa.BufferOutputStream()
             pq.write_table(table, buffer)
             content = buffer.getvalue()
-            self.catalog.storage.write(layout.REPLACED, functools.partial(_put, content))
+            self.catalog.storage.write_bytes(layout.REPLACED, content)
         except (duckdb.Error, OSError, pa.ArrowException) as exc:
             log.warning("maintenance: list of replaced files not written", error=str(exc))
 
@@ -963,10 +963,6 @@ FROM {meta}.ducklake_files_scheduled_for_deletion
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def _put(content: pa.Buffer, out: IO[bytes]) -> None:
-    out.write(content)
 
 
 def _partition_day(path: str) -> dt.date | None:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -79,10 +79,6 @@ class _Part:
 
     def file(self) -> pa.Buffer:
         return self.content.result() if isinstance(self.content, Future) else self.content
-
-
-def _copy(content: pa.Buffer, out: IO[bytes]) -> None:
-    out.write(content)
 
 
 def partition_dates(table: pa.Table) -> list[tuple[str, pa.Table]]:
@@ -183,7 +179,7 @@ class HiveLakeSink(Sink):
                             for date, part in self._parts(table_name, table)]  # fmt: skip
             for date, content in prepared:
                 relative = f"{layout.partition(table_name, date)}/{layout.file_name(batch.name)}"
-                self.storage.write(relative, functools.partial(_copy, content))
+                self.storage.write_bytes(relative, content)
 
     def _parts(self, name: str, table: pa.Table) -> list[tuple[str, pa.Table]]:
         declared = self.tables[name]
@@ -479,7 +475,7 @@ class LakeSink(Sink):
             relative = (
                 f"main/{layout.partition(table.name, part.date)}/{layout.file_name(batch_name)}"
             )
-            self.storage.write(relative, functools.partial(_copy, content))
+            self.storage.write_bytes(relative, content)
             paths.append(self.catalog.data_path + relative)
             added += kept.num_rows
         for path in paths:

@@ -57,6 +57,14 @@ class Storage:
     def write(self, relative: str, produce: Callable[[IO[bytes]], None]) -> None:
         raise NotImplementedError
 
+    def write_bytes(self, relative: str, content: Any) -> None:
+        """:meth:`write` of bytes made beforehand (``bytes`` or a ``pyarrow.Buffer``)."""
+
+        def produce(out: IO[bytes]) -> None:
+            out.write(content)
+
+        self.write(relative, produce)
+
     def files(self, table: str) -> list[str]:
         raise NotImplementedError
 
