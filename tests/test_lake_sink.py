@@ -94,6 +94,21 @@ def test_files_prepared_off_the_writer_thread_are_the_files_it_writes(tmp_path: 
         assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "early" / name).read_bytes()
 
 
+def test_the_writers_catalog_connection_gives_the_memory_it_freed_back(tmp_path: Path) -> None:
+    """DuckDB's default keeps up to 128 MiB (512 MiB after a bulk free) a thread freed for
+    its next task: the writer's thread held it for the life of ``rtclake run``. Its
+    connection gives back all but 4 MB; other connections keep DuckDB's default."""
+    sink = LakeSink(tmp_path, default_registry())
+    sink.start()
+    try:
+        setting = "SELECT current_setting('allocator_flush_threshold'),"
+        setting += " current_setting('allocator_bulk_deallocation_flush_threshold')"
+        assert sink._connection().execute(setting).fetchone() == ("3.8 MiB", "3.8 MiB")
+        assert duckdb.connect().execute(setting).fetchone() == ("128.0 MiB", "512.0 MiB")
+    finally:
+        sink.close()
+
+
 def count(lake: Path) -> list[list[object]]:
     engine = QueryEngine(lake, default_registry())
     try:
