@@ -94,16 +94,20 @@ def test_files_prepared_off_the_writer_thread_are_the_files_it_writes(tmp_path: 
         assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "early" / name).read_bytes()
 
 
-def test_the_writers_catalog_connection_gives_the_memory_it_freed_back(tmp_path: Path) -> None:
+def test_the_catalogs_connections_give_the_memory_they_freed_back(tmp_path: Path) -> None:
     """DuckDB's default keeps up to 128 MiB (512 MiB after a bulk free) a thread freed for
-    its next task: the writer's thread held it for the life of ``rtclake run``. Its
-    connection gives back all but 4 MB; other connections keep DuckDB's default."""
+    its next task, for the life of the process: ``rtclake run``'s writer and maintenance
+    held it. The catalog's connections (the writer's, maintenance's, a reader's) give back
+    all but 4 MB; other connections keep DuckDB's default."""
     sink = LakeSink(tmp_path, default_registry())
     sink.start()
+    setting = "SELECT current_setting('allocator_flush_threshold'),"
+    setting += " current_setting('allocator_bulk_deallocation_flush_threshold')"
     try:
-        setting = "SELECT current_setting('allocator_flush_threshold'),"
-        setting += " current_setting('allocator_bulk_deallocation_flush_threshold')"
         assert sink._connection().execute(setting).fetchone() == ("3.8 MiB", "3.8 MiB")
+        reader = sink.catalog.connect(threads=1, read_only=True)
+        assert reader.execute(setting).fetchone() == ("3.8 MiB", "3.8 MiB")
+        reader.close()
         assert duckdb.connect().execute(setting).fetchone() == ("128.0 MiB", "512.0 MiB")
     finally:
         sink.close()

@@ -59,6 +59,18 @@ PARTITION = "date"
 MAX_RETRIES = 100
 
 
+#: DuckDB's allocator settings of the catalog's connections (the writer's, maintenance's,
+#: a reader's). By default a thread keeps up to 128 MiB it freed for its next task (512
+#: MiB after a bulk free) for as long as the process lives: ``rtclake run``'s peak RSS in
+#: the HTTP benchmark, whose window holds the writer's groups and the first maintenance
+#: run (5 s after the start), was 627-700 MB with it and 568-586 MB without (one run each,
+#: docs/BENCHMARKS.md).
+ALLOCATOR = {
+    "allocator_flush_threshold": "4MB",
+    "allocator_bulk_deallocation_flush_threshold": "4MB",
+}
+
+
 def data_path(storage: Storage) -> str:
     """DuckLake's DATA_PATH for a lake root: an absolute folder or an s3:// prefix, ending
     in a slash."""
@@ -110,7 +122,7 @@ class Catalog:
             }
             if threads:
                 config["threads"] = threads
-            con = duckdb.connect(config=config)
+            con = duckdb.connect(config={**config, **ALLOCATOR})
             try:
                 for name in sorted(needed):
                     con.execute(f"LOAD {name}")

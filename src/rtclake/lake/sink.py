@@ -67,16 +67,6 @@ _UNKNOWN = object()
 #: 6.85 s per million lines and 12.2-12.9 core-seconds, with one 6.22-6.64 s and
 #: 11.8-12.5 (three alternating one-off runs each, 2026-12-03).
 WRITER_THREADS = 1
-#: DuckDB's allocator settings of the writer's catalog connection. By default a thread
-#: keeps up to 128 MiB it freed for its next task (and 512 MiB after a bulk free): the
-#: writer's thread, which runs each group's queries, then held ~90 MB more at its peak
-#: for the whole life of ``rtclake run`` (HTTP benchmark: 670-700 MB against 574-586 MB,
-#: one run each, docs/BENCHMARKS.md). Its queries are small: giving memory back costs
-#: them nothing measurable.
-WRITER_ALLOCATOR = {
-    "allocator_flush_threshold": "4MB",
-    "allocator_bulk_deallocation_flush_threshold": "4MB",
-}
 
 
 @dataclass(frozen=True)
@@ -262,8 +252,6 @@ class LakeSink(Sink):
         if self._con is None:
             con = self.catalog.connect(threads=WRITER_THREADS)
             try:
-                for name, value in WRITER_ALLOCATOR.items():
-                    con.execute(f"SET {name} = '{value}'")
                 self.catalog.ensure_tables(con)
                 # for the files DuckLake writes itself (merges)
                 codec = "uncompressed" if self.compression == "none" else self.compression
