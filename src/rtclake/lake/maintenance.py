@@ -50,13 +50,16 @@ in the lake's table ``rtclake_maintenance``; the scheduled run
 ``interval`` ago, so of several nodes on one schedule one maintains the lake.
 
 A SQLite catalog refuses a commit when another connection committed since the committing
-transaction began ("database is locked"), so each statement that meets a busy catalog is
-tried again, for up to ``busy_timeout`` seconds; the writer's batch that meets
-maintenance's commit is tried again at once by the lake's sink (up to 1.55 s), then by
-the delivery. A merge's transaction lasts as long as
-writing the merged files, so beside a writer committing more often than that (measured:
-every 5 ms) it may not get through at all; the step then fails and the next run tries
-again. A PostgreSQL catalog has no such limit.
+transaction began ("database is locked"). A merge's transaction lasts as long as writing
+the merged files, and beside a writer committing more often than that it did not get
+through: tried again and again, each time merging anew (a core's work for as long as the
+load lasted), until the step failed. So on a SQLite catalog each of maintenance's
+statements, and each of the lake sink's transactions, holds the catalog's write lock
+(:class:`~rtclake.lake.catalog.WriteLock`, an ``flock`` on ``CATALOG.write.lock``): they
+take turns, and a writer waits out a merge with its batches durable in the spool. A
+statement that meets a busy catalog all the same (a writer that takes no lock) is tried
+again, for up to ``busy_timeout`` seconds. On a PostgreSQL catalog DuckLake itself retries
+a commit that met another's, and there is no lock.
 """
 
 from __future__ import annotations
@@ -604,12 +607,15 @@ class Maintenance:
         commits) or a commit conflicts beyond DuckLake's own retries, for up to
         ``busy_timeout`` seconds. Every statement given here can run twice: a commit
         that failed left nothing behind but uploaded files, which cleanup takes as
-        orphans."""
+        orphans. On a SQLite catalog each try holds the catalog's write lock
+        (:class:`~rtclake.lake.catalog.WriteLock`): writers wait, and the try is not
+        refused for their commits."""
         deadline = time.monotonic() + self.busy_timeout
         delay = 0.02
         while True:
             try:
-                return what()
+                with self.catalog.writing():
+                    return what()
             except duckdb.Error as exc:
                 if not _busy(exc) or time.monotonic() + delay > deadline:
                     raise

@@ -252,26 +252,29 @@ class LakeSink(Sink):
         if self._con is None:
             con = self.catalog.connect(threads=WRITER_THREADS)
             try:
-                self.catalog.ensure_tables(con)
-                # for the files DuckLake writes itself (merges)
-                codec = "uncompressed" if self.compression == "none" else self.compression
-                options = {"parquet_compression": codec}
-                if self.compression_level is not None:
-                    options["parquet_compression_level"] = str(int(self.compression_level))
-                self.catalog.set_options(con, options)
-                # a merge keeps a clustered table's small row groups (its input files'
-                # sorted rows follow each other, so each group still holds few keys)
-                for table in self.tables:
-                    if table.row_group_rows:
-                        rows = str(table.row_group_rows)
-                        self.catalog.set_options(
-                            con, {"parquet_row_group_size": rows}, table=table.name
-                        )
+                with self.catalog.writing():
+                    self._prepare_catalog(con)
             except BaseException:
                 con.close()
                 raise
             self._con = con
         return self._con
+
+    def _prepare_catalog(self, con: Any) -> None:
+        """The lake's tables, and DuckLake's options as this sink writes the lake."""
+        self.catalog.ensure_tables(con)
+        # for the files DuckLake writes itself (merges)
+        codec = "uncompressed" if self.compression == "none" else self.compression
+        options = {"parquet_compression": codec}
+        if self.compression_level is not None:
+            options["parquet_compression_level"] = str(int(self.compression_level))
+        self.catalog.set_options(con, options)
+        # a merge keeps a clustered table's small row groups (its input files' sorted rows
+        # follow each other, so each group still holds few keys)
+        for table in self.tables:
+            if table.row_group_rows:
+                rows = str(table.row_group_rows)
+                self.catalog.set_options(con, {"parquet_row_group_size": rows}, table=table.name)
 
     def prepare(self, table: str, rows: pa.Table) -> list[_Part] | None:
         """The Parquet files of one table's rows, one per date, encoded on an import's
@@ -326,9 +329,11 @@ class LakeSink(Sink):
     def _write_waiting(self, batches: Sequence[Batch], attempts: int = 6) -> None:
         """:meth:`_write`, tried again at once (after 0.05, 0.1, ... 0.8 s) when its
         commit met another's: a SQLite catalog refuses a commit when another connection
-        (maintenance's) committed since the transaction began ("database is locked", not
-        waited out by SQLite's busy timeout). Nothing of the failed commit stays, and
-        the ledger is read again, so the retry stores the batch once."""
+        committed since the transaction began ("database is locked", not waited out by
+        SQLite's busy timeout). Writers and maintenance take turns through the catalog's
+        write lock (:meth:`Catalog.writing`), so this is for one that takes none. Nothing
+        of the failed commit stays, and the ledger is read again, so the retry stores
+        the batch once."""
         delay = 0.05
         for attempt in range(attempts):
             try:
@@ -375,10 +380,11 @@ class LakeSink(Sink):
         todo = [self.tables[n] for n in dict.fromkeys(names) if n in self.tables]
         if not todo:
             return
-        self.catalog.ensure_tables(con, [table.name for table in todo])
-        checked = [table.name for table in todo if table.checks_repeats]
-        with self._commit_lock(first.node, checked):
-            self._commit(con, batches, todo, run)
+        with self.catalog.writing():
+            self.catalog.ensure_tables(con, [table.name for table in todo])
+            checked = [table.name for table in todo if table.checks_repeats]
+            with self._commit_lock(first.node, checked):
+                self._commit(con, batches, todo, run)
 
     def _commit_lock(self, node: str, tables: list[str]) -> contextlib.AbstractContextManager[None]:
         """The catalog's :class:`CommitLock` of ``tables`` (PostgreSQL), else nothing."""
