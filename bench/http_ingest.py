@@ -466,7 +466,7 @@ ROWS: list[tuple[str, Callable[[PhaseResult], str]]] = [
     ("Machine CPU busy (all cores)", lambda r: pct(100 * r.machine_busy)),
     ("Server peak RSS under load (VmHWM)", lambda r: mb(r.rss_peak_load)),
     ("Server RSS at end of load (VmRSS)", lambda r: mb(r.rss_end_load)),
-    ("Server peak RSS, whole life (ru_maxrss)", lambda r: mb(r.peak_rss)),
+    ("Server peak RSS, whole life (VmHWM)", lambda r: mb(r.peak_rss)),
     ("Shutdown (drains the spool)", _shutdown),
     ("Lake count check", lambda r: r.lake_check()),
 ]
@@ -567,7 +567,7 @@ def setup_text(opts: Options) -> str:
         f" Each phase: {opts.warmup:g} s warm-up, then {opts.duration:g} s measured; rates"
         " and latencies (first byte sent, or the scheduled send time when paced, to last byte"
         " received) count the 2xx answers completed in the measured window. Peak RSS is the"
-        " kernel's high-water mark (VmHWM under load; ru_maxrss at exit). After the load the"
+        " kernel's high-water mark (VmHWM, under load and until the exit). After the load the"
         " server gets SIGTERM, drains the spool into the lake and exits; `rtclake query"
         " 'SELECT count(*) FROM telemetry'` must then equal the acknowledged count (if the"
         " shutdown's drain time limit leaves records spooled, a restart replays them first)."

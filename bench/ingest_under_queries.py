@@ -407,7 +407,7 @@ ROWS: list[tuple[str, Callable[[Result], str]]] = [
         lambda r: f"{mb(r.rss_at_start)} -> {mb(r.ingest.rss_end_load)}",
     ),
     _ingest_row("Server peak RSS under load (VmHWM)"),
-    _ingest_row("Server peak RSS, whole life (ru_maxrss)"),
+    _ingest_row("Server peak RSS, whole life (VmHWM)"),
     ("RSS limit: max_concurrent × memory_limit + 400 MB", _rss_limit),
     _ingest_row("Shutdown (drains the spool)"),
     _ingest_row("Lake count check"),
@@ -516,7 +516,7 @@ def setup_text(opts: Options, r: Result) -> str:
         " (Retry-After honoured on a 429) and going round the queries below, starting at"
         f" different places. Both start together: {opts.warmup:g} s warm-up, then"
         f" {opts.duration:g} s measured. Peak RSS is the kernel's high-water mark (VmHWM"
-        " under load; ru_maxrss at exit). After the load the server gets SIGTERM, drains the"
+        " under load and until the exit). After the load the server gets SIGTERM, drains the"
         " spool into the lake and exits; `rtclake query 'SELECT count(*) FROM telemetry'`"
         " must then equal the acknowledged count."
         + (

@@ -28,8 +28,9 @@ from prometheus_client import CollectorRegistry
 from psycopg import sql
 
 from rtclake.catalog import default_registry
+from rtclake.convert import Converter
 from rtclake.errors import ConfigError
-from rtclake.lake.catalog import Catalog, WriteLock, date_column
+from rtclake.lake.catalog import WRITE_LOCK_SUFFIX, Catalog, WriteLock, date_column
 from rtclake.lake.maintenance import (
     LOCK_SUFFIX,
     FileLock,
@@ -41,8 +42,9 @@ from rtclake.lake.maintenance import (
 from rtclake.lake.sink import LakeSink
 from rtclake.lake.storage import LocalStorage, S3Options, storage_for
 from rtclake.metrics import Metrics
+from rtclake.sinks.base import Batch
+from rtclake.spool import Entry, EntryHeader
 from rtclake.tables import TableRegistry
-from tests.test_query import batch as query_batch
 
 ADMIN = os.environ.get(
     "RTCLAKE_TEST_POSTGRESQL_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -450,36 +452,40 @@ def test_on_sqlite_a_merge_beside_a_writer_committing_back_to_back_gets_through_
     """A SQLite catalog refuses a commit when another connection committed since the
     committing transaction began. The lake sink and maintenance take the catalog's write
     lock around each transaction, so neither is refused: here the sink commits batch after
-    batch without a pause (rtclake run's writer under load), and the merge still gets
+    batch without a pause (rtclake run's writer under load), and each merge still gets
     through on its first try. Without the lock it was refused again and again (in the HTTP
     benchmark: 10 tries, 46 s); here nothing of the writer's is lost or stored twice."""
     registry = default_registry()
     sink = LakeSink(tmp_path / "lake", registry)
     sink.start()
-    seq = 0
-
-    def write_one() -> int:
-        nonlocal seq
-        seq += 1
-        body = b"\n".join(
-            b'{"time": "2026-11-24T10:00:%02dZ", "device_id": "d%d-%d"}' % (i, seq, i)
-            for i in range(20)
-        )
-        sink.write(query_batch(seq, body))
-        return 20
-
-    for _ in range(12):  # files to merge
-        write_one()
+    head = EntryHeader(table="telemetry", source="http", stream="s", kind="telemetry",
+                       received_us=1_763_899_200_000_000, records=20)  # fmt: skip
+    converter = Converter(registry)
+    try:
+        batches = [
+            Batch("node", "sp", seq, converter.convert("sp", seq, [Entry(head, b"\n".join(
+                b'{"time": "2026-11-24T10:00:%02dZ", "device_id": "d%d-%d"}' % (i, seq, i)
+                for i in range(20)
+            ), 0)]))
+            for seq in range(1, 401)
+        ]  # fmt: skip
+    finally:
+        converter.close()
+    for made in batches[:12]:  # files to merge
+        sink.write(made)
     written = 12 * 20
     stop = threading.Event()
-    during: list[float] = []
+    during: list[float] = []  # when each of the writer's commits returned
     failure: list[BaseException] = []
 
     def writer() -> None:
         nonlocal written
         try:
-            while not stop.is_set():
-                written += write_one()
+            for made in batches[12:]:
+                if stop.is_set():
+                    break
+                sink.write(made)
+                written += 20
                 during.append(time.monotonic())
         except BaseException as exc:
             failure.append(exc)
@@ -488,24 +494,32 @@ def test_on_sqlite_a_merge_beside_a_writer_committing_back_to_back_gets_through_
                               MaintenanceConfig(), node="a")  # fmt: skip
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
+    reports = []
     try:
         while len(during) < 3:  # committing back to back by now
             time.sleep(0.01)
-        began = time.monotonic()
-        report = maintenance.run(dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC))
-        ended = time.monotonic()
-        while sum(1 for t in during if t > ended) < 3:  # and it goes on after
+        for _ in range(20):  # until a commit of the writer fell inside a run
+            began = time.monotonic()
+            reports.append(maintenance.run(dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)))
+            ended = time.monotonic()
+            if any(began <= t <= ended for t in list(during)):
+                break
+        else:
+            pytest.fail("the writer never committed while maintenance ran")
+        count = len(during)
+        while len(during) < count + 3 and not failure and thread.is_alive():  # it goes on
             time.sleep(0.01)
     finally:
         stop.set()
-        thread.join(30)
+        thread.join(60)
         sink.close()
     assert not failure, failure
-    assert report is not None and report.ok, report
-    merge = report.step("merge")
-    assert merge is not None and merge.retries == 0, merge
-    assert merge.changes["files after"] < merge.changes["files before"]
-    assert any(began <= t <= ended for t in during)  # the writer committed during the run
+    for report in reports:
+        assert report is not None and report.ok, report
+        merge = report.step("merge")
+        assert merge is not None and merge.retries == 0, merge
+    first = reports[0].step("merge") if reports[0] else None
+    assert first is not None and first.changes["files after"] < first.changes["files before"]
     con = maintenance.catalog.connect()
     try:
         total, distinct, _ = checksum(con, "telemetry")
@@ -572,6 +586,7 @@ def test_expire_and_cleanup_delete_replaced_files_and_only_ducklakes_orphans(
     if catalog.url.kind == "sqlite":  # the catalog and its lock beside it are not orphans
         assert Path(catalog.url.target).exists()
         assert Path(catalog.url.target + LOCK_SUFFIX).exists()
+        assert Path(catalog.url.target + WRITE_LOCK_SUFFIX).exists()
     assert checksum(con, "telemetry") == before
     expire, cleanup = report.step("expire"), report.step("cleanup")
     assert expire is not None and expire.changes["snapshots expired"] > 12

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import boto3
 import duckdb
 import pytest
 
@@ -16,6 +18,7 @@ from rtclake.catalog import default_registry
 from rtclake.errors import QueryError
 from rtclake.lake.query import QueryEngine
 from rtclake.lake.sink import LakeSink
+from rtclake.lake.storage import S3Options, storage_for
 from tests.conftest import Server
 from tests.test_query import batch
 
@@ -329,3 +332,46 @@ def test_a_reason_announced_on_its_first_line_is_given_with_the_next() -> None:
     assert reason(duckdb.CatalogException("Catalog Error: no table t\n\nLINE 1")) == (
         "Catalog Error: no table t"
     )
+
+
+def test_a_query_cannot_show_the_lakes_storage_credentials(
+    tmp_path: Path, s3_endpoint: str
+) -> None:
+    """A lake on S3: the query's DuckDB holds the store's credentials as a secret, whose
+    key id ``duckdb_secrets()`` showed (DuckDB redacts the secret itself). Refused, as are
+    the functions that run SQL given as text, past this check; a word that only looks
+    like one of them is not."""
+    bucket = f"lake-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                      aws_access_key_id="k", aws_secret_access_key="s")  # fmt: skip
+    s3.create_bucket(Bucket=bucket)
+    options = S3Options(endpoint_url=s3_endpoint, access_key_id="AKIAKEYIDOFTHELAKE",
+                        secret_access_key="s", region="us-east-1")  # fmt: skip
+    storage = storage_for(f"s3://{bucket}/lake", options)
+    catalog = f"sqlite:{tmp_path / 'catalog.sqlite'}"
+    sink = LakeSink(storage.root, default_registry(), storage=storage, catalog=catalog)
+    sink.start()
+    body = b"\n".join(b'{"time": "2026-11-01T10:00:00Z", "device_id": "d%d"}' % i for i in range(4))
+    sink.write(batch(1, body))
+    sink.close()
+    query = QueryEngine(storage.root, default_registry(), temp_root=tmp_path / "query-tmp",
+                        storage=storage, catalog=catalog)  # fmt: skip
+    try:
+        assert query.run("SELECT count(*) FROM telemetry").rows() == [[4]]
+        for sql in (
+            "SELECT * FROM duckdb_secrets()",
+            'SELECT secret_string FROM "DuckDB_Secrets"() WHERE true',
+            "SELECT count(*) FROM telemetry WHERE device_id IN"
+            " (SELECT name FROM main.duckdb_secrets())",
+            "SELECT * FROM which_secret('s3://x/y', 's3')",
+            "SELECT * FROM query('SELECT * FROM duckdb_' || 'secrets()')",
+            "SELECT * FROM json_execute_serialized_sql(json_serialize_sql('SELECT 1'))",
+        ):
+            with pytest.raises(QueryError) as refused:
+                query.run(sql)
+            assert refused.value.reason == "not_allowed", sql
+            assert "AKIAKEYIDOFTHELAKE" not in refused.value.message
+        alike = "SELECT 'duckdb_secrets' AS query, count(*) AS secrets FROM telemetry"
+        assert query.run(alike).rows() == [["duckdb_secrets", 4]]
+    finally:
+        query.close()

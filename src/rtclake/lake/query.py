@@ -750,7 +750,8 @@ class _Instance:
 
 
 def _check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Refuse anything but exactly one SELECT."""
+    """Refuse anything but exactly one SELECT, and a SELECT that calls a function of
+    :data:`_DENIED_FUNCTIONS`."""
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
@@ -761,6 +762,46 @@ def _check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise QueryError(
             "read_only", f"only SELECT queries are allowed (got {_kind(statements[0])})"
         )
+    if _SUSPECT.search(sql) and (denied := _denied_calls(con, sql)):
+        raise QueryError(
+            "not_allowed",
+            f"{', '.join(sorted(denied))}: not allowed in a query (they show the lake's"
+            " storage credentials, or run SQL given as text)",
+        )
+
+
+#: Functions a query may not call. ``duckdb_secrets()`` and ``which_secret()`` show the
+#: key id of the lake's S3 credentials (DuckDB redacts the secret itself, and refuses to
+#: show it unredacted); ``query()`` and ``json_execute_serialized_sql()`` run SQL given
+#: as text, which this check does not see.
+_DENIED_FUNCTIONS = frozenset(
+    {"duckdb_secrets", "which_secret", "query", "json_execute_serialized_sql"}
+)
+#: What a query that calls one of them holds (a cheap test first: most queries do not).
+_SUSPECT = re.compile(r"secret|query|serialized", re.IGNORECASE)
+
+
+def _denied_calls(con: duckdb.DuckDBPyConnection, sql: str) -> set[str]:
+    """The functions of :data:`_DENIED_FUNCTIONS` that ``sql`` calls, by its syntax tree
+    (a name quoted or in another case is the same function). A statement DuckDB cannot
+    serialise (``PIVOT``) is judged by its words instead: any of those names in it."""
+    row = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+    tree = orjson.loads(row[0]) if row else {"error": True}
+    if tree.get("error"):
+        words = {word.lower() for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sql)}
+        return words & _DENIED_FUNCTIONS
+    called: set[str] = set()
+    todo: list[Any] = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            name = node.get("function_name")
+            if isinstance(name, str):
+                called.add(name.lower())
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return called & _DENIED_FUNCTIONS
 
 
 def _kind(statement: Any) -> str:
