@@ -6,6 +6,7 @@ renamed; a replayed batch overwrites its own file."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import time
@@ -509,7 +510,9 @@ def _sorted_watching(root: Path, config: MaintenanceConfig) -> tuple[list[Any], 
     def watch() -> None:
         while not done.is_set():
             if temp.is_dir():
-                seen.update(p.name for p in temp.rglob("*") if p.is_file())
+                # the run's folder may go while it is listed (the run is over): listed again
+                with contextlib.suppress(FileNotFoundError):
+                    seen.update(p.name for p in temp.rglob("*") if p.is_file())
             time.sleep(0.002)
 
     watcher = threading.Thread(target=watch)
