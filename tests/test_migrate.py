@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -21,9 +23,13 @@ import pytest
 import rtclake.lake.migrate as migration
 from rtclake import faults
 from rtclake.catalog import default_registry
+from rtclake.convert import Converter
 from rtclake.lake.catalog import Catalog
 from rtclake.lake.migrate import MigrationError, migrate
+from rtclake.lake.sink import LakeSink
 from rtclake.lake.storage import LocalStorage
+from rtclake.sinks.base import Batch
+from rtclake.spool import Entry, EntryHeader
 from rtclake.tables import Table, TableRegistry
 
 REGISTRY = default_registry()
@@ -167,6 +173,70 @@ def test_each_record_is_stored_once_and_a_second_run_changes_nothing(tmp_path: P
     assert (again.partitions_migrated, again.partitions_skipped, again.rows) == (0, 4, 0)
     assert assert_exactly_once(catalog, expected, "SELECT count(*) FROM lake.rtclake_ledger") == [
         [(4,)]
+    ]
+
+
+def test_a_migration_beside_a_writer_on_the_same_sqlite_catalog_is_not_refused(
+    tmp_path: Path,
+) -> None:
+    """``rtclake run`` writing the lake while ``rtclake migrate`` copies an old lake into
+    it. A SQLite catalog refuses a commit when another connection committed since the
+    transaction began: without the catalog's write lock the first partition's copy (20,000
+    rows) was refused ("Failed to commit DuckLake transaction"). In turn, every partition
+    is copied, each record once, and every batch of the writer's is stored."""
+    root = tmp_path / "lake"
+    expected: dict[str, set[tuple[date, int]]] = {}
+    for name in ("events", "rtc_stats"):
+        for day in DAYS:
+            write_old(root, rows_of(REGISTRY[name], day, list(range(20_000))), name, day, 1)
+            expected.setdefault(name, set()).update((day, i) for i in range(20_000))
+    catalog = catalog_at(root)
+    sink = LakeSink(root, REGISTRY, catalog=str(catalog.url))
+    sink.start()
+    head = EntryHeader(table="telemetry", source="http", stream="s", kind="telemetry",
+                       received_us=1_763_899_200_000_000, records=20)  # fmt: skip
+    converter = Converter(REGISTRY)
+    try:
+        batches = [
+            Batch("w", "w", seq, converter.convert("w", seq, [Entry(head, b"\n".join(
+                b'{"time": "2026-07-24T10:00:%02dZ", "device_id": "d%d-%d"}' % (i, seq, i)
+                for i in range(20)
+            ), 0)]))
+            for seq in range(1, 601)
+        ]  # fmt: skip
+    finally:
+        converter.close()
+    stop, commits, failure = threading.Event(), [0.0], list[BaseException]()
+
+    def writer() -> None:
+        try:
+            for made in batches:
+                if stop.is_set():
+                    break
+                sink.write(made)
+                commits.append(time.monotonic())
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        while len(commits) < 4:  # committing back to back by now
+            time.sleep(0.01)
+        began = time.monotonic()
+        report = migrate(root, catalog, node=NODE)
+        ended = time.monotonic()
+    finally:
+        stop.set()
+        thread.join(60)
+        sink.close()
+    assert not failure, failure
+    assert (report.partitions_migrated, report.rows) == (4, 80_000)
+    assert any(began <= t <= ended for t in commits[1:])  # the writer wrote meanwhile
+    assert_exactly_once(catalog, expected)
+    written = 20 * (len(commits) - 1)
+    assert stored(catalog, 'SELECT count(*), count(DISTINCT device_id) FROM lake."telemetry"') == [
+        (written, written)
     ]
 
 

@@ -87,11 +87,13 @@ class WriteLock:
 
     SQLite refuses a commit when another connection committed since the committing
     transaction began ("database is locked"; its busy timeout does not wait that out).
-    A writer's transactions are short, but one of maintenance's lasts as long as writing
-    the files it merges: beside a writer committing a few times a second, the merge was
-    refused and done again, over and over (HTTP benchmark: a merge of 62 files took 10
-    tries, 46 s and 37 core-seconds, a core taken from ingest). In turn, neither is
-    refused: a writer waits out the merge, its batches durable in the spool meanwhile.
+    Taken by the lake sink, maintenance and ``rtclake migrate``. A writer's transactions
+    are short, but one of maintenance's lasts as long as writing the files it merges:
+    beside a writer committing a few times a second, the merge was refused and done
+    again, over and over (HTTP benchmark: a merge of 62 files took 10 tries, 46 s and 37
+    core-seconds, a core taken from ingest), and a migration's copies were refused. In
+    turn, neither is refused: a writer waits out the merge, its batches durable in the
+    spool meanwhile.
 
     Each instance opens the file itself, so two in one process exclude each other as two
     processes do; nested :meth:`holding` of one instance (one thread at a time) takes it

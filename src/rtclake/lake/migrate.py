@@ -10,7 +10,10 @@ migration that stops half-way (a crash, Ctrl-C, a full disk) left each partition
 wholly in the catalog with its ledger row, or not at all, so running it again copies what
 is missing and nothing twice. Rows the lake already holds under the same key in the same
 partition (a node that wrote the catalog before the migration ran) are left out as well,
-which also makes a partition safe to copy a second time.
+which also makes a partition safe to copy a second time. On a SQLite catalog each copy
+holds the catalog's write lock (:class:`~rtclake.lake.catalog.WriteLock`), so it can run
+beside ``rtclake run`` writing the same lake: without it the writer's commits got the
+copies refused.
 
 DuckLake keeps its files under ``ROOT/main/``, which no old table's folder is, so both
 layouts can share one root and the old files stay readable until the migration is done.
@@ -220,7 +223,8 @@ def migrate(
         if spill is not None:
             con.execute(f"SET temp_directory = {literal(str(spill))}")
         _read_setup(con, source, catalog.storage)
-        catalog.ensure_tables(con)
+        with catalog.writing():  # beside a running writer (SQLite: WriteLock)
+            catalog.ensure_tables(con)
         lake_columns = catalog.columns(con)
         for table in catalog.tables:
             table_report = report.tables[table.name] = TableReport(table.name)
@@ -233,7 +237,8 @@ def migrate(
                 else:
                     # a partition that grew since it was copied is copied again: the
                     # anti-join leaves out the rows stored the first time
-                    result = _copy(con, table, part, lake_columns[table.name], node)
+                    with catalog.writing():
+                        result = _copy(con, table, part, lake_columns[table.name], node)
                 removable.append(part)
                 table_report.add(result)
                 if progress is not None:
