@@ -28,7 +28,6 @@ from prometheus_client import CollectorRegistry
 from psycopg import sql
 
 from rtclake.catalog import default_registry
-from rtclake.convert import Converter
 from rtclake.errors import ConfigError
 from rtclake.lake.catalog import WRITE_LOCK_SUFFIX, Catalog, WriteLock, date_column
 from rtclake.lake.maintenance import (
@@ -42,9 +41,8 @@ from rtclake.lake.maintenance import (
 from rtclake.lake.sink import LakeSink
 from rtclake.lake.storage import LocalStorage, S3Options, storage_for
 from rtclake.metrics import Metrics
-from rtclake.sinks.base import Batch
-from rtclake.spool import Entry, EntryHeader
 from rtclake.tables import TableRegistry
+from tests.test_query import telemetry_batches
 
 ADMIN = os.environ.get(
     "RTCLAKE_TEST_POSTGRESQL_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -458,19 +456,7 @@ def test_on_sqlite_a_merge_beside_a_writer_committing_back_to_back_gets_through_
     registry = default_registry()
     sink = LakeSink(tmp_path / "lake", registry)
     sink.start()
-    head = EntryHeader(table="telemetry", source="http", stream="s", kind="telemetry",
-                       received_us=1_763_899_200_000_000, records=20)  # fmt: skip
-    converter = Converter(registry)
-    try:
-        batches = [
-            Batch("node", "sp", seq, converter.convert("sp", seq, [Entry(head, b"\n".join(
-                b'{"time": "2026-11-24T10:00:%02dZ", "device_id": "d%d-%d"}' % (i, seq, i)
-                for i in range(20)
-            ), 0)]))
-            for seq in range(1, 401)
-        ]  # fmt: skip
-    finally:
-        converter.close()
+    batches = telemetry_batches(400, "2026-11-24")
     for made in batches[:12]:  # files to merge
         sink.write(made)
     written = 12 * 20

@@ -23,14 +23,12 @@ import pytest
 import rtclake.lake.migrate as migration
 from rtclake import faults
 from rtclake.catalog import default_registry
-from rtclake.convert import Converter
 from rtclake.lake.catalog import Catalog
 from rtclake.lake.migrate import MigrationError, migrate
 from rtclake.lake.sink import LakeSink
 from rtclake.lake.storage import LocalStorage
-from rtclake.sinks.base import Batch
-from rtclake.spool import Entry, EntryHeader
 from rtclake.tables import Table, TableRegistry
+from tests.test_query import telemetry_batches
 
 REGISTRY = default_registry()
 DAYS = (date(2026, 7, 24), date(2026, 7, 25))
@@ -193,19 +191,7 @@ def test_a_migration_beside_a_writer_on_the_same_sqlite_catalog_is_not_refused(
     catalog = catalog_at(root)
     sink = LakeSink(root, REGISTRY, catalog=str(catalog.url))
     sink.start()
-    head = EntryHeader(table="telemetry", source="http", stream="s", kind="telemetry",
-                       received_us=1_763_899_200_000_000, records=20)  # fmt: skip
-    converter = Converter(REGISTRY)
-    try:
-        batches = [
-            Batch("w", "w", seq, converter.convert("w", seq, [Entry(head, b"\n".join(
-                b'{"time": "2026-07-24T10:00:%02dZ", "device_id": "d%d-%d"}' % (i, seq, i)
-                for i in range(20)
-            ), 0)]))
-            for seq in range(1, 601)
-        ]  # fmt: skip
-    finally:
-        converter.close()
+    batches = telemetry_batches(600, "2026-07-24")
     stop, commits, failure = threading.Event(), [0.0], list[BaseException]()
 
     def writer() -> None:

@@ -32,6 +32,28 @@ def batch(segment: int, body: bytes) -> Batch:
     return Batch("node", "sp", segment, tables)
 
 
+def telemetry_batches(count: int, day: str, rows: int = 20) -> list[Batch]:
+    """Batches 1 to ``count`` of ``rows`` telemetry records each, every record distinct,
+    timed on ``day`` (``YYYY-MM-DD``): what a writer stores one after the other."""
+    head = EntryHeader(table="telemetry", source="http", stream="s", kind="telemetry",
+                       received_us=1_763_899_200_000_000, records=rows)  # fmt: skip
+    converter = Converter(default_registry())
+    try:
+        made = []
+        for seq in range(1, count + 1):
+            body = b"\n".join(
+                b'{"time": "%sT10:00:%02dZ", "device_id": "d%d-%d"}'
+                % (day.encode(), i % 60, seq, i)
+                for i in range(rows)
+            )
+            made.append(
+                Batch("node", "sp", seq, converter.convert("sp", seq, [Entry(head, body, 0)]))
+            )
+        return made
+    finally:
+        converter.close()
+
+
 @pytest.fixture
 def lake(tmp_path: Path) -> Path:
     sink = LakeSink(tmp_path / "lake", default_registry())
