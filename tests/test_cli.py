@@ -458,11 +458,13 @@ def test_arrows_allocator_asks_for_no_huge_pages_unless_the_user_says_otherwise(
     """pyarrow's mimalloc backs fresh memory with transparent huge pages when the kernel
     allows it (a 2 MiB page cleared at each first touch: ~5 % of an import's CPU); rtclake
     turns that off before pyarrow loads (mimalloc then disables them for the process and
-    its children), and leaves a value the user set alone."""
+    its children), and leaves a value the user set alone. The child allows them again
+    first: it inherits this test process's setting."""
     code = (
-        "import ctypes, os, rtclake, pyarrow; pyarrow.array([1])\n"
-        "print(os.environ['MIMALLOC_ALLOW_THP'], ctypes.CDLL('libc.so.6').prctl(42, 0, 0, 0, 0))"
-    )  # 42: PR_GET_THP_DISABLE
+        "import ctypes; libc = ctypes.CDLL('libc.so.6'); libc.prctl(41, 0, 0, 0, 0)\n"
+        "import os, rtclake, pyarrow; pyarrow.array([1])\n"
+        "print(os.environ['MIMALLOC_ALLOW_THP'], libc.prctl(42, 0, 0, 0, 0))"
+    )  # 41, 42: PR_SET_THP_DISABLE, PR_GET_THP_DISABLE
     base = {k: v for k, v in os.environ.items() if k != "MIMALLOC_ALLOW_THP"}
 
     def run(**env: str) -> str:
@@ -471,5 +473,4 @@ def test_arrows_allocator_asks_for_no_huge_pages_unless_the_user_says_otherwise(
         return out.stdout.strip()
 
     assert run() == "0 1"
-    # (huge pages stay off here: this test's process disabled them, and children inherit it)
-    assert run(MIMALLOC_ALLOW_THP="1").split()[0] == "1"
+    assert run(MIMALLOC_ALLOW_THP="1") == "1 0"
