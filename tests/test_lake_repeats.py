@@ -8,6 +8,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -168,3 +169,25 @@ def test_a_retry_timed_at_its_arrival_is_found_within_the_window_beside_timed_ro
     sink.write(Batch("node", "sp", 3, {"telemetry": rows}))
     sink.close()
     assert count(tmp_path) == [["2026-11-01", 3, 3]]
+
+
+def test_the_kept_hashes_merge_into_one_sorted_run_with_their_times() -> None:
+    """``_merged`` inserts the smaller sorted parts into the largest (no sort of the whole,
+    no copies beside it): every hash stays paired with its row's time, in hash order,
+    whatever the parts' sizes, overlaps and empty parts."""
+    rng = np.random.default_rng(7)
+
+    def part(n: int, top: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        hashes = np.sort(rng.integers(0, top, n).astype(np.uint64))
+        return hashes, (hashes * np.uint64(3) + np.uint64(1)).astype(np.int64)  # a time per hash
+
+    for sizes in [(5000, 300), (300, 5000, 0), (0, 0), (10, 7, 7000), (1, 1)]:
+        parts = [part(n, 500) for n in sizes]
+        seen = repeats._merged(4, 10, 20, parts)
+        expected = np.sort(np.concatenate([h for h, _ in parts]))
+        assert np.array_equal(seen.hashes, expected)
+        assert np.array_equal(
+            seen.times, (seen.hashes * np.uint64(3) + np.uint64(1)).astype(np.int64)
+        )
+        assert (seen.snapshot, seen.lo, seen.hi) == (4, 10, 20)
+        assert seen.hashes.dtype == np.uint64 and seen.times.dtype == np.int64

@@ -26,10 +26,10 @@ from rtclake.catalog import default_registry
 from rtclake.lake.catalog import LEDGER
 from rtclake.lake.maintenance import Maintenance, MaintenanceConfig
 from rtclake.lake.query import QueryEngine
-from rtclake.lake.sink import HiveLakeSink, LakeSink
+from rtclake.lake.sink import MERGE_ROW_GROUP_ROWS, HiveLakeSink, LakeSink
 from rtclake.metrics import Metrics
 from rtclake.sinks.base import Batch
-from tests.test_query import batch
+from tests.test_query import batch, telemetry_batches
 
 
 @pytest.fixture(autouse=True)
@@ -435,6 +435,33 @@ def test_a_table_clustered_by_connection_is_stored_sorted_in_small_row_groups_al
 
 
 DAY_OF_RATES = dt.datetime(2026, 11, 1, 18, tzinfo=dt.UTC)
+
+
+def test_a_merge_writes_row_groups_of_at_most_merge_row_group_rows(tmp_path: Path) -> None:
+    """DuckDB's writer holds a row group in memory until it is written: a merge of a table
+    that sets no row group size of its own writes groups of MERGE_ROW_GROUP_ROWS rows,
+    not DuckDB's 122,880 (a merge of rtc_stats took 700 MB at its peak)."""
+    sink = LakeSink(tmp_path, default_registry())
+    made = telemetry_batches(3, "2026-11-01", rows=MERGE_ROW_GROUP_ROWS // 2 + 1000)
+    for made_batch in made:
+        sink.write(made_batch)
+    total = sum(b.tables["telemetry"].num_rows for b in made)
+    assert total > MERGE_ROW_GROUP_ROWS + 2048
+    report = Maintenance(sink.catalog, MaintenanceConfig(), node="n").run()
+    sink.close()
+    assert report is not None and report.ok
+    engine = QueryEngine(tmp_path, default_registry())
+    listed = engine.snapshot()["telemetry"]
+    engine.close()
+    assert len(listed) == 1, listed  # the three files merged
+    groups = duckdb.execute(
+        "SELECT row_group_id, any_value(row_group_num_rows) FROM parquet_metadata(?)"
+        " GROUP BY row_group_id ORDER BY row_group_id",
+        [listed[0].removeprefix("file://")],
+    ).fetchall()
+    assert sum(n for _, n in groups) == total
+    # DuckDB's writer ends a group at the first chunk (2,048 rows) that fills it
+    assert len(groups) >= 2 and all(n <= MERGE_ROW_GROUP_ROWS + 2048 for _, n in groups), groups
 
 
 def _sums(engine: QueryEngine) -> list[Any]:

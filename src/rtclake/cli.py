@@ -12,6 +12,7 @@ import orjson
 import typer
 
 from rtclake.errors import ConfigError, QueryError, SinkError
+from rtclake.memory import map_large_allocations
 from rtclake.redact import redact
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ def main_options(
     ] = False,
 ) -> None:
     """rtclake: a self-hosted telemetry lake for real-time media and IoT."""
+    map_large_allocations()
 
 
 ConfigOption = Annotated[

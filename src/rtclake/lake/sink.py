@@ -67,6 +67,13 @@ _UNKNOWN = object()
 #: 6.85 s per million lines and 12.2-12.9 core-seconds, with one 6.22-6.64 s and
 #: 11.8-12.5 (three alternating one-off runs each, 2026-12-03).
 WRITER_THREADS = 1
+#: Rows in a row group of the files DuckLake writes itself (maintenance's merges) where a
+#: table sets none (``Table.row_group_rows``). DuckDB's writer holds a row group in memory
+#: until it is written, and its default, 122,880 rows, made the merge of a million
+#: rtc_stats rows (170 columns) take 700 MB more at its peak; with 65,536, 436 MB and
+#: a file 2 % larger (240,000 telemetry rows: 85 -> 42 MB; one-off runs of merges alone,
+#: docs/BENCHMARKS.md).
+MERGE_ROW_GROUP_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -265,7 +272,10 @@ class LakeSink(Sink):
         self.catalog.ensure_tables(con)
         # for the files DuckLake writes itself (merges)
         codec = "uncompressed" if self.compression == "none" else self.compression
-        options = {"parquet_compression": codec}
+        options = {
+            "parquet_compression": codec,
+            "parquet_row_group_size": str(MERGE_ROW_GROUP_ROWS),
+        }
         if self.compression_level is not None:
             options["parquet_compression_level"] = str(int(self.compression_level))
         self.catalog.set_options(con, options)
